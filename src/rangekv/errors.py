@@ -1,0 +1,152 @@
+"""One error tree for all of rangekv.
+
+Every error has a stable ``code`` (the same string over HTTP, over the internal protocol and in
+the Python client), an HTTP status, and whether retrying may help. Errors that tell the caller
+where to go next carry the hint (``NotLeader.leader_hint``).
+
+    RangeKVError
+    ├── InvalidArgument        400  bad key, table name, cursor, request
+    │   └── TooLarge           413  value (or key) over its limit
+    ├── NotFound               404
+    │   ├── TableNotFound      404
+    │   └── KeyNotFound        404
+    ├── TableExists            409
+    ├── PreconditionFailed     412  conditional write whose seq did not match
+    ├── Unavailable            503  retryable: no leader, node down, overloaded
+    │   ├── NotLeader          503  retryable: go to ``leader_hint``
+    │   └── NotActive          503  retryable: a standby meta; go to ``active_hint``
+    ├── OutcomeUnknown         504  the write may or may not have taken effect
+    ├── Timeout                504  (client side) no answer in time; outcome unknown for writes
+    ├── ProtocolError          502  a peer sent something we cannot decode
+    └── Internal               500  a bug: please report
+
+Programmer errors (broken invariants) are ``AssertionError`` and crash the process; the classes
+here are for operating errors that a caller can handle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RangeKVError(Exception):
+    code = "internal"
+    status = 500
+    retryable = False
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        body.update(self.details)
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, {self.details!r})"
+
+
+class InvalidArgument(RangeKVError):
+    code = "invalid_argument"
+    status = 400
+
+
+class TooLarge(InvalidArgument):
+    code = "too_large"
+    status = 413
+
+
+class NotFound(RangeKVError):
+    code = "not_found"
+    status = 404
+
+
+class TableNotFound(NotFound):
+    code = "table_not_found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+
+class TableExists(RangeKVError):
+    code = "table_exists"
+    status = 409
+
+
+class PreconditionFailed(RangeKVError):
+    code = "precondition_failed"
+    status = 412
+
+
+class Unavailable(RangeKVError):
+    code = "unavailable"
+    status = 503
+    retryable = True
+
+
+class NotLeader(Unavailable):
+    """The node is not the leader of its group; ``leader_hint`` says who may be."""
+
+    code = "not_leader"
+
+    @property
+    def leader_hint(self) -> int | None:
+        hint = self.details.get("leader_hint")
+        return int(hint) if hint is not None else None
+
+
+class NotActive(Unavailable):
+    """A standby metadata manager; ``active_hint`` is the address of the active one."""
+
+    code = "not_active"
+
+
+class OutcomeUnknown(RangeKVError):
+    """The request was sent but its outcome is unknown: it may have taken effect."""
+
+    code = "outcome_unknown"
+    status = 504
+    retryable = True
+
+
+class Timeout(OutcomeUnknown):
+    code = "timeout"
+
+
+class ProtocolError(RangeKVError):
+    code = "protocol_error"
+    status = 502
+    retryable = True
+
+
+class Internal(RangeKVError):
+    code = "internal"
+    status = 500
+
+
+_BY_CODE: dict[str, type[RangeKVError]] = {}
+
+
+def _register(cls: type[RangeKVError]) -> None:
+    _BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(RangeKVError)
+
+
+def from_dict(body: dict[str, Any]) -> RangeKVError:
+    """Rebuild an error sent by :meth:`RangeKVError.to_dict` (unknown codes become Internal)."""
+    code = str(body.get("code", "internal"))
+    message = str(body.get("message", code))
+    details = {k: v for k, v in body.items() if k not in ("code", "message", "retryable")}
+    cls = _BY_CODE.get(code, Internal)
+    return cls(message, **details)

@@ -1,0 +1,728 @@
+"""The replication core of one group member: a pure state machine (sans-IO).
+
+Theory of operation
+-------------------
+A group has 3 (or 5) members and one leader per **epoch**. Epochs are handed out by the metadata
+manager (compare-and-swap in etcd), so at most one node is ever asked to lead a given epoch, and
+a node campaigns for an epoch at most once (its promise is durable).
+
+* **Campaign** (``campaign(e)``): the candidate promises ``e`` durably and sends NEW_EPOCH(e). A
+  member accepts only if ``e`` is above every epoch it promised, persists the promise, and answers
+  with its last (epoch, index). With a majority of acceptances (itself included) the candidate
+  adopts the most up-to-date log among them (highest last epoch, then highest index), fetching
+  what it lacks from that member (FETCH, probing back like an append does), appends a no-op of
+  epoch ``e`` and leads. It serves reads and writes only once that no-op is committed.
+* **Append**: the leader sends APPEND(prev, entries, commit); a follower accepts only if ``e``
+  is its promised epoch (a higher one is promised on the spot) and its log matches at ``prev``;
+  conflicting entries after ``prev`` are cut (never a committed one). A follower answers only
+  after the entries are durable. The leader commits an index once a majority holds it durably
+  (its own count is its fsynced index) *and* the entry there is of its own epoch.
+* **Reads** use read-index: a read takes the current commit index, the leader confirms with a
+  majority (a heartbeat round carrying a round number) that no newer epoch exists, and the read
+  is answered once the state machine has applied up to that index. Reads that arrive while a
+  round is in flight join the next round, so one round serves many reads.
+* An older leader learns of a newer epoch from any answer and steps down.
+
+Invariants (asserted here, checked again by the simulator): a promise never decreases; one
+leader per epoch (a follower sees one sender per promised epoch); a committed entry is never
+cut; commit and applied never decrease; applied <= commit; applied <= durable; a leader appends
+only at last_index + 1 with its own epoch.
+
+The contract with the driver (like etcd-io/raft's ``Ready``)
+------------------------------------------------------------
+Inputs: ``step(msg)``, ``tick()``, ``campaign(epoch)``, ``propose(payload)``, ``read(token)``,
+``on_synced(index, epoch)``, ``on_applied(index)``. Then the driver calls ``ready()`` and, in
+this order: persists ``hardstate`` (if any); cuts the log from ``truncate_from``; writes
+``entries``; sends ``messages`` at once; makes all of it durable (fsync) and only then sends
+``messages_after_sync`` and calls ``on_synced``; applies ``committed`` and calls
+``on_applied``; answers ``reads`` once applied reaches their index. Several readies may be made
+durable by one fsync (group commit) as long as their order is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rangekv.replication.messages import (
+    APPEND,
+    APPEND_RESP,
+    FETCH,
+    FETCH_RESP,
+    HEARTBEAT,
+    HEARTBEAT_RESP,
+    NEW_EPOCH,
+    NEW_EPOCH_RESP,
+    Entry,
+    Msg,
+)
+
+IDLE = "idle"  # not a member of any group
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+
+class LogStore(Protocol):
+    """Entries the driver has written (durable up to what ``on_synced`` reported)."""
+
+    @property
+    def first_index(self) -> int: ...
+
+    @property
+    def last_index(self) -> int: ...
+
+    def epoch_at(self, index: int) -> int: ...
+
+    def entries(self, lo: int, hi: int, bytes_max: int | None = None) -> list[Any]: ...
+
+
+@dataclass
+class Config:
+    noop_payload: bytes
+    heartbeat_ticks: int = 2  # a tick is 50 ms in production
+    quorum_ticks: int = 20  # a leader not hearing from a majority for this long steps down
+    campaign_ticks: int = 40  # a candidate gives up after this long
+    append_bytes_max: int = 2 * 1024 * 1024
+    inflight_entries_max: int = 8192
+    apply_bytes_max: int = 8 * 1024 * 1024
+
+
+@dataclass
+class Ready:
+    hardstate: dict[str, int] | None = None
+    truncate_from: int | None = None
+    entries: list[Entry] = field(default_factory=list)
+    messages: list[Msg] = field(default_factory=list)
+    messages_after_sync: list[Msg] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+    reads: list[tuple[Any, int]] = field(default_factory=list)  # (token, read index)
+    failed_reads: list[Any] = field(default_factory=list)
+    became_leader: int | None = None  # the epoch whose no-op just committed
+    lost_leadership: bool = False
+
+    def empty(self) -> bool:
+        return not (
+            self.hardstate or self.truncate_from is not None or self.entries or self.messages
+            or self.messages_after_sync or self.committed or self.reads or self.failed_reads
+            or self.became_leader is not None or self.lost_leadership
+        )
+
+
+@dataclass
+class Progress:
+    next: int
+    match: int = 0
+    probing: bool = True
+    probe_sent: bool = False
+    heard_tick: int = 0
+    acked_ctx: int = 0
+    match_at_last_check: int = 0
+
+
+class NotLeaderError(Exception):
+    """Raised by ``propose``/``read`` on a node that is not a serving leader."""
+
+    def __init__(self, leader: int | None, epoch: int) -> None:
+        super().__init__(f"not the leader (leader hint {leader}, epoch {epoch})")
+        self.leader = leader
+        self.epoch = epoch
+
+
+class Core:
+    def __init__(
+        self,
+        node_id: int,
+        members: Iterable[int],
+        log: LogStore,
+        hardstate: dict[str, int],
+        applied_index: int,
+        config: Config,
+    ) -> None:
+        self.id = node_id
+        self.cfg = config
+        self.log = log
+        self.members: tuple[int, ...] = tuple(sorted(set(members)))
+        self.promised = int(hardstate.get("promised_epoch", 0))
+        self.promised_to = int(hardstate.get("promised_to", 0))
+        self.role = FOLLOWER if self.id in self.members else IDLE
+        self.leader: int | None = None
+        self.serving = False
+        self.ticks = 0
+
+        self.last_index = log.last_index
+        self.last_epoch = log.epoch_at(self.last_index) if self.last_index else 0
+        # The driver syncs the whole log once on open, so everything in it is durable.
+        self.stable = self.last_index
+        self.unstable: list[Entry] = []
+        self.unstable_offset = self.last_index + 1
+        self._written_last = self.last_index  # last index the driver was given to write
+        self._hand_from = self.last_index + 1  # first unstable index not yet handed out
+        self._pending_truncate: int | None = None
+
+        assert applied_index <= self.last_index, (applied_index, self.last_index)
+        self.commit = applied_index
+        self.applied = applied_index
+        self._apply_next = applied_index + 1
+
+        # leader state
+        self.progress: dict[int, Progress] = {}
+        self.noop_index = 0
+        self.read_ctx = 0  # last round started
+        self._round_in_flight = 0  # ctx of the round in flight (0: none)
+        self._reads_waiting: list[tuple[Any, int]] = []  # join the next round
+        self._reads_in_round: dict[int, list[tuple[Any, int]]] = {}
+        self._needs_broadcast = False
+
+        # candidate state
+        self.accepts: dict[int, tuple[int, int]] = {}
+        self.fetch_from: int | None = None
+        self.fetch_target: tuple[int, int] = (0, 0)
+        self._fetch_prev = 0
+        self.campaign_tick = 0
+
+        self._out = Ready()
+        self._hardstate_dirty = False
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def quorum(self) -> int:
+        return len(self.members) // 2 + 1
+
+    def peers(self) -> list[int]:
+        return [m for m in self.members if m != self.id]
+
+    def epoch_at(self, index: int) -> int:
+        if index == 0:
+            return 0
+        assert 0 < index <= self.last_index, (index, self.last_index)
+        if index >= self.unstable_offset:
+            entry = self.unstable[index - self.unstable_offset]
+            assert entry.index == index
+            return entry.epoch
+        return self.log.epoch_at(index)
+
+    def entries(self, lo: int, hi: int, bytes_max: int) -> list[Entry]:
+        """Entries lo <= index < hi, at least one, stopping past ``bytes_max``."""
+        assert 1 <= lo <= hi <= self.last_index + 1, (lo, hi, self.last_index)
+        out: list[Entry] = []
+        size = 0
+        if lo < self.unstable_offset:
+            for e in self.log.entries(lo, min(hi, self.unstable_offset), bytes_max):
+                out.append(Entry(e[0], e[1], e[2]))
+                size += len(e[2])
+            if out and out[-1].index + 1 < min(hi, self.unstable_offset):
+                return out  # the store stopped at bytes_max
+            lo = min(hi, self.unstable_offset)
+        while lo < hi and (not out or size < bytes_max):
+            entry = self.unstable[lo - self.unstable_offset]
+            out.append(entry)
+            size += len(entry.payload)
+            lo += 1
+        return out
+
+    def _set_promise(self, epoch: int, to: int) -> None:
+        assert epoch >= self.promised, ("promise decreased", epoch, self.promised)
+        if (epoch, to) != (self.promised, self.promised_to):
+            self.promised, self.promised_to = epoch, to
+            self._hardstate_dirty = True
+
+    def _send(self, msg: Msg) -> None:
+        # A message sent while a promise is not yet durable must wait for it.
+        if self._hardstate_dirty:
+            self._out.messages_after_sync.append(msg)
+        else:
+            self._out.messages.append(msg)
+
+    def _msg(self, mtype: str, to: int, **kw: Any) -> Msg:
+        return Msg(mtype, self.id, to, self.promised, **kw)
+
+    def _append_local(self, entry: Entry) -> None:
+        assert entry.index == self.last_index + 1, (entry.index, self.last_index)
+        assert entry.epoch >= self.last_epoch, (entry.epoch, self.last_epoch)
+        if not self.unstable:
+            self.unstable_offset = entry.index
+        assert self.unstable_offset + len(self.unstable) == entry.index
+        self.unstable.append(entry)
+        self.last_index, self.last_epoch = entry.index, entry.epoch
+
+    def _truncate_from(self, index: int) -> None:
+        """Cut every entry at or after ``index``."""
+        assert index > self.commit, ("cutting a committed entry", index, self.commit)
+        if index > self.last_index:
+            return
+        if index >= self.unstable_offset:
+            del self.unstable[index - self.unstable_offset:]
+        else:
+            self.unstable = []
+            self.unstable_offset = index
+        if index <= self._written_last:
+            self._pending_truncate = (
+                index if self._pending_truncate is None else min(self._pending_truncate, index)
+            )
+            self._written_last = index - 1
+        self._hand_from = min(self._hand_from, index)
+        self.stable = min(self.stable, index - 1)
+        self.last_index = index - 1
+        self.last_epoch = self.epoch_at(self.last_index) if self.last_index else 0
+
+    def _append_from_leader(self, entries: list[Entry]) -> None:
+        """Follower append: skip entries we hold, cut at the first conflict, append the rest."""
+        for i, entry in enumerate(entries):
+            if entry.index <= self.last_index:
+                if self.epoch_at(entry.index) == entry.epoch:
+                    continue
+                self._truncate_from(entry.index)
+            for rest in entries[i:]:
+                self._append_local(rest)
+            return
+
+    def _conflict_hint(self, prev: int, prev_epoch: int) -> int:
+        """An index at or before which our log may match the sender's (skips whole epochs)."""
+        hint = min(prev - 1, self.last_index)
+        while hint > self.commit and self.epoch_at(hint) > prev_epoch:
+            hint -= 1
+        return max(hint, 0)
+
+    def _step_down(self, leader: int | None) -> None:
+        was_leader = self.role == LEADER
+        self.role = FOLLOWER if self.id in self.members else IDLE
+        self.leader = leader
+        self.serving = False
+        self.progress = {}
+        self.accepts = {}
+        self.fetch_from = None
+        if was_leader:
+            self._out.lost_leadership = True
+            failed = [tok for tok, _ in self._reads_waiting]
+            for reads in self._reads_in_round.values():
+                failed.extend(tok for tok, _ in reads)
+            self._out.failed_reads.extend(failed)
+            self._reads_waiting = []
+            self._reads_in_round = {}
+            self._round_in_flight = 0
+
+    def _observe_epoch(self, msg: Msg) -> bool:
+        """Handle the sender's epoch; False if the message is from the past and was answered."""
+        if msg.epoch < self.promised:
+            if msg.type in (APPEND, HEARTBEAT):
+                # "not my leader": tell the old leader about the newer epoch.
+                rtype = APPEND_RESP if msg.type == APPEND else HEARTBEAT_RESP
+                self._send(self._msg(rtype, msg.frm, reject=True, index=self.last_index,
+                                     ctx=msg.ctx))
+            return False
+        return True
+
+    # ------------------------------------------------------------------ inputs
+    def set_members(self, members: Iterable[int]) -> None:
+        new = tuple(sorted(set(members)))
+        if new == self.members:
+            return
+        self.members = new
+        if self.id not in new:
+            self._step_down(None)
+            self.role = IDLE
+        elif self.role == IDLE:
+            self.role = FOLLOWER
+        for peer in list(self.progress):
+            if peer not in new:
+                del self.progress[peer]
+        if self.role == LEADER:
+            for peer in self.peers():
+                self.progress.setdefault(peer, Progress(next=self.last_index + 1,
+                                                        heard_tick=self.ticks))
+
+    def campaign(self, epoch: int) -> None:
+        if epoch <= self.promised or self.id not in self.members:
+            return
+        if self.role == LEADER:
+            self._step_down(None)
+        self._set_promise(epoch, self.id)
+        self.role = CANDIDATE
+        self.leader = None
+        self.serving = False
+        self.accepts = {self.id: (self.last_epoch, self.last_index)}
+        self.fetch_from = None
+        self.campaign_tick = self.ticks
+        for peer in self.peers():
+            self._send(self._msg(NEW_EPOCH, peer, index=self.last_index,
+                                 log_epoch=self.last_epoch))
+        self._maybe_win()
+
+    def propose(self, payload: bytes) -> tuple[int, int]:
+        """Append a client command; returns (epoch, index) of its entry."""
+        if self.role != LEADER or not self.serving:
+            raise NotLeaderError(self.leader if self.leader != self.id else None, self.promised)
+        entry = Entry(self.promised, self.last_index + 1, payload)
+        self._append_local(entry)
+        self._needs_broadcast = True
+        return entry.epoch, entry.index
+
+    def read(self, token: Any) -> None:
+        """Ask for a linearizable read; the token comes back in ``Ready.reads`` (or failed)."""
+        if self.role != LEADER or not self.serving:
+            raise NotLeaderError(self.leader if self.leader != self.id else None, self.promised)
+        self._reads_waiting.append((token, self.commit))
+        if not self._round_in_flight:
+            self._start_read_round()
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.role == LEADER:
+            if self.ticks % self.cfg.heartbeat_ticks == 0:
+                self._heartbeat_all(ctx=0)
+            if self.ticks % self.cfg.quorum_ticks == 0:
+                heard = 1 + sum(
+                    1 for pr in self.progress.values()
+                    if self.ticks - pr.heard_tick <= self.cfg.quorum_ticks
+                )
+                if heard < self.quorum:
+                    self._step_down(None)
+        elif self.role == CANDIDATE:
+            if self.ticks - self.campaign_tick >= self.cfg.campaign_ticks:
+                self._step_down(None)
+            elif self.ticks % self.cfg.heartbeat_ticks == 0:
+                # Messages may be lost: ask again whoever has not answered yet.
+                if self.fetch_from is not None:
+                    self._send_fetch(self._fetch_prev)
+                else:
+                    for peer in self.peers():
+                        if peer not in self.accepts:
+                            self._send(self._msg(NEW_EPOCH, peer, index=self.last_index,
+                                                 log_epoch=self.last_epoch))
+
+    def on_synced(self, index: int, epoch: int) -> None:
+        """Entries up to ``index`` (whose entry had ``epoch``) are durable."""
+        if index > self.last_index or index <= self.stable:
+            return
+        if self.epoch_at(index) != epoch:
+            return  # cut and rewritten since: a later sync will report it
+        self.stable = index
+        if self.unstable and index >= self.unstable_offset:
+            drop = index - self.unstable_offset + 1
+            del self.unstable[:drop]
+            self.unstable_offset = index + 1
+        if self.role == LEADER:
+            self._maybe_commit()
+
+    def on_applied(self, index: int) -> None:
+        assert self.applied <= index <= self.commit, (self.applied, index, self.commit)
+        self.applied = index
+
+    def step(self, msg: Msg) -> None:
+        if msg.to != self.id or self.role == IDLE or msg.frm not in self.members:
+            return
+        handler = {
+            NEW_EPOCH: self._on_new_epoch,
+            NEW_EPOCH_RESP: self._on_new_epoch_resp,
+            APPEND: self._on_append,
+            APPEND_RESP: self._on_append_resp,
+            HEARTBEAT: self._on_heartbeat,
+            HEARTBEAT_RESP: self._on_heartbeat_resp,
+            FETCH: self._on_fetch,
+            FETCH_RESP: self._on_fetch_resp,
+        }[msg.type]
+        handler(msg)
+
+    # ------------------------------------------------------------------ member side
+    def _on_new_epoch(self, msg: Msg) -> None:
+        if msg.epoch > self.promised or (msg.epoch == self.promised
+                                          and self.promised_to == msg.frm):
+            if self.role in (LEADER, CANDIDATE) and msg.epoch > self.promised:
+                self._step_down(msg.frm)
+            self._set_promise(msg.epoch, msg.frm)
+            self.role = FOLLOWER
+            self.leader = msg.frm
+            self._send(self._msg(NEW_EPOCH_RESP, msg.frm, index=self.last_index,
+                                 log_epoch=self.last_epoch))
+        else:
+            self._send(self._msg(NEW_EPOCH_RESP, msg.frm, reject=True))
+
+    def _follow(self, msg: Msg) -> None:
+        """A message from the leader of ``msg.epoch`` >= our promise."""
+        if msg.epoch > self.promised:
+            if self.role in (LEADER, CANDIDATE):
+                self._step_down(msg.frm)
+            self._set_promise(msg.epoch, msg.frm)
+            self.leader = None
+        # One leader per epoch: only the node chosen for our promised epoch may lead it.
+        assert self.role == FOLLOWER, ("a second leader in our own epoch", msg, self.id)
+        assert self.leader in (None, msg.frm), ("two leaders in one epoch", msg, self.leader)
+        assert self.promised_to in (0, msg.frm), ("leader is not who we promised", msg)
+        self.leader = msg.frm
+
+    def _on_append(self, msg: Msg) -> None:
+        if not self._observe_epoch(msg):
+            return
+        self._follow(msg)
+        prev = msg.index
+        if prev > self.last_index or (prev > 0 and self.epoch_at(prev) != msg.log_epoch):
+            # Log matching: everything up to our commit index equals the leader's log.
+            assert prev > self.commit, ("committed entry differs from the leader's", msg)
+            hint = self.last_index if prev > self.last_index else self._conflict_hint(
+                prev, msg.log_epoch)
+            self._send(self._msg(APPEND_RESP, msg.frm, reject=True, index=hint))
+            return
+        if msg.entries:
+            assert msg.entries[0].index == prev + 1, msg
+            self._append_from_leader(msg.entries)
+        match = prev + len(msg.entries)
+        new_commit = min(msg.commit, match)
+        if new_commit > self.commit:
+            self.commit = new_commit
+        # The answer says "durable up to match": it waits for the fsync.
+        self._out.messages_after_sync.append(self._msg(APPEND_RESP, msg.frm, index=match))
+
+    def _on_heartbeat(self, msg: Msg) -> None:
+        if not self._observe_epoch(msg):
+            return
+        self._follow(msg)
+        # The leader sends commit = min(its commit, what it knows we match).
+        new_commit = min(msg.commit, self.last_index)
+        if new_commit > self.commit:
+            self.commit = new_commit
+        self._send(self._msg(HEARTBEAT_RESP, msg.frm, ctx=msg.ctx, index=self.last_index))
+
+    def _on_fetch(self, msg: Msg) -> None:
+        if msg.epoch != self.promised or self.promised_to != msg.frm:
+            # We no longer back this candidate (we promised a later epoch).
+            self._send(self._msg(FETCH_RESP, msg.frm, reject=True, done=True, index=msg.index))
+            return
+        prev = msg.index
+        if prev > self.last_index or (prev > 0 and self.epoch_at(prev) != msg.log_epoch):
+            hint = self.last_index if prev > self.last_index else self._conflict_hint(
+                prev, msg.log_epoch)
+            self._send(self._msg(FETCH_RESP, msg.frm, reject=True, index=hint,
+                                 log_epoch=self.last_epoch, commit=self.last_index))
+            return
+        ents = (self.entries(prev + 1, self.last_index + 1, self.cfg.append_bytes_max)
+                if prev < self.last_index else [])
+        done = not ents or ents[-1].index == self.last_index
+        self._send(self._msg(FETCH_RESP, msg.frm, index=prev, entries=ents, done=done,
+                             log_epoch=self.last_epoch, commit=self.last_index))
+
+    # ------------------------------------------------------------------ candidate side
+    def _on_new_epoch_resp(self, msg: Msg) -> None:
+        if self.role != CANDIDATE:
+            return
+        if msg.reject or msg.epoch > self.promised:
+            if msg.epoch > self.promised:
+                self._step_down(None)
+            return
+        if msg.epoch < self.promised:
+            return
+        self.accepts[msg.frm] = (msg.log_epoch, msg.index)
+        self._maybe_win()
+
+    def _maybe_win(self) -> None:
+        if self.role != CANDIDATE or self.fetch_from is not None:
+            return
+        if len(self.accepts) < self.quorum:
+            return
+        best = max(self.accepts, key=lambda n: (self.accepts[n], n == self.id))
+        if self.accepts[best] == (self.last_epoch, self.last_index) or best == self.id:
+            self._become_leader()
+            return
+        # Adopt the best log of the majority: fetch what we lack, probing back for a match.
+        self.fetch_from = best
+        self.fetch_target = self.accepts[best]
+        self._send_fetch(self.last_index)
+
+    def _send_fetch(self, prev: int) -> None:
+        assert self.fetch_from is not None
+        self._fetch_prev = prev
+        self._send(self._msg(FETCH, self.fetch_from, index=prev,
+                             log_epoch=self.epoch_at(prev) if prev else 0))
+
+    def _on_fetch_resp(self, msg: Msg) -> None:
+        if self.role != CANDIDATE or msg.frm != self.fetch_from:
+            return
+        if msg.epoch > self.promised or (msg.reject and msg.done):
+            self._step_down(None)
+            return
+        if msg.epoch < self.promised or msg.index != self._fetch_prev:
+            return  # a stale or duplicated answer to an earlier fetch
+        if msg.reject:
+            self._send_fetch(min(msg.index, self.last_index))
+            return
+        if msg.entries:
+            self._append_from_leader(msg.entries)
+        got = msg.entries[-1].index if msg.entries else msg.index
+        if not msg.done:
+            self._send_fetch(got)
+            return
+        # Our log now equals the member's up to its last index; drop anything beyond it.
+        if self.last_index > msg.commit:
+            self._truncate_from(msg.commit + 1)
+        assert (self.last_epoch, self.last_index) == self.fetch_target, (
+            self.last_epoch, self.last_index, self.fetch_target)
+        self.fetch_from = None
+        self._become_leader()
+
+    def _become_leader(self) -> None:
+        assert self.role == CANDIDATE and self.promised_to == self.id
+        self.role = LEADER
+        self.leader = self.id
+        self.serving = False
+        self.accepts = {}
+        self._append_local(Entry(self.promised, self.last_index + 1, self.cfg.noop_payload))
+        self.noop_index = self.last_index
+        self.progress = {
+            peer: Progress(next=self.noop_index, heard_tick=self.ticks) for peer in self.peers()
+        }
+        self._needs_broadcast = True
+        self._maybe_commit()
+
+    # ------------------------------------------------------------------ leader side
+    def _send_append(self, peer: int) -> None:
+        pr = self.progress[peer]
+        if pr.probing and pr.probe_sent:
+            return
+        if not pr.probing and pr.next > self.last_index:
+            return
+        if not pr.probing and pr.next - pr.match > self.cfg.inflight_entries_max:
+            return
+        prev = pr.next - 1
+        ents = (self.entries(pr.next, self.last_index + 1, self.cfg.append_bytes_max)
+                if pr.next <= self.last_index else [])
+        self._send(self._msg(APPEND, peer, index=prev, log_epoch=self.epoch_at(prev),
+                             entries=ents, commit=self.commit))
+        if pr.probing:
+            pr.probe_sent = True
+        elif ents:
+            pr.next = ents[-1].index + 1
+
+    def _heartbeat_all(self, ctx: int) -> None:
+        for peer, pr in self.progress.items():
+            self._send(self._msg(HEARTBEAT, peer, commit=min(self.commit, pr.match), ctx=ctx))
+            if ctx == 0:
+                # Retransmit to followers that made no progress since the last beat.
+                if pr.match < self.last_index and pr.match == pr.match_at_last_check:
+                    pr.next = pr.match + 1
+                    pr.probing = True
+                    pr.probe_sent = False
+                    self._send_append(peer)
+                pr.match_at_last_check = pr.match
+
+    def _on_append_resp(self, msg: Msg) -> None:
+        if self.role != LEADER:
+            return
+        if msg.epoch > self.promised:
+            self._set_promise(msg.epoch, 0)
+            self._step_down(None)
+            return
+        if msg.epoch < self.promised:
+            return
+        pr = self.progress.get(msg.frm)
+        if pr is None:
+            return
+        pr.heard_tick = self.ticks
+        if msg.reject:
+            pr.next = max(pr.match + 1, min(pr.next - 1, msg.index + 1))
+            pr.probing = True
+            pr.probe_sent = False
+            self._send_append(msg.frm)
+            return
+        if msg.index > pr.match:
+            pr.match = msg.index
+        pr.next = max(pr.next, pr.match + 1)
+        if pr.probing:
+            pr.probing = False
+            pr.probe_sent = False
+        self._maybe_commit()
+        self._send_append(msg.frm)
+
+    def _on_heartbeat_resp(self, msg: Msg) -> None:
+        if self.role != LEADER:
+            return
+        if msg.epoch > self.promised:
+            self._set_promise(msg.epoch, 0)
+            self._step_down(None)
+            return
+        if msg.epoch < self.promised or msg.reject:
+            return
+        pr = self.progress.get(msg.frm)
+        if pr is None:
+            return
+        pr.heard_tick = self.ticks
+        if msg.ctx > pr.acked_ctx:
+            pr.acked_ctx = msg.ctx
+            self._check_read_round()
+        if pr.probing and pr.probe_sent:
+            pr.probe_sent = False  # the probe may have been lost: send it again
+            self._send_append(msg.frm)
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self.stable] + [pr.match for pr in self.progress.values()],
+                         reverse=True)
+        candidate = matches[self.quorum - 1]
+        if candidate > self.commit and self.epoch_at(candidate) == self.promised:
+            self.commit = candidate
+            if not self.serving and self.commit >= self.noop_index:
+                self.serving = True
+                self._out.became_leader = self.promised
+                if self._reads_waiting and not self._round_in_flight:
+                    self._start_read_round()
+            self._needs_broadcast = True  # followers learn the new commit index
+
+    def _start_read_round(self) -> None:
+        self.read_ctx += 1
+        ctx = self.read_ctx
+        self._reads_in_round[ctx] = self._reads_waiting
+        self._reads_waiting = []
+        self._round_in_flight = ctx
+        self._heartbeat_all(ctx=ctx)
+        self._check_read_round()
+
+    def _check_read_round(self) -> None:
+        if not self._reads_in_round:
+            return
+        acked = sorted([self.read_ctx] + [pr.acked_ctx for pr in self.progress.values()],
+                       reverse=True)
+        confirmed = acked[self.quorum - 1]
+        for ctx in sorted(c for c in self._reads_in_round if c <= confirmed):
+            self._out.reads.extend(self._reads_in_round.pop(ctx))
+        if self._round_in_flight and self._round_in_flight <= confirmed:
+            self._round_in_flight = 0
+            if self._reads_waiting:
+                self._start_read_round()
+
+    # ------------------------------------------------------------------ output
+    def ready(self) -> Ready:
+        if self.role == LEADER and self._needs_broadcast:
+            self._needs_broadcast = False
+            for peer in self.progress:
+                self._send_append(peer)
+        out = self._out
+        self._out = Ready()
+        if self._hardstate_dirty:
+            out.hardstate = {"promised_epoch": self.promised, "promised_to": self.promised_to}
+            self._hardstate_dirty = False
+        if self._pending_truncate is not None:
+            out.truncate_from = self._pending_truncate
+            self._pending_truncate = None
+        if self._hand_from <= self.last_index:
+            assert self._hand_from >= self.unstable_offset, (self._hand_from, self.unstable_offset)
+            out.entries = self.unstable[self._hand_from - self.unstable_offset:]
+            self._hand_from = self.last_index + 1
+            self._written_last = self.last_index
+        upto = min(self.commit, self.stable)
+        if self._apply_next <= upto:
+            out.committed = self.entries(self._apply_next, upto + 1, self.cfg.apply_bytes_max)
+            self._apply_next = out.committed[-1].index + 1
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "epoch": self.promised,
+            "leader": self.leader,
+            "leader_epoch": self.promised if self.role == LEADER and self.serving else 0,
+            "last_epoch": self.last_epoch,
+            "last_index": self.last_index,
+            "commit_index": self.commit,
+            "applied_index": self.applied,
+            "stable_index": self.stable,
+            "members": list(self.members),
+        }

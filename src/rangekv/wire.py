@@ -1,0 +1,273 @@
+"""The internal TCP protocol: length- and checksum-prefixed msgpack frames.
+
+    frame  = length (u32, big-endian) | crc32c(body) (u32) | body
+    body   = a msgpack map
+
+A reader learns a frame's length from its first 4 bytes and refuses anything above
+``FRAME_BYTES_MAX`` before reading the body, so a peer cannot make us buffer an arbitrary amount.
+A checksum mismatch or undecodable body is a ``ProtocolError`` and the connection is closed.
+
+Two kinds of body travel on these connections:
+
+* requests and replies (rm → node, node → meta, rm → meta): ``{"t": "req", "id": n, "op": ...}``
+  answered by ``{"t": "rep", "id": n, "ok": true, ...}`` or
+  ``{"t": "rep", "id": n, "ok": false, "error": {code, message, retryable, ...}}``.
+  Many requests may be in flight on one connection; replies may come in any order.
+* one-way replication messages between the nodes of a group: ``{"t": "raft", "m": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import crc32c
+import msgpack
+
+from rangekv import errors
+from rangekv.limits import FRAME_BYTES_MAX
+
+HEADER = struct.Struct(">II")
+HEADER_BYTES = HEADER.size
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    payload = msgpack.packb(body, use_bin_type=True)
+    if len(payload) > FRAME_BYTES_MAX:
+        raise errors.TooLarge(f"frame of {len(payload)} bytes is over {FRAME_BYTES_MAX}")
+    return HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+
+def decode_body(payload: bytes) -> dict[str, Any]:
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise errors.ProtocolError("frame body is not a map")
+    return body
+
+
+def check_header(header: bytes) -> tuple[int, int]:
+    length, checksum = HEADER.unpack(header)
+    if length > FRAME_BYTES_MAX:
+        raise errors.ProtocolError(f"frame of {length} bytes is over {FRAME_BYTES_MAX}")
+    return length, checksum
+
+
+class FrameDecoder:
+    """Sans-IO decoder: feed bytes, take whole frames out. Raises ProtocolError on bad input."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buf += data
+        out: list[dict[str, Any]] = []
+        while len(self._buf) >= HEADER_BYTES:
+            length, checksum = check_header(bytes(self._buf[:HEADER_BYTES]))
+            if len(self._buf) < HEADER_BYTES + length:
+                break
+            payload = bytes(self._buf[HEADER_BYTES : HEADER_BYTES + length])
+            del self._buf[: HEADER_BYTES + length]
+            if crc32c.crc32c(payload) != checksum:
+                raise errors.ProtocolError("frame checksum mismatch")
+            out.append(decode_body(payload))
+        return out
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """Read one frame; raises EOFError at a clean end of stream, ProtocolError on bad input."""
+    try:
+        header = await reader.readexactly(HEADER_BYTES)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise errors.ProtocolError("connection closed inside a frame header") from None
+        raise EOFError from None
+    length, checksum = check_header(header)
+    try:
+        payload = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise errors.ProtocolError("connection closed inside a frame") from None
+    if crc32c.crc32c(payload) != checksum:
+        raise errors.ProtocolError("frame checksum mismatch")
+    return decode_body(payload)
+
+
+def reply_ok(req_id: int, **fields: Any) -> dict[str, Any]:
+    return {"t": "rep", "id": req_id, "ok": True, **fields}
+
+
+def reply_error(req_id: int, err: errors.RangeKVError) -> dict[str, Any]:
+    return {"t": "rep", "id": req_id, "ok": False, "error": err.to_dict()}
+
+
+class Connection:
+    """A client connection that multiplexes requests; one per (process, peer address).
+
+    ``request`` sends ``{"t": "req", "id": n, "op": op, **fields}`` and waits for the matching
+    reply, raising the error it carries. Connection failures raise ``Unavailable`` when the
+    request surely was not sent and ``OutcomeUnknown`` when it may have been.
+    """
+
+    def __init__(self, address: str, connect_timeout_s: float = 2.0) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self._host = host.strip("[]") or "127.0.0.1"
+        self._port = int(port)
+        self._connect_timeout_s = connect_timeout_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock = asyncio.Lock()
+        self.on_message: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def _ensure(self) -> asyncio.StreamWriter:
+        if self._writer is not None and not self._writer.is_closing():
+            return self._writer
+        async with self._connecting:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self._host, self._port), self._connect_timeout_s
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise errors.Unavailable(
+                    f"cannot connect to {self.address}: {exc or type(exc).__name__}",
+                    address=self.address,
+                ) from None
+            self._writer = writer
+            self._reader_task = asyncio.get_running_loop().create_task(
+                self._read_loop(reader, writer)
+            )
+            return writer
+
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                body = await read_frame(reader)
+                if body.get("t") == "rep":
+                    fut = self._pending.pop(int(body.get("id", -1)), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(body)
+                elif self.on_message is not None:
+                    self.on_message(body)
+        except (EOFError, OSError, errors.ProtocolError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            failed = list(self._pending.items())
+            self._pending.clear()
+            for _, fut in failed:
+                if not fut.done():
+                    fut.set_exception(
+                        errors.OutcomeUnknown(
+                            f"connection to {self.address} lost", address=self.address
+                        )
+                    )
+
+    async def request(self, op: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:
+        writer = await self._ensure()
+        req_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            writer.write(encode({"t": "req", "id": req_id, "op": op, **fields}))
+            try:
+                body = await asyncio.wait_for(fut, timeout_s)
+            except asyncio.TimeoutError:
+                raise errors.Timeout(
+                    f"no answer from {self.address} to {op} within {timeout_s}s",
+                    address=self.address,
+                ) from None
+        finally:
+            self._pending.pop(req_id, None)
+        if body.get("ok"):
+            return body
+        raise errors.from_dict(body.get("error") or {})
+
+    def send(self, body: dict[str, Any]) -> bool:
+        """Fire-and-forget a message on an open connection; False if it is not open."""
+        if self._writer is None or self._writer.is_closing():
+            return False
+        self._writer.write(encode(body))
+        return True
+
+    async def connect(self) -> None:
+        await self._ensure()
+
+    async def close(self) -> None:
+        writer, task = self._writer, self._reader_task
+        self._writer = None
+        if writer is not None:
+            writer.close()
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+Handler = Callable[[dict[str, Any], "ServerConnection"], Awaitable[dict[str, Any] | None]]
+
+
+class ServerConnection:
+    """The server side of one accepted connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.peer = writer.get_extra_info("peername")
+
+    def send(self, body: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(body))
+
+
+async def serve_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_request: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    on_message: Callable[[dict[str, Any]], None],
+) -> None:
+    """Read frames until the peer goes; answer requests concurrently, pass other messages on.
+
+    ``on_request`` returns the reply fields (without ``t``/``id``) or raises a RangeKVError.
+    """
+    conn = ServerConnection(writer)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(body: dict[str, Any]) -> None:
+        req_id = int(body.get("id", 0))
+        try:
+            fields = await on_request(body)
+            conn.send(reply_ok(req_id, **fields))
+        except errors.RangeKVError as err:
+            conn.send(reply_error(req_id, err))
+
+    try:
+        while True:
+            body = await read_frame(reader)
+            if body.get("t") == "req":
+                task = asyncio.get_running_loop().create_task(answer(body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            else:
+                on_message(body)
+    except (EOFError, OSError, errors.ProtocolError, asyncio.CancelledError):
+        pass
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        writer.close()
