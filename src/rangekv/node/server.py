@@ -1,0 +1,325 @@
+"""``rangekv node``: a storage node — a member of one replication group, or a spare.
+
+Theory of operation: the node opens its WAL (refusing a log corrupted in the middle) and its
+RocksDB index, then heartbeats the metadata manager every ``HEARTBEAT_MS``. Meta's answer says
+which group the node belongs to (members and their addresses) and whether it was chosen to lead
+a new epoch; the node configures its replica accordingly. It serves the internal protocol
+(``docs/internals.md``): data operations from request managers (only as the serving leader),
+range operations from meta, and replication messages from its peers.
+
+Every request is validated here again (limits are enforced at the edge and at the node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from rangekv import errors, limits, sequencer, wire
+from rangekv.log import setup as setup_logging
+from rangekv.replication.driver import Replica
+from rangekv.replication.messages import Msg
+from rangekv.storage import hardstate
+from rangekv.storage.engine import open_rocks
+from rangekv.storage.wal import WAL, StorageCorrupt
+
+log = logging.getLogger("rangekv.node")
+
+HEARTBEAT_MS = 250
+META_TIMEOUT_S = 1.0
+
+
+def _int(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise errors.InvalidArgument(f"{name} must be a non-negative integer")
+    return value
+
+
+def _bytes(body: dict[str, Any], name: str, *, optional: bool = False) -> bytes | None:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, bytes):
+        raise errors.InvalidArgument(f"{name} must be bytes")
+    return value
+
+
+def _seq(body: dict[str, Any], name: str, *, optional: bool = False) -> bytes | None:
+    value = _bytes(body, name, optional=optional)
+    if value is not None and len(value) != sequencer.SEQ_BYTES:
+        raise errors.InvalidArgument(f"{name} must be {sequencer.SEQ_BYTES} bytes")
+    return value
+
+
+class PeerLink:
+    """An outgoing connection to one peer; messages are dropped while it is down (the
+    replication core retransmits), and reconnecting is attempted in the background."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.conn = wire.Connection(address, connect_timeout_s=1.0)
+        self._connecting: asyncio.Task[None] | None = None
+
+    def send(self, body: dict[str, Any]) -> None:
+        if self.conn.send(body):
+            return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            await self.conn.connect()
+        except errors.Unavailable:
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        await self.conn.close()
+
+
+class Node:
+    def __init__(self, node_id: int, listen: str, data_dir: Path, meta: list[str],
+                 advertise: str | None = None) -> None:
+        self.node_id = node_id
+        self.listen = listen
+        self.address = advertise or listen
+        self.data_dir = data_dir
+        self.meta = meta
+        self.replica: Replica | None = None
+        self.broken: str | None = None
+        self.group: int | None = None
+        self.members: dict[int, str] = {}
+        self._peers: dict[int, PeerLink] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._meta_conns: dict[str, wire.Connection] = {}
+        self._meta_index = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def _check_identity(self) -> None:
+        ident = self.data_dir / "node.id"
+        state = hardstate.load(ident)
+        if not state:
+            hardstate.save(ident, {"node_id": self.node_id})
+        elif state.get("node_id") != self.node_id:
+            raise SystemExit(
+                f"data dir {self.data_dir} belongs to node {state.get('node_id')}, "
+                f"not {self.node_id}"
+            )
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_identity()
+        try:
+            wal = await asyncio.to_thread(WAL.open, self.data_dir / "wal")
+            await asyncio.to_thread(wal.sync)  # what a crash left in the page cache is ours
+            engine = await asyncio.to_thread(open_rocks, str(self.data_dir / "index"))
+            if engine.applied_index > wal.last_index:
+                raise StorageCorrupt(
+                    f"index applied up to {engine.applied_index} but the log ends at "
+                    f"{wal.last_index}"
+                )
+            self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
+                                   self._send_raft)
+            await self.replica.start()
+            log.info("node %d opened its log (last index %d, applied %d)", self.node_id,
+                     wal.last_index, engine.applied_index)
+        except StorageCorrupt as err:
+            # Never serve a corrupt log: report ourselves so the controller replaces us.
+            self.broken = str(err)
+            log.error("refusing to serve: %s", err)
+        host, _, port = self.listen.rpartition(":")
+        self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
+                                                  int(port))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat_loop()))
+        log.info("node %d listening on %s, meta %s", self.node_id, self.listen,
+                 ",".join(self.meta))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        if self.replica is not None:
+            await self.replica.stop()
+            await asyncio.to_thread(self.replica.engine.close)
+            await asyncio.to_thread(self.replica.wal.close)
+        for peer in self._peers.values():
+            await peer.close()
+        for conn in self._meta_conns.values():
+            await conn.close()
+
+    # ------------------------------------------------------------------ meta
+    def _status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"group": self.group, "broken": self.broken}
+        if self.replica is not None:
+            status.update(self.replica.status())
+        else:
+            status.update(role="idle", epoch=0, leader_epoch=0, last_epoch=0, last_index=0,
+                          commit_index=0, applied_index=0)
+        return status
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            address = self.meta[self._meta_index % len(self.meta)]
+            conn = self._meta_conns.get(address)
+            if conn is None:
+                conn = self._meta_conns[address] = wire.Connection(address, 1.0)
+            try:
+                reply = await conn.request(
+                    "heartbeat", timeout_s=META_TIMEOUT_S, node_id=self.node_id,
+                    address=self.address, status=self._status(),
+                )
+                self._on_assignment(reply.get("group"), reply.get("campaign"))
+            except errors.NotActive as err:
+                hint = err.details.get("active_hint")
+                if isinstance(hint, str) and hint:
+                    if hint not in self.meta:
+                        self.meta.append(hint)
+                    self._meta_index = self.meta.index(hint)
+            except errors.RangeKVError as err:
+                log.debug("heartbeat to meta %s failed: %s", address, err)
+                self._meta_index += 1
+            await asyncio.sleep(HEARTBEAT_MS / 1000)
+
+    def _on_assignment(self, group: dict[str, Any] | None, campaign: int | None) -> None:
+        if self.replica is None:
+            return
+        if group is None:
+            if self.group is not None:
+                log.info("no longer a member of group %s", self.group)
+            self.group = None
+            self.members = {}
+            self.replica.configure([])
+            return
+        members = {int(m["id"]): str(m["address"]) for m in group.get("members", [])}
+        if group.get("id") != self.group or members != self.members:
+            log.info("member of group %s: %s", group.get("id"), members)
+        self.group = int(group["id"])
+        self.members = members
+        for peer_id in list(self._peers):
+            if self._peers[peer_id].address != members.get(peer_id):
+                link = self._peers.pop(peer_id)
+                asyncio.get_running_loop().create_task(link.close())
+        self.replica.configure(sorted(members))
+        if isinstance(campaign, int) and campaign > 0:
+            self.replica.campaign(campaign)
+
+    # ------------------------------------------------------------------ network
+    def _send_raft(self, msg: Msg) -> None:
+        link = self._peers.get(msg.to)
+        if link is None:
+            address = self.members.get(msg.to)
+            if address is None:
+                return
+            link = self._peers[msg.to] = PeerLink(address)
+        link.send({"t": "raft", "m": msg.to_wire()})
+
+    async def _on_connection(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        await wire.serve_connection(reader, writer, self._on_request, self._on_message)
+
+    def _on_message(self, body: dict[str, Any]) -> None:
+        if body.get("t") != "raft" or self.replica is None:
+            return
+        try:
+            msg = Msg.from_wire(body.get("m"))
+        except ValueError as err:
+            log.warning("dropping a malformed replication message: %s", err)
+            return
+        self.replica.step(msg)
+
+    # ------------------------------------------------------------------ requests
+    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        op = body.get("op")
+        if op == "status":
+            return {"node_id": self.node_id, "address": self.address, **self._status()}
+        replica = self.replica
+        if replica is None:
+            raise errors.Unavailable(f"node {self.node_id} does not serve: {self.broken}")
+        if op == "put":
+            table_id = _int(body, "table_id")
+            key = limits.check_key(_bytes(body, "key") or b"")
+            value = limits.check_value(_bytes(body, "value") or b"")
+            result = await replica.propose({
+                "op": "put", "t": table_id, "k": key, "v": value, "s": _seq(body, "seq"),
+                "c": _seq(body, "if_seq", optional=True),
+            })
+            return {"seq": result["seq"]}
+        if op == "delete":
+            table_id = _int(body, "table_id")
+            key = limits.check_key(_bytes(body, "key") or b"")
+            result = await replica.propose({
+                "op": "del", "t": table_id, "k": key, "s": _seq(body, "seq"),
+                "c": _seq(body, "if_seq", optional=True),
+            })
+            return {"deleted": bool(result["deleted"]), "seq": result["seq"]}
+        if op == "get":
+            table_id = _int(body, "table_id")
+            key = limits.check_key(_bytes(body, "key") or b"")
+            await replica.linearizable()
+            if not replica.engine.owns(table_id, key):
+                raise errors.TableNotFound(f"table {table_id} has no range here for this key",
+                                           table_id=table_id)
+            found = replica.engine.get(table_id, key)
+            if found is None:
+                return {"found": False, "value": b"", "seq": sequencer.ZERO}
+            return {"found": True, "value": found[0], "seq": found[1]}
+        if op == "list":
+            table_id = _int(body, "table_id")
+            start = _bytes(body, "start") or b""
+            end = _bytes(body, "end", optional=True)
+            after = _bytes(body, "after", optional=True)
+            limit = limits.check_list_limit(body.get("limit"))
+            await replica.linearizable()
+            if not replica.engine.has_table(table_id):
+                raise errors.TableNotFound(f"table {table_id} has no range here",
+                                           table_id=table_id)
+            items, more = replica.engine.scan(table_id, start, end, after, limit,
+                                              limits.LIST_BYTES_MAX)
+            return {"items": [list(item) for item in items], "more": more}
+        if op == "add_range":
+            await replica.propose({
+                "op": "add_range", "t": _int(body, "table_id"),
+                "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
+                "s": sequencer.ZERO,
+            })
+            return {}
+        if op == "drop_table":
+            await replica.propose({"op": "drop_table", "t": _int(body, "table_id"),
+                                   "s": sequencer.ZERO})
+            return {}
+        raise errors.InvalidArgument(f"unknown op {op!r}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rangekv node", description=__doc__.split("\n")[0])
+    parser.add_argument("--id", type=int, required=True, help="this node's id (1..2^32-1)")
+    parser.add_argument("--listen", required=True, help="HOST:PORT for the internal protocol")
+    parser.add_argument("--advertise", help="HOST:PORT peers use to reach us (default: --listen)")
+    parser.add_argument("--data-dir", required=True, type=Path, help="WAL and index live here")
+    parser.add_argument("--meta", required=True,
+                        help="metadata manager address(es), HOST:PORT[,HOST:PORT]")
+    args = parser.parse_args(argv)
+    setup_logging(f"node-{args.id}")
+    node = Node(args.id, args.listen, args.data_dir,
+                [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await node.start()
+        await stop.wait()
+        log.info("stopping")
+        await node.stop()
+
+    asyncio.run(run())
+    return 0
