@@ -4,6 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Deterministic and free of wall-clock deadlines: a loaded 2-core CI machine must not turn a
+# slow example into a failure. Failing examples print their reproduction blob.
+settings.register_profile("rangekv", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("rangekv")
 
 from rangekv.testing.procs import free_port, start_etcd
 

@@ -148,5 +148,8 @@ def from_dict(body: dict[str, Any]) -> RangeKVError:
     code = str(body.get("code", "internal"))
     message = str(body.get("message", code))
     details = {k: v for k, v in body.items() if k not in ("code", "message", "retryable")}
-    cls = _BY_CODE.get(code, Internal)
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        _register(RangeKVError)  # subclasses defined in other modules since import
+        cls = _BY_CODE.get(code, Internal)
     return cls(message, **details)

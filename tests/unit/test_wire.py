@@ -117,3 +117,10 @@ def test_replication_message_round_trip(entries: list) -> None:
 def test_malformed_replication_messages_rejected(raw: object) -> None:
     with pytest.raises(ValueError):
         Msg.from_wire(raw)
+
+
+def test_error_codes_defined_elsewhere_round_trip() -> None:
+    from rangekv.storage.wal import WALCorrupt
+
+    back = errors.from_dict(WALCorrupt("bad record", path="x").to_dict())
+    assert type(back) is WALCorrupt

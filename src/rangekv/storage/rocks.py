@@ -1,0 +1,77 @@
+"""The RocksDB backend of the state machine (PyPI ``rocksdict``, raw bytes mode).
+
+Invariants:
+
+* Every write is one ``WriteBatch``: atomic, never half applied.
+* RocksDB's own WAL is off (``disable_wal``): our WAL is the only log. A crash may therefore
+  lose the most recent batches that were still in the memtable, but never part of a batch and
+  never out of order (one column family, so memtable flushes keep a prefix of the batches). The
+  state machine stores its applied index in every batch, so the node replays its WAL from there.
+* Consequently the WAL must keep every entry above the *flushed* applied index: call
+  ``flush()`` before dropping a WAL prefix (``close()`` flushes too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from rangekv.storage.engine import Op
+
+
+class RocksBackend:
+    """An ordered bytes map in a RocksDB directory (created if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db: Rdict | None = Rdict(self.path, options)
+        self._write_options = WriteOptions()
+        self._write_options.disable_wal = True
+
+    def _open_db(self) -> Rdict:
+        assert self._db is not None, f"RocksDB at {self.path} used after close"
+        return self._db
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._open_db().get(key)
+        assert value is None or isinstance(value, bytes)
+        return value
+
+    def iterate(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        read_options = ReadOptions()
+        read_options.set_iterate_upper_bound(hi)
+        it = self._open_db().iter(read_options)
+        try:
+            it.seek(lo)
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+        finally:
+            del it  # an open iterator keeps RocksDB from closing
+
+    def write(self, ops: Sequence[Op]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for kind, a, b in ops:
+            if kind == "put":
+                batch.put(a, b)
+            elif kind == "del":
+                batch.delete(a)
+            elif kind == "del_range":
+                batch.delete_range(a, b)
+            else:
+                raise AssertionError(f"unknown backend op {kind!r}")
+        self._open_db().write(batch, self._write_options)
+
+    def flush(self) -> None:
+        self._open_db().flush(True)
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        db, self._db = self._db, None
+        db.flush(True)
+        db.close()
