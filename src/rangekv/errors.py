@@ -6,7 +6,8 @@ where to go next carry the hint (``NotLeader.leader_hint``).
 
     RangeKVError
     ├── InvalidArgument        400  bad key, table name, cursor, request
-    │   └── TooLarge           413  value (or key) over its limit
+    │   ├── TooLarge           413  value (or key) over its limit
+    │   └── MethodNotAllowed   405  the path exists, the method does not
     ├── NotFound               404
     │   ├── TableNotFound      404
     │   └── KeyNotFound        404
@@ -60,6 +61,11 @@ class InvalidArgument(RangeKVError):
 class TooLarge(InvalidArgument):
     code = "too_large"
     status = 413
+
+
+class MethodNotAllowed(InvalidArgument):
+    code = "method_not_allowed"
+    status = 405
 
 
 class NotFound(RangeKVError):

@@ -1,0 +1,425 @@
+"""``rangekv rm``: the stateless request manager's HTTP front.
+
+Theory of operation
+-------------------
+
+An rm holds no durable state. It serves the public HTTP API (described in ``openapi.py``) from
+an in-memory routing view kept current by an etcd watch (``routing.EtcdViewSource``) and sends
+each operation, already checked, to the leader of the right replication group
+(``routing.Router``). The load balancer health-checks ``/healthz``, which is 200 only while the
+view is loaded and followed.
+
+Request flow of a put::
+
+    raw path ─▶ route (by hand, on the undecoded path) ─▶ decode + check table, key, conditions
+      ─▶ Content-Length over the limit? 413 before reading ─▶ read at most limit + 1 bytes
+      ─▶ Router.put (stamps a seq, finds the leader, retries what is safe) ─▶ {"seq": hex}
+
+Invariants:
+
+* Every limit of ``rangekv.limits`` is checked here before anything is sent, so bad input
+  changes nothing; a request body is never read beyond ``VALUE_BYTES_MAX + 1`` bytes.
+* Routing uses the raw request target, never a decoded or normalized path, so keys containing
+  "/", "%", "." or ".." mean exactly what the client encoded.
+* Every error answer is ``{"error": {"code", "message", "retryable", ...}}`` with the status of
+  the error's class; a 503 carries ``Retry-After: 1``; a bug is a 500 and is logged.
+* The hot path (get/put/delete) does no etcd call and no JSON encoding of values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from rangekv import errors, limits
+from rangekv import log as rangekv_log
+from rangekv.request_manager import http_codec as codec
+from rangekv.request_manager import openapi
+from rangekv.request_manager.metrics import Metrics
+from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
+
+log = logging.getLogger("rangekv.rm")
+
+RETRY_AFTER_S = 1
+CLIENT_MAX_BYTES = limits.VALUE_BYTES_MAX + 1  # aiohttp's own cap; we read at most this much
+SHUTDOWN_TIMEOUT_S = 2.0
+
+_TABLES_PREFIX = "/v1/tables/"
+_JSON = "application/json"
+_OCTETS = "application/octet-stream"
+
+Handler = Callable[[], Awaitable[web.StreamResponse]]
+
+
+class _NoRoute(Exception):
+    pass
+
+
+class _BadMethod(Exception):
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        super().__init__(", ".join(allow))
+        self.allow = allow
+
+
+def _origin_form(target: str) -> str:
+    """The path and query of an absolute-form request target (``http://host/path?q``)."""
+    scheme_end = target.find("://")
+    slash = target.find("/", scheme_end + 3) if scheme_end >= 0 else -1
+    return target[slash:] if slash >= 0 else "/"
+
+
+def _json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=codec.dump_json(body), status=status, content_type=_JSON, headers=headers
+    )
+
+
+def error_response(err: errors.RangeKVError) -> web.Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+    return _json_response(codec.error_body(err), err.status, headers)
+
+
+class RequestManager:
+    """The HTTP handlers of one rm. ``app()`` builds the aiohttp application."""
+
+    def __init__(
+        self,
+        router: Router,
+        source: ViewSource,
+        rm_id: int,
+        metrics: Metrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.router = router
+        self.source = source
+        self.rm_id = rm_id
+        self.metrics = metrics if metrics is not None else Metrics(rm_id)
+        self._monotonic = monotonic
+        self._openapi = codec.dump_json(openapi.document())
+
+    def server(self, **kwargs: Any) -> web.Server:
+        """aiohttp's low-level server around ``dispatch``: no router and no middlewares (we
+        route on the raw path ourselves)."""
+        return web.Server(self.dispatch, request_factory=self.request_factory, **kwargs)
+
+    @staticmethod
+    def request_factory(
+        message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+    ) -> web.BaseRequest:
+        """Requests whose body aiohttp itself would never buffer past ``CLIENT_MAX_BYTES``."""
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            asyncio.get_running_loop(),
+            client_max_size=CLIENT_MAX_BYTES,
+        )
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        t0 = self._monotonic()
+        op = "other"
+        try:
+            op, handler = self._route(request)
+            response = await handler()
+        except errors.RangeKVError as err:
+            response = error_response(err)
+        except _NoRoute:
+            response = _json_response(
+                codec.error_body(
+                    errors.NotFound(f"no route {request.method} {request.raw_path[:200]}")
+                ),
+                404,
+            )
+        except _BadMethod as bad:
+            response = _json_response(
+                codec.raw_error_body(
+                    "method_not_allowed",
+                    f"{request.method} is not allowed here; allowed: {', '.join(bad.allow)}",
+                    allow=list(bad.allow),
+                ),
+                405,
+                {"Allow": ", ".join(bad.allow)},
+            )
+        except asyncio.CancelledError:
+            self.metrics.observe(op, 499, self._monotonic() - t0)
+            raise
+        except Exception:
+            log.exception("bug answering %s %s", request.method, request.raw_path[:200])
+            response = error_response(errors.Internal("internal error; please report it"))
+        self.metrics.observe(op, response.status, self._monotonic() - t0)
+        return response
+
+    def _route(self, request: web.BaseRequest) -> tuple[str, Handler]:
+        """(metrics op name, handler) for a request, by its raw, undecoded path."""
+        raw = request.raw_path
+        if raw[:1] != "/":
+            raw = _origin_form(raw)
+        path, _, raw_query = raw.partition("?")
+        method = request.method
+        if method == "HEAD":
+            method = "GET"  # aiohttp sends the headers of the GET answer without its body
+        if path.startswith(_TABLES_PREFIX):
+            table_raw, sep, tail = path[len(_TABLES_PREFIX) :].partition("/")
+            if not table_raw:
+                raise _NoRoute
+            if not sep:
+                if method == "PUT":
+                    return "create_table", lambda: self.create_table(table_raw)
+                if method == "DELETE":
+                    return "drop_table", lambda: self.drop_table(table_raw)
+                raise _BadMethod(("PUT", "DELETE"))
+            if tail == "keys":
+                if method == "GET":
+                    return "list", lambda: self.list_keys(table_raw, raw_query)
+                raise _BadMethod(("GET", "HEAD"))
+            if tail.startswith("keys/"):
+                key_raw = tail[len("keys/") :]
+                if method == "GET":
+                    return "get", lambda: self.get_key(table_raw, key_raw, raw_query)
+                if method == "PUT":
+                    return "put", lambda: self.put_key(request, table_raw, key_raw, raw_query)
+                if method == "DELETE":
+                    return "delete", lambda: self.delete_key(request, table_raw, key_raw, raw_query)
+                raise _BadMethod(("GET", "HEAD", "PUT", "DELETE"))
+            raise _NoRoute
+        simple = {
+            "/v1/tables": ("list_tables", self.list_tables),
+            "/v1/cluster": ("cluster", self.cluster),
+            "/v1/openapi.json": ("openapi", self.openapi),
+            "/healthz": ("health", self.health),
+            "/metrics": ("metrics", self.render_metrics),
+        }.get(path)
+        if simple is None:
+            raise _NoRoute
+        if method != "GET":
+            raise _BadMethod(("GET", "HEAD"))
+        return simple
+
+    # -- keys --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(key_raw: str, raw_query: str) -> bytes:
+        key_encoding = None
+        if raw_query:
+            key_encoding = codec.query_text(codec.parse_query(raw_query), "key_encoding")
+        return codec.decode_path_key(key_raw, key_encoding)
+
+    async def get_key(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+        table = codec.decode_table_segment(table_raw)
+        key = self._key(key_raw, raw_query)
+        result = await self.router.get(table, key)
+        if not result.found:
+            raise errors.KeyNotFound("no such key", table=table)
+        seq_hex = result.seq.hex()
+        return web.Response(
+            body=result.value,
+            content_type=_OCTETS,
+            headers={"ETag": f'"{seq_hex}"', "X-Rangekv-Seq": seq_hex},
+        )
+
+    async def put_key(
+        self, request: web.BaseRequest, table_raw: str, key_raw: str, raw_query: str
+    ) -> web.Response:
+        table = codec.decode_table_segment(table_raw)
+        key = self._key(key_raw, raw_query)
+        if_seq = codec.parse_conditions(
+            request.headers.get("If-Match"), request.headers.get("If-None-Match")
+        )
+        value = await read_value(request)
+        seq = await self.router.put(table, key, value, if_seq)
+        return _json_response({"seq": seq.hex()}, headers={"ETag": codec.etag(seq)})
+
+    async def delete_key(
+        self, request: web.BaseRequest, table_raw: str, key_raw: str, raw_query: str
+    ) -> web.Response:
+        table = codec.decode_table_segment(table_raw)
+        key = self._key(key_raw, raw_query)
+        if request.headers.get("If-None-Match") is not None:
+            raise errors.InvalidArgument(
+                "If-None-Match is not supported on delete; use If-Match", field="If-None-Match"
+            )
+        if_seq = codec.parse_conditions(request.headers.get("If-Match"), None)
+        seq = await self.router.delete(table, key, if_seq)
+        return _json_response(
+            {"deleted": seq is not None, "seq": None if seq is None else seq.hex()}
+        )
+
+    async def list_keys(self, table_raw: str, raw_query: str) -> web.Response:
+        table = codec.decode_table_segment(table_raw)
+        query = codec.parse_list_query(codec.parse_query(raw_query))
+        page = await self.router.list(table, query.start, query.end, query.cursor, query.limit)
+        return _json_response(
+            {
+                "items": codec.encode_items(page.items, query.encoding),
+                "next": None if page.next is None else codec.encode_cursor(page.next),
+            }
+        )
+
+    # -- tables ------------------------------------------------------------------------------
+
+    async def list_tables(self) -> web.Response:
+        return _json_response(
+            {"tables": [{"name": t.name, "id": t.id} for t in self.router.tables()]}
+        )
+
+    async def create_table(self, table_raw: str) -> web.Response:
+        name = codec.decode_table_segment(table_raw)
+        table = await self.router.create_table(name)
+        return _json_response({"table": {"name": table.name, "id": table.id}}, 201)
+
+    async def drop_table(self, table_raw: str) -> web.Response:
+        name = codec.decode_table_segment(table_raw)
+        await self.router.drop_table(name)
+        return _json_response({"dropped": name})
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def cluster(self) -> web.Response:
+        return _json_response(self.source.view.to_json())
+
+    async def openapi(self) -> web.Response:
+        return web.Response(body=self._openapi, content_type=_JSON)
+
+    async def health(self) -> web.Response:
+        revision = self.source.view.revision
+        if self.source.ready:
+            return _json_response({"ok": True, "rm": self.rm_id, "revision": revision})
+        err = errors.Unavailable("the routing map is not loaded or not followed")
+        return _json_response(
+            {"ok": False, "rm": self.rm_id, "revision": revision, **codec.error_body(err)},
+            503,
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    async def render_metrics(self) -> web.Response:
+        text = self.metrics.render(ready=self.source.ready, revision=self.source.view.revision)
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Prometheus-Format": "0.0.4"},
+        )
+
+
+async def read_value(request: web.BaseRequest) -> bytes:
+    """The request body, at most ``VALUE_BYTES_MAX`` bytes; 413 without reading past the limit."""
+    limit = limits.VALUE_BYTES_MAX
+    length = request.content_length
+    if length is not None and length > limit:
+        raise errors.TooLarge(
+            f"value is {length} bytes; the limit is {limit}", field="value", limit=limit
+        )
+    if request.version == HttpVersion11 and "Expect" in request.headers:
+        # The client waits for our go-ahead before sending the body (curl does for bodies over
+        # 1 KiB): give it only now, after every check, so a refused body is never sent.
+        if request.headers["Expect"].lower() != "100-continue":
+            raise errors.InvalidArgument("only Expect: 100-continue is supported", field="Expect")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started yet
+    buf = bytearray()
+    try:
+        while len(buf) <= limit:
+            chunk = await request.content.read(limit + 1 - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+    except (OSError, aiohttp.ClientError, HttpProcessingError) as exc:  # the client went away
+        raise errors.InvalidArgument(
+            f"the request body could not be read: {type(exc).__name__}", field="value"
+        ) from None
+    if len(buf) > limit:
+        raise errors.TooLarge(
+            f"value is over {limit} bytes; the limit is {limit}", field="value", limit=limit
+        )
+    if length is not None and len(buf) != length:
+        raise errors.InvalidArgument("the request body ended early", field="value")
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------------------------------------
+# The process
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rangekv rm", description="rangekv request manager")
+    p.add_argument("--id", type=int, required=True, help="rm id (0..2^32-1), part of every seq")
+    p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    p.add_argument("--etcd", required=True, metavar="URL[,URL]", help="etcd client endpoints")
+    args = p.parse_args(argv)
+    if not 0 <= args.id < 2**32:
+        p.error("--id must be in 0..2^32-1")
+    args.etcd = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    if not args.etcd:
+        p.error("--etcd needs at least one URL")
+    return args
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from rangekv.metadata.etcd import EtcdClient  # only the real process needs etcd
+
+    host, port = args.listen
+    client = EtcdClient(args.etcd)
+    metrics = Metrics(args.id)
+    source = EtcdViewSource(client, metrics)
+    router = Router(source, args.id, stats=metrics.router)
+    server = RequestManager(router, source, args.id, metrics).server(access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            return 1
+        await source.start()
+        log.info("rm %d listening on %s:%d, etcd %s", args.id, host, port, ",".join(args.etcd))
+        await stop.wait()
+        log.info("stopping")
+        return 0
+    finally:
+        await runner.cleanup()
+        await source.close()
+        await router.close()
+        await client.close()
+        log.info("stopped")
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    rangekv_log.setup(f"rm-{args.id}")
+    try:
+        return asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,478 @@
+"""The OpenAPI 3.1 description of the rm's HTTP API, served at ``GET /v1/openapi.json``.
+
+Invariant: this document and ``app.py`` describe the same API; ``tests/unit/test_rm_app.py``
+checks that every route the app serves is here and that every error code named here exists in
+``rangekv.errors`` (plus ``method_not_allowed``, which only HTTP has).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rangekv import limits
+
+SEQ_PATTERN = "^[0-9a-f]{32}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, codes: list[str]) -> dict[str, Any]:
+    return {
+        "description": f"{description} (error codes: {', '.join(codes)})",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_E400 = _error("Bad input; nothing was changed", ["invalid_argument"])
+_E404_TABLE = _error("No such table", ["table_not_found"])
+_E405 = _error("Method not allowed on this path; see the Allow header", ["method_not_allowed"])
+_E503 = {
+    **_error(
+        "Unavailable: no leader, node or metadata manager reachable in time; safe to retry",
+        ["unavailable"],
+    ),
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds (1)."}},
+}
+_E504 = _error(
+    "The write was sent but its outcome is unknown: it may or may not have taken effect. "
+    "Read the key (or the table list) before retrying a conditional write",
+    ["outcome_unknown"],
+)
+_E500 = _error("A bug in rangekv; please report it", ["internal"])
+_E502 = _error(
+    "A node or the metadata manager sent an answer rangekv cannot decode", ["protocol_error"]
+)
+
+
+def _common(*extra: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "400": _E400,
+        "405": _E405,
+        "500": _E500,
+        "502": _E502,
+        "503": _E503,
+    }
+    out.update(dict(extra))
+    return out
+
+
+def document() -> dict[str, Any]:
+    key_bytes_max = limits.KEY_BYTES_MAX
+    value_bytes_max = limits.VALUE_BYTES_MAX
+    table_param = {
+        "name": "table",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+    }
+    key_param = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": (
+            f"The key, {limits.KEY_BYTES_MIN}..{key_bytes_max} bytes, percent-encoded (UTF-8 "
+            "text or any bytes; encode '/' as %2F and '%' as %25). With key_encoding=base64 "
+            "the segment is base64url of the key's bytes (padding optional)."
+        ),
+        "schema": {"type": "string"},
+    }
+    key_encoding_param = {
+        "name": "key_encoding",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["utf8", "base64"], "default": "utf8"},
+        "description": "How the {key} path segment is encoded.",
+    }
+    if_match = {
+        "name": "If-Match",
+        "in": "header",
+        "required": False,
+        "description": (
+            "Only if the key's current seq equals this one (32 hex digits, quotes optional, "
+            "as in the ETag of a get). '*' is not supported."
+        ),
+        "schema": {"type": "string"},
+    }
+    if_none_match = {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "'*': only if the key does not exist (create). Not with If-Match.",
+        "schema": {"type": "string", "enum": ["*"]},
+    }
+    e412 = {
+        "description": (
+            "Precondition failed: the key's current seq is not the one given (error code "
+            "precondition_failed; current_seq is the current seq, or null if the key is absent)"
+        ),
+        "content": {"application/json": {"schema": _ref("PreconditionError")}},
+    }
+    e404_key = _error("No such table or key", ["table_not_found", "key_not_found"])
+    seq_headers = {
+        "ETag": {
+            "schema": {"type": "string"},
+            "description": "The seq in double quotes (RFC 9110 entity tag).",
+        },
+        "X-Rangekv-Seq": {"schema": {"type": "string", "pattern": SEQ_PATTERN}},
+    }
+    list_params = [
+        table_param,
+        {
+            "name": "start",
+            "in": "query",
+            "required": False,
+            "description": "First key (inclusive); empty or absent = the table's first key.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "end",
+            "in": "query",
+            "required": False,
+            "description": (
+                "End key (exclusive); absent = no end. Not needed with after (the cursor "
+                "carries it); if given with after it must be the same."
+            ),
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": (
+                "The opaque cursor of a previous page (its next field): resume strictly after "
+                "that page's last key, with that page's end bound."
+            ),
+            "schema": {"type": "string", "maxLength": limits.CURSOR_BYTES_MAX},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": (
+                f"Most items per page; larger values are reduced to {limits.LIST_LIMIT_MAX}. "
+                f"A page may hold fewer (it stops after about {limits.LIST_BYTES_MAX} bytes); "
+                "only a null next means the listing is complete."
+            ),
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "default": limits.LIST_LIMIT_DEFAULT,
+                "maximum": limits.LIST_LIMIT_MAX,
+            },
+        },
+        {
+            "name": "encoding",
+            "in": "query",
+            "required": False,
+            "description": (
+                "utf8 (default): start, end, keys and values are text; an item whose key or "
+                "value is not valid UTF-8 carries key_base64 / value_base64 (standard base64) "
+                "instead. base64: start, end, keys and values are all standard base64."
+            ),
+            "schema": {"type": "string", "enum": ["utf8", "base64"], "default": "utf8"},
+        },
+    ]
+    table_schema = {
+        "type": "object",
+        "required": ["name", "id"],
+        "properties": {"name": {"type": "string"}, "id": {"type": "integer"}},
+    }
+    error_schema = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "retryable"],
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "description": "Stable; the same in the Python client's exceptions.",
+                    },
+                    "message": {"type": "string"},
+                    "retryable": {"type": "boolean"},
+                    "limit": {"type": "integer", "description": "The limit that was exceeded."},
+                    "field": {"type": "string", "description": "The input that was wrong."},
+                },
+                "additionalProperties": True,
+            }
+        },
+    }
+    precondition_schema = {
+        "allOf": [
+            _ref("Error"),
+            {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"const": "precondition_failed"},
+                            "current_seq": {
+                                "type": ["string", "null"],
+                                "pattern": SEQ_PATTERN,
+                            },
+                        },
+                    }
+                },
+            },
+        ]
+    }
+    item_schema = {
+        "type": "object",
+        "required": ["seq"],
+        "description": "Exactly one of key/key_base64 and one of value/value_base64.",
+        "properties": {
+            "key": {"type": "string"},
+            "key_base64": {"type": "string", "contentEncoding": "base64"},
+            "value": {"type": "string"},
+            "value_base64": {"type": "string", "contentEncoding": "base64"},
+            "seq": {"type": "string", "pattern": SEQ_PATTERN},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rangekv",
+            "version": "1",
+            "description": (
+                "A durable, strongly consistent, range-partitioned key-value database. Every "
+                "read sees the latest acknowledged write. Every stored version carries a "
+                "16-byte sequencer (seq, 32 hex digits) usable for conditional writes. "
+                "Errors are JSON {error: {code, message, retryable, ...}}; 503 answers carry "
+                "Retry-After. An unknown path is 404 not_found; a known path with a wrong "
+                "method is 405 method_not_allowed with an Allow header."
+            ),
+        },
+        "paths": {
+            "/v1/tables": {
+                "get": {
+                    "operationId": "listTables",
+                    "summary": "The active tables, sorted by name",
+                    "responses": _common(
+                        (
+                            "200",
+                            _json(
+                                "Tables",
+                                {
+                                    "type": "object",
+                                    "required": ["tables"],
+                                    "properties": {
+                                        "tables": {"type": "array", "items": _ref("Table")}
+                                    },
+                                },
+                            ),
+                        ),
+                    ),
+                }
+            },
+            "/v1/tables/{table}": {
+                "parameters": [table_param],
+                "put": {
+                    "operationId": "createTable",
+                    "summary": "Create a table",
+                    "responses": _common(
+                        (
+                            "201",
+                            _json(
+                                "Created",
+                                {
+                                    "type": "object",
+                                    "required": ["table"],
+                                    "properties": {"table": _ref("Table")},
+                                },
+                            ),
+                        ),
+                        ("409", _error("The table exists", ["table_exists"])),
+                        ("504", _E504),
+                    ),
+                },
+                "delete": {
+                    "operationId": "dropTable",
+                    "summary": "Drop a table and all of its keys",
+                    "responses": _common(
+                        (
+                            "200",
+                            _json(
+                                "Dropped",
+                                {
+                                    "type": "object",
+                                    "required": ["dropped"],
+                                    "properties": {"dropped": {"type": "string"}},
+                                },
+                            ),
+                        ),
+                        ("404", _E404_TABLE),
+                        ("504", _E504),
+                    ),
+                },
+            },
+            "/v1/tables/{table}/keys": {
+                "get": {
+                    "operationId": "listKeys",
+                    "summary": "A page of keys in key order, with a cursor to the next page",
+                    "parameters": list_params,
+                    "responses": _common(
+                        ("200", _json("A page", _ref("ListPage"))),
+                        ("404", _E404_TABLE),
+                    ),
+                }
+            },
+            "/v1/tables/{table}/keys/{key}": {
+                "parameters": [table_param, key_param, key_encoding_param],
+                "get": {
+                    "operationId": "getKey",
+                    "summary": "The value of a key (raw bytes) and its seq",
+                    "responses": _common(
+                        (
+                            "200",
+                            {
+                                "description": "The value",
+                                "headers": seq_headers,
+                                "content": {
+                                    "application/octet-stream": {
+                                        "schema": {
+                                            "type": "string",
+                                            "contentMediaType": "application/octet-stream",
+                                        }
+                                    }
+                                },
+                            },
+                        ),
+                        ("404", e404_key),
+                    ),
+                },
+                "put": {
+                    "operationId": "putKey",
+                    "summary": "Set a key; the body is the raw value (any content type)",
+                    "parameters": [if_match, if_none_match],
+                    "requestBody": {
+                        "required": False,
+                        "description": f"The value: 0..{value_bytes_max} bytes.",
+                        "content": {
+                            "*/*": {"schema": {"type": "string", "maxLength": value_bytes_max}}
+                        },
+                    },
+                    "responses": _common(
+                        (
+                            "200",
+                            {
+                                **_json(
+                                    "Stored; seq is the version's sequencer", _ref("SeqResult")
+                                ),
+                                "headers": {"ETag": seq_headers["ETag"]},
+                            },
+                        ),
+                        ("404", _E404_TABLE),
+                        ("412", e412),
+                        (
+                            "413",
+                            _error(f"The value is over {value_bytes_max} bytes", ["too_large"]),
+                        ),
+                        ("504", _E504),
+                    ),
+                },
+                "delete": {
+                    "operationId": "deleteKey",
+                    "summary": "Delete a key (writes a tombstone with a seq)",
+                    "parameters": [if_match],
+                    "responses": _common(
+                        (
+                            "200",
+                            _json(
+                                "Deleted, or there was nothing to delete",
+                                {
+                                    "type": "object",
+                                    "required": ["deleted", "seq"],
+                                    "properties": {
+                                        "deleted": {"type": "boolean"},
+                                        "seq": {"type": ["string", "null"], "pattern": SEQ_PATTERN},
+                                    },
+                                },
+                            ),
+                        ),
+                        ("404", _E404_TABLE),
+                        ("412", e412),
+                        ("504", _E504),
+                    ),
+                },
+            },
+            "/v1/cluster": {
+                "get": {
+                    "operationId": "cluster",
+                    "summary": "The topology this rm routes by: groups, ranges, nodes, tables",
+                    "responses": _common(("200", _json("Topology", {"type": "object"}))),
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": _common(("200", _json("OpenAPI 3.1", {"type": "object"}))),
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "200 once the routing map is loaded and followed; else 503",
+                    "responses": {
+                        "200": _json("Ready", _ref("Health")),
+                        "405": _E405,
+                        "503": _json("Not ready", _ref("Health")),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus text exposition",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "405": _E405,
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Table": table_schema,
+                "Error": error_schema,
+                "PreconditionError": precondition_schema,
+                "SeqResult": {
+                    "type": "object",
+                    "required": ["seq"],
+                    "properties": {"seq": {"type": "string", "pattern": SEQ_PATTERN}},
+                },
+                "Item": item_schema,
+                "ListPage": {
+                    "type": "object",
+                    "required": ["items", "next"],
+                    "properties": {
+                        "items": {"type": "array", "items": _ref("Item")},
+                        "next": {
+                            "type": ["string", "null"],
+                            "description": "Cursor for after=; null when complete.",
+                        },
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["ok", "rm"],
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "rm": {"type": "integer"},
+                        "revision": {"type": "integer"},
+                    },
+                },
+            }
+        },
+    }

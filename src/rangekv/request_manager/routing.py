@@ -1,0 +1,821 @@
+"""Routing: the rm's in-memory copy of the metadata, and sending each operation where it belongs.
+
+Theory of operation
+-------------------
+
+The rm keeps all of the metadata in memory (seed: "keep all the data of MM in RM") as a
+``ClusterView``. A ``ViewSource`` owns that view: ``EtcdViewSource`` loads everything under
+``/rangekv/`` with one prefix read and then follows it with a watch from the next revision,
+applying events in order; when the watch is lost it reloads with backoff. ``StaticViewSource``
+holds a view built by hand (tests, tools). Nothing on the hot path talks to etcd.
+
+The ``Router`` turns ``(table, key)`` into an address with three lookups in that view (table name
+→ id, id + key → range → group, group → leader → node address) and sends the node op over a pooled
+``wire.Connection`` (one per address, requests multiplexed). When the view is wrong it recovers:
+
+=========================================  ===================================================
+what happened                              what the router does
+=========================================  ===================================================
+no leader known / cannot connect           wait for the view to change or a backoff, retry
+``not_leader`` with a hint                 go to the hinted node at once (once per request),
+                                           remember the hint for the group until the view's
+                                           epoch catches up; later: wait, then retry
+table unknown, or ``table_not_found``      re-read that table's keys from etcd once (the watch
+                                           may lag a table created through another rm), retry;
+                                           then 404
+``outcome_unknown`` / ``timeout`` on a     never retried: the write may have happened; 504
+write (put, delete, create/drop table)     ``outcome_unknown``
+the same on a read                         retried
+=========================================  ===================================================
+
+Invariants:
+
+* A write is sent again only if the previous attempt surely did not take effect: the node
+  refused it (``not_leader``, ``unavailable``, ``table_not_found``) or it was never sent
+  (``Unavailable`` from connecting). Anything else ends the request.
+* Every request ends within its deadline (``request_deadline_s``; ``meta_deadline_s`` for table
+  creation and drop); every wait is bounded by what remains of it.
+* Every write carries a fresh seq from this rm's ``Sequencer``; every seq a node returns is
+  ``observe``d, so this rm's seqs stay above any it has seen (a hybrid logical clock).
+* A list page walks the table's ranges in key order with one cursor: each range is asked for
+  keys in ``[max(start, range.start), min(end, range.end))`` strictly after the cursor key, and
+  the page moves to the next range only when a range is exhausted.
+
+Bounds (units last) are the module constants below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rangekv import errors, limits, sequencer, wire
+from rangekv.metadata import model
+from rangekv.metadata.model import ClusterView, Range, Table
+from rangekv.request_manager.http_codec import Cursor
+from rangekv.request_manager.metrics import Metrics, RouterStats
+
+log = logging.getLogger("rangekv.rm.routing")
+
+REQUEST_DEADLINE_S = 5.0  # a data op, all retries included
+META_DEADLINE_S = 10.0  # create/drop table: the meta must also set up the table's range
+READ_ATTEMPT_TIMEOUT_S_MAX = 2.0  # one read attempt; a slow node is then retried
+CONNECT_TIMEOUT_S = 1.0
+BACKOFF_S_MIN = 0.02
+BACKOFF_S_MAX = 0.5
+TABLE_VISIBLE_TIMEOUT_S = 2.0  # after create/drop, wait this long for the watch to show it
+RELOAD_BACKOFF_S_MIN = 0.05
+RELOAD_BACKOFF_S_MAX = 5.0
+REFRESH_CONCURRENCY_MAX = 8  # direct etcd re-reads in flight at once
+LIST_RANGES_PER_PAGE_MAX = 64  # ranges one list page may walk (empty ranges included)
+
+
+def backoff_s(attempt: int, rand: Callable[[], float]) -> float:
+    """Exponential backoff with equal jitter: in [d/2, d], d = min(max, min * 2**attempt)."""
+    delay = min(BACKOFF_S_MAX, BACKOFF_S_MIN * float(1 << min(attempt, 16)))
+    return delay / 2 + rand() * delay / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# View sources
+
+
+class ViewSource(Protocol):
+    """Owns the ClusterView the router reads. ``view`` may be replaced by a new object."""
+
+    @property
+    def view(self) -> ClusterView: ...
+
+    @property
+    def ready(self) -> bool:
+        """The view is loaded and being kept current."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def wait_changed(self, timeout_s: float) -> bool:
+        """Wait until the view changes (True) or ``timeout_s`` passes (False)."""
+        ...
+
+    async def wait_revision(self, revision: int, timeout_s: float) -> bool:
+        """Wait until the view reflects ``revision`` (True) or ``timeout_s`` passes (False)."""
+        ...
+
+    async def refresh_table(self, name: str, since: float) -> None:
+        """Re-read one table's keys (table and ranges) from the store of record.
+
+        ``since`` is the ``time.monotonic()`` at which the caller's request began: a re-read
+        already in flight that started after it is joined instead of repeated. Raises
+        ``Unavailable`` if the store cannot be read.
+        """
+        ...
+
+
+class _Notifier:
+    """Wakes waiters whenever the view changes."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout_s: float) -> bool:
+        if timeout_s <= 0:
+            return False
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_revision(self, revision: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.view.revision < revision:  # type: ignore[attr-defined]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await self.wait_changed(remaining)
+        return True
+
+
+class StaticViewSource(_Notifier):
+    """A view built by hand. ``backing`` stands for etcd: ``refresh_table`` copies one table
+    (and its ranges) from it into the served view, as a direct etcd read would."""
+
+    def __init__(self, view: ClusterView, backing: ClusterView | None = None) -> None:
+        super().__init__()
+        self._view = view
+        self.backing = backing
+        self.refreshes = 0
+
+    @property
+    def view(self) -> ClusterView:
+        return self._view
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def changed(self) -> None:
+        """Call after mutating ``view`` in place so that waiters look again."""
+        self._notify()
+
+    def set_view(self, view: ClusterView) -> None:
+        self._view = view
+        self._notify()
+
+    async def refresh_table(self, name: str, since: float) -> None:
+        self.refreshes += 1
+        if self.backing is None:
+            return
+        table = self.backing.tables.get(name)
+        if table is None:
+            self._view.tables.pop(name, None)
+        else:
+            self._view.tables[name] = table
+            if table.id in self.backing.ranges:
+                self._view.ranges[table.id] = list(self.backing.ranges[table.id])
+        self._notify()
+
+
+class EtcdKV(Protocol):
+    key: bytes
+    value: bytes
+    mod_revision: int
+
+
+class EtcdEvent(Protocol):
+    type: str
+    kv: EtcdKV
+
+
+class EtcdLike(Protocol):
+    """The part of ``rangekv.metadata.etcd.EtcdClient`` the rm uses."""
+
+    async def get_prefix(self, prefix: bytes) -> tuple[list[Any], int]: ...
+
+    def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[list[Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class EtcdViewSource(_Notifier):
+    """Loads ``/rangekv/`` from etcd and follows it with a watch; reloads when the watch is lost.
+
+    A direct re-read of one table (``refresh_table``) may put keys in the view at a revision the
+    watch has not reached yet; ``_ahead`` remembers those keys with that revision so that the
+    watch's older events for them are skipped until the watch catches up. ``view.revision`` is
+    only ever advanced by the watch (or a reload), so ``wait_revision`` means "the watch got
+    there".
+    """
+
+    def __init__(
+        self,
+        client: EtcdLike,
+        metrics: Metrics | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._metrics = metrics
+        self._sleep = sleep
+        self._rand = rand
+        self._view = ClusterView()
+        self._ready = False
+        self._task: asyncio.Task[None] | None = None
+        self._ahead: dict[bytes, int] = {}
+        self._refreshing: dict[str, tuple[float, asyncio.Task[None]]] = {}
+        self._refresh_slots = asyncio.Semaphore(REFRESH_CONCURRENCY_MAX)
+
+    @property
+    def view(self) -> ClusterView:
+        return self._view
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        assert self._task is None, "started twice"
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        self._ready = False
+        for _, t in list(self._refreshing.values()):
+            t.cancel()
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _load(self) -> int:
+        kvs, revision = await self._client.get_prefix(model.PREFIX)
+        view = ClusterView(revision=revision)
+        for kv in kvs:
+            try:
+                view.apply(kv.key, kv.value)
+            except Exception as exc:  # one bad metadata value must not stop routing
+                log.error("skipping undecodable metadata key %r: %r", kv.key, exc)
+        self._view = view
+        self._ahead.clear()
+        if self._metrics is not None:
+            self._metrics.view_reloads += 1
+        self._notify()
+        log.info(
+            "view loaded at revision %d: %d tables, %d groups, %d nodes",
+            revision,
+            len(view.tables),
+            len(view.groups),
+            len(view.nodes),
+        )
+        return revision
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                revision = await self._load()
+                watch = self._client.watch_prefix(model.PREFIX, revision + 1)
+                self._ready = True
+                try:
+                    async for events in watch:
+                        self._apply_events(events)
+                        attempt = 0
+                finally:
+                    aclose = getattr(watch, "aclose", None)  # release the stream at once
+                    if aclose is not None:
+                        await aclose()
+                log.warning("metadata watch ended; reloading")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # WatchLost, etcd down, compaction: all mean "reload"
+                log.warning("metadata watch lost (%s: %s); reloading", type(exc).__name__, exc)
+            self._ready = False
+            delay = min(RELOAD_BACKOFF_S_MAX, RELOAD_BACKOFF_S_MIN * 2 ** min(attempt, 16))
+            attempt += 1
+            await self._sleep(delay / 2 + self._rand() * delay / 2)
+
+    def _apply_events(self, events: list[Any]) -> None:
+        view = self._view
+        if not events:
+            return
+        batch_revision = max(int(ev.kv.mod_revision or 0) for ev in events)
+        for ev in events:
+            key = bytes(ev.kv.key)
+            revision = int(ev.kv.mod_revision or 0) or batch_revision
+            ahead = self._ahead.get(key)
+            if ahead is not None and revision <= ahead:
+                continue  # a direct re-read already showed this key at a later revision
+            try:
+                view.apply(key, None if ev.type == "delete" else bytes(ev.kv.value))
+            except Exception as exc:  # one bad metadata value must not stop routing
+                log.error("skipping undecodable metadata event for %r: %r", key, exc)
+        if batch_revision > view.revision:
+            view.revision = batch_revision
+        if self._ahead:
+            self._ahead = {k: r for k, r in self._ahead.items() if r > view.revision}
+        if self._metrics is not None:
+            self._metrics.watch_events += len(events)
+        self._notify()
+
+    async def refresh_table(self, name: str, since: float) -> None:
+        current = self._refreshing.get(name)
+        if current is not None and current[0] >= since and not current[1].done():
+            await asyncio.shield(current[1])
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(name))
+        entry = (time.monotonic(), task)
+        self._refreshing[name] = entry
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._refreshing.get(name) is entry:
+                del self._refreshing[name]
+            if not done.cancelled():
+                done.exception()  # retrieved: every waiter has (or had) its own copy
+
+        task.add_done_callback(forget)
+        await asyncio.shield(task)
+
+    async def _refresh(self, name: str) -> None:
+        async with self._refresh_slots:
+            try:
+                tkey = model.table_key(name)
+                kvs, revision = await self._client.get_prefix(tkey)
+                table_kv = next((kv for kv in kvs if bytes(kv.key) == tkey), None)
+                read: dict[bytes, Any] = {}
+                table_id = None
+                if table_kv is not None:
+                    table_id = model.Table.load(bytes(table_kv.value)).id
+                    read[tkey] = table_kv
+                    prefix = model.RANGES + f"{table_id:08x}/".encode()
+                    range_kvs, revision2 = await self._client.get_prefix(prefix)
+                    revision = min(revision, revision2)
+                    for kv in range_kvs:
+                        read[bytes(kv.key)] = kv
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise errors.Unavailable(
+                    f"cannot read table {name!r} from etcd: {type(exc).__name__}: {exc}"
+                ) from None
+        self._merge_read(name, table_id, read, revision)
+
+    def _merge_read(
+        self, name: str, table_id: int | None, read: dict[bytes, Any], revision: int
+    ) -> None:
+        """Put what a direct read saw into the view, key by key, unless the view is newer."""
+        view = self._view
+        keys = {model.table_key(name)}
+        if table_id is not None:
+            keys.update(model.range_key(table_id, r.start) for r in view.ranges.get(table_id, []))
+        keys.update(read)
+        changed = False
+        for key in keys:
+            known = self._ahead.get(key, view.revision)
+            kv = read.get(key)
+            at = int(kv.mod_revision) if kv is not None else revision
+            if at <= known:
+                continue
+            try:
+                view.apply(key, None if kv is None else bytes(kv.value))
+            except Exception as exc:  # one bad metadata value must not stop routing
+                log.error("skipping undecodable metadata key %r: %r", key, exc)
+                continue
+            self._ahead[key] = at
+            changed = True
+        if changed:
+            self._notify()
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections
+
+
+class ConnectionPool:
+    """One multiplexed ``wire.Connection`` per address, created on first use."""
+
+    def __init__(self, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self._conns: dict[str, wire.Connection] = {}
+        self._connect_timeout_s = connect_timeout_s
+
+    def get(self, address: str) -> wire.Connection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = self._conns[address] = wire.Connection(address, self._connect_timeout_s)
+        return conn
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The router
+
+
+@dataclass(frozen=True)
+class GetResult:
+    found: bool
+    value: bytes
+    seq: bytes
+
+
+@dataclass(frozen=True)
+class ListPage:
+    table_id: int
+    items: list[tuple[bytes, bytes, bytes]]
+    next: Cursor | None  # where the next page starts; None when the listing is complete
+
+
+class _Attempt:
+    """Retry state of one request: its deadline, backoff count and whether the one-off
+    recoveries (following a hint at once, re-reading the table) were used."""
+
+    __slots__ = ("deadline", "n", "refreshed", "hint_followed", "override", "since", "last")
+
+    def __init__(self, now: float, deadline_s: float) -> None:
+        self.since = now
+        self.deadline = now + deadline_s
+        self.n = 0
+        self.refreshed = False
+        self.hint_followed = False
+        self.override: str | None = None
+        self.last: errors.RangeKVError | None = None
+
+
+class Router:
+    """Sends node ops to group leaders and table ops to the active meta."""
+
+    def __init__(
+        self,
+        source: ViewSource,
+        rm_id: int,
+        *,
+        pool: ConnectionPool | None = None,
+        stats: RouterStats | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        meta_deadline_s: float = META_DEADLINE_S,
+    ) -> None:
+        self.source = source
+        self.rm_id = rm_id
+        self.sequencer = sequencer.Sequencer(rm_id, clock_ns)
+        self.pool = pool if pool is not None else ConnectionPool()
+        self.stats = stats if stats is not None else RouterStats()
+        self._monotonic = monotonic
+        self._rand = rand
+        self.request_deadline_s = request_deadline_s
+        self.meta_deadline_s = meta_deadline_s
+        # group id -> (leader address, epoch) learned from not_leader hints newer than the view
+        self._hints: dict[int, tuple[str, int]] = {}
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- public operations -------------------------------------------------------------------
+
+    def tables(self) -> list[Table]:
+        view = self.source.view
+        return sorted(
+            (t for t in view.tables.values() if t.state == model.TABLE_ACTIVE),
+            key=lambda t: t.name,
+        )
+
+    async def put(self, table: str, key: bytes, value: bytes, if_seq: bytes | None) -> bytes:
+        reply = await self._data_op(
+            "put", table, key, write=True, fields={"key": key, "value": value, "if_seq": if_seq}
+        )
+        seq = _seq(reply.get("seq"))
+        self.sequencer.observe(seq)
+        return seq
+
+    async def get(self, table: str, key: bytes) -> GetResult:
+        reply = await self._data_op("get", table, key, write=False, fields={"key": key})
+        if not reply.get("found"):
+            return GetResult(False, b"", sequencer.ZERO)
+        seq = _seq(reply.get("seq"))
+        self.sequencer.observe(seq)
+        return GetResult(True, bytes(reply.get("value") or b""), seq)
+
+    async def delete(self, table: str, key: bytes, if_seq: bytes | None) -> bytes | None:
+        """The tombstone's seq, or None if there was nothing to delete."""
+        reply = await self._data_op(
+            "delete", table, key, write=True, fields={"key": key, "if_seq": if_seq}
+        )
+        seq = _seq(reply.get("seq") or sequencer.ZERO)
+        if not reply.get("deleted"):
+            return None
+        self.sequencer.observe(seq)
+        return seq
+
+    async def list(
+        self,
+        table: str,
+        start: bytes,
+        end: bytes | None,
+        cursor: Cursor | None,
+        limit: int,
+    ) -> ListPage:
+        """One page of keys in ``[start, end)``, resuming at ``cursor`` (whose end applies)."""
+        assert 1 <= limit <= limits.LIST_LIMIT_MAX, limit
+        after: bytes | None = None
+        if cursor is not None:
+            end = cursor.end
+            if cursor.after is not None:
+                after = cursor.after
+            else:
+                assert cursor.start is not None
+                start = max(start, cursor.start)
+        st = _Attempt(self._monotonic(), self.request_deadline_s)
+        t = await self._resolve(st, table)
+        if cursor is not None and cursor.table_id != t.id:
+            raise errors.InvalidArgument(
+                "the cursor belongs to another table (was it dropped and re-created?)",
+                field="after",
+            )
+        items: list[tuple[bytes, bytes, bytes]] = []
+        page_bytes = 0
+        for _ in range(LIST_RANGES_PER_PAGE_MAX):
+            lower = start if after is None or after < start else after + b"\x00"
+            if end is not None and lower >= end:
+                return ListPage(t.id, items, None)
+            fields = {"start": start, "end": end, "after": after, "limit": limit - len(items)}
+            reply, rng = await self._route(
+                "list", table, lower, fields, write=False, table_id=t.id, clip=True, st=st
+            )
+            got = [(bytes(k), bytes(v), _seq(s)) for k, v, s in reply.get("items") or ()]
+            more = bool(reply.get("more"))
+            if more and not got:
+                raise errors.ProtocolError("a node answered a list with more=true and no items")
+            items.extend(got)
+            if got:
+                after = got[-1][0]
+                self.sequencer.observe(max(s for _, _, s in got))
+                page_bytes += sum(len(k) + len(v) for k, v, _ in got)
+            last_range = rng.end is None or (end is not None and rng.end >= end)
+            if more or len(items) >= limit or page_bytes >= limits.LIST_BYTES_MAX:
+                if (not more and last_range) or after is None:
+                    return ListPage(t.id, items, None)
+                return ListPage(t.id, items, Cursor(t.id, after, end))
+            if last_range:
+                return ListPage(t.id, items, None)
+            # This range is exhausted: continue at the next one, from its first key.
+            assert rng.end is not None and (after is None or after < rng.end), (rng, after)
+            start, after = rng.end, None
+        # Many empty ranges in a row: resume where this page stopped.
+        if after is not None:
+            return ListPage(t.id, items, Cursor(t.id, after, end))
+        return ListPage(t.id, items, Cursor(t.id, None, end, start))
+
+    async def create_table(self, name: str) -> Table:
+        limits.check_table_name(name)
+        reply = await self._meta_op("create_table", name=name)
+        info = reply.get("table") or {}
+        table = Table(int(info["id"]), str(info.get("name", name)), str(info.get("state", "")))
+        await self._await_table_change(name, int(reply.get("revision", 0)), present=True)
+        return table
+
+    async def drop_table(self, name: str) -> None:
+        limits.check_table_name(name)
+        reply = await self._meta_op("drop_table", name=name)
+        await self._await_table_change(name, int(reply.get("revision", 0)), present=False)
+
+    # -- data ops ----------------------------------------------------------------------------
+
+    async def _data_op(
+        self, op: str, table: str, key: bytes, *, write: bool, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        reply, _ = await self._route(op, table, key, fields, write=write)
+        return reply
+
+    async def _resolve(self, st: _Attempt, table: str) -> Table:
+        """The active table named ``table``; re-reads it from etcd once before a 404."""
+        while True:
+            t = self.source.view.table(table)
+            if t is not None:
+                return t
+            if not self.source.ready:
+                await self._backoff(st, errors.Unavailable("routing map not loaded yet"))
+                continue
+            await self._refresh_once(st, table)
+
+    async def _route(
+        self,
+        op: str,
+        table: str,
+        key: bytes,
+        fields: dict[str, Any],
+        *,
+        write: bool,
+        table_id: int | None = None,
+        clip: bool = False,
+        st: _Attempt | None = None,
+    ) -> tuple[dict[str, Any], Range]:
+        """Send ``op`` for ``key`` to the leader of its range's group, retrying as the module
+        docstring says. ``table_id`` pins the table (a list page must not switch to a table
+        re-created under the same name); ``clip`` clips ``start``/``end`` to the range."""
+        if st is None:
+            st = _Attempt(self._monotonic(), self.request_deadline_s)
+        while True:
+            t = await self._resolve(st, table)
+            if table_id is not None and t.id != table_id:
+                raise errors.TableNotFound(f"table {table!r} was dropped", table=table)
+            view = self.source.view
+            rng = view.range_for(t.id, key)
+            if rng is None:
+                if not st.refreshed:
+                    await self._refresh_once(st, table)
+                    continue
+                await self._backoff(st, errors.Unavailable(f"no range of {table!r} holds the key"))
+                continue
+            address = st.override or self._leader_address(view, rng.group)
+            st.override = None
+            if address is None:
+                await self._backoff(
+                    st, errors.Unavailable(f"no leader known for group {rng.group}")
+                )
+                continue
+            send = dict(fields)
+            if clip:
+                send["start"] = max(fields["start"], rng.start)
+                send["end"] = _min_end(fields["end"], rng.end)
+            if write:
+                send["seq"] = self.sequencer.next()
+            timeout_s = st.deadline - self._monotonic()
+            if not write:
+                timeout_s = min(timeout_s, READ_ATTEMPT_TIMEOUT_S_MAX)
+            if timeout_s <= 0:
+                raise _exhausted(st)
+            try:
+                reply = await self.pool.get(address).request(
+                    op, timeout_s=timeout_s, table_id=t.id, **send
+                )
+                return reply, rng
+            except errors.NotLeader as err:
+                self._on_not_leader(st, view, rng.group, address, err)
+                if st.override is not None and not st.hint_followed:
+                    st.hint_followed = True
+                    self.stats.hints_followed += 1
+                    self.stats.retry("not_leader")
+                    continue
+                await self._backoff(st, err)
+            except errors.TableNotFound:
+                await self._refresh_once(st, table)
+            except (errors.OutcomeUnknown, errors.ProtocolError) as err:  # incl. Timeout
+                if write:
+                    self.stats.outcome_unknown += 1
+                    raise errors.OutcomeUnknown(
+                        f"{op} may or may not have taken effect: {err.message}"
+                    ) from None
+                await self._backoff(st, errors.Unavailable(err.message))
+            except errors.Unavailable as err:
+                hint = self._hints.get(rng.group)
+                if hint is not None and hint[0] == address:
+                    del self._hints[rng.group]  # the hinted leader is unreachable: trust the view
+                await self._backoff(st, err)
+            except errors.PreconditionFailed as err:
+                cur = err.details.get("current_seq")
+                if isinstance(cur, (bytes, bytearray)):
+                    err.details["current_seq"] = bytes(cur).hex() if any(cur) else None
+                raise
+
+    def _leader_address(self, view: ClusterView, group_id: int) -> str | None:
+        hint = self._hints.get(group_id)
+        if hint is not None:
+            group = view.groups.get(group_id)
+            if group is not None and hint[1] > group.epoch:
+                return hint[0]
+            del self._hints[group_id]
+        return view.leader_address(group_id)
+
+    def _on_not_leader(
+        self,
+        st: _Attempt,
+        view: ClusterView,
+        group_id: int,
+        address: str,
+        err: errors.NotLeader,
+    ) -> None:
+        hint = err.leader_hint
+        node = view.nodes.get(hint) if hint is not None else None
+        if node is None or node.address == address:
+            self._hints.pop(group_id, None)
+            return
+        st.override = node.address
+        epoch = err.details.get("epoch")
+        group = view.groups.get(group_id)
+        if isinstance(epoch, int) and group is not None and epoch > group.epoch:
+            self._hints[group_id] = (node.address, epoch)
+
+    async def _refresh_once(self, st: _Attempt, table: str) -> None:
+        if st.refreshed:
+            raise errors.TableNotFound(f"no table named {table!r}", table=table)
+        st.refreshed = True
+        self.stats.refreshes += 1
+        await self.source.refresh_table(table, st.since)
+
+    async def _backoff(self, st: _Attempt, err: errors.RangeKVError) -> None:
+        """Wait for the view to change or a jittered backoff; raise when the deadline is near."""
+        st.last = err
+        self.stats.retry(err.code)
+        remaining = st.deadline - self._monotonic()
+        if remaining <= 0:
+            raise _exhausted(st)
+        delay = min(remaining, backoff_s(st.n, self._rand))
+        st.n += 1
+        await self.source.wait_changed(delay)
+        if self._monotonic() >= st.deadline:
+            raise _exhausted(st)
+
+    # -- meta ops ----------------------------------------------------------------------------
+
+    async def _meta_op(self, op: str, **fields: Any) -> dict[str, Any]:
+        st = _Attempt(self._monotonic(), self.meta_deadline_s)
+        while True:
+            active = self.source.view.active_meta or {}
+            address = st.override or active.get("address")
+            st.override = None
+            if not address:
+                await self._backoff(st, errors.Unavailable("no active metadata manager known"))
+                continue
+            timeout_s = st.deadline - self._monotonic()
+            if timeout_s <= 0:
+                raise _exhausted(st)
+            try:
+                return await self.pool.get(str(address)).request(op, timeout_s=timeout_s, **fields)
+            except errors.NotActive as err:
+                hint = err.details.get("active_hint")
+                if isinstance(hint, dict):
+                    hint = hint.get("address")
+                if isinstance(hint, str) and hint and hint != address and not st.hint_followed:
+                    st.hint_followed = True
+                    st.override = hint
+                    self.stats.hints_followed += 1
+                    self.stats.retry("not_active")
+                    continue
+                await self._backoff(st, err)
+            except (errors.OutcomeUnknown, errors.ProtocolError) as err:
+                self.stats.outcome_unknown += 1
+                raise errors.OutcomeUnknown(
+                    f"{op} may or may not have taken effect: {err.message}"
+                ) from None
+            except errors.Unavailable as err:
+                await self._backoff(st, err)
+
+    async def _await_table_change(self, name: str, revision: int, *, present: bool) -> None:
+        """Let this rm route the change at once: wait for the watch, else re-read the table."""
+        if revision > 0 and await self.source.wait_revision(revision, TABLE_VISIBLE_TIMEOUT_S):
+            return
+        if (self.source.view.table(name) is not None) == present:
+            return
+        self.stats.refreshes += 1
+        try:
+            await self.source.refresh_table(name, self._monotonic())
+        except errors.Unavailable as err:
+            log.warning("table %r changed but cannot be re-read: %s", name, err.message)
+
+
+def _seq(value: Any) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != sequencer.SEQ_BYTES:
+        raise errors.ProtocolError(f"a node sent a malformed seq: {value!r}"[:200])
+    return bytes(value)
+
+
+def _min_end(a: bytes | None, b: bytes | None) -> bytes | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _exhausted(st: _Attempt) -> errors.RangeKVError:
+    """The 503 of a request that ran out of time retrying (internal hints are not passed on)."""
+    last = st.last
+    if last is None:
+        return errors.Unavailable("no time left to retry")
+    return errors.Unavailable(f"gave up retrying: {last.message}", cause=last.code)

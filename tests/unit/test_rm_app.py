@@ -1,0 +1,890 @@
+"""The rm's HTTP app end to end, against fake nodes and a fake meta speaking the real wire
+protocol on 127.0.0.1, with a routing view built by hand (no etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp.test_utils import RawTestServer, TestClient
+
+from rangekv import errors, limits, sequencer, wire
+from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.request_manager import openapi
+from rangekv.request_manager.app import RequestManager
+from rangekv.request_manager.metrics import Metrics
+from rangekv.request_manager.routing import Router, StaticViewSource
+
+RM_ID = 7
+Fault = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class FakeServer:
+    """A wire server on 127.0.0.1 with a port picked by the OS."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fault: Fault | None = None  # may raise a RangeKVError or sleep
+        self._server: asyncio.Server | None = None
+        self.address = ""
+
+    async def start(self) -> None:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await wire.serve_connection(reader, writer, self._on_request, lambda m: None)
+
+        self._server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def ops(self, *names: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["op"] in names]
+
+    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(body)
+        if self.fault is not None:
+            maybe = self.fault(body)
+            if maybe is not None:
+                await maybe
+        return await self.handle(body)
+
+    async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class FakeNode(FakeServer):
+    """A group leader over a dict: put/get/delete/list as in docs/internals.md."""
+
+    def __init__(self, table_ids: set[int]) -> None:
+        super().__init__()
+        self.tables = table_ids
+        self.data: dict[int, dict[bytes, tuple[bytes, bytes]]] = {}
+        self.last_seq = sequencer.ZERO
+
+    async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        op, tid = body["op"], body["table_id"]
+        if tid not in self.tables:
+            raise errors.TableNotFound("no such table", table_id=tid)
+        rows = self.data.setdefault(tid, {})
+        if op == "get":
+            value, seq = rows.get(body["key"], (b"", sequencer.ZERO))
+            return {"found": body["key"] in rows, "value": value, "seq": seq}
+        if op == "list":
+            start, end, after, limit = body["start"], body["end"], body["after"], body["limit"]
+            keys = sorted(
+                k
+                for k in rows
+                if k >= start and (end is None or k < end) and (after is None or k > after)
+            )
+            page = keys[:limit]
+            return {"items": [[k, *rows[k]] for k in page], "more": len(keys) > limit}
+        assert op in ("put", "delete"), op
+        key, if_seq = body["key"], body["if_seq"]
+        current = rows.get(key)
+        if if_seq is not None:
+            matches = (
+                current is None
+                if if_seq == sequencer.ZERO
+                else (current is not None and current[1] == if_seq)
+            )
+            if not matches:
+                raise errors.PreconditionFailed(
+                    "seq does not match", current_seq=None if current is None else current[1].hex()
+                )
+        seq = self.last_seq = sequencer.final(body["seq"], self.last_seq)
+        if op == "put":
+            rows[key] = (body["value"], seq)
+            return {"seq": seq}
+        if current is None:
+            return {"deleted": False, "seq": sequencer.ZERO}
+        del rows[key]
+        return {"deleted": True, "seq": seq}
+
+
+class FakeMeta(FakeServer):
+    """The active meta: creates a table with one range on group 1, then (after ``lag_s``, like
+    an etcd watch) shows it in the rm's view at the revision it returned."""
+
+    def __init__(self, source: StaticViewSource, nodes: list[FakeNode], lag_s: float = 0.02):
+        super().__init__()
+        self.source = source
+        self.nodes = nodes
+        self.lag_s = lag_s
+        self.ids = itertools.count(100)
+
+    async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        view = self.source.view
+        name = body["name"]
+        limits.check_table_name(name)
+        revision = view.revision + 1
+        if body["op"] == "create_table":
+            if name in view.tables:
+                raise errors.TableExists(f"table {name!r} exists", table=name)
+            table = Table(next(self.ids), name)
+            for node in self.nodes:
+                node.tables.add(table.id)
+
+            def apply() -> None:
+                view.tables[name] = table
+                view.ranges[table.id] = [Range(table.id, b"", None, 1)]
+
+            reply = {"table": {"id": table.id, "name": name, "state": "active"}}
+        else:
+            assert body["op"] == "drop_table"
+            if name not in view.tables:
+                raise errors.TableNotFound(f"no table named {name!r}", table=name)
+            tid = view.tables[name].id
+            for node in self.nodes:
+                node.tables.discard(tid)
+                node.data.pop(tid, None)
+
+            def apply() -> None:
+                view.tables.pop(name, None)
+                view.ranges.pop(tid, None)
+
+            reply = {}
+
+        def show() -> None:
+            apply()
+            view.revision = max(view.revision, revision)
+            self.source.changed()
+
+        asyncio.get_running_loop().call_later(self.lag_s, show)
+        return {**reply, "revision": revision}
+
+
+def build_view(
+    nodes: dict[int, str],
+    groups: dict[int, tuple[int | None, list[int], int]],
+    tables: dict[str, tuple[int, list[tuple[bytes, bytes | None, int]]]],
+    meta: str | None = None,
+) -> ClusterView:
+    """nodes: id -> address; groups: id -> (leader, members, epoch); tables: name -> (id,
+    [(start, end, group)])."""
+    view = ClusterView(revision=1)
+    for nid, address in nodes.items():
+        view.nodes[nid] = Node(nid, address, "member")
+    for gid, (leader, members, epoch) in groups.items():
+        view.groups[gid] = Group(gid, epoch, leader, tuple(members))
+    for name, (tid, ranges) in tables.items():
+        view.tables[name] = Table(tid, name)
+        view.ranges[tid] = [Range(tid, s, e, g) for s, e, g in ranges]
+    view.active_meta = None if meta is None else {"id": 1, "address": meta}
+    return view
+
+
+class Harness:
+    def __init__(
+        self, client: TestClient, source: StaticViewSource, router: Router, metrics: Metrics
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.router = router
+        self.metrics = metrics
+
+    async def json(self, method: str, path: str, status: int, **kw: Any) -> Any:
+        resp = await self.client.request(method, path, **kw)
+        text = await resp.text()
+        assert resp.status == status, (resp.status, text)
+        assert resp.content_type == "application/json", resp.content_type
+        return json.loads(text)
+
+    async def error(self, method: str, path: str, status: int, code: str, **kw: Any) -> Any:
+        body = await self.json(method, path, status, **kw)
+        err = body["error"]
+        assert err["code"] == code, err
+        assert isinstance(err["message"], str) and isinstance(err["retryable"], bool)
+        return err
+
+
+@asynccontextmanager
+async def harness(
+    view: ClusterView, backing: ClusterView | None = None, **router_kw: Any
+) -> AsyncIterator[Harness]:
+    source = StaticViewSource(view, backing)
+    metrics = Metrics(RM_ID)
+    router = Router(source, RM_ID, stats=metrics.router, **router_kw)
+    rm = RequestManager(router, source, RM_ID, metrics)
+    try:
+        async with TestClient(
+            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
+        ) as client:
+            yield Harness(client, source, router, metrics)
+    finally:
+        await router.close()
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+
+
+async def one_node(tables: dict[str, int]) -> tuple[FakeNode, ClusterView]:
+    node = FakeNode(set(tables.values()))
+    await node.start()
+    view = build_view(
+        {1: node.address},
+        {1: (1, [1], 1)},
+        {name: (tid, [(b"", None, 1)]) for name, tid in tables.items()},
+    )
+    return node, view
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stocks_example() -> None:
+    """The seed's walk-through: create Stocks, put B, A, C, get B, list in key order."""
+
+    async def main() -> None:
+        node, view = await one_node({})
+        view.revision = 5
+        async with harness(view) as h:
+            meta = FakeMeta(h.source, [node])
+            await meta.start()
+            view.active_meta = {"id": 1, "address": meta.address}
+
+            body = await h.json("PUT", "/v1/tables/Stocks", 201)
+            assert body == {"table": {"name": "Stocks", "id": 100}}
+            # The rm waited for its view to show the table: it routes it at once.
+            assert view.table("Stocks") is not None
+            await h.error("PUT", "/v1/tables/Stocks", 409, "table_exists")
+            assert await h.json("GET", "/v1/tables", 200) == {
+                "tables": [{"name": "Stocks", "id": 100}]
+            }
+
+            seqs = {}
+            for key, price in [("B", "100"), ("A", "120"), ("C", "135")]:
+                body = await h.json("PUT", f"/v1/tables/Stocks/keys/{key}", 200, data=price)
+                seqs[key] = body["seq"]
+                assert len(body["seq"]) == 32
+            assert seqs["B"] < seqs["A"] < seqs["C"]  # seq order is write order
+            for seq in seqs.values():
+                assert sequencer.parts(bytes.fromhex(seq))[2] == RM_ID
+
+            resp = await h.client.get("/v1/tables/Stocks/keys/B")
+            assert resp.status == 200
+            assert await resp.read() == b"100"
+            assert resp.content_type == "application/octet-stream"
+            assert resp.headers["ETag"] == f'"{seqs["B"]}"'
+            assert resp.headers["X-Rangekv-Seq"] == seqs["B"]
+
+            page = await h.json("GET", "/v1/tables/Stocks/keys", 200)
+            assert page == {
+                "items": [
+                    {"key": "A", "value": "120", "seq": seqs["A"]},
+                    {"key": "B", "value": "100", "seq": seqs["B"]},
+                    {"key": "C", "value": "135", "seq": seqs["C"]},
+                ],
+                "next": None,
+            }
+
+            # Two puts of D at about the same time: both succeed; the higher seq is what stays.
+            r1, r2 = await asyncio.gather(
+                h.json("PUT", "/v1/tables/Stocks/keys/D", 200, data="140"),
+                h.json("PUT", "/v1/tables/Stocks/keys/D", 200, data="160"),
+            )
+            resp = await h.client.get("/v1/tables/Stocks/keys/D")
+            assert resp.headers["X-Rangekv-Seq"] == max(r1["seq"], r2["seq"])
+
+            body = await h.json("DELETE", "/v1/tables/Stocks/keys/D", 200)
+            assert body["deleted"] is True and body["seq"] > max(r1["seq"], r2["seq"])
+            assert await h.json("DELETE", "/v1/tables/Stocks/keys/D", 200) == {
+                "deleted": False,
+                "seq": None,
+            }
+            await h.error("GET", "/v1/tables/Stocks/keys/D", 404, "key_not_found")
+
+            assert await h.json("DELETE", "/v1/tables/Stocks", 200) == {"dropped": "Stocks"}
+            assert view.table("Stocks") is None
+            await h.error("GET", "/v1/tables/Stocks/keys/B", 404, "table_not_found")
+            await h.error("DELETE", "/v1/tables/Stocks", 404, "table_not_found")
+            await h.error("PUT", "/v1/tables/bad%20name", 400, "invalid_argument")
+            assert len(meta.requests) == 4  # the bad name never reached the meta
+            await meta.stop()
+        await node.stop()
+
+    run(main())
+
+
+def test_conditional_writes() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            url = "/v1/tables/t/keys/k"
+            first = await h.json("PUT", url, 200, data=b"1", headers={"If-None-Match": "*"})
+            err = await h.error(
+                "PUT", url, 412, "precondition_failed", data=b"2", headers={"If-None-Match": "*"}
+            )
+            assert err["current_seq"] == first["seq"]
+
+            second = await h.json(
+                "PUT", url, 200, data=b"2", headers={"If-Match": f'"{first["seq"]}"'}
+            )
+            err = await h.error(
+                "PUT",
+                url,
+                412,
+                "precondition_failed",
+                data=b"3",
+                headers={"If-Match": first["seq"]},
+            )  # stale, unquoted
+            assert err["current_seq"] == second["seq"]
+            resp = await h.client.get(url)
+            assert await resp.read() == b"2"
+
+            await h.error(
+                "PUT", url, 400, "invalid_argument", data=b"x", headers={"If-Match": "nonsense"}
+            )
+            await h.error(
+                "PUT",
+                url,
+                400,
+                "invalid_argument",
+                data=b"x",
+                headers={"If-Match": second["seq"], "If-None-Match": "*"},
+            )
+
+            await h.error(
+                "DELETE", url, 412, "precondition_failed", headers={"If-Match": first["seq"]}
+            )
+            body = await h.json("DELETE", url, 200, headers={"If-Match": second["seq"]})
+            assert body["deleted"] is True
+            err = await h.error(
+                "DELETE", url, 412, "precondition_failed", headers={"If-Match": second["seq"]}
+            )
+            assert err["current_seq"] is None
+            await h.error("DELETE", url, 400, "invalid_argument", headers={"If-None-Match": "*"})
+            puts = node.ops("put")
+            assert [p["if_seq"] for p in puts[:2]] == [sequencer.ZERO, sequencer.ZERO]
+        await node.stop()
+
+    run(main())
+
+
+def test_value_size_limit() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            exact = bytes(range(256)) * (limits.VALUE_BYTES_MAX // 256)
+            assert len(exact) == limits.VALUE_BYTES_MAX
+            await h.json("PUT", "/v1/tables/t/keys/big", 200, data=io.BytesIO(exact))
+            resp = await h.client.get("/v1/tables/t/keys/big")
+            assert await resp.read() == exact
+
+            err = await h.error(
+                "PUT", "/v1/tables/t/keys/big2", 413, "too_large", data=io.BytesIO(exact + b"x")
+            )
+            assert err["limit"] == limits.VALUE_BYTES_MAX
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+                for _ in range(17):
+                    yield b"y" * 65536
+
+            await h.error("PUT", "/v1/tables/t/keys/big3", 413, "too_large", data=chunks())
+
+            async def small() -> AsyncIterator[bytes]:
+                yield b"ab"
+                yield b"c"
+
+            await h.json("PUT", "/v1/tables/t/keys/chunked", 200, data=small())
+            await h.json("PUT", "/v1/tables/t/keys/empty", 200, data=b"")
+            resp = await h.client.get("/v1/tables/t/keys/empty")
+            assert resp.status == 200 and await resp.read() == b""
+            assert {p["key"] for p in node.ops("put")} == {b"big", b"chunked", b"empty"}
+        await node.stop()
+
+    run(main())
+
+
+def test_bad_input_is_400_and_changes_nothing() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            long_key = "k" * (limits.KEY_BYTES_MAX + 1)
+            for method, path in [
+                ("PUT", "/v1/tables/t/keys/"),
+                ("GET", "/v1/tables/t/keys/"),
+                ("PUT", f"/v1/tables/t/keys/{long_key}"),
+                ("DELETE", f"/v1/tables/t/keys/{long_key}"),
+                ("PUT", "/v1/tables/t!/keys/k"),
+                ("PUT", "/v1/tables/t/keys/k?key_encoding=hex"),
+                ("PUT", "/v1/tables/t/keys/%21%21?key_encoding=base64"),
+                ("GET", "/v1/tables/t/keys?limit=0"),
+                ("GET", "/v1/tables/t/keys?limit=ten"),
+                ("GET", "/v1/tables/t/keys?encoding=latin1"),
+                ("GET", "/v1/tables/t/keys?after=garbage"),
+                ("GET", "/v1/tables/t/keys?encoding=base64&start=%21"),
+            ]:
+                err = await h.error(method, path, 400, "invalid_argument", data=b"v")
+                assert err["retryable"] is False
+            err = await h.error("PUT", f"/v1/tables/t/keys/{long_key}", 400, "invalid_argument")
+            assert err["limit"] == limits.KEY_BYTES_MAX
+            exact_key = "k" * limits.KEY_BYTES_MAX
+            await h.json("PUT", f"/v1/tables/t/keys/{exact_key}", 200, data=b"v")
+            assert [p["key"] for p in node.ops("put")] == [exact_key.encode()]
+            assert not node.ops("get", "list", "delete")
+        await node.stop()
+
+    run(main())
+
+
+def test_keys_with_slash_percent_and_binary() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            await h.json("PUT", "/v1/tables/t/keys/a%2Fb%25c", 200, data=b"1")
+            await h.json("PUT", "/v1/tables/t/keys/x/y", 200, data=b"2")
+            binary = b"\x00\xff\xfe"
+            b64 = base64.urlsafe_b64encode(binary).decode().rstrip("=")
+            await h.json(
+                "PUT", f"/v1/tables/t/keys/{b64}?key_encoding=base64", 200, data=b"\x80bin"
+            )
+            await h.json("PUT", "/v1/tables/t/keys/%E2%82%AC", 200, data="euro")
+            assert set(node.data[1]) == {b"a/b%c", b"x/y", binary, "€".encode()}
+
+            resp = await h.client.get("/v1/tables/t/keys/a%2Fb%25c")
+            assert await resp.read() == b"1"
+            resp = await h.client.get(f"/v1/tables/t/keys/{b64}?key_encoding=base64")
+            assert await resp.read() == b"\x80bin"
+
+            page = await h.json("GET", "/v1/tables/t/keys", 200)
+            assert page["items"][0] == {
+                "key_base64": base64.b64encode(binary).decode(),
+                "value_base64": base64.b64encode(b"\x80bin").decode(),
+                "seq": page["items"][0]["seq"],
+            }
+            assert [i.get("key") for i in page["items"][1:]] == ["a/b%c", "x/y", "€"]
+            page = await h.json("GET", "/v1/tables/t/keys?encoding=base64&limit=1", 200)
+            assert page["items"][0]["key"] == base64.b64encode(binary).decode()
+            assert page["items"][0]["value"] == base64.b64encode(b"\x80bin").decode()
+        await node.stop()
+
+    run(main())
+
+
+def test_list_pagination_with_cursor() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        keys = [f"k{i:02d}" for i in range(25)]
+        async with harness(view) as h:
+            for k in keys:
+                await h.json("PUT", f"/v1/tables/t/keys/{k}", 200, data=k.upper())
+            seen: list[str] = []
+            after = None
+            pages = 0
+            while True:
+                q = "limit=10" + (f"&after={after}" if after else "")
+                page = await h.json("GET", f"/v1/tables/t/keys?{q}", 200)
+                pages += 1
+                seen += [i["key"] for i in page["items"]]
+                assert all(i["value"] == i["key"].upper() for i in page["items"])
+                after = page["next"]
+                if after is None:
+                    break
+            assert seen == keys and pages == 3
+
+            # start/end, and the cursor carries end so the client need not repeat it.
+            page = await h.json("GET", "/v1/tables/t/keys?start=k05&end=k12&limit=4", 200)
+            assert [i["key"] for i in page["items"]] == ["k05", "k06", "k07", "k08"]
+            page = await h.json("GET", f"/v1/tables/t/keys?limit=4&after={page['next']}", 200)
+            assert [i["key"] for i in page["items"]] == ["k09", "k10", "k11"]
+            assert page["next"] is None
+            # Exactly limit items left: the page ends the listing.
+            page = await h.json("GET", "/v1/tables/t/keys?start=k20&limit=5", 200)
+            assert len(page["items"]) == 5 and page["next"] is None
+            page = await h.json("GET", "/v1/tables/t/keys?start=k30", 200)
+            assert page == {"items": [], "next": None}
+            page = await h.json("GET", "/v1/tables/t/keys?start=k09&end=k01", 200)
+            assert page == {"items": [], "next": None}
+            # A cursor from another table is refused.
+            view.tables["u"] = Table(2, "u")
+            view.ranges[2] = [Range(2, b"", None, 1)]
+            page = await h.json("GET", "/v1/tables/t/keys?limit=1", 200)
+            await h.error("GET", f"/v1/tables/u/keys?after={page['next']}", 400, "invalid_argument")
+        await node.stop()
+
+    run(main())
+
+
+def test_list_walks_ranges_in_order() -> None:
+    """A table split over two groups: one cursor walks both ranges in key order."""
+
+    async def main() -> None:
+        n1, n2 = FakeNode({1}), FakeNode({1})
+        await n1.start()
+        await n2.start()
+        view = build_view(
+            {1: n1.address, 2: n2.address},
+            {1: (1, [1], 1), 2: (2, [2], 1)},
+            {"t": (1, [(b"", b"m", 1), (b"m", None, 2)])},
+        )
+        async with harness(view) as h:
+            keys = ["a", "c", "e", "m", "n", "x"]
+            for k in keys:
+                await h.json("PUT", f"/v1/tables/t/keys/{k}", 200, data=k)
+            assert set(n1.data[1]) == {b"a", b"c", b"e"}
+            assert set(n2.data[1]) == {b"m", b"n", b"x"}
+
+            page = await h.json("GET", "/v1/tables/t/keys", 200)
+            assert [i["key"] for i in page["items"]] == keys and page["next"] is None
+            lists = n1.ops("list")
+            assert lists[-1]["start"] == b"" and lists[-1]["end"] == b"m"
+            assert n2.ops("list")[-1]["start"] == b"m" and n2.ops("list")[-1]["end"] is None
+
+            # A page that spans the boundary, then one that resumes in the second range.
+            page = await h.json("GET", "/v1/tables/t/keys?limit=4", 200)
+            assert [i["key"] for i in page["items"]] == ["a", "c", "e", "m"]
+            page = await h.json("GET", f"/v1/tables/t/keys?limit=4&after={page['next']}", 200)
+            assert [i["key"] for i in page["items"]] == ["n", "x"] and page["next"] is None
+            # A page filled exactly at the boundary continues into the next range.
+            page = await h.json("GET", "/v1/tables/t/keys?limit=3", 200)
+            assert [i["key"] for i in page["items"]] == ["a", "c", "e"]
+            page = await h.json("GET", f"/v1/tables/t/keys?limit=3&after={page['next']}", 200)
+            assert [i["key"] for i in page["items"]] == ["m", "n", "x"]
+            # end inside the first range never asks the second group.
+            before = len(n2.ops("list"))
+            page = await h.json("GET", "/v1/tables/t/keys?end=d", 200)
+            assert [i["key"] for i in page["items"]] == ["a", "c"]
+            assert len(n2.ops("list")) == before
+            # start in the second range never asks the first.
+            before = len(n1.ops("list"))
+            page = await h.json("GET", "/v1/tables/t/keys?start=n", 200)
+            assert [i["key"] for i in page["items"]] == ["n", "x"]
+            assert len(n1.ops("list")) == before
+        await n1.stop()
+        await n2.stop()
+
+    run(main())
+
+
+def test_not_leader_hint_is_followed() -> None:
+    async def main() -> None:
+        old, new = FakeNode({1}), FakeNode({1})
+        await old.start()
+        await new.start()
+
+        def refuse(body: dict[str, Any]) -> None:
+            raise errors.NotLeader("not the leader", leader_hint=2, epoch=2)
+
+        old.fault = refuse
+        view = build_view(
+            {1: old.address, 2: new.address}, {1: (1, [1, 2], 1)}, {"t": (1, [(b"", None, 1)])}
+        )
+        async with harness(view) as h:
+            await h.json("PUT", "/v1/tables/t/keys/k", 200, data=b"v")
+            assert len(old.ops("put")) == 1 and len(new.ops("put")) == 1
+            # The hint (epoch 2 > the view's 1) is remembered: the next request goes straight
+            # to the new leader.
+            resp = await h.client.get("/v1/tables/t/keys/k")
+            assert resp.status == 200 and await resp.read() == b"v"
+            assert not old.ops("get") and len(new.ops("get")) == 1
+            assert h.metrics.router.hints_followed == 1
+            # Once the view shows the new epoch, the hint is dropped in favour of the view.
+            view.groups[1] = Group(1, 2, 2, (1, 2))
+            resp = await h.client.get("/v1/tables/t/keys/k")
+            assert resp.status == 200
+            text = await (await h.client.get("/metrics")).text()
+            assert 'rangekv_rm_routing_retries_total{reason="not_leader"} 1' in text
+        await old.stop()
+        await new.stop()
+
+    run(main())
+
+
+def test_unavailable_is_503_with_retry_after() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        view.groups[2] = Group(2, 1, None, (1,))  # a group with no leader
+        view.tables["leaderless"] = Table(2, "leaderless")
+        view.ranges[2] = [Range(2, b"", None, 2)]
+        async with harness(view, request_deadline_s=0.3) as h:
+            t0 = time.monotonic()
+            resp = await h.client.get("/v1/tables/leaderless/keys/k")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            err = (await resp.json())["error"]
+            assert err["code"] == "unavailable" and err["retryable"] is True
+            assert time.monotonic() - t0 < 2
+
+            calls = []
+
+            def busy(body: dict[str, Any]) -> None:
+                calls.append(body["op"])
+                raise errors.Unavailable("no quorum")
+
+            node.fault = busy
+            await h.error("PUT", "/v1/tables/t/keys/k", 503, "unavailable", data=b"v")
+            assert len(calls) > 1  # refused before doing anything: retried within the deadline
+            node.fault = None
+            await h.json("PUT", "/v1/tables/t/keys/k", 200, data=b"v")
+
+            # A dead node (connection refused) is 503 too.
+            await node.stop()
+            view.nodes[1] = Node(1, "127.0.0.1:1", "member")
+            await h.error("GET", "/v1/tables/t/keys/k", 503, "unavailable")
+
+    run(main())
+
+
+def test_write_with_unknown_outcome_is_not_retried() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+
+        async def hang(body: dict[str, Any]) -> None:
+            if body["op"] == "put":
+                await asyncio.sleep(5)
+
+        node.fault = hang
+        async with harness(view, request_deadline_s=0.3) as h:
+            err = await h.error("PUT", "/v1/tables/t/keys/k", 504, "outcome_unknown", data=b"v")
+            assert err["retryable"] is True
+            assert len(node.ops("put")) == 1
+            assert h.metrics.router.outcome_unknown == 1
+        await node.stop()
+
+    run(main())
+
+
+def test_unknown_table_is_reread_once() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        node.tables.add(9)
+        backing = build_view({}, {}, {"fresh": (9, [(b"", None, 1)])})
+        async with harness(view, backing=backing) as h:
+            # Created through another rm: not in this rm's view yet, but in etcd.
+            await h.json("PUT", "/v1/tables/fresh/keys/k", 200, data=b"v")
+            assert h.source.refreshes == 1
+            await h.error("GET", "/v1/tables/nope/keys/k", 404, "table_not_found")
+            assert h.source.refreshes == 2
+            # The view has a table the node no longer knows (dropped): re-read, then 404.
+            node.tables.discard(1)
+            backing.tables["t"] = Table(1, "t")
+            backing.ranges[1] = [Range(1, b"", None, 1)]
+            await h.error("GET", "/v1/tables/t/keys/k", 404, "table_not_found")
+            assert h.source.refreshes == 3
+            assert len(node.ops("get")) == 2
+        await node.stop()
+
+    run(main())
+
+
+def test_meta_not_active_hint_is_followed() -> None:
+    async def main() -> None:
+        node, view = await one_node({})
+        async with harness(view) as h:
+            active = FakeMeta(h.source, [node], lag_s=0.0)
+            standby = FakeMeta(h.source, [node])
+            await active.start()
+            await standby.start()
+
+            def not_active(body: dict[str, Any]) -> None:
+                raise errors.NotActive("standby", active_hint=active.address)
+
+            standby.fault = not_active
+            view.active_meta = {"id": 2, "address": standby.address}
+            await h.json("PUT", "/v1/tables/x", 201)
+            assert len(standby.requests) == 1 and len(active.requests) == 1
+            await active.stop()
+            await standby.stop()
+        await node.stop()
+
+    run(main())
+
+
+def test_routes_health_cluster_metrics_openapi() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            assert await h.json("GET", "/healthz", 200) == {"ok": True, "rm": RM_ID, "revision": 1}
+            await h.error("GET", "/nope", 404, "not_found")
+            await h.error("GET", "/v1/tables/t/nope", 404, "not_found")
+            err = await h.error("POST", "/v1/tables/t/keys/k", 405, "method_not_allowed")
+            assert "PUT" in err["allow"]
+            resp = await h.client.post("/v1/tables")
+            assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD"
+            resp = await h.client.head("/healthz")
+            assert resp.status == 200
+
+            cluster = await h.json("GET", "/v1/cluster", 200)
+            assert cluster["tables"] == [{"id": 1, "name": "t", "state": "active"}]
+            assert cluster["groups"][0]["leader"] == 1
+
+            await h.json("PUT", "/v1/tables/t/keys/k", 200, data=b"v")
+            resp = await h.client.get("/metrics")
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            text = await resp.text()
+            assert 'rangekv_rm_requests_total{op="put",status="200"} 1' in text
+            assert 'rangekv_rm_request_duration_seconds_count{op="put"} 1' in text
+            assert "rangekv_rm_ready 1" in text
+
+            doc = await h.json("GET", "/v1/openapi.json", 200)
+            assert doc == json.loads(json.dumps(openapi.document()))
+            assert doc["openapi"].startswith("3.1")
+            assert set(doc["paths"]) == {
+                "/v1/tables",
+                "/v1/tables/{table}",
+                "/v1/tables/{table}/keys",
+                "/v1/tables/{table}/keys/{key}",
+                "/v1/cluster",
+                "/v1/openapi.json",
+                "/healthz",
+                "/metrics",
+            }
+            codes = {"method_not_allowed"} | {
+                c.code for c in _all_error_classes(errors.RangeKVError)
+            }
+            for item in doc["paths"].values():
+                for op in item.values():
+                    if not isinstance(op, dict) or "responses" not in op:
+                        continue
+                    for resp_doc in op["responses"].values():
+                        desc = resp_doc["description"]
+                        if "error codes:" in desc:
+                            named = desc.split("error codes: ")[1].rstrip(")").split(", ")
+                            assert set(named) <= codes, named
+        await node.stop()
+
+    run(main())
+
+
+def _all_error_classes(cls: type[errors.RangeKVError]) -> list[type[errors.RangeKVError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _all_error_classes(sub)
+    return out
+
+
+def test_health_is_503_until_the_view_is_loaded() -> None:
+    class NotReady(StaticViewSource):
+        @property
+        def ready(self) -> bool:
+            return False
+
+    async def main() -> None:
+        source = NotReady(ClusterView())
+        router = Router(source, RM_ID, request_deadline_s=0.2)
+        rm = RequestManager(router, source, RM_ID)
+        async with TestClient(
+            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
+        ) as client:
+            resp = await client.get("/healthz")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            body = await resp.json()
+            assert body["ok"] is False and body["error"]["code"] == "unavailable"
+            resp = await client.get("/v1/tables/t/keys/k")
+            assert resp.status == 503
+        await router.close()
+
+    run(main())
+
+
+def test_list_over_many_empty_ranges_hands_back_a_start_cursor(monkeypatch: Any) -> None:
+    from rangekv.request_manager import routing
+
+    monkeypatch.setattr(routing, "LIST_RANGES_PER_PAGE_MAX", 2)
+
+    async def main() -> None:
+        node = FakeNode({1})
+        await node.start()
+        bounds = [b"", b"b", b"c", b"d", b"e"]
+        view = build_view(
+            {1: node.address},
+            {1: (1, [1], 1)},
+            {"t": (1, [(s, e, 1) for s, e in zip(bounds, [*bounds[1:], None], strict=True)])},
+        )
+        async with harness(view) as h:
+            await h.json("PUT", "/v1/tables/t/keys/ee", 200, data=b"v")
+            page = await h.json("GET", "/v1/tables/t/keys", 200)
+            assert page["items"] == [] and page["next"] is not None
+            pages, keys = 1, []
+            while page["next"] is not None:
+                page = await h.json("GET", f"/v1/tables/t/keys?after={page['next']}", 200)
+                keys += [i["key"] for i in page["items"]]
+                pages += 1
+            assert keys == ["ee"] and pages == 3
+        await node.stop()
+
+    run(main())
+
+
+def test_malformed_node_reply_is_502() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+
+        class Bad(FakeNode):
+            async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+                return {"found": True, "value": b"v", "seq": b"short"}
+
+        bad = Bad({1})
+        await bad.start()
+        view.nodes[1] = Node(1, bad.address, "member")
+        async with harness(view) as h:
+            await h.error("GET", "/v1/tables/t/keys/k", 502, "protocol_error")
+        await bad.stop()
+        await node.stop()
+
+    run(main())
+
+
+def test_absolute_form_request_target() -> None:
+    from rangekv.request_manager.app import _origin_form
+
+    assert (
+        _origin_form("http://rm:8411/v1/tables/t/keys/a%2Fb?x=1") == "/v1/tables/t/keys/a%2Fb?x=1"
+    )
+    assert _origin_form("http://rm:8411") == "/"
+    assert _origin_form("*") == "/"
+
+
+def test_expect_100_continue() -> None:
+    """curl sends Expect: 100-continue: the go-ahead comes only after the checks pass."""
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            host, port = h.client.server.host, h.client.server.port
+
+            async def exchange(path: str, length: int, send_body: bool) -> bytes:
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(
+                        f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                        "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+                    )
+                    first = await reader.readuntil(b"\r\n\r\n")
+                    if not send_body:  # the final answer instead of the go-ahead
+                        length_line = next(
+                            line
+                            for line in first.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        )
+                        body_bytes = int(length_line.split(b":")[1])
+                        return first + await reader.readexactly(body_bytes)
+                    assert first == b"HTTP/1.1 100 Continue\r\n\r\n", first
+                    writer.write(b"v" * length)
+                    return await reader.read()
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+
+            answer = await exchange("/v1/tables/t/keys/k", 2000, send_body=True)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            assert node.data[1][b"k"][0] == b"v" * 2000
+            big = limits.VALUE_BYTES_MAX + 1
+            answer = await exchange("/v1/tables/t/keys/k2", big, send_body=False)
+            assert answer.startswith(b"HTTP/1.1 413"), answer
+            answer = await exchange("/v1/tables/t/keys/", 10, send_body=False)
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            assert len(node.ops("put")) == 1
+        await node.stop()
+
+    run(main())

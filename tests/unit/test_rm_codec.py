@@ -1,0 +1,243 @@
+"""The rm's pure HTTP codecs: paths, conditions, cursors, list queries and items, error bodies."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rangekv import errors, limits, sequencer
+from rangekv.request_manager import http_codec as codec
+from rangekv.request_manager.metrics import Metrics
+
+SEQ = sequencer.make(1_700_000_000_000_000_000, 7, 3)
+
+
+# -- path keys and table names ----------------------------------------------------------------
+
+
+def test_path_key_is_percent_decoded_bytes() -> None:
+    assert codec.decode_path_key("a%2Fb%25c", None) == b"a/b%c"
+    assert codec.decode_path_key("a/b", None) == b"a/b"  # an unencoded "/" is part of the key
+    assert codec.decode_path_key("%E2%82%AC", "utf8") == "€".encode()
+    assert codec.decode_path_key("%FF%00", None) == b"\xff\x00"  # any bytes, not only UTF-8
+    assert codec.decode_path_key("a+b", None) == b"a+b"  # "+" is not a space in a path
+    assert codec.decode_path_key("..", None) == b".."
+
+
+def test_path_key_base64url() -> None:
+    key = b"\x00\xff/+binary"
+    text = base64.urlsafe_b64encode(key).decode()
+    assert codec.decode_path_key(text, "base64") == key
+    assert codec.decode_path_key(text.rstrip("="), "base64") == key
+    assert codec.decode_path_key(text.replace("=", "%3D"), "base64") == key
+    for bad in ["!!!!", "a+b/", "abcde"]:
+        with pytest.raises(errors.InvalidArgument):
+            codec.decode_path_key(bad, "base64")
+    with pytest.raises(errors.InvalidArgument):
+        codec.decode_path_key("abc", "hex")
+
+
+def test_path_key_limits() -> None:
+    with pytest.raises(errors.InvalidArgument, match="empty"):
+        codec.decode_path_key("", None)
+    assert codec.decode_path_key("k" * limits.KEY_BYTES_MAX, None) == b"k" * limits.KEY_BYTES_MAX
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.decode_path_key("k" * (limits.KEY_BYTES_MAX + 1), None)
+    assert info.value.status == 400
+    assert info.value.details["limit"] == limits.KEY_BYTES_MAX
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_path_key_round_trips(key: bytes) -> None:
+    from urllib.parse import quote_from_bytes
+
+    assert codec.decode_path_key(quote_from_bytes(key, safe=""), None) == key
+    assert codec.decode_path_key(codec.b64url_encode(key), "base64") == key
+
+
+def test_table_segment() -> None:
+    assert codec.decode_table_segment("Stocks") == "Stocks"
+    assert codec.decode_table_segment("a.b-c_1") == "a.b-c_1"
+    assert codec.decode_table_segment("St%6Fcks") == "Stocks"
+    for bad in ["", "a b", "a%2Fb", "x" * 129, "%FF", "é"]:
+        with pytest.raises(errors.InvalidArgument):
+            codec.decode_table_segment(bad)
+
+
+# -- conditions -------------------------------------------------------------------------------
+
+
+def test_conditions() -> None:
+    assert codec.parse_conditions(None, None) is None
+    assert codec.parse_conditions(None, "*") == sequencer.ZERO
+    assert codec.parse_conditions(SEQ.hex(), None) == SEQ
+    assert codec.parse_conditions(f'"{SEQ.hex()}"', None) == SEQ
+    assert codec.parse_conditions(f' "{SEQ.hex()}" ', None) == SEQ
+    bad = [
+        (SEQ.hex(), "*"),  # both
+        ("*", None),
+        ("abc", None),
+        (f'W/"{SEQ.hex()}"', None),
+        (f'"{SEQ.hex()}", "{SEQ.hex()}"', None),
+        (sequencer.ZERO.hex(), None),
+        (None, f'"{SEQ.hex()}"'),
+    ]
+    for if_match, if_none_match in bad:
+        with pytest.raises(errors.InvalidArgument):
+            codec.parse_conditions(if_match, if_none_match)
+    assert codec.etag(SEQ) == f'"{SEQ.hex()}"'
+
+
+# -- cursors ----------------------------------------------------------------------------------
+
+
+@given(
+    st.integers(0, 2**32),
+    st.binary(min_size=1, max_size=limits.KEY_BYTES_MAX),
+    st.one_of(st.none(), st.binary(max_size=limits.KEY_BYTES_MAX)),
+)
+def test_cursor_round_trip(table_id: int, after: bytes, end: bytes | None) -> None:
+    cursor = codec.Cursor(table_id, after, end)
+    text = codec.encode_cursor(cursor)
+    assert len(text) <= limits.CURSOR_BYTES_MAX
+    assert set(text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert codec.decode_cursor(text.encode()) == cursor
+
+
+def test_cursor_with_inclusive_start() -> None:
+    cursor = codec.Cursor(4, None, b"z", b"m")
+    assert codec.decode_cursor(codec.encode_cursor(cursor).encode()) == cursor
+
+
+def _raw_cursor(body: object, version: int = codec.CURSOR_VERSION) -> bytes:
+    return codec.b64url_encode(bytes([version]) + msgpack.packb(body)).encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"!!!",
+        b"A" * (limits.CURSOR_BYTES_MAX + 1),
+        codec.b64url_encode(b"\x01").encode(),
+        codec.b64url_encode(b"\x01\xc1garbage").encode(),
+        _raw_cursor({"t": 1, "a": b"k", "e": None}, version=2),
+        _raw_cursor([1, b"k", None]),
+        _raw_cursor({"t": 1, "a": b"k"}),
+        _raw_cursor({"t": 1, "a": b"k", "e": None, "x": 1}),
+        _raw_cursor({"t": 1, "a": b"k", "s": b"", "e": None}),
+        _raw_cursor({"t": -1, "a": b"k", "e": None}),
+        _raw_cursor({"t": True, "a": b"k", "e": None}),
+        _raw_cursor({"t": 1, "a": b"", "e": None}),
+        _raw_cursor({"t": 1, "a": "text", "e": None}),
+        _raw_cursor({"t": 1, "a": b"k" * (limits.KEY_BYTES_MAX + 1), "e": None}),
+        _raw_cursor({"t": 1, "a": b"k", "e": 5}),
+        _raw_cursor({"t": 1, "s": None, "e": None}),
+    ],
+)
+def test_malformed_cursors_are_400(raw: bytes) -> None:
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.decode_cursor(raw)
+    assert info.value.status == 400
+    assert info.value.details["field"] == "after"
+
+
+# -- list queries -----------------------------------------------------------------------------
+
+
+def test_parse_query() -> None:
+    q = codec.parse_query("start=a+b&end=%FF&limit=5&start=ignored&flag")
+    assert q == {"start": b"a b", "end": b"\xff", "limit": b"5", "flag": b""}
+    assert codec.parse_query("") == {}
+
+
+def test_list_query_defaults_and_limits() -> None:
+    q = codec.parse_list_query({})
+    assert (q.start, q.end, q.cursor, q.limit, q.encoding) == (
+        b"",
+        None,
+        None,
+        limits.LIST_LIMIT_DEFAULT,
+        "utf8",
+    )
+    assert codec.parse_list_query({"limit": b"1"}).limit == 1
+    assert codec.parse_list_query({"limit": b"1000"}).limit == 1000
+    assert codec.parse_list_query({"limit": b"5000"}).limit == limits.LIST_LIMIT_MAX
+    for bad in [b"0", b"-1", b"x", b"1.5", b"99999999999", b"\xff"]:
+        with pytest.raises(errors.InvalidArgument):
+            codec.parse_list_query({"limit": bad})
+    with pytest.raises(errors.InvalidArgument):
+        codec.parse_list_query({"encoding": b"hex"})
+    with pytest.raises(errors.InvalidArgument):
+        codec.parse_list_query({"start": b"k" * (limits.KEY_BYTES_MAX + 1)})
+
+
+def test_list_query_base64_bounds() -> None:
+    q = codec.parse_list_query({"encoding": b"base64", "start": b"AP8=", "end": b"+/8="})
+    assert (q.start, q.end) == (b"\x00\xff", b"\xfb\xff")
+    # A form encoder may have turned "+" into a space.
+    assert codec.parse_list_query({"encoding": b"base64", "end": b" /8="}).end == b"\xfb\xff"
+    with pytest.raises(errors.InvalidArgument):
+        codec.parse_list_query({"encoding": b"base64", "start": b"not base64!"})
+
+
+def test_list_query_cursor_carries_end() -> None:
+    text = codec.encode_cursor(codec.Cursor(3, b"m", b"x")).encode()
+    q = codec.parse_list_query({"after": text})
+    assert q.cursor == codec.Cursor(3, b"m", b"x") and q.end == b"x"
+    assert codec.parse_list_query({"after": text, "end": b"x"}).end == b"x"
+    with pytest.raises(errors.InvalidArgument, match="end"):
+        codec.parse_list_query({"after": text, "end": b"y"})
+    assert codec.parse_list_query({"after": b""}).cursor is None
+
+
+def test_encode_items() -> None:
+    items = [(b"A", b"120", SEQ), (b"\xff", b"v", SEQ), (b"k", b"\x80", SEQ)]
+    assert codec.encode_items(items, "utf8") == [
+        {"key": "A", "value": "120", "seq": SEQ.hex()},
+        {"key_base64": "/w==", "value": "v", "seq": SEQ.hex()},
+        {"key": "k", "value_base64": "gA==", "seq": SEQ.hex()},
+    ]
+    assert codec.encode_items(items[:1], "base64") == [
+        {"key": "QQ==", "value": "MTIw", "seq": SEQ.hex()}
+    ]
+
+
+# -- bodies -----------------------------------------------------------------------------------
+
+
+def test_error_bodies() -> None:
+    body = codec.error_body(errors.TooLarge("big", field="value", limit=limits.VALUE_BYTES_MAX))
+    assert body == {
+        "error": {
+            "code": "too_large",
+            "message": "big",
+            "retryable": False,
+            "field": "value",
+            "limit": limits.VALUE_BYTES_MAX,
+        }
+    }
+    body = codec.error_body(errors.PreconditionFailed("no", current_seq=SEQ))
+    assert body["error"]["current_seq"] == SEQ.hex()  # bytes never reach JSON
+    assert json.loads(codec.dump_json(body)) == body
+    assert codec.error_body(errors.Unavailable("x"))["error"]["retryable"] is True
+
+
+def test_metrics_render() -> None:
+    m = Metrics(1)
+    m.observe("get", 200, 0.0007)
+    m.observe("get", 200, 0.2)
+    m.observe("put", 412, 0.003)
+    m.router.retry("not_leader")
+    text = m.render(ready=True, revision=12)
+    assert 'rangekv_rm_requests_total{op="get",status="200"} 2' in text
+    assert 'rangekv_rm_request_duration_seconds_bucket{op="get",le="0.001"} 1' in text
+    assert 'rangekv_rm_request_duration_seconds_bucket{op="get",le="+Inf"} 2' in text
+    assert 'rangekv_rm_routing_retries_total{reason="not_leader"} 1' in text
+    assert "rangekv_rm_view_revision 12" in text
+    assert text.endswith("\n")
