@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +31,8 @@ import msgpack
 
 from rangekv import errors
 from rangekv.limits import FRAME_BYTES_MAX
+
+log = logging.getLogger("rangekv.wire")
 
 HEADER = struct.Struct(">II")
 HEADER_BYTES = HEADER.size
@@ -137,9 +141,8 @@ class Connection:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._host, self._port), self._connect_timeout_s
-                )
+                async with asyncio.timeout(self._connect_timeout_s):
+                    reader, writer = await asyncio.open_connection(self._host, self._port)
             except (OSError, asyncio.TimeoutError) as exc:
                 raise errors.Unavailable(
                     f"cannot connect to {self.address}: {exc or type(exc).__name__}",
@@ -185,7 +188,8 @@ class Connection:
         try:
             writer.write(encode({"t": "req", "id": req_id, "op": op, **fields}))
             try:
-                body = await asyncio.wait_for(fut, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    body = await fut
             except asyncio.TimeoutError:
                 raise errors.Timeout(
                     f"no answer from {self.address} to {op} within {timeout_s}s",
@@ -255,6 +259,16 @@ async def serve_connection(
             conn.send(reply_ok(req_id, **fields))
         except errors.RangeKVError as err:
             conn.send(reply_error(req_id, err))
+        except asyncio.CancelledError:
+            raise
+        except AssertionError:
+            # A broken invariant: never keep serving on state we no longer trust.
+            log.critical("invariant violated while serving %r", body.get("op"), exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+        except Exception as exc:
+            log.exception("request %r failed", body.get("op"))
+            conn.send(reply_error(req_id, errors.Internal(f"{type(exc).__name__}: {exc}")))
 
     try:
         while True:
@@ -264,7 +278,12 @@ async def serve_connection(
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             else:
-                on_message(body)
+                try:
+                    on_message(body)
+                except AssertionError:
+                    log.critical("invariant violated handling a message", exc_info=True)
+                    logging.shutdown()
+                    os._exit(70)
     except (EOFError, OSError, errors.ProtocolError, asyncio.CancelledError):
         pass
     finally:

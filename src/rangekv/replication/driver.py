@@ -43,6 +43,17 @@ PROPOSAL_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 5.0
 
 
+def _crash_on_error(task: asyncio.Task[None]) -> None:
+    """A replica task that dies of an exception leaves the node unable to make progress or,
+    for a broken invariant, untrustworthy: stop the process loudly instead of limping on."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("replica task %s failed; stopping the node", task.get_name(),
+                 exc_info=task.exception())
+    logging.shutdown()
+    os._exit(70)
+
+
 @dataclass
 class _Batch:
     hardstate: dict[str, int] | None
@@ -92,6 +103,8 @@ class Replica:
             loop.create_task(self._persist_loop(), name="persist"),
             loop.create_task(self._tick_loop(), name="tick"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_crash_on_error)
 
     async def stop(self) -> None:
         self._closing = True
@@ -154,7 +167,8 @@ class Replica:
         self._proposals[index] = (epoch, fut)
         self._process()
         try:
-            result = await asyncio.wait_for(asyncio.shield(fut), PROPOSAL_TIMEOUT_S)
+            async with asyncio.timeout(PROPOSAL_TIMEOUT_S):
+                result = await asyncio.shield(fut)
         except asyncio.TimeoutError:
             raise errors.OutcomeUnknown(
                 f"write not committed within {PROPOSAL_TIMEOUT_S}s; it may still take effect"
@@ -177,7 +191,8 @@ class Replica:
             raise self.not_leader() from None
         self._process()
         try:
-            await asyncio.wait_for(fut, READ_TIMEOUT_S)
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                await fut
         except asyncio.TimeoutError:
             raise errors.Unavailable(
                 f"leadership not confirmed within {READ_TIMEOUT_S}s"

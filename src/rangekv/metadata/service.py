@@ -1,0 +1,1241 @@
+"""The ``rangekv meta`` process: metadata manager plus the simplest controller duties.
+
+Invariants (each is relied on elsewhere; break one and data can be lost or served stale)
+------------------------------------------------------------------------------------------
+1. **One active meta acts at a time.** A meta acts only while it holds
+   ``/rangekv/meta/active`` under a live etcd lease, and stops acting (answers ``not_active``,
+   stops its controller) as soon as its lease may have run out: at the time it *sent* its last
+   successful renewal plus the TTL, less a safety margin, whether or not etcd said so; and as
+   soon as its view shows the key is no longer the one it created. Every write it makes is also
+   fenced on that key's create revision (see ``store.py``), so a deposed meta's late write can
+   never land.
+2. **Epochs only grow**, and a group's leader for epoch ``e`` is recorded in etcd by
+   compare-and-swap *before* any node hears of ``e`` (the ``campaign`` field of a heartbeat
+   reply). Two metas can therefore never hand out the same epoch to two nodes.
+3. **No leader is chosen without a live majority** of the group's members; without one the group
+   stays unavailable (never inconsistent), and that is logged.
+4. **Decisions are made on a view at least as new as the takeover**: a newly active meta waits
+   until its watched view has reached the revision at which it won, and waits one heartbeat
+   timeout to hear from the nodes before judging any leader dead.
+5. Every change is a compare-and-swap on the revision the decision was based on; a conflict
+   means "decide again", never "overwrite".
+
+Theory of operation
+-------------------
+Three background tasks run for the life of the process:
+
+* the **view loop** keeps a ``model.ClusterView`` (plus each key's mod revision) current: one
+  consistent prefix read of ``/rangekv/``, then a watch from the next revision; when the watch is
+  lost (compaction, etcd restart) it reloads, and when the view fails to reach a revision this
+  meta just wrote within ``view_catch_up_ms`` the watch is presumed stuck and restarted.
+* the **election loop** tries to create the active key (a txn that requires version 0) under a
+  fresh lease. If another meta holds it, this one stands by: it answers every request with
+  ``not_active{active_hint}`` and tries again as soon as its view shows the key gone (or every
+  ``standby_poll_ms``). Once active it renews the lease every ``keepalive_interval_ms`` and runs
+  the controller until the lease is lost.
+* the **TCP server** answers the meta ops of ``docs/internals.md``: ``heartbeat``,
+  ``create_table``, ``drop_table``.
+
+The controller (active only) ticks every ``election_interval_ms``: for each group it applies
+``choose_leader`` (a pure function below: live majority, most caught-up member wins, reasons
+spelled out) and, every ``formation_interval_ms``, ``plan_group`` (three lowest-id live spares
+form a new group while there are fewer than ``groups_min``). Nodes learn everything from their
+heartbeat replies; the meta never calls a node except to push ``add_range`` / ``drop_table`` to a
+group leader during table creation and removal.
+
+Table creation is resumable: the record is written as ``creating`` together with its range, the
+group leader is told (``add_range``, idempotent), then the record becomes ``active``. A meta
+crash anywhere in between leaves a ``creating`` record that the next ``create_table`` of that name
+finishes. Dropping is the mirror image through ``dropping``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rangekv import errors, wire
+from rangekv.limits import check_table_name
+from rangekv.metadata import model
+from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
+from rangekv.metadata.model import ClusterView, Group, Node
+from rangekv.metadata.store import MetaStore
+
+ROLE_LEADER = "leader"
+ROLES = ("leader", "candidate", "follower", "idle")
+ADDRESS_BYTES_MAX = 256
+CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
+LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
+LEASE_REVOKE_TIMEOUT_S = 1.0
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    id: int
+    listen: str
+    etcd: tuple[str, ...]
+    groups_min: int = 1
+    group_size: int = 3
+    heartbeat_timeout_ms: int = 1000  # a node is live if it heartbeated within this
+    campaign_timeout_ms: int = 3000  # a chosen leader must report serving its epoch within this
+    lease_ttl_s: int = 2  # the active-meta lease
+    keepalive_interval_ms: int = 500
+    lease_safety_fraction: float = 0.1  # step down this fraction of the TTL before it can end
+    standby_poll_ms: int = 1000  # a standby retries at least this often even without a watch
+    election_interval_ms: int = 100
+    formation_interval_ms: int = 200
+    node_request_budget_ms: int = 10_000  # add_range / drop_table retries at most this long
+    node_request_attempt_ms: int = 2000  # one add_range / drop_table request
+    view_catch_up_ms: int = 5000  # a new active waits at most this for its view
+    etcd_timeout_ms: int = 5000
+
+    def __post_init__(self) -> None:
+        assert self.id > 0, self.id
+        assert self.etcd, "at least one etcd endpoint"
+        assert self.group_size >= 1 and self.groups_min >= 0
+        assert self.keepalive_interval_ms < self.lease_ttl_s * 1000 / 2, "renew well within TTL"
+        assert 0 <= self.lease_safety_fraction < 0.5
+
+
+# -- what a node reports, and the pure decisions taken on it ----------------------------------
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """The ``status`` map of a heartbeat (see docs/internals.md)."""
+
+    group: int | None = None
+    epoch: int = 0  # the highest epoch the node has promised
+    role: str = "idle"
+    leader_epoch: int = 0
+    last_epoch: int = 0
+    last_index: int = 0
+    commit_index: int = 0
+    applied_index: int = 0
+    broken: bool = False
+
+    @staticmethod
+    def parse(raw: Any) -> NodeStatus:
+        if raw is None:
+            return NodeStatus()
+        if not isinstance(raw, dict):
+            raise errors.InvalidArgument("heartbeat status must be a map", field="status")
+
+        def count(name: str) -> int:
+            value = raw.get(name, 0)
+            if value is None:
+                return 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise errors.InvalidArgument(
+                    f"status.{name} must be a non-negative integer", field=f"status.{name}"
+                )
+            return value
+
+        group = raw.get("group")
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
+            raise errors.InvalidArgument("status.group must be an integer or nil")
+        role = raw.get("role") or "idle"
+        if role not in ROLES:
+            raise errors.InvalidArgument(f"status.role must be one of {ROLES}", field="role")
+        return NodeStatus(
+            group=group,
+            epoch=count("epoch"),
+            role=role,
+            leader_epoch=count("leader_epoch"),
+            last_epoch=count("last_epoch"),
+            last_index=count("last_index"),
+            commit_index=count("commit_index"),
+            applied_index=count("applied_index"),
+            broken=bool(raw.get("broken", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The latest heartbeat of a node, as received (``at_s`` on this process's clock)."""
+
+    at_s: float
+    address: str
+    status: NodeStatus
+
+
+def is_live(beat: Beat | None, now_s: float, heartbeat_timeout_s: float) -> bool:
+    return beat is not None and now_s - beat.at_s <= heartbeat_timeout_s
+
+
+@dataclass(frozen=True)
+class LeaderChoice:
+    """``action``: "keep" (nothing to do), "wait" (too early to judge), "stuck" (a new leader
+    is needed but cannot be chosen), "elect" (record ``leader`` for ``epoch``)."""
+
+    action: str
+    reason: str
+    leader: int | None = None
+    epoch: int = 0
+
+
+def choose_leader(
+    group: Group,
+    beats: dict[int, Beat],
+    now_s: float,
+    *,
+    heartbeat_timeout_s: float,
+    campaign_timeout_s: float,
+    judge_from_s: float,
+    campaign_since_s: float,
+) -> LeaderChoice:
+    """Decide whether ``group`` needs a new leader and whom (DESIGN §4, "Choosing a leader").
+
+    ``judge_from_s``: when this meta became active; nobody is judged before one heartbeat
+    timeout has passed since. ``campaign_since_s``: since when the recorded leader has had to
+    take up ``group.epoch``. A new leader is needed when there is none, when it is not live,
+    when it reports a broken log, or when it has not reported serving the epoch within
+    ``campaign_timeout_s``. The choice is the live member with the highest (last_epoch,
+    last_index), lowest id on ties, skipping broken logs and (if anyone else is eligible) the
+    leader that failed; the new epoch is above the recorded one and every epoch a live member
+    reports having promised.
+    """
+    members = group.members
+    assert members, group
+    hb_ms = round(heartbeat_timeout_s * 1000)
+    if now_s < judge_from_s + heartbeat_timeout_s:
+        return LeaderChoice("wait", f"active for under one heartbeat timeout ({hb_ms} ms)")
+    live = [m for m in members if is_live(beats.get(m), now_s, heartbeat_timeout_s)]
+    majority = len(members) // 2 + 1
+    leader, epoch = group.leader, group.epoch
+    failed: int | None = None
+    if leader is None:
+        why = f"group {group.id} has no leader"
+    elif leader not in live:
+        beat = beats.get(leader)
+        ago = (
+            "no heartbeat heard"
+            if beat is None
+            else f"last heartbeat {round((now_s - beat.at_s) * 1000)} ms ago"
+        )
+        why = f"leader {leader} of epoch {epoch} is not live ({ago}; timeout {hb_ms} ms)"
+    else:
+        st = beats[leader].status
+        if st.broken:
+            why = f"leader {leader} of epoch {epoch} reports a broken log"
+            failed = leader
+        elif st.role == ROLE_LEADER and st.leader_epoch == epoch:
+            return LeaderChoice("keep", f"leader {leader} serves epoch {epoch}")
+        else:
+            waited_s = now_s - campaign_since_s
+            if waited_s < campaign_timeout_s:
+                return LeaderChoice(
+                    "keep",
+                    f"leader {leader} is taking up epoch {epoch} "
+                    f"({round(waited_s * 1000)} of {round(campaign_timeout_s * 1000)} ms)",
+                )
+            why = (
+                f"leader {leader} has not taken up epoch {epoch} within "
+                f"{round(campaign_timeout_s * 1000)} ms (it reports role {st.role}, "
+                f"leader_epoch {st.leader_epoch})"
+            )
+            failed = leader
+    if len(live) < majority:
+        return LeaderChoice(
+            "stuck",
+            f"{why}; only {len(live)} of {len(members)} members are live "
+            f"({live}), a majority is {majority}: the group stays unavailable",
+        )
+    candidates = [m for m in live if not beats[m].status.broken]
+    if failed is not None and any(m != failed for m in candidates):
+        candidates = [m for m in candidates if m != failed]
+    if not candidates:
+        return LeaderChoice("stuck", f"{why}; no live member has a sound log")
+
+    def progress(m: int) -> tuple[int, int, int]:
+        st = beats[m].status
+        return (st.last_epoch, st.last_index, -m)
+
+    best = max(candidates, key=progress)
+    promised = max(
+        (beats[m].status.epoch for m in live if beats[m].status.group == group.id), default=0
+    )
+    new_epoch = max(epoch, promised) + 1
+    assert new_epoch > epoch
+    st = beats[best].status
+    return LeaderChoice(
+        "elect",
+        f"{why}; chose {best} (last entry {st.last_epoch}/{st.last_index}) as the most "
+        f"caught-up of live members {candidates}",
+        best,
+        new_epoch,
+    )
+
+
+def plan_group(
+    view: ClusterView,
+    beats: dict[int, Beat],
+    now_s: float,
+    *,
+    heartbeat_timeout_s: float,
+    groups_min: int,
+    group_size: int,
+) -> tuple[list[int] | None, str]:
+    """The members of a group to form now (the lowest-id live spares), or None; and why."""
+    if len(view.groups) >= groups_min:
+        return None, f"{len(view.groups)} groups exist, at least {groups_min} wanted"
+    spares = sorted(
+        n.id
+        for n in view.nodes.values()
+        if n.state == model.NODE_SPARE
+        and n.group is None
+        and is_live(beats.get(n.id), now_s, heartbeat_timeout_s)
+        and not beats[n.id].status.broken
+    )
+    if len(spares) < group_size:
+        return None, (
+            f"{len(view.groups)} of {groups_min} groups exist but only {len(spares)} "
+            f"live spares {spares}; a group needs {group_size}"
+        )
+    return spares[:group_size], (
+        f"{len(view.groups)} of {groups_min} groups exist; live spares {spares}"
+    )
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Term:
+    """One period of being active, from winning the election key to losing its lease."""
+
+    lease_id: int
+    fence: int  # create revision of the active key
+    since_s: float  # when this meta started acting
+    deadline_s: float  # acting past this could overlap a successor; renewals push it out
+
+
+class _Backoff:
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self._next_s = first_s
+
+    def next(self) -> float:
+        delay = self._next_s
+        self._next_s = min(self._next_s * 2, self.max_s)
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._next_s = self.first_s
+
+
+async def _wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; False on timeout.
+
+    (``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 the latter can swallow a
+    cancellation that arrives just as the awaited thing completes, and a loop around it then
+    never stops.)
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"address must be HOST:PORT, not {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class MetaService:
+    """One meta process (active or standby). ``await start()``, then ``await stop()``."""
+
+    def __init__(
+        self,
+        config: MetaConfig,
+        etcd: EtcdClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.log = logging.getLogger(f"rangekv.meta.{config.id}")
+        self._owns_etcd = etcd is None
+        self.etcd = etcd or EtcdClient(list(config.etcd), timeout_s=config.etcd_timeout_ms / 1000)
+        self.store = MetaStore(self.etcd)
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self.address = config.listen
+        self.view = ClusterView()
+        self._revs: dict[bytes, int] = {}  # key -> mod_revision, for CAS on what the view shows
+        self._view_loaded = False
+        self._view_changed = asyncio.Event()
+        self._beats: dict[int, Beat] = {}
+        self._term: _Term | None = None
+        self._active_hint: str | None = None
+        self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
+        self._registering: set[int] = set()
+        self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._conns: dict[str, wire.Connection] = {}
+        self._said: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._election_task: asyncio.Task[None] | None = None
+        self._view_task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Future[None] | None = None
+        self._kick_reason = ""
+        self._held_lease: int | None = None  # the lease of the active key while we hold it
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.exit_code = 0
+        self._ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "heartbeat": self._op_heartbeat,
+            "create_table": self._op_create_table,
+            "drop_table": self._op_drop_table,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port = _split_host_port(self.config.listen)
+        self._server = await asyncio.start_server(self._accept, host, port)
+        bound_port = self._server.sockets[0].getsockname()[1]
+        self.address = f"{host}:{bound_port}"
+        self.log.info(
+            "meta %d listening on %s; etcd %s; want %d group(s) of %d",
+            self.config.id,
+            self.address,
+            ",".join(self.config.etcd),
+            self.config.groups_min,
+            self.config.group_size,
+        )
+        self._view_task = self._spawn(self._view_loop(), "view")
+        self._election_task = self._spawn(self._election_loop(), "election")
+
+    def request_stop(self, why: str = "requested") -> None:
+        if not self._stop_requested.is_set():
+            self.log.info("stopping: %s", why)
+        self._stop_requested.set()
+
+    async def run(self) -> int:
+        """Serve until ``request_stop`` (or a fatal error), then stop; the exit code."""
+        await self._stop_requested.wait()
+        await self.stop()
+        return self.exit_code
+
+    async def stop(self, revoke: bool = True) -> None:
+        """Stop serving. ``revoke=False`` leaves the lease to expire (a simulated crash)."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._stop_requested.set()
+        self._term = None  # stop acting at once
+        for task in (self._election_task, self._view_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._election_task, self._view_task) if t), return_exceptions=True
+        )
+        lease_id, self._held_lease = self._held_lease, None
+        if lease_id is not None and revoke:
+            await self._revoke_quietly(lease_id)
+            self.log.info("gave up the active role (lease %x revoked)", lease_id)
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
+        if self._owns_etcd:
+            await self.etcd.close()
+        self.log.info("meta %d stopped", self.config.id)
+        self._stopped.set()
+
+    @property
+    def is_active(self) -> bool:
+        return self._active_term() is not None
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"meta{self.config.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.critical(
+                "task %s failed; the process must stop", task.get_name(), exc_info=exc
+            )
+            self._fatal(f"task {task.get_name()} failed: {exc!r}")
+
+    def _fatal(self, why: str) -> None:
+        """A bug: stop acting at once and shut the process down (exit code 70)."""
+        self._term = None
+        self.exit_code = 70  # EX_SOFTWARE
+        self.request_stop(why)
+        if not self._stopping:
+            self._spawn(self.stop(), "fatal-stop")
+
+    def _say(self, key: str, level: int, msg: str, *args: Any) -> None:
+        """Log a condition that may repeat every tick at most once per ``LOG_REPEAT_S``."""
+        now = self._clock()
+        last = self._said.get(key)
+        if last is None or now - last >= LOG_REPEAT_S:
+            self._said[key] = now
+            self.log.log(level, msg, *args)
+
+    def _clear(self, key: str) -> None:
+        self._said.pop(key, None)
+
+    # -- the view -------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._view_changed.set()
+        self._view_changed = asyncio.Event()
+
+    async def _view_loop(self) -> None:
+        backoff = _Backoff(0.05, 2.0)
+        while not self._stopping:
+            try:
+                view, revs = await self.store.load()
+            except errors.RangeKVError as exc:
+                self._say(
+                    "view-load",
+                    logging.WARNING,
+                    "cannot read metadata from etcd, retrying: %s",
+                    exc.message,
+                )
+                await asyncio.sleep(backoff.next())
+                continue
+            self._clear("view-load")
+            assert view.revision >= self.view.revision or not self._view_loaded, (
+                "etcd revisions went backwards",
+                view.revision,
+                self.view.revision,
+            )
+            self.view, self._revs, self._view_loaded = view, revs, True
+            self._notify()
+            self.log.info(
+                "metadata loaded at revision %d: %d tables, %d groups, %d nodes",
+                view.revision,
+                len(view.tables),
+                len(view.groups),
+                len(view.nodes),
+            )
+            # The watch runs as its own task so that _kick_view can restart it (a stream that
+            # hangs without breaking would otherwise freeze the view for good).
+            watcher = asyncio.ensure_future(self._follow(view, revs, backoff))
+            self._watcher = watcher
+            try:
+                await asyncio.wait({watcher})
+            finally:
+                self._watcher = None
+                if not watcher.done():
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+            if watcher.cancelled():
+                self.log.warning("metadata watch restarted: %s", self._kick_reason)
+            else:
+                failure = watcher.exception()
+                if isinstance(failure, WatchLost):
+                    self.log.warning("metadata watch lost, reloading: %s", failure.message)
+                elif isinstance(failure, errors.RangeKVError):
+                    self._say(
+                        "view-watch",
+                        logging.WARNING,
+                        "cannot watch metadata in etcd, retrying: %s",
+                        failure.message,
+                    )
+                elif failure is not None:
+                    raise failure
+            await asyncio.sleep(backoff.next())
+
+    async def _follow(self, view: ClusterView, revs: dict[bytes, int], backoff: _Backoff) -> None:
+        """Apply watch events to ``view`` until the watch fails (it always ends by raising)."""
+        watch = self.etcd.watch_prefix(model.PREFIX, view.revision + 1)
+        async with contextlib.aclosing(watch) as batches:
+            async for batch in batches:
+                for event in batch:
+                    rev = event.kv.mod_revision
+                    assert rev > view.revision, ("watch events out of order", rev, view.revision)
+                    if event.type == "put":
+                        view.apply(event.kv.key, event.kv.value)
+                        revs[event.kv.key] = rev
+                    else:
+                        view.apply(event.kv.key, None)
+                        revs.pop(event.kv.key, None)
+                view.revision = max(view.revision, batch[-1].kv.mod_revision)
+                self._notify()
+                self._clear("view-watch")
+                backoff.reset()
+        raise WatchLost("the watch ended")
+
+    def _kick_view(self, why: str) -> None:
+        """Restart the metadata watch from a fresh read (it is stuck or behind)."""
+        if self._watcher is not None and not self._watcher.done():
+            self._kick_reason = why
+            self._watcher.cancel()
+
+    async def _catch_up(self, revision: int, timeout_s: float) -> bool:
+        """Wait for the view to reach ``revision``; restart the watch if it does not in time."""
+        if await self._wait_view(revision, timeout_s):
+            return True
+        self._kick_view(f"the view stayed below revision {revision} for {timeout_s:g} s")
+        return False
+
+    async def _wait_view(self, revision: int, timeout_s: float) -> bool:
+        """Wait until the view reflects ``revision``; False on timeout."""
+        deadline = self._clock() + timeout_s
+        while not self._view_loaded or self.view.revision < revision:
+            changed = self._view_changed
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            if not await _wait_event(changed, remaining):
+                return False
+        return True
+
+    # -- active / standby -----------------------------------------------------------------------
+
+    def _active_term(self) -> _Term | None:
+        term = self._term
+        if term is None or self._clock() >= term.deadline_s:
+            return None
+        return term
+
+    def _require_active(self) -> _Term:
+        term = self._active_term()
+        if term is None:
+            hint = self.view.active_meta.get("address") if self.view.active_meta else None
+            if hint is None or hint == self.address:
+                hint = self._active_hint if self._active_hint != self.address else None
+            raise errors.NotActive(f"meta {self.config.id} is a standby", active_hint=hint)
+        return term
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            async with asyncio.timeout(LEASE_REVOKE_TIMEOUT_S):
+                await self.etcd.lease_revoke(lease_id)
+        except (errors.RangeKVError, TimeoutError) as exc:
+            self.log.info("could not revoke lease %x (it will expire): %s", lease_id, exc)
+
+    async def _election_loop(self) -> None:
+        cfg = self.config
+        backoff = _Backoff(0.1, 2.0)
+        while not self._stopping:
+            sent_s = self._clock()
+            try:
+                lease_id = await self.etcd.lease_grant(cfg.lease_ttl_s)
+            except errors.RangeKVError as exc:
+                self._say(
+                    "election",
+                    logging.WARNING,
+                    "cannot campaign for the active role, etcd: %s",
+                    exc.message,
+                )
+                await asyncio.sleep(backoff.next())
+                continue
+            try:
+                won, revision, holder = await self.store.try_become_active(
+                    cfg.id, self.address, lease_id
+                )
+            except errors.RangeKVError as exc:
+                await self._revoke_quietly(lease_id)
+                self._say(
+                    "election",
+                    logging.WARNING,
+                    "cannot campaign for the active role, etcd: %s",
+                    exc.message,
+                )
+                await asyncio.sleep(backoff.next())
+                continue
+            self._clear("election")
+            if not won:
+                await self._revoke_quietly(lease_id)
+                hint = holder.get("address") if holder else None
+                if hint != self._active_hint:
+                    self.log.info(
+                        "standing by: meta %s at %s is active",
+                        holder.get("id") if holder else "?",
+                        hint,
+                    )
+                self._active_hint = hint
+                await self._wait_for_vacancy(cfg.standby_poll_ms / 1000)
+                continue
+            backoff.reset()
+            self._held_lease = lease_id
+            ttl_s = cfg.lease_ttl_s * (1 - cfg.lease_safety_fraction)
+            term = _Term(lease_id, revision, since_s=sent_s, deadline_s=sent_s + ttl_s)
+            reason = await self._serve_term(term)
+            self.log.warning("stepped down from the active role: %s", reason)
+            self._held_lease = None
+            await self._revoke_quietly(lease_id)
+            await asyncio.sleep(backoff.next())
+
+    async def _wait_for_vacancy(self, timeout_s: float) -> None:
+        """Return when the view shows no active meta, or after ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        await asyncio.sleep(0.02)  # never spin, even when the view lags the txn that lost
+        while not self._view_loaded or self.view.active_meta is not None:
+            changed = self._view_changed
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            if not await _wait_event(changed, remaining):
+                return
+
+    async def _serve_term(self, term: _Term) -> str:
+        """Act as the active meta for ``term``; returns why the term ended."""
+        cfg = self.config
+        keepalive = self._spawn(self._keepalive(term), "keepalive")
+        control: asyncio.Task[Any] | None = None
+        try:
+            caught_up = await self._catch_up(term.fence, cfg.view_catch_up_ms / 1000)
+            if keepalive.done():
+                return str(keepalive.result())
+            if not caught_up:
+                return (
+                    f"the metadata view did not reach revision {term.fence} within "
+                    f"{cfg.view_catch_up_ms} ms"
+                )
+            self.store.fence_revision = term.fence
+            term.since_s = self._clock()
+            self._term = term
+            self._active_hint = self.address
+            self.log.info(
+                "active (lease %x, fence revision %d): serving; judging leaders after %d ms of "
+                "heartbeats",
+                term.lease_id,
+                term.fence,
+                cfg.heartbeat_timeout_ms,
+            )
+            control = self._spawn(self._control_loop(term), "control")
+            await asyncio.wait({keepalive, control}, return_when=asyncio.FIRST_COMPLETED)
+            ended = keepalive if keepalive.done() else control
+            if ended.exception() is not None:  # already logged and made fatal by _task_done
+                return f"{ended.get_name()} failed"
+            return str(ended.result())
+        finally:
+            if self._term is term:
+                self._term = None
+            for task in (keepalive, control):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (keepalive, control) if t), return_exceptions=True)
+
+    async def _keepalive(self, term: _Term) -> str:
+        """Renew the lease until it is lost; returns why it was lost."""
+        cfg = self.config
+        interval_s = cfg.keepalive_interval_ms / 1000
+        while not self._stopping:
+            await asyncio.sleep(max(0.0, min(interval_s, term.deadline_s - self._clock())))
+            sent_s = self._clock()
+            if sent_s >= term.deadline_s:
+                return "the lease may have expired: no renewal succeeded in time"
+            try:
+                async with asyncio.timeout(term.deadline_s - sent_s):
+                    ttl_s = await self.etcd.lease_keepalive(term.lease_id)
+            except LeaseExpired:
+                return f"lease {term.lease_id:x} expired in etcd"
+            except TimeoutError:
+                continue  # the loop head decides: the deadline has passed
+            except errors.RangeKVError as exc:
+                self._say(
+                    "keepalive",
+                    logging.WARNING,
+                    "lease renewal failed (%d ms left): %s",
+                    round((term.deadline_s - self._clock()) * 1000),
+                    exc.message,
+                )
+                continue
+            self._clear("keepalive")
+            new_deadline = sent_s + ttl_s * (1 - cfg.lease_safety_fraction)
+            term.deadline_s = max(term.deadline_s, new_deadline)
+        return "the process is stopping"
+
+    # -- the controller -------------------------------------------------------------------------
+
+    async def _control_loop(self, term: _Term) -> str:
+        """Run the controller while ``term`` lasts; returns why it stopped."""
+        cfg = self.config
+        next_formation_s = 0.0
+        while not self._stopping:
+            if self._active_term() is not term:
+                return "the lease may have expired"
+            if self._revs.get(model.META_ACTIVE) != term.fence:
+                return "the active-meta key in etcd is no longer ours"
+            try:
+                await self._elect_leaders(term)
+                if self._clock() >= next_formation_s:
+                    next_formation_s = self._clock() + cfg.formation_interval_ms / 1000
+                    await self._form_group(term)
+                self._clear("control")
+            except errors.NotActive as exc:
+                self._term = None
+                return f"a fenced write was refused: {exc.message}"
+            except errors.RangeKVError as exc:
+                self._say(
+                    "control",
+                    logging.WARNING,
+                    "controller step failed, retrying: %s: %s",
+                    exc.code,
+                    exc.message,
+                )
+            await asyncio.sleep(cfg.election_interval_ms / 1000)
+        return "the process is stopping"
+
+    async def _elect_leaders(self, term: _Term) -> None:
+        cfg = self.config
+        for gid in sorted(self.view.groups):
+            group = self.view.groups.get(gid)
+            if group is None or self._active_term() is not term:
+                continue
+            now_s = self._clock()
+            seen = self._epoch_seen.get(gid)
+            if seen is None or seen[0] != group.epoch:
+                assert seen is None or group.epoch > seen[0], ("epoch went back", gid, seen, group)
+                seen = self._epoch_seen[gid] = (group.epoch, now_s)
+            choice = choose_leader(
+                group,
+                self._beats,
+                now_s,
+                heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
+                campaign_timeout_s=cfg.campaign_timeout_ms / 1000,
+                judge_from_s=term.since_s,
+                campaign_since_s=max(seen[1], term.since_s),
+            )
+            key = f"group-{gid}"
+            if choice.action in ("keep", "wait"):
+                self._clear(key)
+                continue
+            if choice.action == "stuck":
+                self._say(key, logging.WARNING, "group %d: no election: %s", gid, choice.reason)
+                continue
+            assert choice.action == "elect" and choice.leader is not None
+            assert choice.epoch > group.epoch
+            mod_revision = self._revs.get(model.group_key(gid))
+            assert mod_revision, ("a group in the view has no revision", gid)
+            written = await self.store.set_group_leader(
+                group, mod_revision, choice.epoch, choice.leader
+            )
+            if written is None:
+                self.log.info("group %d changed while choosing its leader; deciding again", gid)
+                continue
+            self._clear(key)
+            self._epoch_seen[gid] = (choice.epoch, self._clock())
+            self.log.warning(
+                "group %d: epoch %d -> %d, leader %s -> %d: %s",
+                gid,
+                group.epoch,
+                choice.epoch,
+                group.leader,
+                choice.leader,
+                choice.reason,
+            )
+            await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+
+    async def _form_group(self, term: _Term) -> None:
+        cfg = self.config
+        members, reason = plan_group(
+            self.view,
+            self._beats,
+            self._clock(),
+            heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
+            groups_min=cfg.groups_min,
+            group_size=cfg.group_size,
+        )
+        if members is None:
+            if len(self.view.groups) < cfg.groups_min:
+                self._say("formation", logging.INFO, "no group formed yet: %s", reason)
+            return
+        self._clear("formation")
+        chosen = []
+        for m in members:
+            rev = self._revs.get(model.node_key(m))
+            assert rev, ("a node in the view has no revision", m)
+            chosen.append((self.view.nodes[m], rev))
+        created = await self.store.create_group(chosen)
+        if created is None:
+            self.log.info("spares %s changed while forming a group; deciding again", members)
+            return
+        group, written = created
+        self.log.info("formed group %d with members %s: %s", group.id, list(group.members), reason)
+        await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+
+    # -- the server -----------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conn_tasks.add(task)
+        try:
+            await wire.serve_connection(reader, writer, self._on_request, self._on_message)
+        finally:
+            self._conn_tasks.discard(task)
+
+    def _on_message(self, body: dict[str, Any]) -> None:
+        self.log.debug("ignoring a one-way message of type %r", body.get("t"))
+
+    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        op = body.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise errors.InvalidArgument(f"unknown meta op {op!r}", field="op")
+        try:
+            return await handler(body)
+        except errors.RangeKVError:
+            raise
+        except AssertionError as exc:
+            self.log.critical("invariant broken while serving %s", op, exc_info=exc)
+            self._fatal(f"invariant broken while serving {op}: {exc!r}")
+            raise errors.Internal(f"invariant broken while serving {op}") from None
+        except Exception as exc:
+            self.log.exception("bug while serving %s", op)
+            raise errors.Internal(f"{op} failed: {type(exc).__name__}: {exc}") from None
+
+    # -- heartbeat ------------------------------------------------------------------------------
+
+    async def _op_heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._require_active()
+        node_id = req.get("node_id")
+        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
+            raise errors.InvalidArgument("node_id must be a positive integer", field="node_id")
+        address = req.get("address")
+        if not isinstance(address, str) or len(address) > ADDRESS_BYTES_MAX:
+            raise errors.InvalidArgument("address must be HOST:PORT", field="address")
+        try:
+            _split_host_port(address)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc), field="address") from None
+        status = NodeStatus.parse(req.get("status"))
+        self._beats[node_id] = Beat(self._clock(), address, status)
+        node = self.view.nodes.get(node_id)
+        if (node is None or node.address != address) and node_id not in self._registering:
+            await self._register(node_id, address, node)
+        return self._assignment(node_id, status)
+
+    async def _register(self, node_id: int, address: str, known: Node | None) -> None:
+        self._registering.add(node_id)
+        try:
+            rev = self._revs.get(model.node_key(node_id), 0)
+            if known is None:
+                node = Node(node_id, address, model.NODE_SPARE, None)
+                why = f"node {node_id} at {address} is new: registering it as a spare"
+            else:
+                node = Node(node_id, address, known.state, known.group, known.reason)
+                why = f"node {node_id} moved from {known.address} to {address}"
+            written = await self.store.put_node(node, rev)
+            if written is None:
+                self.log.info(
+                    "%s: its record changed meanwhile; retrying on its next heartbeat", why
+                )
+                return
+            self.log.info("%s", why)
+            await self._wait_view(written, 1.0)
+        finally:
+            self._registering.discard(node_id)
+
+    def _assignment(self, node_id: int, status: NodeStatus) -> dict[str, Any]:
+        view = self.view
+        group = None
+        node = view.nodes.get(node_id)
+        if node is not None and node.group is not None:
+            group = view.groups.get(node.group)
+        if group is None or node_id not in group.members:
+            group = next((g for g in view.groups.values() if node_id in g.members), None)
+        if group is None:
+            return {"group": None, "campaign": None}
+        campaign = None
+        if group.leader == node_id and not (
+            status.role == ROLE_LEADER and status.leader_epoch == group.epoch
+        ):
+            assert group.epoch > 0, group
+            campaign = group.epoch
+        members = [
+            {"id": m, "address": view.nodes[m].address if m in view.nodes else None}
+            for m in group.members
+        ]
+        return {
+            "group": {
+                "id": group.id,
+                "epoch": group.epoch,
+                "leader": group.leader,
+                "members": members,
+            },
+            "campaign": campaign,
+        }
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _name_lock(self, name: str) -> AsyncIterator[None]:
+        """Serialize create/drop of one table name inside this process."""
+        lock, users = self._name_locks.get(name, (asyncio.Lock(), 0))
+        self._name_locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._name_locks[name]
+            if users <= 1:
+                del self._name_locks[name]
+            else:
+                self._name_locks[name] = (lock, users - 1)
+
+    def _pick_group(self) -> Group:
+        counts = {gid: 0 for gid, g in self.view.groups.items() if g.leader is not None}
+        if not counts:
+            raise errors.Unavailable(
+                "no replication group has a leader yet (a group forms from "
+                f"{self.config.group_size} live nodes)"
+            )
+        for ranges in self.view.ranges.values():
+            for rng in ranges:
+                if rng.group in counts:
+                    counts[rng.group] += 1
+        gid = min(counts, key=lambda g: (counts[g], g))
+        return self.view.groups[gid]
+
+    async def _op_create_table(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = check_table_name(req.get("name"))  # type: ignore[arg-type]
+        self._require_active()
+        async with self._name_lock(name):
+            for _ in range(CAS_ATTEMPTS_MAX):
+                found = await self.store.get_table(name)
+                if found is not None:
+                    break
+                group = self._pick_group()
+                created = await self.store.create_table(name, group.id, self._wall_ns())
+                if created is not None:  # else another table took the next id: go again
+                    table, mod_revision = created
+                    self.log.info(
+                        "create_table %s: recorded id %d as creating on group %d "
+                        "(fewest ranges among groups with a leader)",
+                        name,
+                        table.id,
+                        group.id,
+                    )
+                    break
+            else:
+                raise errors.Unavailable(
+                    f"the table id counter kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
+                    table=name,
+                )
+            if found is not None:
+                table, mod_revision = found
+                if table.state == model.TABLE_ACTIVE:
+                    raise errors.TableExists(f"table {name!r} already exists", table=name)
+                if table.state == model.TABLE_DROPPING:
+                    raise errors.TableExists(
+                        f"table {name!r} is being dropped; retry drop_table to finish it",
+                        table=name,
+                        state=table.state,
+                    )
+                if table.state != model.TABLE_CREATING:
+                    raise errors.Internal(f"table {name!r} has unknown state {table.state!r}")
+                self.log.info(
+                    "create_table %s: resuming the unfinished creation of id %d", name, table.id
+                )
+            ranges = await self.store.table_ranges(table.id)
+            assert ranges, ("a table without ranges", table)
+            for rng in ranges:
+                await self._tell_leader(
+                    rng.group, "add_range", table_id=table.id, start=rng.start, end=rng.end
+                )
+            done = await self.store.set_table_state(table, mod_revision, model.TABLE_ACTIVE)
+            if done is None:
+                raise errors.Unavailable(
+                    f"table {name!r} changed while being created; retry", table=name
+                )
+            table, revision = done
+            self.log.info(
+                "create_table %s: id %d is active at revision %d", name, table.id, revision
+            )
+            return {
+                "table": {"id": table.id, "name": table.name, "state": table.state},
+                "revision": revision,
+            }
+
+    async def _op_drop_table(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = check_table_name(req.get("name"))  # type: ignore[arg-type]
+        self._require_active()
+        async with self._name_lock(name):
+            found = await self.store.get_table(name)
+            if found is None:
+                raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
+            table, mod_revision = found
+            if table.state != model.TABLE_DROPPING:
+                marked = await self.store.set_table_state(table, mod_revision, model.TABLE_DROPPING)
+                if marked is None:
+                    raise errors.Unavailable(
+                        f"table {name!r} changed while being dropped; retry", table=name
+                    )
+                table, mod_revision = marked
+                self.log.info("drop_table %s: id %d marked dropping", name, table.id)
+            else:
+                self.log.info(
+                    "drop_table %s: resuming the unfinished drop of id %d", name, table.id
+                )
+            ranges = await self.store.table_ranges(table.id)
+            for gid in sorted({r.group for r in ranges}):
+                await self._tell_leader(gid, "drop_table", table_id=table.id)
+            revision = await self.store.delete_table(table, mod_revision)
+            if revision is None:
+                raise errors.Unavailable(
+                    f"table {name!r} changed while being dropped; retry", table=name
+                )
+            self.log.info(
+                "drop_table %s: id %d and its %d range(s) deleted at revision %d",
+                name,
+                table.id,
+                len(ranges),
+                revision,
+            )
+            return {"revision": revision}
+
+    def _conn(self, address: str) -> wire.Connection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = self._conns[address] = wire.Connection(address)
+        return conn
+
+    async def _tell_leader(self, group_id: int, op: str, **fields: Any) -> None:
+        """Send ``op`` to ``group_id``'s leader until it answers, within the request budget.
+
+        Retries on not_leader / unavailable / outcome unknown (the ops are idempotent), with
+        jittered exponential backoff; raises Unavailable when the budget runs out.
+        """
+        cfg = self.config
+        budget_s = cfg.node_request_budget_ms / 1000
+        deadline_s = self._clock() + budget_s
+        backoff = _Backoff(0.05, 0.5)
+        last = "no attempt made"
+        while True:
+            self._require_active()
+            address = self.view.leader_address(group_id)
+            if address is None:
+                last = f"group {group_id} has no leader"
+            else:
+                remaining_s = deadline_s - self._clock()
+                attempt_s = max(0.05, min(cfg.node_request_attempt_ms / 1000, remaining_s))
+                try:
+                    await self._conn(address).request(op, timeout_s=attempt_s, **fields)
+                    return
+                except (errors.Unavailable, errors.OutcomeUnknown, errors.ProtocolError) as exc:
+                    last = f"{address}: {exc.code}: {exc.message}"
+            delay_s = backoff.next()
+            if self._clock() + delay_s >= deadline_s:
+                self.log.warning(
+                    "group %d did not acknowledge %s within %g s: %s", group_id, op, budget_s, last
+                )
+                raise errors.Unavailable(
+                    f"group {group_id} did not acknowledge {op} within {budget_s:g}s "
+                    f"(last: {last})",
+                    group=group_id,
+                )
+            await asyncio.sleep(delay_s)
+
+
+# -- the process --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> MetaConfig:
+    parser = argparse.ArgumentParser(
+        prog="rangekv meta", description="rangekv metadata manager and controller"
+    )
+    parser.add_argument("--id", type=int, required=True, help="this meta's id (positive)")
+    parser.add_argument("--listen", required=True, help="HOST:PORT for the meta ops")
+    parser.add_argument("--etcd", required=True, help="etcd client URL[,URL...]")
+    parser.add_argument(
+        "--groups-min",
+        type=int,
+        default=1,
+        help="form groups from spares until there are this many",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout-ms",
+        type=int,
+        default=1000,
+        help="a node is live if it heartbeated within this",
+    )
+    ns = parser.parse_args(argv)
+    if ns.id <= 0:
+        parser.error("--id must be positive")
+    try:
+        _split_host_port(ns.listen)
+    except ValueError as exc:
+        parser.error(str(exc))
+    endpoints = tuple(e.strip() for e in ns.etcd.split(",") if e.strip())
+    if not endpoints:
+        parser.error("--etcd needs at least one URL")
+    if ns.groups_min < 0 or ns.heartbeat_timeout_ms <= 0:
+        parser.error("--groups-min must be >= 0 and --heartbeat-timeout-ms > 0")
+    return MetaConfig(
+        id=ns.id,
+        listen=ns.listen,
+        etcd=endpoints,
+        groups_min=ns.groups_min,
+        heartbeat_timeout_ms=ns.heartbeat_timeout_ms,
+    )
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+async def run(config: MetaConfig) -> int:
+    """Run one meta until SIGTERM/SIGINT; the exit code."""
+    service = MetaService(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop, f"got {sig.name}")
+    try:
+        await service.start()
+    except OSError as exc:
+        service.log.error("cannot listen on %s: %s", config.listen, exc)
+        await service.stop()
+        return 1
+    return await service.run()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        config = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    _setup_logging()
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,204 @@
+"""Typed metadata operations on etcd: every change is one compare-and-swap transaction.
+
+Invariants
+----------
+* **Every write is a CAS on what was read**: the caller passes the ``mod_revision`` it based its
+  decision on (0 = "the key must not exist"); a write whose premise changed does nothing and
+  returns ``None``, and the caller re-reads and decides again.
+* **Fencing**: once the active meta sets ``fence_revision`` (the create revision of its
+  ``/rangekv/meta/active`` key), every write here also requires that key to still be the one it
+  created. A meta that lost its lease can therefore never write, however late its request
+  arrives; such a write raises ``NotActive`` (with the new holder as ``active_hint``) instead of
+  returning ``None``, so it is never mistaken for an ordinary conflict.
+* **Ids only grow**: table and group ids come from counters bumped in the same transaction as
+  the record that uses the id, so an id is never issued twice nor lost to a half-done write.
+* **A table and its ranges appear and disappear together** (one transaction each way).
+
+The JSON shapes and key layout are those of :mod:`rangekv.metadata.model`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rangekv import errors
+from rangekv.metadata import model
+from rangekv.metadata.etcd import KV, Compare, EtcdClient, Op, TxnResult
+from rangekv.metadata.model import Group, Node, Range, Table
+
+TABLE_ID_COUNTER = model.COUNTERS + b"table_id"
+GROUP_ID_COUNTER = model.COUNTERS + b"group_id"
+
+
+def table_ranges_prefix(table_id: int) -> bytes:
+    return model.RANGES + f"{table_id:08x}/".encode()
+
+
+def _group_json(group: Group) -> bytes:
+    return model.dumps(
+        {
+            "id": group.id,
+            "epoch": group.epoch,
+            "leader": group.leader,
+            "members": list(group.members),
+        }
+    )
+
+
+class MetaStore:
+    """The metadata manager's reads and CAS writes (see the module docstring)."""
+
+    def __init__(self, etcd: EtcdClient) -> None:
+        self.etcd = etcd
+        self.fence_revision: int | None = None
+
+    # -- the active/standby election (not fenced: it creates the fence) ----------------------
+
+    async def try_become_active(
+        self, meta_id: int, address: str, lease_id: int
+    ) -> tuple[bool, int, dict[str, Any] | None]:
+        """Create the leased active-meta key if it does not exist.
+
+        Returns ``(won, revision, holder)``: on a win ``revision`` is the key's create revision
+        (the fence); otherwise ``holder`` is the current record (None if it just vanished).
+        """
+        record = model.dumps({"id": meta_id, "address": address})
+        res = await self.etcd.txn(
+            [Compare.version(model.META_ACTIVE, "=", 0)],
+            [Op.put(model.META_ACTIVE, record, lease=lease_id)],
+            [Op.get(model.META_ACTIVE)],
+        )
+        if res.succeeded:
+            return True, res.revision, None
+        kvs: list[KV] = res.responses[0]
+        return False, res.revision, (json.loads(kvs[0].value) if kvs else None)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    async def load(self) -> tuple[model.ClusterView, dict[bytes, int]]:
+        """One consistent read of everything: the view and each key's mod_revision."""
+        kvs, revision = await self.etcd.get_prefix(model.PREFIX)
+        view = model.ClusterView(revision=revision)
+        revs: dict[bytes, int] = {}
+        for kv in kvs:
+            view.apply(kv.key, kv.value)
+            revs[kv.key] = kv.mod_revision
+        return view, revs
+
+    # -- fenced writes -----------------------------------------------------------------------
+
+    async def _txn(
+        self, compares: list[Compare], success: list[Op], failure: list[Op] | None = None
+    ) -> TxnResult:
+        compares = list(compares)
+        failure = list(failure or [])
+        if self.fence_revision is not None:
+            compares.append(Compare.create_revision(model.META_ACTIVE, "=", self.fence_revision))
+            failure.append(Op.get(model.META_ACTIVE))
+        res = await self.etcd.txn(compares, success, failure)
+        if not res.succeeded and self.fence_revision is not None:
+            holder: list[KV] = res.responses.pop()
+            if not holder or holder[0].create_revision != self.fence_revision:
+                hint = json.loads(holder[0].value).get("address") if holder else None
+                raise errors.NotActive(
+                    "this meta is no longer the active one (its election key is gone)",
+                    active_hint=hint,
+                )
+        return res
+
+    async def _next_id(self, counter: bytes) -> tuple[int, Compare, Op]:
+        kv = await self.etcd.get(counter)
+        last = int(kv.value) if kv is not None else 0
+        assert last >= 0, (counter, last)
+        rev = kv.mod_revision if kv is not None else 0
+        new_id = last + 1
+        put = Op.put(counter, str(new_id).encode())
+        return new_id, Compare.mod_revision(counter, "=", rev), put
+
+    async def put_node(self, node: Node, mod_revision: int) -> int | None:
+        """Write a node record if its key is still at ``mod_revision``; the write's revision."""
+        key = model.node_key(node.id)
+        res = await self._txn(
+            [Compare.mod_revision(key, "=", mod_revision)], [Op.put(key, model.dumps(node))]
+        )
+        return res.revision if res.succeeded else None
+
+    async def create_group(self, members: list[tuple[Node, int]]) -> tuple[Group, int] | None:
+        """A new group (epoch 0, no leader) of spares, each CAS'd on its node record's revision.
+
+        Returns the group and the write's revision, or None if any premise changed.
+        """
+        assert members and len({n.id for n, _ in members}) == len(members), members
+        gid, counter_cmp, counter_put = await self._next_id(GROUP_ID_COUNTER)
+        group = Group(id=gid, epoch=0, leader=None, members=tuple(sorted(n.id for n, _ in members)))
+        compares = [counter_cmp, Compare.version(model.group_key(gid), "=", 0)]
+        ops = [counter_put, Op.put(model.group_key(gid), _group_json(group))]
+        for node, rev in members:
+            assert node.state == model.NODE_SPARE and node.group is None, node
+            key = model.node_key(node.id)
+            compares.append(Compare.mod_revision(key, "=", rev))
+            member = Node(node.id, node.address, model.NODE_MEMBER, gid, "")
+            ops.append(Op.put(key, model.dumps(member)))
+        res = await self._txn(compares, ops)
+        return (group, res.revision) if res.succeeded else None
+
+    async def set_group_leader(
+        self, group: Group, mod_revision: int, epoch: int, leader: int
+    ) -> int | None:
+        """Record ``leader`` for ``epoch`` (> the group's epoch); the write's revision or None."""
+        assert epoch > group.epoch, (group, epoch)  # epochs never go back
+        assert leader in group.members, (group, leader)
+        key = model.group_key(group.id)
+        new = Group(group.id, epoch, leader, group.members)
+        res = await self._txn(
+            [Compare.mod_revision(key, "=", mod_revision)], [Op.put(key, _group_json(new))]
+        )
+        return res.revision if res.succeeded else None
+
+    # -- tables ------------------------------------------------------------------------------
+
+    async def get_table(self, name: str) -> tuple[Table, int] | None:
+        kv = await self.etcd.get(model.table_key(name))
+        return None if kv is None else (Table.load(kv.value), kv.mod_revision)
+
+    async def table_ranges(self, table_id: int) -> list[Range]:
+        kvs, _ = await self.etcd.get_prefix(table_ranges_prefix(table_id))
+        return [Range.load(kv.value) for kv in kvs]
+
+    async def create_table(
+        self, name: str, group_id: int, created_ns: int
+    ) -> tuple[Table, int] | None:
+        """Create ``name`` in state "creating" with one range covering every key on
+        ``group_id``. Returns the table and its mod_revision, or None if the name is taken (or
+        the id counter moved; the caller re-reads)."""
+        tid, counter_cmp, counter_put = await self._next_id(TABLE_ID_COUNTER)
+        table = Table(tid, name, model.TABLE_CREATING, created_ns)
+        rng = Range(tid, b"", None, group_id, 1)
+        tkey = model.table_key(name)
+        rkey = model.range_key(tid, b"")
+        res = await self._txn(
+            [counter_cmp, Compare.version(tkey, "=", 0), Compare.version(rkey, "=", 0)],
+            [counter_put, Op.put(tkey, model.dumps(table)), Op.put(rkey, rng.dumps())],
+        )
+        return (table, res.revision) if res.succeeded else None
+
+    async def set_table_state(
+        self, table: Table, mod_revision: int, state: str
+    ) -> tuple[Table, int] | None:
+        """Move a table to ``state``; the new record and its revision, or None on conflict."""
+        new = Table(table.id, table.name, state, table.created_ns)
+        key = model.table_key(table.name)
+        res = await self._txn(
+            [Compare.mod_revision(key, "=", mod_revision)], [Op.put(key, model.dumps(new))]
+        )
+        return (new, res.revision) if res.succeeded else None
+
+    async def delete_table(self, table: Table, mod_revision: int) -> int | None:
+        """Delete the table record and all its ranges at once; the revision, or None."""
+        key = model.table_key(table.name)
+        res = await self._txn(
+            [Compare.mod_revision(key, "=", mod_revision)],
+            [Op.delete(key), Op.delete(table_ranges_prefix(table.id), prefix=True)],
+        )
+        return res.revision if res.succeeded else None
