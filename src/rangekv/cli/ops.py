@@ -1,0 +1,293 @@
+"""Data commands: create-table, drop-table, tables, put, get, delete, list, cluster.
+
+Output is for people by default and JSON with ``--json``. ``get`` prints the value's bytes as
+they are (plus a newline unless ``--raw``); ``list`` prints ``key<TAB>value<TAB>seq`` lines in
+which tab, newline, carriage return, backslash, other control characters and bytes that are not
+UTF-8 are escaped (``\\t``, ``\\n``, ``\\r``, ``\\\\``, ``\\xNN``), so one item is always one line.
+In JSON, keys and values are strings (UTF-8, invalid bytes replaced) and, when they are not
+valid UTF-8, also ``key_base64``/``value_base64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from typing import Any
+
+from rangekv import errors
+from rangekv.cli import Context
+from rangekv.client import Item
+
+LIST_LIMIT_DEFAULT = 100
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("create-table", parents=[common], help="create a table")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_create_table)
+
+    p = sub.add_parser("drop-table", parents=[common], help="drop a table and all its keys")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_drop_table)
+
+    p = sub.add_parser("tables", parents=[common], help="list the tables")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("put", parents=[common], help="store a value under a key")
+    p.add_argument("table")
+    p.add_argument("key")
+    p.add_argument("value", help="the value; - reads it from stdin (as bytes)")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--if-seq", metavar="SEQ", help="only if the key's current seq is SEQ")
+    cond.add_argument("--if-absent", action="store_true", help="only if the key does not exist")
+    p.set_defaults(func=cmd_put)
+
+    p = sub.add_parser("get", parents=[common], help="print the value of a key")
+    p.add_argument("table")
+    p.add_argument("key")
+    p.add_argument("--seq", action="store_true", help="also print the seq (on a second line)")
+    p.add_argument("--raw", action="store_true", help="print the value's bytes only, no newline")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a key")
+    p.add_argument("table")
+    p.add_argument("key")
+    p.add_argument("--if-seq", metavar="SEQ", help="only if the key's current seq is SEQ")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser(
+        "list", parents=[common], help="list keys in order: key<TAB>value<TAB>seq lines"
+    )
+    p.add_argument("table")
+    p.add_argument("--start", help="first key (inclusive)")
+    p.add_argument("--end", help="end key (exclusive)")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=LIST_LIMIT_DEFAULT,
+        metavar="N",
+        help=f"items per page (default {LIST_LIMIT_DEFAULT})",
+    )
+    p.add_argument("--after", metavar="CURSOR", help="continue from a previous page's cursor")
+    p.add_argument("--all", action="store_true", help="every page, not just the first")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "cluster",
+        aliases=["status"],
+        parents=[common],
+        help="the topology: groups, leaders, ranges, nodes, tables",
+    )
+    p.set_defaults(func=cmd_cluster)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# --- formatting (pure) ------------------------------------------------------------------------
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape(data: bytes) -> str:
+    """One-line, unambiguous text for bytes: UTF-8 as is, everything else escaped."""
+    out = []
+    for ch in data.decode("utf-8", "surrogateescape"):
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def item_line(item: Item) -> str:
+    return f"{escape(item.key)}\t{escape(item.value)}\t{item.seq}"
+
+
+def _json_bytes(out: dict[str, Any], name: str, data: bytes) -> None:
+    out[name] = data.decode("utf-8", "replace")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        out[f"{name}_base64"] = base64.b64encode(data).decode()
+
+
+def item_json(item: Item) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _json_bytes(out, "key", item.key)
+    _json_bytes(out, "value", item.value)
+    out["seq"] = item.seq
+    return out
+
+
+def format_cluster(info: dict[str, Any]) -> str:
+    """The ``/v1/cluster`` topology for people; tolerant of missing fields."""
+    lines = []
+    groups = info.get("groups") or []
+    lines.append(f"groups ({len(groups)}):")
+    for g in groups:
+        leader = g.get("leader")
+        lines.append(
+            f"  group {g.get('id')}  epoch {g.get('epoch')}  "
+            f"leader {'node ' + str(leader) if leader is not None else '(none)'}"
+        )
+        for m in g.get("members") or []:
+            role = "leader" if m.get("leader") or m.get("id") == leader else "follower"
+            lines.append(
+                f"    node {m.get('id')}  {m.get('address')}  {role}  {m.get('state', '')}".rstrip()
+            )
+    ranges = info.get("ranges") or []
+    lines.append(f"ranges ({len(ranges)}):")
+    for r in ranges:
+        start = r.get("start") or ""
+        end = r.get("end")
+        span = f"[{start!r}, {'∞' if end is None else repr(end)})"
+        lines.append(
+            f"  {r.get('table')}  {span}  group {r.get('group')}  v{r.get('version', '?')}"
+        )
+    nodes = info.get("nodes") or []
+    lines.append(f"nodes ({len(nodes)}):")
+    for n in nodes:
+        extra = f"  group {n['group']}" if n.get("group") is not None else ""
+        reason = f"  ({n['reason']})" if n.get("reason") else ""
+        lines.append(f"  node {n.get('id')}  {n.get('address')}  {n.get('state')}{extra}{reason}")
+    tables = info.get("tables") or []
+    lines.append(f"tables ({len(tables)}):")
+    for t in tables:
+        state = t.get("state")
+        lines.append(
+            f"  {t.get('name')}  id {t.get('id')}"
+            + (f"  {state}" if state and state != "active" else "")
+        )
+    meta = info.get("meta")
+    if isinstance(meta, dict):
+        lines.append(f"meta: id {meta.get('id')} at {meta.get('address')}")
+    return "\n".join(lines)
+
+
+def _print_json(ctx: Context, obj: Any) -> None:
+    ctx.out(json.dumps(obj, indent=None, sort_keys=False))
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_create_table(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        db.create_table(args.name)
+    if args.json:
+        _print_json(ctx, {"table": args.name, "created": True})
+    else:
+        ctx.out(f"created table {args.name}")
+    return 0
+
+
+def cmd_drop_table(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        db.drop_table(args.name)
+    if args.json:
+        _print_json(ctx, {"table": args.name, "dropped": True})
+    else:
+        ctx.out(f"dropped table {args.name}")
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        names = db.tables()
+    if args.json:
+        _print_json(ctx, {"tables": names})
+    else:
+        for name in names:
+            ctx.out(name)
+    return 0
+
+
+def cmd_put(args: argparse.Namespace, ctx: Context) -> int:
+    value: bytes = (
+        ctx.stdin.read() if args.value == "-" else args.value.encode("utf-8", "surrogateescape")
+    )
+    key = args.key.encode("utf-8", "surrogateescape")
+    with ctx.client(args) as db:
+        seq = db.put(args.table, key, value, if_seq=args.if_seq, if_absent=args.if_absent)
+    if args.json:
+        _print_json(ctx, {"seq": seq})
+    else:
+        ctx.out(seq)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, ctx: Context) -> int:
+    key = args.key.encode("utf-8", "surrogateescape")
+    with ctx.client(args) as db:
+        item = db.get(args.table, key)
+    if item is None:
+        raise errors.KeyNotFound(f"no key {args.key!r} in table {args.table!r}")
+    if args.json:
+        _print_json(ctx, item_json(item))
+        return 0
+    ctx.stdout.write(item.value)
+    if not args.raw:
+        ctx.stdout.write(b"\n")
+    if args.seq:
+        ctx.stdout.write(item.seq.encode() + b"\n")
+    ctx.stdout.flush()
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, ctx: Context) -> int:
+    key = args.key.encode("utf-8", "surrogateescape")
+    with ctx.client(args) as db:
+        deleted = db.delete(args.table, key, if_seq=args.if_seq)
+    if args.json:
+        _print_json(ctx, {"deleted": deleted})
+    else:
+        ctx.out("deleted" if deleted else "not found")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    start = None if args.start is None else args.start.encode("utf-8", "surrogateescape")
+    end = None if args.end is None else args.end.encode("utf-8", "surrogateescape")
+    collected: list[dict[str, Any]] = []
+    with ctx.client(args) as db:
+        after = args.after
+        while True:
+            page = db.list(args.table, start=start, end=end, limit=args.limit, after=after)
+            for item in page.items:
+                if args.json:
+                    collected.append(item_json(item))
+                else:
+                    ctx.out(item_line(item))
+            if page.next is None or not args.all:
+                break
+            if page.next == after:
+                raise errors.ProtocolError("list returned the same cursor twice")
+            after = page.next
+    if args.json:
+        _print_json(ctx, {"items": collected, "next": page.next})
+    elif page.next is not None:
+        ctx.err(f"more: rangekv list {args.table} --after {page.next}  (or --all)")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        info = db.cluster()
+    if args.json:
+        _print_json(ctx, info)
+    else:
+        ctx.out(format_cluster(info))
+    return 0

@@ -1,0 +1,499 @@
+"""What the sync and async clients share: requests as data, answers to results, retry rules.
+
+Theory of operation. A client method builds a :class:`Call` (method, percent-encoded path,
+headers, body, whether it writes, how to parse a 2xx answer). The driver (``_sync.Client`` or
+``_async.AsyncClient``) sends it to the current endpoint and hands whatever came back to
+:func:`settle`, which returns the result or a :class:`Failure`. A failure goes to a
+:class:`Retrier`, which says how long to wait before trying again, or that the error is final.
+Only the drivers do IO; everything here is pure and tested without a network.
+
+Retry rules (the contract users rely on; ``tests/unit/test_client.py`` pins each one):
+
+* **Reads** (get, list, tables, cluster) retry any retryable error: connection failures,
+  timeouts, lost connections, 503 (unavailable, not_leader), 502/504 from a proxy.
+* **Writes** (put, delete, create_table, drop_table) retry only when the request surely was
+  not processed: the connection could not be made, or the server answered 503 (unavailable,
+  not_leader, not_active). Never after a timeout, a lost connection or 504 outcome_unknown:
+  the write may have happened, and doing it twice is not the same as doing it once
+  (a conditional put would fail against its own first attempt).
+* A transport failure moves to the next endpoint (failover is sticky). A connection failure
+  (surely not sent) tries the next endpoint at once, without sleeping, until every endpoint
+  has failed in this round; other failures end the round.
+* Between rounds we back off: equal jitter over ``min(delay_s_max, delay_s_min * 2**(n-1))``,
+  and at least ``Retry-After`` when the server sent one (bounded by ``retry_after_s_max``).
+* At most ``retries + 1`` rounds; then the last error is raised.
+
+Errors raised are always from :mod:`rangekv.errors`:
+
+    connection refused / connect timeout      Unavailable      (surely not processed)
+    read/write timeout                        Timeout          (outcome unknown for writes)
+    connection lost mid-request, 502, 504     OutcomeUnknown   for writes, Unavailable for reads
+    JSON error body {"error": {...}}          errors.from_dict(body["error"])
+    any other status without a JSON body      by status (400, 404, 409, 412, 413, 5xx)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from rangekv import __version__, errors, limits
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8400"
+USER_AGENT = f"rangekv-python/{__version__}"
+
+TIMEOUT_S_DEFAULT = 10.0
+CONNECT_TIMEOUT_S_DEFAULT = 3.0
+RETRIES_DEFAULT = 3
+RETRIES_MAX = 100
+SCAN_PAGE_SIZE_DEFAULT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One stored version: the key, its value and the seq (32 hex digits) that wrote it."""
+
+    key: bytes
+    value: bytes
+    seq: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of :meth:`Client.list`; pass ``next`` back as ``after`` for the following page."""
+
+    items: list[Item]
+    next: str | None
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+def to_bytes(data: str | bytes, what: str) -> bytes:
+    """Keys and values are bytes on the wire; ``str`` is encoded as UTF-8."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be str or bytes, not {type(data).__name__}")
+
+
+def check_seq(seq: str) -> str:
+    if not isinstance(seq, str) or len(seq) != 32:
+        raise errors.InvalidArgument("a seq is 32 hex digits", field="if_seq")
+    try:
+        bytes.fromhex(seq)
+    except ValueError:
+        raise errors.InvalidArgument("a seq is 32 hex digits", field="if_seq") from None
+    return seq.lower()
+
+
+def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    """``"a:1,b:2"`` or ``["http://a:1/", ...]`` → ``["http://a:1", ...]``."""
+    raw = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out: list[str] = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise TypeError(f"an endpoint is a URL string, not {type(item).__name__}")
+        url = item.strip().rstrip("/")
+        if not url:
+            continue
+        if "://" not in url:
+            url = "http://" + url
+        if not url.startswith(("http://", "https://")):
+            raise errors.InvalidArgument(f"endpoint {item!r} is not an http(s) URL")
+        out.append(url)
+    if not out:
+        raise errors.InvalidArgument("at least one endpoint is needed")
+    return out
+
+
+def check_client_config(timeout_s: float, connect_timeout_s: float, retries: int) -> None:
+    if not timeout_s > 0:
+        raise errors.InvalidArgument("timeout_s must be positive")
+    if not connect_timeout_s > 0:
+        raise errors.InvalidArgument("connect_timeout_s must be positive")
+    if not isinstance(retries, int) or not 0 <= retries <= RETRIES_MAX:
+        raise errors.InvalidArgument(f"retries must be an integer in 0..{RETRIES_MAX}")
+
+
+def http_timeout(timeout_s: float, connect_timeout_s: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout_s, connect=min(timeout_s, connect_timeout_s))
+
+
+def quote_segment(data: bytes | str) -> str:
+    """Percent-encode one path segment; "." and ".." are escaped so no one normalizes them."""
+    seg = quote(data, safe="")
+    if seg in (".", ".."):
+        seg = seg.replace(".", "%2E")
+    return seg
+
+
+def _query(params: Sequence[tuple[str, bytes | str | int]]) -> str:
+    parts = []
+    for name, value in params:
+        text = str(value) if isinstance(value, int) else value
+        parts.append(f"{name}={quote(text, safe='')}")
+    return ("?" + "&".join(parts)) if parts else ""
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request as data; ``parse`` turns a 2xx answer into the method's result."""
+
+    method: str
+    path: str  # percent-encoded, with its query string
+    write: bool
+    parse: Callable[[httpx.Response], Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    # When the answer is KeyNotFound, return this instead of raising (get → None, delete →
+    # False). _MISSING: raise.
+    if_key_not_found: Any = _MISSING
+
+
+def _table_path(table: str) -> str:
+    return "/v1/tables/" + quote_segment(limits.check_table_name(table))
+
+
+def _key_path(table: str, key: str | bytes) -> tuple[bytes, str]:
+    raw = limits.check_key(to_bytes(key, "key"))
+    return raw, _table_path(table) + "/keys/" + quote_segment(raw)
+
+
+def call_tables() -> Call:
+    def parse(resp: httpx.Response) -> list[str]:
+        body = json_body(resp)
+        try:
+            return [str(t["name"]) for t in body["tables"]]
+        except (KeyError, TypeError) as exc:
+            raise _bad_shape(resp, "tables", exc) from None
+
+    return Call("GET", "/v1/tables", write=False, parse=parse)
+
+
+def call_create_table(name: str) -> Call:
+    return Call("PUT", _table_path(name), write=True, parse=lambda resp: None)
+
+
+def call_drop_table(name: str) -> Call:
+    return Call("DELETE", _table_path(name), write=True, parse=lambda resp: None)
+
+
+def call_put(
+    table: str,
+    key: str | bytes,
+    value: str | bytes,
+    *,
+    if_seq: str | None = None,
+    if_absent: bool = False,
+) -> Call:
+    _, path = _key_path(table, key)
+    content = limits.check_value(to_bytes(value, "value"))
+    headers = {"Content-Type": "application/octet-stream"}
+    if if_seq is not None and if_absent:
+        raise errors.InvalidArgument("if_seq and if_absent exclude each other")
+    if if_seq is not None:
+        headers["If-Match"] = check_seq(if_seq)
+    if if_absent:
+        headers["If-None-Match"] = "*"
+
+    def parse(resp: httpx.Response) -> str:
+        body = json_body(resp)
+        seq = body.get("seq") if isinstance(body, dict) else None
+        if not isinstance(seq, str):
+            raise _bad_shape(resp, "put", None)
+        return seq
+
+    return Call("PUT", path, write=True, parse=parse, headers=headers, content=content)
+
+
+def seq_of(resp: httpx.Response) -> str:
+    """The seq of a GET answer: ``X-Rangekv-Seq``, else the (quoted, maybe weak) ``ETag``."""
+    seq: str | None = resp.headers.get("x-rangekv-seq")
+    if seq is None:
+        etag = resp.headers.get("etag", "")
+        if etag.startswith("W/"):
+            etag = etag[2:]
+        seq = etag.strip('"') or None
+    if seq is None:
+        raise _bad_shape(resp, "get (no ETag)", None)
+    return seq
+
+
+def call_get(table: str, key: str | bytes) -> Call:
+    raw, path = _key_path(table, key)
+
+    def parse(resp: httpx.Response) -> Item:
+        return Item(raw, resp.content, seq_of(resp))
+
+    return Call("GET", path, write=False, parse=parse, if_key_not_found=None)
+
+
+def call_delete(table: str, key: str | bytes, *, if_seq: str | None = None) -> Call:
+    _, path = _key_path(table, key)
+    headers = {} if if_seq is None else {"If-Match": check_seq(if_seq)}
+
+    def parse(resp: httpx.Response) -> bool:
+        body = json_body(resp)
+        deleted = body.get("deleted") if isinstance(body, dict) else None
+        if not isinstance(deleted, bool):
+            raise _bad_shape(resp, "delete", None)
+        return deleted
+
+    return Call("DELETE", path, write=True, parse=parse, headers=headers, if_key_not_found=False)
+
+
+def b64decode(text: str) -> bytes:
+    """Standard or URL-safe base64, padding optional."""
+    padded = text + "=" * (-len(text) % 4)
+    if "-" in text or "_" in text:
+        return base64.urlsafe_b64decode(padded)
+    return base64.b64decode(padded, validate=True)
+
+
+def call_list(
+    table: str,
+    *,
+    start: str | bytes | None = None,
+    end: str | bytes | None = None,
+    limit: int = limits.LIST_LIMIT_DEFAULT,
+    after: str | None = None,
+) -> Call:
+    # With encoding=base64 the rm reads start and end as standard base64 too: binary-safe both
+    # ways, whatever a proxy or form decoder would make of "+", "%" or bytes that are not UTF-8.
+    params: list[tuple[str, bytes | str | int]] = []
+    if start is not None:
+        params.append(("start", base64.b64encode(to_bytes(start, "start")).decode()))
+    if end is not None:
+        params.append(("end", base64.b64encode(to_bytes(end, "end")).decode()))
+    if after is not None:
+        if not isinstance(after, str):
+            raise TypeError("after is the cursor string of Page.next")
+        params.append(("after", after))
+    params.append(("limit", limits.check_list_limit(limit)))
+    params.append(("encoding", "base64"))
+
+    def parse(resp: httpx.Response) -> Page:
+        body = json_body(resp)
+        try:
+            items = [
+                Item(b64decode(i["key"]), b64decode(i["value"]), str(i["seq"]))
+                for i in body["items"]
+            ]
+            nxt = body.get("next")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise _bad_shape(resp, "list", exc) from None
+        if nxt is not None and not isinstance(nxt, str):
+            raise _bad_shape(resp, "list (next)", None)
+        return Page(items, nxt or None)
+
+    path = _table_path(table) + "/keys" + _query(params)
+    return Call("GET", path, write=False, parse=parse)
+
+
+def call_cluster() -> Call:
+    def parse(resp: httpx.Response) -> dict[str, Any]:
+        body = json_body(resp)
+        if not isinstance(body, dict):
+            raise _bad_shape(resp, "cluster", None)
+        return body
+
+    return Call("GET", "/v1/cluster", write=False, parse=parse)
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+def json_body(resp: httpx.Response) -> Any:
+    try:
+        return json.loads(resp.content)
+    except ValueError:
+        raise _bad_shape(resp, "JSON", None) from None
+
+
+def _bad_shape(resp: httpx.Response, what: str, exc: BaseException | None) -> errors.ProtocolError:
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    return errors.ProtocolError(
+        f"unexpected {what} answer from {resp.request.url.host}:{resp.request.url.port} "
+        f"(status {resp.status_code}){detail}"
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An attempt that did not produce a result, and what it means for retrying."""
+
+    error: errors.RangeKVError
+    not_sent: bool  # surely not processed: safe to retry even a write
+    failover: bool  # move to the next endpoint
+    retry_after_s: float | None = None
+    cause: BaseException | None = None
+
+
+_BY_STATUS: dict[int, type[errors.RangeKVError]] = {
+    400: errors.InvalidArgument,
+    404: errors.NotFound,
+    409: errors.TableExists,
+    412: errors.PreconditionFailed,
+    413: errors.TooLarge,
+    429: errors.Unavailable,
+    500: errors.Internal,
+    503: errors.Unavailable,
+}
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now_s is None else now_s
+    return max(0.0, when.timestamp() - now)
+
+
+def error_of_response(resp: httpx.Response, write: bool) -> tuple[errors.RangeKVError, bool]:
+    """The error an error answer carries, and whether it came as a rangekv JSON error body."""
+    try:
+        body = json.loads(resp.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return errors.from_dict(body["error"]), True
+    # Not from an rm: a proxy (HAProxy) or something else in the way.
+    text = resp.content[:200].decode("utf-8", "replace").strip()
+    where = f"{resp.request.url.host}:{resp.request.url.port}"
+    message = f"HTTP {resp.status_code} from {where}" + (f": {text}" if text else "")
+    status = resp.status_code
+    if status in (502, 504) or (status >= 500 and status not in _BY_STATUS):
+        cls: type[errors.RangeKVError] = errors.OutcomeUnknown if write else errors.Unavailable
+    else:
+        cls = _BY_STATUS.get(status, errors.InvalidArgument if status < 500 else errors.Internal)
+    return cls(message, status=status), False
+
+
+def settle(call: Call, resp: httpx.Response) -> Any:
+    """The result of ``call`` from its answer, or a :class:`Failure`."""
+    if 200 <= resp.status_code < 300:
+        try:
+            return call.parse(resp)
+        except errors.ProtocolError as exc:
+            return Failure(exc, not_sent=False, failover=True)
+    err, from_rm = error_of_response(resp, call.write)
+    if call.if_key_not_found is not _MISSING and isinstance(err, errors.KeyNotFound):
+        return call.if_key_not_found
+    return Failure(
+        err,
+        not_sent=isinstance(err, errors.Unavailable),
+        failover=not from_rm and err.retryable,
+        retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
+    )
+
+
+def failure_of_exception(exc: httpx.HTTPError, call: Call, endpoint: str) -> Failure:
+    """Translate an httpx exception at the boundary (httpx never leaks out of the client)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        # The connection was never made (or no pooled connection was free): nothing was sent.
+        return Failure(
+            errors.Unavailable(
+                f"cannot connect to {endpoint}: {exc or type(exc).__name__}", endpoint=endpoint
+            ),
+            not_sent=True,
+            failover=True,
+            cause=exc,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return Failure(
+            errors.Timeout(
+                f"no answer from {endpoint} in time ({type(exc).__name__})", endpoint=endpoint
+            ),
+            not_sent=False,
+            failover=True,
+            cause=exc,
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return Failure(
+            errors.InvalidArgument(f"bad endpoint {endpoint}: {exc}"),
+            not_sent=True,
+            failover=False,
+            cause=exc,
+        )
+    message = f"connection to {endpoint} failed during the request: {exc or type(exc).__name__}"
+    cls = errors.OutcomeUnknown if call.write else errors.Unavailable
+    return Failure(cls(message, endpoint=endpoint), not_sent=False, failover=True, cause=exc)
+
+
+# --- retrying ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with equal jitter; a floor of ``Retry-After``, itself bounded."""
+
+    delay_s_min: float = 0.05
+    delay_s_max: float = 2.0
+    retry_after_s_max: float = 5.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay_s(self, round_n: int, retry_after_s: float | None = None) -> float:
+        assert round_n >= 1, round_n
+        cap_s = min(self.delay_s_max, self.delay_s_min * float(2 ** min(round_n - 1, 30)))
+        delay_s = cap_s / 2 + self.rng.uniform(0, cap_s / 2)
+        if retry_after_s is not None:
+            delay_s = max(delay_s, min(retry_after_s, self.retry_after_s_max))
+        return delay_s
+
+
+class Retrier:
+    """Decides, failure by failure, whether one call is tried again and after how long."""
+
+    def __init__(self, *, retries: int, endpoints_n: int, backoff: Backoff, write: bool) -> None:
+        assert retries >= 0 and endpoints_n >= 1
+        self._retries = retries
+        self._endpoints_n = endpoints_n
+        self._backoff = backoff
+        self._write = write
+        self._rounds = 0  # rounds that ended in failure
+        self._failed_in_round = 0  # endpoints that refused connections in this round
+
+    def may_retry(self, failure: Failure) -> bool:
+        if self._write:
+            return failure.not_sent
+        return failure.error.retryable
+
+    def next_delay_s(self, failure: Failure) -> float | None:
+        """Seconds to wait before the next attempt, or None: raise ``failure.error``."""
+        if not self.may_retry(failure):
+            return None
+        if failure.not_sent and failure.failover:
+            self._failed_in_round += 1
+            if self._failed_in_round < self._endpoints_n:
+                return 0.0  # another endpoint has not been tried in this round yet
+        self._failed_in_round = 0
+        self._rounds += 1
+        if self._rounds > self._retries:
+            return None
+        return self._backoff.delay_s(self._rounds, failure.retry_after_s)

@@ -1,0 +1,732 @@
+"""A whole rangekv cluster on one machine: what ``rangekv up`` runs and integration tests use.
+
+    etcd ─▶ meta ─▶ node-1..N ─▶ rm-1..M ─▶ haproxy          (start order; stop is the reverse)
+
+Ports (``docs/internals.md``), from ``base_port`` (default 8400):
+
+    haproxy  base          the client endpoint
+    rm i     base+10+i     i = 1..9
+    meta     base+20
+    node i   base+30+i     i = 1..9
+    etcd     base+41 (client), base+42 (peer)
+
+Data dir layout: ``etcd/``, ``node-i/``, ``logs/NAME.log`` (stdout+stderr of each process),
+``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
+``haproxy.cfg``, ``cluster.json`` (base port and sizes, so that a later ``up`` reuses them).
+
+Rules:
+
+* A process counts as running only if its pid is alive AND ``/proc/PID/cmdline`` is the argv we
+  recorded: a pid file left by a crash never makes us skip a start or signal a stranger.
+* ``start()`` starts only what is not running, so it doubles as "restart what died".
+* Every process runs in its own session: Ctrl-C in the terminal of ``rangekv up`` reaches only
+  ``up``, which then stops the others in order; ``up --detach`` leaves them running.
+* ``stop()`` sends SIGTERM phase by phase (haproxy, rms, nodes, meta, etcd), waits
+  ``stop_timeout_s``, then SIGKILLs stragglers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rangekv.testing import procs
+
+HOST = "127.0.0.1"
+PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms and 9 nodes
+PORT_SPAN = 43  # base .. base+42
+
+READY_TIMEOUT_S_DEFAULT = 60.0
+STOP_TIMEOUT_S_DEFAULT = 10.0
+ETCD_START_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 2.0
+LOG_TAIL_LINES = 30
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started, became unhealthy, or was misconfigured."""
+
+
+@dataclass(frozen=True)
+class ProcSpec:
+    """How one process of the cluster is started."""
+
+    name: str
+    argv: tuple[str, ...]
+    ports: tuple[int, ...]
+
+
+def haproxy_binary() -> str:
+    for candidate in (shutil.which("haproxy"), "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ClusterError("HAProxy is not installed (Debian: apt-get install haproxy)")
+
+
+def haproxy_config(base_port: int, rm_ports: Iterable[int]) -> str:
+    """HAProxy in front of the rms: health-checked, retrying only what is safe to retry.
+
+    ``retry-on conn-failure empty-response`` with ``option redispatch`` moves a request to the
+    other rm when the connection fails or an rm dies without answering. Replaying a write that
+    reached an rm is not safe (it may have been applied; a conditional write would then fail
+    against itself), so ``disable-l7-retry`` keeps only connection-failure retries for
+    anything but GET/HEAD.
+    """
+    servers = "\n".join(
+        f"    server rm{i} {HOST}:{port} check inter 500ms fall 2 rise 1"
+        for i, port in enumerate(rm_ports, start=1)
+    )
+    return f"""\
+# Written by `rangekv up` (rangekv.cluster.local); rewritten on every start.
+global
+    log stderr format raw local0 notice
+    maxconn 4096
+
+defaults
+    mode http
+    log global
+    option dontlognull
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    timeout queue 5s
+    timeout check 2s
+    retries 2
+    retry-on conn-failure empty-response
+    option redispatch 1
+
+frontend rangekv
+    bind {HOST}:{base_port}
+    default_backend rms
+
+backend rms
+    balance roundrobin
+    option httpchk GET /healthz
+    http-check expect status 200
+    http-request disable-l7-retry unless METH_GET
+{servers}
+"""
+
+
+def ports_free(ports: Iterable[int], host: str = HOST) -> bool:
+    return all(_port_free(p, host) for p in ports)
+
+
+def _port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as our servers do: TIME_WAIT leftovers must not count as "in use"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
+    return (
+        [base_port]
+        + [base_port + 10 + i for i in range(1, rms + 1)]
+        + [base_port + 20]
+        + [base_port + 30 + i for i in range(1, nodes + 1)]
+        + [base_port + 41, base_port + 42]
+    )
+
+
+def find_free_base_port(
+    nodes: int = 5, rms: int = 2, low: int = 20000, high: int = 60000, attempts_max: int = 200
+) -> int:
+    """A random base port whose whole layout is free right now (for tests)."""
+    rng = random.Random()
+    for _ in range(attempts_max):
+        base = rng.randrange(low, high - PORT_SPAN, 50)
+        if ports_free(cluster_ports(base, nodes, rms)):
+            return base
+    raise ClusterError(f"no free port range of {PORT_SPAN} in {low}..{high}")
+
+
+def _read_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not raw:
+        return []  # a zombie, or a kernel thread
+    return raw.rstrip(b"\0").decode(errors="surrogateescape").split("\0")
+
+
+def pid_is(pid: int, argv: Iterable[str]) -> bool:
+    """True if ``pid`` is alive and is the process started with ``argv``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process: not ours
+    if not Path("/proc").is_dir():  # no procfs: the liveness check is all we have
+        return True
+    return _read_cmdline(pid) == list(argv)
+
+
+class LocalCluster:
+    """etcd, one meta, ``nodes`` storage nodes, ``rms`` request managers and HAProxy.
+
+    The handle is cheap and stateless apart from the children it started: another
+    ``LocalCluster`` on the same data dir (``rangekv down``) finds the processes by pid file.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        base_port: int = 8400,
+        nodes: int = 5,
+        rms: int = 2,
+        *,
+        command: Sequence[str] | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        if not 1 <= nodes <= PROCS_PER_KIND_MAX or not 1 <= rms <= PROCS_PER_KIND_MAX:
+            raise ClusterError(f"nodes and rms must be in 1..{PROCS_PER_KIND_MAX}")
+        if not 1024 <= base_port <= 65535 - PORT_SPAN:
+            raise ClusterError(f"base port must be in 1024..{65535 - PORT_SPAN}")
+        self.data_dir = Path(data_dir).absolute()
+        self.base_port = base_port
+        self.nodes = nodes
+        self.rms = rms
+        # How our own processes are started: the same interpreter (so the same venv) running
+        # the console script's module. Tests substitute stand-ins here.
+        self.command: tuple[str, ...] = tuple(command or (sys.executable, "-m", "rangekv.cli.main"))
+        self.stop_timeout_s = stop_timeout_s
+        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path | str,
+        base_port: int | None = None,
+        nodes: int | None = None,
+        rms: int | None = None,
+        **kwargs: Any,
+    ) -> LocalCluster:
+        """The cluster of ``data_dir`` with the settings it was created with (``cluster.json``).
+
+        Ports cannot change once a cluster has data: nodes and etcd remember addresses.
+        """
+        saved: dict[str, Any] = {}
+        path = Path(data_dir) / "cluster.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if base_port is not None and base_port != saved.get("base_port", base_port):
+                raise ClusterError(
+                    f"{data_dir} holds a cluster on base port {saved['base_port']}, not "
+                    f"{base_port}; use --base-port {saved['base_port']} or another data dir"
+                )
+        return cls(
+            data_dir,
+            base_port if base_port is not None else int(saved.get("base_port", 8400)),
+            nodes if nodes is not None else int(saved.get("nodes", 5)),
+            rms if rms is not None else int(saved.get("rms", 2)),
+            **kwargs,
+        )
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """HAProxy: the URL clients use."""
+        return f"http://{HOST}:{self.base_port}"
+
+    @property
+    def rm_endpoints(self) -> list[str]:
+        return [f"http://{HOST}:{self.rm_port(i)}" for i in range(1, self.rms + 1)]
+
+    def rm_port(self, i: int) -> int:
+        return self.base_port + 10 + i
+
+    @property
+    def meta_address(self) -> str:
+        return f"{HOST}:{self.base_port + 20}"
+
+    def node_port(self, i: int) -> int:
+        return self.base_port + 30 + i
+
+    @property
+    def node_addresses(self) -> dict[int, str]:
+        return {i: f"{HOST}:{self.node_port(i)}" for i in range(1, self.nodes + 1)}
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{HOST}:{self.base_port + 41}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def haproxy_cfg(self) -> Path:
+        return self.data_dir / "haproxy.cfg"
+
+    @property
+    def names(self) -> list[str]:
+        """Every process, in start order."""
+        return (
+            ["etcd", "meta"]
+            + [f"node-{i}" for i in range(1, self.nodes + 1)]
+            + [f"rm-{i}" for i in range(1, self.rms + 1)]
+            + ["haproxy"]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Every address, for printing (``rangekv up``)."""
+        return {
+            "endpoint": self.endpoint,
+            "rms": self.rm_endpoints,
+            "meta": self.meta_address,
+            "nodes": list(self.node_addresses.values()),
+            "etcd": self.etcd_endpoint,
+            "data_dir": str(self.data_dir),
+            "log_dir": str(self.log_dir),
+        }
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def spec(self, name: str) -> ProcSpec:
+        our = self.command
+        argv: tuple[str, ...]
+        if name == "etcd":
+            client, peer = self.etcd_endpoint, f"http://{HOST}:{self.base_port + 42}"
+            argv = (
+                procs.etcd_binary(),
+                "--name",
+                "rangekv",
+                "--data-dir",
+                str(self.data_dir / "etcd"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"rangekv={peer}",
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            )
+            return ProcSpec(name, argv, (self.base_port + 41, self.base_port + 42))
+        if name == "meta":
+            argv = (
+                *our,
+                "meta",
+                "--id",
+                "1",
+                "--listen",
+                self.meta_address,
+                "--etcd",
+                self.etcd_endpoint,
+            )
+            return ProcSpec(name, argv, (self.base_port + 20,))
+        if name == "haproxy":
+            argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
+            return ProcSpec(name, argv, (self.base_port,))
+        kind, _, num = name.partition("-")
+        i = int(num) if num.isdigit() else 0
+        if kind == "node" and 1 <= i <= self.nodes:
+            argv = (
+                *our,
+                "node",
+                "--id",
+                str(i),
+                "--listen",
+                self.node_addresses[i],
+                "--data-dir",
+                str(self.data_dir / name),
+                "--meta",
+                self.meta_address,
+            )
+            return ProcSpec(name, argv, (self.node_port(i),))
+        if kind == "rm" and 1 <= i <= self.rms:
+            argv = (
+                *our,
+                "rm",
+                "--id",
+                str(i),
+                "--listen",
+                f"{HOST}:{self.rm_port(i)}",
+                "--etcd",
+                self.etcd_endpoint,
+            )
+            return ProcSpec(name, argv, (self.rm_port(i),))
+        raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _argv_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.argv"
+
+    def _recorded(self, name: str) -> tuple[int, list[str]] | None:
+        try:
+            pid = int(self._pid_file(name).read_text().split()[0])
+            argv = json.loads(self._argv_file(name).read_text())
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+        return pid, argv
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a running process of this cluster, or None."""
+        popen = self._popens.get(name)
+        if popen is not None:
+            code = popen.poll()
+            if code is None:
+                return popen.pid
+            self._exit_codes[name] = code
+            del self._popens[name]  # reaped
+        recorded = self._recorded(name)
+        if recorded is not None and pid_is(*recorded):
+            return recorded[0]
+        return None
+
+    def alive(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def running(self) -> list[str]:
+        return [name for name in self._all_names() if self.alive(name)]
+
+    def _all_names(self) -> list[str]:
+        """Our names plus any other pid file in run/ (a cluster once started bigger)."""
+        names = list(self.names)
+        if self.run_dir.is_dir():
+            for path in sorted(self.run_dir.glob("*.pid")):
+                if path.stem not in names:
+                    names.append(path.stem)
+        return names
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The end of every log, for error messages and failing tests."""
+        out = []
+        for name in self._all_names():
+            state = f"pid {self.pid(name)}" if self.alive(name) else "not running"
+            out.append(f"----- {self.log_path(name)} ({state}) -----\n{self.log_tail(name, lines)}")
+        return "\n".join(out)
+
+    # --- start --------------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Start every process that is not running, in order; returns the names started."""
+        for d in (self.data_dir, self.log_dir, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._save_settings()
+        started: list[str] = []
+        for name in self.names:
+            if self.alive(name):
+                continue
+            spec = self.spec(name)
+            busy = [p for p in spec.ports if not _port_free(p)]
+            if busy:
+                raise ClusterError(
+                    f"cannot start {name}: port {busy[0]} is in use by a process that is not "
+                    f"part of the cluster in {self.data_dir}"
+                )
+            if name == "haproxy":
+                self._write_haproxy_cfg()
+            self._spawn(spec)
+            started.append(name)
+            if name == "etcd":
+                self._wait_etcd()
+        return started
+
+    def _save_settings(self) -> None:
+        path = self.data_dir / "cluster.json"
+        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("base_port") != self.base_port:
+                raise ClusterError(
+                    f"{self.data_dir} holds a cluster on base port {saved.get('base_port')}, "
+                    f"not {self.base_port}"
+                )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        tmp.replace(path)
+
+    def _write_haproxy_cfg(self) -> None:
+        ports = [self.rm_port(i) for i in range(1, self.rms + 1)]
+        self.haproxy_cfg.write_text(haproxy_config(self.base_port, ports))
+        check = subprocess.run(
+            [haproxy_binary(), "-c", "-f", str(self.haproxy_cfg)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if check.returncode != 0:
+            output = (check.stdout + check.stderr).decode(errors="replace")
+            raise ClusterError(f"HAProxy refused {self.haproxy_cfg}:\n{output}")
+
+    def _spawn(self, spec: ProcSpec) -> None:
+        log = self.log_path(spec.name)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(log, "ab") as f:
+            f.write(
+                f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}\n".encode()
+            )
+        proc = procs.spawn(spec.name, list(spec.argv), log, env={"PYTHONUNBUFFERED": "1"})
+        self._popens[spec.name] = proc.popen
+        self._argv_file(spec.name).write_text(json.dumps(list(spec.argv)) + "\n")
+        self._pid_file(spec.name).write_text(f"{proc.pid}\n")
+
+    def _wait_etcd(self) -> None:
+        url = self.etcd_endpoint + "/health"
+
+        def healthy() -> bool:
+            if not self.alive("etcd"):
+                raise ClusterError("etcd exited")
+            resp = httpx.get(url, timeout=PROBE_TIMEOUT_S, trust_env=False)
+            return resp.status_code == 200 and b"true" in resp.content
+
+        deadline = time.monotonic() + ETCD_START_TIMEOUT_S
+        while True:
+            try:
+                if healthy():
+                    return
+            except ClusterError:
+                raise ClusterError(f"etcd exited at start:\n{self.log_tail('etcd')}") from None
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"etcd not healthy after {ETCD_START_TIMEOUT_S}s:\n{self.log_tail('etcd')}"
+                )
+            time.sleep(0.1)
+
+    # --- ready --------------------------------------------------------------------------------
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S_DEFAULT) -> dict[str, Any]:
+        """Return the topology once the cluster serves writes; raise ClusterError after timeout_s.
+
+        Ready means: every process runs, HAProxy and every rm answer ``/healthz`` with 200, and
+        every rm's ``/v1/cluster`` shows at least one group, each with a leader of epoch > 0.
+        """
+        deadline = time.monotonic() + timeout_s
+        reason = "not checked yet"
+        with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as http:
+            while True:
+                dead = [n for n in self.names if not self.alive(n)]
+                if dead:
+                    codes = {n: self._exit_code(n) for n in dead}
+                    raise ClusterError(
+                        "exited: "
+                        + ", ".join(f"{n} (code {c})" for n, c in codes.items())
+                        + "\n"
+                        + self.log_tails()
+                    )
+                try:
+                    ready, reason, info = self._probe(http)
+                except httpx.HTTPError as exc:
+                    ready, reason, info = False, f"{type(exc).__name__}: {exc}", {}
+                if ready:
+                    return info
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"cluster in {self.data_dir} not ready after {timeout_s}s: {reason}\n"
+                        + self.log_tails()
+                    )
+                time.sleep(0.2)
+
+    def _probe(self, http: httpx.Client) -> tuple[bool, str, dict[str, Any]]:
+        for url in [self.endpoint, *self.rm_endpoints]:
+            resp = http.get(url + "/healthz")
+            if resp.status_code != 200:
+                return False, f"{url}/healthz answered {resp.status_code}", {}
+        info: dict[str, Any] = {}
+        for url in self.rm_endpoints:
+            resp = http.get(url + "/v1/cluster")
+            if resp.status_code != 200:
+                return False, f"{url}/v1/cluster answered {resp.status_code}", {}
+            info = resp.json()
+            ok, why = cluster_ready(info)
+            if not ok:
+                return False, f"{url}: {why}", info
+        return True, "ready", info
+
+    def _exit_code(self, name: str) -> int | None:
+        return self._exit_codes.get(name)
+
+    # --- stop and kill ------------------------------------------------------------------------
+
+    def _phases(self) -> list[list[str]]:
+        order = ["haproxy", "rm-", "node-", "meta", "etcd"]
+        phases: list[list[str]] = [[] for _ in order]
+        others: list[str] = []
+        for name in self._all_names():
+            for i, prefix in enumerate(order):
+                if name == prefix or (prefix.endswith("-") and name.startswith(prefix)):
+                    phases[i].append(name)
+                    break
+            else:
+                others.append(name)
+        return [others, *phases]
+
+    def stop(self, names: Iterable[str] | None = None) -> list[str]:
+        """SIGTERM everything (reverse start order), SIGKILL stragglers; returns names stopped.
+
+        ``names``: only these (still in reverse start order).
+        """
+        only = None if names is None else set(names)
+        stopped: list[str] = []
+        for phase in self._phases():
+            if only is not None:
+                phase = [name for name in phase if name in only]
+            pids = {name: pid for name in phase if (pid := self.pid(name)) is not None}
+            for name, pid in pids.items():
+                self._signal(name, pid, signal.SIGTERM)
+            left = self._wait_gone(pids, self.stop_timeout_s)
+            for name, pid in left.items():
+                self._signal(name, pid, signal.SIGKILL)
+            left = self._wait_gone(left, STOP_TIMEOUT_S_DEFAULT)
+            if left:
+                raise ClusterError(f"could not stop {', '.join(left)}")
+            stopped.extend(pids)
+            for name in phase:
+                self._forget(name)
+        return stopped
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Send ``sig`` to one process (``kill -9`` by default); False if it was not running.
+
+        For SIGKILL/SIGTERM/SIGINT, waits until it is gone. ``start()`` brings it back.
+        """
+        self.spec(name)  # KeyError for a name that is not ours
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        self._signal(name, pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            if self._wait_gone({name: pid}, self.stop_timeout_s):
+                raise ClusterError(f"{name} (pid {pid}) did not exit on signal {sig}")
+            self._forget(name)
+        return True
+
+    def pause(self, name: str) -> bool:
+        """SIGSTOP: the process hangs (a stand-in for a slow or partitioned machine)."""
+        return self.kill(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> bool:
+        return self.kill(name, signal.SIGCONT)
+
+    def _signal(self, name: str, pid: int, sig: int) -> None:
+        popen = self._popens.get(name)
+        with contextlib.suppress(ProcessLookupError):
+            if popen is not None and popen.pid == pid:
+                popen.send_signal(sig)
+            else:
+                os.kill(pid, sig)
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            # a stopped (paused) process only acts on SIGTERM once continued
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _wait_gone(self, pids: dict[str, int], timeout_s: float) -> dict[str, int]:
+        """Wait until the processes exit (reaping our children); returns those still alive."""
+        deadline = time.monotonic() + timeout_s
+        left = dict(pids)
+        while left:
+            for name in list(left):
+                if self.pid(name) != left[name]:
+                    del left[name]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return left
+
+    def _forget(self, name: str) -> None:
+        popen = self._popens.pop(name, None)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=1)
+        for path in (self._pid_file(name), self._argv_file(name)):
+            path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Leave the started processes running without this handle (``up --detach``)."""
+        for popen in self._popens.values():
+            # Popen warns when collected while its process runs; it is meant to outlive us.
+            popen.returncode = 0
+        self._popens.clear()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({str(self.data_dir)!r}, base_port={self.base_port})"
+
+
+def cluster_ready(info: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a ``/v1/cluster`` answer shows a cluster that can take writes, and why not."""
+    groups = info.get("groups")
+    if not isinstance(groups, list) or not groups:
+        return False, "no replication group yet"
+    for group in groups:
+        if not isinstance(group, dict):
+            return False, "malformed group"
+        if group.get("leader") is None:
+            return False, f"group {group.get('id')} has no leader"
+        if not int(group.get("epoch") or 0) > 0:
+            return False, f"group {group.get('id')} is at epoch 0"
+    return True, "ready"
+
+
+@contextlib.contextmanager
+def running_cluster(
+    data_dir: Path | str, ready_timeout_s: float = READY_TIMEOUT_S_DEFAULT, **kwargs: Any
+) -> Iterator[LocalCluster]:
+    """A started, ready cluster that is always stopped afterwards (tests, benchmarks)."""
+    if "base_port" not in kwargs:
+        kwargs["base_port"] = find_free_base_port(kwargs.get("nodes", 5), kwargs.get("rms", 2))
+    cluster = LocalCluster(data_dir, **kwargs)
+    try:
+        cluster.start()
+        cluster.wait_ready(ready_timeout_s)
+        yield cluster
+    finally:
+        cluster.stop()
