@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +213,7 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
             for line in describe_lines(info):
                 ctx.out(line)
             hint = "" if cluster.endpoint == DEFAULT_ENDPOINT else f"--endpoint {cluster.endpoint} "
-            ctx.out(f"try: rangekv {hint}tables")
+            ctx.out(f"try: {_own_command()} {hint}tables")
 
         if args.demo:
             with Client(cluster.endpoint) as db:
@@ -276,3 +279,14 @@ def cmd_down(args: argparse.Namespace, ctx: Context) -> int:
     else:
         ctx.out(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
+
+
+def _own_command() -> str:
+    """How the user can run this CLI again: a bare ``rangekv`` only if that is on PATH."""
+    exe = Path(sys.argv[0])
+    if exe.name == "rangekv" and shutil.which("rangekv") != str(exe.resolve()):
+        try:
+            return os.path.relpath(exe)
+        except ValueError:
+            return str(exe)
+    return "rangekv"
