@@ -24,7 +24,7 @@ from typing import Any
 
 import crc32c
 
-from rangekv.storage.wal import StorageCorrupt
+from rangekv.storage.wal import StorageCorrupt, fsync_dir
 
 MAGIC = "rangekv-hardstate"
 FORMAT_VERSION = 1
@@ -35,14 +35,6 @@ class HardStateCorrupt(StorageCorrupt):
     """The hard state file failed verification; the node must not guess its promises."""
 
     code = "hardstate_corrupt"
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode(state: dict[str, Any]) -> bytes:
@@ -101,7 +93,7 @@ def save(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, target)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

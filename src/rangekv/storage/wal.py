@@ -141,7 +141,8 @@ def _corrupt(path: str, offset: int, reason: str) -> WALCorrupt:
     )
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a directory's entries (created, renamed, removed files) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -312,7 +313,7 @@ class WAL:
         path = os.fspath(directory)
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         lock_fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -335,7 +336,7 @@ class WAL:
         )
         if not firsts:
             self._create_segment(1)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._dir_dirty = False
             return
         if firsts[0] != 1:
@@ -639,7 +640,7 @@ class WAL:
             self._dirty_fds.discard(segment.fd)
             os.close(segment.fd)
             os.unlink(segment.path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         segment = self._segments[-1]
         keep = from_index - segment.first_index
         assert 0 <= keep <= len(segment.offsets), (from_index, segment.first_index)
@@ -647,7 +648,7 @@ class WAL:
         os.ftruncate(segment.fd, size)
         os.fsync(segment.fd)
         if self._dir_dirty:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._dir_dirty = False
         self._dirty_fds.discard(segment.fd)
         segment.size_bytes = size
@@ -677,7 +678,7 @@ class WAL:
             for fd in fds:
                 _fdatasync(fd)
             if dir_dirty:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except BaseException as exc:
             self.failed = exc
             raise
