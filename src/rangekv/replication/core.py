@@ -34,7 +34,8 @@ Inputs: ``step(msg)``, ``tick()``, ``campaign(epoch)``, ``propose(payload)``, ``
 ``on_synced(index, epoch)``, ``on_applied(index)``. Then the driver calls ``ready()`` and, in
 this order: persists ``hardstate`` (if any); cuts the log from ``truncate_from``; writes
 ``entries``; sends ``messages`` at once; makes all of it durable (fsync) and only then sends
-``messages_after_sync`` and calls ``on_synced``; applies ``committed`` and calls
+``messages_after_sync`` and calls ``on_hardstate_synced`` (if a hard state was in the batch)
+and ``on_synced``; applies ``committed`` and calls
 ``on_applied``; answers ``reads`` once applied reaches their index. Several readies may be made
 durable by one fsync (group commit) as long as their order is kept.
 """
@@ -146,6 +147,9 @@ class Core:
         self.members: tuple[int, ...] = tuple(sorted(set(members)))
         self.promised = int(hardstate.get("promised_epoch", 0))
         self.promised_to = int(hardstate.get("promised_to", 0))
+        # The promise known to be on disk; until the current one is, every message that
+        # speaks for it waits for the fsync (a crash must not let us take it back).
+        self._durable_promise = (self.promised, self.promised_to)
         self.role = FOLLOWER if self.id in self.members else IDLE
         self.leader: int | None = None
         self.serving = False
@@ -229,8 +233,8 @@ class Core:
             self._hardstate_dirty = True
 
     def _send(self, msg: Msg) -> None:
-        # A message sent while a promise is not yet durable must wait for it.
-        if self._hardstate_dirty:
+        # A message sent while our promise is not yet durable must wait for it.
+        if self._hardstate_dirty or (self.promised, self.promised_to) != self._durable_promise:
             self._out.messages_after_sync.append(msg)
         else:
             self._out.messages.append(msg)
@@ -303,9 +307,34 @@ class Core:
             self._reads_in_round = {}
             self._round_in_flight = 0
 
+    # ------------------------------------------------------------------ decisions
+    # Each rule below is one line of the protocol that a planted bug in the simulator
+    # (``rangekv.sim.bugs``) replaces, to show that the simulator catches its absence.
+    def _is_stale(self, epoch: int) -> bool:
+        """A message from an epoch older than our promise is refused."""
+        return epoch < self.promised
+
+    def _log_matches(self, prev: int, prev_epoch: int) -> bool:
+        """Log matching: we hold the entry the sender's new entries follow."""
+        return prev <= self.last_index and (prev == 0 or self.epoch_at(prev) == prev_epoch)
+
+    def _ack_after_sync(self, msg: Msg) -> None:
+        """A follower's acknowledgement says "durable": it leaves only after the fsync."""
+        self._out.messages_after_sync.append(msg)
+
+    def _apply_limit(self) -> int:
+        """Apply only entries that are committed and durable here."""
+        return min(self.commit, self.stable)
+
+    def _confirm_read(self, token: Any) -> None:
+        """A read waits for a majority to confirm our epoch (read-index)."""
+        self._reads_waiting.append((token, self.commit))
+        if not self._round_in_flight:
+            self._start_read_round()
+
     def _observe_epoch(self, msg: Msg) -> bool:
         """Handle the sender's epoch; False if the message is from the past and was answered."""
-        if msg.epoch < self.promised:
+        if self._is_stale(msg.epoch):
             if msg.type in (APPEND, HEARTBEAT):
                 # "not my leader": tell the old leader about the newer epoch.
                 rtype = APPEND_RESP if msg.type == APPEND else HEARTBEAT_RESP
@@ -363,15 +392,15 @@ class Core:
         """Ask for a linearizable read; the token comes back in ``Ready.reads`` (or failed)."""
         if self.role != LEADER or not self.serving:
             raise NotLeaderError(self.leader if self.leader != self.id else None, self.promised)
-        self._reads_waiting.append((token, self.commit))
-        if not self._round_in_flight:
-            self._start_read_round()
+        self._confirm_read(token)
 
     def tick(self) -> None:
         self.ticks += 1
         if self.role == LEADER:
             if self.ticks % self.cfg.heartbeat_ticks == 0:
-                self._heartbeat_all(ctx=0)
+                # Carry the latest read round: if its first heartbeat was lost, this one
+                # (sent after that round's reads arrived) confirms it.
+                self._heartbeat_all(ctx=self.read_ctx, periodic=True)
             if self.ticks % self.cfg.quorum_ticks == 0:
                 heard = 1 + sum(
                     1 for pr in self.progress.values()
@@ -405,6 +434,12 @@ class Core:
             self.unstable_offset = index + 1
         if self.role == LEADER:
             self._maybe_commit()
+
+    def on_hardstate_synced(self, hardstate: dict[str, int]) -> None:
+        """The driver made this hard state durable (it came from an earlier ``ready``)."""
+        durable = (int(hardstate["promised_epoch"]), int(hardstate["promised_to"]))
+        if durable[0] >= self._durable_promise[0]:
+            self._durable_promise = durable
 
     def on_applied(self, index: int) -> None:
         assert self.applied <= index <= self.commit, (self.applied, index, self.commit)
@@ -457,7 +492,7 @@ class Core:
             return
         self._follow(msg)
         prev = msg.index
-        if prev > self.last_index or (prev > 0 and self.epoch_at(prev) != msg.log_epoch):
+        if not self._log_matches(prev, msg.log_epoch):
             # Log matching: everything up to our commit index equals the leader's log.
             assert prev > self.commit, ("committed entry differs from the leader's", msg)
             hint = self.last_index if prev > self.last_index else self._conflict_hint(
@@ -471,8 +506,7 @@ class Core:
         new_commit = min(msg.commit, match)
         if new_commit > self.commit:
             self.commit = new_commit
-        # The answer says "durable up to match": it waits for the fsync.
-        self._out.messages_after_sync.append(self._msg(APPEND_RESP, msg.frm, index=match))
+        self._ack_after_sync(self._msg(APPEND_RESP, msg.frm, index=match))
 
     def _on_heartbeat(self, msg: Msg) -> None:
         if not self._observe_epoch(msg):
@@ -487,20 +521,21 @@ class Core:
     def _on_fetch(self, msg: Msg) -> None:
         if msg.epoch != self.promised or self.promised_to != msg.frm:
             # We no longer back this candidate (we promised a later epoch).
-            self._send(self._msg(FETCH_RESP, msg.frm, reject=True, done=True, index=msg.index))
+            self._send(self._msg(FETCH_RESP, msg.frm, reject=True, done=True, index=msg.index,
+                                 ctx=msg.index))
             return
         prev = msg.index
         if prev > self.last_index or (prev > 0 and self.epoch_at(prev) != msg.log_epoch):
             hint = self.last_index if prev > self.last_index else self._conflict_hint(
                 prev, msg.log_epoch)
             self._send(self._msg(FETCH_RESP, msg.frm, reject=True, index=hint,
-                                 log_epoch=self.last_epoch, commit=self.last_index))
+                                 log_epoch=self.last_epoch, commit=self.last_index, ctx=prev))
             return
         ents = (self.entries(prev + 1, self.last_index + 1, self.cfg.append_bytes_max)
                 if prev < self.last_index else [])
         done = not ents or ents[-1].index == self.last_index
         self._send(self._msg(FETCH_RESP, msg.frm, index=prev, entries=ents, done=done,
-                             log_epoch=self.last_epoch, commit=self.last_index))
+                             log_epoch=self.last_epoch, commit=self.last_index, ctx=prev))
 
     # ------------------------------------------------------------------ candidate side
     def _on_new_epoch_resp(self, msg: Msg) -> None:
@@ -541,8 +576,8 @@ class Core:
         if msg.epoch > self.promised or (msg.reject and msg.done):
             self._step_down(None)
             return
-        if msg.epoch < self.promised or msg.index != self._fetch_prev:
-            return  # a stale or duplicated answer to an earlier fetch
+        if msg.epoch < self.promised or msg.ctx != self._fetch_prev:
+            return  # a stale or duplicated answer to an earlier fetch (ctx echoes its prev)
         if msg.reject:
             self._send_fetch(min(msg.index, self.last_index))
             return
@@ -593,14 +628,17 @@ class Core:
         elif ents:
             pr.next = ents[-1].index + 1
 
-    def _heartbeat_all(self, ctx: int) -> None:
+    def _heartbeat_all(self, ctx: int, periodic: bool) -> None:
         for peer, pr in self.progress.items():
             self._send(self._msg(HEARTBEAT, peer, commit=min(self.commit, pr.match), ctx=ctx))
-            if ctx == 0:
-                # Retransmit to followers that made no progress since the last beat.
+            if periodic:
+                # Retransmit to followers that made no progress since the last beat: a lost
+                # probe is sent again where it was; a pipeline with a gap restarts after the
+                # last acknowledged entry.
                 if pr.match < self.last_index and pr.match == pr.match_at_last_check:
-                    pr.next = pr.match + 1
-                    pr.probing = True
+                    if not pr.probing:
+                        pr.next = pr.match + 1
+                        pr.probing = True
                     pr.probe_sent = False
                     self._send_append(peer)
                 pr.match_at_last_check = pr.match
@@ -649,9 +687,6 @@ class Core:
         if msg.ctx > pr.acked_ctx:
             pr.acked_ctx = msg.ctx
             self._check_read_round()
-        if pr.probing and pr.probe_sent:
-            pr.probe_sent = False  # the probe may have been lost: send it again
-            self._send_append(msg.frm)
 
     def _maybe_commit(self) -> None:
         matches = sorted([self.stable] + [pr.match for pr in self.progress.values()],
@@ -672,7 +707,7 @@ class Core:
         self._reads_in_round[ctx] = self._reads_waiting
         self._reads_waiting = []
         self._round_in_flight = ctx
-        self._heartbeat_all(ctx=ctx)
+        self._heartbeat_all(ctx=ctx, periodic=False)
         self._check_read_round()
 
     def _check_read_round(self) -> None:
@@ -707,7 +742,7 @@ class Core:
             out.entries = self.unstable[self._hand_from - self.unstable_offset:]
             self._hand_from = self.last_index + 1
             self._written_last = self.last_index
-        upto = min(self.commit, self.stable)
+        upto = self._apply_limit()
         if self._apply_next <= upto:
             out.committed = self.entries(self._apply_next, upto + 1, self.cfg.apply_bytes_max)
             self._apply_next = out.committed[-1].index + 1

@@ -54,6 +54,24 @@ def _crash_on_error(task: asyncio.Task[None]) -> None:
     os._exit(70)
 
 
+def highest_seq(core: Core, engine: StateMachine) -> bytes:
+    """The highest seq in the state machine or anywhere in the log after it.
+
+    A new leader calls this once its no-op commits: seqs issued by earlier leaders may sit in
+    entries it has not applied yet, and its own seqs must be above all of them.
+    """
+    best = engine.last_seq
+    lo, hi = engine.applied_index + 1, core.last_index + 1
+    while lo < hi:
+        chunk = core.entries(lo, hi, 4 * 1024 * 1024)
+        for e in chunk:
+            seq = decode_command(e.payload).get("s")
+            if isinstance(seq, bytes) and seq > best:
+                best = seq
+        lo = chunk[-1].index + 1
+    return best
+
+
 @dataclass
 class _Batch:
     hardstate: dict[str, int] | None
@@ -271,16 +289,7 @@ class Replica:
 
     def _on_became_leader(self, epoch: int) -> None:
         self.stats["leader_changes"] += 1
-        # Seqs issued by earlier leaders may sit in log entries not applied yet.
-        lo = self.engine.applied_index + 1
-        hi = self.core.last_index + 1
-        while lo < hi:
-            chunk = self.core.entries(lo, hi, 4 * 1024 * 1024)
-            for e in chunk:
-                seq = decode_command(e.payload).get("s")
-                if isinstance(seq, bytes) and seq > self.last_seq:
-                    self.last_seq = seq
-            lo = chunk[-1].index + 1
+        self.last_seq = max(self.last_seq, highest_seq(self.core, self.engine))
         log.info("leading epoch %d (last index %d)", epoch, self.core.last_index)
 
     def _fail_proposals(self, err: errors.RangeKVError) -> None:
@@ -330,6 +339,9 @@ class Replica:
                 os._exit(70)
             self.stats["fsyncs"] += 1
             self.stats["entries_written"] += sum(len(b.entries) for b in batches)
+            hard = [b.hardstate for b in batches if b.hardstate]
+            if hard:
+                self.core.on_hardstate_synced(hard[-1])
             for batch in batches:
                 for msg in batch.after_sync:
                     self._send_msg(msg)
