@@ -33,6 +33,7 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("rangekv.node.main", "a storage node (member of a replication group or a spare)"),
     "meta": ("rangekv.metadata.service.main", "the metadata manager and controller"),
     "rm": ("rangekv.request_manager.app.main", "a request manager (the HTTP API)"),
+    "sim": ("rangekv.sim.main.main", "the deterministic simulation (--seeds N, --bug NAME)"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Deterministic simulation of the replication core, its storage and meta's decisions."""

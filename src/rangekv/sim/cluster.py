@@ -1,0 +1,831 @@
+"""Deterministic simulation of one replication group, its metadata manager and its clients.
+
+What runs is the production code for every decision: the replication ``Core``, the WAL (real
+segment files under a scratch directory, so CRCs, torn tails and recovery are the real ones),
+the hard-state file, the state machine (over an in-memory backend that loses what was not
+flushed, as RocksDB without its own WAL does), and meta's ``choose_leader``. Only time, the
+network, the disk's durability and the clients are simulated, all from one seeded random source
+on a virtual clock, so a seed replays exactly (the trace hash proves it).
+
+Faults: messages dropped, duplicated, delayed and so reordered; partitions (one node, the
+leader, a majority/minority split, a bridge) that also cut nodes off from meta; crashes that lose
+every byte not fsynced and may keep a torn part of the unsynced tail; bit flips in the middle of
+a log, which the CRC must catch (that node then refuses to serve and stays out); state-machine
+flushes at random. After every event the checkers run: at most one leader per epoch, every
+replica applies the same entry at each index, a new leader holds every committed entry, the state
+machine never gets ahead of the log. Periodically, log matching across all pairs. At the end:
+faults stop, everything heals and restarts, a leader must commit a new write within a bounded
+simulated time (liveness), final reads are made, and the client history must be linearizable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import math
+import os
+import random
+import shutil
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rangekv import errors, sequencer
+from rangekv.metadata.model import Group
+from rangekv.metadata.service import Beat, NodeStatus, choose_leader
+from rangekv.replication.core import LEADER, Config, Core, NotLeaderError
+from rangekv.replication.driver import highest_seq
+from rangekv.replication.messages import Entry, Msg
+from rangekv.sim.linearizable import Op, check
+from rangekv.storage import hardstate
+from rangekv.storage.engine import StateMachine, decode_command, encode_command
+from rangekv.storage.memory import MemoryBackend
+from rangekv.storage.wal import WAL, StorageCorrupt
+
+META = 0  # the metadata manager's network address in the simulation
+TABLE = 1
+NOOP = encode_command({"op": "noop"})
+
+
+class SimFailure(AssertionError):
+    """A checker found a violation (or the code under test asserted)."""
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 3
+    keys: int = 3
+    rms: int = 2  # routing caches clients arrive through
+    arrival_ms: float = 40  # mean time between client arrivals
+    in_flight_max: int = 12
+    misroute: float = 0.05  # a request routed by a long-stale cache
+    watch_lag_ms: tuple[float, float] = (1, 800)  # until an rm's view has a new leader
+    fault_ms: float = 8_000  # simulated time with faults
+    liveness_ms: float = 20_000  # bound for a new commit once faults stop
+    tick_ms: float = 50
+    heartbeat_ms: float = 250
+    meta_check_ms: float = 100
+    heartbeat_timeout_ms: float = 1_000
+    campaign_timeout_ms: float = 3_000
+    delay_ms: tuple[float, float] = (0.2, 4.0)
+    disk_ms: tuple[float, float] = (0.3, 3.0)
+    drop: float = 0.03
+    dup: float = 0.02
+    fault_every_ms: tuple[float, float] = (300, 1_500)
+    client_timeout_ms: float = 2_000
+    slow_fsync: float = 0.05
+    slow_fsync_ms: tuple[float, float] = (20, 200)
+    events_max: int = 100_000  # a run that needs more is stuck (livelock); normal: 3-6k
+    segment_bytes_max: int = 4_096  # small, so segments roll and tear at their edges
+    trace_lines_kept: int = 600
+
+
+@dataclass
+class ClientOp:
+    op: Op
+    node: int
+    token: Any = None
+    rm: int = 0
+
+
+@dataclass
+class SimNode:
+    id: int
+    dir: Path
+    backend: MemoryBackend = field(default_factory=MemoryBackend)
+    wal: WAL | None = None
+    engine: StateMachine | None = None
+    core: Core | None = None
+    up: bool = False
+    broken: str | None = None
+    pending: list[tuple[dict[str, int] | None, list[Msg]]] = field(default_factory=list)
+    sync_scheduled: bool = False
+    durable_sizes: dict[str, int] = field(default_factory=dict)
+    last_seq: bytes = sequencer.ZERO
+    proposals: dict[int, tuple[int, ClientOp]] = field(default_factory=dict)
+    reads: list[tuple[int, ClientOp]] = field(default_factory=list)
+    read_waiting: dict[int, ClientOp] = field(default_factory=dict)
+    incarnation: int = 0
+    flipped: bool = False  # a bit was flipped in its log while it was down
+    paused_until: float = 0.0  # SIGSTOP: events for it wait until then, then arrive in any order
+    deferred: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(self, seed: int, root: Path, config: SimConfig | None = None,
+                 core_class: type[Core] = Core) -> None:
+        self.seed = seed
+        self.cfg = config or SimConfig()
+        self.core_class = core_class
+        self.rng = random.Random(seed)
+        self.root = root
+        self.now = 0.0
+        self._events: list[tuple[float, int, str, Any]] = []
+        self._counter = itertools.count()
+        self.trace: deque[str] = deque(maxlen=self.cfg.trace_lines_kept)
+        self._hash = hashlib.sha256()
+        self.events_run = 0
+        ids = list(range(1, self.cfg.nodes + 1))
+        self.members = tuple(ids)
+        self.nodes = {i: SimNode(i, root / f"n{i}") for i in ids}
+        self.cut: set[frozenset[int]] = set()  # pairs that cannot talk (META = 0)
+        # meta
+        self.group = Group(1, 0, None, self.members)
+        self.beats: dict[int, Beat] = {}
+        self.campaign_since_ms = 0.0
+        # checkers
+        self.leader_of_epoch: dict[int, int] = {}
+        self.newest_serving_epoch = 0
+        self.applied_at: dict[int, tuple[int, bytes]] = {}
+        self.committed: dict[int, Entry] = {}
+        self.broken_nodes: set[int] = set()
+        # clients
+        self.history: list[Op] = []
+        self._op_ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self.faults_on = True
+        self.seen_seqs: dict[str, bytes] = {}  # last seq a client saw per key, for cas
+        self.rm_cache: dict[int, int] = {}  # each rm's cached leader for the group
+        self._in_flight = 0
+        self.table_ready = False
+        self.stats = {"ops_ok": 0, "ops_failed": 0, "ops_unknown": 0, "crashes": 0,
+                      "partitions": 0, "flips": 0, "leader_changes": 0, "torn_bytes": 0}
+
+    # ------------------------------------------------------------------ plumbing
+    def log(self, line: str) -> None:
+        text = f"{self.now:10.3f} {line}"
+        self.trace.append(text)
+        self._hash.update(text.encode())
+
+    @property
+    def trace_hash(self) -> str:
+        return self._hash.hexdigest()[:16]
+
+    def at(self, delay_ms: float, kind: str, payload: Any = None) -> None:
+        heapq.heappush(self._events, (self.now + delay_ms, next(self._counter), kind, payload))
+
+    def fail(self, what: str) -> None:
+        raise SimFailure(f"seed {self.seed}: {what}")
+
+    def uniform(self, bounds: tuple[float, float]) -> float:
+        return self.rng.uniform(*bounds)
+
+    # ------------------------------------------------------------------ nodes
+    def _record_durable(self, node: SimNode) -> None:
+        wal_dir = node.dir / "wal"
+        node.durable_sizes = {
+            name: os.path.getsize(wal_dir / name)
+            for name in sorted(os.listdir(wal_dir)) if name.endswith(".wal")
+        }
+
+    def start_node(self, node: SimNode) -> None:
+        node.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            wal = WAL.open(node.dir / "wal", segment_bytes_max=self.cfg.segment_bytes_max)
+        except StorageCorrupt as err:
+            if not node.flipped:
+                self.fail(f"n{node.id}: WAL refused after a plain crash: {err}")
+            node.broken = str(err)
+            self.broken_nodes.add(node.id)
+            self.log(f"n{node.id} refuses to serve: {err}")
+            return
+        wal.sync()
+        self._record_durable(node)
+        engine = StateMachine(node.backend)
+        if engine.applied_index > wal.last_index:
+            self.fail(f"n{node.id}: state machine applied {engine.applied_index} "
+                      f"but the log ends at {wal.last_index}")
+        node.wal, node.engine = wal, engine
+        node.core = self.core_class(
+            node.id, self.members, wal,
+            {k: int(v) for k, v in hardstate.load(node.dir / "hardstate").items()},
+            engine.applied_index, Config(noop_payload=NOOP))
+        node.last_seq = engine.last_seq
+        node.up = True
+        node.incarnation += 1
+        self.log(f"n{node.id} up: log {wal.last_epoch}/{wal.last_index} applied "
+                 f"{engine.applied_index} promised {node.core.promised}")
+        self.at(self.cfg.tick_ms * self.rng.random(), "tick", (node.id, node.incarnation))
+        self.at(self.cfg.heartbeat_ms * self.rng.random(), "beat", (node.id, node.incarnation))
+
+    def crash(self, node: SimNode, flip: bool = False) -> None:
+        if not node.up:
+            return
+        assert node.wal is not None
+        node.wal._close_fds()  # no fsync: what was not synced is at the mercy of the crash
+        wal_dir = node.dir / "wal"
+        names = sorted(n for n in os.listdir(wal_dir) if n.endswith(".wal"))
+        for name in names:
+            path = wal_dir / name
+            size = os.path.getsize(path)
+            durable = node.durable_sizes.get(name)
+            if durable is None:
+                os.remove(path)
+                continue
+            keep = durable
+            if size > durable and name == names[-1] and self.rng.random() < 0.5:
+                keep = durable + self.rng.randrange(0, size - durable + 1)  # a torn tail
+                self.stats["torn_bytes"] += keep - durable
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+        node.backend.crash()
+        self._fail_node_ops(node, "crash")
+        node.up, node.core, node.wal, node.engine = False, None, None, None
+        node.pending, node.sync_scheduled = [], False
+        self.stats["crashes"] += 1
+        self.log(f"n{node.id} crashed")
+        if flip:
+            self._flip_bit(node)
+
+    def _flip_bit(self, node: SimNode) -> None:
+        """Flip one bit inside a record that has a valid record after it: the CRC must catch
+        it and the node must refuse to serve that log."""
+        wal_dir = node.dir / "wal"
+        names = sorted(n for n in os.listdir(wal_dir) if n.endswith(".wal"))
+        sized = [(n, os.path.getsize(wal_dir / n)) for n in names]
+        total = sum(s for _, s in sized)
+        if total < 400:
+            return
+        # Anywhere but the last 200 bytes of the log, so that valid records follow it.
+        pos = self.rng.randrange(0, total - 200)
+        for name, size in sized:
+            if pos < size:
+                with open(wal_dir / name, "r+b") as f:
+                    f.seek(pos)
+                    byte = f.read(1)[0]
+                    f.seek(pos)
+                    f.write(bytes([byte ^ (1 << self.rng.randrange(8))]))
+                self.stats["flips"] += 1
+                self.log(f"n{node.id} bit flipped in {name} at {pos}")
+                node.flipped = True
+                return
+            pos -= size
+
+    def process(self, node: SimNode) -> None:
+        core = node.core
+        while core is not None and node.up:
+            rd = core.ready()
+            if rd.empty():
+                return
+            assert node.wal is not None and node.engine is not None
+            if rd.truncate_from is not None:
+                node.wal.truncate_suffix(rd.truncate_from)  # fsyncs before returning
+                self._record_durable(node)
+            if rd.entries:
+                node.wal.append([(e.epoch, e.index, e.payload) for e in rd.entries])
+            for msg in rd.messages:
+                self.send(msg)
+            if rd.hardstate or rd.entries or rd.truncate_from is not None \
+                    or rd.messages_after_sync:
+                node.pending.append((rd.hardstate, rd.messages_after_sync))
+                if not node.sync_scheduled:
+                    node.sync_scheduled = True
+                    disk_ms = self.uniform(self.cfg.disk_ms)
+                    if self.faults_on and self.rng.random() < self.cfg.slow_fsync:
+                        disk_ms = self.uniform(self.cfg.slow_fsync_ms)  # a disk hiccup
+                    self.at(disk_ms, "sync", (node.id, node.incarnation))
+            if rd.committed:
+                self._apply(node, rd.committed)
+            for token, read_index in rd.reads:
+                cop = node.read_waiting.pop(token, None)
+                if cop is not None:
+                    node.reads.append((read_index, cop))
+            for token in rd.failed_reads:
+                cop = node.read_waiting.pop(token, None)
+                if cop is not None:
+                    self._complete(cop, None)
+            if rd.became_leader is not None:
+                self._became_leader(node, rd.became_leader)
+            if rd.lost_leadership:
+                self.log(f"n{node.id} lost leadership")
+                for _, cop in list(node.proposals.values()):
+                    self._complete(cop, None)  # unknown: may still commit
+                node.proposals.clear()
+            self._release_reads(node)
+
+    def _sync(self, node: SimNode) -> None:
+        node.sync_scheduled = False
+        if not node.up or not node.pending:
+            return
+        assert node.wal is not None and node.core is not None
+        batches, node.pending = node.pending, []
+        hard = [h for h, _ in batches if h]
+        if hard:
+            hardstate.save(node.dir / "hardstate", hard[-1])
+        node.wal.sync()
+        self._record_durable(node)
+        if hard:
+            node.core.on_hardstate_synced(hard[-1])
+        for _, msgs in batches:
+            for msg in msgs:
+                self.send(msg)
+        last = node.wal.last_index
+        if last:
+            node.core.on_synced(last, node.wal.epoch_at(last))
+        self.process(node)
+
+    def _apply(self, node: SimNode, entries: list[Entry]) -> None:
+        assert node.engine is not None and node.core is not None
+        for e in entries:
+            seen = self.applied_at.get(e.index)
+            if seen is None:
+                self.applied_at[e.index] = (e.epoch, e.payload)
+            elif seen != (e.epoch, e.payload):
+                self.fail(f"n{node.id} applied {e.epoch}/{e.index} but another replica applied "
+                          f"{seen[0]}/{e.index} there (replicas diverged)")
+            self.committed.setdefault(e.index, e)
+        results = node.engine.apply([(e.index, e.payload) for e in entries])
+        if not self.table_ready and node.engine.has_table(TABLE):
+            self.table_ready = True
+        node.core.on_applied(entries[-1].index)
+        for e, result in zip(entries, results):
+            waiting = node.proposals.pop(e.index, None)
+            if waiting is None:
+                continue
+            epoch, cop = waiting
+            if e.epoch != epoch:
+                self._complete(cop, None)
+                continue
+            self._complete(cop, result)
+
+    def _release_reads(self, node: SimNode) -> None:
+        if not node.reads:
+            return
+        assert node.engine is not None
+        keep = []
+        for read_index, cop in node.reads:
+            if read_index <= node.engine.applied_index:
+                found = node.engine.get(TABLE, cop.op.key.encode())
+                self._complete(cop, {"value": None if found is None else found[0],
+                                     "seq": None if found is None else found[1]})
+            else:
+                keep.append((read_index, cop))
+        node.reads = keep
+
+    def _became_leader(self, node: SimNode, epoch: int) -> None:
+        assert node.core is not None and node.engine is not None
+        prior = self.leader_of_epoch.setdefault(epoch, node.id)
+        if prior != node.id:
+            self.fail(f"two leaders in epoch {epoch}: n{prior} and n{node.id}")
+        # Leader completeness: what was committed before must be in the log of the leader of
+        # any later epoch. A leader of an older epoch may finish taking office late (it was
+        # paused); entries a newer epoch committed meanwhile need not be in its log, and it can
+        # neither commit nor confirm a read any more: a majority promised the newer epoch.
+        newest = epoch > self.newest_serving_epoch
+        self.newest_serving_epoch = max(self.newest_serving_epoch, epoch)
+        missing = [i for i, e in self.committed.items()
+                   if i > node.core.last_index or node.core.epoch_at(i) != e.epoch]
+        if missing and newest:
+            self.fail(f"n{node.id} leads epoch {epoch} without committed entries {missing[:5]}")
+        node.last_seq = max(node.last_seq, highest_seq(node.core, node.engine))
+        self.stats["leader_changes"] += 1
+        self.log(f"n{node.id} leads epoch {epoch}")
+        if not self.table_ready:
+            # What meta's create_table does: replicate the table's range (idempotent).
+            node.core.propose(encode_command({"op": "add_range", "t": TABLE, "start": b"",
+                                              "end": None, "s": sequencer.ZERO}))
+
+    def _fail_node_ops(self, node: SimNode, why: str) -> None:
+        for _, cop in list(node.proposals.values()):
+            self._complete(cop, None)
+        for _, cop in node.reads:
+            self._complete(cop, None)
+        for cop in node.read_waiting.values():
+            self._complete(cop, None)
+        node.proposals, node.reads, node.read_waiting = {}, [], {}
+
+    # ------------------------------------------------------------------ network
+    def send(self, msg: Msg) -> None:
+        if self.faults_on and self.rng.random() < self.cfg.drop:
+            return
+        copies = 2 if self.faults_on and self.rng.random() < self.cfg.dup else 1
+        for _ in range(copies):
+            self.at(self.uniform(self.cfg.delay_ms), "msg", msg)
+
+    def linked(self, a: int, b: int) -> bool:
+        return frozenset((a, b)) not in self.cut
+
+    def _deliver(self, msg: Msg) -> None:
+        node = self.nodes[msg.to]
+        if not node.up or node.core is None or not self.linked(msg.frm, msg.to):
+            return
+        node.core.step(msg)
+        self.process(node)
+
+    # ------------------------------------------------------------------ meta
+    def _beat(self, node: SimNode) -> None:
+        assert node.core is not None
+        st = node.core.status()
+        status = NodeStatus(group=1, epoch=st["epoch"], role=st["role"],
+                            leader_epoch=st["leader_epoch"], last_epoch=st["last_epoch"],
+                            last_index=st["last_index"], commit_index=st["commit_index"],
+                            applied_index=st["applied_index"])
+        if self.linked(node.id, META) and not (self.faults_on and self.rng.random() < 0.02):
+            self.at(self.uniform(self.cfg.delay_ms), "meta_beat", (node.id, status))
+        self.at(self.cfg.heartbeat_ms, "beat", (node.id, node.incarnation))
+
+    def _meta_beat(self, node_id: int, status: NodeStatus) -> None:
+        self.beats[node_id] = Beat(self.now / 1000, f"n{node_id}", status)
+        g = self.group
+        campaign = None
+        if g.leader == node_id and not (status.role == LEADER and status.leader_epoch == g.epoch):
+            campaign = g.epoch
+        if campaign is not None and self.linked(node_id, META):
+            self.at(self.uniform(self.cfg.delay_ms), "campaign", (node_id, campaign))
+
+    def _meta_check(self) -> None:
+        choice = choose_leader(
+            self.group, self.beats, self.now / 1000,
+            heartbeat_timeout_s=self.cfg.heartbeat_timeout_ms / 1000,
+            campaign_timeout_s=self.cfg.campaign_timeout_ms / 1000,
+            judge_from_s=0.0, campaign_since_s=self.campaign_since_ms / 1000,
+        )
+        if choice.action == "elect":
+            assert choice.epoch > self.group.epoch and choice.leader is not None
+            self.group = Group(1, choice.epoch, choice.leader, self.members)
+            self.campaign_since_ms = self.now
+            for rm in range(self.cfg.rms):  # each rm's etcd watch delivers it after a lag
+                self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch", (rm, choice.leader))
+            self.log(f"meta: epoch {choice.epoch} -> n{choice.leader} ({choice.reason})")
+        self.at(self.cfg.meta_check_ms, "meta_check")
+
+    # ------------------------------------------------------------------ clients
+    def _arrival(self) -> None:
+        """Open-loop client arrivals, each through one of the rms' routing caches."""
+        if not self.faults_on and self.now > self._liveness_deadline:
+            return
+        self.at(self.rng.expovariate(1 / self.cfg.arrival_ms), "client")
+        if not self.table_ready or self._in_flight >= self.cfg.in_flight_max:
+            return
+        op_id = next(self._op_ids)
+        key = f"k{self.rng.randrange(self.cfg.keys)}"
+        r = self.rng.random()
+        kind = "put" if r < 0.4 else "get" if r < 0.7 else "cas" if r < 0.85 else "del"
+        op = Op(op_id, op_id, key, kind, invoke_t=self.now)
+        if kind in ("put", "cas"):
+            op.value = f"v{op.id}".encode()
+        if kind == "cas":
+            seen = self.seen_seqs.get(key)
+            op.expect = seen if seen and self.rng.random() < 0.8 else sequencer.make(
+                1, self.rng.randrange(1000), 0)
+        rm = self.rng.randrange(self.cfg.rms)
+        target = self.rm_cache.get(rm)
+        if self.faults_on and self.rng.random() < self.cfg.misroute:
+            target = self.rng.choice(self.members)  # a cache stale since long ago
+        if target is None:
+            self.stats["ops_failed"] += 1  # no leader known: refused at the rm
+            return
+        cop = ClientOp(op, target, rm=rm)
+        self._in_flight += 1
+        self.history.append(op)
+        self.at(self.cfg.client_timeout_ms, "client_timeout", cop)
+        self.at(self.uniform(self.cfg.delay_ms), "request", cop)
+
+    def _request(self, cop: ClientOp) -> None:
+        op = cop.op
+        leader = self.nodes[cop.node]
+        if op.closed:
+            return  # the client gave up before it arrived
+        if not leader.up or leader.core is None:
+            self.history.remove(op)  # connection refused: surely not applied
+            self.rm_cache[cop.rm] = self.group.leader  # fall back to the watched view
+            self._refuse(cop)
+            return
+        kind, key = op.kind, op.key
+        try:
+            if kind == "get":
+                cop.token = next(self._tokens)
+                leader.read_waiting[cop.token] = cop
+                leader.core.read(cop.token)
+            else:
+                cmd: dict[str, Any] = {"op": "put" if kind in ("put", "cas") else "del",
+                                       "t": TABLE, "k": key.encode(), "c": op.expect}
+                if kind in ("put", "cas"):
+                    cmd["v"] = op.value
+                seq = sequencer.final(sequencer.make(int(self.now * 1e6), op.id, op.client),
+                                      leader.last_seq)
+                leader.last_seq = seq
+                cmd["s"] = seq
+                epoch, index = leader.core.propose(encode_command(cmd))
+                leader.proposals[index] = (epoch, cop)
+        except NotLeaderError as err:
+            leader.read_waiting.pop(cop.token, None)
+            self.history.remove(op)
+            if err.leader is not None:
+                self.rm_cache[cop.rm] = err.leader  # the node's hint
+            self._refuse(cop)
+            return
+        self.process(leader)
+
+    def _refuse(self, cop: ClientOp) -> None:
+        """Surely not applied: not part of the history."""
+        if cop.op.closed:
+            return
+        cop.op.closed = True
+        self._in_flight -= 1
+        self.stats["ops_failed"] += 1
+
+    def _complete(self, cop: ClientOp, result: dict[str, Any] | None) -> None:
+        op = cop.op
+        if op.closed:
+            return
+        op.closed = True
+        self._in_flight -= 1
+        if result is None:
+            self.stats["ops_unknown"] += 1  # stays unknown: may or may not take effect
+        else:
+            err = result.get("error")
+            if err is not None:
+                if err.get("code") == errors.PreconditionFailed.code and op.kind == "cas":
+                    op.result = ("failed",)
+                else:
+                    self.fail(f"unexpected error result {err} for {op.describe()}")
+            elif op.kind in ("put", "cas"):
+                op.result = ("ok", result["seq"])
+            elif op.kind == "del":
+                op.result = ("ok", bool(result["deleted"]),
+                             result["seq"] if result["deleted"] else None)
+            else:
+                op.result = ("ok", result["value"], result["seq"])
+            op.complete_t = self.now
+            self.stats["ops_ok"] += 1
+            seq = op.result[2] if op.kind in ("get", "del") and len(op.result) > 2 else (
+                op.result[1] if op.result[0] == "ok" and op.kind in ("put", "cas") else None)
+            if isinstance(seq, bytes):
+                self.seen_seqs[op.key] = seq
+        self.log(f"client {op.describe()}")
+
+    # ------------------------------------------------------------------ faults
+    def _fault(self) -> None:
+        if not self.faults_on:
+            return
+        r = self.rng.random()
+        ids = list(self.members)
+        if r < 0.08:
+            # Power loss of several machines at once; they come back one by one.
+            victims = self.rng.sample(ids, self.rng.randrange(2, len(ids) + 1))
+            self.log(f"power loss of {victims}")
+            for v in victims:
+                if self.nodes[v].up:
+                    self.crash(self.nodes[v])
+                    self.at(self.rng.uniform(100, 3_000), "restart", v)
+        elif r < 0.30:
+            node = self.nodes[self.rng.choice(ids)]
+            # At most one log is corrupted per run: a group survives a minority of bad nodes.
+            flip = (not any(n.flipped for n in self.nodes.values())
+                    and self.rng.random() < 0.15)
+            if node.up:
+                self.crash(node, flip=flip)
+                self.at(self.rng.uniform(100, 2_000), "restart", node.id)
+        elif r < 0.55:
+            self.cut = set()
+            self.stats["partitions"] += 1
+            kind = self.rng.choice(["one", "leader", "majority", "bridge", "meta"])
+            everyone = ids + [META]
+            if kind == "one" or (kind == "leader" and self.group.leader is None):
+                victim = self.rng.choice(ids)
+                self.cut = {frozenset((victim, o)) for o in everyone if o != victim}
+            elif kind == "leader":
+                victim = self.group.leader
+                assert victim is not None
+                self.cut = {frozenset((victim, o)) for o in everyone if o != victim}
+            elif kind == "majority":
+                self.rng.shuffle(ids)
+                minority = ids[: len(ids) // 2]
+                self.cut = {frozenset((a, b)) for a in minority for b in everyone
+                            if b not in minority}
+            elif kind == "bridge" and len(ids) >= 3:
+                self.rng.shuffle(ids)
+                a, b = ids[0], ids[1]  # a and b cannot talk; the rest reach both
+                self.cut = {frozenset((a, b))}
+            else:
+                victim = self.rng.choice(ids)
+                self.cut = {frozenset((victim, META))}  # split at the metadata manager
+            self.log(f"partition {kind}: {sorted(tuple(sorted(c)) for c in self.cut)}")
+        elif r < 0.75:
+            if self.cut:
+                self.log("heal")
+            self.cut = set()
+        elif r < 0.85:
+            node = self.nodes[self.rng.choice(ids)]
+            if node.up and node.engine is not None:
+                node.engine.flush()
+        elif r < 0.95:
+            # SIGSTOP, usually of the leader, long enough for meta to replace it.
+            victim = self.group.leader if self.rng.random() < 0.7 else self.rng.choice(ids)
+            node = self.nodes.get(victim or 0)
+            if node is not None and node.up and node.paused_until <= self.now:
+                pause_ms = self.rng.uniform(500, 4_000)
+                node.paused_until = self.now + pause_ms
+                self.at(pause_ms, "resume", node.id)
+                self.log(f"n{node.id} paused for {pause_ms:.0f} ms")
+        self.at(self.uniform(self.cfg.fault_every_ms), "fault")
+
+    # ------------------------------------------------------------------ checks
+    def check_logs(self) -> None:
+        """Log matching: two logs with the same epoch at an index agree on all before it."""
+        cores = [n.core for n in self.nodes.values() if n.up and n.core is not None]
+        for i, a in enumerate(cores):
+            for b in cores[i + 1:]:
+                top = min(a.last_index, b.last_index)
+                idx = top
+                while idx > 0 and a.epoch_at(idx) != b.epoch_at(idx):
+                    idx -= 1
+                if idx == 0:
+                    continue
+                ea = a.entries(1, idx + 1, 1 << 40)
+                eb = b.entries(1, idx + 1, 1 << 40)
+                if ea != eb:
+                    first = next(k for k, (x, y) in enumerate(zip(ea, eb)) if x != y)
+                    self.fail(f"log matching broken between n{a.id} and n{b.id}: both have "
+                              f"epoch {a.epoch_at(idx)} at {idx} but differ at {first + 1}")
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> dict[str, Any]:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        for node in self.nodes.values():
+            self.start_node(node)
+        self.at(0, "meta_check")
+        self.at(self.uniform(self.cfg.fault_every_ms), "fault")
+        self.at(self.uniform((200, 600)), "client")
+        self._liveness_deadline = math.inf
+        try:
+            self._run_until(self.cfg.fault_ms)
+            self._heal_everything()
+            self._liveness()
+            self._final_reads()
+            self.check_logs()
+            ok, why = check(self.history)
+            if not ok:
+                self.fail(f"history not linearizable: {why}")
+        except SimFailure:
+            raise
+        except AssertionError as err:
+            raise SimFailure(f"seed {self.seed}: assertion in the code under test: {err!r}")
+        finally:
+            for node in self.nodes.values():
+                if node.wal is not None:
+                    node.wal._close_fds()
+        return {"seed": self.seed, "trace_hash": self.trace_hash, "events": self.events_run,
+                "ops": len(self.history), "sim_ms": round(self.now), **self.stats}
+
+    def _run_until(self, until_ms: float, stop: Any = None) -> bool:
+        while self._events:
+            t, _, kind, payload = self._events[0]
+            if t > until_ms:
+                return False
+            heapq.heappop(self._events)
+            self.now = t
+            self.events_run += 1
+            if self.events_run > self.cfg.events_max:
+                self.fail(f"more than {self.cfg.events_max} events: the group is stuck "
+                          f"(epoch {self.group.epoch}, leader {self.group.leader})")
+            target = self._target(kind, payload)
+            if target is not None and self.nodes[target].paused_until > t:
+                self.nodes[target].deferred.append((kind, payload))
+                continue
+            self._dispatch(kind, payload)
+            if self.events_run % 500 == 0:
+                self.check_logs()
+            if stop is not None and stop():
+                return True
+        return False
+
+    def _target(self, kind: str, payload: Any) -> int | None:
+        """The node an event happens on (None: meta, clients, the fault injector)."""
+        if kind == "msg":
+            return int(payload.to)
+        if kind in ("sync", "tick", "beat", "campaign"):
+            return int(payload[0])
+        if kind == "request":
+            return int(payload.node)
+        return None
+
+    def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind == "msg":
+            self._deliver(payload)
+        elif kind == "sync":
+            node_id, inc = payload
+            node = self.nodes[node_id]
+            if node.up and node.incarnation == inc:
+                self._sync(node)
+        elif kind == "tick":
+            node_id, inc = payload
+            node = self.nodes[node_id]
+            if node.up and node.incarnation == inc and node.core is not None:
+                node.core.tick()
+                self.process(node)
+                self.at(self.cfg.tick_ms, "tick", payload)
+        elif kind == "beat":
+            node_id, inc = payload
+            node = self.nodes[node_id]
+            if node.up and node.incarnation == inc:
+                self._beat(node)
+        elif kind == "meta_beat":
+            self._meta_beat(*payload)
+        elif kind == "campaign":
+            node_id, epoch = payload
+            node = self.nodes[node_id]
+            if node.up and node.core is not None and self.linked(node_id, META):
+                node.core.campaign(epoch)
+                self.process(node)
+        elif kind == "meta_check":
+            self._meta_check()
+        elif kind == "client":
+            self._arrival()
+        elif kind == "request":
+            self._request(payload)
+        elif kind == "rm_watch":
+            rm, leader = payload
+            self.rm_cache[rm] = leader
+        elif kind == "resume":
+            node = self.nodes[payload]
+            node.paused_until = 0.0
+            deferred, node.deferred = node.deferred, []
+            # After SIGCONT each connection's buffered input is read in its own order, but the
+            # connections are served in any order.
+            by_source: dict[Any, list[tuple[str, Any]]] = {}
+            for k, p in deferred:
+                source = p.frm if k == "msg" else ("client" if k == "request" else "local")
+                by_source.setdefault(source, []).append((k, p))
+            sources = sorted(by_source, key=str)
+            self.rng.shuffle(sources)
+            self.log(f"n{node.id} resumed with {len(deferred)} events waiting")
+            for source in sources:
+                for k, p in by_source[source]:
+                    self.at(0, k, p)
+        elif kind == "client_timeout":
+            cop: ClientOp = payload
+            if not cop.op.closed:
+                self.rm_cache[cop.rm] = self.group.leader  # fall back to the watched view
+            node = self.nodes.get(cop.node)
+            if node is not None:
+                node.read_waiting.pop(cop.token, None)
+                node.reads = [(i, c) for i, c in node.reads if c is not cop]
+            self._complete(cop, None)
+        elif kind == "fault":
+            self._fault()
+        elif kind == "restart":
+            node = self.nodes[payload]
+            if not node.up and node.broken is None:
+                self.start_node(node)
+                if node.flipped and node.broken is None:
+                    self.fail(f"n{node.id}: a bit flipped in the middle of its log and the "
+                              f"WAL did not notice")
+        else:
+            raise AssertionError(kind)
+
+    def _heal_everything(self) -> None:
+        self.faults_on = False
+        self.cut = set()
+        self.log("faults stop; everything heals")
+        for node in self.nodes.values():
+            if node.paused_until > self.now:
+                node.paused_until = self.now
+                self.at(0, "resume", node.id)
+        for node in self.nodes.values():
+            if not node.up and node.broken is None:
+                self.start_node(node)
+
+    def _liveness(self) -> None:
+        """With faults stopped, a leader must commit a new entry within the bound."""
+        start = self.now
+        target = max(self.committed, default=0)
+
+        def committed_new() -> bool:
+            leader = self.nodes.get(self.group.leader or 0)
+            return (leader is not None and leader.core is not None and leader.core.serving
+                    and max(self.committed, default=0) > target)
+
+        self._liveness_deadline = start + self.cfg.liveness_ms
+        if not self._run_until(start + self.cfg.liveness_ms, committed_new):
+            self.fail(f"no new commit within {self.cfg.liveness_ms:.0f} ms after faults "
+                      f"stopped (leader {self.group.leader}, epoch {self.group.epoch})")
+        self.log(f"liveness: committed again after {self.now - start:.0f} ms")
+
+    def _final_reads(self) -> None:
+        """Let the clients' last operations settle, then read every key."""
+        self._liveness_deadline = self.now  # no new client operations
+        self._run_until(self.now + 3 * self.cfg.client_timeout_ms)
+        leader = self.nodes[self.group.leader or 0]
+        for k in range(self.cfg.keys):
+            op = Op(next(self._op_ids), -1, f"k{k}", "get", invoke_t=self.now)
+            cop = ClientOp(op, leader.id)
+            self.history.append(op)
+            assert leader.core is not None
+            cop.token = next(self._tokens)
+            leader.read_waiting[cop.token] = cop
+            leader.core.read(cop.token)
+            self.process(leader)
+        self._run_until(self.now + self.cfg.client_timeout_ms,
+                        lambda: all(o.known for o in self.history if o.client == -1))
+        if not all(o.known for o in self.history if o.client == -1):
+            self.fail("final reads did not complete")
+
+
+def run_seed(seed: int, root: Path, config: SimConfig | None = None,
+             core_class: type[Core] = Core) -> dict[str, Any]:
+    return Simulation(seed, root, config, core_class).run()
