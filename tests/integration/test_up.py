@@ -323,7 +323,7 @@ def test_up_detach_demo_then_down(tmp_path: Path) -> None:
         down = rangekv("down", "--data-dir", str(data_dir))
         assert down.returncode == 0
         assert down.stdout.startswith(b"stopped haproxy, rm-1, rm-2, node-")
-        assert down.stdout.rstrip().endswith(b"meta, etcd")
+        assert down.stdout.rstrip().endswith(b"meta-1, meta-2, etcd")
         assert c.running() == []
         deadline = time.monotonic() + 10
         while any(_exists(pid) for pid in pids.values() if pid) and time.monotonic() < deadline:

@@ -418,7 +418,8 @@ def test_describe_lines() -> None:
         "endpoint",
         "rm-1",
         "rm-2",
-        "meta",
+        "meta-1",
+        "meta-2",
         "node-1",
         "node-2",
         "node-3",
@@ -437,12 +438,13 @@ def test_port_layout_follows_the_internals_doc() -> None:
     c = LocalCluster("/tmp/x")
     assert c.endpoint == "http://127.0.0.1:8400"
     assert c.rm_endpoints == ["http://127.0.0.1:8411", "http://127.0.0.1:8412"]
-    assert c.meta_address == "127.0.0.1:8420"
+    assert c.meta_addresses == {1: "127.0.0.1:8420", 2: "127.0.0.1:8421"}
     assert list(c.node_addresses.values()) == [f"127.0.0.1:843{i}" for i in range(1, 6)]
     assert c.etcd_endpoint == "http://127.0.0.1:8441"
     assert c.names == [
         "etcd",
-        "meta",
+        "meta-1",
+        "meta-2",
         "node-1",
         "node-2",
         "node-3",
@@ -464,7 +466,7 @@ def test_port_layout_follows_the_internals_doc() -> None:
         "--data-dir",
         "/tmp/x/node-2",
         "--meta",
-        "127.0.0.1:8420",
+        "127.0.0.1:8420,127.0.0.1:8421",
     )
     assert c.spec("rm-1").argv[3:] == (
         "rm",
@@ -475,15 +477,18 @@ def test_port_layout_follows_the_internals_doc() -> None:
         "--etcd",
         "http://127.0.0.1:8441",
     )
-    assert c.spec("meta").argv[3:] == (
-        "meta",
-        "--id",
-        "1",
-        "--listen",
-        "127.0.0.1:8420",
-        "--etcd",
-        "http://127.0.0.1:8441",
-    )
+    for i in (1, 2):
+        assert c.spec(f"meta-{i}").argv[3:] == (
+            "meta",
+            "--id",
+            str(i),
+            "--listen",
+            f"127.0.0.1:842{i - 1}",
+            "--etcd",
+            "http://127.0.0.1:8441",
+        )
+    with pytest.raises(KeyError):
+        c.spec("meta-3")
     with pytest.raises(KeyError):
         c.spec("node-6")
     with pytest.raises(ClusterError):
@@ -493,6 +498,7 @@ def test_port_layout_follows_the_internals_doc() -> None:
         8411,
         8412,
         8420,
+        8421,
         8431,
         8432,
         8433,
@@ -575,6 +581,27 @@ def test_pid_files_are_trusted_only_for_our_own_command_line(tmp_path: Path) -> 
         if sleeper.poll() is None:
             sleeper.kill()
         sleeper.wait(timeout=10)
+
+
+def test_stop_order_is_the_reverse_of_the_start_order(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, 8400)
+    c.run_dir.mkdir(parents=True)
+    (c.run_dir / "meta.pid").write_text("999999999\n")  # the single meta of an older data dir
+    order = [name for phase in c._phases() for name in phase]
+    assert order == [
+        "haproxy",
+        "rm-1",
+        "rm-2",
+        "node-1",
+        "node-2",
+        "node-3",
+        "node-4",
+        "node-5",
+        "meta-1",
+        "meta-2",
+        "meta",
+        "etcd",
+    ]
 
 
 def test_kill_refuses_names_that_are_not_ours(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """``rangekv up`` / ``rangekv down`` / ``rangekv demo``: a whole cluster on this machine.
 
-``up`` starts whatever of etcd, meta, the nodes, the rms and HAProxy is not running yet (see
-:mod:`rangekv.cluster.local`), waits until the cluster takes writes, and prints the endpoints.
-Without ``--detach`` it stays in the foreground and stops everything on Ctrl-C or SIGTERM; with
-``--detach`` it returns and the processes keep running until ``rangekv down``. If starting fails,
-it stops what it started and prints the end of each log.
+``up`` starts whatever of etcd, the two metas (one active, one standby), the nodes, the rms and
+HAProxy is not running yet (see :mod:`rangekv.cluster.local`), waits until the cluster takes
+writes, and prints the endpoints. Without ``--detach`` it stays in the foreground and stops
+everything on Ctrl-C or SIGTERM; with ``--detach`` it returns and the processes keep running until
+``rangekv down``. If starting fails, it stops what it started and prints the end of each log.
 
 ``--demo`` (and ``rangekv demo`` against any endpoint) runs the seed's Stocks example through the
 Python client and prints each step with its result.
@@ -34,7 +34,7 @@ SUPERVISE_INTERVAL_S = 1.0
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "up", parents=[common], help="start a local cluster (etcd, meta, nodes, rms, HAProxy)"
+        "up", parents=[common], help="start a local cluster (etcd, 2 metas, nodes, rms, HAProxy)"
     )
     p.add_argument(
         "--data-dir",
@@ -163,7 +163,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
 def describe_lines(info: dict[str, Any]) -> list[str]:
     rows = [("endpoint", f"{info['endpoint']}   (HAProxy: clients use this)")]
     rows += [(f"rm-{i}", url) for i, url in enumerate(info["rms"], start=1)]
-    rows.append(("meta", info["meta"]))
+    rows += [(f"meta-{i}", addr) for i, addr in enumerate(info["metas"], start=1)]
     rows += [(f"node-{i}", addr) for i, addr in enumerate(info["nodes"], start=1)]
     rows += [("etcd", info["etcd"]), ("data dir", info["data_dir"]), ("logs", info["log_dir"])]
     return [f"  {name:<9} {value}" for name, value in rows]

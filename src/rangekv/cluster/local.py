@@ -1,12 +1,12 @@
 """A whole rangekv cluster on one machine: what ``rangekv up`` runs and integration tests use.
 
-    etcd ─▶ meta ─▶ node-1..N ─▶ rm-1..M ─▶ haproxy          (start order; stop is the reverse)
+    etcd ─▶ meta-1, meta-2 ─▶ node-1..N ─▶ rm-1..M ─▶ haproxy   (start order; stop is the reverse)
 
 Ports (``docs/internals.md``), from ``base_port`` (default 8400):
 
     haproxy  base          the client endpoint
     rm i     base+10+i     i = 1..9
-    meta     base+20
+    meta i   base+19+i     i = 1..2: meta-1 on base+20, meta-2 on base+21
     node i   base+30+i     i = 1..9
     etcd     base+41 (client), base+42 (peer)
 
@@ -21,7 +21,11 @@ Rules:
 * ``start()`` starts only what is not running, so it doubles as "restart what died".
 * Every process runs in its own session: Ctrl-C in the terminal of ``rangekv up`` reaches only
   ``up``, which then stops the others in order; ``up --detach`` leaves them running.
-* ``stop()`` sends SIGTERM phase by phase (haproxy, rms, nodes, meta, etcd), waits
+* Two metas run: whichever wins the etcd election (``/rangekv/meta/active`` under a lease) is
+  active, the other stands by and takes over when the active one's lease expires (about 2 s
+  after it dies). Nodes heartbeat both addresses (``--meta A,B``) and follow ``not_active``
+  hints; rms find the active meta in etcd.
+* ``stop()`` sends SIGTERM phase by phase (haproxy, rms, nodes, metas, etcd), waits
   ``stop_timeout_s``, then SIGKILLs stragglers.
 """
 
@@ -48,6 +52,7 @@ from rangekv.testing import procs
 
 HOST = "127.0.0.1"
 PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms and 9 nodes
+METAS = 2  # one active, one standby (ports base+20, base+21)
 PORT_SPAN = 43  # base .. base+42
 
 READY_TIMEOUT_S_DEFAULT = 60.0
@@ -143,19 +148,38 @@ def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
     return (
         [base_port]
         + [base_port + 10 + i for i in range(1, rms + 1)]
-        + [base_port + 20]
+        + [base_port + 19 + i for i in range(1, METAS + 1)]
         + [base_port + 30 + i for i in range(1, nodes + 1)]
         + [base_port + 41, base_port + 42]
     )
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections (Linux default)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def find_free_base_port(
     nodes: int = 5, rms: int = 2, low: int = 20000, high: int = 60000, attempts_max: int = 200
 ) -> int:
-    """A random base port whose whole layout is free right now (for tests)."""
+    """A random base port whose whole layout is free right now (for tests).
+
+    Layouts that overlap the ephemeral port range are avoided when any other fits: while a
+    process of the cluster is down (a test killed it), any outgoing connection on the machine
+    may take its port as a source port (or connect to itself on it), and the restart then fails
+    with "address already in use".
+    """
     rng = random.Random()
+    eph_lo, eph_hi = ephemeral_port_range()
+    bases = list(range(low, high - PORT_SPAN, 50))
+    outside = [b for b in bases if b + PORT_SPAN < eph_lo or b > eph_hi]
+    bases = outside or bases
     for _ in range(attempts_max):
-        base = rng.randrange(low, high - PORT_SPAN, 50)
+        base = rng.choice(bases)
         if ports_free(cluster_ports(base, nodes, rms)):
             return base
     raise ClusterError(f"no free port range of {PORT_SPAN} in {low}..{high}")
@@ -185,7 +209,7 @@ def pid_is(pid: int, argv: Iterable[str]) -> bool:
 
 
 class LocalCluster:
-    """etcd, one meta, ``nodes`` storage nodes, ``rms`` request managers and HAProxy.
+    """etcd, two metas, ``nodes`` storage nodes, ``rms`` request managers and HAProxy.
 
     The handle is cheap and stateless apart from the children it started: another
     ``LocalCluster`` on the same data dir (``rangekv down``) finds the processes by pid file.
@@ -260,9 +284,18 @@ class LocalCluster:
     def rm_port(self, i: int) -> int:
         return self.base_port + 10 + i
 
+    def meta_port(self, i: int) -> int:
+        return self.base_port + 19 + i
+
+    @property
+    def meta_addresses(self) -> dict[int, str]:
+        """meta-i's address, i = 1..METAS (which one is active: ``/v1/cluster`` → ``meta``)."""
+        return {i: f"{HOST}:{self.meta_port(i)}" for i in range(1, METAS + 1)}
+
     @property
     def meta_address(self) -> str:
-        return f"{HOST}:{self.base_port + 20}"
+        """Every meta, comma-separated: what nodes get as ``--meta``."""
+        return ",".join(self.meta_addresses.values())
 
     def node_port(self, i: int) -> int:
         return self.base_port + 30 + i
@@ -291,7 +324,8 @@ class LocalCluster:
     def names(self) -> list[str]:
         """Every process, in start order."""
         return (
-            ["etcd", "meta"]
+            ["etcd"]
+            + [f"meta-{i}" for i in range(1, METAS + 1)]
             + [f"node-{i}" for i in range(1, self.nodes + 1)]
             + [f"rm-{i}" for i in range(1, self.rms + 1)]
             + ["haproxy"]
@@ -302,7 +336,7 @@ class LocalCluster:
         return {
             "endpoint": self.endpoint,
             "rms": self.rm_endpoints,
-            "meta": self.meta_address,
+            "metas": list(self.meta_addresses.values()),
             "nodes": list(self.node_addresses.values()),
             "etcd": self.etcd_endpoint,
             "data_dir": str(self.data_dir),
@@ -340,23 +374,23 @@ class LocalCluster:
                 "stderr",
             )
             return ProcSpec(name, argv, (self.base_port + 41, self.base_port + 42))
-        if name == "meta":
+        kind, _, num = name.partition("-")
+        i = int(num) if num.isdigit() else 0
+        if kind == "meta" and 1 <= i <= METAS:
             argv = (
                 *our,
                 "meta",
                 "--id",
-                "1",
+                str(i),
                 "--listen",
-                self.meta_address,
+                self.meta_addresses[i],
                 "--etcd",
                 self.etcd_endpoint,
             )
-            return ProcSpec(name, argv, (self.base_port + 20,))
+            return ProcSpec(name, argv, (self.meta_port(i),))
         if name == "haproxy":
             argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
             return ProcSpec(name, argv, (self.base_port,))
-        kind, _, num = name.partition("-")
-        i = int(num) if num.isdigit() else 0
         if kind == "node" and 1 <= i <= self.nodes:
             argv = (
                 *our,
@@ -453,6 +487,10 @@ class LocalCluster:
         for d in (self.data_dir, self.log_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._save_settings()
+        if self.alive("meta"):
+            # The single meta of a data dir started before there were two holds meta-1's port;
+            # meta-1 and meta-2 replace it (the metadata is in etcd, nothing is lost).
+            self.stop(["meta"])
         started: list[str] = []
         for name in self.names:
             if self.alive(name):
@@ -592,12 +630,15 @@ class LocalCluster:
     # --- stop and kill ------------------------------------------------------------------------
 
     def _phases(self) -> list[list[str]]:
-        order = ["haproxy", "rm-", "node-", "meta", "etcd"]
+        order = ["haproxy", "rm-", "node-", "meta-", "etcd"]
         phases: list[list[str]] = [[] for _ in order]
         others: list[str] = []
         for name in self._all_names():
             for i, prefix in enumerate(order):
-                if name == prefix or (prefix.endswith("-") and name.startswith(prefix)):
+                # "meta" alone: the single meta of a data dir started before there were two
+                if name in (prefix, prefix.rstrip("-")) or (
+                    prefix.endswith("-") and name.startswith(prefix)
+                ):
                     phases[i].append(name)
                     break
             else:

@@ -76,6 +76,12 @@ ADDRESS_BYTES_MAX = 256
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
 LEASE_REVOKE_TIMEOUT_S = 1.0
+# Nodes heartbeat every 100 ms (rangekv.node.server.HEARTBEAT_MS): a leader is lost after six
+# missed beats. Failover (kill -9 of a leader to the next acknowledged write) then takes about
+# this timeout, less the time since its last beat, plus a few tens of ms for the campaign: a
+# median of 0.58 s on a 2-core loopback cluster under load (bench/failover.py). Under the same
+# load with CPU hogs added, no leader was ever judged lost without being killed.
+HEARTBEAT_TIMEOUT_MS_DEFAULT = 600
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -88,13 +94,15 @@ class MetaConfig:
     etcd: tuple[str, ...]
     groups_min: int = 1
     group_size: int = 3
-    heartbeat_timeout_ms: int = 1000  # a node is live if it heartbeated within this
+    heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS_DEFAULT  # live: heartbeated within this
     campaign_timeout_ms: int = 3000  # a chosen leader must report serving its epoch within this
     lease_ttl_s: int = 2  # the active-meta lease
     keepalive_interval_ms: int = 500
     lease_safety_fraction: float = 0.1  # step down this fraction of the TTL before it can end
     standby_poll_ms: int = 1000  # a standby retries at least this often even without a watch
-    election_interval_ms: int = 100
+    election_interval_ms: int = 50  # and at the moment a leader's last heartbeat expires
+    stall_ms: int = 150  # a controller tick this late means this process was stalled ...
+    stall_grace_ms: int = 250  # ... so no leader is judged until heartbeats had this long
     formation_interval_ms: int = 200
     node_request_budget_ms: int = 10_000  # add_range / drop_table retries at most this long
     node_request_attempt_ms: int = 2000  # one add_range / drop_table request
@@ -384,6 +392,7 @@ class MetaService:
         self._term: _Term | None = None
         self._active_hint: str | None = None
         self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
+        self._judge_after_s = 0.0  # no leader is judged lost before this (after a stall)
         self._registering: set[int] = set()
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._conns: dict[str, wire.Connection] = {}
@@ -778,10 +787,29 @@ class MetaService:
     # -- the controller -------------------------------------------------------------------------
 
     async def _control_loop(self, term: _Term) -> str:
-        """Run the controller while ``term`` lasts; returns why it stopped."""
+        """Run the controller while ``term`` lasts; returns why it stopped.
+
+        It ticks every ``election_interval_ms`` and also just after the last heartbeat of a
+        group's leader would expire, so a lost leader is judged lost one heartbeat timeout after
+        its last heartbeat, not up to a tick later. A tick that comes ``stall_ms`` late means
+        this process did not run for a while (CPU starvation, a pause): heartbeats that arrived
+        meanwhile may still be unread, so no leader is judged for ``stall_grace_ms``.
+        """
         cfg = self.config
         next_formation_s = 0.0
+        planned_s = self._clock()
         while not self._stopping:
+            late_s = self._clock() - planned_s
+            if late_s > cfg.stall_ms / 1000:
+                self._judge_after_s = self._clock() + cfg.stall_grace_ms / 1000
+                self._say(
+                    "stall",
+                    logging.WARNING,
+                    "the controller ran %d ms late (this process was stalled): no leader is "
+                    "judged lost for the next %d ms",
+                    round(late_s * 1000),
+                    cfg.stall_grace_ms,
+                )
             if self._active_term() is not term:
                 return "the lease may have expired"
             if self._revs.get(model.META_ACTIVE) != term.fence:
@@ -803,8 +831,25 @@ class MetaService:
                     exc.code,
                     exc.message,
                 )
-            await asyncio.sleep(cfg.election_interval_ms / 1000)
+            delay_s = self._next_tick_s()
+            planned_s = self._clock() + delay_s
+            await asyncio.sleep(delay_s)
         return "the process is stopping"
+
+    def _next_tick_s(self) -> float:
+        """Seconds to the next controller tick: the interval, or sooner if a group leader's
+        last heartbeat expires before that (just after, so that it counts as expired)."""
+        cfg = self.config
+        now_s = self._clock()
+        wake_s = now_s + cfg.election_interval_ms / 1000
+        timeout_s = cfg.heartbeat_timeout_ms / 1000
+        for group in self.view.groups.values():
+            beat = self._beats.get(group.leader) if group.leader is not None else None
+            if beat is not None:
+                expiry_s = beat.at_s + timeout_s + 0.001
+                if now_s < expiry_s < wake_s:
+                    wake_s = expiry_s
+        return max(0.0, wake_s - now_s)
 
     async def _elect_leaders(self, term: _Term) -> None:
         cfg = self.config
@@ -817,13 +862,14 @@ class MetaService:
             if seen is None or seen[0] != group.epoch:
                 assert seen is None or group.epoch > seen[0], ("epoch went back", gid, seen, group)
                 seen = self._epoch_seen[gid] = (group.epoch, now_s)
+            heartbeat_timeout_s = cfg.heartbeat_timeout_ms / 1000
             choice = choose_leader(
                 group,
                 self._beats,
                 now_s,
-                heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
+                heartbeat_timeout_s=heartbeat_timeout_s,
                 campaign_timeout_s=cfg.campaign_timeout_ms / 1000,
-                judge_from_s=term.since_s,
+                judge_from_s=max(term.since_s, self._judge_after_s - heartbeat_timeout_s),
                 campaign_since_s=max(seen[1], term.since_s),
             )
             key = f"group-{gid}"
@@ -1177,8 +1223,9 @@ def parse_args(argv: list[str]) -> MetaConfig:
     parser.add_argument(
         "--heartbeat-timeout-ms",
         type=int,
-        default=1000,
-        help="a node is live if it heartbeated within this",
+        default=HEARTBEAT_TIMEOUT_MS_DEFAULT,
+        help="a node is live if it heartbeated within this "
+        f"(default {HEARTBEAT_TIMEOUT_MS_DEFAULT})",
     )
     ns = parser.parse_args(argv)
     if ns.id <= 0:

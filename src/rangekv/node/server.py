@@ -7,6 +7,17 @@ a new epoch; the node configures its replica accordingly. It serves the internal
 (``docs/internals.md``): data operations from request managers (only as the serving leader),
 range operations from meta, and replication messages from its peers.
 
+Failover timing (``bench/failover.py`` measures it): meta declares a leader lost when it has not
+heartbeated for meta's ``--heartbeat-timeout-ms`` (600 ms: six beats), records a new epoch and
+names the candidate in its next heartbeat reply. So that the candidate hears of it at once, a
+member whose group has no serving leader in sight (a follower that has heard nothing from a
+leader for ``LEADER_QUIET_MS``, a candidate, a leader whose no-op has not committed) heartbeats
+every ``HEARTBEAT_FAST_MS`` instead. Links to the other members are kept open, so the campaign's
+first messages are not lost to a connection being set up (which costs a retransmit interval).
+And a data request that reaches a node while it is taking up an epoch waits (at most
+``SERVE_WAIT_S``) until it serves, instead of bouncing back to the request manager, which would
+retry only after its backoff.
+
 Every request is validated here again (limits are enforced at the edge and at the node).
 """
 
@@ -21,16 +32,23 @@ from typing import Any
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
+from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
 from rangekv.replication.driver import Replica
-from rangekv.replication.messages import Msg
+from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
 from rangekv.storage import hardstate
 from rangekv.storage.engine import open_rocks
 from rangekv.storage.wal import WAL, StorageCorrupt
 
 log = logging.getLogger("rangekv.node")
 
-HEARTBEAT_MS = 250
+HEARTBEAT_MS = 100  # meta's heartbeat timeout (600 ms) is six of these
+HEARTBEAT_FAST_MS = 20  # while the group has no serving leader in sight
+LEADER_QUIET_MS = 250  # a follower hearing nothing from a leader this long: heartbeat fast
 META_TIMEOUT_S = 1.0
+SERVE_WAIT_S = 1.0  # a data op at a node taking up its epoch waits this long for it to serve
+SERVE_POLL_S = 0.005
+PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
+PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
 
 
 def _int(body: dict[str, Any], name: str) -> int:
@@ -57,25 +75,49 @@ def _seq(body: dict[str, Any], name: str, *, optional: bool = False) -> bytes | 
 
 
 class PeerLink:
-    """An outgoing connection to one peer; messages are dropped while it is down (the
-    replication core retransmits), and reconnecting is attempted in the background."""
+    """An outgoing connection to one peer, kept open (``keep_open`` on every heartbeat).
+
+    Messages sent while it is (re)connecting wait for the connection, at most
+    ``PEER_QUEUE_MAX`` of them, and go out in order once it is up; while the peer cannot be
+    reached they are dropped (the replication core retransmits). A message lost to a cold link
+    would otherwise cost a retransmit interval: in a failover the new leader's NEW_EPOCH often
+    goes to a member it never sent to before, or one that restarted since."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.conn = wire.Connection(address, connect_timeout_s=1.0)
         self._connecting: asyncio.Task[None] | None = None
+        self._queue: list[dict[str, Any]] = []
+        self._retry_at = 0.0  # loop time before which no new connection is attempted
 
     def send(self, body: dict[str, Any]) -> None:
-        if self.conn.send(body):
+        if not self._queue and self.conn.send(body):
             return
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        if asyncio.get_running_loop().time() < self._retry_at:
+            return  # unreachable just now: dropped
+        if len(self._queue) < PEER_QUEUE_MAX:
+            self._queue.append(body)
+        self.keep_open()
+
+    def keep_open(self) -> None:
+        """Connect in the background unless connected, connecting, or waiting to retry."""
+        if self.conn.connected or (self._connecting is not None and not self._connecting.done()):
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._retry_at:
+            self._connecting = loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
             await self.conn.connect()
         except errors.Unavailable:
-            await asyncio.sleep(0.2)
+            self._queue.clear()
+            self._retry_at = asyncio.get_running_loop().time() + PEER_RETRY_S
+            return
+        queue, self._queue = self._queue, []
+        for body in queue:
+            if not self.conn.send(body):
+                break
 
     async def close(self) -> None:
         if self._connecting is not None:
@@ -100,6 +142,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._meta_conns: dict[str, wire.Connection] = {}
         self._meta_index = 0
+        self._leader_heard_s = 0.0  # loop time of the last message from a leader or candidate
 
     # ------------------------------------------------------------------ lifecycle
     def _check_identity(self) -> None:
@@ -165,8 +208,23 @@ class Node:
                           commit_index=0, applied_index=0)
         return status
 
+    def _leaderless(self) -> bool:
+        """True while this node's group has no serving leader in sight (heartbeat fast)."""
+        replica = self.replica
+        if replica is None or self.group is None:
+            return False
+        core = replica.core
+        if core.role == CANDIDATE or (core.role == LEADER and not core.serving):
+            return True
+        if core.role == FOLLOWER:
+            quiet_s = asyncio.get_running_loop().time() - self._leader_heard_s
+            return quiet_s > LEADER_QUIET_MS / 1000
+        return False
+
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             address = self.meta[self._meta_index % len(self.meta)]
             conn = self._meta_conns.get(address)
             if conn is None:
@@ -179,14 +237,18 @@ class Node:
                 self._on_assignment(reply.get("group"), reply.get("campaign"))
             except errors.NotActive as err:
                 hint = err.details.get("active_hint")
-                if isinstance(hint, str) and hint:
+                if isinstance(hint, str) and hint and hint != address:
                     if hint not in self.meta:
                         self.meta.append(hint)
                     self._meta_index = self.meta.index(hint)
+                else:  # a standby that knows no better: try the next meta
+                    self._meta_index += 1
             except errors.RangeKVError as err:
                 log.debug("heartbeat to meta %s failed: %s", address, err)
                 self._meta_index += 1
-            await asyncio.sleep(HEARTBEAT_MS / 1000)
+            # A fixed rate (the time the request took counts), faster while leaderless.
+            interval_ms = HEARTBEAT_FAST_MS if self._leaderless() else HEARTBEAT_MS
+            await asyncio.sleep(max(0.0, started + interval_ms / 1000 - loop.time()))
 
     def _on_assignment(self, group: dict[str, Any] | None, campaign: int | None) -> None:
         if self.replica is None:
@@ -207,6 +269,12 @@ class Node:
             if self._peers[peer_id].address != members.get(peer_id):
                 link = self._peers.pop(peer_id)
                 asyncio.get_running_loop().create_task(link.close())
+        for peer_id, address in members.items():
+            if peer_id != self.node_id and address.rpartition(":")[2].isdigit():
+                link = self._peers.get(peer_id)
+                if link is None:
+                    link = self._peers[peer_id] = PeerLink(address)
+                link.keep_open()  # warm before a failover needs it
         self.replica.configure(sorted(members))
         if isinstance(campaign, int) and campaign > 0:
             self.replica.campaign(campaign)
@@ -233,7 +301,28 @@ class Node:
         except ValueError as err:
             log.warning("dropping a malformed replication message: %s", err)
             return
+        if msg.type in (APPEND, HEARTBEAT, NEW_EPOCH):
+            self._leader_heard_s = asyncio.get_running_loop().time()
         self.replica.step(msg)
+
+    async def _until_serving(self, replica: Replica) -> None:
+        """Hold a data request while the group has no serving leader in sight (see
+        ``_leaderless``) until this node serves or hears from a leader, at most
+        ``SERVE_WAIT_S``.
+
+        A request manager sends to the node that meta recorded as the new leader as soon as
+        etcd shows it, a little before that node has heard of its campaign or committed its
+        no-op; answered ``not_leader`` at once, the request manager would retry only after its
+        backoff (or follow a hint to the dead leader). Whatever happens here, the caller then
+        proposes or reads as usual, which refuses with ``not_leader`` unless this node serves:
+        a held request never takes effect anywhere else."""
+        core = replica.core
+        if core.role == LEADER and core.serving:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SERVE_WAIT_S
+        while self._leaderless() and loop.time() < deadline:
+            await asyncio.sleep(SERVE_POLL_S)
 
     # ------------------------------------------------------------------ requests
     async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +332,8 @@ class Node:
         replica = self.replica
         if replica is None:
             raise errors.Unavailable(f"node {self.node_id} does not serve: {self.broken}")
+        if op in ("put", "delete", "get", "list", "add_range", "drop_table"):
+            await self._until_serving(replica)
         if op == "put":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
