@@ -20,7 +20,7 @@ from rangekv.sim.cluster import SimFailure, run_seed
 
 SEEDS = 500
 CHUNK = 50
-# Seeds needed today (found at): ack 115, lower-epoch 17, log-matching 12, read 226, apply 2.
+# Seeds needed today (caught at): ack 116, lower-epoch 16, log-matching 22, read 323, apply 8.
 BUG_SEEDS_MAX = {
     "ack-before-fsync": 400,
     "accept-lower-epoch": 150,

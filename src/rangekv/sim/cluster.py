@@ -120,6 +120,9 @@ class Simulation:
         self.cfg = config or SimConfig()
         self.core_class = core_class
         self.rng = random.Random(seed)
+        # Appends of one entry at a time in some runs, batches in others: an old epoch's entry
+        # and a new leader's no-op then reach a follower together or apart.
+        self.append_bytes_max = self.rng.choice([1, 256, 2 * 1024 * 1024])
         self.root = root
         self.now = 0.0
         self._events: list[tuple[float, int, str, Any]] = []
@@ -140,6 +143,7 @@ class Simulation:
         self.newest_serving_epoch = 0
         self.applied_at: dict[int, tuple[int, bytes]] = {}
         self.committed: dict[int, Entry] = {}
+        self.entry_at: dict[tuple[int, int], bytes] = {}
         self.broken_nodes: set[int] = set()
         # clients
         self.history: list[Op] = []
@@ -201,7 +205,8 @@ class Simulation:
         node.core = self.core_class(
             node.id, self.members, wal,
             {k: int(v) for k, v in hardstate.load(node.dir / "hardstate").items()},
-            engine.applied_index, Config(noop_payload=NOOP))
+            engine.applied_index,
+            Config(noop_payload=NOOP, append_bytes_max=self.append_bytes_max))
         node.last_seq = engine.last_seq
         node.up = True
         node.incarnation += 1
@@ -275,6 +280,12 @@ class Simulation:
                 self._record_durable(node)
             if rd.entries:
                 node.wal.append([(e.epoch, e.index, e.payload) for e in rd.entries])
+                for e in rd.entries:
+                    # Log matching, cheaply at every append: one entry per (epoch, index).
+                    seen = self.entry_at.setdefault((e.epoch, e.index), e.payload)
+                    if seen != e.payload:
+                        self.fail(f"n{node.id} holds a different entry {e.epoch}/{e.index} "
+                                  f"than another replica (two entries for one epoch and index)")
             for msg in rd.messages:
                 self.send(msg)
             if rd.hardstate or rd.entries or rd.truncate_from is not None \

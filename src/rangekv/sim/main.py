@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace, core_class: type[Core], root: Path) -> int:
             print(f"replay: rangekv sim --seeds 1 --start {seed}"
                   + (f" --bug {args.bug}" if args.bug else "") + " -v")
             print(f"trace (last {args.trace_lines} lines, hash {sim.trace_hash}):")
-            for line in list(sim.trace)[-args.trace_lines:]:
+            for line in list(sim.trace)[-args.trace_lines:] if args.trace_lines > 0 else []:
                 print("  " + line)
             if args.bug:
                 print(f"planted bug {args.bug!r} caught at seed {seed} "
