@@ -257,7 +257,7 @@ class Replica:
         assert len(results) == len(entries)
         if self.engine.last_seq > self.last_seq:
             self.last_seq = self.engine.last_seq
-        for entry, result in zip(entries, results):
+        for entry, result in zip(entries, results, strict=True):
             waiting = self._proposals.pop(entry.index, None)
             if waiting is None:
                 continue

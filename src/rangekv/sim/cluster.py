@@ -40,7 +40,7 @@ from rangekv.replication.driver import highest_seq
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim.linearizable import Op, check
 from rangekv.storage import hardstate
-from rangekv.storage.engine import StateMachine, decode_command, encode_command
+from rangekv.storage.engine import StateMachine, encode_command
 from rangekv.storage.memory import MemoryBackend
 from rangekv.storage.wal import WAL, StorageCorrupt
 
@@ -351,7 +351,7 @@ class Simulation:
         if not self.table_ready and node.engine.has_table(TABLE):
             self.table_ready = True
         node.core.on_applied(entries[-1].index)
-        for e, result in zip(entries, results):
+        for e, result in zip(entries, results, strict=True):
             waiting = node.proposals.pop(e.index, None)
             if waiting is None:
                 continue
@@ -675,7 +675,7 @@ class Simulation:
         except SimFailure:
             raise
         except AssertionError as err:
-            raise SimFailure(f"seed {self.seed}: assertion in the code under test: {err!r}")
+            raise SimFailure(f"seed {self.seed}: assertion in the code under test: {err!r}") from err
         finally:
             for node in self.nodes.values():
                 if node.wal is not None:

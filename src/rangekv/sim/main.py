@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rangekv.replication.core import Core
 from rangekv.sim.bugs import BUGS
-from rangekv.sim.cluster import Simulation, SimConfig, SimFailure
+from rangekv.sim.cluster import SimConfig, SimFailure, Simulation
 
 
 def _scratch(root: str | None) -> Path:
