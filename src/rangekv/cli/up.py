@@ -227,7 +227,7 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
 
         if args.detach:
             data_dir = "" if args.data_dir == DATA_DIR_DEFAULT else f" --data-dir {args.data_dir}"
-            say(f"running in the background; stop it with: rangekv down{data_dir}")
+            say(f"running in the background; stop it with: {_own_command()} down{data_dir}")
             cluster.release()
             detached = True
             return 0
