@@ -86,6 +86,7 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
+from rangekv.storage.memlog import MemoryLog
 
 NOOP = b"noop"
 STABILIZE_ROUNDS_MAX = 50
@@ -124,35 +125,6 @@ def fmt_msg(m: Msg) -> str:
 
 
 # ---------------------------------------------------------------------------------- one node
-class MemLog:
-    """The written log (what the OS has); ``durable`` entries survive a crash."""
-
-    def __init__(self) -> None:
-        self.items: list[Entry] = []
-        self.durable = 0
-
-    @property
-    def first_index(self) -> int:
-        return 1
-
-    @property
-    def last_index(self) -> int:
-        return len(self.items)
-
-    def epoch_at(self, index: int) -> int:
-        return 0 if index == 0 else self.items[index - 1].epoch
-
-    def entries(self, lo: int, hi: int, bytes_max: int | None = None) -> list[Entry]:
-        """At least one entry, stopping once ``bytes_max`` payload bytes are reached."""
-        out, size = [], 0
-        for e in self.items[lo - 1 : hi - 1]:
-            if out and bytes_max is not None and size >= bytes_max:
-                break
-            out.append(e)
-            size += len(e.payload)
-        return out
-
-
 @dataclass
 class Persist:
     """One Ready's writes, waiting for their fsync."""
@@ -169,7 +141,7 @@ class Node:
     id: int
     members: list[int]
     cfg: Config
-    log: MemLog = field(default_factory=MemLog)
+    log: MemoryLog = field(default_factory=MemoryLog)
     hard: dict[str, int] = field(default_factory=dict)  # durable hard state
     applied: int = 0  # durable with the state machine (same batch as the data)
     core: Core | None = None
@@ -181,7 +153,7 @@ class Node:
         self.core = Core(self.id, self.members, self.log, dict(self.hard), self.applied, self.cfg)
 
     def crash(self) -> list[str]:
-        lost = self.log.items[self.log.durable :]
+        lost = self.log.crash()
         out = [f"lost entries {fmt_entries(lost)}"] if lost else []
         hard_lost = any(p.hard is not None for p in self.pending)
         held = sum(len(p.after_sync) for p in self.pending)
@@ -189,7 +161,6 @@ class Node:
             out.append("lost hardstate not yet synced")
         if held:
             out.append(f"lost {held} after-sync message(s)")
-        del self.log.items[self.log.durable :]
         self.core, self.pending, self.reads = None, [], []
         return out
 
@@ -214,15 +185,12 @@ class Env:
                        f"to={rd.hardstate['promised_to']}")
         if rd.truncate_from is not None:
             out.append(f"truncate from={rd.truncate_from}")
-            node.log.durable = min(node.log.durable, rd.truncate_from - 1)
-            del node.log.items[rd.truncate_from - 1 :]
+            node.log.truncate(rd.truncate_from)
             for p in node.pending:
                 p.durable_upto = min(p.durable_upto, rd.truncate_from - 1)
         if rd.entries:
             out.append(f"entries {fmt_entries(rd.entries)}")
-            for e in rd.entries:
-                assert e.index == node.log.last_index + 1, (node.id, e)
-                node.log.items.append(e)
+            node.log.append(rd.entries)
         out += [f"send {fmt_msg(m)}" for m in rd.messages]
         self.net += rd.messages
         out += [f"after-sync {fmt_msg(m)}" for m in rd.messages_after_sync]
@@ -267,7 +235,7 @@ class Env:
         if not node.pending:
             return [f"> {node.id} fsync: nothing pending"]
         p = node.pending.pop(0)
-        node.log.durable = max(node.log.durable, p.durable_upto)
+        node.log.make_durable(p.durable_upto)
         what = f"log up to {node.log.epoch_at(p.durable_upto)}/{p.durable_upto}"
         if p.hard is not None:
             node.hard = p.hard

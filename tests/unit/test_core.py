@@ -16,44 +16,16 @@ import pytest
 
 from rangekv.replication.core import CANDIDATE, LEADER, Config, Core, NotLeaderError
 from rangekv.replication.messages import Entry, Msg
+from rangekv.storage.memlog import MemoryLog
 
 NOOP = b"noop"
-
-
-class MemLog:
-    def __init__(self) -> None:
-        self.items: list[Entry] = []
-        self.durable = 0  # entries [0, durable) survive a crash
-
-    @property
-    def first_index(self) -> int:
-        return 1
-
-    @property
-    def last_index(self) -> int:
-        return len(self.items)
-
-    def epoch_at(self, index: int) -> int:
-        return 0 if index == 0 else self.items[index - 1].epoch
-
-    def entries(self, lo: int, hi: int, bytes_max: int | None = None) -> list[Entry]:
-        return self.items[lo - 1 : hi - 1]
-
-    def truncate(self, from_index: int) -> None:
-        del self.items[from_index - 1 :]
-        self.durable = min(self.durable, from_index - 1)
-
-    def append(self, entries: list[Entry]) -> None:
-        for e in entries:
-            assert e.index == len(self.items) + 1
-            self.items.append(e)
 
 
 @dataclass
 class SimNode:
     id: int
     members: list[int]
-    log: MemLog = field(default_factory=MemLog)
+    log: MemoryLog = field(default_factory=MemoryLog)
     hard: dict[str, int] = field(default_factory=dict)
     applied: list[Entry] = field(default_factory=list)
     core: Core | None = None
@@ -69,7 +41,7 @@ class SimNode:
 
     def crash(self) -> None:
         self.up = False
-        del self.log.items[self.log.durable :]
+        self.log.crash()
         self.core = None
         self.pending_syncs = []
         # The state machine is rebuilt from the log on restart in this harness: keep only the
@@ -119,7 +91,7 @@ class Harness:
         if not node.pending_syncs:
             return
         last, epoch, msgs = node.pending_syncs.pop(0)
-        node.log.durable = max(node.log.durable, min(last, node.log.last_index))
+        node.log.make_durable(last)
         self.net.extend(msgs)
         assert node.core is not None
         node.core.on_synced(last, epoch)
