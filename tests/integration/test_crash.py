@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from rangekv import errors
-from rangekv.cluster.local import LocalCluster, find_free_base_port
+from rangekv.cluster.local import LocalCluster, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,8 @@ READY_TIMEOUT_S = 90.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "data", find_free_base_port())
-    try:
-        c.start()
-        c.wait_ready(READY_TIMEOUT_S)
+    with running_cluster(tmp_path / "data", READY_TIMEOUT_S) as c, c.logs_on_failure():
         yield c
-    except BaseException:
-        print(c.log_tails())
-        raise
-    finally:
-        c.stop()
 
 
 class Writers:

@@ -20,7 +20,6 @@ below are generous upper bounds that only turn a hang into a failure with the lo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import httpx
 import pytest
 
 from rangekv import errors, wire
-from rangekv.cluster.local import LocalCluster, find_free_base_port
+from rangekv.cluster.local import LocalCluster, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -46,24 +45,10 @@ PAUSE_S = 5.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("failover") / "data", find_free_base_port())
-    try:
-        c.start()
-        c.wait_ready(READY_TIMEOUT_S)  # raises with the tail of every log
+    # wait_ready raises with the tail of every log
+    with running_cluster(tmp_path_factory.mktemp("failover") / "data", READY_TIMEOUT_S) as c:
         httpx.put(f"{c.endpoint}/v1/tables/{TABLE}", timeout=30, trust_env=False)
         yield c
-    finally:
-        c.stop()
-
-
-@contextlib.contextmanager
-def logs_on_failure(c: LocalCluster) -> Iterator[None]:
-    """Print the end of every log when the body fails (pytest shows it with the failure)."""
-    try:
-        yield
-    except BaseException:
-        print(c.log_tails(lines=60))
-        raise
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -227,7 +212,7 @@ def restart_and_settle(c: LocalCluster) -> None:
 
 def test_kill_leader_under_load(cluster: LocalCluster) -> None:
     c = cluster
-    with logs_on_failure(c):
+    with c.logs_on_failure(lines=60):
         g0 = wait_caught_up(c)
         leader, epoch = g0["leader"], g0["epoch"]
         with Writers(c.endpoint) as w:
@@ -255,7 +240,7 @@ def test_paused_leader_steps_down_and_nothing_it_accepted_late_is_acknowledged(
     cluster: LocalCluster,
 ) -> None:
     c = cluster
-    with logs_on_failure(c):
+    with c.logs_on_failure(lines=60):
         g0 = wait_caught_up(c)
         old, epoch = g0["leader"], g0["epoch"]
         name = f"node-{old}"
@@ -335,7 +320,7 @@ def test_paused_leader_steps_down_and_nothing_it_accepted_late_is_acknowledged(
 
 def test_kill_active_meta_then_leader(cluster: LocalCluster) -> None:
     c = cluster
-    with logs_on_failure(c):
+    with c.logs_on_failure(lines=60):
         g0 = wait_caught_up(c)
         leader, epoch = g0["leader"], g0["epoch"]
         meta = wait_for(lambda: cluster_info(c)["meta"], 10, "an active meta")

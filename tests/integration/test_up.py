@@ -8,7 +8,6 @@ whatever happens; a failing test prints the end of every process log.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from rangekv import errors
 from rangekv.client import Client, Item
-from rangekv.cluster.local import LocalCluster, find_free_base_port
+from rangekv.cluster.local import LocalCluster, find_free_base_port, running_cluster
 
 READY_TIMEOUT_S = 90.0
 CLI_TIMEOUT_S = 60.0
@@ -37,23 +36,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), find_free_base_port())
-    try:
-        c.start()
-        c.wait_ready(READY_TIMEOUT_S)  # raises with the tail of every log
+    # wait_ready raises with the tail of every log
+    with running_cluster(tmp_path_factory.mktemp("cluster"), READY_TIMEOUT_S) as c:
         yield c
-    finally:
-        c.stop()
-
-
-@contextlib.contextmanager
-def logs_on_failure(c: LocalCluster) -> Iterator[None]:
-    """Print the end of every log when the body fails (pytest shows it with the failure)."""
-    try:
-        yield
-    except BaseException:
-        print(c.log_tails(lines=40))
-        raise
 
 
 def unique(prefix: str) -> str:
@@ -76,7 +61,7 @@ def rangekv(
 
 
 def test_stocks_example_through_haproxy_with_the_client(cluster: LocalCluster) -> None:
-    with logs_on_failure(cluster), Client(cluster.endpoint) as db:
+    with cluster.logs_on_failure(lines=40), Client(cluster.endpoint) as db:
         table = unique("Stocks")
         db.create_table(table)
         assert table in db.tables()
@@ -108,7 +93,7 @@ def test_stocks_example_through_haproxy_with_the_client(cluster: LocalCluster) -
 def test_stocks_example_through_the_cli(cluster: LocalCluster) -> None:
     ep = ["--endpoint", cluster.endpoint]
     table = unique("Stocks")
-    with logs_on_failure(cluster):
+    with cluster.logs_on_failure(lines=40):
         assert rangekv(*ep, "create-table", table).returncode == 0
         for key, value in [("B", "100"), ("A", "120"), ("C", "135")]:
             put = rangekv(*ep, "put", table, key, value)
@@ -140,7 +125,7 @@ def test_stocks_example_through_the_cli(cluster: LocalCluster) -> None:
 def test_raw_http_shapes(cluster: LocalCluster) -> None:
     table = unique("Raw")
     base = f"{cluster.endpoint}/v1/tables/{table}"
-    with logs_on_failure(cluster), httpx.Client(timeout=10, trust_env=False) as http:
+    with cluster.logs_on_failure(lines=40), httpx.Client(timeout=10, trust_env=False) as http:
         created = http.put(base)
         assert created.status_code == 201 and created.json()["table"]["name"] == table
         assert http.put(base).json()["error"]["code"] == "table_exists"
@@ -188,7 +173,7 @@ def test_binary_keys_and_values_round_trip(cluster: LocalCluster) -> None:
         "ü".encode(),
         b"k" * 1024,
     ]
-    with logs_on_failure(cluster), Client(cluster.endpoint) as db:
+    with cluster.logs_on_failure(lines=40), Client(cluster.endpoint) as db:
         table = unique("Bin")
         db.create_table(table)
         try:
@@ -211,7 +196,7 @@ def test_binary_keys_and_values_round_trip(cluster: LocalCluster) -> None:
 
 
 def test_many_keys_list_in_order_across_pages(cluster: LocalCluster) -> None:
-    with logs_on_failure(cluster), Client(cluster.endpoint) as db:
+    with cluster.logs_on_failure(lines=40), Client(cluster.endpoint) as db:
         table = unique("Many")
         db.create_table(table)
         try:
@@ -230,7 +215,7 @@ def test_many_keys_list_in_order_across_pages(cluster: LocalCluster) -> None:
 
 def test_an_rm_dies_and_comes_back(cluster: LocalCluster) -> None:
     with (
-        logs_on_failure(cluster),
+        cluster.logs_on_failure(lines=40),
         Client(cluster.endpoint) as db,
         Client(cluster.rm_endpoints) as direct,
     ):
@@ -252,7 +237,7 @@ def test_an_rm_dies_and_comes_back(cluster: LocalCluster) -> None:
 
 
 def test_a_follower_node_dies_and_writes_go_on(cluster: LocalCluster) -> None:
-    with logs_on_failure(cluster), Client(cluster.endpoint) as db:
+    with cluster.logs_on_failure(lines=40), Client(cluster.endpoint) as db:
         table = unique("NodeDown")
         db.create_table(table)
         try:

@@ -480,6 +480,15 @@ class LocalCluster:
             out.append(f"----- {self.log_path(name)} ({state}) -----\n{self.log_tail(name, lines)}")
         return "\n".join(out)
 
+    @contextlib.contextmanager
+    def logs_on_failure(self, lines: int = LOG_TAIL_LINES) -> Iterator[None]:
+        """Print the end of every log when the body fails (pytest shows it with the failure)."""
+        try:
+            yield
+        except BaseException:
+            print(self.log_tails(lines))
+            raise
+
     # --- start --------------------------------------------------------------------------------
 
     def start(self) -> list[str]:
