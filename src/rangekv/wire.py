@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +34,41 @@ from rangekv import errors
 from rangekv.limits import FRAME_BYTES_MAX
 
 log = logging.getLogger("rangekv.wire")
+
+# Dead peers are noticed in seconds, not minutes. A partition drops packets silently: without
+# this, a connection with unacknowledged data waits out TCP's exponential retransmission backoff
+# (up to ~15 minutes), and one that is idle, such as a watch, never notices at all; after the
+# partition heals, the old connection can still sit seconds away from its next retransmission.
+# With these options the kernel closes the connection after USER_TIMEOUT_MS without an
+# acknowledgement (keepalive probes count), the next request opens a fresh one.
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTERVAL_S = 1
+USER_TIMEOUT_MS = 2500
+
+
+def tune_socket(sock: Any) -> None:
+    """Keepalive and a user timeout on a TCP socket (no-op for other sockets / platforms)."""
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    except OSError as err:  # a socket that is already closing
+        log.debug("could not tune socket: %s", err)
+
+
+def tuned_socket(addr_info: Any) -> socket.socket:
+    """A ``socket_factory`` for aiohttp's TCPConnector: a new socket with ``tune_socket``."""
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family, type_, proto)
+    tune_socket(sock)
+    return sock
+
 
 HEADER = struct.Struct(">II")
 HEADER_BYTES = HEADER.size
@@ -143,7 +179,8 @@ class Connection:
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     reader, writer = await asyncio.open_connection(self._host, self._port)
-            except (OSError, asyncio.TimeoutError) as exc:
+                tune_socket(writer.get_extra_info("socket"))
+            except (TimeoutError, OSError) as exc:
                 raise errors.Unavailable(
                     f"cannot connect to {self.address}: {exc or type(exc).__name__}",
                     address=self.address,
@@ -190,7 +227,7 @@ class Connection:
             try:
                 async with asyncio.timeout(timeout_s):
                     body = await fut
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise errors.Timeout(
                     f"no answer from {self.address} to {op} within {timeout_s}s",
                     address=self.address,
@@ -249,6 +286,7 @@ async def serve_connection(
 
     ``on_request`` returns the reply fields (without ``t``/``id``) or raises a RangeKVError.
     """
+    tune_socket(writer.get_extra_info("socket"))
     conn = ServerConnection(writer)
     tasks: set[asyncio.Task[None]] = set()
 

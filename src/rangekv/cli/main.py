@@ -34,6 +34,9 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
     "meta": ("rangekv.metadata.service.main", "the metadata manager and controller"),
     "rm": ("rangekv.request_manager.app.main", "a request manager (the HTTP API)"),
     "sim": ("rangekv.sim.main.main", "the deterministic simulation (--seeds N, --bug NAME)"),
+    "chaos": ("rangekv.chaos.main.main",
+              ("attack a real cluster in network namespaces with faults and check the history "
+               "(--time S, --nemesis LIST, --seed N)")),
     "check-history": ("rangekv.check.main.main",
                       "check a recorded history for linearizability "
                       "(--model register|kv|rangekv FILE)"),

@@ -82,7 +82,9 @@ def haproxy_binary() -> str:
     raise ClusterError("HAProxy is not installed (Debian: apt-get install haproxy)")
 
 
-def haproxy_config(base_port: int, rm_ports: Iterable[int]) -> str:
+def haproxy_config(
+    base_port: int, rm_ports: Iterable[int], rm_hosts: Iterable[str] | None = None
+) -> str:
     """HAProxy in front of the rms: health-checked, retrying only what is safe to retry.
 
     ``retry-on conn-failure empty-response`` with ``option redispatch`` moves a request to the
@@ -91,9 +93,11 @@ def haproxy_config(base_port: int, rm_ports: Iterable[int]) -> str:
     against itself), so ``disable-l7-retry`` keeps only connection-failure retries for
     anything but GET/HEAD.
     """
+    ports = list(rm_ports)
+    hosts = list(rm_hosts) if rm_hosts is not None else [HOST] * len(ports)
     servers = "\n".join(
-        f"    server rm{i} {HOST}:{port} check inter 500ms fall 2 rise 1"
-        for i, port in enumerate(rm_ports, start=1)
+        f"    server rm{i} {host}:{port} check inter 500ms fall 2 rise 1"
+        for i, (host, port) in enumerate(zip(hosts, ports, strict=True), start=1)
     )
     return f"""\
 # Written by `rangekv up` (rangekv.cluster.local); rewritten on every start.
@@ -237,6 +241,10 @@ class LocalCluster:
         # the console script's module. Tests substitute stand-ins here.
         self.command: tuple[str, ...] = tuple(command or (sys.executable, "-m", "rangekv.cli.main"))
         self.stop_timeout_s = stop_timeout_s
+        #: a command prefix per process name (e.g. ``("fiu-run", "-x")``), put before its argv
+        #: when it is started; it must exec the argv, so that the pid and /proc cmdline are
+        #: the process's own (see ``pid_is``).
+        self.wrappers: dict[str, tuple[str, ...]] = {}
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -279,7 +287,7 @@ class LocalCluster:
 
     @property
     def rm_endpoints(self) -> list[str]:
-        return [f"http://{HOST}:{self.rm_port(i)}" for i in range(1, self.rms + 1)]
+        return [f"http://{self.host_of(f'rm-{i}')}:{self.rm_port(i)}" for i in range(1, self.rms + 1)]
 
     def rm_port(self, i: int) -> int:
         return self.base_port + 10 + i
@@ -290,7 +298,7 @@ class LocalCluster:
     @property
     def meta_addresses(self) -> dict[int, str]:
         """meta-i's address, i = 1..METAS (which one is active: ``/v1/cluster`` → ``meta``)."""
-        return {i: f"{HOST}:{self.meta_port(i)}" for i in range(1, METAS + 1)}
+        return {i: f"{self.host_of(f'meta-{i}')}:{self.meta_port(i)}" for i in range(1, METAS + 1)}
 
     @property
     def meta_address(self) -> str:
@@ -302,11 +310,27 @@ class LocalCluster:
 
     @property
     def node_addresses(self) -> dict[int, str]:
-        return {i: f"{HOST}:{self.node_port(i)}" for i in range(1, self.nodes + 1)}
+        return {
+            i: f"{self.host_of(f'node-{i}')}:{self.node_port(i)}" for i in range(1, self.nodes + 1)
+        }
 
     @property
     def etcd_endpoint(self) -> str:
+        """The etcd client URL(s), comma-separated (what metas and rms get as ``--etcd``)."""
         return f"http://{HOST}:{self.base_port + 41}"
+
+    def host_of(self, name: str) -> str:
+        """The IP address process ``name`` listens on (all on loopback here; see
+        :mod:`rangekv.chaos.netcluster` for one network namespace per process)."""
+        return HOST
+
+    def launch_prefix(self, name: str) -> tuple[str, ...]:
+        """What goes before process ``name``'s argv when it is started (``wrappers``)."""
+        return self.wrappers.get(name, ())
+
+    def ports_to_check(self, spec: ProcSpec) -> tuple[int, ...]:
+        """The ports of ``spec`` that must be free on this machine's loopback to start it."""
+        return spec.ports
 
     @property
     def log_dir(self) -> Path:
@@ -412,7 +436,7 @@ class LocalCluster:
                 "--id",
                 str(i),
                 "--listen",
-                f"{HOST}:{self.rm_port(i)}",
+                f"{self.host_of(name)}:{self.rm_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
             )
@@ -505,7 +529,7 @@ class LocalCluster:
             if self.alive(name):
                 continue
             spec = self.spec(name)
-            busy = [p for p in spec.ports if not _port_free(p)]
+            busy = [p for p in self.ports_to_check(spec) if not _port_free(p)]
             if busy:
                 raise ClusterError(
                     f"cannot start {name}: port {busy[0]} is in use by a process that is not "
@@ -515,8 +539,8 @@ class LocalCluster:
                 self._write_haproxy_cfg()
             self._spawn(spec)
             started.append(name)
-            if name == "etcd":
-                self._wait_etcd()
+            if name.partition("-")[0] == "etcd":
+                self._wait_etcd(name)
         return started
 
     def _save_settings(self) -> None:
@@ -535,7 +559,8 @@ class LocalCluster:
 
     def _write_haproxy_cfg(self) -> None:
         ports = [self.rm_port(i) for i in range(1, self.rms + 1)]
-        self.haproxy_cfg.write_text(haproxy_config(self.base_port, ports))
+        hosts = [self.host_of(f"rm-{i}") for i in range(1, self.rms + 1)]
+        self.haproxy_cfg.write_text(haproxy_config(self.base_port, ports, hosts))
         check = subprocess.run(
             [haproxy_binary(), "-c", "-f", str(self.haproxy_cfg)],
             stdin=subprocess.DEVNULL,
@@ -554,16 +579,29 @@ class LocalCluster:
             f.write(
                 f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}\n".encode()
             )
-        proc = procs.spawn(spec.name, list(spec.argv), log, env={"PYTHONUNBUFFERED": "1"})
+        proc = procs.spawn(
+            spec.name,
+            [*self.launch_prefix(spec.name), *spec.argv],
+            log,
+            env={"PYTHONUNBUFFERED": "1", **self.extra_env(spec.name)},
+        )
         self._popens[spec.name] = proc.popen
         self._argv_file(spec.name).write_text(json.dumps(list(spec.argv)) + "\n")
         self._pid_file(spec.name).write_text(f"{proc.pid}\n")
 
-    def _wait_etcd(self) -> None:
-        url = self.etcd_endpoint + "/health"
+    def extra_env(self, name: str) -> dict[str, str]:
+        """Environment variables for process ``name`` beyond the inherited ones."""
+        return {}
+
+    def etcd_client_url(self, name: str) -> str:
+        """The client URL of etcd member ``name``."""
+        return self.etcd_endpoint
+
+    def _wait_etcd(self, name: str = "etcd") -> None:
+        url = self.etcd_client_url(name) + "/health"
 
         def healthy() -> bool:
-            if not self.alive("etcd"):
+            if not self.alive(name):
                 raise ClusterError("etcd exited")
             resp = httpx.get(url, timeout=PROBE_TIMEOUT_S, trust_env=False)
             return resp.status_code == 200 and b"true" in resp.content
@@ -574,12 +612,12 @@ class LocalCluster:
                 if healthy():
                     return
             except ClusterError:
-                raise ClusterError(f"etcd exited at start:\n{self.log_tail('etcd')}") from None
+                raise ClusterError(f"{name} exited at start:\n{self.log_tail(name)}") from None
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise ClusterError(
-                    f"etcd not healthy after {ETCD_START_TIMEOUT_S}s:\n{self.log_tail('etcd')}"
+                    f"{name} not healthy after {ETCD_START_TIMEOUT_S}s:\n{self.log_tail(name)}"
                 )
             time.sleep(0.1)
 
@@ -639,7 +677,7 @@ class LocalCluster:
     # --- stop and kill ------------------------------------------------------------------------
 
     def _phases(self) -> list[list[str]]:
-        order = ["haproxy", "rm-", "node-", "meta-", "etcd"]
+        order = ["haproxy", "rm-", "node-", "meta-", "etcd-"]
         phases: list[list[str]] = [[] for _ in order]
         others: list[str] = []
         for name in self._all_names():

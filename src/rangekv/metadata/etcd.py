@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from rangekv import errors
+from rangekv import errors, wire
 
 log = logging.getLogger("rangekv.etcd")
 
@@ -268,7 +268,8 @@ class EtcdClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                connector=aiohttp.TCPConnector(limit=64),
+                # keepalive + user timeout: a watch on a partitioned member breaks in seconds
+                connector=aiohttp.TCPConnector(limit=64, socket_factory=wire.tuned_socket),
             )
         return self._session
 

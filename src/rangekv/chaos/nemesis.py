@@ -1,0 +1,258 @@
+"""The nemesis: every few seconds it picks a fault, holds it, then heals everything.
+
+Faults (``--nemesis`` takes names or families, comma-separated; ``all`` is every family):
+
+=====================  ============================================================================
+family ``partition``   ``partition-one`` one storage node cut off from every other host;
+                       ``partition-leader`` a group's leader cut off; ``partition-halves`` every
+                       host (nodes, metas, rms, etcd members) split into a majority and a
+                       minority at random; ``partition-bridge`` two halves and one node that
+                       sees both; ``partition-ring`` the storage nodes in a ring, each seeing only
+                       its two neighbours (every node sees a majority, no two the same one);
+                       ``partition-leader-rm`` a leader and one rm cut off together (the rm keeps
+                       routing to the deposed leader)
+family ``loss``        ``loss``: 1-3 storage nodes drop 20-40 % of what they receive
+family ``kill``        ``kill-follower``, ``kill-leader``, ``kill-group`` (every node of a group):
+                       ``kill -9``, restarted at heal
+family ``pause``       ``pause-leader``, ``pause-follower``: SIGSTOP, SIGCONT at heal
+family ``infra``       ``kill-rm``, ``kill-meta`` (the active one), ``kill-etcd`` (one member)
+family ``clock``       ``clock-skew``: the rms' wall clocks (which stamp seqs) jump by up to
+                       ±30 s each (libfaketime), reset at heal
+=====================  ============================================================================
+
+Healing removes every iptables rule, continues paused processes, restarts what is not running
+and resets the clocks. The choices come from ``random.Random(seed)``; what the cluster does in
+between does not (real processes), so a seed replays the same plan, not the same history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from rangekv.chaos.netcluster import NetCluster
+
+FAMILIES: dict[str, list[str]] = {
+    "partition": ["partition-one", "partition-leader", "partition-halves", "partition-bridge",
+                  "partition-ring", "partition-leader-rm"],
+    "loss": ["loss"],
+    "kill": ["kill-follower", "kill-leader", "kill-group"],
+    "pause": ["pause-leader", "pause-follower"],
+    "infra": ["kill-rm", "kill-meta", "kill-etcd"],
+    "clock": ["clock-skew"],
+}
+ALL_FAULTS = [f for faults in FAMILIES.values() for f in faults]
+
+
+def parse_nemesis(text: str) -> list[str]:
+    """``all``, ``none``, or a comma-separated list of families and fault names."""
+    faults: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part or part == "none":
+            continue
+        if part == "all":
+            faults += ALL_FAULTS
+        elif part in FAMILIES:
+            faults += FAMILIES[part]
+        elif part in ALL_FAULTS:
+            faults.append(part)
+        else:
+            raise ValueError(f"unknown nemesis {part!r} (families: {', '.join(FAMILIES)}, "
+                             f"faults: {', '.join(ALL_FAULTS)}, or all / none)")
+    return list(dict.fromkeys(faults))
+
+
+@dataclass
+class FaultRecord:
+    fault: str
+    detail: str
+    start_s: float  # since the start of the run
+    end_s: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fault": self.fault, "detail": self.detail, "start_s": round(self.start_s, 3),
+                "end_s": None if self.end_s is None else round(self.end_s, 3),
+                "error": self.error}
+
+
+@dataclass
+class Nemesis:
+    cluster: NetCluster
+    faults: list[str]
+    seed: int
+    t0: float  # monotonic start of the run
+    interval_s: tuple[float, float] = (5.0, 10.0)
+    rest_s: float = 2.0  # healed time at the end of each interval
+    records: list[FaultRecord] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self._paused: list[str] = []
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # --- topology -----------------------------------------------------------------------------
+
+    def topology(self) -> dict[str, Any]:
+        """``/v1/cluster`` through HAProxy ({} when no rm answers: faults then pick at random)."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            resp = httpx.get(self.cluster.endpoint + "/v1/cluster", timeout=2.0, trust_env=False)
+            if resp.status_code == 200:
+                info: dict[str, Any] = resp.json()
+                return info
+        return {}
+
+    def _group(self, info: dict[str, Any]) -> tuple[str | None, list[str]]:
+        """(leader name or None, member names) of a random group."""
+        groups = info.get("groups") or []
+        if not groups:
+            members = [f"node-{i}" for i in range(1, 4)]
+            return None, members
+        g = self.rng.choice(groups)
+        members = [f"node-{m['id']}" for m in g.get("members", [])]
+        leader = f"node-{g['leader']}" if g.get("leader") is not None else None
+        return leader, members
+
+    def _nodes(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.cluster.nodes + 1)]
+
+    def _hosts(self) -> list[str]:
+        return list(self.cluster.net.hosts)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def apply(self, fault: str) -> str:
+        """Start ``fault``; returns what exactly it did, for the report."""
+        c, rng = self.cluster, self.rng
+        info = self.topology()
+        leader, members = self._group(info)
+        followers = [m for m in members if m != leader]
+        target_leader = leader or rng.choice(members)
+        if fault == "partition-one":
+            node = rng.choice(self._nodes())
+            c.net.partition([[node], [h for h in self._hosts() if h != node]])
+            return f"isolated {node}"
+        if fault == "partition-leader":
+            c.net.partition([[target_leader], [h for h in self._hosts() if h != target_leader]])
+            return f"isolated leader {target_leader}"
+        if fault == "partition-halves":
+            hosts = self._hosts()
+            rng.shuffle(hosts)
+            minority = hosts[: len(hosts) // 2]
+            c.net.partition([minority, hosts[len(hosts) // 2:]])
+            return f"minority {sorted(minority)}"
+        if fault == "partition-bridge":
+            hosts = [h for h in self._hosts() if h != target_leader]
+            rng.shuffle(hosts)
+            a, b = hosts[: len(hosts) // 2], hosts[len(hosts) // 2:]
+            c.net.partition([a, b])  # target_leader is in neither side: it bridges them
+            return f"bridge {target_leader} between {sorted(a)} and {sorted(b)}"
+        if fault == "partition-ring":
+            ring = self._nodes()
+            rng.shuffle(ring)
+            n = len(ring)
+            adjacent = {frozenset((ring[i], ring[(i + 1) % n])) for i in range(n)}
+            pairs = [(a, b) for i, a in enumerate(ring) for b in ring[i + 1:]
+                     if frozenset((a, b)) not in adjacent]
+            c.net.cut(pairs)
+            return f"ring {' - '.join(ring)}"
+        if fault == "partition-leader-rm":
+            rm = f"rm-{rng.randint(1, c.rms)}"
+            side = [target_leader, rm]
+            c.net.partition([side, [h for h in self._hosts() if h not in side]])
+            return f"isolated leader {target_leader} with {rm}"
+        if fault == "loss":
+            hosts = rng.sample(self._nodes(), rng.randint(1, 3))
+            p = rng.uniform(0.2, 0.4)
+            c.net.lose(hosts, p)
+            return f"{p:.0%} loss at {sorted(hosts)}"
+        if fault == "kill-follower":
+            node = rng.choice(followers or members)
+            c.kill(node)
+            return f"kill -9 {node}"
+        if fault == "kill-leader":
+            c.kill(target_leader)
+            return f"kill -9 leader {target_leader}"
+        if fault == "kill-group":
+            for m in members:
+                c.kill(m)
+            return f"kill -9 {', '.join(members)}"
+        if fault in ("pause-leader", "pause-follower"):
+            node = target_leader if fault == "pause-leader" else rng.choice(followers or members)
+            c.pause(node)
+            self._paused.append(node)
+            return f"SIGSTOP {node}"
+        if fault == "kill-rm":
+            rm = f"rm-{rng.randint(1, c.rms)}"
+            c.kill(rm)
+            return f"kill -9 {rm}"
+        if fault == "kill-meta":
+            active = info.get("meta")
+            names = {addr: f"meta-{i}" for i, addr in c.meta_addresses.items()}
+            meta = names.get(active) if isinstance(active, str) else None
+            meta = meta or f"meta-{rng.randint(1, 2)}"
+            c.kill(meta)
+            return f"kill -9 {meta} (active: {active})"
+        if fault == "kill-etcd":
+            member = f"etcd-{rng.randint(1, 3)}"
+            c.kill(member)
+            return f"kill -9 {member}"
+        if fault == "clock-skew":
+            parts = []
+            for i in range(1, c.rms + 1):
+                skew = rng.uniform(-30, 30)
+                c.clock_file(f"rm-{i}").write_text(f"{skew:+.3f}s\n")
+                parts.append(f"rm-{i} {skew:+.1f}s")
+            return "clock " + ", ".join(parts)
+        raise ValueError(f"unknown fault {fault!r}")
+
+    def heal(self) -> None:
+        """Undo every fault: rules flushed, processes continued or restarted, clocks reset."""
+        c = self.cluster
+        c.net.heal()
+        for node in self._paused:
+            c.resume(node)
+        self._paused.clear()
+        if c.skew_rms:
+            for i in range(1, c.rms + 1):
+                c.clock_file(f"rm-{i}").write_text("+0\n")
+        # SIGCONT'd and surviving processes: nothing to do; the dead are started again.
+        for name in c.names:
+            if not c.alive(name):
+                c.start()
+                break
+
+    # --- the loop (in its own thread: the faults block) ---------------------------------------
+
+    def run(self, until_s: float) -> None:
+        """Fault, hold, heal, rest; until ``until_s`` after t0 or ``stop``. Always heals."""
+        try:
+            while not self.stop.is_set():
+                interval = self.rng.uniform(*self.interval_s)
+                if self.now() + interval > until_s or not self.faults:
+                    break
+                fault = self.rng.choice(self.faults)
+                record = FaultRecord(fault, "", self.now())
+                self.records.append(record)
+                try:
+                    record.detail = self.apply(fault)
+                except Exception as err:  # noqa: BLE001 (the run goes on; the report shows it)
+                    record.error = f"{type(err).__name__}: {err}"
+                self.stop.wait(max(0.0, interval - self.rest_s))
+                try:
+                    self.heal()
+                except Exception as err:  # noqa: BLE001 (reported; the final heal retries)
+                    record.error = (record.error or "") + f" heal: {type(err).__name__}: {err}"
+                record.end_s = self.now()
+                self.stop.wait(self.rest_s)
+        finally:
+            self.heal()
