@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import crc32c
@@ -63,3 +65,45 @@ def test_valid_checksum_over_a_non_object_is_refused() -> None:
     with pytest.raises(HardStateCorrupt):
         hardstate.decode(data)
     assert hardstate.decode(hardstate.encode({"a": [1, 2]})) == {"a": [1, 2]}
+
+
+def test_a_failed_fsync_of_the_new_state_names_the_file_and_keeps_the_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller stops the process on this error (see replication/driver.py), so what matters
+    is that the error says what failed and that the old state is still the one in place."""
+    path = tmp_path / "hardstate"
+    hardstate.save(path, {"promised_epoch": 3})
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as info:
+        hardstate.save(path, {"promised_epoch": 4})
+    monkeypatch.undo()
+    assert info.value.errno == errno.EIO
+    assert "fsync failed" in str(info.value) and "hardstate.tmp" in str(info.value)
+    assert hardstate.load(path) == {"promised_epoch": 3}
+
+
+def test_a_failed_fsync_of_the_directory_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the rename only the directory fsync is left: if it fails, the new state is visible
+    but perhaps not durable, and either state is safe to find on restart (nothing acted on the
+    new one)."""
+    path = tmp_path / "hardstate"
+    real_fsync = os.fsync
+
+    def fsync_files_only(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_files_only)
+    with pytest.raises(OSError, match="fsync failed") as info:
+        hardstate.save(path, {"promised_epoch": 5})
+    monkeypatch.undo()
+    assert str(tmp_path) in str(info.value)
+    assert hardstate.load(path) in ({}, {"promised_epoch": 5})

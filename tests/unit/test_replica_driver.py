@@ -7,11 +7,17 @@ handling, group commit, apply and read-index without sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from rangekv import errors, sequencer
+from rangekv.replication import driver
 from rangekv.replication.driver import Replica
 from rangekv.replication.messages import Msg
 from rangekv.storage.engine import open_rocks
@@ -47,6 +53,16 @@ class Group:
     async def close(self, node_id: int) -> None:
         replica = self.replicas.pop(node_id)
         await replica.stop()
+        replica.engine.close()
+        replica.wal.close()
+
+    async def close_exited(self, node_id: int) -> None:
+        """Release the files of a replica whose process "exited" (``FakeExit``): its persist
+        task ended with ``Exited``, which ``stop`` passes on."""
+        self.cut.add(node_id)
+        replica = self.replicas.pop(node_id)
+        with contextlib.suppress(Exited):
+            await replica.stop()
         replica.engine.close()
         replica.wal.close()
 
@@ -139,6 +155,153 @@ def test_minority_leader_cannot_write_or_read(tmp_path: Path) -> None:
         # The majority side elects epoch 2 and serves.
         new = await g.elect(2, epoch=2)
         await new.linearizable()
+        for i in list(g.replicas):
+            await g.close(i)
+
+    asyncio.run(scenario())
+
+
+# -- disk faults -----------------------------------------------------------------------------
+
+
+class Exited(BaseException):
+    """What the stand-in for the process exit raises: it unwinds the persist thread (as
+    os._exit would end it) without ending pytest."""
+
+
+class FakeExit:
+    """Replaces ``driver._exit_process`` and records the exit codes asked for."""
+
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+
+    def __call__(self, code: int) -> None:
+        self.codes.append(code)
+        if len(self.codes) == 1:
+            raise Exited(code)
+        # Later calls come from _crash_on_error, reporting the persist task that Exited ended.
+
+
+def fail_syncs_under(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[str]:
+    """From now on fdatasync and fsync of any file under ``directory`` (one replica's WAL and
+    hard state) fail with EIO, as under ``fiu-run -x``; returns the paths of the failed calls."""
+    failed: list[str] = []
+
+    def failing(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith(f"{directory}{os.sep}"):
+                failed.append(path)
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(os, "fdatasync", failing(os.fdatasync))
+    monkeypatch.setattr(os, "fsync", failing(os.fsync))
+    return failed
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def disk_failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR and r.getMessage().startswith("disk failure")]
+
+
+def put(key: bytes, value: bytes, n: int) -> dict[str, object]:
+    return {"op": "put", "t": 7, "k": key, "v": value, "s": seq(n), "c": None}
+
+
+def test_a_follower_whose_fsync_fails_stops_without_acknowledging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        for i in g.ids:
+            await g.open(i)
+        leader = await g.elect(1, epoch=1)
+        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
+                              "s": sequencer.ZERO})
+        await leader.propose(put(b"k0", b"v0", 1))
+        exit_ = FakeExit()
+        monkeypatch.setattr(driver, "_exit_process", exit_)
+        with monkeypatch.context() as m:
+            failed = fail_syncs_under(m, tmp_path / "n2")
+            # Committed on the leader and node 3: a majority, without node 2.
+            result = await leader.propose(put(b"k1", b"v1", 2))
+            index = leader.engine.applied_index
+            await wait_until(lambda: bool(exit_.codes), "node 2 to stop")
+        assert exit_.codes[0] == driver.EXIT_DISK_FAILURE
+        assert len(failed) == 1, failed  # stopped at the first failure, retried nothing
+        assert leader.core.progress[2].match < index  # node 2 never acknowledged the entry
+        (line,) = disk_failure_lines(caplog)
+        assert "fdatasync failed" in line and failed[0] in line
+        # Restarted without the fault, node 2 cuts what it wrote after its last good sync and
+        # catches up from the leader.
+        await g.close_exited(2)
+        g.cut.discard(2)
+        n2 = await g.open(2)
+        assert n2.wal.unsynced_entries_cut >= 1
+        await wait_until(lambda: n2.engine.applied_index == leader.engine.applied_index,
+                         "node 2 to catch up")
+        assert n2.engine.get(7, b"k1") == (b"v1", result["seq"])
+        assert len({r.engine.content_hash() for r in g.replicas.values()}) == 1
+        for i in list(g.replicas):
+            await g.close(i)
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_whose_fsync_fails_acknowledges_nothing_of_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        for i in g.ids:
+            await g.open(i)
+        leader = await g.elect(1, epoch=1)
+        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
+                              "s": sequencer.ZERO})
+        await leader.propose(put(b"k0", b"v0", 1))
+        exit_ = FakeExit()
+        monkeypatch.setattr(driver, "_exit_process", exit_)
+        with monkeypatch.context() as m:
+            fail_syncs_under(m, tmp_path / "n1")
+            pending = asyncio.get_running_loop().create_task(
+                leader.propose(put(b"k1", b"v1", 2)))
+            await wait_until(lambda: bool(exit_.codes), "the leader to stop")
+            index = leader.core.last_index
+            # The followers made it durable and acknowledged it: it is committed ...
+            await wait_until(lambda: leader.status()["commit_index"] >= index,
+                             "the followers' acknowledgements")
+        assert exit_.codes[0] == driver.EXIT_DISK_FAILURE
+        assert disk_failure_lines(caplog)
+        # ... but the leader, whose own write of it failed, neither applied nor answered it
+        # (the step that took the followers' acknowledgements would have applied it).
+        await asyncio.sleep(0)
+        assert leader.status()["stable_index"] < index
+        assert leader.engine.applied_index < index
+        assert not pending.done()
+        pending.cancel()
+        await g.close_exited(1)
+        # Committed by a majority, the write survives under the next leader ...
+        new = await g.elect(2, epoch=2)
+        await new.linearizable()
+        assert new.engine.get(7, b"k1") is not None
+        # ... and the old leader, restarted without the fault, cuts its unsynced tail and
+        # catches up.
+        g.cut.discard(1)
+        old = await g.open(1)
+        assert old.wal.unsynced_entries_cut >= 1
+        await wait_until(lambda: old.engine.applied_index == new.engine.applied_index,
+                         "the old leader to catch up")
+        assert len({r.engine.content_hash() for r in g.replicas.values()}) == 1
         for i in list(g.replicas):
             await g.close(i)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -10,6 +11,7 @@ import tempfile
 import threading
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -482,6 +484,172 @@ def test_a_failed_write_makes_the_wal_unusable(
     w.close()
     w = WAL.open(tmp_path)
     assert read_all(w) == records
+    w.close()
+
+
+# -- disk faults: failed fsyncs (see "Any I/O error" in the wal module docstring) ------------
+
+
+class FailingSync:
+    """Stands in for os.fdatasync / os.fsync: records the path of every call (so a test can see
+    that nothing is retried) and, once ``failing``, fails each with EIO as a dying disk does."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.failing = False
+        self.calls: list[str] = []
+
+    def __call__(self, fd: int) -> None:
+        self.calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        self.real(fd)
+
+
+def test_a_failed_fdatasync_is_final_and_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = fill(tmp_path, 5)
+    w = WAL.open(tmp_path)
+    w.sync()
+    w.append([(1, i, payload(i)) for i in (6, 7, 8)])  # written, never made durable
+    fdatasync = FailingSync(os.fdatasync)
+    fdatasync.failing = True
+    monkeypatch.setattr(wal_module.os, "fdatasync", fdatasync)
+    with pytest.raises(OSError) as info:
+        w.sync()
+    assert info.value.errno == errno.EIO
+    assert "fdatasync failed" in str(info.value)
+    assert str(segments(tmp_path)[0]) in str(info.value)
+    assert w.failed is not None
+    # Never retried, not even by a later sync or close: the page cache cannot be trusted.
+    with pytest.raises(OSError, match="unusable"):
+        w.sync()
+    with pytest.raises(OSError, match="unusable"):
+        w.append([(1, 9, b"x")])
+    w.close()
+    assert len(fdatasync.calls) == 1
+    note = tmp_path / wal_module.SYNC_FAILED_NAME
+    assert wal_module.decode_sync_failed(note.read_bytes()) == 5
+    monkeypatch.undo()
+
+    # The restarted process does not trust what read back from the page cache after the last
+    # successful sync: entries 6..8 were never acknowledged, so they are cut, durably.
+    w = WAL.open(tmp_path)
+    assert w.unsynced_entries_cut == 3
+    assert read_all(w) == records
+    assert not note.exists()
+    assert len(record_offsets(segments(tmp_path)[0])) == 5
+    w.append([(2, 6, b"from the new leader")])
+    w.sync()
+    w.close()
+    w = WAL.open(tmp_path)
+    assert read_all(w) == [*records, (2, 6, b"from the new leader")]
+    assert w.unsynced_entries_cut == 0
+    w.close()
+
+
+def test_a_failed_fdatasync_when_rolling_a_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old segment is made durable before the next one starts; if that fails, the append
+    fails, naming the old segment, and nothing after the last sync survives a restart."""
+    records = fill(tmp_path, 4, segment_bytes_max=200)
+    w = WAL.open(tmp_path, segment_bytes_max=200)
+    w.sync()
+    fdatasync = FailingSync(os.fdatasync)
+    fdatasync.failing = True
+    monkeypatch.setattr(wal_module.os, "fdatasync", fdatasync)
+    with pytest.raises(OSError, match="fdatasync failed") as info:
+        w.append([(1, i, payload(i)) for i in range(5, 30)])
+    # Entries 1..4 fill the first segment; 5.. start a new one, whose fdatasync fails as it
+    # fills in turn, before anything is written to the third.
+    assert str(tmp_path / segment_name(5)) in str(info.value)
+    assert len(segments(tmp_path)) == 2
+    w.close()
+    monkeypatch.undo()
+    w = WAL.open(tmp_path, segment_bytes_max=200)
+    assert read_all(w) == records
+    w.close()
+
+
+def test_a_sync_that_fails_right_after_open_cuts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a log holds at open may all have been acknowledged by the run before (whose last
+    syncs are unknown): a failure before this run's first sync must never cut any of it."""
+    records = fill(tmp_path, 6)
+    w = WAL.open(tmp_path)
+    fdatasync = FailingSync(os.fdatasync)
+    fdatasync.failing = True
+    monkeypatch.setattr(wal_module.os, "fdatasync", fdatasync)
+    with pytest.raises(OSError, match="fdatasync failed"):
+        w.sync()
+    w.close()
+    monkeypatch.undo()
+    w = WAL.open(tmp_path)
+    assert read_all(w) == records
+    assert w.unsynced_entries_cut == 0
+    w.close()
+
+
+def test_open_makes_what_a_crashed_run_left_unsynced_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 between a write and its fsync leaves the records in the page cache; the next run
+    reads them and takes them as durable, so its first sync must fsync them (and the directory,
+    which may hold a segment created just before the crash)."""
+    w = WAL.open(tmp_path)
+    w.append([(1, 1, b"written")])
+    w._close_fds()  # the process dies: no sync, no close
+    fdatasync = FailingSync(os.fdatasync)
+    fsync = FailingSync(os.fsync)
+    monkeypatch.setattr(wal_module.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(wal_module.os, "fsync", fsync)
+    w = WAL.open(tmp_path)
+    assert read_all(w) == [(1, 1, b"written")]
+    w.sync()
+    assert fdatasync.calls == [str(segments(tmp_path)[0])]
+    assert fsync.calls == [str(tmp_path)]
+    assert w.syncs == 1
+    w.sync()  # nothing new: no more calls
+    assert len(fdatasync.calls) == 1
+    w.close()
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        b"",  # created, content lost (a power loss: the page cache went with it)
+        b"rangekv-wal-sync-failed 2 00000000\n",  # checksum mismatch
+        b"garbage",
+        wal_module.encode_sync_failed(7),  # at or past the end of the log: nothing to cut
+    ],
+)
+def test_a_sync_failed_note_that_does_not_apply_cuts_nothing(tmp_path: Path, note: bytes) -> None:
+    records = fill(tmp_path, 7)
+    (tmp_path / wal_module.SYNC_FAILED_NAME).write_bytes(note)
+    w = WAL.open(tmp_path)
+    assert read_all(w) == records
+    assert w.unsynced_entries_cut == 0
+    assert not (tmp_path / wal_module.SYNC_FAILED_NAME).exists()
+    w.close()
+
+
+def test_sync_failed_note_round_trip() -> None:
+    for index in (0, 1, 12345, 2**64 - 1):
+        assert wal_module.decode_sync_failed(wal_module.encode_sync_failed(index)) == index
+    assert wal_module.decode_sync_failed(wal_module.encode_sync_failed(12)[:-4]) is None
+
+
+def test_a_sync_failed_note_cuts_across_segments(tmp_path: Path) -> None:
+    records = fill(tmp_path, 30, segment_bytes_max=200)
+    assert len(segments(tmp_path)) > 2
+    (tmp_path / wal_module.SYNC_FAILED_NAME).write_bytes(wal_module.encode_sync_failed(3))
+    w = WAL.open(tmp_path, segment_bytes_max=200)
+    assert w.unsynced_entries_cut == 27
+    assert read_all(w) == records[:3]
+    assert [p.name for p in segments(tmp_path)] == [segment_name(1)]
     w.close()
 
 

@@ -196,12 +196,14 @@ class Nemesis:
             c.kill(rm)
             return f"kill -9 {rm}"
         if fault == "kill-meta":
-            active = info.get("meta")
-            names = {addr: f"meta-{i}" for i, addr in c.meta_addresses.items()}
-            meta = names.get(active) if isinstance(active, str) else None
-            meta = meta or f"meta-{rng.randint(1, 2)}"
+            active = info.get("meta")  # {"id": 1, "address": ...} of the active meta
+            meta_id = active.get("id") if isinstance(active, dict) else None
+            if meta_id in (1, 2):
+                meta, why = f"meta-{meta_id}", "the active one"
+            else:
+                meta, why = f"meta-{rng.randint(1, 2)}", "active one unknown: picked at random"
             c.kill(meta)
-            return f"kill -9 {meta} (active: {active})"
+            return f"kill -9 {meta} ({why})"
         if fault == "kill-etcd":
             member = f"etcd-{rng.randint(1, 3)}"
             c.kill(member)

@@ -60,7 +60,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rangekv import errors, wire
@@ -73,6 +73,7 @@ from rangekv.metadata.store import MetaStore
 ROLE_LEADER = "leader"
 ROLES = ("leader", "candidate", "follower", "idle")
 ADDRESS_BYTES_MAX = 256
+BROKEN_REASON_CHARS_MAX = 1000  # of a node's own account of its broken log, as recorded
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
 LEASE_REVOKE_TIMEOUT_S = 1.0
@@ -133,6 +134,7 @@ class NodeStatus:
     commit_index: int = 0
     applied_index: int = 0
     broken: bool = False
+    broken_reason: str = ""  # the node's account (a damaged file and offset), if it gave one
 
     @staticmethod
     def parse(raw: Any) -> NodeStatus:
@@ -157,6 +159,9 @@ class NodeStatus:
         role = raw.get("role") or "idle"
         if role not in ROLES:
             raise errors.InvalidArgument(f"status.role must be one of {ROLES}", field="role")
+        # A node sends the reason it refuses to serve (a string), or nil; true is accepted too.
+        broken = raw.get("broken")
+        reason = broken[:BROKEN_REASON_CHARS_MAX] if isinstance(broken, str) else ""
         return NodeStatus(
             group=group,
             epoch=count("epoch"),
@@ -166,7 +171,8 @@ class NodeStatus:
             last_index=count("last_index"),
             commit_index=count("commit_index"),
             applied_index=count("applied_index"),
-            broken=bool(raw.get("broken", False)),
+            broken=bool(broken),
+            broken_reason=reason,
         )
 
 
@@ -177,6 +183,39 @@ class Beat:
     at_s: float
     address: str
     status: NodeStatus
+
+
+def node_record(
+    node_id: int, address: str, known: Node | None, status: NodeStatus
+) -> tuple[Node, str]:
+    """The record of a node that its heartbeat calls for, and what changed ("" if nothing).
+
+    A new node is registered as a spare; a moved one gets its new address. A node that reports a
+    broken log is ``flagged`` with its reason, so that ``GET /v1/cluster`` and ``rangekv
+    cluster`` show it; it keeps its group (it is still a member, whose vote the group lacks),
+    and ``choose_leader`` and ``plan_group`` pass it over. When it reports a sound log again (its
+    data was repaired or replaced) it is a ``member`` or ``spare`` again: a broken log is the only
+    reason to flag a node so far.
+    """
+    changes: list[str] = []
+    if known is None:
+        node = Node(node_id, address, model.NODE_SPARE, None)
+        changes.append(f"node {node_id} at {address} is new: registering it as a spare")
+    else:
+        node = known
+        if known.address != address:
+            node = replace(node, address=address)
+            changes.append(f"node {node_id} moved from {known.address} to {address}")
+    if status.broken:
+        reason = status.broken_reason or "it reports a broken log"
+        if node.state != model.NODE_FLAGGED or node.reason != reason:
+            node = replace(node, state=model.NODE_FLAGGED, reason=reason)
+            changes.append(f"node {node_id} reports a broken log, flagged: {reason}")
+    elif node.state == model.NODE_FLAGGED:
+        state = model.NODE_MEMBER if node.group is not None else model.NODE_SPARE
+        node = replace(node, state=state, reason="")
+        changes.append(f"node {node_id} reports a sound log again: {state} again")
+    return node, "; ".join(changes)
 
 
 def is_live(beat: Beat | None, now_s: float, heartbeat_timeout_s: float) -> bool:
@@ -977,31 +1016,28 @@ class MetaService:
             raise errors.InvalidArgument(str(exc), field="address") from None
         status = NodeStatus.parse(req.get("status"))
         self._beats[node_id] = Beat(self._clock(), address, status)
-        node = self.view.nodes.get(node_id)
-        if (node is None or node.address != address) and node_id not in self._registering:
-            await self._register(node_id, address, node)
+        known = self.view.nodes.get(node_id)
+        record, why = node_record(node_id, address, known, status)
+        if record != known and node_id not in self._registering:
+            await self._register(record, why)
         return self._assignment(node_id, status)
 
-    async def _register(self, node_id: int, address: str, known: Node | None) -> None:
-        self._registering.add(node_id)
+    async def _register(self, node: Node, why: str) -> None:
+        """Write the record a heartbeat called for (``node_record``), if nothing changed it."""
+        self._registering.add(node.id)
         try:
-            rev = self._revs.get(model.node_key(node_id), 0)
-            if known is None:
-                node = Node(node_id, address, model.NODE_SPARE, None)
-                why = f"node {node_id} at {address} is new: registering it as a spare"
-            else:
-                node = Node(node_id, address, known.state, known.group, known.reason)
-                why = f"node {node_id} moved from {known.address} to {address}"
+            rev = self._revs.get(model.node_key(node.id), 0)
             written = await self.store.put_node(node, rev)
             if written is None:
                 self.log.info(
                     "%s: its record changed meanwhile; retrying on its next heartbeat", why
                 )
                 return
-            self.log.info("%s", why)
+            level = logging.WARNING if node.state == model.NODE_FLAGGED else logging.INFO
+            self.log.log(level, "%s", why)
             await self._wait_view(written, 1.0)
         finally:
-            self._registering.discard(node_id)
+            self._registering.discard(node.id)
 
     def _assignment(self, node_id: int, status: NodeStatus) -> dict[str, Any]:
         view = self.view

@@ -33,7 +33,7 @@ from typing import Any
 from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
-from rangekv.replication.driver import Replica
+from rangekv.replication.driver import EXIT_DISK_FAILURE, Replica
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
 from rangekv.storage import hardstate
 from rangekv.storage.engine import open_rocks
@@ -158,10 +158,11 @@ class Node:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._check_identity()
         try:
+            self._check_identity()
             wal = await asyncio.to_thread(WAL.open, self.data_dir / "wal")
-            await asyncio.to_thread(wal.sync)  # what a crash left in the page cache is ours
+            # What a crash left in the page cache is ours: the first sync fsyncs it (wal.py).
+            await asyncio.to_thread(wal.sync)
             engine = await asyncio.to_thread(open_rocks, str(self.data_dir / "index"))
             if engine.applied_index > wal.last_index:
                 raise StorageCorrupt(
@@ -173,10 +174,24 @@ class Node:
             await self.replica.start()
             log.info("node %d opened its log (last index %d, applied %d)", self.node_id,
                      wal.last_index, engine.applied_index)
+            if wal.unsynced_entries_cut:
+                log.warning("cut %d entries from the end of the log: they were written after "
+                            "the last successful sync of a run that stopped on a disk failure, "
+                            "and the group will send them again", wal.unsynced_entries_cut)
         except StorageCorrupt as err:
-            # Never serve a corrupt log: report ourselves so the controller replaces us.
+            # Never serve a corrupt log (or hard state), nor take part in replication: stay up
+            # and report ourselves (status op, heartbeat) so that meta flags us and never
+            # chooses us.
             self.broken = str(err)
-            log.error("refusing to serve: %s", err)
+            log.error("refusing to serve data or replication, local data failed verification: "
+                      "%s", err)
+        except OSError as err:
+            # The disk failed while the node's data was being opened and made durable: the same
+            # rule as a failed fsync while serving (see replication/driver.py): stop, retry
+            # nothing.
+            log.critical("disk failure while opening the node's data, stopping the node: %s",
+                         err)
+            raise SystemExit(EXIT_DISK_FAILURE) from None
         host, _, port = self.listen.rpartition(":")
         self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
                                                   int(port))
@@ -332,6 +347,11 @@ class Node:
         replica = self.replica
         if replica is None:
             raise errors.Unavailable(f"node {self.node_id} does not serve: {self.broken}")
+        if op == "content_hash":
+            # For verification (``rangekv chaos``): replicas that applied the same entries agree.
+            # Computed synchronously, so the hash and the applied index belong together.
+            return {"node_id": self.node_id, "applied": replica.engine.applied_index,
+                    "hash": replica.engine.content_hash()}
         if op in ("put", "delete", "get", "list", "add_range", "drop_table"):
             await self._until_serving(replica)
         if op == "put":

@@ -16,6 +16,14 @@ entries the core knows to be durable (below its unstable offset), by pread.
 
 Invariant kept here: a client write is acknowledged only after its entry is committed (durable
 on a majority) and applied on this leader.
+
+Disk failures: an error from a write or an fsync of the WAL or the hard state stops the process
+at once, from the persist thread (exit status ``EXIT_DISK_FAILURE``, one CRITICAL log line that
+names the call, the file and the errno). Nothing in the failed batch has been acknowledged:
+followers answer and the leader applies only after ``on_synced``, which only a successful
+batch leads to. Nothing is retried, because after a failed fsync the page cache cannot be
+trusted; the restarted node reopens its log (see ``wal.py``: it cuts what was written after the
+last successful sync) and catches up from the group.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rangekv import errors, sequencer
 from rangekv.replication.core import LEADER, Config, Core, NotLeaderError, Ready
@@ -41,6 +49,15 @@ log = logging.getLogger("rangekv.replica")
 TICK_MS = 50
 PROPOSAL_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 5.0
+EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h)
+EXIT_DISK_FAILURE = 74  # EX_IOERR: the disk failed a write or an fsync
+
+
+def _exit_process(code: int) -> NoReturn:
+    """Stop the whole process now: every thread, no cleanup that could touch the disk again.
+    (Tests replace this function to watch the driver decide to stop.)"""
+    logging.shutdown()
+    os._exit(code)
 
 
 def _crash_on_error(task: asyncio.Task[None]) -> None:
@@ -50,8 +67,7 @@ def _crash_on_error(task: asyncio.Task[None]) -> None:
         return
     log.critical("replica task %s failed; stopping the node", task.get_name(),
                  exc_info=task.exception())
-    logging.shutdown()
-    os._exit(70)
+    _exit_process(EXIT_BUG)
 
 
 def highest_seq(core: Core, engine: StateMachine) -> bytes:
@@ -80,6 +96,31 @@ class _Batch:
     after_sync: list[Msg] = field(default_factory=list)
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (asyncio logs an error for one that never is)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+PLANTED_BUG_ENV = "RANGEKV_PLANTED_BUG"
+
+
+def core_class() -> type[Core]:
+    """The replication core to run: ``Core``, unless ``RANGEKV_PLANTED_BUG`` names one of the
+    planted bugs of :mod:`rangekv.sim.bugs` (each breaks one rule of the protocol), which
+    ``rangekv chaos --planted-bug`` uses to show that the chaos run catches it."""
+    name = os.environ.get(PLANTED_BUG_ENV)
+    if not name:
+        return Core
+    from rangekv.sim.bugs import BUGS
+
+    if name not in BUGS:
+        raise SystemExit(f"{PLANTED_BUG_ENV}={name!r}: no such planted bug "
+                         f"(have {', '.join(sorted(BUGS))})")
+    log.warning("planted bug %r is enabled: this node deliberately breaks the protocol", name)
+    return BUGS[name]
+
+
 class Replica:
     """One member's replication driver. ``send(msg)`` delivers a message to a peer."""
 
@@ -99,7 +140,7 @@ class Replica:
         hard = hardstate.load(hardstate_path)
         assert engine.applied_index <= wal.last_index, (
             "state machine is ahead of the log", engine.applied_index, wal.last_index)
-        self.core = Core(
+        self.core = core_class()(
             node_id, [], wal, {k: int(v) for k, v in hard.items() if isinstance(v, int)},
             engine.applied_index, Config(noop_payload=encode_command({"op": "noop"})),
         )
@@ -134,6 +175,10 @@ class Replica:
                 await task
             except asyncio.CancelledError:
                 pass
+        # A proposal already in the log may still commit under the next leader: its outcome is
+        # unknown, never "unavailable" (which promises it did not happen).
+        self._fail_proposals(errors.OutcomeUnknown("node is shutting down; the write may "
+                                                   "still take effect"))
         self._fail_all(errors.Unavailable("node is shutting down"))
 
     # ------------------------------------------------------------------ inputs
@@ -182,6 +227,9 @@ class Replica:
         except NotLeaderError:
             raise self.not_leader() from None
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        # After a timeout (or the caller's cancellation) nobody awaits ``fut`` any more, and it
+        # may still fail later (leadership lost): that outcome is already reported as unknown.
+        fut.add_done_callback(_consume)
         self._proposals[index] = (epoch, fut)
         self._process()
         try:
@@ -201,6 +249,7 @@ class Replica:
             raise self.not_leader()
         token = next(self._read_tokens)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_consume)
         self._read_waiters[token] = fut
         try:
             self.core.read(token)
@@ -310,15 +359,29 @@ class Replica:
 
     # ------------------------------------------------------------------ persistence
     def _write_batches(self, batches: list[_Batch]) -> None:
-        """Runs in a worker thread: the only place the WAL and hard state are written."""
-        for batch in batches:
-            if batch.hardstate:
-                hardstate.save(self.hardstate_path, batch.hardstate)
-            if batch.truncate_from is not None:
-                self.wal.truncate_suffix(batch.truncate_from)
-            if batch.entries:
-                self.wal.append([(e.epoch, e.index, e.payload) for e in batch.entries])
-        self.wal.sync()
+        """Runs in a worker thread: the only place the WAL and hard state are written.
+
+        A disk error stops the process right here, in this thread: the batch's outcome never
+        reaches the event loop, which acknowledges only what ``on_synced`` reported (see "Disk
+        failures" in the module docstring).
+        """
+        try:
+            for batch in batches:
+                if batch.hardstate:
+                    hardstate.save(self.hardstate_path, batch.hardstate)
+                if batch.truncate_from is not None:
+                    self.wal.truncate_suffix(batch.truncate_from)
+                if batch.entries:
+                    self.wal.append([(e.epoch, e.index, e.payload) for e in batch.entries])
+            self.wal.sync()
+        except OSError as err:
+            log.critical(
+                "disk failure, stopping the node: %s (entries written since the last successful "
+                "sync: %d, none of them acknowledged; after a failed fsync the page cache cannot "
+                "be trusted, so nothing is retried: the log is recovered on restart)",
+                err, sum(len(b.entries) for b in batches),
+            )
+            _exit_process(EXIT_DISK_FAILURE)
 
     async def _persist_loop(self) -> None:
         while not self._closing:
@@ -332,11 +395,10 @@ class Replica:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # An fsync that fails leaves the file in an unknown state (fsyncgate): never
-                # acknowledge, never retry on the same file. Crash and recover from the log.
-                log.critical("write-ahead log write failed; stopping the node", exc_info=True)
-                logging.shutdown()
-                os._exit(70)
+                # Disk errors stopped the process in the thread already: this is a bug (a
+                # broken invariant), and the batch is in an unknown state. Never acknowledge it.
+                log.critical("persisting a batch failed; stopping the node", exc_info=True)
+                _exit_process(EXIT_BUG)
             self.stats["fsyncs"] += 1
             self.stats["entries_written"] += sum(len(b.entries) for b in batches)
             hard = [b.hardstate for b in batches if b.hardstate]

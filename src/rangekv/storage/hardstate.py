@@ -4,7 +4,11 @@ Invariants:
 
 * ``save`` is atomic: after a crash, ``load`` returns either the previous state or the new one,
   never a mix (write a temp file, fsync it, rename it over the old one, fsync the directory).
-* ``save`` is durable when it returns (a promise of an epoch must survive a power loss).
+* ``save`` is durable when it returns (a promise of an epoch must survive a power loss). If it
+  raises (the error names the failed call and file), nothing may act on the new state: after a
+  failed fsync the page cache cannot be trusted, so the caller stops the process rather than
+  retry (see ``wal.py``). The old state or the new one is then what ``load`` finds on restart;
+  either is safe, because a promise that was never announced binds no one.
 * ``load`` returns exactly what was saved or raises ``HardStateCorrupt``: the content carries a
   crc32c and a length, and nothing unverified is ever returned.
 
@@ -24,7 +28,7 @@ from typing import Any
 
 import crc32c
 
-from rangekv.storage.wal import StorageCorrupt, fsync_dir
+from rangekv.storage.wal import StorageCorrupt, fsync_dir, sync_file
 
 MAGIC = "rangekv-hardstate"
 FORMAT_VERSION = 1
@@ -89,7 +93,7 @@ def save(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        sync_file(fd, tmp, data_only=False)
     finally:
         os.close(fd)
     os.replace(tmp, target)

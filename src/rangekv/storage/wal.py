@@ -45,6 +45,11 @@ Theory of operation:
   an in-memory index (per segment, the file offset of each record; per epoch run, its first
   index), so reads are one ``pread`` per segment touched. A bounded cache keeps the payloads of
   the most recent appends, the entries a leader ships to its followers.
+* After ``open``, the first ``sync`` fdatasyncs the last segment and the directory even though
+  this process wrote nothing yet: a predecessor killed between a write and its fsync left those
+  records in the page cache (a process crash does not lose them), the scan accepted them, and
+  the replication core takes the whole log at open as durable. (Earlier segments are durable:
+  each was synced before the next one started.)
 * A torn tail is a bad record in the last segment (incomplete, a length out of bounds, or a
   checksum mismatch) with no valid record of this log anywhere after it: the remains of a write
   that a crash cut short. It is truncated away (and fsynced) on open. To decide "anywhere after"
@@ -58,9 +63,20 @@ Theory of operation:
   records only after they are in the file, so a reader never sees a record that is not there.
   Only ``truncate_suffix`` (rare) holds the lock across its I/O, so no reader can be inside a
   record, or a file, while it disappears.
-* Any I/O error while writing or syncing leaves the WAL unusable (``failed``): after a failed
-  fsync the page cache cannot be trusted, and the in-memory index may no longer match the file.
-  The node must close it and reopen (which rescans and repairs the tail) or stop.
+* Any I/O error while writing or syncing leaves the WAL unusable (``failed``), and the error
+  names the call and the file. After a failed fsync the page cache cannot be trusted (the
+  PostgreSQL "fsyncgate" lesson): the kernel may have dropped the pages it could not write back,
+  or kept them and marked them clean, so a retried fsync "succeeds" without making anything
+  durable. So nothing is retried: the process must stop without acknowledging anything written
+  since the last successful ``sync``, and reopen the log when it restarts.
+* Restarting does not empty the page cache, so the records written after the last successful
+  sync may still read back perfectly although they never reached the disk. On a failure the WAL
+  therefore leaves a note, ``sync-failed``, with the last index it had synced (written, never
+  fsynced: it only has to outlive the process, as the page cache does; after a reboot the disk
+  is the truth again and the note may be gone). ``open`` cuts the log after that index (durably)
+  before it removes the note (durably). Nothing after it was ever acknowledged as durable, so
+  this is exactly a crash that lost unsynced bytes, and the group's leader sends them again.
+  (Without the note, e.g. when even writing it failed, the log is trusted as it reads.)
 
 The log always starts at index 1 (there is no prefix truncation yet; snapshots will add it),
 so a first segment named anything else means files were lost: ``WALCorrupt``.
@@ -100,6 +116,9 @@ SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
 CACHE_BYTES_MAX_DEFAULT = 8 * 1024 * 1024
 SEGMENT_SUFFIX = ".wal"
 LOCK_NAME = "wal.lock"
+SYNC_FAILED_NAME = "sync-failed"  # see "Restarting does not empty the page cache" above
+SYNC_FAILED_MAGIC = "rangekv-wal-sync-failed"
+SYNC_FAILED_BYTES_MAX = 256
 _SEGMENT_NAME_RE = re.compile(r"^(\d{20})\.wal$")
 
 
@@ -141,16 +160,50 @@ def _corrupt(path: str, offset: int, reason: str) -> WALCorrupt:
     )
 
 
+def sync_file(fd: int, path: str, *, data_only: bool = True) -> None:
+    """fdatasync (or, with ``data_only=False``, fsync) one open file.
+
+    An error names the call and the file, because it is what the dying node logs: the caller
+    must treat it as final and never retry (see "Any I/O error" in the module docstring).
+    The call is looked up at call time so that tests can make it fail.
+    """
+    call = "fdatasync" if data_only and hasattr(os, "fdatasync") else "fsync"
+    try:
+        getattr(os, call)(fd)
+    except OSError as err:
+        raise OSError(err.errno, f"{call} failed: {err.strerror}", path) from err
+
+
 def fsync_dir(directory: str) -> None:
     """Make a directory's entries (created, renamed, removed files) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        sync_file(fd, directory, data_only=False)
     finally:
         os.close(fd)
 
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)
+def encode_sync_failed(synced_index: int) -> bytes:
+    """The ``sync-failed`` note: the last index synced before a write or sync failed.
+
+    It carries a checksum because it is never fsynced: after a power loss its name may survive
+    without its content, and a note that does not verify is ignored (the disk is then the truth).
+    """
+    assert 0 <= synced_index <= _U64_MAX, synced_index
+    body = f"{SYNC_FAILED_MAGIC} {synced_index}"
+    return f"{body} {crc32c.crc32c(body.encode()):08x}\n".encode()
+
+
+def decode_sync_failed(data: bytes) -> int | None:
+    """The index of a ``sync-failed`` note, or None if it does not verify."""
+    body, _, checksum = data.rstrip(b"\n").rpartition(b" ")
+    fields = body.split(b" ")
+    if len(fields) != 2 or fields[0] != SYNC_FAILED_MAGIC.encode() or not fields[1].isdigit():
+        return None
+    if checksum != b"%08x" % crc32c.crc32c(body):
+        return None
+    index = int(fields[1])
+    return index if index <= _U64_MAX else None
 
 
 def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -291,10 +344,14 @@ class WAL:
         self.first_index = 1
         self.last_index = 0
         self.last_epoch = 0
+        # Every entry up to here is durable or was found at open (which the first sync makes
+        # durable): never below an index this node acknowledged. The sync-failed note holds it.
+        self.synced_index = 0
         # metrics
         self.syncs = 0
         self.bytes_written = 0
         self.torn_bytes_truncated = 0  # found and cut on open; > 0 means the last run crashed
+        self.unsynced_entries_cut = 0  # cut on open after the last run's sync failed
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -308,7 +365,8 @@ class WAL:
         """Open (creating if needed) the WAL in ``directory``, which it must have to itself.
 
         Raises WALCorrupt if the log is damaged anywhere but a torn tail, WALInUse if another
-        WAL object has it open.
+        WAL object has it open, OSError if the disk fails (cutting a torn tail, or what the
+        last run wrote after its last successful sync, fsyncs).
         """
         path = os.fspath(directory)
         if not os.path.isdir(path):
@@ -323,6 +381,7 @@ class WAL:
         wal = cls(path, segment_bytes_max, cache_bytes_max, lock_fd)
         try:
             wal._load()
+            wal._cut_after_failed_sync()
         except BaseException:
             wal._close_fds()
             raise
@@ -359,6 +418,28 @@ class WAL:
             self._segment_firsts.append(first)
             self._scan(segment, is_last=position == len(firsts) - 1)
         self._cache_first = self.last_index + 1
+        # The first sync makes durable what a crashed predecessor wrote but did not sync (see
+        # the module docstring); until then nothing here was acknowledged by this process.
+        self._dirty_fds.add(self._segments[-1].fd)
+        self._dir_dirty = True
+        self.synced_index = self.last_index
+
+    def _cut_after_failed_sync(self) -> None:
+        """Cut what the last run wrote after its last successful sync if a write or sync of it
+        failed (its ``sync-failed`` note says so); then remove the note, durably."""
+        note = os.path.join(self.directory, SYNC_FAILED_NAME)
+        try:
+            with open(note, "rb") as f:
+                synced = decode_sync_failed(f.read(SYNC_FAILED_BYTES_MAX))
+        except FileNotFoundError:
+            return
+        if synced is not None and synced < self.last_index:
+            cut = self.last_index - synced
+            with self._lock:
+                self._truncate_checked(synced + 1)  # durable before the note goes
+            self.unsynced_entries_cut = cut
+        os.unlink(note)
+        fsync_dir(self.directory)
 
     def _scan(self, segment: _Segment, is_last: bool) -> None:
         """Verify one segment and index it; cut a torn tail if this is the last segment."""
@@ -406,7 +487,7 @@ class WAL:
             # A torn tail: the remains of a write cut short by a crash. Cut it durably before
             # anything new is written after it.
             os.ftruncate(segment.fd, torn_at)
-            os.fsync(segment.fd)
+            sync_file(segment.fd, segment.path, data_only=False)
             self.torn_bytes_truncated += size - torn_at
             size = torn_at
         segment.size_bytes = size
@@ -541,7 +622,7 @@ class WAL:
         try:
             self._append_checked(records)
         except BaseException as exc:
-            self.failed = exc
+            self._fail(exc)
             raise
 
     def _append_checked(self, records: Sequence[tuple[int, int, bytes]]) -> None:
@@ -609,7 +690,7 @@ class WAL:
         old = self._segments[-1]
         assert first_index == old.last_index + 1, (first_index, old.last_index)
         if old.fd in self._dirty_fds:
-            _fdatasync(old.fd)
+            sync_file(old.fd, old.path)
             with self._lock:
                 self._dirty_fds.discard(old.fd)
         return self._create_segment(first_index)
@@ -628,7 +709,7 @@ class WAL:
             try:
                 self._truncate_checked(from_index)
             except BaseException as exc:
-                self.failed = exc
+                self._fail(exc)
                 raise
 
     def _truncate_checked(self, from_index: int) -> None:
@@ -646,7 +727,7 @@ class WAL:
         assert 0 <= keep <= len(segment.offsets), (from_index, segment.first_index)
         size = segment.offsets[keep] if keep < len(segment.offsets) else segment.size_bytes
         os.ftruncate(segment.fd, size)
-        os.fsync(segment.fd)
+        sync_file(segment.fd, segment.path, data_only=False)
         if self._dir_dirty:
             fsync_dir(self.directory)
             self._dir_dirty = False
@@ -659,6 +740,7 @@ class WAL:
             self._run_epochs.pop()
         self.last_index = from_index - 1
         self.last_epoch = self._run_epochs[-1] if self._run_epochs else 0
+        self.synced_index = min(self.synced_index, self.last_index)
         while self._cache and self._cache_first + len(self._cache) > from_index:
             self._cache_bytes -= len(self._cache.pop())
         if not self._cache:
@@ -672,20 +754,44 @@ class WAL:
         self._check_usable()
         with self._lock:
             fds, dir_dirty = sorted(self._dirty_fds), self._dir_dirty
+            paths = {segment.fd: segment.path for segment in self._segments}
         if not fds and not dir_dirty:
+            self.synced_index = self.last_index
             return
         try:
             for fd in fds:
-                _fdatasync(fd)
+                sync_file(fd, paths[fd])
             if dir_dirty:
                 fsync_dir(self.directory)
         except BaseException as exc:
-            self.failed = exc
+            self._fail(exc)
             raise
         with self._lock:  # the writer is this thread, so nothing became dirty meanwhile
             self._dirty_fds.difference_update(fds)
             self._dir_dirty = self._dir_dirty and not dir_dirty
+        self.synced_index = self.last_index
         self.syncs += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        """Make the WAL unusable after an error while writing, and leave the ``sync-failed``
+        note for the next open (best effort: the disk is failing, and without the note the
+        next open merely trusts the page cache, as it would have anyway)."""
+        if self.failed is None:
+            self.failed = exc
+        try:
+            fd = os.open(
+                os.path.join(self.directory, SYNC_FAILED_NAME),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                0o644,
+            )
+            try:
+                view = memoryview(encode_sync_failed(self.synced_index))
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Sync (unless the WAL failed) and release the files. Idempotent."""
@@ -715,7 +821,7 @@ class WAL:
             raise OSError(
                 errno.EIO,
                 f"WAL in {self.directory} unusable after an earlier error: "
-                f"{self.failed!r}; close and reopen it",
+                f"{self.failed!r}; the process must stop, and reopen it when it restarts",
             )
 
     def __repr__(self) -> str:
