@@ -10,13 +10,16 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
+from urllib.parse import quote_from_bytes
 
+from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.app import RequestManager
 from rangekv.request_manager.metrics import Metrics
@@ -885,6 +888,128 @@ def test_expect_100_continue() -> None:
             answer = await exchange("/v1/tables/t/keys/", 10, send_body=False)
             assert answer.startswith(b"HTTP/1.1 400"), answer
             assert len(node.ops("put")) == 1
+        await node.stop()
+
+    run(main())
+
+
+@asynccontextmanager
+async def served(view: ClusterView) -> AsyncIterator[tuple[str, int]]:
+    """The rm as ``rangekv rm`` serves it (``RequestManager.server()``, with its own connection
+    handler and parser limits) on 127.0.0.1; yields (host, port)."""
+    source = StaticViewSource(view)
+    router = Router(source, RM_ID)
+    runner = web.ServerRunner(RequestManager(router, source, RM_ID).server(access_log=None))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield host, port
+    finally:
+        await runner.cleanup()
+        await router.close()
+
+
+async def raw_exchange(
+    host: str, port: int, data: bytes, closes: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read one answer: (status, headers with lower-case names, body). With
+    ``closes``, also check that the server closes the connection after it."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        headers = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        if closes:
+            assert await asyncio.wait_for(reader.read(), 5) == b"", "the connection stayed open"
+        return int(status_line.split()[1]), headers, body
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def test_requests_aiohttp_cannot_parse_get_our_json_error() -> None:
+    """Found by the OpenAPI fuzzer: aiohttp answers a request it cannot parse itself (here a
+    request line over its limit) with a text/plain 400, not the JSON error every other answer
+    is. Now they are ``invalid_argument`` errors like the rest, and the connection is closed."""
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with served(view) as (host, port):
+            too_long = "/v1/tables/t/keys?start=" + "%FF" * 8000
+            for request in [
+                f"GET {too_long} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS to this port
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+                b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+            ]:
+                status, headers, body = await raw_exchange(host, port, request, closes=True)
+                assert status == 400, (request[:40], status, body)
+                assert headers["content-type"].startswith("application/json"), headers
+                err = json.loads(body)["error"]
+                assert err["code"] == "invalid_argument" and err["retryable"] is False, err
+                assert err["message"].startswith("malformed HTTP request"), err
+            assert not node.requests
+        await node.stop()
+
+    run(main())
+
+
+def test_the_longest_list_request_the_api_allows_is_not_refused_by_the_parser() -> None:
+    """start and end of KEY_BYTES_MAX bytes, percent-encoded, and a cursor carrying keys of that
+    size: a request line over aiohttp's default limit (8190), which refused it."""
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with served(view) as (host, port):
+            bound = b"\xff" * limits.KEY_BYTES_MAX
+            cursor = codec.encode_cursor(codec.Cursor(1, bound, bound))
+            encoded = quote_from_bytes(bound, safe="")
+            target = (
+                f"/v1/tables/t/keys?start={encoded}&end={encoded}&after={cursor}"
+                f"&limit={limits.LIST_LIMIT_MAX}&encoding=utf8"
+            )
+            assert len(target) > 8190
+            request = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            status, _, body = await raw_exchange(host, port, request.encode())
+            assert status == 200, body
+            assert json.loads(body) == {"items": [], "next": None}
+        await node.stop()
+
+    run(main())
+
+
+def test_values_are_any_bytes_and_unknown_query_parameters_are_ignored() -> None:
+    """As the OpenAPI document says: the PUT body is stored as sent whatever its Content-Type,
+    and query parameters the document does not name are ignored."""
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            for content_type, value in [
+                ("text/xml", b"<data><a/></data>"),
+                ("application/json", b'{"not": "parsed"}'),
+                ("application/x-www-form-urlencoded", b"a=1&b=%FF"),
+            ]:
+                await h.json(
+                    "PUT",
+                    "/v1/tables/t/keys/k?cache_buster=1",
+                    200,
+                    data=value,
+                    headers={"Content-Type": content_type},
+                )
+                resp = await h.client.get("/v1/tables/t/keys/k?unknown=%FF&x")
+                assert resp.status == 200 and await resp.read() == value
+            page = await h.json("GET", "/v1/tables/t/keys?foo=bar&limit=5", 200)
+            assert [i["key"] for i in page["items"]] == ["k"]
         await node.stop()
 
     run(main())

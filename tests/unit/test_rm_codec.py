@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import msgpack
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from rangekv import errors, limits, sequencer
 from rangekv.request_manager import http_codec as codec
+from rangekv.request_manager import openapi
 from rangekv.request_manager.metrics import Metrics
 
 SEQ = sequencer.make(1_700_000_000_000_000_000, 7, 3)
@@ -93,6 +95,53 @@ def test_conditions() -> None:
     assert codec.etag(SEQ) == f'"{SEQ.hex()}"'
 
 
+def test_if_match_with_spaces_inside_is_400_not_a_short_seq() -> None:
+    """bytes.fromhex skips whitespace between bytes: 32 characters such as "aa bb ... 44" were
+    taken as an 11-byte seq and sent to the node, which refused it with a confusing message."""
+    spaced = " ".join(["aa"] * 10) + " 44"
+    assert len(spaced) == 32
+    for text in [spaced, f'"{spaced}"', SEQ.hex()[:30] + " 1"]:
+        with pytest.raises(errors.InvalidArgument, match="32 hex digits"):
+            codec.parse_conditions(text, None)
+    assert codec.parse_conditions(SEQ.hex().upper(), None) == SEQ
+
+
+_IF_MATCH_CANDIDATES = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"[0-9a-fA-F ]{32}", fullmatch=True),
+    st.builds(lambda s: f'"{s}"', st.from_regex(r"[0-9a-fA-F]{31,33}", fullmatch=True)),
+    st.from_regex(openapi.IF_MATCH_PATTERN),
+    st.sampled_from(["0" * 32, '"' + "0" * 32 + '"', "*", SEQ.hex(), f'"{SEQ.hex()}']),
+)
+
+
+@given(_IF_MATCH_CANDIDATES)
+def test_if_match_pattern_in_the_document_is_what_the_rm_accepts(text: str) -> None:
+    """The document's If-Match pattern and the codec agree on every value (the header's
+    surrounding whitespace aside: HTTP strips it before either sees it)."""
+    text = text.strip(" \t")
+    documented = re.fullmatch(openapi.IF_MATCH_PATTERN, text) is not None
+    try:
+        codec.parse_conditions(text, None)
+        accepted = True
+    except errors.InvalidArgument:
+        accepted = False
+    assert documented == accepted, repr(text)
+
+
+@given(
+    st.integers(0, 2**32),
+    st.binary(min_size=1, max_size=limits.KEY_BYTES_MAX),
+    st.one_of(st.none(), st.binary(max_size=limits.KEY_BYTES_MAX)),
+)
+def test_every_cursor_matches_the_documented_pattern(
+    table_id: int, after: bytes, end: bytes | None
+) -> None:
+    text = codec.encode_cursor(codec.Cursor(table_id, after, end))
+    assert re.fullmatch(openapi.CURSOR_PATTERN, text)
+    assert len(text) <= limits.CURSOR_BYTES_MAX
+
+
 # -- cursors ----------------------------------------------------------------------------------
 
 
@@ -168,13 +217,33 @@ def test_list_query_defaults_and_limits() -> None:
     assert codec.parse_list_query({"limit": b"1"}).limit == 1
     assert codec.parse_list_query({"limit": b"1000"}).limit == 1000
     assert codec.parse_list_query({"limit": b"5000"}).limit == limits.LIST_LIMIT_MAX
-    for bad in [b"0", b"-1", b"x", b"1.5", b"99999999999", b"\xff"]:
+    for bad in [b"0", b"-1", b"x", b"1.5", b"\xff", b"", b"000", "\u0661".encode()]:
         with pytest.raises(errors.InvalidArgument):
             codec.parse_list_query({"limit": bad})
     with pytest.raises(errors.InvalidArgument):
         codec.parse_list_query({"encoding": b"hex"})
     with pytest.raises(errors.InvalidArgument):
         codec.parse_list_query({"start": b"k" * (limits.KEY_BYTES_MAX + 1)})
+
+
+def test_list_limit_of_any_size_is_reduced_as_documented() -> None:
+    """Found by the OpenAPI fuzzer: the document says larger limits are reduced to 1000, but a
+    limit of 10 digits or more was a 400 (and the schema's maximum said larger was invalid)."""
+    for text in [b"1001", b"99999999999", b"9" * 100, b"0" * 50 + b"7"]:
+        expected = 7 if text.endswith(b"07") else limits.LIST_LIMIT_MAX
+        assert codec.parse_list_query({"limit": text}).limit == expected
+    params = openapi.document()["paths"]["/v1/tables/{table}/keys"]["get"]["parameters"]
+    (limit,) = [p for p in params if p["name"] == "limit"]
+    assert "maximum" not in limit["schema"]
+
+
+def test_empty_encoding_and_limit_are_400() -> None:
+    """Found by the OpenAPI fuzzer: ``encoding=`` and ``limit=`` were taken as the defaults,
+    although neither is a value the document allows (``key_encoding=`` was already a 400)."""
+    for name in ("encoding", "limit"):
+        with pytest.raises(errors.InvalidArgument) as info:
+            codec.parse_list_query({name: b""})
+        assert info.value.details["field"] == name
 
 
 def test_list_query_base64_bounds() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from rangekv import errors, limits
 from rangekv import log as rangekv_log
@@ -51,6 +51,13 @@ log = logging.getLogger("rangekv.rm")
 
 RETRY_AFTER_S = 1
 CLIENT_MAX_BYTES = limits.VALUE_BYTES_MAX + 1  # aiohttp's own cap; we read at most this much
+# Room for the longest request line the API allows: a list with start and end of KEY_BYTES_MAX
+# bytes each (as base64, percent-encoded: at most 3 characters for each of 4/3 as many), a cursor
+# of CURSOR_BYTES_MAX and the rest. aiohttp's default (8190) refused some of those; a longer line
+# is a 400 (JSON, like every other error).
+REQUEST_LINE_BYTES_MAX = 16 * 1024
+_BOUND_CHARS_MAX = 3 * 4 * (limits.KEY_BYTES_MAX + 2) // 3
+assert REQUEST_LINE_BYTES_MAX > 2 * _BOUND_CHARS_MAX + limits.CURSOR_BYTES_MAX + 1024
 SHUTDOWN_TIMEOUT_S = 2.0
 
 _TABLES_PREFIX = "/v1/tables/"
@@ -90,8 +97,45 @@ def error_response(err: errors.RangeKVError) -> web.Response:
     return _json_response(codec.error_body(err), err.status, headers)
 
 
+class _ConnectionHandler(web.RequestHandler):
+    """aiohttp's per-connection protocol, except that the answers aiohttp makes itself (to a
+    request it cannot parse: a malformed or overlong request line or header) are JSON errors
+    in our shape instead of text/plain, so a client parses every error the same way."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of an answer is out: aiohttp closes the connection (it raises).
+            return super().handle_error(request, status, exc, message)
+        text = (message or (str(exc) if exc is not None else "") or "")[:200]
+        err: errors.RangeKVError
+        if 400 <= status < 500:
+            # Not HTTP at all (TLS to this port, a scanner) is common and uninteresting.
+            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+            log.log(level, "malformed request from %s: %s", request.remote, text)
+            err = errors.InvalidArgument(f"malformed HTTP request: {text}")
+        else:
+            log.error("error answering a request from %s", request.remote, exc_info=exc)
+            err = errors.Internal("internal error; please report it")
+        response = error_response(err)
+        response.force_close()  # the parser's state is unknown: do not reuse the connection
+        return response
+
+
+class _Server(web.Server):
+    """``web.Server`` whose connections are ``_ConnectionHandler``s."""
+
+    def __call__(self) -> web.RequestHandler:
+        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+
+
 class RequestManager:
-    """The HTTP handlers of one rm. ``app()`` builds the aiohttp application."""
+    """The HTTP handlers of one rm. ``server()`` builds the aiohttp low-level server."""
 
     def __init__(
         self,
@@ -111,7 +155,8 @@ class RequestManager:
     def server(self, **kwargs: Any) -> web.Server:
         """aiohttp's low-level server around ``dispatch``: no router and no middlewares (we
         route on the raw path ourselves)."""
-        return web.Server(self.dispatch, request_factory=self.request_factory, **kwargs)
+        kwargs.setdefault("max_line_size", REQUEST_LINE_BYTES_MAX)
+        return _Server(self.dispatch, request_factory=self.request_factory, **kwargs)
 
     @staticmethod
     def request_factory(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -46,6 +47,9 @@ ENCODINGS = (ENCODING_UTF8, ENCODING_BASE64)
 KEY_ENCODINGS = (ENCODING_UTF8, ENCODING_BASE64)
 
 _JSON_SEPARATORS = (",", ":")
+_OWS = " \t"  # HTTP's optional whitespace around a header value (RFC 9110 5.6.3)
+_SEQ_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
+_LIMIT_DIGITS_MAX = 9  # a longer number is far above LIST_LIMIT_MAX anyway
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +140,13 @@ def b64_encode(data: bytes) -> str:
 
 def parse_seq_tag(text: str, header: str) -> bytes:
     """A seq from an entity tag: 32 hex digits, quotes optional."""
-    tag = text.strip()
+    tag = text.strip(_OWS)
     if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"':
         tag = tag[1:-1]
     try:
+        # The pattern first: bytes.fromhex skips whitespace, so "aa bb ..." would be a short seq.
+        if not _SEQ_HEX_RE.fullmatch(tag):
+            raise ValueError(tag)
         seq = sequencer.from_hex(tag)
     except ValueError:
         raise errors.InvalidArgument(
@@ -161,13 +168,13 @@ def parse_conditions(if_match: str | None, if_none_match: str | None) -> bytes |
             "send If-Match or If-None-Match, not both", field="If-None-Match"
         )
     if if_none_match is not None:
-        if if_none_match.strip() != "*":
+        if if_none_match.strip(_OWS) != "*":
             raise errors.InvalidArgument(
                 "If-None-Match supports only '*' (create only if absent)", field="If-None-Match"
             )
         return sequencer.ZERO
     if if_match is not None:
-        if if_match.strip() == "*":
+        if if_match.strip(_OWS) == "*":
             raise errors.InvalidArgument(
                 "If-Match: * is not supported; send the seq you read", field="If-Match"
             )
@@ -253,12 +260,16 @@ class ListQuery:
 
 
 def parse_limit(text: str | None) -> int:
-    """The page size: default 100, at most 1000 (larger values are reduced to 1000)."""
-    if text is None or text == "":
+    """The page size: default 100 when absent, at most 1000 (larger values, however long, are
+    reduced to 1000 as documented). ``limit=`` (empty) is not a number: 400."""
+    if text is None:
         return limits.check_list_limit(None)
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()):
         raise errors.InvalidArgument("limit must be a positive integer", field="limit")
-    return limits.check_list_limit(int(text))
+    digits = text.lstrip("0")
+    if len(digits) > _LIMIT_DIGITS_MAX:
+        return limits.LIST_LIMIT_MAX
+    return limits.check_list_limit(int(digits or "0"))
 
 
 def _bound(query: dict[str, bytes], name: str, encoding: str) -> bytes | None:
@@ -282,8 +293,10 @@ def parse_list_query(query: dict[str, bytes]) -> ListQuery:
     bound (an empty ``end`` is an empty range). With a cursor, its end bound applies; an
     explicit ``end`` must then agree with it.
     """
-    encoding = query_text(query, "encoding") or ENCODING_UTF8
-    if encoding not in ENCODINGS:
+    encoding = query_text(query, "encoding")
+    if encoding is None:
+        encoding = ENCODING_UTF8
+    elif encoding not in ENCODINGS:  # "encoding=" too: it names neither
         raise errors.InvalidArgument("encoding must be utf8 or base64", field="encoding")
     start = _bound(query, "start", encoding) or b""
     end = _bound(query, "end", encoding)

@@ -12,6 +12,10 @@ from typing import Any
 from rangekv import limits
 
 SEQ_PATTERN = "^[0-9a-f]{32}$"
+# What If-Match accepts: one seq (either case), in double quotes or bare; the zero seq is no
+# version of anything and is refused (If-None-Match: * asks for "absent").
+IF_MATCH_PATTERN = '^(?!"?0{32}"?$)("[0-9a-fA-F]{32}"|[0-9a-fA-F]{32})$'
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*={0,2}$"  # base64url, padding optional
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -80,7 +84,7 @@ def document() -> dict[str, Any]:
             "text or any bytes; encode '/' as %2F and '%' as %25). With key_encoding=base64 "
             "the segment is base64url of the key's bytes (padding optional)."
         ),
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "minLength": 1},
     }
     key_encoding_param = {
         "name": "key_encoding",
@@ -95,9 +99,9 @@ def document() -> dict[str, Any]:
         "required": False,
         "description": (
             "Only if the key's current seq equals this one (32 hex digits, quotes optional, "
-            "as in the ETag of a get). '*' is not supported."
+            "as in the ETag of a get). '*' and the zero seq are not supported."
         ),
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
     }
     if_none_match = {
         "name": "If-None-Match",
@@ -148,7 +152,11 @@ def document() -> dict[str, Any]:
                 "The opaque cursor of a previous page (its next field): resume strictly after "
                 "that page's last key, with that page's end bound."
             ),
-            "schema": {"type": "string", "maxLength": limits.CURSOR_BYTES_MAX},
+            "schema": {
+                "type": "string",
+                "maxLength": limits.CURSOR_BYTES_MAX,
+                "pattern": CURSOR_PATTERN,
+            },
         },
         {
             "name": "limit",
@@ -159,12 +167,8 @@ def document() -> dict[str, Any]:
                 f"A page may hold fewer (it stops after about {limits.LIST_BYTES_MAX} bytes); "
                 "only a null next means the listing is complete."
             ),
-            "schema": {
-                "type": "integer",
-                "minimum": 1,
-                "default": limits.LIST_LIMIT_DEFAULT,
-                "maximum": limits.LIST_LIMIT_MAX,
-            },
+            # No maximum: larger values are accepted and reduced (see the description).
+            "schema": {"type": "integer", "minimum": 1, "default": limits.LIST_LIMIT_DEFAULT},
         },
         {
             "name": "encoding",
@@ -247,7 +251,8 @@ def document() -> dict[str, Any]:
                 "16-byte sequencer (seq, 32 hex digits) usable for conditional writes. "
                 "Errors are JSON {error: {code, message, retryable, ...}}; 503 answers carry "
                 "Retry-After. An unknown path is 404 not_found; a known path with a wrong "
-                "method is 405 method_not_allowed with an Allow header."
+                "method is 405 method_not_allowed with an Allow header. Query parameters and "
+                "headers not described here are ignored."
             ),
         },
         "paths": {
@@ -354,10 +359,13 @@ def document() -> dict[str, Any]:
                     "parameters": [if_match, if_none_match],
                     "requestBody": {
                         "required": False,
-                        "description": f"The value: 0..{value_bytes_max} bytes.",
-                        "content": {
-                            "*/*": {"schema": {"type": "string", "maxLength": value_bytes_max}}
-                        },
+                        "description": (
+                            f"The value: any 0..{value_bytes_max} bytes, stored as sent; the "
+                            "Content-Type is not looked at (a larger body is 413)."
+                        ),
+                        # No schema: every byte string is a value. (A string schema with
+                        # maxLength would count characters, and imply a JSON string.)
+                        "content": {"*/*": {}},
                     },
                     "responses": _common(
                         (
