@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from rangekv import errors
 from rangekv.cluster.local import LocalCluster, running_cluster
+from rangekv.testing.load import Writers, check_all_acked, group_members, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,75 +34,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield c
 
 
-class Writers:
-    """Concurrent writers of unique keys; remembers exactly what was acknowledged."""
-
-    def __init__(self, endpoint: str, table: str, count: int) -> None:
-        self.endpoint, self.table = endpoint, table
-        self.acked: dict[str, tuple[str, str]] = {}
-        self.failed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(count)]
-
-    def _run(self, w: int) -> None:
-        with httpx.Client(base_url=self.endpoint, timeout=10) as http:
-            i = 0
-            while not self._stop.is_set():
-                key, value = f"w{w:02d}-{i:06d}", f"v-{w}-{i}"
-                i += 1
-                try:
-                    r = http.put(f"/v1/tables/{self.table}/keys/{key}", content=value)
-                except httpx.HTTPError:
-                    with self._lock:
-                        self.failed += 1
-                    continue
-                with self._lock:
-                    if r.status_code == 200:
-                        self.acked[key] = (value, r.json()["seq"])
-                    else:
-                        self.failed += 1
-
-    def __enter__(self) -> Writers:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.acked)
-
-
-def group_members(endpoint: str) -> tuple[int | None, list[int]]:
-    group = httpx.get(f"{endpoint}/v1/cluster", timeout=10).json()["groups"][0]
-    return group["leader"], [m["id"] for m in group["members"]]
-
-
-def check_all_acked(endpoint: str, table: str, acked: dict[str, tuple[str, str]]) -> None:
-    missing, wrong = [], []
-    with httpx.Client(base_url=endpoint, timeout=10) as http:
-        for key, (value, seq) in acked.items():
-            r = http.get(f"/v1/tables/{table}/keys/{key}")
-            if r.status_code != 200:
-                missing.append((key, r.status_code))
-            elif r.text != value or r.headers["x-rangekv-seq"] != seq:
-                wrong.append((key, r.text, r.headers.get("x-rangekv-seq"), value, seq))
-    assert not missing, f"{len(missing)} acknowledged puts lost, e.g. {missing[:5]}"
-    assert not wrong, f"{len(wrong)} acknowledged puts changed, e.g. {wrong[:5]}"
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_kill_whole_group_during_writes_loses_no_acknowledged_put(cluster: LocalCluster) -> None:
     endpoint = cluster.endpoint
     httpx.put(f"{endpoint}/v1/tables/crash", timeout=30).raise_for_status()
@@ -114,7 +45,7 @@ def test_kill_whole_group_during_writes_loses_no_acknowledged_put(cluster: Local
             cluster.kill(f"node-{m}")
         time.sleep(LOAD_AFTER_KILL_S)
     acked = dict(writers.acked)
-    print(f"acknowledged {len(acked)} puts, {writers.failed} failed or unknown")
+    print(f"acknowledged {len(acked)} puts, {len(writers.errors)} failed or unknown")
     assert len(acked) >= 200
     cluster.start()
     cluster.wait_ready(READY_TIMEOUT_S)

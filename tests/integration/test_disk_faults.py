@@ -28,11 +28,9 @@ import shutil
 import signal
 import struct
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +42,13 @@ from rangekv.metadata.model import NODE_FLAGGED, NODE_MEMBER, NODE_SPARE, Node
 from rangekv.metadata.service import NodeStatus, node_record
 from rangekv.replication.driver import EXIT_DISK_FAILURE
 from rangekv.storage.wal import RECORD_HEADER_BYTES, segment_name
+from rangekv.testing.load import (
+    Writers,
+    check_all_acked,
+    cluster_info,
+    group_members,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -62,91 +67,6 @@ FSYNC_FAULT = "enable name=posix/io/sync/*,failinfo=5"  # EIO from fsync and fda
 
 
 # --- load and checks ----------------------------------------------------------------------------
-
-
-class Writers:
-    """Threads putting unique keys through HAProxy. A put counts as acknowledged only when it
-    was answered 200 with a seq; any other answer (503, 504, a dropped connection) is recorded
-    as an error and never counted, since its outcome is unknown to the client."""
-
-    def __init__(self, endpoint: str, table: str, count: int, tag: str) -> None:
-        self.endpoint, self.table, self.tag = endpoint, table, tag
-        self.acked: dict[str, tuple[str, str]] = {}  # key -> (value, seq)
-        self.errors: dict[str, str] = {}  # key -> the answer
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(count)]
-
-    def _run(self, w: int) -> None:
-        with httpx.Client(base_url=self.endpoint, timeout=10, trust_env=False) as http:
-            i = 0
-            while not self._stop.is_set():
-                key, value = f"{self.tag}-{w:02d}-{i:06d}", f"v-{self.tag}-{w}-{i}"
-                i += 1
-                try:
-                    r = http.put(f"/v1/tables/{self.table}/keys/{key}", content=value)
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.errors[key] = type(exc).__name__
-                    continue
-                with self._lock:
-                    if r.status_code == 200:
-                        self.acked[key] = (value, r.json()["seq"])
-                    else:
-                        self.errors[key] = str(r.status_code)
-
-    def __enter__(self) -> Self:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-        assert not any(t.is_alive() for t in self._threads), "a writer thread hangs"
-        # Every key is tried once, so a key answered with an error can never be acknowledged.
-        assert not self.acked.keys() & self.errors.keys()
-        answers: dict[str, int] = {}
-        for answer in self.errors.values():
-            answers[answer] = answers.get(answer, 0) + 1
-        print(f"writers {self.tag}: {len(self.acked)} acknowledged, errors {answers}")
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.acked)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.05)
-
-
-def cluster_info(endpoint: str) -> dict[str, Any]:
-    r = httpx.get(f"{endpoint}/v1/cluster", timeout=10, trust_env=False)
-    r.raise_for_status()
-    info: dict[str, Any] = r.json()
-    return info
-
-
-def group_members(endpoint: str) -> tuple[int | None, list[int]]:
-    group = cluster_info(endpoint)["groups"][0]
-    return group["leader"], [m["id"] for m in group["members"]]
-
-
-def check_all_acked(endpoint: str, table: str, acked: dict[str, tuple[str, str]]) -> None:
-    missing, wrong = [], []
-    with httpx.Client(base_url=endpoint, timeout=10, trust_env=False) as http:
-        for key, (value, seq) in acked.items():
-            r = http.get(f"/v1/tables/{table}/keys/{key}")
-            if r.status_code != 200:
-                missing.append((key, r.status_code))
-            elif r.text != value or r.headers["x-rangekv-seq"] != seq:
-                wrong.append((key, r.text, r.headers.get("x-rangekv-seq"), value, seq))
-    assert not missing, f"{len(missing)} acknowledged puts lost, e.g. {missing[:5]}"
-    assert not wrong, f"{len(wrong)} acknowledged puts changed, e.g. {wrong[:5]}"
 
 
 def node_request(cluster: LocalCluster, node: int, op: str, **fields: Any) -> dict[str, Any]:

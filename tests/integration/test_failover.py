@@ -20,17 +20,16 @@ below are generous upper bounds that only turn a hang into a failure with the lo
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import pytest
 
 from rangekv import errors, wire
 from rangekv.cluster.local import LocalCluster, running_cluster
+from rangekv.testing.load import Write, Writers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -51,67 +50,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
-# --- load ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Write:
-    key: str
-    value: str
-    sent: float  # time.monotonic() when the request was sent
-    done: float
-    status: int  # HTTP status; 0 when the connection failed
-    seq: str | None
-
-
-class Writers:
-    """Threads putting unique keys through HAProxy; every outcome is recorded."""
-
-    def __init__(self, endpoint: str, count: int = WRITERS, tag: str = "") -> None:
-        self.endpoint = endpoint
-        self.tag = tag or f"{time.monotonic_ns():x}"
-        self.writes: list[Write] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(count)]
-
-    def _run(self, w: int) -> None:
-        with httpx.Client(base_url=self.endpoint, timeout=15, trust_env=False) as http:
-            i = 0
-            while not self._stop.is_set():
-                key, value = f"{self.tag}-w{w}-{i:06d}", f"v{w}-{i}-{self.tag}"
-                i += 1
-                sent = time.monotonic()
-                seq = None
-                try:
-                    r = http.put(f"/v1/tables/{TABLE}/keys/{key}", content=value)
-                    status = r.status_code
-                    if status == 200:
-                        seq = r.json()["seq"]
-                except httpx.HTTPError:
-                    status = 0
-                with self._lock:
-                    self.writes.append(Write(key, value, sent, time.monotonic(), status, seq))
-                if status != 200:
-                    time.sleep(0.02)
-
-    def acked(self) -> int:
-        with self._lock:
-            return sum(1 for w in self.writes if w.status == 200)
-
-    def acked_since(self, t: float) -> int:
-        with self._lock:
-            return sum(1 for w in self.writes if w.status == 200 and w.sent >= t)
-
-    def __enter__(self) -> Self:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+def writers(c: LocalCluster) -> Writers:
+    return Writers(c.endpoint, TABLE, WRITERS, timeout_s=15, pause_after_error_s=0.02)
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -215,8 +155,8 @@ def test_kill_leader_under_load(cluster: LocalCluster) -> None:
     with c.logs_on_failure(lines=60):
         g0 = wait_caught_up(c)
         leader, epoch = g0["leader"], g0["epoch"]
-        with Writers(c.endpoint) as w:
-            wait_for(lambda: w.acked() >= 50, 30, "50 acknowledged puts")
+        with writers(c) as w:
+            wait_for(lambda: w.count() >= 50, 30, "50 acknowledged puts")
             c.kill(f"node-{leader}")
             killed_at = time.monotonic()
             g1 = wait_for(lambda: new_leader(c, epoch, leader), FAILOVER_WAIT_S, "a new leader")
@@ -244,8 +184,8 @@ def test_paused_leader_steps_down_and_nothing_it_accepted_late_is_acknowledged(
         g0 = wait_caught_up(c)
         old, epoch = g0["leader"], g0["epoch"]
         name = f"node-{old}"
-        with Writers(c.endpoint) as w:
-            wait_for(lambda: w.acked() >= 50, 30, "50 acknowledged puts")
+        with writers(c) as w:
+            wait_for(lambda: w.count() >= 50, 30, "50 acknowledged puts")
             c.pause(name)
             paused_at = time.monotonic()
             try:
@@ -274,9 +214,9 @@ def test_paused_leader_steps_down_and_nothing_it_accepted_late_is_acknowledged(
                 FAILOVER_WAIT_S,
                 f"{name} to step down and follow epoch {g1['epoch']}",
             )
-            after = w.acked()
+            after = w.count()
             wait_for(
-                lambda: w.acked() >= after + 50,
+                lambda: w.count() >= after + 50,
                 FAILOVER_WAIT_S,
                 "puts acknowledged after the old leader came back",
             )
@@ -328,8 +268,8 @@ def test_kill_active_meta_then_leader(cluster: LocalCluster) -> None:
         assert meta["address"] == c.meta_addresses[meta["id"]]
         standby = next(n for n in (f"meta-{i}" for i in c.meta_addresses) if n != active)
         assert c.alive(standby)
-        with Writers(c.endpoint) as w:
-            wait_for(lambda: w.acked() >= 30, 30, "30 acknowledged puts")
+        with writers(c) as w:
+            wait_for(lambda: w.count() >= 30, 30, "30 acknowledged puts")
             c.kill(active)
             c.kill(f"node-{leader}")
             killed_at = time.monotonic()
