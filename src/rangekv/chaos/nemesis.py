@@ -227,11 +227,8 @@ class Nemesis:
         if c.skew_rms:
             for i in range(1, c.rms + 1):
                 c.clock_file(f"rm-{i}").write_text("+0\n")
-        # SIGCONT'd and surviving processes: nothing to do; the dead are started again.
-        for name in c.names:
-            if not c.alive(name):
-                c.start()
-                break
+        if any(not c.alive(name) for name in c.names):
+            c.start()  # starts exactly what is not running
 
     # --- the loop (in its own thread: the faults block) ---------------------------------------
 

@@ -102,7 +102,7 @@ class Workload:
         self.ops_per_key = ops_per_key
         self.active_keys = max(2, clients // 3)
         self._keys: list[str] = []
-        self._key_ops: dict[str, int] = {}
+        self._key_ops: dict[str, int] = {}  # every key ever used, in order -> ops on it
         self._next_key = 0
         self._next_value = 0
         self._next_process = clients + set_clients
@@ -110,9 +110,12 @@ class Workload:
         self.set = SetState()
         self._next_element = 0
         self.stop = asyncio.Event()
-        self.all_keys: list[str] = []
 
     # --- keys and values ----------------------------------------------------------------------
+
+    @property
+    def all_keys(self) -> list[str]:
+        return list(self._key_ops)
 
     def _key(self) -> str:
         while len(self._keys) < self.active_keys:
@@ -120,7 +123,6 @@ class Workload:
             self._next_key += 1
             self._keys.append(key)
             self._key_ops[key] = 0
-            self.all_keys.append(key)
         key = self.rng.choice(self._keys)
         self._key_ops[key] += 1
         if self._key_ops[key] >= self.ops_per_key:
