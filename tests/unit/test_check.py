@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv.check import gen, kvdistinct, wgl
 from rangekv.check import main as cmain
-from rangekv.check import wgl
 from rangekv.check.models import MODELS
 from rangekv.check.parse import BadHistory, parse_edn, read_history
 
@@ -475,3 +475,350 @@ def test_larger_history_fifty_clients_is_fast() -> None:
              and ':value ""' not in line)
     lines[i] = lines[i].rsplit(":value", 1)[0] + ':value "lost"}\n'
     assert verdict("kv", "".join(lines)) == wgl.ILLEGAL
+
+
+# ---------------------------------------------------------------------------------------------
+# kv against a brute-force oracle: small histories of puts, appends and gets, some of unknown
+# outcome, linearizable or not, with distinct values (the model's own decision) or colliding
+# ones (the search)
+
+
+def brute_force(model: str, ops: list[Any]) -> bool:
+    """Is the history linearizable? By trying every order of the operations (each after all
+    those that returned before it was called), each of unknown outcome taking effect once or
+    never; the whole history at once (no partitions). Memoized on (done, state) only."""
+    m = MODELS[model]
+    for o in ops:
+        m.prepare(o)
+    ops = [o for o in ops if o.known or o.f not in m.pure]
+    n = len(ops)
+    keys = sorted({o.key for o in ops}, key=str)
+    init = tuple(m.init(k) for k in keys)
+    need = sum(1 << i for i, o in enumerate(ops) if o.known)
+    seen: set[tuple[int, Any]] = set()
+
+    def go(done: int, state: tuple[Any, ...]) -> bool:
+        if done & need == need:
+            return True
+        if (done, state) in seen:
+            return False
+        seen.add((done, state))
+        owed = min(ops[i].ret for i in range(n) if not done >> i & 1 and ops[i].known)
+        for i, o in enumerate(ops):
+            if done >> i & 1 or o.call > owed:
+                continue
+            j = keys.index(o.key)
+            for s in m.step(state[j], o):
+                if go(done | 1 << i, state[:j] + (s,) + state[j + 1:]):
+                    return True
+        return False
+
+    return go(0, init)
+
+
+@st.composite
+def kv_small_histories(draw: st.DrawFn) -> str:
+    """A history made by a store that applies each operation at one point of its interval (or,
+    for a timed-out one, maybe later or never), whose reads are then sometimes tampered with."""
+    procs = draw(st.integers(1, 4))
+    nkeys = draw(st.integers(1, 2))
+    distinct = draw(st.booleans())  # distinct values, or a small alphabet that collides
+    store: dict[str, str] = {}
+    open_ops: dict[int, list[Any]] = {}  # proc -> [f, key, value, applied, result, outcome]
+    late: list[list[Any]] = []
+    events: list[tuple[int, str, str, str, str | None]] = []
+    next_proc = procs
+    alive = list(range(procs))
+    count = 0
+    for _ in range(draw(st.integers(1, 45))):
+        p = draw(st.sampled_from(alive))
+        op = open_ops.get(p)
+        action = draw(st.integers(0, 9))
+        if late and action == 0:
+            f, k, v = late.pop(0)[:3]  # a timed-out operation takes effect now
+            store[k] = v if f == "put" else store.get(k, "") + v
+        elif op is None:
+            count += 1
+            f = draw(st.sampled_from(["get", "get", "append", "append", "put"]))
+            k = str(draw(st.integers(0, nkeys - 1)))
+            if f == "get":
+                v = None
+            elif distinct:
+                v = f"<{count}>"
+            else:
+                v = draw(st.sampled_from(["a", "b", "ab", "ba"]))
+            outcome = draw(st.sampled_from(["ok", "ok", "ok", "info", "fail"]))
+            open_ops[p] = [f, k, v, False, None, outcome]
+            events.append((p, "invoke", f, k, v))
+        elif not op[3] and not (op[5] == "fail" and op[0] != "get"):
+            f, k, v = op[:3]
+            if f == "get":
+                op[4] = store.get(k, "")
+            elif op[5] == "info" and draw(st.booleans()):
+                late.append(op)  # after its timeout, or never
+            else:
+                store[k] = v if f == "put" else store.get(k, "") + v
+            op[3] = True
+        else:
+            f, k, v, applied, res, outcome = open_ops.pop(p)
+            if outcome == "ok" and f == "get" and not applied:
+                open_ops[p] = [f, k, v, applied, res, outcome]
+                continue
+            if outcome == "info" or (outcome == "fail" and f == "get"):
+                events.append((p, "info", f, k, v))
+                alive.remove(p)
+                alive.append(next_proc)
+                next_proc += 1
+            elif outcome == "fail":
+                events.append((p, "fail", f, k, v))
+            elif f == "get":
+                if draw(st.integers(0, 2)) == 0:  # tamper
+                    res = draw(st.sampled_from(
+                        [res[:-1], res[1:], res + "a", res[::-1], "", res + res[-3:]]))
+                events.append((p, "ok", f, k, res))
+            elif not applied:
+                open_ops[p] = [f, k, v, applied, res, outcome]
+                continue
+            else:
+                events.append((p, "ok", f, k, v))
+    return edn(*events) if events else edn((0, "invoke", "get", "0", None))
+
+
+def valid_linearization(model: str, ops: list[Any], order: list[Any]) -> bool:
+    """Is ``order`` a linearization of the partition ``ops``: every operation of known outcome
+    once, others at most once, in an order that respects real time, each step legal?"""
+    m = MODELS[model]
+    ids = [id(o) for o in order]
+    if len(set(ids)) != len(ids) or not set(ids) <= {id(o) for o in ops}:
+        return False
+    if not {id(o) for o in ops if o.known} <= set(ids):
+        return False
+    mx = -1.0
+    state = m.init(order[0].key if order else None)
+    for o in order:
+        if o.ret < mx:
+            return False
+        mx = max(mx, o.call)
+        nxt = m.step(state, o)
+        if len(nxt) != 1:
+            return False
+        state = nxt[0]
+    return True
+
+
+@settings(max_examples=600, deadline=None)
+@given(kv_small_histories())
+def test_kv_agrees_with_brute_force(text: str) -> None:
+    expected = brute_force("kv", read_history(text))
+    got = verdict("kv", text)
+    assert got == (wgl.OK if expected else wgl.ILLEGAL), text
+    # and when the distinct-values procedure answers yes, its linearization is one
+    kv = MODELS["kv"]
+    for key, part in wgl.partition(kv, read_history(text)).items():
+        part = kv.prune([o for o in part if o.known or o.f != "get"])
+        d = kvdistinct.decide(part, time.monotonic() + 10)
+        if d is not None and d.linearizable:
+            assert valid_linearization("kv", part, d.order), (key, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(register_histories(), st.data())
+def test_register_agrees_with_brute_force(hist: tuple[str, list[int]], data: st.DataObject,
+                                          ) -> None:
+    """Generated register histories, some reads changed to any value (so linearizable or
+    not): the search (with its pruning of interchangeable unknown outcomes) agrees with
+    trying every order."""
+    text, reads = hist
+    lines = text.splitlines()
+    for i in reads:
+        if data.draw(st.integers(0, 3)) == 0:
+            lines[i] = lines[i].rsplit("\t", 1)[0] + "\t" + data.draw(
+                st.sampled_from(["nil", "0", "1", "2", "3"]))
+    text = "\n".join(lines) + "\n"
+    expected = brute_force("register", read_history(text))
+    assert verdict("register", text) == (wgl.OK if expected else wgl.ILLEGAL), text
+
+
+# ---------------------------------------------------------------------------------------------
+# dense kv histories (50 clients on one key, many timeouts): the distinct-values procedure
+
+
+@pytest.mark.parametrize("info", [0.0, 0.1, 0.3])
+def test_dense_append_history_is_fast(info: float) -> None:
+    text = gen.kv_history(3, clients=50, nops=4000, keys=1, info=info)
+    ops = read_history(text)
+    t0 = time.monotonic()
+    v, results = wgl.check(MODELS["kv"], ops)
+    assert v == wgl.OK
+    assert time.monotonic() - t0 < 3  # about 0.05 s; the search alone could not decide
+    assert results[0].states == 0  # decided without searching
+
+
+@pytest.mark.parametrize("fault", sorted(gen.FAULTS))
+@pytest.mark.parametrize("info", [0.0, 0.3])
+def test_dense_faulty_histories_are_rejected(tmp_path: Path, fault: str, info: float) -> None:
+    text = gen.kv_history(4, clients=50, nops=2000, keys=1, info=info, fault=fault)
+    t0 = time.monotonic()
+    code, out = run_cli(tmp_path, "kv", text)
+    assert code == 1, out  # never 0 (a wrong pass) nor 2 (undecided)
+    assert time.monotonic() - t0 < 5
+    assert "why: " in out and "none of these can go next" in out
+
+
+@pytest.mark.parametrize("fault", [None, "phantom", "double", "reorder"])
+def test_dense_histories_with_puts(fault: str | None) -> None:
+    """Puts split the key's history into epochs (see kvdistinct); these faults stay certain
+    with puts (a value nobody wrote, a write seen twice, two appends seen in both orders)."""
+    text = gen.kv_history(5, clients=50, nops=3000, keys=2, info=0.2, puts=0.1, fault=fault)
+    t0 = time.monotonic()
+    v, results = wgl.check(MODELS["kv"], read_history(text))
+    assert v == (wgl.OK if fault is None else wgl.ILLEGAL)
+    assert time.monotonic() - t0 < 3
+    assert all(r.states == 0 for r in results)
+
+
+def test_generator_is_reproducible_and_linearizable_when_small() -> None:
+    a = gen.kv_history(9, clients=4, nops=12, info=0.3, puts=0.2)
+    assert a == gen.kv_history(9, clients=4, nops=12, info=0.3, puts=0.2)
+    assert a != gen.kv_history(10, clients=4, nops=12, info=0.3, puts=0.2)
+    for seed in range(40):
+        text = gen.kv_history(seed, clients=4, nops=10, info=0.3, puts=0.2)
+        assert brute_force("kv", read_history(text)), text
+    for fault in gen.FAULTS:  # the faults are certain, checked the slow way
+        text = gen.kv_history(1, clients=3, nops=14, info=0.2, fault=fault, fault_at=0.3)
+        assert not brute_force("kv", read_history(text)), (fault, text)
+
+
+def kv_ops(*spec: tuple[int, str, str, str | None, str]) -> str:
+    """(process, f, value, result, how) -> EDN: how is "ok", "info", or "open" (no completion);
+    the events are invoke and completion, one operation after the other unless ``how`` is
+    "<" (invoke only; completed by a later ("ok>") entry for the same process)."""
+    ev: list[tuple[int, str, str, str, str | None]] = []
+    for p, f, v, res, how in spec:
+        if how in ("ok", "info", "open", "<"):
+            ev.append((p, "invoke", f, "k", v))
+        if how in ("ok", "ok>"):
+            ev.append((p, "ok", f, "k", res if f == "get" else v))
+        elif how == "info":
+            ev.append((p, "info", f, "k", v))
+    return edn(*ev)
+
+
+def checked(model: str, text: str) -> str:
+    """The verdict, asserted to agree with the brute-force oracle."""
+    v = verdict(model, text)
+    assert v == (wgl.OK if brute_force(model, read_history(text)) else wgl.ILLEGAL), text
+    return v
+
+
+def test_kv_distinct_values_epochs() -> None:
+    # two puts, each read with appends after it; the epochs can go in one order only
+    h = kv_ops((0, "put", "P1", None, "ok"), (1, "append", "a", None, "ok"),
+               (2, "get", None, "P1a", "ok"), (0, "put", "P2", None, "ok"),
+               (2, "get", None, "P2", "ok"), (1, "append", "b", None, "ok"),
+               (2, "get", None, "P2b", "ok"))
+    assert checked("kv", h) == wgl.OK
+    # a get reading P1 after P2's epoch was seen, with no time overlap: not linearizable
+    bad = h + kv_ops((3, "get", None, "P1a", "ok"))
+    assert checked("kv", bad) == wgl.ILLEGAL
+    # an acknowledged put nobody read must fit where no get sees it: here it cannot
+    h3 = kv_ops((0, "append", "a", None, "ok"), (1, "put", "Z", None, "ok"),
+                (2, "get", None, "a", "ok"))
+    assert checked("kv", h3) == wgl.ILLEGAL
+    # ... but concurrent with the get it can go after it
+    h4 = kv_ops((0, "append", "a", None, "ok"), (1, "put", "Z", None, "<"),
+                (2, "get", None, "a", "ok"), (1, "put", "Z", None, "ok>"))
+    assert checked("kv", h4) == wgl.OK
+
+
+def test_kv_distinct_values_split_must_extend() -> None:
+    # appends "a", "bc" and "ab": "ab" splits only as [ab], "abc" only as [a, bc]; with no put
+    # the second state must extend the first, so no order works
+    h = kv_ops((0, "append", "a", None, "<"), (1, "append", "bc", None, "<"),
+               (2, "append", "ab", None, "<"), (0, "append", "a", None, "ok>"),
+               (1, "append", "bc", None, "ok>"), (2, "append", "ab", None, "ok>"),
+               (3, "get", None, "ab", "ok"), (3, "get", None, "abc", "ok"))
+    assert checked("kv", h) == wgl.ILLEGAL
+    assert brute_force("kv", read_history(h)) is False
+    # with colliding splits ("a"+"b" or "ab"), the search decides
+    h2 = kv_ops((0, "append", "a", None, "<"), (1, "append", "b", None, "<"),
+                (2, "append", "ab", None, "info"), (0, "append", "a", None, "ok>"),
+                (1, "append", "b", None, "ok>"), (3, "get", None, "ab", "ok"))
+    ops = read_history(h2)
+    for o in ops:
+        MODELS["kv"].prepare(o)
+    assert kvdistinct.decide(ops, time.monotonic() + 1) is None
+    assert checked("kv", h2) == wgl.OK
+
+
+def test_kv_prune_keeps_what_could_matter() -> None:
+    # an unknown put of "" is in every value read: kept, and it explains the empty read
+    h = kv_ops((0, "append", "a", None, "ok"), (1, "put", "", None, "info"),
+               (2, "get", None, "", "ok"))
+    assert checked("kv", h) == wgl.OK
+    # an unknown put never read is left out; it could not explain this read anyway
+    h2 = kv_ops((0, "append", "a", None, "ok"), (1, "put", "zz", None, "info"),
+                (2, "get", None, "", "ok"))
+    assert checked("kv", h2) == wgl.ILLEGAL
+    ops = read_history(h2)
+    for o in ops:
+        MODELS["kv"].prepare(o)
+    assert [o.value for o in MODELS["kv"].prune(ops)] == ["a", None]
+    # an unknown append read is kept (it took effect)
+    h3 = kv_ops((1, "append", "b", None, "info"), (0, "append", "a", None, "ok"),
+                (2, "get", None, "ba", "ok"))
+    assert checked("kv", h3) == wgl.OK
+
+
+def test_interchangeable_unknown_outcomes_are_tried_once() -> None:
+    # 40 timed-out writes of the same value and a read nobody wrote: 2^40 subsets before
+    ev = [f"{p} invoke write 5" for p in range(40)] + [f"{p} info write :timed-out"
+                                                       for p in range(40)]
+    ev += ["99 invoke read nil", "99 ok read 7"]
+    t0 = time.monotonic()
+    assert verdict("register", jlog(*ev)) == wgl.ILLEGAL
+    ev[-1] = "99 ok read 5"
+    assert verdict("register", jlog(*ev)) == wgl.OK
+    assert time.monotonic() - t0 < 2
+
+
+def test_edn_strings_keep_their_commas_and_escapes() -> None:
+    assert parse_edn('{:value "a, b", :k [1, 2]}') == {"value": "a, b", "k": [1, 2]}
+    assert parse_edn(r'{:value "q\"u\\", :x nil}') == {"value": 'q"u\\', "x": None}
+    long = "x 1 2 y" * 20000
+    assert parse_edn('{:value "' + long + '"}') == {"value": long}
+    with pytest.raises(BadHistory):
+        parse_edn('{:value "open}')
+    with pytest.raises(BadHistory):
+        parse_edn("{:a 1} trailing")
+
+
+@pytest.mark.parametrize("fault", [None, "phantom"])
+def test_dense_history_with_retried_appends_is_searched_fast(fault: str | None) -> None:
+    """Retried appends repeat values: the distinct-values procedure steps aside and the search
+    decides, with the kv guard (the state must be a prefix of what the next get read)."""
+    text = gen.kv_history(6, clients=50, nops=3000, keys=1, info=0.3, retries=0.7, fault=fault)
+    ops = read_history(text)
+    assert len({o.value for o in ops if o.f == "append"}) < sum(o.f == "append" for o in ops)
+    t0 = time.monotonic()
+    v, results = wgl.check(MODELS["kv"], ops)
+    assert v == (wgl.OK if fault is None else wgl.ILLEGAL)
+    assert time.monotonic() - t0 < 5
+    assert results[0].states > 0  # searched
+
+
+def test_kv_guard_with_repeated_values_and_puts() -> None:
+    # two appends of "a" (so the search decides), the second concurrent with a put of "P"
+    h = kv_ops((0, "append", "a", None, "ok"), (1, "put", "P", None, "<"),
+               (2, "append", "a", None, "<"), (1, "put", "P", None, "ok>"),
+               (2, "append", "a", None, "ok>"), (3, "get", None, "Pa", "ok"))
+    assert checked("kv", h) == wgl.OK  # the put, then the second append
+    # only the second append can follow the put
+    assert checked("kv", h + kv_ops((3, "get", None, "Paa", "ok"))) == wgl.ILLEGAL
+    # while the put may still go before the first get, the state need not be a prefix of
+    # what it read: "a" then "P" then "a"
+    h2 = kv_ops((0, "append", "a", None, "<"), (1, "put", "P", None, "<"),
+                (2, "append", "a", None, "<"), (0, "append", "a", None, "ok>"),
+                (1, "put", "P", None, "ok>"), (2, "append", "a", None, "ok>"),
+                (3, "get", None, "Pa", "ok"))
+    assert checked("kv", h2) == wgl.OK

@@ -127,8 +127,13 @@ def run(argv: Sequence[str]) -> tuple[int, str]:
     out = f"not linearizable: {_key(bad.key)} ({bad.ops} operations)\n"
     if args.quiet:
         return EXIT_ILLEGAL, out
-    out += (f"longest linearizable prefix: {len(bad.prefix)} operation(s), leaving the state "
-            f"{model.describe_state(bad.prefix_state)}\n")
+    if bad.why:  # decided by the model's own procedure, which says why
+        out += (f"why: {bad.why}\nlinearizable prefix in the order the reads force: "
+                f"{len(bad.prefix)} operation(s), leaving the state "
+                f"{model.describe_state(bad.prefix_state)}\n")
+    else:
+        out += (f"longest linearizable prefix: {len(bad.prefix)} operation(s), leaving the "
+                f"state {model.describe_state(bad.prefix_state)}\n")
     out += _ops_list(model, bad.prefix, tail=True)
     out += "after it, none of these can go next (each is illegal there, or leads nowhere):\n"
     out += _ops_list(model, bad.stuck, tail=False)

@@ -18,11 +18,29 @@ rangekv   rangekv's keys, exactly :mod:`rangekv.sim.linearizable`'s model (its `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
+from rangekv.check import kvdistinct
+from rangekv.check.kvdistinct import Decision
 from rangekv.check.parse import BadHistory, Operation
 
 State = Any
+
+
+@dataclass
+class Guard:
+    """A model's pruning rule for the search (:meth:`Model.guard`). Let w be the first
+    operation of ``watch`` not linearized yet; while no operation of ``resets`` not linearized
+    yet was called before w returned, every state the search reaches must satisfy
+    ``fits(state, w)`` (or no linearization goes through it), and two states that do, for the
+    same w, are equal iff their ``pin`` are."""
+
+    watch: list[int]  # indexes into the partition's operations, by return
+    resets: list[int]  # by call
+    fits: Callable[[Any, Operation], bool]
+    pin: Callable[[Any], Hashable]
 
 
 class Model:
@@ -42,6 +60,30 @@ class Model:
 
     def step(self, state: State, op: Operation) -> tuple[State, ...]:
         raise NotImplementedError
+
+    def effect(self, op: Operation) -> Any:
+        """A hashable key such that operations of unknown outcome with equal keys lead from
+        every state to the same states (None: no such key)."""
+        try:
+            key = (op.f, op.arg)
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def prune(self, ops: list[Operation]) -> list[Operation]:
+        """The operations of one partition the search needs: a model may leave out operations
+        of unknown outcome when a history is linearizable with them iff it is without them
+        (then every linearization without them is one with them, never taking effect)."""
+        return ops
+
+    def decide(self, ops: list[Operation], deadline: float) -> Decision | None:
+        """A model's own exact decision for a partition (after ``prune``), or None: search."""
+        return None
+
+    def guard(self, ops: list[Operation]) -> Guard | None:
+        """A pruning rule for the search of the partition ``ops`` (after ``prune``)."""
+        return None
 
     def describe(self, op: Operation) -> str:
         out = "?" if not op.known else repr(op.output)
@@ -143,6 +185,65 @@ class KV(Model):
             return (op.arg,)
         return (state + op.arg,)
 
+    def prune(self, ops: list[Operation]) -> list[Operation]:
+        """Leave out each put or append of unknown outcome whose value is in no value read.
+
+        Sound: let σ be a linearization with such operations D. For a get G of σ, let P be the
+        last put before it (if any): its state is P's value followed by the values of the
+        appends between P and G. An operation of D in there (or P itself, if in D) would put its
+        value inside what G read, so every operation of D before G is before P. Removing D from
+        σ thus leaves every get's state as it was; the order of what is left still respects
+        real time, and the operations of known outcome are all still there: it is a
+        linearization too. (The converse is plain: D may never take effect.)"""
+        drop = [o for o in ops if not o.known and o.f in ("put", "append")]
+        if not drop:
+            return ops
+        # the values read that are no prefix of another (in sorted order, a value's extensions
+        # follow it): one per put read from, when the history is linearizable
+        seen = sorted({o.arg for o in ops if o.known and o.f == "get"})
+        tops = [v for v, w in zip(seen, [*seen[1:], None]) if w is None or not w.startswith(v)]
+        sep = "\0"
+        joined = sep.join(tops)
+        if len(joined) * len(drop) > 2_000_000_000 or any(sep in v for v in tops):
+            return ops  # rare: not worth it (and leaving operations in is always sound)
+        # a value with the separator in it is in no value read; "" is in all of them
+        gone = {id(o) for o in drop if o.arg not in joined}
+        if not gone:
+            return ops
+        return [o for o in ops if id(o) not in gone]
+
+    def decide(self, ops: list[Operation], deadline: float) -> Decision | None:
+        return kvdistinct.decide(ops, deadline)
+
+    def guard(self, ops: list[Operation]) -> Guard | None:
+        """Let w be the get of known outcome not linearized yet that returns first, and say no
+        put not linearized yet was called before w returned. Whatever goes between now and w
+        in a linearization was called before w returned (else it must follow w): appends and
+        gets only. So w will read the current state followed by appended values: the current
+        state must be a prefix of what w read (``fits``). And two prefixes of one value with
+        the same length are equal: the length is enough to tell them apart in the memo
+        (``pin``), which keeps long states out of it."""
+        watch = sorted((i for i, o in enumerate(ops) if o.known and o.f == "get"),
+                       key=lambda i: (ops[i].ret, ops[i].call))
+        if not watch:
+            return None
+        resets = sorted((i for i, o in enumerate(ops) if o.f == "put"),
+                        key=lambda i: ops[i].call)
+        return Guard(watch, resets, fits=lambda s, w: w.arg.startswith(s), pin=len)
+
+    def describe(self, op: Operation) -> str:
+        res = "?" if not op.known else _short(op.arg) if op.f == "get" else "ok"
+        arg = "" if op.f == "get" else _short(op.arg)
+        return f"line {op.line}: process {op.process} {op.f}({arg}) -> {res}"
+
+    def describe_state(self, state: State) -> str:
+        return _short(state)
+
+
+def _short(s: str, n: int = 60) -> str:
+    """A value, or the end of a long one (a key appended to all along grows long)."""
+    return repr(s) if len(s) <= n else f"...{s[-n:]!r} ({len(s)} characters)"
+
 
 class RangeKV(Model):
     """rangekv's keys; the JSON-lines fields are described in :mod:`rangekv.check.main`."""
@@ -197,6 +298,10 @@ class RangeKV(Model):
         from rangekv.sim.linearizable import _steps
 
         return tuple(_steps(state, op.arg))
+
+    def effect(self, op: Operation) -> Any:
+        # an unknown outcome's steps depend only on these (see _steps)
+        return (op.arg.kind, op.arg.value, op.arg.expect)
 
     def describe(self, op: Operation) -> str:
         return f"line {op.line}: process {op.process} " + op.arg.describe().split(" ", 2)[2]

@@ -18,6 +18,7 @@ ordered by time, a call before a return at the same instant (they overlap).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -68,10 +69,11 @@ class Keyword(str):
     """An EDN keyword, without its colon."""
 
 
+# commas are whitespace in EDN (but not inside strings); strings are read by ``value``
+_EDN_WS = re.compile(r"[\s,]*")
 _EDN_TOKEN = re.compile(
-    r"""\s*(?:
+    r"""[\s,]*(?:
         (?P<open>[\[{(]|\#\{) | (?P<close>[\]})]) |
-        (?P<str>"(?:[^"\\]|\\.)*") |
         (?P<kw>:[^\s,\[\]{}()"]+) |
         (?P<num>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?N?M?(?=[\s,\[\]{}()]|$)) |
         (?P<sym>[^\s,\[\]{}()"]+)
@@ -84,10 +86,27 @@ _CLOSERS = {"[": "]", "{": "}", "(": ")", "#{": "}"}
 def parse_edn(text: str) -> Any:
     """Parse one EDN value (the subset histories use). Raises BadHistory."""
     pos = 0
-    text = text.replace(",", " ")
 
     def value() -> Any:
         nonlocal pos
+        pos = _EDN_WS.match(text, pos).end()  # type: ignore[union-attr]
+        if text.startswith('"', pos):  # a string: find its end at C speed (values can be long)
+            q = pos
+            while True:
+                q = text.find('"', q + 1)
+                if q < 0:
+                    raise BadHistory(f"unclosed string at column {pos + 1}")
+                b = q - 1
+                while text[b] == "\\":
+                    b -= 1
+                if (q - 1 - b) % 2 == 0:  # not escaped
+                    break
+            raw = text[pos:q + 1]
+            pos = q + 1
+            try:
+                return json.loads(raw)
+            except ValueError as e:
+                raise BadHistory(f"bad string {raw[:40]!r}: {e}") from None
         m = _EDN_TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise BadHistory(f"unreadable EDN at column {pos + 1}: {text[pos:pos + 20]!r}")
@@ -96,8 +115,7 @@ def parse_edn(text: str) -> Any:
             opener = m.group("open")
             items = []
             while True:
-                m2 = re.compile(r"\s*").match(text, pos)
-                pos = m2.end() if m2 else pos
+                pos = _EDN_WS.match(text, pos).end()  # type: ignore[union-attr]
                 if pos >= len(text):
                     raise BadHistory(f"unclosed {opener!r}")
                 if text[pos] in "]})":
@@ -115,11 +133,6 @@ def parse_edn(text: str) -> Any:
             return items
         if m.group("close"):
             raise BadHistory(f"unexpected {m.group('close')!r}")
-        if m.group("str"):
-            try:
-                return json.loads(m.group("str"))
-            except ValueError as e:
-                raise BadHistory(f"bad string {m.group('str')!r}: {e}") from None
         if m.group("kw"):
             return Keyword(m.group("kw")[1:])
         if m.group("num"):
@@ -129,7 +142,8 @@ def parse_edn(text: str) -> Any:
         return {"nil": None, "true": True, "false": False}.get(sym, sym)
 
     result = value()
-    if text[pos:].strip():
+    pos = _EDN_WS.match(text, pos).end()  # type: ignore[union-attr]
+    if pos < len(text):
         raise BadHistory(f"trailing text after EDN value: {text[pos:pos + 20]!r}")
     return result
 
@@ -154,8 +168,13 @@ def _proc(p: Any) -> Any:
     return p
 
 
+def _lines(text: str) -> Any:
+    """The lines of ``text``, one at a time (histories can be large)."""
+    return io.StringIO(text)
+
+
 def detect_format(text: str) -> str:
-    for line in text.splitlines():
+    for line in _lines(text):
         s = line.strip()
         if not s:
             continue

@@ -5,16 +5,24 @@ linked list. The search walks the list from its head: every call met before the 
 an operation that may be linearized next (all of them were invoked before the earliest response
 still owed). They are tried by earliest return first (a heuristic order), those of unknown
 outcome last (timed-out operations rarely need to go early); a read that is legal now is taken
-alone (see ``candidates``: no loss of generality). Linearizing an operation applies it to the model state and lifts its call and return
-out of the list; when no candidate can go next, the search backtracks: it pops the last
-linearized operation off an explicit stack, puts its events back (``unlift``, dancing-links
-order) and tries the next candidate after it. Each
-(linearized set, state) pair is explored once: the set is an int used as a bitset, the states are
-hashable, and a pair already seen is skipped (Lowe; porcupine and Knossos do the same).
+alone (see ``candidates``: no loss of generality), and of two pending operations of unknown
+outcome with the same effect only one is tried (they are interchangeable). Linearizing an
+operation applies it to the model state and lifts its call and return out of the list; when no
+candidate can go next, the search backtracks: it pops the last linearized operation off an
+explicit stack, puts its events back (``unlift``, dancing-links order) and tries the next
+candidate after it. Each (linearized set, state) pair is explored once: the set is an int used
+as a bitset, the states are hashable, and a pair already seen is skipped (Lowe; porcupine and
+Knossos do the same).
 
 Unknown outcomes: an operation whose return is at +infinity may be linearized at any point after
 its call, or never. So the search succeeds as soon as every operation with a known outcome is
 linearized, whatever is left of the unknown ones.
+
+The model may help (see :class:`rangekv.check.models.Model`): ``prune`` leaves out operations
+of unknown outcome that cannot matter; ``decide`` answers for a partition by itself (kv with
+distinct values: :mod:`rangekv.check.kvdistinct`, exact and near-linear); ``guard`` cuts
+states no linearization goes through (kv: while no put can intervene, the state must be a
+prefix of what the next get read), and gives them a short memo key.
 
 Bounds: ``time_limit_s`` of CPU-ish wall time and ``states_max`` memo entries; reaching either
 gives ``UNKNOWN`` ("could not decide"), which is never a pass.
@@ -42,8 +50,12 @@ class PartitionResult:
     ops: int
     states: int  # memo entries used
     elapsed_s: float
-    why: str = ""  # for UNKNOWN: which bound; for ILLEGAL: see the fields below
-    prefix: list[Operation] = field(default_factory=list)  # longest linearizable prefix
+    #: for UNKNOWN: which bound; for ILLEGAL: the reason when the model decided (``decide``),
+    #: else empty (see the fields below)
+    why: str = ""
+    #: the longest linearizable prefix the search found (a model's decision: a linearizable
+    #: prefix of the order it found forced)
+    prefix: list[Operation] = field(default_factory=list)
     prefix_state: Any = None  # the model state after it
     stuck: list[Operation] = field(default_factory=list)  # could not go next after it
 
@@ -55,11 +67,24 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
     deadline = t0 + time_limit_s
     # unknown outcomes of pure operations constrain nothing
     ops = [o for o in ops if o.known or o.f not in model.pure]
+    n_given = len(ops)
+    ops = model.prune(ops)
     n = len(ops)
     known = [o.known for o in ops]
     known_left = sum(known)
     if known_left == 0:
-        return PartitionResult(key, OK, n, 0, time.monotonic() - t0)
+        return PartitionResult(key, OK, n_given, 0, time.monotonic() - t0)
+    decision = model.decide(ops, deadline)
+    if decision is not None:
+        elapsed = time.monotonic() - t0
+        if decision.linearizable:
+            return PartitionResult(key, OK, n_given, 0, elapsed)
+        if decision.linearizable is None:
+            return PartitionResult(key, UNKNOWN, n_given, 0, elapsed,
+                                   why=f"time limit of {time_limit_s:g} s reached")
+        return PartitionResult(key, ILLEGAL, n_given, 0, elapsed, why=decision.why,
+                               prefix=decision.order, prefix_state=decision.state,
+                               stuck=_stuck(ops, decision.order))
 
     # events: (time, 0 call / 1 return, op index). +inf returns sort last.
     evs = [(o.call, 0, i) for i, o in enumerate(ops)]
@@ -87,14 +112,26 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
     cache: set[tuple[int, Any]] = set()
     state = model.init(key)
     lin = 0
-    best_depth = -1
+    path: list[int] = []  # the operations linearized, in order
+    # the deepest point reached: while best_on_path, it is the current path
+    best_depth, best_on_path = 0, True
     best_order: list[int] = []
-    best_lin = 0
     best_state = state
 
     pure = model.pure
     rets = [o.ret for o in ops]
     calls = [o.call for o in ops]
+    effect = [None if o.known else model.effect(o) for o in ops]
+
+    # the model's guard (see Guard): wp / rp index the first watched / resetting operation
+    # not linearized yet
+    guard = model.guard(ops)
+    watch = guard.watch if guard else []
+    resets = guard.resets if guard else []
+    fits = guard.fits if guard else None
+    pin = guard.pin if guard else None
+    nw, nr = len(watch), len(resets)
+    wp = rp = 0
 
     def candidates(state: Any) -> list[int]:
         """The operations that may go next, in the order to try them: a legal pure one alone
@@ -102,6 +139,7 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
         e = nxt[head]
         ks: list[int] = []
         us: list[int] = []
+        same: set[Any] = set()
         while is_call[e]:
             i = node_op[e]
             if known[i]:
@@ -112,25 +150,41 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
                     return [i]
                 ks.append(i)
             else:
-                us.append(i)
+                # Two pending operations of unknown outcome with the same effect are
+                # interchangeable: neither must follow or precede anything still to go (their
+                # calls are past and their returns at +inf), so swapping them in a
+                # linearization gives another. Trying one of them is enough.
+                fx = effect[i]
+                if fx is None:
+                    us.append(i)
+                elif fx not in same:
+                    same.add(fx)
+                    us.append(i)
             e = nxt[e]
         if len(ks) > 1:
             ks.sort(key=lambda j: (rets[j], calls[j]))
         return ks + us
 
-    # frames: (candidates, index of the one taken, its alternatives, index taken, old state)
-    stack: list[tuple[list[int], int, tuple[Any, ...], int, Any]] = []
+    def deepest() -> tuple[list[Operation], Any]:
+        if best_on_path:
+            return [ops[i] for i in path], state
+        return [ops[i] for i in best_order], best_state
+
+    # frames: (candidates, index of the one taken, its alternatives, index taken, old state,
+    # old wp, old rp)
+    stack: list[tuple[list[int], int, tuple[Any, ...], int, Any, int, int]] = []
     cands = candidates(state)
     ci, alts, k0 = 0, None, 0
     iters = 0
     while True:
         iters += 1
         if iters & 0x3FF == 0 and time.monotonic() > deadline:
-            return PartitionResult(key, UNKNOWN, n, len(cache), time.monotonic() - t0,
+            prefix, pstate = deepest()
+            return PartitionResult(key, UNKNOWN, n_given, len(cache), time.monotonic() - t0,
                                    why=f"time limit of {time_limit_s:g} s reached "
                                        f"({len(cache)} states explored, longest linearizable "
-                                       f"prefix {max(best_depth, 0)} of {n} operations)",
-                                   prefix=[ops[i] for i in best_order], prefix_state=best_state)
+                                       f"prefix {best_depth} of {n} operations)",
+                                   prefix=prefix, prefix_state=pstate)
         moved = False
         while ci < len(cands):
             i = cands[ci]
@@ -138,20 +192,38 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
                 alts = step(state, ops[i])
                 k0 = 0
             nb = lin | bits[i]
+            active = False
+            if alts and guard:
+                nwp, nrp = wp, rp
+                while nwp < nw and nb >> watch[nwp] & 1:
+                    nwp += 1
+                while nrp < nr and nb >> resets[nrp] & 1:
+                    nrp += 1
+                active = nwp < nw and (nrp == nr or calls[resets[nrp]] > rets[watch[nwp]])
+                if active:
+                    w = ops[watch[nwp]]
             for k in range(k0, len(alts)):
                 s = alts[k]
-                ck = (nb, s)
+                if active:
+                    if not fits(s, w):  # type: ignore[misc]
+                        continue
+                    ck = (nb, pin(s))  # type: ignore[misc]
+                else:
+                    ck = (nb, s)
                 if ck in cache:
                     continue
                 cache.add(ck)
                 if len(cache) > states_max:
-                    return PartitionResult(key, UNKNOWN, n, len(cache), time.monotonic() - t0,
+                    prefix, pstate = deepest()
+                    return PartitionResult(key, UNKNOWN, n_given, len(cache),
+                                           time.monotonic() - t0,
                                            why=f"memory bound of {states_max} states reached "
                                                f"(longest linearizable prefix "
-                                               f"{max(best_depth, 0)} of {n} operations)",
-                                           prefix=[ops[i] for i in best_order],
-                                           prefix_state=best_state)
-                stack.append((cands, ci, alts, k, state))
+                                               f"{best_depth} of {n} operations)",
+                                           prefix=prefix, prefix_state=pstate)
+                stack.append((cands, ci, alts, k, state, wp, rp))
+                if guard:
+                    wp, rp = nwp, nrp
                 # lift the call and its return out of the list
                 c = call_node[i]
                 r = ret_node[i]
@@ -163,14 +235,14 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
                 prv[b] = a
                 lin = nb
                 state = s
+                path.append(i)
                 if known[i]:
                     known_left -= 1
                     if known_left == 0:
-                        return PartitionResult(key, OK, n, len(cache), time.monotonic() - t0)
-                if len(stack) > best_depth:
-                    best_depth = len(stack)
-                    best_order = [f[0][f[1]] for f in stack]
-                    best_lin, best_state = lin, state
+                        return PartitionResult(key, OK, n_given, len(cache),
+                                               time.monotonic() - t0)
+                if len(path) > best_depth:
+                    best_depth, best_on_path = len(path), True
                 moved = True
                 break
             if moved:
@@ -184,8 +256,10 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
         # no candidate leads anywhere: backtrack
         if not stack:
             break
-        cands, ci, alts, k, state = stack.pop()
-        i = cands[ci]
+        if best_on_path:  # leaving the deepest point: keep it
+            best_order, best_state, best_on_path = path[:], state, False
+        cands, ci, alts, k, state, wp, rp = stack.pop()
+        i = path.pop()
         c = call_node[i]
         r = ret_node[i]
         # unlift in reverse order: the return, then the call
@@ -199,14 +273,17 @@ def check_partition(model: Model, key: Any, ops: list[Operation], *,
         k0 = k + 1
 
     # not linearizable: explain from the deepest point reached
-    if best_depth < 0:
-        best_lin, best_state, best_order = 0, model.init(key), []
-    owed = min((ops[i].ret for i in range(n) if not best_lin >> i & 1 and known[i]),
-               default=math.inf)
-    stuck = [ops[i] for i in range(n) if not best_lin >> i & 1 and ops[i].call < owed]
-    return PartitionResult(key, ILLEGAL, n, len(cache), time.monotonic() - t0,
-                           prefix=[ops[i] for i in best_order], prefix_state=best_state,
-                           stuck=stuck)
+    prefix, pstate = deepest()
+    return PartitionResult(key, ILLEGAL, n_given, len(cache), time.monotonic() - t0,
+                           prefix=prefix, prefix_state=pstate, stuck=_stuck(ops, prefix))
+
+
+def _stuck(ops: list[Operation], prefix: list[Operation]) -> list[Operation]:
+    """The operations that could go next after ``prefix`` (called before the earliest return
+    still owed): none of them can, in a history that is not linearizable."""
+    done = {id(o) for o in prefix}
+    owed = min((o.ret for o in ops if o.known and id(o) not in done), default=math.inf)
+    return [o for o in ops if id(o) not in done and o.call < owed]
 
 
 def partition(model: Model, ops: list[Operation]) -> dict[Any, list[Operation]]:
