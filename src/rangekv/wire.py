@@ -161,6 +161,7 @@ class Connection:
         self._connect_timeout_s = connect_timeout_s
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._tags: dict[int, Any] = {}  # request id -> the caller's tag (see fail_tagged)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
@@ -217,11 +218,17 @@ class Connection:
                         )
                     )
 
-    async def request(self, op: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:
+    async def request(
+        self, op: str, timeout_s: float = 5.0, tag: Any = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Send ``op`` and wait for its answer. ``tag`` (not sent) lets the caller end every
+        request it tagged alike at once with :meth:`fail_tagged`."""
         writer = await self._ensure()
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
+        if tag is not None:
+            self._tags[req_id] = tag
         try:
             writer.write(encode({"t": "req", "id": req_id, "op": op, **fields}))
             try:
@@ -234,9 +241,23 @@ class Connection:
                 ) from None
         finally:
             self._pending.pop(req_id, None)
+            if tag is not None:
+                self._tags.pop(req_id, None)
         if body.get("ok"):
             return body
         raise errors.from_dict(body.get("error") or {})
+
+    def fail_tagged(self, tag: Any, exc: BaseException) -> int:
+        """End every request in flight tagged ``tag`` with ``exc`` (its answer, if it comes
+        later, is dropped); returns how many."""
+        n = 0
+        for req_id, t in list(self._tags.items()):
+            if t == tag:
+                fut = self._pending.get(req_id)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                    n += 1
+        return n
 
     def send(self, body: dict[str, Any]) -> bool:
         """Fire-and-forget a message on an open connection; False if it is not open."""

@@ -1013,3 +1013,91 @@ def test_values_are_any_bytes_and_unknown_query_parameters_are_ignored() -> None
         await node.stop()
 
     run(main())
+
+
+def test_requests_waiting_on_a_deposed_leader_end_when_the_view_moves_on() -> None:
+    """A leader cut off by a partition answers nothing; once the view shows the group's new
+    epoch, a read waiting on it is retried at the new leader and a write answers 504 at once,
+    not when TCP gives up or the deadline passes."""
+
+    async def main() -> None:
+        old, new = FakeNode({1}), FakeNode({1})
+        await old.start()
+        await new.start()
+
+        async def silent(body: dict[str, Any]) -> None:
+            await asyncio.sleep(30)
+
+        old.fault = silent
+        view = build_view(
+            {1: old.address, 2: new.address}, {1: (1, [1, 2], 1)}, {"t": (1, [(b"", None, 1)])}
+        )
+        new.data[1] = {b"k": (b"v", sequencer.ZERO)}
+        async with harness(view, request_deadline_s=10.0) as h:
+            get = asyncio.create_task(h.client.get("/v1/tables/t/keys/k"))
+            put = asyncio.create_task(h.client.put("/v1/tables/t/keys/w", data=b"x"))
+            while len(old.requests) < 2:
+                await asyncio.sleep(0.005)
+            t0 = time.monotonic()
+            view.groups[1] = Group(1, 2, 2, (1, 2))  # meta chose node 2 at epoch 2
+            h.source.changed()
+            resp = await get
+            assert resp.status == 200 and await resp.read() == b"v"
+            resp = await put
+            assert resp.status == 504
+            assert (await resp.json())["error"]["code"] == "outcome_unknown"
+            assert time.monotonic() - t0 < 1.0
+            assert not new.ops("put")  # a write of unknown outcome is never sent again
+            text = await (await h.client.get("/metrics")).text()
+            assert 'rangekv_rm_routing_retries_total{reason="leader_moved"} 1' in text
+            # The same leader re-elected at a new epoch: nothing in flight is ended.
+            old.fault = None
+            view.groups[1] = Group(1, 3, 1, (1, 2))
+            h.source.changed()
+            await h.json("PUT", "/v1/tables/t/keys/w", 200, data=b"y")
+        await old.stop()
+        await new.stop()
+
+    run(main())
+
+
+def test_an_rm_that_cannot_follow_the_map_sends_retries_elsewhere() -> None:
+    """Not ready (cut off from etcd): a request that needs a retry fails at once with 503
+    retry_elsewhere and Retry-After 0, instead of waiting out its deadline on this rm."""
+
+    class Switch(StaticViewSource):
+        is_ready = True
+
+        @property
+        def ready(self) -> bool:
+            return self.is_ready
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        source = Switch(view)
+        router = Router(source, RM_ID, request_deadline_s=5.0)
+        rm = RequestManager(router, source, RM_ID)
+
+        def busy(body: dict[str, Any]) -> None:
+            raise errors.Unavailable("no quorum")
+
+        node.fault = busy
+        async with TestClient(
+            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
+        ) as client:
+            source.is_ready = False
+            t0 = time.monotonic()
+            resp = await client.put("/v1/tables/t/keys/k", data=b"v")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "0"
+            err = (await resp.json())["error"]
+            assert err["retry_elsewhere"] is True and err["retryable"] is True
+            assert time.monotonic() - t0 < 1.0 and len(node.ops("put")) == 1
+            # Ready again: the same request is retried on this rm within its deadline.
+            source.is_ready = True
+            node.fault = None
+            resp = await client.put("/v1/tables/t/keys/k", data=b"v")
+            assert resp.status == 200
+        await router.close()
+        await node.stop()
+
+    run(main())

@@ -254,3 +254,36 @@ def test_backoff_is_bounded_and_jittered() -> None:
         cap = min(routing.BACKOFF_S_MAX, routing.BACKOFF_S_MIN * 2**attempt)
         assert cap / 2 <= delay <= cap
     assert routing.backoff_s(0, lambda: 1.0) == routing.BACKOFF_S_MIN
+
+
+def test_a_probe_etcd_does_not_answer_makes_the_source_unready_until_a_reload() -> None:
+    """A watch with no events looks the same whether etcd is quiet or out of reach: the probe
+    tells them apart."""
+
+    async def main() -> None:
+        etcd = FakeEtcd()
+        seed(etcd)
+        metrics = Metrics(1)
+        source = EtcdViewSource(etcd, metrics, rand=lambda: 0.0)
+        await source.start()
+        await until(lambda: source.ready)
+        real = etcd.get_prefix
+        hung = asyncio.Event()
+
+        async def unreachable(prefix: bytes) -> tuple[list[KV], int]:
+            await hung.wait()  # packets dropped: no answer, no error
+            return await real(prefix)
+
+        etcd.get_prefix = unreachable  # type: ignore[method-assign]
+        woke = asyncio.create_task(source.wait_changed(10.0))
+        await until(lambda: not source.ready, timeout_s=routing.PROBE_INTERVAL_S
+                    + routing.PROBE_TIMEOUT_S + 1.0)
+        assert await woke  # waiters learn at once
+        assert metrics.probe_failures == 1
+        etcd.get_prefix = real  # type: ignore[method-assign]
+        hung.set()
+        await until(lambda: source.ready)
+        assert metrics.view_reloads >= 2
+        await source.close()
+
+    run(main())

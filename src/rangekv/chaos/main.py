@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(families: {', '.join(FAMILIES)}); default all")
     p.add_argument("--seed", type=int, default=None, help="seed of the plan (default: random)")
     p.add_argument("--clients", type=int, default=10, help="register clients (default 10)")
+    p.add_argument("--direct-clients", type=int, default=4, metavar="N",
+                   help="of the register clients, how many talk to one rm each (round robin) "
+                        "instead of through HAProxy, as Jepsen's clients each talk to one node "
+                        "(default 4)")
     p.add_argument("--set-clients", type=int, default=2, help="set clients (default 2)")
     p.add_argument("--interval", default="5,10", metavar="MIN,MAX",
                    help="seconds between faults (default 5,10)")
@@ -146,7 +150,8 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
                       report: dict[str, Any]) -> int:
     history = History(run_dir / "history.jsonl")
     workload = Workload(cluster.endpoint, history, seed=seed, clients=args.clients,
-                        set_clients=args.set_clients)
+                        set_clients=args.set_clients, direct_endpoints=cluster.rm_endpoints,
+                        direct_clients=min(args.direct_clients, args.clients))
     t0 = time.monotonic()
     nemesis = Nemesis(cluster, faults, seed, t0, interval_s=interval)
     warm = {}

@@ -13,6 +13,13 @@ Two workloads run side by side through the client endpoint (HAProxy), with the r
   the whole table is listed: every acknowledged insert must be there, and nothing that was never
   attempted.
 
+Most clients go through the load balancer; ``direct_clients`` of the register clients are each
+pinned to one rm (round robin over ``direct_endpoints``), as Jepsen's clients each talk to one
+node: a fault that leaves two rms with different views of a group (an rm cut off with a deposed
+leader) then has clients on both sides working the same keys, which is where a stale read shows.
+The first pinned client of each rm only reads: a client that also writes spends such a fault
+waiting on a write that cannot commit, and reads nothing while a stale answer is possible.
+
 Outcomes, by the client's error contract (:mod:`rangekv.errors`): an answer is ``ok``;
 ``precondition_failed`` is an ``ok`` cas that failed; ``unavailable`` (503: the request surely
 did not take effect) and other 4xx are ``fail``; ``outcome_unknown`` / ``timeout`` (504), a
@@ -24,6 +31,7 @@ after its call, or never. A client whose operation ended ``info`` continues as a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -93,8 +101,13 @@ class Workload:
         clients: int = 10,
         set_clients: int = 2,
         ops_per_key: int = OPS_PER_KEY_DEFAULT,
+        direct_endpoints: list[str] | None = None,
+        direct_clients: int = 0,
     ) -> None:
+        assert direct_clients <= clients and (direct_endpoints or not direct_clients)
         self.endpoint = endpoint
+        self.direct_endpoints = list(direct_endpoints or [])
+        self.direct_clients = direct_clients
         self.history = history
         self.rng = random.Random(seed)
         self.clients = clients
@@ -135,13 +148,19 @@ class Workload:
 
     # --- register workload --------------------------------------------------------------------
 
+    def is_reader(self, client: int) -> bool:
+        """The first pinned client of each rm only reads (see the module docstring)."""
+        n = len(self.direct_endpoints)
+        return client < min(self.direct_clients, n)
+
     async def _register_client(self, client: int, db: AsyncClient) -> None:
         process = client
+        reader = self.is_reader(client)
         while not self.stop.is_set():
             key = self._key()
             known = self.seen_seq.get((client, key))
             r = self.rng.random()
-            if r < 0.4:
+            if reader or r < 0.4:
                 f = "get"
             elif r < 0.7:
                 f = "put"
@@ -227,8 +246,13 @@ class Workload:
 
     async def run(self) -> None:
         """Run every client until ``stop`` is set; then wait for the operations in flight."""
-        async with AsyncClient(self.endpoint, timeout_s=CLIENT_TIMEOUT_S) as db:
-            tasks = [asyncio.create_task(self._register_client(i, db))
+        async with contextlib.AsyncExitStack() as stack:
+            db = await stack.enter_async_context(
+                AsyncClient(self.endpoint, timeout_s=CLIENT_TIMEOUT_S))
+            pinned = [await stack.enter_async_context(AsyncClient(e, timeout_s=CLIENT_TIMEOUT_S))
+                      for e in self.direct_endpoints]
+            tasks = [asyncio.create_task(self._register_client(
+                        i, pinned[i % len(pinned)] if i < self.direct_clients else db))
                      for i in range(self.clients)]
             tasks += [asyncio.create_task(self._set_client(self.clients + i, db))
                       for i in range(self.set_clients)]

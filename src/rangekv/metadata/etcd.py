@@ -33,6 +33,8 @@ The client is not thread-safe; use it from one event loop, and ``await close()``
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import contextlib
 import json
@@ -287,6 +289,11 @@ class EtcdClient:
                 async with session.post(endpoint + path, json=body) as resp:
                     raw = await resp.read()
                     status = resp.status
+            except asyncio.CancelledError:
+                # the caller gave up waiting on this endpoint (a probe's deadline): start the
+                # next call with the next one rather than wait on this one again
+                self._current = (idx + 1) % len(self.endpoints)
+                raise
             except _NOT_SENT as exc:  # never reached etcd
                 tried.append(f"{endpoint}: {type(exc).__name__} {exc}".strip())
                 continue
@@ -476,7 +483,11 @@ class EtcdClient:
         for idx in self._order():
             endpoint = self.endpoints[idx]
             try:
-                resp = await session.post(endpoint + path, json=body, timeout=timeout)
+                # hasleader: etcd cancels the stream if its member loses its leader, instead
+                # of leaving a watch that silently sees nothing (what clientv3's
+                # WithRequireLeader does; the gateway passes Grpc-Metadata-* as gRPC metadata)
+                resp = await session.post(endpoint + path, json=body, timeout=timeout,
+                                          headers={"Grpc-Metadata-hasleader": "true"})
             except (TimeoutError, aiohttp.ClientError) as exc:
                 tried.append(f"{endpoint}: {type(exc).__name__} {exc}")
                 continue

@@ -93,7 +93,10 @@ def _json_response(
 
 
 def error_response(err: errors.RangeKVError) -> web.Response:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+    headers = None
+    if err.status == 503:  # "retry elsewhere": another rm can answer now, no need to wait
+        headers = {"Retry-After": "0" if err.details.get("retry_elsewhere") else
+                   str(RETRY_AFTER_S)}
     return _json_response(codec.error_body(err), err.status, headers)
 
 

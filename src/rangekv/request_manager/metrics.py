@@ -66,6 +66,7 @@ class Metrics:
         # Filled by the view source.
         self.view_reloads = 0
         self.watch_events = 0
+        self.probe_failures = 0
 
     def observe(self, op: str, status: int, seconds: float) -> None:
         self.requests[(op, status)] += 1
@@ -122,6 +123,12 @@ class Metrics:
                 "counter",
                 "Full reloads of the routing view from etcd.",
                 self.view_reloads,
+            ),
+            (
+                "rangekv_rm_etcd_probe_failures_total",
+                "counter",
+                "etcd probes not answered in time (each made the rm not ready until a reload).",
+                self.probe_failures,
             ),
             (
                 "rangekv_rm_watch_events_total",

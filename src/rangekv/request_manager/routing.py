@@ -6,8 +6,14 @@ Theory of operation
 The rm keeps all of the metadata in memory (seed: "keep all the data of MM in RM") as a
 ``ClusterView``. A ``ViewSource`` owns that view: ``EtcdViewSource`` loads everything under
 ``/rangekv/`` with one prefix read and then follows it with a watch from the next revision,
-applying events in order; when the watch is lost it reloads with backoff. ``StaticViewSource``
-holds a view built by hand (tests, tools). Nothing on the hot path talks to etcd.
+applying events in order; when the watch is lost it reloads with backoff. A watch that carries
+no events looks the same whether etcd is quiet or out of reach, so the source also *probes*
+etcd (a linearizable read of an empty prefix every ``PROBE_INTERVAL_S``, answered within
+``PROBE_TIMEOUT_S``): a probe that fails means the view may be stale, and the source stops
+being ``ready`` (``/healthz`` answers 503, the load balancer drains this rm) and reloads. The
+watch itself asks etcd to cancel it when its member loses its leader (``hasleader``).
+``StaticViewSource`` holds a view built by hand (tests, tools). Nothing on the hot path talks to
+etcd.
 
 The ``Router`` turns ``(table, key)`` into an address with three lookups in that view (table name
 → id, id + key → range → group, group → leader → node address) and sends the node op over a pooled
@@ -33,6 +39,9 @@ Invariants:
 * A write is sent again only if the previous attempt surely did not take effect: the node
   refused it (``not_leader``, ``unavailable``, ``table_not_found``) or it was never sent
   (``Unavailable`` from connecting). Anything else ends the request.
+* An rm that cannot follow the map (not ``ready``) does not wait out a request that needs a
+  retry: the retry fails at once with 503 ``retry_elsewhere`` (and ``Retry-After: 0``), so the
+  client retries through another rm instead of waiting on one that is cut off.
 * Every request ends within its deadline (``request_deadline_s``; ``meta_deadline_s`` for table
   creation and drop); every wait is bounded by what remains of it.
 * Every write carries a fresh seq from this rm's ``Sequencer``; every seq a node returns is
@@ -72,6 +81,9 @@ TABLE_VISIBLE_TIMEOUT_S = 2.0  # after create/drop, wait this long for the watch
 RELOAD_BACKOFF_S_MIN = 0.05
 RELOAD_BACKOFF_S_MAX = 5.0
 REFRESH_CONCURRENCY_MAX = 8  # direct etcd re-reads in flight at once
+PROBE_INTERVAL_S = 0.5  # how often the source checks that etcd answers
+PROBE_TIMEOUT_S = 1.0  # a probe not answered within this means "cut off from etcd"
+PROBE_PREFIX = b"/rangekv-probe/"  # read by the probe: nothing is ever stored there
 LIST_RANGES_PER_PAGE_MAX = 64  # ranges one list page may walk (empty ranges included)
 
 
@@ -104,6 +116,10 @@ class ViewSource(Protocol):
         """Wait until the view changes (True) or ``timeout_s`` passes (False)."""
         ...
 
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (synchronously) each time the view changes."""
+        ...
+
     async def wait_revision(self, revision: int, timeout_s: float) -> bool:
         """Wait until the view reflects ``revision`` (True) or ``timeout_s`` passes (False)."""
         ...
@@ -123,10 +139,17 @@ class _Notifier:
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (synchronously) each time the view changes."""
+        self._listeners.append(fn)
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for fn in self._listeners:
+            fn()
 
     async def wait_changed(self, timeout_s: float) -> bool:
         if timeout_s <= 0:
@@ -241,6 +264,7 @@ class EtcdViewSource(_Notifier):
         self._view = ClusterView()
         self._ready = False
         self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._ahead: dict[bytes, int] = {}
         self._refreshing: dict[str, tuple[float, asyncio.Task[None]]] = {}
         self._refresh_slots = asyncio.Semaphore(REFRESH_CONCURRENCY_MAX)
@@ -255,19 +279,49 @@ class EtcdViewSource(_Notifier):
 
     async def start(self) -> None:
         assert self._task is None, "started twice"
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._probe_task = loop.create_task(self._probe())
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        probe, self._probe_task = self._probe_task, None
         self._ready = False
         for _, t in list(self._refreshing.values()):
             t.cancel()
-        if task is not None:
-            task.cancel()
+        for t in (probe, task):
+            if t is not None:
+                t.cancel()
+                try:
+                    await t
+                except asyncio.CancelledError:
+                    pass
+
+    async def _probe(self) -> None:
+        """While ready, check every ``PROBE_INTERVAL_S`` that etcd answers a linearizable read
+        within ``PROBE_TIMEOUT_S``; if it does not, stop being ready and reload (see the module
+        docstring)."""
+        while True:
+            await self._sleep(PROBE_INTERVAL_S)
+            if not self._ready:
+                continue  # the run loop is reloading: its own failures say enough
             try:
-                await task
+                await asyncio.wait_for(self._client.get_prefix(PROBE_PREFIX), PROBE_TIMEOUT_S)
             except asyncio.CancelledError:
-                pass
+                raise
+            except Exception as exc:
+                if not self._ready or self._task is None:
+                    continue
+                reason = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+                log.warning("etcd did not answer a probe within %.1f s (%s); the routing map "
+                            "may be stale: not ready until it is reloaded",
+                            PROBE_TIMEOUT_S, reason[:200])
+                if self._metrics is not None:
+                    self._metrics.probe_failures += 1
+                self._ready = False
+                self._notify()
+                old, self._task = self._task, asyncio.get_running_loop().create_task(self._run())
+                old.cancel()
 
     async def _load(self) -> int:
         kvs, revision = await self._client.get_prefix(model.PREFIX)
@@ -425,6 +479,10 @@ class ConnectionPool:
             conn = self._conns[address] = wire.Connection(address, self._connect_timeout_s)
         return conn
 
+    def peek(self, address: str) -> wire.Connection | None:
+        """The connection to ``address`` if one was made, without making one."""
+        return self._conns.get(address)
+
     async def close(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
@@ -492,6 +550,33 @@ class Router:
         self.meta_deadline_s = meta_deadline_s
         # group id -> (leader address, epoch) learned from not_leader hints newer than the view
         self._hints: dict[int, tuple[str, int]] = {}
+        # group id -> (epoch, leader address) as of the last view change (see _leaders_changed)
+        self._leaders: dict[int, tuple[int, str | None]] = {}
+        self._leaders_changed()
+        source.add_listener(self._leaders_changed)
+
+    def _leaders_changed(self) -> None:
+        """On a view change: a group whose epoch moved on has a new leader (or none), and the
+        requests still waiting on its old one would wait for an answer that may never come (a
+        deposed leader cut off by a partition answers nothing until TCP gives up). End them
+        now: a read is retried at the new leader; a write answers ``outcome_unknown`` at once
+        instead of seconds later (it was that already: the old leader may have replicated it)."""
+        view = self.source.view
+        for gid, group in view.groups.items():
+            now = (group.epoch, view.leader_address(gid))
+            before = self._leaders.get(gid)
+            self._leaders[gid] = now
+            if before is None or before[0] >= now[0] or before[1] in (None, now[1]):
+                continue
+            conn = self.pool.peek(before[1])
+            if conn is not None:
+                n = conn.fail_tagged(gid, errors.OutcomeUnknown(
+                    f"group {gid} moved to epoch {now[0]} while this request waited on its old "
+                    f"leader at {before[1]}", address=before[1]))
+                if n:
+                    self.stats.retry("leader_moved")
+                    log.info("group %d: epoch %d -> %d; ended %d request(s) waiting on %s",
+                             gid, before[0], now[0], n, before[1])
 
     async def close(self) -> None:
         await self.pool.close()
@@ -672,7 +757,7 @@ class Router:
                 raise _exhausted(st)
             try:
                 reply = await self.pool.get(address).request(
-                    op, timeout_s=timeout_s, table_id=t.id, **send
+                    op, timeout_s=timeout_s, tag=rng.group, table_id=t.id, **send
                 )
                 return reply, rng
             except errors.NotLeader as err:
@@ -745,11 +830,24 @@ class Router:
         remaining = st.deadline - self._monotonic()
         if remaining <= 0:
             raise _exhausted(st)
+        self._fail_if_cut_off(err)
         delay = min(remaining, backoff_s(st.n, self._rand))
         st.n += 1
         await self.source.wait_changed(delay)
+        self._fail_if_cut_off(err)
         if self._monotonic() >= st.deadline:
             raise _exhausted(st)
+
+    def _fail_if_cut_off(self, err: errors.RangeKVError) -> None:
+        """A retry is due but this rm cannot follow the map: let the client go to another rm
+        (nothing of this request took effect, or it would not be retried)."""
+        if not self.source.ready:
+            self.stats.retry("cut_off")
+            raise errors.Unavailable(
+                "this request manager cannot follow the routing map (etcd is out of reach or "
+                f"it is still loading); retry through another one (last error: {err.message})",
+                retry_elsewhere=True,
+            )
 
     # -- meta ops ----------------------------------------------------------------------------
 
