@@ -81,8 +81,11 @@ def test_availability_figures(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     av = checks.availability(path, 100.0)
     assert av["ok_fraction"] == pytest.approx(2 / 3, abs=1e-3)
-    assert av["longest_gap_s"] == 3.0
+    assert av["longest_gap_s"] == 3.0 and av["longest_gap_at_s"] == 0.5
     assert av["seconds_without_ok"] == 2  # seconds 1 and 2
+    # the load phase only: what follows (the final reads) does not count
+    early = checks.availability(path, 100.0, until_s=3.2)
+    assert early["ok_fraction"] == 0.5 and early["longest_gap_s"] == 0.0
 
 
 def test_net_plan_validation() -> None:

@@ -147,10 +147,11 @@ def logs(cluster: LocalCluster) -> CheckResult:
     return CheckResult("logs", not bad, f"{scanned} lines scanned, {len(bad)} bad", bad)
 
 
-def availability(history: Path, t0: float) -> dict[str, Any]:
+def availability(history: Path, t0: float, until_s: float | None = None) -> dict[str, Any]:
     """How the cluster served under the faults: ok completions per second of the run (median
     over its seconds), the share of operations that completed ok, and the longest stretch
-    without any ok completion (the worst outage a client saw)."""
+    without any ok completion (the worst outage a client saw). Only events up to ``until_s``
+    after ``t0`` count (the load phase: not the pause before the final reads)."""
     per_second: dict[int, int] = {}
     oks: list[float] = []
     total = 0
@@ -159,6 +160,8 @@ def availability(history: Path, t0: float) -> dict[str, Any]:
             event = json.loads(line)
             if event["type"] == "invoke":
                 continue
+            if until_s is not None and float(event["time"]) - t0 > until_s:
+                continue
             total += 1
             if event["type"] == "ok":
                 t = float(event["time"]) - t0
@@ -166,12 +169,14 @@ def availability(history: Path, t0: float) -> dict[str, Any]:
                 per_second[int(t)] = per_second.get(int(t), 0) + 1
     seconds = max(per_second, default=0) + 1
     rates = sorted(per_second.get(i, 0) for i in range(seconds))
-    gaps = [b - a for a, b in itertools.pairwise(oks)]
+    oks.sort()
+    gap, gap_at = max(((b - a, a) for a, b in itertools.pairwise(oks)), default=(0.0, 0.0))
     return {
         "ok_fraction": round(len(oks) / total, 4) if total else 0.0,
         "ok_per_s_median": rates[len(rates) // 2] if rates else 0,
         "seconds_without_ok": sum(1 for r in rates if r == 0),
-        "longest_gap_s": round(max(gaps, default=0.0), 3),
+        "longest_gap_s": round(gap, 3),
+        "longest_gap_at_s": round(gap_at, 3),  # when it began (seconds after the start)
     }
 
 

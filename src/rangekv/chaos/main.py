@@ -182,6 +182,7 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
         await asyncio.to_thread(thread.join)
         workload.stop.set()
         await load
+        warm["stopped"] = time.monotonic() - t0
         _say(f"load stopped after {time.monotonic() - t0:.1f} s; healed; settling")
         await asyncio.to_thread(cluster.wait_ready, READY_TIMEOUT_S)
         await asyncio.sleep(SETTLE_S)
@@ -210,7 +211,8 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
                              f"--min-rate {args.min_rate}")
         _say("INVALID: " + report["invalid"])
         return EXIT_INVALID
-    report["availability"] = checks.availability(run_dir / "history.jsonl", t0)
+    report["availability"] = checks.availability(run_dir / "history.jsonl", t0,
+                                                 warm.get("stopped"))
     results = [
         checks.linearizable(run_dir / "history.jsonl"),
         checks.set_check(s.attempted, s.acked, s.failed, present),
@@ -232,7 +234,9 @@ def _print_report(report: dict[str, Any], results: list[checks.CheckResult]) -> 
     av = report["availability"]
     print(f"availability: {av['ok_fraction']:.1%} of register ops ok; median "
           f"{av['ok_per_s_median']} ok/s; {av['seconds_without_ok']} s without any ok; "
-          f"longest gap {av['longest_gap_s']} s")
+          f"longest gap {av['longest_gap_s']} s from t={av['longest_gap_at_s']:.1f}s"
+          + "".join(f" (during {r['fault']})" for r in report["faults"]
+                    if r["start_s"] <= av["longest_gap_at_s"] <= (r["end_s"] or 1e9)))
     print("faults:")
     for r in report["faults"]:
         err = f"  ERROR {r['error']}" if r["error"] else ""

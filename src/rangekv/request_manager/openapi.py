@@ -41,7 +41,9 @@ _E503 = {
         "Unavailable: no leader, node or metadata manager reachable in time; safe to retry",
         ["unavailable"],
     ),
-    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds (1)."}},
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": (
+        "Seconds: 1, or 0 with retry_elsewhere (this rm cannot follow the routing map; "
+        "another rm can answer now).")}},
 }
 _E504 = _error(
     "The write was sent but its outcome is unknown: it may or may not have taken effect. "
