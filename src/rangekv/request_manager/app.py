@@ -59,6 +59,9 @@ REQUEST_LINE_BYTES_MAX = 16 * 1024
 _BOUND_CHARS_MAX = 3 * 4 * (limits.KEY_BYTES_MAX + 2) // 3
 assert REQUEST_LINE_BYTES_MAX > 2 * _BOUND_CHARS_MAX + limits.CURSOR_BYTES_MAX + 1024
 SHUTDOWN_TIMEOUT_S = 2.0
+# per etcd endpoint and call: the rm only reads, and a member that does not answer this fast is
+# skipped for the next (the default 5 s kept an rm cut off for 15 s and more after a partition)
+ETCD_TIMEOUT_S = 2.0
 
 _TABLES_PREFIX = "/v1/tables/"
 _JSON = "application/json"
@@ -428,7 +431,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from rangekv.metadata.etcd import EtcdClient  # only the real process needs etcd
 
     host, port = args.listen
-    client = EtcdClient(args.etcd)
+    client = EtcdClient(args.etcd, timeout_s=ETCD_TIMEOUT_S)
     metrics = Metrics(args.id)
     source = EtcdViewSource(client, metrics)
     router = Router(source, args.id, stats=metrics.router)
