@@ -101,3 +101,43 @@ def test_groups_fail_independently(cluster: LocalCluster) -> None:
         c.start()  # the killed node comes back as a follower
         c.wait_ready(READY_TIMEOUT_S)
         check_all_acked(c.endpoint, t2, w2.acked)
+
+
+def test_split_by_hand_keeps_every_key_and_the_order(cluster: LocalCluster) -> None:
+    """``rangekv split t --at KEY``: the range is cut in two on its group; every key stays
+    readable and writable on both sides, and a listing walks both ranges in key order with
+    one cursor. Splitting again at the same key changes nothing."""
+    from rangekv.client import Client
+
+    c = cluster
+    with c.logs_on_failure(lines=40), Client(c.endpoint, timeout_s=15) as db:
+        db.create_table("split_me")
+        keys = [f"k{i:03d}" for i in range(200)]
+        for k in keys:
+            db.put("split_me", k, f"v-{k}")
+        before = db.ranges("split_me")
+        assert len(before) == 1 and before[0]["start"] == "" and before[0]["end"] is None
+        group = before[0]["group"]
+        after = db.split("split_me", "k100")
+        assert [(r["start"], r["end"], r["group"]) for r in after] == [
+            ("", "k100", group), ("k100", None, group)]
+        assert all(r["version"] == before[0]["version"] + 1 for r in after)
+        assert db.split("split_me", "k100") == after  # idempotent
+        assert db.ranges("split_me") == after
+        for k in ("k000", "k099", "k100", "k199"):
+            item = db.get("split_me", k)
+            assert item is not None and item.value == f"v-{k}".encode()
+        db.put("split_me", "k0995", "lower")
+        db.put("split_me", "zzz", "upper")
+        listed: list[str] = []
+        after_key = None
+        while True:  # pages of 7: the cursor crosses the range boundary mid-page
+            page = db.list("split_me", limit=7, after=after_key)
+            listed += [it.key.decode() for it in page.items]
+            if page.next is None:
+                break
+            after_key = page.next
+        assert listed == sorted([*keys, "k0995", "zzz"])
+        info = cluster_info(c.endpoint)
+        mine = [r for r in info["ranges"] if r["table"] == "split_me"]
+        assert [(r["start"], r["end"]) for r in mine] == [("", "k100"), ("k100", None)]

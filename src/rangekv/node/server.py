@@ -352,7 +352,7 @@ class Node:
             # Computed synchronously, so the hash and the applied index belong together.
             return {"node_id": self.node_id, "applied": replica.engine.applied_index,
                     "hash": replica.engine.content_hash()}
-        if op in ("put", "delete", "get", "list", "add_range", "drop_table"):
+        if op in ("put", "delete", "get", "list", "add_range", "split_range", "drop_table"):
             await self._until_serving(replica)
         if op == "put":
             table_id = _int(body, "table_id")
@@ -405,6 +405,11 @@ class Node:
                 "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
                 "s": sequencer.ZERO,
             })
+            return {}
+        if op == "split_range":
+            at = limits.check_key(_bytes(body, "at") or b"")
+            await replica.propose({"op": "split_range", "t": _int(body, "table_id"),
+                                   "at": at, "s": sequencer.ZERO})  # raises the apply error
             return {}
         if op == "drop_table":
             await replica.propose({"op": "drop_table", "t": _int(body, "table_id"),

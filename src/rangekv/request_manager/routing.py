@@ -694,6 +694,31 @@ class Router:
         reply = await self._meta_op("drop_table", name=name)
         await self._await_table_change(name, int(reply.get("revision", 0)), present=False)
 
+    def ranges(self, name: str) -> tuple[Table, list[Range]]:
+        """The table's ranges in key order, as this rm's map has them."""
+        limits.check_table_name(name)
+        view = self.source.view
+        table = view.table(name)
+        if table is None:
+            raise errors.TableNotFound(f"no table named {name!r}", table=name)
+        return table, list(view.ranges.get(table.id, []))
+
+    async def split(self, name: str, at: bytes) -> list[Range]:
+        """Cut the range of ``name`` holding ``at`` in two (both on its group); the table's
+        ranges afterwards, once this rm's map shows them."""
+        limits.check_table_name(name)
+        if not at:
+            raise errors.InvalidArgument("cannot split at the empty key: every table's first "
+                                         "range starts there", field="at")
+        limits.check_key(at)
+        reply = await self._meta_op("split_range", name=name, at=at)
+        revision = int(reply.get("revision", 0))
+        if revision > 0 and not await self.source.wait_revision(revision,
+                                                                TABLE_VISIBLE_TIMEOUT_S):
+            self.stats.refreshes += 1
+            await self.source.refresh_table(name, self._monotonic())
+        return self.ranges(name)[1]
+
     # -- data ops ----------------------------------------------------------------------------
 
     async def _data_op(

@@ -21,6 +21,7 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
     {"op": "del", "t": table_id, "k": key, "s": seq, "c": if_seq|None}
                                                 -> {"deleted": bool, "seq": s|zero} | {"error"}
     {"op": "add_range", "t": table_id, "start": bytes, "end": bytes|None, "s": seq} -> {}
+    {"op": "split_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "drop_table", "t": table_id, "s": seq}                                   -> {}
 
 ``c`` (if_seq): None = unconditional; 16 zero bytes = only if no live version exists; any other
@@ -292,6 +293,8 @@ class StateMachine:
                 return self._apply_del(tx, cmd)
             if op == "add_range":
                 return self._apply_add_range(tx, cmd)
+            if op == "split_range":
+                return self._apply_split_range(tx, cmd)
             if op == "drop_table":
                 return self._apply_drop_table(tx, cmd)
         except _Malformed as exc:
@@ -356,6 +359,29 @@ class StateMachine:
             return {}  # already there: write nothing
         by_start[start] = end
         tx.put(_table_range_bounds(table_id)[0] + start, _encode_range_end(end))
+        return {}
+
+    def _apply_split_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Cut the range holding ``at`` into [start, at) and [at, end): the keys this group
+        holds do not change, only the bounds it reports (``range_not_here``) and later moves
+        by. Idempotent: a range already starting at ``at`` is left as it is."""
+        table_id = _field_table(cmd)
+        at = _field_bytes(cmd, "at")
+        assert at is not None
+        by_start = tx.ranges.get(table_id) or {}
+        if at in by_start:
+            return {}
+        holder = [s for s, e in by_start.items() if _range_contains(s, e, at)]
+        if not holder:
+            return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+        (start,) = holder  # ranges of a table never overlap
+        end = by_start[start]
+        ranges = tx.writable_ranges()
+        ranges[table_id][start] = at
+        ranges[table_id][at] = end
+        lo = _table_range_bounds(table_id)[0]
+        tx.put(lo + start, _encode_range_end(at))
+        tx.put(lo + at, _encode_range_end(end))
         return {}
 
     def _apply_drop_table(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
