@@ -317,7 +317,8 @@ class LocalCluster:
 
     @property
     def rm_endpoints(self) -> list[str]:
-        return [f"http://{self.host_of(f'rm-{i}')}:{self.rm_port(i)}" for i in range(1, self.rms + 1)]
+        return [f"http://{self.host_of(f'rm-{i}')}:{self.rm_port(i)}"
+                for i in range(1, self.rms + 1)]
 
     def rm_port(self, i: int) -> int:
         return self.base_port + 10 + i

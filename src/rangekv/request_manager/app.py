@@ -42,10 +42,10 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from rangekv import errors, limits
 from rangekv import log as rangekv_log
+from rangekv.metadata.model import Range
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.metrics import Metrics
-from rangekv.metadata.model import Range
 from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
 
 log = logging.getLogger("rangekv.rm")
