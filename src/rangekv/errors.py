@@ -15,6 +15,8 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     ├── PreconditionFailed     412  conditional write whose seq did not match
     ├── Unavailable            503  retryable: no leader, node down, overloaded
     │   ├── NotLeader          503  retryable: go to ``leader_hint``
+    │   ├── RangeNotHere       503  retryable: the group does not own that key or span now
+    │   │                           (``ranges``: what it owns of the table); re-read the map
     │   └── NotActive          503  retryable: a standby meta; go to ``active_hint``
     ├── OutcomeUnknown         504  the write may or may not have taken effect
     ├── Timeout                504  (client side) no answer in time; outcome unknown for writes
@@ -106,6 +108,14 @@ class NotLeader(Unavailable):
     def leader_hint(self) -> int | None:
         hint = self.details.get("leader_hint")
         return int(hint) if hint is not None else None
+
+
+class RangeNotHere(Unavailable):
+    """The group does not own the key (or the span) asked for: the caller's routing map is
+    stale (the range was split or moved). ``ranges`` is the group's current view of the table:
+    ``[[start, end or None], ...]``. An rm re-reads the table's ranges and retries."""
+
+    code = "range_not_here"
 
 
 class NotActive(Unavailable):

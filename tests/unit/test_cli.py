@@ -486,13 +486,15 @@ def test_port_layout_follows_the_internals_doc() -> None:
             f"127.0.0.1:842{i - 1}",
             "--etcd",
             "http://127.0.0.1:8441",
+            "--groups-min",
+            "1",
         )
     with pytest.raises(KeyError):
         c.spec("meta-3")
     with pytest.raises(KeyError):
         c.spec("node-6")
     with pytest.raises(ClusterError):
-        LocalCluster("/tmp/x", nodes=10)
+        LocalCluster("/tmp/x", nodes=30)
     assert sorted(local.cluster_ports(8400)) == [
         8400,
         8411,
@@ -530,6 +532,28 @@ def test_cluster_ready() -> None:
     assert not local.cluster_ready({"groups": []})[0]
     assert not local.cluster_ready({"groups": [{"id": 1, "epoch": 1, "leader": None}]})[0]
     assert not local.cluster_ready({"groups": [{"id": 1, "epoch": 0, "leader": 1}]})[0]
+    one = {"groups": [{"id": 1, "epoch": 1, "leader": 1}]}
+    assert local.cluster_ready(one, 2) == (False, "1 of 2 groups formed")
+    two = {"groups": [{"id": 1, "epoch": 1, "leader": 1}, {"id": 2, "epoch": 3, "leader": 5}]}
+    assert local.cluster_ready(two, 2) == (True, "ready")
+
+
+def test_groups_set_the_node_count_the_ports_and_the_meta(tmp_path: Path) -> None:
+    assert local.nodes_for(1) == 5 and local.nodes_for(4) == 14
+    c = LocalCluster.open(tmp_path / "new", groups=4)
+    assert (c.groups, c.nodes) == (4, 14)
+    assert "--groups-min" in c.spec("meta-1").argv and c.spec("meta-1").argv[-1] == "4"
+    # nodes 1..9 keep their ports; 10 and up go past etcd's
+    assert [c.node_port(i) - c.base_port for i in (1, 9, 10, 14)] == [31, 39, 50, 54]
+    ports = local.cluster_ports(c.base_port, c.nodes, c.rms)
+    assert len(ports) == len(set(ports)) and max(ports) < c.base_port + local.PORT_SPAN
+    with pytest.raises(ClusterError, match="need at least 9 nodes"):
+        LocalCluster(tmp_path, 8400, nodes=8, groups=3)
+    # a data dir remembers its groups; asking for more later grows the node count
+    (tmp_path / "cluster.json").write_text(json.dumps(
+        {"base_port": 9000, "nodes": 8, "rms": 2, "groups": 2}))
+    assert (LocalCluster.open(tmp_path).groups, LocalCluster.open(tmp_path).nodes) == (2, 8)
+    assert LocalCluster.open(tmp_path, groups=3).nodes == 11
 
 
 def test_a_data_dir_keeps_its_base_port(tmp_path: Path) -> None:

@@ -222,11 +222,21 @@ def test_unknown_table_and_keys_outside_the_ranges(node: Node) -> None:
         True,
         True,
     ]
-    assert error_code(node.one(node.put(7, b"a", b"v"))) == "table_not_found"
-    assert error_code(node.one(node.put(7, b"d", b"v"))) == "table_not_found"
+    # ranges of the table are here, none holds the key: range_not_here, with this group's view
+    outside = node.one(node.put(7, b"a", b"v"))
+    assert error_code(outside) == "range_not_here"
+    assert outside["error"]["ranges"] == [[b"b", b"d"], [b"m", None]]
+    assert error_code(node.one(node.put(7, b"d", b"v"))) == "range_not_here"
     assert error_code(node.one(node.put(7, b"c", b"v"))) is None
     assert error_code(node.one(node.put(7, b"zz", b"v"))) is None
     assert node.sm.ranges() == [(7, b"b", b"d"), (7, b"m", None)]
+    # a span is covered only if one range holds all of it
+    assert node.sm.covers(7, b"b", b"d") and node.sm.covers(7, b"bb", b"c")
+    assert node.sm.covers(7, b"m", None) and node.sm.covers(7, b"x", b"y")
+    assert not node.sm.covers(7, b"b", None) and not node.sm.covers(7, b"c", b"n")
+    assert not node.sm.covers(7, b"a", b"c") and not node.sm.covers(8, b"", None)
+    assert node.sm.not_here(8).code == "table_not_found"
+    assert node.sm.not_here(7).code == "range_not_here"
 
 
 def test_add_range_is_idempotent(node: Node) -> None:
@@ -547,7 +557,7 @@ class Oracle:
             return {}
         t, k, s, c = cmd["t"], cmd["k"], cmd["s"], cmd["c"]
         if not self.owns(t, k):
-            return "table_not_found"
+            return "range_not_here" if self.ranges.get(t) else "table_not_found"
         live = self.live(t, k)
         if c == ZERO and live is not None:
             return "precondition_failed"

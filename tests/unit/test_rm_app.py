@@ -737,6 +737,8 @@ def test_routes_health_cluster_metrics_openapi() -> None:
                 "/v1/tables/{table}",
                 "/v1/tables/{table}/keys",
                 "/v1/tables/{table}/keys/{key}",
+                "/v1/tables/{table}/ranges",
+                "/v1/tables/{table}/split/{key}",
                 "/v1/cluster",
                 "/v1/openapi.json",
                 "/healthz",
@@ -1098,6 +1100,63 @@ def test_an_rm_that_cannot_follow_the_map_sends_retries_elsewhere() -> None:
             resp = await client.put("/v1/tables/t/keys/k", data=b"v")
             assert resp.status == 200
         await router.close()
+        await node.stop()
+
+    run(main())
+
+
+def test_a_stale_map_is_refreshed_when_a_group_says_range_not_here() -> None:
+    """The upper half of t moved to group 2 (split and move): this rm's map still sends every
+    key to group 1, which answers range_not_here with its view. The rm re-reads the table's
+    ranges and retries at group 2; a listing walks both groups. No 404, no short listing."""
+
+    async def main() -> None:
+        g1, g2 = FakeNode({1}), FakeNode({1})
+        await g1.start()
+        await g2.start()
+        g1.data[1] = {b"a": (b"va", sequencer.ZERO)}
+        g2.data[1] = {b"x": (b"vx", sequencer.ZERO)}
+
+        def owns_lower_half(body: dict[str, Any]) -> None:
+            key = body.get("key")
+            end = body.get("end")
+            if (key is not None and key >= b"m") or (
+                    body["op"] == "list" and (end is None or end > b"m")):
+                raise errors.RangeNotHere("not here", table_id=1, ranges=[[b"", b"m"]])
+
+        g1.fault = owns_lower_half
+        nodes = {1: g1.address, 2: g2.address}
+        groups = {1: (1, [1], 1), 2: (2, [2], 1)}
+        view = build_view(nodes, groups, {"t": (1, [(b"", None, 1)])})
+        backing = build_view(nodes, groups, {"t": (1, [(b"", b"m", 1), (b"m", None, 2)])})
+        async with harness(view, backing=backing) as h:
+            resp = await h.client.get("/v1/tables/t/keys/x")
+            assert resp.status == 200 and await resp.read() == b"vx"
+            assert h.source.refreshes == 1 and len(g2.ops("get")) == 1
+            await h.json("PUT", "/v1/tables/t/keys/y", 200, data=b"vy")
+            assert len(g2.ops("put")) == 1 and not g1.ops("put")  # the map is current now
+            body = await h.json("GET", "/v1/tables/t/keys", 200)
+            assert [i["key"] for i in body["items"]] == ["a", "x", "y"]
+            text = await (await h.client.get("/metrics")).text()
+            assert 'rangekv_rm_routing_retries_total{reason="range_not_here"} 1' in text
+        await g1.stop()
+        await g2.stop()
+
+    run(main())
+
+
+def test_range_not_here_that_persists_ends_in_503_at_the_deadline() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+
+        def never(body: dict[str, Any]) -> None:
+            raise errors.RangeNotHere("not here", table_id=1, ranges=[])
+
+        node.fault = never
+        async with harness(view, backing=view, request_deadline_s=0.5) as h:
+            err = await h.error("GET", "/v1/tables/t/keys/k", 503, "unavailable")
+            assert err["retryable"] is True and err["cause"] == "range_not_here"
+            assert len(node.ops("get")) > 2  # retried within the deadline, not given up at once
         await node.stop()
 
     run(main())

@@ -27,6 +27,7 @@ between does not (real processes), so a seed replays the same plan, not the same
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import threading
@@ -36,7 +37,10 @@ from typing import Any
 
 import httpx
 
+from rangekv import errors, wire
 from rangekv.chaos.netcluster import NetCluster
+
+STATUS_TIMEOUT_S = 0.5  # asking a node whether it leads
 
 FAMILIES: dict[str, list[str]] = {
     "partition": ["partition-one", "partition-leader", "partition-halves", "partition-bridge",
@@ -96,6 +100,7 @@ class Nemesis:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self._paused: list[str] = []
+        self.guessed = False  # the last fault's "leader" was a random member (none found)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -112,15 +117,38 @@ class Nemesis:
         return {}
 
     def _group(self, info: dict[str, Any]) -> tuple[str | None, list[str]]:
-        """(leader name or None, member names) of a random group."""
+        """(leader name or None, member names) of a random group. The leader is the member
+        that says it leads the highest epoch (asked directly: an rm's map may be stale, or no
+        rm may answer, right after a fault); the map's leader only if no member answers."""
         groups = info.get("groups") or []
         if not groups:
             members = [f"node-{i}" for i in range(1, 4)]
-            return None, members
+            return self._leading(members), members
         g = self.rng.choice(groups)
         members = [f"node-{m['id']}" for m in g.get("members", [])]
-        leader = f"node-{g['leader']}" if g.get("leader") is not None else None
-        return leader, members
+        mapped = f"node-{g['leader']}" if g.get("leader") is not None else None
+        return self._leading(members) or mapped, members
+
+    def _leading(self, members: list[str]) -> str | None:
+        """The member that reports role leader at the highest epoch (node op ``status``)."""
+
+        async def ask(name: str) -> tuple[int, str] | None:
+            i = int(name.split("-")[1])
+            conn = wire.Connection(f"{self.cluster.host_of(name)}:{self.cluster.node_port(i)}",
+                                   STATUS_TIMEOUT_S)
+            try:
+                st = await conn.request("status", timeout_s=STATUS_TIMEOUT_S)
+            except (errors.RangeKVError, OSError):
+                return None
+            finally:
+                await conn.close()
+            return (int(st.get("epoch") or 0), name) if st.get("role") == "leader" else None
+
+        async def ask_all() -> list[tuple[int, str] | None]:
+            return list(await asyncio.gather(*(ask(m) for m in members)))
+
+        leaders = [x for x in asyncio.run(ask_all()) if x is not None]
+        return max(leaders)[1] if leaders else None
 
     def _nodes(self) -> list[str]:
         return [f"node-{i}" for i in range(1, self.cluster.nodes + 1)]
@@ -137,6 +165,8 @@ class Nemesis:
         leader, members = self._group(info)
         followers = [m for m in members if m != leader]
         target_leader = leader or rng.choice(members)
+        if leader is None:  # said in the report: "leader" below is then a guess
+            self.guessed = True
         if fault == "partition-one":
             node = rng.choice(self._nodes())
             c.net.partition([[node], [h for h in self._hosts() if h != node]])
@@ -242,8 +272,11 @@ class Nemesis:
                 fault = self.rng.choice(self.faults)
                 record = FaultRecord(fault, "", self.now())
                 self.records.append(record)
+                self.guessed = False
                 try:
                     record.detail = self.apply(fault)
+                    if self.guessed and "leader" in record.detail:
+                        record.detail += " (no member said it leads: picked at random)"
                 except Exception as err:  # noqa: BLE001 (the run goes on; the report shows it)
                     record.error = f"{type(err).__name__}: {err}"
                 self.stop.wait(max(0.0, interval - self.rest_s))

@@ -34,6 +34,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("tables", parents=[common], help="list the tables")
     p.set_defaults(func=cmd_tables)
 
+    p = sub.add_parser("ranges", parents=[common],
+                       help="list a table's ranges and the group serving each")
+    p.add_argument("table")
+    p.set_defaults(func=cmd_ranges)
+
+    p = sub.add_parser("split", parents=[common],
+                       help="cut the range of TABLE holding KEY in two at KEY (same group)")
+    p.add_argument("table")
+    p.add_argument("--at", required=True, metavar="KEY", help="the first key of the upper part")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("put", parents=[common], help="store a value under a key")
     p.add_argument("table")
     p.add_argument("key")
@@ -201,6 +212,34 @@ def cmd_drop_table(args: argparse.Namespace, ctx: Context) -> int:
         _print_json(ctx, {"table": args.name, "dropped": True})
     else:
         ctx.out(f"dropped table {args.name}")
+    return 0
+
+
+def _format_ranges(table: str, ranges: list[dict[str, Any]]) -> str:
+    rows = [f"{'start':<24} {'end':<24} {'group':>5} {'version':>7}"]
+    for r in ranges:
+        end = "(none)" if r.get("end") is None else repr(r["end"])
+        rows.append(f"{r['start']!r:<24} {end:<24} {r['group']:>5} {r['version']:>7}")
+    return f"table {table}: {len(ranges)} range(s)\n" + "\n".join(rows)
+
+
+def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        ranges = db.ranges(args.table)
+    if args.json:
+        _print_json(ctx, {"table": args.table, "ranges": ranges})
+    else:
+        ctx.out(_format_ranges(args.table, ranges))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        ranges = db.split(args.table, args.at)
+    if args.json:
+        _print_json(ctx, {"table": args.table, "ranges": ranges})
+    else:
+        ctx.out(_format_ranges(args.table, ranges))
     return 0
 
 

@@ -29,6 +29,7 @@ from rangekv.cli import DEFAULT_ENDPOINT, Context
 
 DATA_DIR_DEFAULT = Path("rangekv-data")
 READY_TIMEOUT_S_DEFAULT = 90.0
+GROUPS_DEFAULT = 2
 SUPERVISE_INTERVAL_S = 1.0
 
 
@@ -49,7 +50,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="HAProxy's port; the others follow it (default 8400, or the port the "
         "data dir was created with)",
     )
-    p.add_argument("--nodes", type=int, default=None, help="storage nodes (default 5)")
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=None,
+        help=f"replication groups of three nodes (default {GROUPS_DEFAULT} for a new data dir, "
+        "else what it has; more can be asked for later: they form from spares)",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="storage nodes (default: three per group plus two spares)",
+    )
     p.add_argument("--rms", type=int, default=None, help="request managers (default 2)")
     p.add_argument(
         "--detach",
@@ -178,7 +191,10 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
     from rangekv.cluster.local import ClusterError, LocalCluster
 
     try:
-        cluster = LocalCluster.open(args.data_dir, args.base_port, args.nodes, args.rms)
+        groups = args.groups
+        if groups is None and not (args.data_dir / "cluster.json").exists():
+            groups = GROUPS_DEFAULT
+        cluster = LocalCluster.open(args.data_dir, args.base_port, args.nodes, args.rms, groups)
     except ClusterError as exc:
         ctx.err(f"error: cluster: {exc}")
         return 1

@@ -65,6 +65,17 @@ class AsyncClient:
     async def drop_table(self, name: str) -> None:
         await self._send(_common.call_drop_table(name))
 
+    async def ranges(self, table: str) -> list[dict[str, Any]]:
+        """The table's ranges in key order: start, end (None: unbounded), group, version."""
+        result: list[dict[str, Any]] = await self._send(_common.call_ranges(table))
+        return result
+
+    async def split(self, table: str, at: str | bytes) -> list[dict[str, Any]]:
+        """Cut the range of ``table`` holding ``at`` in two at ``at`` (both halves on the same
+        group); the table's ranges afterwards. Idempotent."""
+        result: list[dict[str, Any]] = await self._send(_common.call_split(table, at))
+        return result
+
     async def tables(self) -> list[str]:
         result: list[str] = await self._send(_common.call_tables())
         return result

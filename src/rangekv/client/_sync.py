@@ -72,6 +72,17 @@ class Client:
     def drop_table(self, name: str) -> None:
         self._send(_common.call_drop_table(name))
 
+    def ranges(self, table: str) -> list[dict[str, Any]]:
+        """The table's ranges in key order: start, end (None: unbounded), group, version."""
+        result: list[dict[str, Any]] = self._send(_common.call_ranges(table))
+        return result
+
+    def split(self, table: str, at: str | bytes) -> list[dict[str, Any]]:
+        """Cut the range of ``table`` holding ``at`` in two at ``at`` (both halves on the same
+        group); the table's ranges afterwards. Idempotent."""
+        result: list[dict[str, Any]] = self._send(_common.call_split(table, at))
+        return result
+
     def tables(self) -> list[str]:
         result: list[str] = self._send(_common.call_tables())
         return result

@@ -51,9 +51,11 @@ import httpx
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
-PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms and 9 nodes
+PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms
+NODES_MAX = 29  # nodes 1..9 at base+31..39, nodes 10..29 at base+50..69
 METAS = 2  # one active, one standby (ports base+20, base+21)
-PORT_SPAN = 43  # base .. base+42
+PORT_SPAN = 70  # base .. base+69
+GROUP_SIZE = 3
 
 READY_TIMEOUT_S_DEFAULT = 60.0
 STOP_TIMEOUT_S_DEFAULT = 10.0
@@ -148,12 +150,22 @@ def _port_free(port: int, host: str = HOST) -> bool:
     return True
 
 
+def node_port_offset(i: int) -> int:
+    """Node i's port is base + this (the layout keeps nodes 1..9 where they always were)."""
+    return 30 + i if i <= 9 else 40 + i
+
+
+def nodes_for(groups: int) -> int:
+    """The default node count for ``groups`` groups: three each, plus two spares."""
+    return GROUP_SIZE * groups + 2
+
+
 def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
     return (
         [base_port]
         + [base_port + 10 + i for i in range(1, rms + 1)]
         + [base_port + 19 + i for i in range(1, METAS + 1)]
-        + [base_port + 30 + i for i in range(1, nodes + 1)]
+        + [base_port + node_port_offset(i) for i in range(1, nodes + 1)]
         + [base_port + 41, base_port + 42]
     )
 
@@ -226,17 +238,27 @@ class LocalCluster:
         nodes: int = 5,
         rms: int = 2,
         *,
+        groups: int = 1,
         command: Sequence[str] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
     ) -> None:
-        if not 1 <= nodes <= PROCS_PER_KIND_MAX or not 1 <= rms <= PROCS_PER_KIND_MAX:
-            raise ClusterError(f"nodes and rms must be in 1..{PROCS_PER_KIND_MAX}")
+        if not 1 <= nodes <= NODES_MAX:
+            raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
+        if not 1 <= rms <= PROCS_PER_KIND_MAX:
+            raise ClusterError(f"rms must be in 1..{PROCS_PER_KIND_MAX}")
+        if groups < 1:
+            raise ClusterError("groups must be at least 1")
+        if groups > 1 and nodes < GROUP_SIZE * groups:
+            raise ClusterError(f"{groups} group(s) of {GROUP_SIZE} need at least "
+                               f"{GROUP_SIZE * groups} nodes, not {nodes}")
         if not 1024 <= base_port <= 65535 - PORT_SPAN:
             raise ClusterError(f"base port must be in 1024..{65535 - PORT_SPAN}")
         self.data_dir = Path(data_dir).absolute()
         self.base_port = base_port
         self.nodes = nodes
         self.rms = rms
+        #: the meta forms groups of three from spares until there are this many
+        self.groups = groups
         # How our own processes are started: the same interpreter (so the same venv) running
         # the console script's module. Tests substitute stand-ins here.
         self.command: tuple[str, ...] = tuple(command or (sys.executable, "-m", "rangekv.cli.main"))
@@ -255,11 +277,13 @@ class LocalCluster:
         base_port: int | None = None,
         nodes: int | None = None,
         rms: int | None = None,
+        groups: int | None = None,
         **kwargs: Any,
     ) -> LocalCluster:
         """The cluster of ``data_dir`` with the settings it was created with (``cluster.json``).
 
-        Ports cannot change once a cluster has data: nodes and etcd remember addresses.
+        Ports cannot change once a cluster has data: nodes and etcd remember addresses. More
+        groups (and nodes) may be asked for later; the meta forms the new groups from spares.
         """
         saved: dict[str, Any] = {}
         path = Path(data_dir) / "cluster.json"
@@ -270,11 +294,17 @@ class LocalCluster:
                     f"{data_dir} holds a cluster on base port {saved['base_port']}, not "
                     f"{base_port}; use --base-port {saved['base_port']} or another data dir"
                 )
+        groups_n = groups if groups is not None else int(saved.get("groups", 1))
+        if nodes is None:
+            nodes = int(saved.get("nodes", 5))
+            if groups is not None:
+                nodes = max(nodes, nodes_for(groups))
         return cls(
             data_dir,
             base_port if base_port is not None else int(saved.get("base_port", 8400)),
-            nodes if nodes is not None else int(saved.get("nodes", 5)),
+            nodes,
             rms if rms is not None else int(saved.get("rms", 2)),
+            groups=groups_n,
             **kwargs,
         )
 
@@ -287,7 +317,8 @@ class LocalCluster:
 
     @property
     def rm_endpoints(self) -> list[str]:
-        return [f"http://{self.host_of(f'rm-{i}')}:{self.rm_port(i)}" for i in range(1, self.rms + 1)]
+        return [f"http://{self.host_of(f'rm-{i}')}:{self.rm_port(i)}"
+                for i in range(1, self.rms + 1)]
 
     def rm_port(self, i: int) -> int:
         return self.base_port + 10 + i
@@ -306,7 +337,7 @@ class LocalCluster:
         return ",".join(self.meta_addresses.values())
 
     def node_port(self, i: int) -> int:
-        return self.base_port + 30 + i
+        return self.base_port + node_port_offset(i)
 
     @property
     def node_addresses(self) -> dict[int, str]:
@@ -410,6 +441,8 @@ class LocalCluster:
                 self.meta_addresses[i],
                 "--etcd",
                 self.etcd_endpoint,
+                "--groups-min",
+                str(self.groups),
             )
             return ProcSpec(name, argv, (self.meta_port(i),))
         if name == "haproxy":
@@ -545,7 +578,8 @@ class LocalCluster:
 
     def _save_settings(self) -> None:
         path = self.data_dir / "cluster.json"
-        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms}
+        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms,
+                    "groups": self.groups}
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("base_port") != self.base_port:
@@ -627,7 +661,8 @@ class LocalCluster:
         """Return the topology once the cluster serves writes; raise ClusterError after timeout_s.
 
         Ready means: every process runs, HAProxy and every rm answer ``/healthz`` with 200, and
-        every rm's ``/v1/cluster`` shows at least one group, each with a leader of epoch > 0.
+        every rm's ``/v1/cluster`` shows at least ``groups`` groups, each with a leader of
+        epoch > 0.
         """
         deadline = time.monotonic() + timeout_s
         reason = "not checked yet"
@@ -666,7 +701,7 @@ class LocalCluster:
             if resp.status_code != 200:
                 return False, f"{url}/v1/cluster answered {resp.status_code}", {}
             info = resp.json()
-            ok, why = cluster_ready(info)
+            ok, why = cluster_ready(info, self.groups)
             if not ok:
                 return False, f"{url}: {why}", info
         return True, "ready", info
@@ -789,11 +824,14 @@ class LocalCluster:
         return f"LocalCluster({str(self.data_dir)!r}, base_port={self.base_port})"
 
 
-def cluster_ready(info: dict[str, Any]) -> tuple[bool, str]:
-    """Whether a ``/v1/cluster`` answer shows a cluster that can take writes, and why not."""
+def cluster_ready(info: dict[str, Any], groups_min: int = 1) -> tuple[bool, str]:
+    """Whether a ``/v1/cluster`` answer shows a cluster that can take writes (at least
+    ``groups_min`` groups, each with a leader), and why not."""
     groups = info.get("groups")
     if not isinstance(groups, list) or not groups:
         return False, "no replication group yet"
+    if len(groups) < groups_min:
+        return False, f"{len(groups)} of {groups_min} groups formed"
     for group in groups:
         if not isinstance(group, dict):
             return False, "malformed group"

@@ -34,7 +34,6 @@ The client is not thread-safe; use it from one event loop, and ``await close()``
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import contextlib
 import json

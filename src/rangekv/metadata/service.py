@@ -63,7 +63,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rangekv import errors, wire
+from rangekv import errors, limits, wire
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
@@ -452,6 +452,7 @@ class MetaService:
             "heartbeat": self._op_heartbeat,
             "create_table": self._op_create_table,
             "drop_table": self._op_drop_table,
+            "split_range": self._op_split_range,
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -1196,6 +1197,47 @@ class MetaService:
                 revision,
             )
             return {"revision": revision}
+
+    async def _op_split_range(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Cut the range of table ``name`` holding key ``at`` in two, on the same group
+        (``rangekv split``): etcd first (CAS), then the group's leader (idempotent), so a retry
+        after a failure anywhere finishes the job."""
+        name = check_table_name(req.get("name"))  # type: ignore[arg-type]
+        at = req.get("at")
+        if not isinstance(at, bytes) or not at:
+            raise errors.InvalidArgument("at must be a non-empty key", field="at")
+        limits.check_key(at)
+        self._require_active()
+        async with self._name_lock(name):
+            found = await self.store.get_table(name)
+            if found is None or found[0].state != model.TABLE_ACTIVE:
+                raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
+            table = found[0]
+            for _ in range(CAS_ATTEMPTS_MAX):
+                ranges = await self.store.table_ranges_revs(table.id)
+                holder = [(r, rev) for r, rev in ranges if r.contains(at)]
+                assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)
+                rng, rev = holder[0]
+                if rng.start == at:
+                    self.log.info("split_range %s at %r: a range already starts there",
+                                  name, at)
+                    break
+                revision = await self.store.split_range(rng, rev, at)
+                if revision is not None:
+                    self.log.info(
+                        "split_range %s at %r: range [%r, %r) of group %d cut in two, both "
+                        "on group %d (asked by an operator) at revision %d",
+                        name, at, rng.start, rng.end, rng.group, rng.group, revision)
+                    break
+            else:
+                raise errors.Unavailable(
+                    f"the ranges of {name!r} kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
+                    table=name)
+            await self._tell_leader(rng.group, "split_range", table_id=table.id, at=at)
+            after = await self.store.table_ranges_revs(table.id)
+            # the revision an rm waits for before its next request uses the new ranges
+            return {"ranges": [r.to_json() for r, _ in after],
+                    "revision": max(rev for _, rev in after)}
 
     def _conn(self, address: str) -> wire.Connection:
         conn = self._conns.get(address)

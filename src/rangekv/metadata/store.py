@@ -166,6 +166,27 @@ class MetaStore:
         kvs, _ = await self.etcd.get_prefix(table_ranges_prefix(table_id))
         return [Range.load(kv.value) for kv in kvs]
 
+    async def table_ranges_revs(self, table_id: int) -> list[tuple[Range, int]]:
+        """The table's ranges in key order, each with its mod_revision (for a CAS)."""
+        kvs, _ = await self.etcd.get_prefix(table_ranges_prefix(table_id))
+        return sorted(((Range.load(kv.value), kv.mod_revision) for kv in kvs),
+                      key=lambda rr: rr[0].start)
+
+    async def split_range(self, rng: Range, mod_revision: int, at: bytes) -> int | None:
+        """Cut ``rng`` at ``at`` into two ranges of the same group, both one version up, if its
+        record is still at ``mod_revision`` and no range starts at ``at``; the revision or
+        None."""
+        assert rng.start < at and (rng.end is None or at < rng.end), (rng, at)
+        lower = Range(rng.table_id, rng.start, at, rng.group, rng.version + 1)
+        upper = Range(rng.table_id, at, rng.end, rng.group, rng.version + 1)
+        lkey = model.range_key(rng.table_id, rng.start)
+        ukey = model.range_key(rng.table_id, at)
+        res = await self._txn(
+            [Compare.mod_revision(lkey, "=", mod_revision), Compare.version(ukey, "=", 0)],
+            [Op.put(lkey, lower.dumps()), Op.put(ukey, upper.dumps())],
+        )
+        return res.revision if res.succeeded else None
+
     async def create_table(
         self, name: str, group_id: int, created_ns: int
     ) -> tuple[Table, int] | None:

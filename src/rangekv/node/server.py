@@ -352,12 +352,14 @@ class Node:
             # Computed synchronously, so the hash and the applied index belong together.
             return {"node_id": self.node_id, "applied": replica.engine.applied_index,
                     "hash": replica.engine.content_hash()}
-        if op in ("put", "delete", "get", "list", "add_range", "drop_table"):
+        if op in ("put", "delete", "get", "list", "add_range", "split_range", "drop_table"):
             await self._until_serving(replica)
         if op == "put":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
             value = limits.check_value(_bytes(body, "value") or b"")
+            if not replica.engine.owns(table_id, key):  # the log decides; this saves an entry
+                raise replica.engine.not_here(table_id)
             result = await replica.propose({
                 "op": "put", "t": table_id, "k": key, "v": value, "s": _seq(body, "seq"),
                 "c": _seq(body, "if_seq", optional=True),
@@ -366,6 +368,8 @@ class Node:
         if op == "delete":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
+            if not replica.engine.owns(table_id, key):
+                raise replica.engine.not_here(table_id)
             result = await replica.propose({
                 "op": "del", "t": table_id, "k": key, "s": _seq(body, "seq"),
                 "c": _seq(body, "if_seq", optional=True),
@@ -376,8 +380,7 @@ class Node:
             key = limits.check_key(_bytes(body, "key") or b"")
             await replica.linearizable()
             if not replica.engine.owns(table_id, key):
-                raise errors.TableNotFound(f"table {table_id} has no range here for this key",
-                                           table_id=table_id)
+                raise replica.engine.not_here(table_id)
             found = replica.engine.get(table_id, key)
             if found is None:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
@@ -389,9 +392,10 @@ class Node:
             after = _bytes(body, "after", optional=True)
             limit = limits.check_list_limit(body.get("limit"))
             await replica.linearizable()
-            if not replica.engine.has_table(table_id):
-                raise errors.TableNotFound(f"table {table_id} has no range here",
-                                           table_id=table_id)
+            if not replica.engine.covers(table_id, start, end):
+                # a span this group does not wholly own would list only part of it: a stale
+                # map must not turn into a silently short listing
+                raise replica.engine.not_here(table_id)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
             return {"items": [list(item) for item in items], "more": more}
@@ -401,6 +405,11 @@ class Node:
                 "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
                 "s": sequencer.ZERO,
             })
+            return {}
+        if op == "split_range":
+            at = limits.check_key(_bytes(body, "at") or b"")
+            await replica.propose({"op": "split_range", "t": _int(body, "table_id"),
+                                   "at": at, "s": sequencer.ZERO})  # raises the apply error
             return {}
         if op == "drop_table":
             await replica.propose({"op": "drop_table", "t": _int(body, "table_id"),

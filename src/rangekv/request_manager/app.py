@@ -42,6 +42,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from rangekv import errors, limits
 from rangekv import log as rangekv_log
+from rangekv.metadata.model import Range
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.metrics import Metrics
@@ -93,6 +94,18 @@ def _json_response(
     return web.Response(
         body=codec.dump_json(body), status=status, content_type=_JSON, headers=headers
     )
+
+
+def _range_json(r: Range) -> dict[str, Any]:
+    """A range for the HTTP API: bounds as text (lossy for non-UTF-8 bytes) and as hex."""
+    return {
+        "start": r.start.decode("utf-8", "backslashreplace"),
+        "end": None if r.end is None else r.end.decode("utf-8", "backslashreplace"),
+        "start_hex": r.start.hex(),
+        "end_hex": None if r.end is None else r.end.hex(),
+        "group": r.group,
+        "version": r.version,
+    }
 
 
 def error_response(err: errors.RangeKVError) -> web.Response:
@@ -238,6 +251,15 @@ class RequestManager:
                 if method == "GET":
                     return "list", lambda: self.list_keys(table_raw, raw_query)
                 raise _BadMethod(("GET", "HEAD"))
+            if tail == "ranges":
+                if method == "GET":
+                    return "ranges", lambda: self.table_ranges(table_raw)
+                raise _BadMethod(("GET", "HEAD"))
+            if tail.startswith("split/"):
+                key_raw = tail[len("split/") :]
+                if method == "POST":
+                    return "split", lambda: self.split(table_raw, key_raw, raw_query)
+                raise _BadMethod(("POST",))
             if tail.startswith("keys/"):
                 key_raw = tail[len("keys/") :]
                 if method == "GET":
@@ -332,6 +354,16 @@ class RequestManager:
         name = codec.decode_table_segment(table_raw)
         table = await self.router.create_table(name)
         return _json_response({"table": {"name": table.name, "id": table.id}}, 201)
+
+    async def table_ranges(self, table_raw: str) -> web.Response:
+        table, ranges = self.router.ranges(codec.decode_table_segment(table_raw))
+        return _json_response({"table": table.name, "ranges": [_range_json(r) for r in ranges]})
+
+    async def split(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+        name = codec.decode_table_segment(table_raw)
+        at = self._key(key_raw, raw_query)
+        ranges = await self.router.split(name, at)
+        return _json_response({"table": name, "ranges": [_range_json(r) for r in ranges]})
 
     async def drop_table(self, table_raw: str) -> web.Response:
         name = codec.decode_table_segment(table_raw)

@@ -331,6 +331,32 @@ def document() -> dict[str, Any]:
                     ),
                 }
             },
+            "/v1/tables/{table}/ranges": {
+                "parameters": [table_param],
+                "get": {
+                    "operationId": "listRanges",
+                    "summary": "The table's ranges in key order, each with the group serving it",
+                    "responses": _common(
+                        ("200", _json("Ranges", _ref("Ranges"))),
+                        ("404", _E404_TABLE),
+                    ),
+                },
+            },
+            "/v1/tables/{table}/split/{key}": {
+                "parameters": [table_param, key_param, key_encoding_param],
+                "post": {
+                    "operationId": "splitRange",
+                    "summary": (
+                        "Cut the range holding {key} in two at {key}, both halves on the same "
+                        "group (idempotent: a range already starting there is left as it is)"
+                    ),
+                    "responses": _common(
+                        ("200", _json("The table's ranges afterwards", _ref("Ranges"))),
+                        ("404", _E404_TABLE),
+                        ("504", _E504),
+                    ),
+                },
+            },
             "/v1/tables/{table}/keys/{key}": {
                 "parameters": [table_param, key_param, key_encoding_param],
                 "get": {
@@ -455,6 +481,30 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 "Table": table_schema,
+                "Ranges": {
+                    "type": "object",
+                    "required": ["table", "ranges"],
+                    "properties": {
+                        "table": {"type": "string"},
+                        "ranges": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["start", "end", "start_hex", "end_hex", "group",
+                                             "version"],
+                                "properties": {
+                                    "start": {"type": "string"},
+                                    "end": {"type": ["string", "null"],
+                                            "description": "null: no upper bound"},
+                                    "start_hex": {"type": "string"},
+                                    "end_hex": {"type": ["string", "null"]},
+                                    "group": {"type": "integer"},
+                                    "version": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                },
                 "Error": error_schema,
                 "PreconditionError": precondition_schema,
                 "SeqResult": {

@@ -29,6 +29,9 @@ no leader known / cannot connect           wait for the view to change or a back
 table unknown, or ``table_not_found``      re-read that table's keys from etcd once (the watch
                                            may lag a table created through another rm), retry;
                                            then 404
+``range_not_here`` (the group does not     re-read the table's ranges at once (once), then
+own the key or span: split or moved)       wait for the watch or a backoff, retry; 503 at
+                                           the deadline
 ``outcome_unknown`` / ``timeout`` on a     never retried: the write may have happened; 504
 write (put, delete, create/drop table)     ``outcome_unknown``
 the same on a read                         retried
@@ -511,7 +514,8 @@ class _Attempt:
     """Retry state of one request: its deadline, backoff count and whether the one-off
     recoveries (following a hint at once, re-reading the table) were used."""
 
-    __slots__ = ("deadline", "n", "refreshed", "hint_followed", "override", "since", "last")
+    __slots__ = ("deadline", "n", "refreshed", "hint_followed", "override", "since", "last",
+                 "ranges_reread")
 
     def __init__(self, now: float, deadline_s: float) -> None:
         self.since = now
@@ -521,6 +525,7 @@ class _Attempt:
         self.hint_followed = False
         self.override: str | None = None
         self.last: errors.RangeKVError | None = None
+        self.ranges_reread = False
 
 
 class Router:
@@ -689,6 +694,31 @@ class Router:
         reply = await self._meta_op("drop_table", name=name)
         await self._await_table_change(name, int(reply.get("revision", 0)), present=False)
 
+    def ranges(self, name: str) -> tuple[Table, list[Range]]:
+        """The table's ranges in key order, as this rm's map has them."""
+        limits.check_table_name(name)
+        view = self.source.view
+        table = view.table(name)
+        if table is None:
+            raise errors.TableNotFound(f"no table named {name!r}", table=name)
+        return table, list(view.ranges.get(table.id, []))
+
+    async def split(self, name: str, at: bytes) -> list[Range]:
+        """Cut the range of ``name`` holding ``at`` in two (both on its group); the table's
+        ranges afterwards, once this rm's map shows them."""
+        limits.check_table_name(name)
+        if not at:
+            raise errors.InvalidArgument("cannot split at the empty key: every table's first "
+                                         "range starts there", field="at")
+        limits.check_key(at)
+        reply = await self._meta_op("split_range", name=name, at=at)
+        revision = int(reply.get("revision", 0))
+        if revision > 0 and not await self.source.wait_revision(revision,
+                                                                TABLE_VISIBLE_TIMEOUT_S):
+            self.stats.refreshes += 1
+            await self.source.refresh_table(name, self._monotonic())
+        return self.ranges(name)[1]
+
     # -- data ops ----------------------------------------------------------------------------
 
     async def _data_op(
@@ -766,6 +796,16 @@ class Router:
                     st.hint_followed = True
                     self.stats.hints_followed += 1
                     self.stats.retry("not_leader")
+                    continue
+                await self._backoff(st, err)
+            except errors.RangeNotHere as err:
+                # the map is stale (a split or a move): re-read the table's ranges once at
+                # once, then wait for the watch (bounded by the deadline); nothing was applied
+                self.stats.retry("range_not_here")
+                if not st.ranges_reread:
+                    st.ranges_reread = True
+                    self.stats.refreshes += 1
+                    await self.source.refresh_table(table, self._monotonic())
                     continue
                 await self._backoff(st, err)
             except errors.TableNotFound:

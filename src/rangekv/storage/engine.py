@@ -21,11 +21,13 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
     {"op": "del", "t": table_id, "k": key, "s": seq, "c": if_seq|None}
                                                 -> {"deleted": bool, "seq": s|zero} | {"error"}
     {"op": "add_range", "t": table_id, "start": bytes, "end": bytes|None, "s": seq} -> {}
+    {"op": "split_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "drop_table", "t": table_id, "s": seq}                                   -> {}
 
 ``c`` (if_seq): None = unconditional; 16 zero bytes = only if no live version exists; any other
 seq = only if the live version has exactly that seq. Errors are ``{"error": err.to_dict()}``
-with ``table_not_found`` (no added range of the table contains the key), ``precondition_failed``
+with ``table_not_found`` (no range of the table here at all), ``range_not_here`` (ranges of the
+table are here, none contains the key: with ``ranges``, this group's view), ``precondition_failed``
 (with ``current_seq``: hex or None) or ``invalid_argument`` (a field of the wrong type: a bug
 upstream, but one that every replica answers the same way instead of crash-looping). An unknown
 ``op`` is an AssertionError: a node must never skip a command it does not understand.
@@ -291,6 +293,8 @@ class StateMachine:
                 return self._apply_del(tx, cmd)
             if op == "add_range":
                 return self._apply_add_range(tx, cmd)
+            if op == "split_range":
+                return self._apply_split_range(tx, cmd)
             if op == "drop_table":
                 return self._apply_drop_table(tx, cmd)
         except _Malformed as exc:
@@ -307,9 +311,7 @@ class StateMachine:
         if_seq = _field_seq(cmd, "c", optional=True)
         assert key is not None and seq is not None
         if not self._owns(tx.ranges, table_id, key):
-            err: errors.RangeKVError = errors.TableNotFound(
-                f"table {table_id} has no range containing the key here", table_id=table_id
-            )
+            err: errors.RangeKVError = self._not_here(tx.ranges, table_id)
             return table_id, key, seq, None, {"error": err.to_dict()}
         raw = tx.get(_data_key(table_id, key))
         live_seq: bytes | None = None
@@ -359,6 +361,29 @@ class StateMachine:
         tx.put(_table_range_bounds(table_id)[0] + start, _encode_range_end(end))
         return {}
 
+    def _apply_split_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Cut the range holding ``at`` into [start, at) and [at, end): the keys this group
+        holds do not change, only the bounds it reports (``range_not_here``) and later moves
+        by. Idempotent: a range already starting at ``at`` is left as it is."""
+        table_id = _field_table(cmd)
+        at = _field_bytes(cmd, "at")
+        assert at is not None
+        by_start = tx.ranges.get(table_id) or {}
+        if at in by_start:
+            return {}
+        holder = [s for s, e in by_start.items() if _range_contains(s, e, at)]
+        if not holder:
+            return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+        (start,) = holder  # ranges of a table never overlap
+        end = by_start[start]
+        ranges = tx.writable_ranges()
+        ranges[table_id][start] = at
+        ranges[table_id][at] = end
+        lo = _table_range_bounds(table_id)[0]
+        tx.put(lo + start, _encode_range_end(at))
+        tx.put(lo + at, _encode_range_end(end))
+        return {}
+
     def _apply_drop_table(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         table_id = _field_table(cmd)
         tx.delete_range(*_table_data_bounds(table_id))
@@ -374,6 +399,29 @@ class StateMachine:
         if not by_start:
             return False
         return any(_range_contains(start, end, key) for start, end in by_start.items())
+
+    @staticmethod
+    def _not_here(ranges: Ranges, table_id: int) -> errors.RangeKVError:
+        """The error for a key or span of ``table_id`` that no range here holds."""
+        by_start = ranges.get(table_id)
+        if not by_start:
+            return errors.TableNotFound(f"table {table_id} has no range here",
+                                        table_id=table_id)
+        return errors.RangeNotHere(
+            f"no range of table {table_id} here holds that key or span",
+            table_id=table_id, ranges=[[s, e] for s, e in sorted(by_start.items())])
+
+    def not_here(self, table_id: int) -> errors.RangeKVError:
+        """What to answer for a key or span of ``table_id`` that :meth:`owns` or
+        :meth:`covers` refused: ``table_not_found`` or ``range_not_here`` with the ranges."""
+        return self._not_here(self._ranges, table_id)
+
+    def covers(self, table_id: int, start: bytes, end: bytes | None) -> bool:
+        """Whether one range here holds all of ``[start, end)`` (``end`` None: unbounded)."""
+        for s, e in (self._ranges.get(table_id) or {}).items():
+            if s <= start and (e is None or (end is not None and end <= e)):
+                return True
+        return False
 
     def has_table(self, table_id: int) -> bool:
         return bool(self._ranges.get(table_id))
