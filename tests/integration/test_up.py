@@ -1,4 +1,4 @@
-"""The whole system on one machine: etcd, meta, 5 nodes, 2 rms and HAProxy, started by
+"""The whole system on one machine: etcd, meta, nodes, 2 rms and HAProxy, started by
 ``LocalCluster`` (what ``rangekv up`` runs), driven through HAProxy with the Python client, the
 CLI and raw HTTP, plus ``rangekv up --detach`` / ``rangekv down`` as a user would run them.
 
@@ -21,7 +21,8 @@ import pytest
 
 from rangekv import errors
 from rangekv.client import Client, Item
-from rangekv.cluster.local import LocalCluster, find_free_base_port, running_cluster
+from rangekv.cli.up import GROUPS_DEFAULT
+from rangekv.cluster.local import LocalCluster, find_free_base_port, nodes_for, running_cluster
 
 READY_TIMEOUT_S = 90.0
 CLI_TIMEOUT_S = 60.0
@@ -258,9 +259,10 @@ def test_a_follower_node_dies_and_writes_go_on(cluster: LocalCluster) -> None:
 
 def test_up_detach_demo_then_down(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    base = find_free_base_port()
+    base = find_free_base_port(nodes_for(GROUPS_DEFAULT))
     endpoint = f"http://127.0.0.1:{base}"
-    c = LocalCluster(data_dir, base)  # only to look at it, and to clean up whatever happens
+    # what `rangekv up` starts by default: only to look at it, and to clean up whatever happens
+    c = LocalCluster(data_dir, base, nodes_for(GROUPS_DEFAULT), groups=GROUPS_DEFAULT)
     try:
         up = rangekv(
             "up",
@@ -287,6 +289,10 @@ def test_up_detach_demo_then_down(tmp_path: Path) -> None:
         assert "rangekv down" in out
         assert sorted(c.running()) == sorted(c.names)
         pids = {name: c.pid(name) for name in c.names}
+        with Client(endpoint) as db:  # two groups of three, two spares: the default
+            info = db.cluster()
+        assert [len(g["members"]) for g in info["groups"]] == [3] * GROUPS_DEFAULT
+        assert sum(n["state"] == "spare" for n in info["nodes"]) == 2
 
         with Client(endpoint) as db:
             db.create_table("After")
@@ -337,8 +343,8 @@ def _exists(pid: int) -> bool:
 
 def test_up_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    base = find_free_base_port()
-    c = LocalCluster(data_dir, base)
+    base = find_free_base_port(nodes_for(GROUPS_DEFAULT))
+    c = LocalCluster(data_dir, base, nodes_for(GROUPS_DEFAULT), groups=GROUPS_DEFAULT)
     log = open(tmp_path / "up.out", "wb")
     proc = subprocess.Popen(
         [
