@@ -77,6 +77,7 @@ BROKEN_REASON_CHARS_MAX = 1000  # of a node's own account of its broken log, as 
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
 LEASE_REVOKE_TIMEOUT_S = 1.0
+KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
 # Nodes heartbeat every 100 ms (rangekv.node.server.HEARTBEAT_MS): a leader is lost after six
 # missed beats. Failover (kill -9 of a leader to the next acknowledged write) then takes about
 # this timeout, less the time since its last beat, plus a few tens of ms for the campaign: a
@@ -108,7 +109,9 @@ class MetaConfig:
     node_request_budget_ms: int = 10_000  # add_range / drop_table retries at most this long
     node_request_attempt_ms: int = 2000  # one add_range / drop_table request
     view_catch_up_ms: int = 5000  # a new active waits at most this for its view
-    etcd_timeout_ms: int = 5000
+    # per etcd endpoint and call: a member cut off by a partition must cost less than the
+    # lease (5 s made a meta on the healthy side lose its lease after a partition healed)
+    etcd_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -798,18 +801,24 @@ class MetaService:
         """Renew the lease until it is lost; returns why it was lost."""
         cfg = self.config
         interval_s = cfg.keepalive_interval_ms / 1000
+        failed = False
         while not self._stopping:
-            await asyncio.sleep(max(0.0, min(interval_s, term.deadline_s - self._clock())))
+            if not failed:  # after a failed attempt, try again at once (the next endpoint)
+                await asyncio.sleep(max(0.0, min(interval_s, term.deadline_s - self._clock())))
+            failed = True
             sent_s = self._clock()
             if sent_s >= term.deadline_s:
                 return "the lease may have expired: no renewal succeeded in time"
             try:
-                async with asyncio.timeout(term.deadline_s - sent_s):
+                # one attempt gets one interval: an endpoint that a partition cut off (its TCP
+                # connection silently dead) must not take the whole lease with it; the etcd
+                # client tries another endpoint first next time
+                async with asyncio.timeout(min(interval_s, term.deadline_s - sent_s)):
                     ttl_s = await self.etcd.lease_keepalive(term.lease_id)
             except LeaseExpired:
                 return f"lease {term.lease_id:x} expired in etcd"
             except TimeoutError:
-                continue  # the loop head decides: the deadline has passed
+                continue  # the loop head decides whether the deadline has passed
             except errors.RangeKVError as exc:
                 self._say(
                     "keepalive",
@@ -818,7 +827,11 @@ class MetaService:
                     round((term.deadline_s - self._clock()) * 1000),
                     exc.message,
                 )
+                # every endpoint refused at once: a short pause, not a busy loop
+                await asyncio.sleep(min(KEEPALIVE_RETRY_S, max(0.0, term.deadline_s -
+                                                              self._clock())))
                 continue
+            failed = False
             self._clear("keepalive")
             new_deadline = sent_s + ttl_s * (1 - cfg.lease_safety_fraction)
             term.deadline_s = max(term.deadline_s, new_deadline)
