@@ -223,24 +223,22 @@ def _format_ranges(table: str, ranges: list[dict[str, Any]]) -> str:
     return f"table {table}: {len(ranges)} range(s)\n" + "\n".join(rows)
 
 
-def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
-    with ctx.client(args) as db:
-        ranges = db.ranges(args.table)
+def _show_ranges(args: argparse.Namespace, ctx: Context, ranges: list[dict[str, Any]]) -> int:
     if args.json:
         _print_json(ctx, {"table": args.table, "ranges": ranges})
     else:
         ctx.out(_format_ranges(args.table, ranges))
     return 0
+
+
+def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        return _show_ranges(args, ctx, db.ranges(args.table))
 
 
 def cmd_split(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client(args) as db:
-        ranges = db.split(args.table, args.at)
-    if args.json:
-        _print_json(ctx, {"table": args.table, "ranges": ranges})
-    else:
-        ctx.out(_format_ranges(args.table, ranges))
-    return 0
+        return _show_ranges(args, ctx, db.split(args.table, args.at))
 
 
 def cmd_tables(args: argparse.Namespace, ctx: Context) -> int:

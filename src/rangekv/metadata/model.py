@@ -85,6 +85,17 @@ class Range:
     def contains(self, key: bytes) -> bool:
         return self.start <= key and (self.end is None or key < self.end)
 
+    def describe(self) -> dict[str, Any]:
+        """For the HTTP API: bounds as text (lossy for non-UTF-8 bytes) and as hex."""
+        return {
+            "start": self.start.decode("utf-8", "backslashreplace"),
+            "end": None if self.end is None else self.end.decode("utf-8", "backslashreplace"),
+            "start_hex": self.start.hex(),
+            "end_hex": None if self.end is None else self.end.hex(),
+            "group": self.group,
+            "version": self.version,
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "table_id": self.table_id,
@@ -251,12 +262,7 @@ class ClusterView:
                 {
                     "table": by_id[tid].name if tid in by_id else None,
                     "table_id": tid,
-                    "start": r.start.decode("utf-8", "backslashreplace"),
-                    "end": None if r.end is None else r.end.decode("utf-8", "backslashreplace"),
-                    "start_hex": r.start.hex(),
-                    "end_hex": None if r.end is None else r.end.hex(),
-                    "group": r.group,
-                    "version": r.version,
+                    **r.describe(),
                 }
                 for tid in sorted(self.ranges)
                 for r in self.ranges[tid]

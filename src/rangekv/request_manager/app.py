@@ -42,7 +42,6 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from rangekv import errors, limits
 from rangekv import log as rangekv_log
-from rangekv.metadata.model import Range
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.metrics import Metrics
@@ -94,18 +93,6 @@ def _json_response(
     return web.Response(
         body=codec.dump_json(body), status=status, content_type=_JSON, headers=headers
     )
-
-
-def _range_json(r: Range) -> dict[str, Any]:
-    """A range for the HTTP API: bounds as text (lossy for non-UTF-8 bytes) and as hex."""
-    return {
-        "start": r.start.decode("utf-8", "backslashreplace"),
-        "end": None if r.end is None else r.end.decode("utf-8", "backslashreplace"),
-        "start_hex": r.start.hex(),
-        "end_hex": None if r.end is None else r.end.hex(),
-        "group": r.group,
-        "version": r.version,
-    }
 
 
 def error_response(err: errors.RangeKVError) -> web.Response:
@@ -357,13 +344,13 @@ class RequestManager:
 
     async def table_ranges(self, table_raw: str) -> web.Response:
         table, ranges = self.router.ranges(codec.decode_table_segment(table_raw))
-        return _json_response({"table": table.name, "ranges": [_range_json(r) for r in ranges]})
+        return _json_response({"table": table.name, "ranges": [r.describe() for r in ranges]})
 
     async def split(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
         name = codec.decode_table_segment(table_raw)
         at = self._key(key_raw, raw_query)
         ranges = await self.router.split(name, at)
-        return _json_response({"table": name, "ranges": [_range_json(r) for r in ranges]})
+        return _json_response({"table": name, "ranges": [r.describe() for r in ranges]})
 
     async def drop_table(self, table_raw: str) -> web.Response:
         name = codec.decode_table_segment(table_raw)
