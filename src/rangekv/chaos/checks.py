@@ -90,12 +90,14 @@ def replicas(endpoint: str, converge_s: float = REPLICA_CONVERGE_S) -> CheckResu
     deadline = t + converge_s
     details: list[str] = []
     while True:
+        details = []
         try:
             info = httpx.get(endpoint + "/v1/cluster", timeout=5.0, trust_env=False).json()
         except (httpx.HTTPError, ValueError) as err:
-            info, details = {}, [f"/v1/cluster: {err}"]
+            info = {}
+            details.append(f"/v1/cluster: {err}")
         groups = info.get("groups") or []
-        all_ok, details, summary = bool(groups), [], []
+        all_ok, summary = bool(groups), []
         settled = True
         for g in groups:
             addresses = {m["id"]: m["address"] for m in g["members"] if m.get("address")}

@@ -100,7 +100,6 @@ class Nemesis:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self._paused: list[str] = []
-        self.guessed = False  # the last fault's "leader" was a random member (none found)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -165,15 +164,15 @@ class Nemesis:
         leader, members = self._group(info)
         followers = [m for m in members if m != leader]
         target_leader = leader or rng.choice(members)
-        if leader is None:  # said in the report: "leader" below is then a guess
-            self.guessed = True
+        # said in the report when "leader" below is a guess
+        guess = "" if leader else " (no member said it leads: picked at random)"
         if fault == "partition-one":
             node = rng.choice(self._nodes())
             c.net.partition([[node], [h for h in self._hosts() if h != node]])
             return f"isolated {node}"
         if fault == "partition-leader":
             c.net.partition([[target_leader], [h for h in self._hosts() if h != target_leader]])
-            return f"isolated leader {target_leader}"
+            return f"isolated leader {target_leader}{guess}"
         if fault == "partition-halves":
             hosts = self._hosts()
             rng.shuffle(hosts)
@@ -185,7 +184,7 @@ class Nemesis:
             rng.shuffle(hosts)
             a, b = hosts[: len(hosts) // 2], hosts[len(hosts) // 2:]
             c.net.partition([a, b])  # target_leader is in neither side: it bridges them
-            return f"bridge {target_leader} between {sorted(a)} and {sorted(b)}"
+            return f"bridge {target_leader} between {sorted(a)} and {sorted(b)}{guess}"
         if fault == "partition-ring":
             ring = self._nodes()
             rng.shuffle(ring)
@@ -199,7 +198,7 @@ class Nemesis:
             rm = f"rm-{rng.randint(1, c.rms)}"
             side = [target_leader, rm]
             c.net.partition([side, [h for h in self._hosts() if h not in side]])
-            return f"isolated leader {target_leader} with {rm}"
+            return f"isolated leader {target_leader} with {rm}{guess}"
         if fault == "loss":
             hosts = rng.sample(self._nodes(), rng.randint(1, 3))
             p = rng.uniform(0.2, 0.4)
@@ -211,7 +210,7 @@ class Nemesis:
             return f"kill -9 {node}"
         if fault == "kill-leader":
             c.kill(target_leader)
-            return f"kill -9 leader {target_leader}"
+            return f"kill -9 leader {target_leader}{guess}"
         if fault == "kill-group":
             for m in members:
                 c.kill(m)
@@ -220,7 +219,7 @@ class Nemesis:
             node = target_leader if fault == "pause-leader" else rng.choice(followers or members)
             c.pause(node)
             self._paused.append(node)
-            return f"SIGSTOP {node}"
+            return f"SIGSTOP {node}" + (guess if fault == "pause-leader" else "")
         if fault == "kill-rm":
             rm = f"rm-{rng.randint(1, c.rms)}"
             c.kill(rm)
@@ -272,11 +271,8 @@ class Nemesis:
                 fault = self.rng.choice(self.faults)
                 record = FaultRecord(fault, "", self.now())
                 self.records.append(record)
-                self.guessed = False
                 try:
                     record.detail = self.apply(fault)
-                    if self.guessed and "leader" in record.detail:
-                        record.detail += " (no member said it leads: picked at random)"
                 except Exception as err:  # noqa: BLE001 (the run goes on; the report shows it)
                     record.error = f"{type(err).__name__}: {err}"
                 self.stop.wait(max(0.0, interval - self.rest_s))

@@ -39,7 +39,8 @@ _OCTET_BASE = {"etcd": 10, "meta": 20, "node": 30, "rm": 40}
 
 def faketime_library() -> str | None:
     """libfaketime's multi-threaded build (Debian package ``faketime``), or None."""
-    for pattern in ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1",
+    for pattern in ("/usr/lib/*/faketime/libfaketimeMT.so.1",
+                    "/usr/lib/faketime/libfaketimeMT.so.1",
                     "/usr/lib/*/faketime/libfaketime.so.1"):
         found = sorted(glob.glob(pattern))
         if found:

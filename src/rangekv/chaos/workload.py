@@ -146,6 +146,11 @@ class Workload:
         self._next_value += 1
         return f"v{self._next_value}-c{client}"
 
+    def _new_process(self) -> int:
+        """A process id never used: a client whose operation ended ``info`` continues as one."""
+        self._next_process += 1
+        return self._next_process - 1
+
     # --- register workload --------------------------------------------------------------------
 
     def is_reader(self, client: int) -> bool:
@@ -169,8 +174,7 @@ class Workload:
             else:
                 f = "delete"
             if not await self._register_op(process, client, db, f, key, known):
-                process = self._next_process  # the old operation may still be in flight
-                self._next_process += 1
+                process = self._new_process()  # the old operation may still be in flight
 
     async def _register_op(self, process: int, client: int, db: AsyncClient, f: str, key: str,
                            known: str | None) -> bool:
@@ -263,14 +267,12 @@ class Workload:
 
         Returns the set's elements. Retries a read that fails (the cluster has just healed)."""
         async with AsyncClient(self.endpoint, timeout_s=CLIENT_TIMEOUT_S) as db:
-            process = self._next_process
-            self._next_process += 1
+            process = self._new_process()
             for key in self.all_keys:
                 for _ in range(attempts):
                     if await self._register_op(process, -1, db, "get", key, None):
                         break
-                    process = self._next_process
-                    self._next_process += 1
+                    process = self._new_process()
                     await asyncio.sleep(0.5)
             for attempt in range(attempts):
                 try:

@@ -244,13 +244,7 @@ def _linearize(ops: list[Operation], by_value: dict[str, Operation],
                 raise _Illegal(f"{_name(w)} shows in values read from two different puts "
                                "(or from a put and from the initial state): it would have "
                                "taken effect twice")
-        block: list[Operation] = []
-        for k, grp in enumerate(groups):
-            if k:
-                block.append(pieces[k - 1][1])
-            grp.sort(key=lambda o: o.call)
-            block.extend(grp)
-        blocks[e] = block
+        blocks[e] = _interleave(groups, pieces)
 
     # the initial epoch's block goes first; each block must respect real time inside
     init = blocks.pop(id(None), [])
@@ -311,6 +305,12 @@ def _forced(ops: list[Operation], by_value: dict[str, Operation], upto: int | No
         if len(g.arg) not in k_of_end:
             break
         groups[k_of_end[len(g.arg)]].append(g)
+    return _interleave(groups, pieces)
+
+
+def _interleave(groups: list[list[Operation]], pieces: Path) -> list[Operation]:
+    """The order an epoch forces: the gets that read the k-th prefix (by call), then the k-th
+    piece's write, and so on (``groups[k]``: the gets that read ``k`` pieces)."""
     order: list[Operation] = []
     for k, grp in enumerate(groups):
         if k:

@@ -195,22 +195,22 @@ def call_drop_table(name: str) -> Call:
     return Call("DELETE", _table_path(name), write=True, parse=lambda resp: None)
 
 
-def call_ranges(table: str) -> Call:
-    def parse(resp: httpx.Response) -> list[dict[str, Any]]:
-        body = json_body(resp)
-        try:
-            return list(body["ranges"])
-        except (KeyError, TypeError) as exc:
-            raise _bad_shape(resp, "ranges", exc) from None
+def _parse_ranges(resp: httpx.Response) -> list[dict[str, Any]]:
+    body = json_body(resp)
+    try:
+        return list(body["ranges"])
+    except (KeyError, TypeError) as exc:
+        raise _bad_shape(resp, "ranges", exc) from None
 
-    return Call("GET", _table_path(table) + "/ranges", write=False, parse=parse)
+
+def call_ranges(table: str) -> Call:
+    return Call("GET", _table_path(table) + "/ranges", write=False, parse=_parse_ranges)
 
 
 def call_split(table: str, at: str | bytes) -> Call:
     raw = limits.check_key(to_bytes(at, "at"))
     path = _table_path(table) + "/split/" + quote_segment(raw)
-    parse = call_ranges(table).parse
-    return Call("POST", path, write=True, parse=parse)
+    return Call("POST", path, write=True, parse=_parse_ranges)
 
 
 def call_put(

@@ -163,8 +163,7 @@ class MetaStore:
         return None if kv is None else (Table.load(kv.value), kv.mod_revision)
 
     async def table_ranges(self, table_id: int) -> list[Range]:
-        kvs, _ = await self.etcd.get_prefix(table_ranges_prefix(table_id))
-        return [Range.load(kv.value) for kv in kvs]
+        return [r for r, _ in await self.table_ranges_revs(table_id)]
 
     async def table_ranges_revs(self, table_id: int) -> list[tuple[Range, int]]:
         """The table's ranges in key order, each with its mod_revision (for a CAS)."""

@@ -358,8 +358,7 @@ class Node:
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
             value = limits.check_value(_bytes(body, "value") or b"")
-            if not replica.engine.owns(table_id, key):  # the log decides; this saves an entry
-                raise replica.engine.not_here(table_id)
+            _check_owned(replica, table_id, key)  # the log decides; this saves an entry
             result = await replica.propose({
                 "op": "put", "t": table_id, "k": key, "v": value, "s": _seq(body, "seq"),
                 "c": _seq(body, "if_seq", optional=True),
@@ -368,8 +367,7 @@ class Node:
         if op == "delete":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
-            if not replica.engine.owns(table_id, key):
-                raise replica.engine.not_here(table_id)
+            _check_owned(replica, table_id, key)
             result = await replica.propose({
                 "op": "del", "t": table_id, "k": key, "s": _seq(body, "seq"),
                 "c": _seq(body, "if_seq", optional=True),
@@ -379,8 +377,7 @@ class Node:
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
             await replica.linearizable()
-            if not replica.engine.owns(table_id, key):
-                raise replica.engine.not_here(table_id)
+            _check_owned(replica, table_id, key)
             found = replica.engine.get(table_id, key)
             if found is None:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
@@ -416,6 +413,13 @@ class Node:
                                    "s": sequencer.ZERO})
             return {}
         raise errors.InvalidArgument(f"unknown op {op!r}")
+
+
+def _check_owned(replica: Replica, table_id: int, key: bytes) -> None:
+    """Raise ``table_not_found`` or ``range_not_here`` (with this group's ranges) unless a range
+    of the table here holds ``key``."""
+    if not replica.engine.owns(table_id, key):
+        raise replica.engine.not_here(table_id)
 
 
 def main(argv: list[str]) -> int:

@@ -371,10 +371,9 @@ class StateMachine:
         by_start = tx.ranges.get(table_id) or {}
         if at in by_start:
             return {}
-        holder = [s for s, e in by_start.items() if _range_contains(s, e, at)]
-        if not holder:
+        start = self._holder(tx.ranges, table_id, at)
+        if start is None:
             return {"error": self._not_here(tx.ranges, table_id).to_dict()}
-        (start,) = holder  # ranges of a table never overlap
         end = by_start[start]
         ranges = tx.writable_ranges()
         ranges[table_id][start] = at
@@ -394,11 +393,17 @@ class StateMachine:
     # -- reading ------------------------------------------------------------------------------
 
     @staticmethod
-    def _owns(ranges: Ranges, table_id: int, key: bytes) -> bool:
-        by_start = ranges.get(table_id)
-        if not by_start:
-            return False
-        return any(_range_contains(start, end, key) for start, end in by_start.items())
+    def _holder(ranges: Ranges, table_id: int, key: bytes) -> bytes | None:
+        """The start of the range of ``table_id`` here that holds ``key`` (they never
+        overlap), or None."""
+        for start, end in (ranges.get(table_id) or {}).items():
+            if _range_contains(start, end, key):
+                return start
+        return None
+
+    @classmethod
+    def _owns(cls, ranges: Ranges, table_id: int, key: bytes) -> bool:
+        return cls._holder(ranges, table_id, key) is not None
 
     @staticmethod
     def _not_here(ranges: Ranges, table_id: int) -> errors.RangeKVError:
