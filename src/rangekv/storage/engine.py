@@ -24,6 +24,22 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
     {"op": "split_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "drop_table", "t": table_id, "s": seq}                                   -> {}
 
+Moving a range [a, b) from group S to group D (DESIGN §7.3, docs/internals.md "Moving a range")::
+
+    {"op": "fence_range", "t", "start", "end", "s"}      on S  -> {"seq": H} | {"error"}
+    {"op": "unfence_range", "t", "start", "end", "s"}    on S  -> {}   (an aborted move)
+    {"op": "add_range", ..., "st": "importing", "s": H}  on D  -> {}   (D's seqs now exceed H)
+    {"op": "import", "t", "items": [[k, seq, tomb, v], ...], "s"} on D -> {"imported": n}
+    {"op": "finish_import", "t", "start", "end", "s"}    on D  -> {}
+    {"op": "drop_range", "t", "start", "end", "s"}       on S  -> {}   (its data deleted)
+
+A *fenced* range refuses writes (``range_not_here`` with ``moving``) and still serves reads:
+its content is final, H is above every seq in it. An *importing* range takes writes whose seqs
+are above H, and imported versions merge by seq (the higher seq wins; tombstones included). A
+delete or a conditional put of a key that an importing range holds no record of needs the
+source's version of the key: the command carries it as ``"b"`` (``[seq, tomb, value]`` or nil
+for none), applied first as an import, and is refused (``unavailable``) without it.
+
 ``c`` (if_seq): None = unconditional; 16 zero bytes = only if no live version exists; any other
 seq = only if the live version has exactly that seq. Errors are ``{"error": err.to_dict()}``
 with ``table_not_found`` (no range of the table here at all), ``range_not_here`` (ranges of the
@@ -35,6 +51,7 @@ upstream, but one that every replica answers the same way instead of crash-loopi
 Storage layout in the backend (bytewise key order)::
 
     b"\\x00m" + name                      -> metadata: format, applied_index (u64), last_seq (16)
+    b"\\x00q" + table_id u64 + start      -> state (1 byte: 1 fenced, 2 importing) | H (16)
     b"\\x00r" + table_id u64 + start      -> b"\\x00" (end = None) | b"\\x01" + end
     b"\\x01"  + table_id u64 + key        -> seq (16) | flags (1; bit 0 = tombstone) | value
 
@@ -66,6 +83,8 @@ _META = b"\x00m"
 KEY_FORMAT = _META + b"format"
 KEY_APPLIED_INDEX = _META + b"applied_index"
 KEY_LAST_SEQ = _META + b"last_seq"
+_MARK = b"\x00q"  # a range's move state, when it is not plain active
+_MARK_END = b"\x00r"
 _RANGE = b"\x00r"
 _RANGE_END = b"\x00s"  # just past every range record
 _DATA = b"\x01"
@@ -161,6 +180,26 @@ def _decode_range_end(raw: bytes) -> bytes | None:
 
 Ranges = dict[int, dict[bytes, bytes | None]]  # table_id -> start -> end (None = unbounded)
 
+FENCED = "fenced"
+IMPORTING = "importing"
+_MARK_CODES = {FENCED: 1, IMPORTING: 2}
+_MARK_NAMES = {v: k for k, v in _MARK_CODES.items()}
+Marks = dict[tuple[int, bytes], tuple[str, bytes]]  # (table_id, start) -> (state, H)
+
+
+def _mark_key(table_id: int, start: bytes) -> bytes:
+    return _MARK + table_id.to_bytes(8, "big") + start
+
+
+def _encode_mark(state: str, seq: bytes) -> bytes:
+    return bytes([_MARK_CODES[state]]) + seq
+
+
+def _decode_mark(raw: bytes) -> tuple[str, bytes]:
+    if len(raw) != 1 + SEQ_BYTES or raw[0] not in _MARK_NAMES:
+        raise StorageCorrupt("malformed range state record")
+    return _MARK_NAMES[raw[0]], raw[1:]
+
 
 def _range_contains(start: bytes, end: bytes | None, key: bytes) -> bool:
     return start <= key and (end is None or key < end)
@@ -193,17 +232,33 @@ def _field_seq(cmd: dict[str, Any], name: str, optional: bool = False) -> bytes 
     return value
 
 
+def _field_version(raw: Any) -> tuple[bytes, bool, bytes] | None:
+    """A copied version ``[seq, tombstone, value]`` (None: the source has no record)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or len(raw) != 3:
+        raise _Malformed("a version is [seq, tombstone, value]")
+    seq, tombstone, value = raw
+    if not isinstance(seq, bytes) or len(seq) != SEQ_BYTES or seq == ZERO_SEQ:
+        raise _Malformed("a version's seq must be 16 bytes, not zero")
+    if not isinstance(tombstone, bool) or not isinstance(value, bytes):
+        raise _Malformed("a version is [seq, tombstone: bool, value: bytes]")
+    return seq, tombstone, value
+
+
 class _Tx:
     """The writes of one ``apply`` call: an ordered op list plus an overlay so that later
     commands in the same call read what earlier ones wrote."""
 
-    def __init__(self, backend: Backend, ranges: Ranges) -> None:
+    def __init__(self, backend: Backend, ranges: Ranges, marks: Marks) -> None:
         self._backend = backend
         self.ops: list[Op] = []
         self._overlay: dict[bytes, bytes | None] = {}
         self._cleared: list[tuple[bytes, bytes]] = []
         self.ranges = ranges
         self.ranges_copied = False
+        self.marks = marks
+        self.marks_copied = False
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._overlay:
@@ -217,6 +272,10 @@ class _Tx:
         self.ops.append(("put", key, value))
         self._overlay[key] = value
 
+    def delete(self, key: bytes) -> None:
+        self.ops.append(("del", key, b""))
+        self._overlay[key] = None
+
     def delete_range(self, lo: bytes, hi: bytes) -> None:
         self.ops.append(("del_range", lo, hi))
         for key in [k for k in self._overlay if lo <= k < hi]:
@@ -229,6 +288,18 @@ class _Tx:
             self.ranges = {t: dict(by_start) for t, by_start in self.ranges.items()}
             self.ranges_copied = True
         return self.ranges
+
+    def set_mark(self, table_id: int, start: bytes, mark: tuple[str, bytes] | None) -> None:
+        """Set (or clear, None) the move state of a range, in memory and in the batch."""
+        if not self.marks_copied:
+            self.marks = dict(self.marks)
+            self.marks_copied = True
+        if mark is None:
+            self.marks.pop((table_id, start), None)
+            self.delete(_mark_key(table_id, start))
+        else:
+            self.marks[(table_id, start)] = mark
+            self.put(_mark_key(table_id, start), _encode_mark(*mark))
 
 
 class StateMachine:
@@ -253,6 +324,9 @@ class StateMachine:
         for key, raw in backend.iterate(_RANGE, _RANGE_END):
             table_id = int.from_bytes(key[2:10], "big")
             self._ranges.setdefault(table_id, {})[key[10:]] = _decode_range_end(raw)
+        self._marks: Marks = {}
+        for key, raw in backend.iterate(_MARK, _MARK_END):
+            self._marks[(int.from_bytes(key[2:10], "big"), key[10:])] = _decode_mark(raw)
 
     # -- applying -----------------------------------------------------------------------------
 
@@ -261,7 +335,7 @@ class StateMachine:
         assert not self.closed, "state machine used after close"
         if not entries:
             return []
-        tx = _Tx(self._backend, self._ranges)
+        tx = _Tx(self._backend, self._ranges, self._marks)
         applied_index, last_seq = self.applied_index, self.last_seq
         results: list[dict[str, Any]] = []
         for index, payload in entries:
@@ -280,6 +354,8 @@ class StateMachine:
         self.applied_index, self.last_seq = applied_index, last_seq
         if tx.ranges_copied:
             self._ranges = tx.ranges
+        if tx.marks_copied:
+            self._marks = tx.marks
         return results
 
     def _apply_one(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +373,16 @@ class StateMachine:
                 return self._apply_split_range(tx, cmd)
             if op == "drop_table":
                 return self._apply_drop_table(tx, cmd)
+            if op == "fence_range":
+                return self._apply_fence_range(tx, cmd)
+            if op == "unfence_range":
+                return self._apply_unfence_range(tx, cmd)
+            if op == "import":
+                return self._apply_import(tx, cmd)
+            if op == "finish_import":
+                return self._apply_finish_import(tx, cmd)
+            if op == "drop_range":
+                return self._apply_drop_range(tx, cmd)
         except _Malformed as exc:
             return {"error": errors.InvalidArgument(f"malformed {op} command: {exc}").to_dict()}
         raise AssertionError(f"unknown command op {op!r}")
@@ -310,10 +396,26 @@ class StateMachine:
         seq = _field_seq(cmd, "s")
         if_seq = _field_seq(cmd, "c", optional=True)
         assert key is not None and seq is not None
-        if not self._owns(tx.ranges, table_id, key):
+        start = self._holder(tx.ranges, table_id, key)
+        if start is None:
             err: errors.RangeKVError = self._not_here(tx.ranges, table_id)
             return table_id, key, seq, None, {"error": err.to_dict()}
-        raw = tx.get(_data_key(table_id, key))
+        mark = tx.marks.get((table_id, start))
+        if mark is not None and mark[0] == FENCED:
+            err = self._not_here(tx.ranges, table_id, moving=True)
+            return table_id, key, seq, None, {"error": err.to_dict()}
+        dkey = _data_key(table_id, key)
+        raw = tx.get(dkey)
+        if mark is not None and mark[0] == IMPORTING:
+            assert seq > mark[1], ("a write below the handed-over seq", seq.hex(), mark[1].hex())
+            if raw is None and "b" in cmd:
+                raw = self._merge_version(tx, dkey, None, _field_version(cmd.get("b")))
+            elif raw is None and (if_seq is not None or cmd.get("op") == "del"):
+                err = errors.Unavailable(
+                    "the range is being moved here and the key is not copied yet: a delete or "
+                    "a conditional put needs the source's version of it; retry",
+                    table_id=table_id)
+                return table_id, key, seq, None, {"error": err.to_dict()}
         live_seq: bytes | None = None
         if raw is not None:
             stored_seq, tombstone, _ = _decode_value(raw)
@@ -329,6 +431,21 @@ class StateMachine:
             )
             return table_id, key, seq, live_seq, {"error": err.to_dict()}
         return table_id, key, seq, live_seq, None
+
+    @staticmethod
+    def _merge_version(
+        tx: _Tx, dkey: bytes, raw: bytes | None, version: tuple[bytes, bool, bytes] | None
+    ) -> bytes | None:
+        """Merge an imported version into the record ``raw`` of ``dkey``: the higher seq
+        wins. Returns the record now stored."""
+        if version is None:
+            return raw
+        seq, tombstone, value = version
+        if raw is not None and raw[:SEQ_BYTES] >= seq:
+            return raw
+        merged = _encode_value(seq, tombstone, value)
+        tx.put(dkey, merged)
+        return merged
 
     def _apply_put(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         value = _field_bytes(cmd, "v")
@@ -349,16 +466,31 @@ class StateMachine:
         return {"deleted": True, "seq": seq}
 
     def _apply_add_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Add a range (a new table's, or with ``"st": "importing"`` one moving here: its
+        writes will carry seqs above this command's seq, H). Idempotent."""
         table_id = _field_table(cmd)
         start = _field_bytes(cmd, "start")
         end = _field_bytes(cmd, "end", optional=True)
         assert start is not None
-        ranges = tx.writable_ranges()
-        by_start = ranges.setdefault(table_id, {})
+        state = cmd.get("st")
+        if state not in (None, IMPORTING):
+            raise _Malformed("st must be nil or 'importing'")
+        by_start = tx.ranges.get(table_id) or {}
         if start in by_start and by_start[start] == end:
-            return {}  # already there: write nothing
-        by_start[start] = end
+            return {}  # already there (an import may have finished since): write nothing
+        for s, e in by_start.items() if state == IMPORTING else ():
+            if s < (end if end is not None else s + b"\x00") and (e is None or start < e):
+                err = errors.InvalidArgument(
+                    f"range [{start!r}, {end!r}) overlaps [{s!r}, {e!r}) here",
+                    table_id=table_id)
+                return {"error": err.to_dict()}
+        ranges = tx.writable_ranges()
+        ranges.setdefault(table_id, {})[start] = end
         tx.put(_table_range_bounds(table_id)[0] + start, _encode_range_end(end))
+        if state == IMPORTING:
+            seq = _field_seq(cmd, "s")
+            assert seq is not None
+            tx.set_mark(table_id, start, (IMPORTING, seq))
         return {}
 
     def _apply_split_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -388,7 +520,104 @@ class StateMachine:
         tx.delete_range(*_table_data_bounds(table_id))
         tx.delete_range(*_table_range_bounds(table_id))
         tx.writable_ranges().pop(table_id, None)
+        for mark_key in [k for k in tx.marks if k[0] == table_id]:
+            tx.set_mark(*mark_key, None)
         return {}
+
+    def _exact_range(self, tx: _Tx, cmd: dict[str, Any]) -> tuple[int, bytes, bytes | None, bool]:
+        """(table, start, end, present) of a move command naming the range [start, end)."""
+        table_id = _field_table(cmd)
+        start = _field_bytes(cmd, "start")
+        end = _field_bytes(cmd, "end", optional=True)
+        assert start is not None
+        by_start = tx.ranges.get(table_id) or {}
+        return table_id, start, end, start in by_start and by_start[start] == end
+
+    def _apply_fence_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Stop writes to a range about to move; its final content is below the returned seq
+        H (this command's own seq, above every seq in the log before it)."""
+        table_id, start, _, present = self._exact_range(tx, cmd)
+        if not present:
+            return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+        mark = tx.marks.get((table_id, start))
+        if mark is not None and mark[0] == FENCED:
+            return {"seq": mark[1]}  # fenced before: the same H
+        if mark is not None:
+            err = errors.Unavailable("the range is still being moved here; it cannot move on "
+                                     "before that finishes", table_id=table_id)
+            return {"error": err.to_dict()}
+        seq = _field_seq(cmd, "s")
+        assert seq is not None
+        tx.set_mark(table_id, start, (FENCED, seq))
+        return {"seq": seq}
+
+    def _apply_unfence_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        table_id, start, _, present = self._exact_range(tx, cmd)
+        mark = tx.marks.get((table_id, start))
+        if present and mark is not None and mark[0] == FENCED:
+            tx.set_mark(table_id, start, None)
+        return {}
+
+    def _apply_import(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Merge versions copied from the source into an importing range (higher seq wins).
+        Into a range here that is no longer importing (finished), nothing is written."""
+        table_id = _field_table(cmd)
+        items = cmd.get("items")
+        if not isinstance(items, list):
+            raise _Malformed("items must be a list")
+        versions = []
+        for item in items:
+            if not isinstance(item, (list, tuple)) or len(item) != 4:
+                raise _Malformed("an item is [key, seq, tombstone, value]")
+            key = item[0]
+            if not isinstance(key, bytes):
+                raise _Malformed("an item's key must be bytes")
+            version = _field_version(item[1:])
+            assert version is not None
+            versions.append((key, version))
+        imported = 0
+        for key, version in versions:
+            start = self._holder(tx.ranges, table_id, key)
+            if start is None:
+                return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+            mark = tx.marks.get((table_id, start))
+            if mark is None or mark[0] != IMPORTING:
+                continue
+            dkey = _data_key(table_id, key)
+            raw = tx.get(dkey)
+            if self._merge_version(tx, dkey, raw, version) is not raw:
+                imported += 1
+        return {"imported": imported}
+
+    def _apply_finish_import(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        table_id, start, _, present = self._exact_range(tx, cmd)
+        mark = tx.marks.get((table_id, start))
+        if not present:
+            return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+        if mark is not None and mark[0] == IMPORTING:
+            tx.set_mark(table_id, start, None)
+        return {}
+
+    def _apply_drop_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Delete a moved-away (fenced) or abandoned (importing) range and its data. An active
+        range is never dropped this way; one already gone is nothing to do."""
+        table_id, start, end, present = self._exact_range(tx, cmd)
+        if not present:
+            return {}
+        if (table_id, start) not in tx.marks:
+            err = errors.InvalidArgument("only a range that moved away (or an abandoned import) "
+                                         "can be dropped", table_id=table_id)
+            return {"error": err.to_dict()}
+        hi = _data_key(table_id, end) if end is not None else _table_data_bounds(table_id)[1]
+        tx.delete_range(_data_key(table_id, start), hi)
+        tx.delete(_table_range_bounds(table_id)[0] + start)
+        ranges = tx.writable_ranges()
+        del ranges[table_id][start]
+        if not ranges[table_id]:
+            del ranges[table_id]
+        tx.set_mark(table_id, start, None)
+        return {}
+
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -406,20 +635,36 @@ class StateMachine:
         return cls._holder(ranges, table_id, key) is not None
 
     @staticmethod
-    def _not_here(ranges: Ranges, table_id: int) -> errors.RangeKVError:
-        """The error for a key or span of ``table_id`` that no range here holds."""
+    def _not_here(ranges: Ranges, table_id: int, moving: bool = False) -> errors.RangeKVError:
+        """The error for a key or span of ``table_id`` that no range here holds (or, with
+        ``moving``, whose range here is fenced: it is moving to another group)."""
         by_start = ranges.get(table_id)
         if not by_start:
             return errors.TableNotFound(f"table {table_id} has no range here",
                                         table_id=table_id)
+        what = ("the range holding that key is moving to another group" if moving
+                else "no range of table {table_id} here holds that key or span")
         return errors.RangeNotHere(
-            f"no range of table {table_id} here holds that key or span",
-            table_id=table_id, ranges=[[s, e] for s, e in sorted(by_start.items())])
+            what.format(table_id=table_id), table_id=table_id, moving=moving,
+            ranges=[[s, e] for s, e in sorted(by_start.items())])
 
-    def not_here(self, table_id: int) -> errors.RangeKVError:
-        """What to answer for a key or span of ``table_id`` that :meth:`owns` or
-        :meth:`covers` refused: ``table_not_found`` or ``range_not_here`` with the ranges."""
-        return self._not_here(self._ranges, table_id)
+    def not_here(self, table_id: int, moving: bool = False) -> errors.RangeKVError:
+        """What to answer for a key or span of ``table_id`` that :meth:`owns`,
+        :meth:`writable` or :meth:`covers` refused: ``table_not_found`` or ``range_not_here``
+        with the ranges."""
+        return self._not_here(self._ranges, table_id, moving)
+
+    def writable(self, table_id: int, key: bytes) -> bool:
+        """Whether a range here holds ``key`` and takes writes (it is not fenced)."""
+        start = self._holder(self._ranges, table_id, key)
+        if start is None:
+            return False
+        mark = self._marks.get((table_id, start))
+        return mark is None or mark[0] != FENCED
+
+    def mark(self, table_id: int, start: bytes) -> tuple[str, bytes] | None:
+        """The move state of the range starting at ``start`` ((state, H)) or None: active."""
+        return self._marks.get((table_id, start))
 
     def covers(self, table_id: int, start: bytes, end: bytes | None) -> bool:
         """Whether one range here holds all of ``[start, end)`` (``end`` None: unbounded)."""
@@ -445,12 +690,17 @@ class StateMachine:
 
     def get(self, table_id: int, key: bytes) -> tuple[bytes, bytes] | None:
         """(value, seq) of the live version of ``key``; None if absent or deleted."""
+        version = self.get_version(table_id, key)
+        if version is None or version[1]:
+            return None
+        return version[2], version[0]
+
+    def get_version(self, table_id: int, key: bytes) -> tuple[bytes, bool, bytes] | None:
+        """(seq, tombstone, value) of the record of ``key``, tombstones included; None if
+        there is none (what a move's reader compares across source and target)."""
         assert not self.closed, "state machine used after close"
         raw = self._backend.get(_data_key(table_id, key))
-        if raw is None:
-            return None
-        seq, tombstone, value = _decode_value(raw)
-        return None if tombstone else (value, seq)
+        return None if raw is None else _decode_value(raw)
 
     def scan(
         self,
@@ -467,25 +717,50 @@ class StateMachine:
         ``bytes_max`` (but returns at least one item if there is any). The flag says whether
         more live items follow the last one returned.
         """
+        items, more = self._scan(table_id, start, end, after, limit, bytes_max, False)
+        return [(k, v, s) for k, v, s, _ in items], more
+
+    def scan_versions(
+        self,
+        table_id: int,
+        start: bytes,
+        end: bytes | None,
+        after: bytes | None,
+        limit: int,
+        bytes_max: int,
+    ) -> tuple[list[tuple[bytes, bytes, bytes, bool]], bool]:
+        """As :meth:`scan`, tombstones included: (key, value, seq, tombstone)."""
+        return self._scan(table_id, start, end, after, limit, bytes_max, True)
+
+    def _scan(
+        self,
+        table_id: int,
+        start: bytes,
+        end: bytes | None,
+        after: bytes | None,
+        limit: int,
+        bytes_max: int,
+        tombstones: bool,
+    ) -> tuple[list[tuple[bytes, bytes, bytes, bool]], bool]:
         assert not self.closed, "state machine used after close"
         assert limit >= 1 and bytes_max >= 0, (limit, bytes_max)
         lo = _data_key(table_id, start)
         if after is not None:
             lo = max(lo, _data_key(table_id, after + b"\x00"))  # the smallest key above `after`
         hi = _data_key(table_id, end) if end is not None else _table_data_bounds(table_id)[1]
-        items: list[tuple[bytes, bytes, bytes]] = []
+        items: list[tuple[bytes, bytes, bytes, bool]] = []
         if lo >= hi:
             return items, False
         prefix_bytes = len(table_prefix(table_id))
         total_bytes = 0
         for dkey, raw in self._backend.iterate(lo, hi):
             seq, tombstone, value = _decode_value(raw)
-            if tombstone:
+            if tombstone and not tombstones:
                 continue
             if len(items) >= limit or (items and total_bytes >= bytes_max):
                 return items, True
             key = dkey[prefix_bytes:]
-            items.append((key, value, seq))
+            items.append((key, value, seq, tombstone))
             total_bytes += len(key) + len(value)
         return items, False
 
@@ -494,7 +769,7 @@ class StateMachine:
         key order. Replicas that applied the same entries agree; the metadata is left out."""
         assert not self.closed, "state machine used after close"
         digest = hashlib.sha256()
-        for lo, hi in ((_RANGE, _RANGE_END), (_DATA, _DATA_END)):
+        for lo, hi in ((_MARK, _MARK_END), (_RANGE, _RANGE_END), (_DATA, _DATA_END)):
             digest.update(lo)
             for key, raw in self._backend.iterate(lo, hi):
                 digest.update(len(key).to_bytes(4, "big"))
