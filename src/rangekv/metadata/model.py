@@ -72,38 +72,76 @@ class Table:
         return Table(int(d["id"]), str(d["name"]), str(d["state"]), int(d.get("created_ns", 0)))
 
 
+RANGE_ACTIVE = "active"
+RANGE_MOVING = "moving"
+
+
 @dataclass(frozen=True)
 class Range:
-    """Keys ``start <= k < end`` of one table (``end`` None = unbounded) served by ``group``."""
+    """Keys ``start <= k < end`` of one table (``end`` None = unbounded) served by ``group``.
+
+    A move from group S to group D goes through these records (DESIGN §7.3, docs/internals.md):
+
+    ========  =======  =====  ======  ======  ===============================================
+    phase     state    group  source  target  rms
+    ========  =======  =====  ======  ======  ===============================================
+    fencing   moving   S      -       D       route to S (which soon refuses writes: retry)
+    copying   moving   D      S       -       writes to D; reads ask D, then S if D lacks it
+    cleanup   active   D      S       -       route to D; meta still drops S's copy
+    ========  =======  =====  ======  ======  ===============================================
+    """
 
     table_id: int
     start: bytes
     end: bytes | None
     group: int
     version: int = 1
+    state: str = RANGE_ACTIVE
+    source: int | None = None
+    target: int | None = None
 
     def contains(self, key: bytes) -> bool:
         return self.start <= key and (self.end is None or key < self.end)
 
+    @property
+    def copying_from(self) -> int | None:
+        """The group still holding older versions that reads must consult (copying phase)."""
+        return self.source if self.state == RANGE_MOVING else None
+
     def describe(self) -> dict[str, Any]:
         """For the HTTP API: bounds as text (lossy for non-UTF-8 bytes) and as hex."""
-        return {
+        out: dict[str, Any] = {
             "start": self.start.decode("utf-8", "backslashreplace"),
             "end": None if self.end is None else self.end.decode("utf-8", "backslashreplace"),
             "start_hex": self.start.hex(),
             "end_hex": None if self.end is None else self.end.hex(),
             "group": self.group,
             "version": self.version,
+            "state": self.state,
         }
+        if self.state == RANGE_MOVING:
+            out["moving"] = {"from": self.source if self.source is not None else self.group,
+                             "to": self.target if self.target is not None else self.group,
+                             "phase": "fencing" if self.target is not None else "copying"}
+        elif self.source is not None:
+            out["moving"] = {"from": self.source, "to": self.group, "phase": "cleanup"}
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "table_id": self.table_id,
             "start": self.start.hex(),
             "end": None if self.end is None else self.end.hex(),
             "group": self.group,
             "version": self.version,
         }
+        if self.state != RANGE_ACTIVE:
+            out["state"] = self.state
+        if self.source is not None:
+            out["source"] = self.source
+        if self.target is not None:
+            out["target"] = self.target
+        return out
 
     def dumps(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -112,12 +150,16 @@ class Range:
     def load(raw: bytes) -> Range:
         d = json.loads(raw)
         end = d.get("end")
+        source, target = d.get("source"), d.get("target")
         return Range(
             int(d["table_id"]),
             bytes.fromhex(d["start"]),
             None if end is None else bytes.fromhex(end),
             int(d["group"]),
             int(d.get("version", 1)),
+            str(d.get("state", RANGE_ACTIVE)),
+            None if source is None else int(source),
+            None if target is None else int(target),
         )
 
 

@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rangekv import errors, limits, wire
+from rangekv.controller.move import RangeMover
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
@@ -76,6 +77,7 @@ ADDRESS_BYTES_MAX = 256
 BROKEN_REASON_CHARS_MAX = 1000  # of a node's own account of its broken log, as recorded
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
+MOVE_WAIT_S = 8.0  # move_range answers by then (an rm gives meta ops 10 s); the move goes on
 LEASE_REVOKE_TIMEOUT_S = 1.0
 KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
 # Nodes heartbeat every 100 ms (rangekv.node.server.HEARTBEAT_MS): a leader is lost after six
@@ -456,7 +458,12 @@ class MetaService:
             "create_table": self._op_create_table,
             "drop_table": self._op_drop_table,
             "split_range": self._op_split_range,
+            "move_range": self._op_move_range,
         }
+        self.mover = RangeMover(
+            self.store, self._tell_leader, self._record_decision,
+            lambda revision: self._catch_up(revision, self.config.view_catch_up_ms / 1000),
+            self.log, self._clock)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -495,6 +502,7 @@ class MetaService:
         self._stopping = True
         self._stop_requested.set()
         self._term = None  # stop acting at once
+        await self.mover.cancel_all()
         for task in (self._election_task, self._view_task):
             if task is not None:
                 task.cancel()
@@ -869,6 +877,7 @@ class MetaService:
                 return "the active-meta key in etcd is no longer ours"
             try:
                 await self._elect_leaders(term)
+                self._resume_moves()
                 if self._clock() >= next_formation_s:
                     next_formation_s = self._clock() + cfg.formation_interval_ms / 1000
                     await self._form_group(term)
@@ -954,6 +963,17 @@ class MetaService:
                 choice.reason,
             )
             await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+
+    def _resume_moves(self) -> None:
+        """Finish every move etcd shows unfinished (after a failover, or a failed step)."""
+        for ranges in self.view.ranges.values():
+            for rng in ranges:
+                if rng.state == model.RANGE_MOVING or rng.source is not None:
+                    self.mover.ensure(rng, "resumed")
+
+    async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
+        """A controller decision and why (shown by the log; see docs/internals.md)."""
+        self.log.info("decision %s: %s", kind, reason)
 
     async def _form_group(self, term: _Term) -> None:
         cfg = self.config
@@ -1195,7 +1215,9 @@ class MetaService:
                     "drop_table %s: resuming the unfinished drop of id %d", name, table.id
                 )
             ranges = await self.store.table_ranges(table.id)
-            for gid in sorted({r.group for r in ranges}):
+            # a range being moved has data on its source (and target) too
+            groups = {g for r in ranges for g in (r.group, r.source, r.target) if g is not None}
+            for gid in sorted(groups):
                 await self._tell_leader(gid, "drop_table", table_id=table.id)
             revision = await self.store.delete_table(table, mod_revision)
             if revision is None:
@@ -1231,6 +1253,10 @@ class MetaService:
                 holder = [(r, rev) for r, rev in ranges if r.contains(at)]
                 assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)
                 rng, rev = holder[0]
+                if rng.state != model.RANGE_ACTIVE or rng.source is not None:
+                    raise errors.Unavailable(
+                        f"the range of {name!r} holding that key is being moved; split it "
+                        "once the move is done", table=name)
                 if rng.start == at:
                     self.log.info("split_range %s at %r: a range already starts there",
                                   name, at)
@@ -1247,10 +1273,72 @@ class MetaService:
                     f"the ranges of {name!r} kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
                     table=name)
             await self._tell_leader(rng.group, "split_range", table_id=table.id, at=at)
-            after = await self.store.table_ranges_revs(table.id)
-            # the revision an rm waits for before its next request uses the new ranges
-            return {"ranges": [r.to_json() for r, _ in after],
-                    "revision": max(rev for _, rev in after)}
+            return await self._ranges_reply(table.id)
+
+    async def _op_move_range(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Move the range of table ``name`` holding key ``at`` to group ``to`` (``rangekv
+        move``; see :mod:`rangekv.controller.move`). Answers once the move is done, or after
+        ``MOVE_WAIT_S`` with ``done`` false while it goes on in the background."""
+        name = check_table_name(req.get("name"))  # type: ignore[arg-type]
+        at = req.get("at")
+        if not isinstance(at, bytes):
+            raise errors.InvalidArgument("at must be a key (bytes)", field="at")
+        if at:
+            limits.check_key(at)
+        to = req.get("to")
+        if not isinstance(to, int) or isinstance(to, bool):
+            raise errors.InvalidArgument("to must be a group id", field="to")
+        self._require_active()
+        if to not in self.view.groups:
+            raise errors.InvalidArgument(
+                f"there is no group {to} (groups: {sorted(self.view.groups)})", field="to")
+        async with self._name_lock(name):
+            found = await self.store.get_table(name)
+            if found is None or found[0].state != model.TABLE_ACTIVE:
+                raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
+            table = found[0]
+            ranges = await self.store.table_ranges_revs(table.id)
+            holder = [(r, rev) for r, rev in ranges if r.contains(at)]
+            assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)
+            rng, rev = holder[0]
+            if rng.state == model.RANGE_MOVING or rng.source is not None:
+                heading = rng.target if rng.target is not None else rng.group
+                if heading != to:
+                    raise errors.Unavailable(
+                        f"that range of {name!r} is already moving to group {heading}; move it "
+                        "again once that is done", table=name)
+            elif rng.group == to:
+                return await self._ranges_reply(table.id, done=True)
+            else:
+                moving = replace(rng, state=model.RANGE_MOVING, target=to,
+                                 version=rng.version + 1)
+                revision = await self.store.put_range(moving, rev)
+                if revision is None:
+                    raise errors.Unavailable(f"the ranges of {name!r} changed meanwhile; retry",
+                                             table=name)
+                await self._record_decision(
+                    "move", f"table {name} range [{rng.start!r}, {rng.end!r}) moves from group "
+                    f"{rng.group} to group {to}: {req.get('why') or 'asked by an operator'}",
+                    table=name, group=rng.group, target=to)
+                rng = moving
+        task = self.mover.ensure(rng, "asked")
+        done = False
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), MOVE_WAIT_S)
+                done = True
+            except TimeoutError:
+                pass
+            except errors.RangeKVError as exc:
+                raise errors.Unavailable(f"the move stopped: {exc.message}; it is resumed "
+                                         "automatically", table=name) from None
+        return await self._ranges_reply(table.id, done=done)
+
+    async def _ranges_reply(self, table_id: int, **extra: Any) -> dict[str, Any]:
+        """A table's ranges and the revision an rm waits for before it routes by them."""
+        after = await self.store.table_ranges_revs(table_id)
+        return {"ranges": [r.to_json() for r, _ in after],
+                "revision": max(rev for _, rev in after), **extra}
 
     def _conn(self, address: str) -> wire.Connection:
         conn = self._conns.get(address)
@@ -1258,8 +1346,9 @@ class MetaService:
             conn = self._conns[address] = wire.Connection(address)
         return conn
 
-    async def _tell_leader(self, group_id: int, op: str, **fields: Any) -> None:
-        """Send ``op`` to ``group_id``'s leader until it answers, within the request budget.
+    async def _tell_leader(self, group_id: int, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``op`` to ``group_id``'s leader until it answers, within the request budget;
+        its reply.
 
         Retries on not_leader / unavailable / outcome unknown (the ops are idempotent), with
         jittered exponential backoff; raises Unavailable when the budget runs out.
@@ -1278,8 +1367,7 @@ class MetaService:
                 remaining_s = deadline_s - self._clock()
                 attempt_s = max(0.05, min(cfg.node_request_attempt_ms / 1000, remaining_s))
                 try:
-                    await self._conn(address).request(op, timeout_s=attempt_s, **fields)
-                    return
+                    return await self._conn(address).request(op, timeout_s=attempt_s, **fields)
                 except (errors.Unavailable, errors.OutcomeUnknown, errors.ProtocolError) as exc:
                     last = f"{address}: {exc.code}: {exc.message}"
             delay_s = backoff.next()

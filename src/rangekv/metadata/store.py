@@ -186,6 +186,19 @@ class MetaStore:
         )
         return res.revision if res.succeeded else None
 
+    async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None:
+        """The range of ``table_id`` starting at ``start`` and its mod_revision, or None."""
+        kv = await self.etcd.get(model.range_key(table_id, start))
+        return None if kv is None else (Range.load(kv.value), kv.mod_revision)
+
+    async def put_range(self, new: Range, mod_revision: int) -> int | None:
+        """Replace the record of the range starting at ``new.start`` if it is still at
+        ``mod_revision`` (a phase of a move); the revision, or None."""
+        key = model.range_key(new.table_id, new.start)
+        res = await self._txn([Compare.mod_revision(key, "=", mod_revision)],
+                              [Op.put(key, new.dumps())])
+        return res.revision if res.succeeded else None
+
     async def create_table(
         self, name: str, group_id: int, created_ns: int
     ) -> tuple[Table, int] | None:

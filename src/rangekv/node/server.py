@@ -47,6 +47,10 @@ LEADER_QUIET_MS = 250  # a follower hearing nothing from a leader this long: hea
 META_TIMEOUT_S = 1.0
 SERVE_WAIT_S = 1.0  # a data op at a node taking up its epoch waits this long for it to serve
 SERVE_POLL_S = 0.005
+EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
+DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
+                      "drop_table", "fence_range", "unfence_range", "import", "finish_import",
+                      "drop_range"})
 PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
 PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
 
@@ -352,25 +356,37 @@ class Node:
             # Computed synchronously, so the hash and the applied index belong together.
             return {"node_id": self.node_id, "applied": replica.engine.applied_index,
                     "hash": replica.engine.content_hash()}
-        if op in ("put", "delete", "get", "list", "add_range", "split_range", "drop_table"):
+        if op in DATA_OPS:
             await self._until_serving(replica)
+        try:
+            return await self._serve(replica, op, body)
+        except errors.RangeNotHere as err:
+            # say which routing version the caller used, for its logs and ours
+            if isinstance(body.get("rv"), int):
+                err.details["your_version"] = body["rv"]
+            raise
+
+    async def _serve(self, replica: Replica, op: Any, body: dict[str, Any]) -> dict[str, Any]:
         if op == "put":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
             value = limits.check_value(_bytes(body, "value") or b"")
-            _check_owned(replica, table_id, key)  # the log decides; this saves an entry
+            _check_writable(replica, table_id, key)  # the log decides; this saves an entry
+            if body.get("if_seq") is not None:
+                _check_base(replica, table_id, key, body)
             result = await replica.propose({
                 "op": "put", "t": table_id, "k": key, "v": value, "s": _seq(body, "seq"),
-                "c": _seq(body, "if_seq", optional=True),
+                "c": _seq(body, "if_seq", optional=True), **_base(body),
             })
             return {"seq": result["seq"]}
         if op == "delete":
             table_id = _int(body, "table_id")
             key = limits.check_key(_bytes(body, "key") or b"")
-            _check_owned(replica, table_id, key)
+            _check_writable(replica, table_id, key)
+            _check_base(replica, table_id, key, body)
             result = await replica.propose({
                 "op": "del", "t": table_id, "k": key, "s": _seq(body, "seq"),
-                "c": _seq(body, "if_seq", optional=True),
+                "c": _seq(body, "if_seq", optional=True), **_base(body),
             })
             return {"deleted": bool(result["deleted"]), "seq": result["seq"]}
         if op == "get":
@@ -378,6 +394,15 @@ class Node:
             key = limits.check_key(_bytes(body, "key") or b"")
             await replica.linearizable()
             _check_owned(replica, table_id, key)
+            if not body.get("versions"):
+                _check_complete(replica, table_id, key)
+            if body.get("versions"):
+                # a read during a move: the record even if it is a tombstone (its seq counts)
+                version = replica.engine.get_version(table_id, key)
+                if version is None:
+                    return {"found": False, "value": b"", "seq": sequencer.ZERO}
+                return {"found": True, "seq": version[0], "tombstone": version[1],
+                        "value": version[2]}
             found = replica.engine.get(table_id, key)
             if found is None:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
@@ -393,16 +418,50 @@ class Node:
                 # a span this group does not wholly own would list only part of it: a stale
                 # map must not turn into a silently short listing
                 raise replica.engine.not_here(table_id)
+            if not body.get("versions"):
+                _check_complete(replica, table_id, start)
+            if body.get("versions"):
+                versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
+                                                              limits.LIST_BYTES_MAX)
+                return {"items": [list(item) for item in versions], "more": more}
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
             return {"items": [list(item) for item in items], "more": more}
+        if op == "export":
+            # a page of a moving range for the copy: every record, tombstones included
+            table_id = _int(body, "table_id")
+            start = _bytes(body, "start") or b""
+            end = _bytes(body, "end", optional=True)
+            after = _bytes(body, "after", optional=True)
+            limit = limits.check_list_limit(body.get("limit"))
+            await replica.linearizable()
+            if not replica.engine.covers(table_id, start, end):
+                raise replica.engine.not_here(table_id)
+            versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
+                                                          EXPORT_BYTES_MAX)
+            return {"items": [[k, seq, tomb, v] for k, v, seq, tomb in versions], "more": more}
         if op == "add_range":
-            await replica.propose({
-                "op": "add_range", "t": _int(body, "table_id"),
-                "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
-                "s": sequencer.ZERO,
-            })
+            cmd = {"op": "add_range", "t": _int(body, "table_id"),
+                   "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
+                   "s": sequencer.ZERO}
+            if body.get("importing"):
+                # a range moving here: every seq this group gives from now on is above the
+                # source's highest (``seq``, from its fence_range)
+                cmd.update(st="importing", s=_seq(body, "seq"))
+            await replica.propose(cmd)
             return {}
+        if op in ("fence_range", "unfence_range", "finish_import", "drop_range"):
+            result = await replica.propose({
+                "op": op, "t": _int(body, "table_id"), "start": _bytes(body, "start") or b"",
+                "end": _bytes(body, "end", optional=True), "s": sequencer.ZERO})
+            return {"seq": result["seq"]} if op == "fence_range" else {}
+        if op == "import":
+            copied = body.get("items")
+            if not isinstance(copied, list):
+                raise errors.InvalidArgument("items must be a list", field="items")
+            result = await replica.propose({"op": "import", "t": _int(body, "table_id"),
+                                            "items": copied, "s": sequencer.ZERO})
+            return {"imported": result["imported"]}
         if op == "split_range":
             at = limits.check_key(_bytes(body, "at") or b"")
             await replica.propose({"op": "split_range", "t": _int(body, "table_id"),
@@ -413,6 +472,43 @@ class Node:
                                    "s": sequencer.ZERO})
             return {}
         raise errors.InvalidArgument(f"unknown op {op!r}")
+
+
+def _check_writable(replica: Replica, table_id: int, key: bytes) -> None:
+    """As :func:`_check_owned`, and refuse a key whose range is fenced (moving away)."""
+    if not replica.engine.writable(table_id, key):
+        raise replica.engine.not_here(table_id, moving=replica.engine.owns(table_id, key))
+
+
+def _check_complete(replica: Replica, table_id: int, key: bytes) -> None:
+    """Refuse a plain read of a range still being copied here: alone it would miss what the
+    source holds. The caller's map is older than the move (``range_not_here``, ``moving``):
+    with the current one it reads both groups."""
+    if replica.engine.importing(table_id, key):
+        raise errors.RangeNotHere(
+            "the range holding that key is being moved here: read it with versions, "
+            "together with its source group", table_id=table_id, moving=True)
+
+
+def _check_base(replica: Replica, table_id: int, key: bytes, body: dict[str, Any]) -> None:
+    """A delete or conditional put of a key not yet copied into a range being moved here
+    needs the source's version (``base``); a caller without it routes by an older map."""
+    if ("base" not in body and replica.engine.importing(table_id, key)
+            and replica.engine.get_version(table_id, key) is None):
+        raise errors.RangeNotHere(
+            "the range holding that key is being moved here and the key is not copied yet: "
+            "send the source group's version of it along", table_id=table_id, moving=True)
+
+
+def _base(body: dict[str, Any]) -> dict[str, Any]:
+    """The source's version of the key, sent by an rm for a delete or a conditional put into
+    a range being moved here: ``{"b": [seq, tombstone, value] | None}``, or nothing."""
+    if "base" not in body:
+        return {}
+    base = body["base"]
+    if base is not None and (not isinstance(base, list) or len(base) != 3):
+        raise errors.InvalidArgument("base must be [seq, tombstone, value] or nil", field="base")
+    return {"b": base}
 
 
 def _check_owned(replica: Replica, table_id: int, key: bytes) -> None:

@@ -88,6 +88,7 @@ PROBE_INTERVAL_S = 0.5  # how often the source checks that etcd answers
 PROBE_TIMEOUT_S = 1.0  # a probe not answered within this means "cut off from etcd"
 PROBE_PREFIX = b"/rangekv-probe/"  # read by the probe: nothing is ever stored there
 LIST_RANGES_PER_PAGE_MAX = 64  # ranges one list page may walk (empty ranges included)
+LIST_MOVING_ROUNDS_MAX = 16  # sub-pages of tombstones only, in a range being moved, per page
 
 
 def backoff_s(attempt: int, rand: Callable[[], float]) -> float:
@@ -510,6 +511,10 @@ class ListPage:
     next: Cursor | None  # where the next page starts; None when the listing is complete
 
 
+class _MoveDone(Exception):
+    """The range is no longer being copied: its target alone has every version."""
+
+
 class _Attempt:
     """Retry state of one request: its deadline, backoff count and whether the one-off
     recoveries (following a hint at once, re-reading the table) were used."""
@@ -596,16 +601,32 @@ class Router:
         )
 
     async def put(self, table: str, key: bytes, value: bytes, if_seq: bytes | None) -> bytes:
+        # a conditional put into a moving range needs the source's version of the key
         reply = await self._data_op(
-            "put", table, key, write=True, fields={"key": key, "value": value, "if_seq": if_seq}
+            "put", table, key, write=True, fields={"key": key, "value": value, "if_seq": if_seq},
+            needs_base=if_seq is not None,
         )
         seq = _seq(reply.get("seq"))
         self.sequencer.observe(seq)
         return seq
 
     async def get(self, table: str, key: bytes) -> GetResult:
-        reply = await self._data_op("get", table, key, write=False, fields={"key": key})
-        if not reply.get("found"):
+        """The live version of ``key``. While its range is being copied to another group, the
+        target's record (written there, or already copied) is the newest; without one, the
+        source's (final since its fence) is."""
+        st = _Attempt(self._monotonic(), self.request_deadline_s)
+        fields = {"key": key, "versions": True}
+        while True:
+            reply, rng = await self._route("get", table, key, fields, write=False, st=st)
+            if reply.get("found") or rng.copying_from is None:
+                break
+            try:
+                reply, _ = await self._route("get", table, key, fields, write=False,
+                                             st=self._nested(st), to_source=True)
+                break
+            except _MoveDone:
+                continue  # the copy finished meanwhile: the target now has everything
+        if not reply.get("found") or reply.get("tombstone"):
             return GetResult(False, b"", sequencer.ZERO)
         seq = _seq(reply.get("seq"))
         self.sequencer.observe(seq)
@@ -614,13 +635,35 @@ class Router:
     async def delete(self, table: str, key: bytes, if_seq: bytes | None) -> bytes | None:
         """The tombstone's seq, or None if there was nothing to delete."""
         reply = await self._data_op(
-            "delete", table, key, write=True, fields={"key": key, "if_seq": if_seq}
+            "delete", table, key, write=True, fields={"key": key, "if_seq": if_seq},
+            needs_base=True,
         )
         seq = _seq(reply.get("seq") or sequencer.ZERO)
         if not reply.get("deleted"):
             return None
         self.sequencer.observe(seq)
         return seq
+
+    def _nested(self, st: _Attempt) -> _Attempt:
+        """A sub-request's retry state, within what remains of the request's deadline."""
+        now = self._monotonic()
+        return _Attempt(now, max(0.0, st.deadline - now))
+
+    async def _source_version(self, st: _Attempt, table: str, key: bytes,
+                              rng: Range) -> dict[str, Any]:
+        """``{"base": version}``: the source's record of ``key`` while ``rng`` is being
+        copied (nothing once the copy is done)."""
+        if rng.copying_from is None:
+            return {}
+        try:
+            reply, _ = await self._route("get", table, key, {"key": key, "versions": True},
+                                         write=False, st=self._nested(st), to_source=True)
+        except _MoveDone:
+            return {}
+        if not reply.get("found"):
+            return {"base": None}
+        return {"base": [_seq(reply.get("seq")), bool(reply.get("tombstone")),
+                         bytes(reply.get("value") or b"")]}
 
     async def list(
         self,
@@ -654,9 +697,7 @@ class Router:
             if end is not None and lower >= end:
                 return ListPage(t.id, items, None)
             fields = {"start": start, "end": end, "after": after, "limit": limit - len(items)}
-            reply, rng = await self._route(
-                "list", table, lower, fields, write=False, table_id=t.id, clip=True, st=st
-            )
+            reply, rng = await self._list_range(st, table, t.id, lower, fields)
             got = [(bytes(k), bytes(v), _seq(s)) for k, v, s in reply.get("items") or ()]
             more = bool(reply.get("more"))
             if more and not got:
@@ -680,6 +721,46 @@ class Router:
         if after is not None:
             return ListPage(t.id, items, Cursor(t.id, after, end))
         return ListPage(t.id, items, Cursor(t.id, None, end, start))
+
+    async def _list_range(self, st: _Attempt, table: str, table_id: int, lower: bytes,
+                          fields: dict[str, Any]) -> tuple[dict[str, Any], Range]:
+        """One node-shaped list answer (``items``, ``more``) for the range holding ``lower``.
+        While that range is being copied, both groups are read with tombstones and merged,
+        the higher seq winning per key, up to the first point where either answer stops."""
+        rng = self.source.view.range_for(table_id, lower)
+        if rng is None or rng.copying_from is None:
+            # (if a copy has begun meanwhile, the target refuses: range_not_here, re-read)
+            return await self._route("list", table, lower, fields, write=False,
+                                     table_id=table_id, clip=True, st=st)
+        after = fields["after"]
+        for _ in range(LIST_MOVING_ROUNDS_MAX):
+            asked = dict(fields, after=after, versions=True)
+            reply, rng = await self._route("list", table, lower, asked, write=False,
+                                           table_id=table_id, clip=True, st=st)
+            newest = {bytes(k): (bytes(v), _seq(s), bool(tomb))
+                      for k, v, s, tomb in reply.get("items") or ()}
+            bound = bytes(reply["items"][-1][0]) if reply.get("more") else None
+            if rng.copying_from is not None:
+                try:
+                    old, _ = await self._route("list", table, lower, asked, write=False,
+                                               table_id=table_id, clip=True,
+                                               st=self._nested(st), to_source=True)
+                except _MoveDone:
+                    continue  # the copy finished meanwhile: the target alone is complete
+                if old.get("more"):
+                    last = bytes(old["items"][-1][0])
+                    bound = last if bound is None else min(bound, last)
+                for k, v, s, tomb in old.get("items") or ():
+                    key, version = bytes(k), (bytes(v), _seq(s), bool(tomb))
+                    if key not in newest or newest[key][1] < version[1]:
+                        newest[key] = version
+            live = [(k, v, s) for k, (v, s, tomb) in sorted(newest.items())
+                    if not tomb and (bound is None or k <= bound)]
+            if live or bound is None:
+                return {"items": live, "more": bound is not None}, rng
+            after = bound  # only tombstones so far: read on
+        raise errors.Unavailable("too many deleted keys in a row in a range being moved; "
+                                 "retry (the listing resumes where it stopped)")
 
     async def create_table(self, name: str) -> Table:
         limits.check_table_name(name)
@@ -722,9 +803,16 @@ class Router:
     # -- data ops ----------------------------------------------------------------------------
 
     async def _data_op(
-        self, op: str, table: str, key: bytes, *, write: bool, fields: dict[str, Any]
+        self, op: str, table: str, key: bytes, *, write: bool, fields: dict[str, Any],
+        needs_base: bool = False,
     ) -> dict[str, Any]:
-        reply, _ = await self._route(op, table, key, fields, write=write)
+        st = _Attempt(self._monotonic(), self.request_deadline_s)
+
+        async def base(rng: Range) -> dict[str, Any]:
+            return await self._source_version(st, table, key, rng)
+
+        reply, _ = await self._route(op, table, key, fields, write=write, st=st,
+                                     prepare=base if needs_base else None)
         return reply
 
     async def _resolve(self, st: _Attempt, table: str) -> Table:
@@ -749,10 +837,17 @@ class Router:
         table_id: int | None = None,
         clip: bool = False,
         st: _Attempt | None = None,
+        to_source: bool = False,
+        prepare: Callable[[Range], Awaitable[dict[str, Any]]] | None = None,
     ) -> tuple[dict[str, Any], Range]:
         """Send ``op`` for ``key`` to the leader of its range's group, retrying as the module
         docstring says. ``table_id`` pins the table (a list page must not switch to a table
-        re-created under the same name); ``clip`` clips ``start``/``end`` to the range."""
+        re-created under the same name); ``clip`` clips ``start``/``end`` to the range.
+
+        ``to_source``: send to the group the range is being copied from instead (raises
+        ``_MoveDone`` once the map shows the copy finished). ``prepare(range)`` adds fields
+        to each attempt (the source's version of a key, for a write into a moving range).
+        Every request carries the range's version it was routed by (``rv``)."""
         if st is None:
             st = _Attempt(self._monotonic(), self.request_deadline_s)
         while True:
@@ -767,17 +862,25 @@ class Router:
                     continue
                 await self._backoff(st, errors.Unavailable(f"no range of {table!r} holds the key"))
                 continue
-            address = st.override or self._leader_address(view, rng.group)
+            group = rng.group
+            if to_source:
+                if rng.copying_from is None:
+                    raise _MoveDone
+                group = rng.copying_from
+            address = st.override or self._leader_address(view, group)
             st.override = None
             if address is None:
                 await self._backoff(
-                    st, errors.Unavailable(f"no leader known for group {rng.group}")
+                    st, errors.Unavailable(f"no leader known for group {group}")
                 )
                 continue
             send = dict(fields)
+            send["rv"] = rng.version
             if clip:
                 send["start"] = max(fields["start"], rng.start)
                 send["end"] = _min_end(fields["end"], rng.end)
+            if prepare is not None:
+                send.update(await prepare(rng))
             if write:
                 send["seq"] = self.sequencer.next()
             timeout_s = st.deadline - self._monotonic()
@@ -787,11 +890,11 @@ class Router:
                 raise _exhausted(st)
             try:
                 reply = await self.pool.get(address).request(
-                    op, timeout_s=timeout_s, tag=rng.group, table_id=t.id, **send
+                    op, timeout_s=timeout_s, tag=group, table_id=t.id, **send
                 )
                 return reply, rng
             except errors.NotLeader as err:
-                self._on_not_leader(st, view, rng.group, address, err)
+                self._on_not_leader(st, view, group, address, err)
                 if st.override is not None and not st.hint_followed:
                     st.hint_followed = True
                     self.stats.hints_followed += 1
@@ -818,9 +921,9 @@ class Router:
                     ) from None
                 await self._backoff(st, errors.Unavailable(err.message))
             except errors.Unavailable as err:
-                hint = self._hints.get(rng.group)
+                hint = self._hints.get(group)
                 if hint is not None and hint[0] == address:
-                    del self._hints[rng.group]  # the hinted leader is unreachable: trust the view
+                    del self._hints[group]  # the hinted leader is unreachable: trust the view
                 await self._backoff(st, err)
             except errors.PreconditionFailed as err:
                 cur = err.details.get("current_seq")

@@ -662,6 +662,13 @@ class StateMachine:
         mark = self._marks.get((table_id, start))
         return mark is None or mark[0] != FENCED
 
+    def importing(self, table_id: int, key: bytes) -> bool:
+        """Whether the range here holding ``key`` is being moved here (copy unfinished): its
+        reads must go with the source's (``versions``)."""
+        start = self._holder(self._ranges, table_id, key)
+        mark = None if start is None else self._marks.get((table_id, start))
+        return mark is not None and mark[0] == IMPORTING
+
     def mark(self, table_id: int, start: bytes) -> tuple[str, bytes] | None:
         """The move state of the range starting at ``start`` ((state, H)) or None: active."""
         return self._marks.get((table_id, start))

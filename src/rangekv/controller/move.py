@@ -1,0 +1,213 @@
+"""Moving a range from one replication group to another, live (DESIGN §7.3).
+
+The move of range R = [a, b) of table T from group S to group D is a sequence of idempotent
+steps, each recorded in etcd before the next begins, so that the active meta (this one, or the
+next after a failover) can always finish it from what etcd says:
+
+1. **record** (``Range``: state moving, group S, target D): rms still route R to S.
+2. **fence**: S replicates ``fence_range``: from then on S refuses writes to R
+   (``range_not_here`` with ``moving``; the rm waits for the map to change and retries) and
+   hands over H, a seq above every seq in R.
+3. **prepare**: D replicates ``add_range`` of R as *importing* with seq H, so every seq D gives
+   from then on is above H: D's writes win over every version S holds.
+4. **switch** (state moving, group D, source S): rms write to D; a read asks D and, if D holds no
+   record of the key (not copied yet), S, whose copy is final; a delete or a conditional put
+   carries S's version of its key (``base``). Writes to R were refused only between 2 and 4:
+   that is the write pause, measured and logged here.
+5. **copy**: pages of every record of R on S, tombstones included, are imported into D, which
+   merges them by seq (the higher wins), so the copy may race with D's writes and may be
+   repeated from the start after a failover.
+6. **finish**: D replicates ``finish_import``; etcd: state active, group D, source S (rms
+   route to D only).
+7. **cleanup**: S replicates ``drop_range`` (its copy of R deleted: RocksDB delete-range); etcd:
+   source cleared. The move is done.
+
+If D cannot take R (step 3 fails within the budget), the move is abandoned: S unfences R and
+the record goes back to active on S. After step 4 it only goes forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from rangekv import errors
+from rangekv.metadata.model import RANGE_ACTIVE, RANGE_MOVING, Range
+
+EXPORT_PAGE_KEYS = 1000
+RETRY_S = 0.5
+
+
+class RangeStore(Protocol):
+    async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None: ...
+
+    async def put_range(self, new: Range, mod_revision: int) -> int | None: ...
+
+
+Tell = Callable[..., Awaitable[dict[str, Any]]]  # (group, op, **fields) -> the leader's reply
+Record = Callable[..., Awaitable[None]]  # (kind, reason, **details): a controller decision
+
+
+class MoveAbandoned(Exception):
+    """The target could not take the range; the move was undone (the reason is the message)."""
+
+
+class RangeMover:
+    """Runs moves to completion (one task per range), resumable from etcd at any step."""
+
+    def __init__(self, store: RangeStore, tell: Tell, record: Record,
+                 catch_up: Callable[[int], Awaitable[Any]], log: logging.Logger,
+                 clock: Callable[[], float]) -> None:
+        self.store = store
+        self.tell = tell
+        self.record = record
+        self.catch_up = catch_up
+        self.log = log
+        self.clock = clock
+        self.tasks: dict[tuple[int, bytes], asyncio.Task[None]] = {}
+        self._failed_at: dict[tuple[int, bytes], float] = {}
+        self.pauses_ms: list[float] = []  # write pause of each switch made by this process
+
+    def running(self, table_id: int, start: bytes) -> asyncio.Task[None] | None:
+        task = self.tasks.get((table_id, start))
+        return task if task is not None and not task.done() else None
+
+    def ensure(self, rng: Range, why: str) -> asyncio.Task[None] | None:
+        """Start (or find) the task that finishes the move of ``rng``; None while a failed
+        attempt is less than ``RETRY_S`` old."""
+        key = (rng.table_id, rng.start)
+        task = self.running(*key)
+        if task is None:
+            failed_at = self._failed_at.get(key)
+            if failed_at is not None and self.clock() - failed_at < RETRY_S:
+                return None
+            task = asyncio.ensure_future(self._run(rng.table_id, rng.start, why))
+            task.set_name(f"move-{rng.table_id}-{rng.start.hex()}")
+            self.tasks[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return task
+
+    def _done(self, key: tuple[int, bytes], task: asyncio.Task[None]) -> None:
+        if self.tasks.get(key) is task:
+            del self.tasks[key]
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._failed_at[key] = self.clock()
+            if isinstance(exc, errors.RangeKVError):
+                self.log.warning("move of table %d range %r stopped, to be resumed: %s: %s",
+                                 key[0], key[1], exc.code, exc.message)
+            else:
+                self.log.error("move of table %d range %r failed on a bug", key[0], key[1],
+                               exc_info=exc)
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    async def _run(self, table_id: int, start: bytes, why: str) -> None:
+        while True:
+            found = await self.store.range_record(table_id, start)
+            if found is None:
+                self.log.info("move of table %d range %r: the range is gone (dropped or "
+                              "split meanwhile); nothing left to do", table_id, start)
+                return
+            rng, rev = found
+            if rng.state == RANGE_MOVING and rng.target is not None:
+                await self._fence_and_switch(rng, rev, why)
+            elif rng.state == RANGE_MOVING:
+                await self._copy_and_finish(rng, rev)
+            elif rng.source is not None:
+                await self._cleanup(rng, rev)
+            else:
+                return
+
+    async def _put(self, new: Range, rev: int) -> int:
+        revision = await self.store.put_range(new, rev)
+        if revision is None:
+            raise errors.Unavailable("the range's record changed meanwhile; re-reading it")
+        await self.catch_up(revision)
+        return revision
+
+    async def _fence_and_switch(self, rng: Range, rev: int, why: str) -> None:
+        src, dst = rng.group, rng.target
+        assert dst is not None and dst != src, rng
+        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
+        fenced_at = self.clock()
+        reply = await self.tell(src, "fence_range", **span)
+        high = reply.get("seq")
+        if not isinstance(high, bytes) or len(high) != 16:
+            raise errors.ProtocolError(f"fence_range answered {reply!r}")
+        try:
+            await self.tell(dst, "add_range", importing=True, seq=high, **span)
+        except errors.Unavailable as exc:
+            await self._abandon(rng, rev, f"group {dst} could not take the range: "
+                                          f"{exc.message}")
+            return
+        switched = replace(rng, group=dst, source=src, target=None, version=rng.version + 1)
+        revision = await self._put(switched, rev)
+        pause_ms = (self.clock() - fenced_at) * 1000
+        self.pauses_ms.append(pause_ms)
+        await self.record(
+            "move_switch",
+            f"writes to table {rng.table_id} range [{rng.start!r}, {rng.end!r}) now go to group "
+            f"{dst} (from {src}); writes were refused for {pause_ms:.0f} ms; copying",
+            table_id=rng.table_id, group=dst, source=src, pause_ms=round(pause_ms, 1),
+            revision=revision)
+
+    async def _abandon(self, rng: Range, rev: int, reason: str) -> None:
+        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
+        await self.tell(rng.group, "unfence_range", **span)
+        back = replace(rng, state=RANGE_ACTIVE, target=None, version=rng.version + 1)
+        await self._put(back, rev)
+        await self.record("move_abandoned", f"move of table {rng.table_id} range "
+                          f"[{rng.start!r}, {rng.end!r}) to group {rng.target} abandoned: "
+                          f"{reason}; it stays on group {rng.group}",
+                          table_id=rng.table_id, group=rng.group, target=rng.target)
+        if rng.target is not None:  # whatever D prepared (an empty importing range)
+            try:
+                await self.tell(rng.target, "drop_range", **span)
+            except errors.RangeKVError as exc:
+                self.log.warning("group %d keeps an empty importing range: %s", rng.target,
+                                 exc.message)
+
+    async def _copy_and_finish(self, rng: Range, rev: int) -> None:
+        src, dst = rng.source, rng.group
+        assert src is not None, rng
+        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
+        began = self.clock()
+        after: bytes | None = None
+        copied = pages = 0
+        while True:
+            page = await self.tell(src, "export", after=after, limit=EXPORT_PAGE_KEYS, **span)
+            items = page.get("items") or []
+            if items:
+                await self.tell(dst, "import", table_id=rng.table_id, items=items)
+                copied += len(items)
+                pages += 1
+                after = bytes(items[-1][0])
+            if not page.get("more"):
+                break
+        await self.tell(dst, "finish_import", **span)
+        done = replace(rng, state=RANGE_ACTIVE, version=rng.version + 1)
+        revision = await self._put(done, rev)
+        await self.record(
+            "move_copied",
+            f"table {rng.table_id} range [{rng.start!r}, {rng.end!r}): {copied} records copied "
+            f"from group {src} to group {dst} in {pages} pages, "
+            f"{(self.clock() - began) * 1000:.0f} ms; group {dst} alone serves it",
+            table_id=rng.table_id, group=dst, source=src, records=copied, revision=revision)
+
+    async def _cleanup(self, rng: Range, rev: int) -> None:
+        src = rng.source
+        assert src is not None, rng
+        await self.tell(src, "drop_range", table_id=rng.table_id, start=rng.start, end=rng.end)
+        await self._put(replace(rng, source=None, version=rng.version + 1), rev)
+        self.log.info("move of table %d range [%r, %r) done: group %d dropped its copy",
+                      rng.table_id, rng.start, rng.end, src)
