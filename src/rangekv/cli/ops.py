@@ -45,6 +45,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--at", required=True, metavar="KEY", help="the first key of the upper part")
     p.set_defaults(func=cmd_split)
 
+    p = sub.add_parser("move", parents=[common],
+                       help="move the range of TABLE holding KEY to another group, live")
+    p.add_argument("table")
+    p.add_argument("key", help="any key of the range to move")
+    p.add_argument("--to", required=True, type=int, metavar="GROUP",
+                   help="the id of the group to move it to (rangekv cluster lists them)")
+    p.set_defaults(func=cmd_move)
+
     p = sub.add_parser("put", parents=[common], help="store a value under a key")
     p.add_argument("table")
     p.add_argument("key")
@@ -216,10 +224,15 @@ def cmd_drop_table(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _format_ranges(table: str, ranges: list[dict[str, Any]]) -> str:
-    rows = [f"{'start':<24} {'end':<24} {'group':>5} {'version':>7}"]
+    rows = [f"{'start':<24} {'end':<24} {'group':>5} {'version':>7}  state"]
     for r in ranges:
         end = "(none)" if r.get("end") is None else repr(r["end"])
-        rows.append(f"{r['start']!r:<24} {end:<24} {r['group']:>5} {r['version']:>7}")
+        state = r.get("state", "active")
+        moving = r.get("moving")
+        if moving:
+            state = (f"moving {moving['from']} -> {moving['to']} ({moving['phase']})"
+                     if state == "moving" else f"active (group {moving['from']} cleaning up)")
+        rows.append(f"{r['start']!r:<24} {end:<24} {r['group']:>5} {r['version']:>7}  {state}")
     return f"table {table}: {len(ranges)} range(s)\n" + "\n".join(rows)
 
 
@@ -239,6 +252,19 @@ def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_split(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client(args) as db:
         return _show_ranges(args, ctx, db.split(args.table, args.at))
+
+
+def cmd_move(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        result = db.move(args.table, args.key.encode("utf-8", "surrogateescape"), args.to)
+    if args.json:
+        _print_json(ctx, {"table": args.table, **result})
+        return 0
+    ctx.out(_format_ranges(args.table, result["ranges"]))
+    if not result["done"]:
+        ctx.out("the copy goes on in the background: `rangekv ranges " + args.table
+                + "` shows the range as moving until it is done")
+    return 0
 
 
 def cmd_tables(args: argparse.Namespace, ctx: Context) -> int:

@@ -213,6 +213,22 @@ def call_split(table: str, at: str | bytes) -> Call:
     return Call("POST", path, write=True, parse=_parse_ranges)
 
 
+def _parse_move(resp: httpx.Response) -> dict[str, Any]:
+    body = json_body(resp)
+    try:
+        return {"ranges": list(body["ranges"]), "done": bool(body["done"])}
+    except (KeyError, TypeError) as exc:
+        raise _bad_shape(resp, "ranges", exc) from None
+
+
+def call_move(table: str, at: str | bytes, to: int) -> Call:
+    raw = limits.check_key(to_bytes(at, "at"))
+    if not isinstance(to, int) or isinstance(to, bool) or to <= 0:
+        raise errors.InvalidArgument("to must be a group id", field="to")
+    path = _table_path(table) + "/move/" + quote_segment(raw) + f"?to={to}"
+    return Call("POST", path, write=True, parse=_parse_move)
+
+
 def call_put(
     table: str,
     key: str | bytes,

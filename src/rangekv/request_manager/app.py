@@ -247,6 +247,11 @@ class RequestManager:
                 if method == "POST":
                     return "split", lambda: self.split(table_raw, key_raw, raw_query)
                 raise _BadMethod(("POST",))
+            if tail.startswith("move/"):
+                key_raw = tail[len("move/") :]
+                if method == "POST":
+                    return "move", lambda: self.move(table_raw, key_raw, raw_query)
+                raise _BadMethod(("POST",))
             if tail.startswith("keys/"):
                 key_raw = tail[len("keys/") :]
                 if method == "GET":
@@ -351,6 +356,17 @@ class RequestManager:
         at = self._key(key_raw, raw_query)
         ranges = await self.router.split(name, at)
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges]})
+
+    async def move(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+        name = codec.decode_table_segment(table_raw)
+        at = self._key(key_raw, raw_query)
+        to_raw = codec.query_text(codec.parse_query(raw_query), "to") if raw_query else None
+        if to_raw is None or not to_raw.isdigit() or len(to_raw) > 10:
+            raise errors.InvalidArgument("to must be the id of the group to move to",
+                                         field="to")
+        ranges, done = await self.router.move(name, at, int(to_raw))
+        return _json_response({"table": name, "ranges": [r.describe() for r in ranges],
+                               "done": done})
 
     async def drop_table(self, table_raw: str) -> web.Response:
         name = codec.decode_table_segment(table_raw)

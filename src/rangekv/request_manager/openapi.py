@@ -357,6 +357,30 @@ def document() -> dict[str, Any]:
                     ),
                 },
             },
+            "/v1/tables/{table}/move/{key}": {
+                "parameters": [table_param, key_param, key_encoding_param, {
+                    "name": "to", "in": "query", "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "The id of the group to move the range to.",
+                }],
+                "post": {
+                    "operationId": "moveRange",
+                    "summary": (
+                        "Move the range holding {key} to group {to}, live: writes to it pause "
+                        "for the handover only, reads never; answers when the move is done or "
+                        "after about 8 s with done=false while the copy goes on"
+                    ),
+                    "responses": _common(
+                        ("200", _json("The table's ranges afterwards", {
+                            "allOf": [_ref("Ranges"), {
+                                "type": "object", "required": ["done"],
+                                "properties": {"done": {"type": "boolean"}}}]})),
+                        ("400", _E400),
+                        ("404", _E404_TABLE),
+                        ("504", _E504),
+                    ),
+                },
+            },
             "/v1/tables/{table}/keys/{key}": {
                 "parameters": [table_param, key_param, key_encoding_param],
                 "get": {
@@ -500,6 +524,17 @@ def document() -> dict[str, Any]:
                                     "end_hex": {"type": ["string", "null"]},
                                     "group": {"type": "integer"},
                                     "version": {"type": "integer"},
+                                    "state": {"type": "string", "enum": ["active", "moving"]},
+                                    "moving": {
+                                        "type": "object",
+                                        "description": "present while a move is unfinished",
+                                        "properties": {
+                                            "from": {"type": "integer"},
+                                            "to": {"type": "integer"},
+                                            "phase": {"type": "string", "enum": [
+                                                "fencing", "copying", "cleanup"]},
+                                        },
+                                    },
                                 },
                             },
                         },

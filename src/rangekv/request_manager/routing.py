@@ -800,6 +800,19 @@ class Router:
             await self.source.refresh_table(name, self._monotonic())
         return self.ranges(name)[1]
 
+    async def move(self, name: str, at: bytes, to: int) -> tuple[list[Range], bool]:
+        """Move the range of ``name`` holding ``at`` to group ``to``; the table's ranges once
+        this rm's map shows the answer, and whether the move is done (else it goes on)."""
+        limits.check_table_name(name)
+        limits.check_key(at)
+        reply = await self._meta_op("move_range", name=name, at=at, to=to)
+        revision = int(reply.get("revision", 0))
+        if revision > 0 and not await self.source.wait_revision(revision,
+                                                                TABLE_VISIBLE_TIMEOUT_S):
+            self.stats.refreshes += 1
+            await self.source.refresh_table(name, self._monotonic())
+        return self.ranges(name)[1], bool(reply.get("done"))
+
     # -- data ops ----------------------------------------------------------------------------
 
     async def _data_op(
