@@ -220,3 +220,43 @@ def test_move_by_hand_under_writes_loses_nothing(cluster: LocalCluster) -> None:
         assert listed.keys() == expected.keys()
         assert listed == expected
         assert pause_ms < 5000
+
+
+def test_cli_split_moves_the_upper_part_to_another_group(cluster: LocalCluster) -> None:
+    """``rangekv split t --at KEY`` on a table of a few thousand keys: the upper part moves to
+    the other group; every key stays readable; a listing returns all keys in order."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rangekv.client import Client
+
+    c = cluster
+    with c.logs_on_failure(lines=40), Client(c.endpoint, timeout_s=15) as db:
+        db.create_table("cli_split")
+        keys = [f"key{i:05d}" for i in range(3000)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda k: db.put("cli_split", k, f"v-{k}"), keys))
+        (only,) = db.ranges("cli_split")
+        out = subprocess.run(
+            [sys.executable, "-m", "rangekv.cli.main", "--endpoint", c.endpoint, "split", "cli_split",
+             "--at", "key02100"], capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        print(out.stdout)
+        ranges = db.ranges("cli_split")
+        assert [(r["start"], r["end"]) for r in ranges] == [("", "key02100"),
+                                                             ("key02100", None)]
+        assert ranges[0]["group"] == only["group"] and ranges[1]["group"] != only["group"]
+        assert f"{ranges[1]['group']:>5}" in out.stdout
+        with ThreadPoolExecutor(8) as pool:
+            values = list(pool.map(lambda k: db.get("cli_split", k), keys))
+        assert [v.value.decode() if v else None for v in values] == [f"v-{k}" for k in keys]
+        listed: list[str] = []
+        after_key = None
+        while True:
+            page = db.list("cli_split", limit=1000, after=after_key)
+            listed += [it.key.decode() for it in page.items]
+            if page.next is None:
+                break
+            after_key = page.next
+        assert listed == keys

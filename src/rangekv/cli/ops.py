@@ -40,9 +40,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_ranges)
 
     p = sub.add_parser("split", parents=[common],
-                       help="cut the range of TABLE holding KEY in two at KEY (same group)")
+                       help="cut the range of TABLE holding KEY in two at KEY and move the upper "
+                            "part to another group")
     p.add_argument("table")
     p.add_argument("--at", required=True, metavar="KEY", help="the first key of the upper part")
+    p.add_argument("--to", default="auto", metavar="GROUP|auto|stay",
+                   help="where the upper part goes: a group id, auto (default: the group with "
+                        "a leader serving the fewest ranges, if there is another one) or stay "
+                        "(split in place)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("move", parents=[common],
@@ -251,7 +256,13 @@ def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_split(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client(args) as db:
-        return _show_ranges(args, ctx, db.split(args.table, args.at))
+        to: int | str | None = None if args.to == "stay" else args.to
+        if isinstance(to, str) and to != "auto":
+            if not to.isdigit():
+                raise SystemExit(f"rangekv split: --to must be a group id, auto or stay, "
+                                 f"not {to!r}")
+            to = int(to)
+        return _show_ranges(args, ctx, db.split(args.table, args.at, to))
 
 
 def cmd_move(args: argparse.Namespace, ctx: Context) -> int:

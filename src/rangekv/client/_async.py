@@ -70,10 +70,12 @@ class AsyncClient:
         result: list[dict[str, Any]] = await self._send(_common.call_ranges(table))
         return result
 
-    async def split(self, table: str, at: str | bytes) -> list[dict[str, Any]]:
+    async def split(self, table: str, at: str | bytes,
+              to: int | str | None = None) -> list[dict[str, Any]]:
         """Cut the range of ``table`` holding ``at`` in two at ``at`` (both halves on the same
-        group); the table's ranges afterwards. Idempotent."""
-        result: list[dict[str, Any]] = await self._send(_common.call_split(table, at))
+        group; with ``to``, a group id or "auto", the upper part then moves there, live); the
+        table's ranges afterwards. Idempotent."""
+        result: list[dict[str, Any]] = await self._send(_common.call_split(table, at, to))
         return result
 
     async def move(self, table: str, at: str | bytes, to: int) -> dict[str, Any]:

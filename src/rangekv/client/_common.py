@@ -207,9 +207,13 @@ def call_ranges(table: str) -> Call:
     return Call("GET", _table_path(table) + "/ranges", write=False, parse=_parse_ranges)
 
 
-def call_split(table: str, at: str | bytes) -> Call:
+def call_split(table: str, at: str | bytes, to: int | str | None = None) -> Call:
     raw = limits.check_key(to_bytes(at, "at"))
     path = _table_path(table) + "/split/" + quote_segment(raw)
+    if to is not None:
+        if to != "auto" and (not isinstance(to, int) or isinstance(to, bool) or to <= 0):
+            raise errors.InvalidArgument("to must be a group id or 'auto'", field="to")
+        path += f"?to={to}"
     return Call("POST", path, write=True, parse=_parse_ranges)
 
 

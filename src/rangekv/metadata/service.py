@@ -1120,8 +1120,10 @@ class MetaService:
             else:
                 self._name_locks[name] = (lock, users - 1)
 
-    def _pick_group(self) -> Group:
-        counts = {gid: 0 for gid, g in self.view.groups.items() if g.leader is not None}
+    def _pick_group(self, exclude: int | None = None) -> Group:
+        """The group with a leader that serves the fewest ranges (lowest id on ties)."""
+        counts = {gid: 0 for gid, g in self.view.groups.items()
+                  if g.leader is not None and gid != exclude}
         if not counts:
             raise errors.Unavailable(
                 "no replication group has a leader yet (a group forms from "
@@ -1236,7 +1238,8 @@ class MetaService:
     async def _op_split_range(self, req: dict[str, Any]) -> dict[str, Any]:
         """Cut the range of table ``name`` holding key ``at`` in two, on the same group
         (``rangekv split``): etcd first (CAS), then the group's leader (idempotent), so a retry
-        after a failure anywhere finishes the job."""
+        after a failure anywhere finishes the job. With ``to`` (a group id, or "auto": the
+        group with the fewest ranges), the upper part then moves there (``move_range``)."""
         name = check_table_name(req.get("name"))  # type: ignore[arg-type]
         at = req.get("at")
         if not isinstance(at, bytes) or not at:
@@ -1273,7 +1276,22 @@ class MetaService:
                     f"the ranges of {name!r} kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
                     table=name)
             await self._tell_leader(rng.group, "split_range", table_id=table.id, at=at)
+        to = req.get("to")
+        if to is None:
             return await self._ranges_reply(table.id)
+        if to == "auto":
+            try:
+                to = self._pick_group(exclude=rng.group).id
+            except errors.Unavailable:
+                await self._record_decision(
+                    "split", f"table {name} split at {at!r}; the upper part stays on group "
+                    f"{rng.group}: no other group has a leader", table=name, group=rng.group)
+                return await self._ranges_reply(table.id)
+            why = (f"split at {at!r} by an operator; the upper part goes to group {to}, the "
+                   "group with a leader serving the fewest ranges")
+        else:
+            why = f"split at {at!r} by an operator, upper part to group {to}"
+        return await self._op_move_range({"name": name, "at": at, "to": to, "why": why})
 
     async def _op_move_range(self, req: dict[str, Any]) -> dict[str, Any]:
         """Move the range of table ``name`` holding key ``at`` to group ``to`` (``rangekv

@@ -354,7 +354,15 @@ class RequestManager:
     async def split(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
         name = codec.decode_table_segment(table_raw)
         at = self._key(key_raw, raw_query)
-        ranges = await self.router.split(name, at)
+        to_raw = codec.query_text(codec.parse_query(raw_query), "to") if raw_query else None
+        to: int | str | None = None
+        if to_raw == "auto":
+            to = "auto"
+        elif to_raw is not None:
+            if not to_raw.isdigit() or len(to_raw) > 10:
+                raise errors.InvalidArgument("to must be a group id or auto", field="to")
+            to = int(to_raw)
+        ranges = await self.router.split(name, at, to)
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges]})
 
     async def move(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:

@@ -343,7 +343,13 @@ def document() -> dict[str, Any]:
                 },
             },
             "/v1/tables/{table}/split/{key}": {
-                "parameters": [table_param, key_param, key_encoding_param],
+                "parameters": [table_param, key_param, key_encoding_param, {
+                    "name": "to", "in": "query", "required": False,
+                    "schema": {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,9})$"},
+                    "description": ("Move the upper part to this group once split (a group "
+                                    "id, or auto: the group with a leader serving the fewest "
+                                    "ranges); without it both halves stay."),
+                }],
                 "post": {
                     "operationId": "splitRange",
                     "summary": (

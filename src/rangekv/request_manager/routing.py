@@ -784,15 +784,16 @@ class Router:
             raise errors.TableNotFound(f"no table named {name!r}", table=name)
         return table, list(view.ranges.get(table.id, []))
 
-    async def split(self, name: str, at: bytes) -> list[Range]:
-        """Cut the range of ``name`` holding ``at`` in two (both on its group); the table's
-        ranges afterwards, once this rm's map shows them."""
+    async def split(self, name: str, at: bytes, to: int | str | None = None) -> list[Range]:
+        """Cut the range of ``name`` holding ``at`` in two (both on its group, unless ``to``
+        names a group, or "auto", for the upper part to move to); the table's ranges
+        afterwards, once this rm's map shows them."""
         limits.check_table_name(name)
         if not at:
             raise errors.InvalidArgument("cannot split at the empty key: every table's first "
                                          "range starts there", field="at")
         limits.check_key(at)
-        reply = await self._meta_op("split_range", name=name, at=at)
+        reply = await self._meta_op("split_range", name=name, at=at, to=to)
         revision = int(reply.get("revision", 0))
         if revision > 0 and not await self.source.wait_revision(revision,
                                                                 TABLE_VISIBLE_TIMEOUT_S):
