@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,7 +194,7 @@ def test_move_by_hand_under_writes_loses_nothing(cluster: LocalCluster) -> None:
             wait_for(lambda: w.acked_since(ended) >= 50, 30, "50 puts after the move")
         assert w.errors == {}, f"writes failed during the move: {w.errors}"
         done = sorted(x.done for x in w.writes if x.status == 200)
-        gaps = [b - a for a, b in zip(done, done[1:], strict=False) if a >= began - 1]
+        gaps = [b - a for a, b in itertools.pairwise(done) if a >= began - 1]
         pause_ms = max(gaps) * 1000
         print(f"move: done={result['done']} in {(ended - began) * 1000:.0f} ms; longest gap "
               f"between acknowledged writes {pause_ms:.0f} ms")
