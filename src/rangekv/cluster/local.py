@@ -241,6 +241,7 @@ class LocalCluster:
         groups: int = 1,
         command: Sequence[str] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
+        extra_args: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -267,6 +268,9 @@ class LocalCluster:
         #: when it is started; it must exec the argv, so that the pid and /proc cmdline are
         #: the process's own (see ``pid_is``).
         self.wrappers: dict[str, tuple[str, ...]] = {}
+        #: more flags per kind of process ("meta", "node", "rm"), put after its own (e.g.
+        #: low split thresholds for a test)
+        self.extra_args: dict[str, tuple[str, ...]] = dict(extra_args or {})
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -443,6 +447,7 @@ class LocalCluster:
                 self.etcd_endpoint,
                 "--groups-min",
                 str(self.groups),
+                *self.extra_args.get("meta", ()),
             )
             return ProcSpec(name, argv, (self.meta_port(i),))
         if name == "haproxy":
@@ -460,6 +465,7 @@ class LocalCluster:
                 str(self.data_dir / name),
                 "--meta",
                 self.meta_address,
+                *self.extra_args.get("node", ()),
             )
             return ProcSpec(name, argv, (self.node_port(i),))
         if kind == "rm" and 1 <= i <= self.rms:
@@ -472,6 +478,7 @@ class LocalCluster:
                 f"{self.host_of(name)}:{self.rm_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
+                *self.extra_args.get("rm", ()),
             )
             return ProcSpec(name, argv, (self.rm_port(i),))
         raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")

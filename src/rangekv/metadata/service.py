@@ -60,11 +60,12 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rangekv import errors, limits, wire
 from rangekv.controller.move import RangeMover
+from rangekv.controller.split import SplitConfig, SplitPlan, plan_split
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
@@ -77,6 +78,7 @@ ADDRESS_BYTES_MAX = 256
 BROKEN_REASON_CHARS_MAX = 1000  # of a node's own account of its broken log, as recorded
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
+RANGE_FIGURES_MAX = 100_000  # entries of one heartbeat's range figures looked at
 MOVE_WAIT_S = 8.0  # move_range answers by then (an rm gives meta ops 10 s); the move goes on
 LEASE_REVOKE_TIMEOUT_S = 1.0
 KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
@@ -114,6 +116,8 @@ class MetaConfig:
     # per etcd endpoint and call: a member cut off by a partition must cost less than the
     # lease (5 s made a meta on the healthy side lose its lease after a partition healed)
     etcd_timeout_ms: int = 2000
+    split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
+    split_interval_ms: int = 1000  # how often the controller looks for a range to split
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -140,6 +144,7 @@ class NodeStatus:
     applied_index: int = 0
     broken: bool = False
     broken_reason: str = ""  # the node's account (a damaged file and offset), if it gave one
+    ranges: tuple[dict[str, Any], ...] | None = None  # a leader's range figures (node/stats.py)
 
     @staticmethod
     def parse(raw: Any) -> NodeStatus:
@@ -178,7 +183,22 @@ class NodeStatus:
             applied_index=count("applied_index"),
             broken=bool(broken),
             broken_reason=reason,
+            ranges=_range_figures(raw.get("ranges")),
         )
+
+
+def _range_figures(raw: Any) -> tuple[dict[str, Any], ...] | None:
+    """The well-formed entries of a heartbeat's ``ranges`` (figures only guide splits: a
+    malformed entry is skipped, not refused)."""
+    if not isinstance(raw, list):
+        return None
+    numbers = ("keys", "bytes", "rps", "wps", "rbps", "wbps")
+    return tuple(
+        fig for fig in raw[:RANGE_FIGURES_MAX]
+        if isinstance(fig, dict) and isinstance(fig.get("t"), int)
+        and isinstance(fig.get("start"), bytes)
+        and all(isinstance(fig.get(n, 0), (int, float)) for n in numbers)
+    )
 
 
 @dataclass(frozen=True)
@@ -438,6 +458,11 @@ class MetaService:
         self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
         self._judge_after_s = 0.0  # no leader is judged lost before this (after a stall)
         self._registering: set[int] = set()
+        self._range_reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+        self._last_split_s: dict[int, float] = {}  # table id -> when this meta last split it
+        self._split_task: asyncio.Task[None] | None = None
+        self._next_split_check_s = 0.0
+        self._groups_wanted = 0  # groups to form beyond groups_min (for splits), at least
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._conns: dict[str, wire.Connection] = {}
         self._said: dict[str, float] = {}
@@ -878,6 +903,9 @@ class MetaService:
             try:
                 await self._elect_leaders(term)
                 self._resume_moves()
+                if self._clock() >= self._next_split_check_s:
+                    self._next_split_check_s = self._clock() + cfg.split_interval_ms / 1000
+                    await self._auto_split()
                 if self._clock() >= next_formation_s:
                     next_formation_s = self._clock() + cfg.formation_interval_ms / 1000
                     await self._form_group(term)
@@ -971,6 +999,52 @@ class MetaService:
                 if rng.state == model.RANGE_MOVING or rng.source is not None:
                     self.mover.ensure(rng, "resumed")
 
+    def _live_spares(self) -> list[int]:
+        now_s, timeout_s = self._clock(), self.config.heartbeat_timeout_ms / 1000
+        return sorted(
+            n.id for n in self.view.nodes.values()
+            if n.state == model.NODE_SPARE and n.group is None
+            and is_live(self._beats.get(n.id), now_s, timeout_s)
+            and not self._beats[n.id].status.broken)
+
+    async def _auto_split(self) -> None:
+        """Split (and move) a range that is too big or too busy (controller/split.py)."""
+        if self._split_task is not None and not self._split_task.done():
+            return
+        plan, _ = plan_split(self.view, self._range_reports, self._clock(), self.config.split,
+                               self._last_split_s, len(self._live_spares()),
+                               self.config.group_size)
+        if plan is None:
+            return
+        if plan.form_group:
+            wanted = len(self.view.groups) + 1
+            if self._groups_wanted < wanted:
+                self._groups_wanted = wanted
+                await self._record_decision("form_group", plan.reason, table=plan.table,
+                                            group=plan.group)
+            return
+        self._split_task = asyncio.ensure_future(self._split(plan))
+
+    async def _split(self, plan: SplitPlan) -> None:
+        self._last_split_s[plan.table_id] = self._clock()
+        try:
+            reply = await self._tell_leader(plan.group, "split_key", table_id=plan.table_id,
+                                            start=plan.start, by=plan.by, fraction=plan.fraction)
+            at = reply.get("at")
+            if not isinstance(at, bytes) or at <= plan.start:
+                await self._record_decision(
+                    "split_skipped", f"{plan.reason}; but its data cannot be divided (one key, "
+                    "or no key above the start)", table=plan.table, group=plan.group)
+                return
+            await self._record_decision("split", f"{plan.reason}; split at {at!r}",
+                                        table=plan.table, group=plan.group, at=at.hex(),
+                                        target=plan.target)
+            await self._op_split_range({"name": plan.table, "at": at, "to": plan.target,
+                                        "why": plan.reason})
+        except errors.RangeKVError as exc:
+            self._say("split", logging.WARNING, "automatic split of table %s failed, to be "
+                      "retried: %s: %s", plan.table, exc.code, exc.message)
+
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
         """A controller decision and why (shown by the log; see docs/internals.md)."""
         self.log.info("decision %s: %s", kind, reason)
@@ -982,7 +1056,7 @@ class MetaService:
             self._beats,
             self._clock(),
             heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
-            groups_min=cfg.groups_min,
+            groups_min=max(cfg.groups_min, self._groups_wanted),
             group_size=cfg.group_size,
         )
         if members is None:
@@ -1050,6 +1124,10 @@ class MetaService:
             raise errors.InvalidArgument(str(exc), field="address") from None
         status = NodeStatus.parse(req.get("status"))
         self._beats[node_id] = Beat(self._clock(), address, status)
+        if status.ranges is not None and status.group is not None:
+            group = self.view.groups.get(status.group)
+            if group is not None and group.leader == node_id and status.role == ROLE_LEADER:
+                self._range_reports[status.group] = (self._clock(), list(status.ranges))
         known = self.view.nodes.get(node_id)
         record, why = node_record(node_id, address, known, status)
         if record != known and node_id not in self._registering:
@@ -1290,7 +1368,7 @@ class MetaService:
             why = (f"split at {at!r} by an operator; the upper part goes to group {to}, the "
                    "group with a leader serving the fewest ranges")
         else:
-            why = f"split at {at!r} by an operator, upper part to group {to}"
+            why = req.get("why") or f"split at {at!r} by an operator, upper part to group {to}"
         return await self._op_move_range({"name": name, "at": at, "to": to, "why": why})
 
     async def _op_move_range(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -1424,6 +1502,25 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="a node is live if it heartbeated within this "
         f"(default {HEARTBEAT_TIMEOUT_MS_DEFAULT})",
     )
+    defaults = SplitConfig()
+    parser.add_argument("--split-bytes", type=int, default=defaults.bytes_max,
+                        help="split a range storing more than this many bytes "
+                        f"(default {defaults.bytes_max})")
+    parser.add_argument("--split-ops", type=float, default=defaults.ops_max,
+                        help="split a range serving more reads+writes per second than this "
+                        f"(default {defaults.ops_max:g})")
+    parser.add_argument("--split-bytes-per-s", type=float, default=defaults.bytes_per_s_max,
+                        help="split a range reading+writing more bytes per second than this "
+                        f"(default {defaults.bytes_per_s_max:g})")
+    parser.add_argument("--split-cooldown-s", type=float, default=defaults.cooldown_s,
+                        help="do not split a table again sooner than this after a split "
+                        f"(default {defaults.cooldown_s:g})")
+    parser.add_argument("--group-ranges-max", type=int, default=defaults.group_ranges_max,
+                        help="a group serving this many ranges has no room for a moved one; "
+                        "with none left, splits form a new group from spares "
+                        f"(default {defaults.group_ranges_max})")
+    parser.add_argument("--no-auto-split", action="store_true",
+                        help="never split or move ranges by itself")
     ns = parser.parse_args(argv)
     if ns.id <= 0:
         parser.error("--id must be positive")
@@ -1442,6 +1539,10 @@ def parse_args(argv: list[str]) -> MetaConfig:
         etcd=endpoints,
         groups_min=ns.groups_min,
         heartbeat_timeout_ms=ns.heartbeat_timeout_ms,
+        split=SplitConfig(
+            bytes_max=ns.split_bytes, ops_max=ns.split_ops,
+            bytes_per_s_max=ns.split_bytes_per_s, cooldown_s=ns.split_cooldown_s,
+            group_ranges_max=ns.group_ranges_max, enabled=not ns.no_auto_split),
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
+from rangekv.node.stats import RangeStats
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
 from rangekv.replication.driver import EXIT_DISK_FAILURE, Replica
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
@@ -47,10 +48,11 @@ LEADER_QUIET_MS = 250  # a follower hearing nothing from a leader this long: hea
 META_TIMEOUT_S = 1.0
 SERVE_WAIT_S = 1.0  # a data op at a node taking up its epoch waits this long for it to serve
 SERVE_POLL_S = 0.005
+RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range figures
 EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
                       "drop_table", "fence_range", "unfence_range", "import", "finish_import",
-                      "drop_range"})
+                      "drop_range", "split_key"})
 PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
 PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
 
@@ -147,6 +149,8 @@ class Node:
         self._meta_conns: dict[str, wire.Connection] = {}
         self._meta_index = 0
         self._leader_heard_s = 0.0  # loop time of the last message from a leader or candidate
+        self.stats: RangeStats | None = None
+        self._stats_sent_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def _check_identity(self) -> None:
@@ -176,6 +180,10 @@ class Node:
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
                                    self._send_raft)
             await self.replica.start()
+            loop = asyncio.get_running_loop()
+            self.stats = RangeStats(engine, loop.time)
+            self.stats.attach()
+            self._tasks.append(loop.create_task(self.stats.run()))
             log.info("node %d opened its log (last index %d, applied %d)", self.node_id,
                      wal.last_index, engine.applied_index)
             if wal.unsynced_entries_cut:
@@ -218,10 +226,12 @@ class Node:
             await conn.close()
 
     # ------------------------------------------------------------------ meta
-    def _status(self) -> dict[str, Any]:
+    def _status(self, with_ranges: bool = False) -> dict[str, Any]:
         status: dict[str, Any] = {"group": self.group, "broken": self.broken}
         if self.replica is not None:
             status.update(self.replica.status())
+            if with_ranges and self.stats is not None:
+                status["ranges"] = self.stats.report()
         else:
             status.update(role="idle", epoch=0, leader_epoch=0, last_epoch=0, last_index=0,
                           commit_index=0, applied_index=0)
@@ -248,10 +258,15 @@ class Node:
             conn = self._meta_conns.get(address)
             if conn is None:
                 conn = self._meta_conns[address] = wire.Connection(address, 1.0)
+            # the leader's range figures go along about once a second (for splits)
+            with_ranges = (self.replica is not None and self.replica.core.role == LEADER
+                           and started - self._stats_sent_s >= RANGE_STATS_INTERVAL_S)
+            if with_ranges:
+                self._stats_sent_s = started
             try:
                 reply = await conn.request(
                     "heartbeat", timeout_s=META_TIMEOUT_S, node_id=self.node_id,
-                    address=self.address, status=self._status(),
+                    address=self.address, status=self._status(with_ranges),
                 )
                 self._on_assignment(reply.get("group"), reply.get("campaign"))
             except errors.NotActive as err:
@@ -343,6 +358,10 @@ class Node:
         while self._leaderless() and loop.time() < deadline:
             await asyncio.sleep(SERVE_POLL_S)
 
+    def _count_read(self, table_id: int, key: bytes, count: int, nbytes: int) -> None:
+        if self.stats is not None:
+            self.stats.read(table_id, key, count, nbytes)
+
     # ------------------------------------------------------------------ requests
     async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
         op = body.get("op")
@@ -404,6 +423,7 @@ class Node:
                 return {"found": True, "seq": version[0], "tombstone": version[1],
                         "value": version[2]}
             found = replica.engine.get(table_id, key)
+            self._count_read(table_id, key, 1, len(found[0]) if found else 0)
             if found is None:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
             return {"found": True, "value": found[0], "seq": found[1]}
@@ -426,7 +446,21 @@ class Node:
                 return {"items": [list(item) for item in versions], "more": more}
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
+            self._count_read(table_id, items[0][0] if items else start, len(items),
+                             sum(len(k) + len(v) for k, v, _ in items))
             return {"items": [list(item) for item in items], "more": more}
+        if op == "split_key":
+            # where to split a range: by its stored bytes or by its recent load
+            by = body.get("by")
+            fraction = body.get("fraction")
+            if by not in ("size", "load") or not isinstance(fraction, float) \
+                    or not 0.0 < fraction < 1.0:
+                raise errors.InvalidArgument("by must be size or load, fraction in (0, 1)")
+            if self.stats is None:
+                raise errors.Unavailable("no range statistics yet")
+            at = await self.stats.split_key(_int(body, "table_id"), _bytes(body, "start") or b"",
+                                            by, fraction)
+            return {"at": at}
         if op == "export":
             # a page of a moving range for the copy: every record, tombstones included
             table_id = _int(body, "table_id")

@@ -259,6 +259,7 @@ class _Tx:
         self.ranges_copied = False
         self.marks = marks
         self.marks_copied = False
+        self.data_deltas: list[tuple[bytes, int, int]] = []  # (data key, +keys, +bytes)
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._overlay:
@@ -275,6 +276,13 @@ class _Tx:
     def delete(self, key: bytes) -> None:
         self.ops.append(("del", key, b""))
         self._overlay[key] = None
+
+    def put_data(self, dkey: bytes, value: bytes, old: bytes | None) -> None:
+        """Write a data record over ``old`` (the record it replaces), noting the change in
+        stored size for an :class:`Observer`."""
+        self.put(dkey, value)
+        self.data_deltas.append((dkey, 0 if old is not None else 1,
+                                 len(value) - (len(old) if old is not None else -len(dkey))))
 
     def delete_range(self, lo: bytes, hi: bytes) -> None:
         self.ops.append(("del_range", lo, hi))
@@ -302,12 +310,21 @@ class _Tx:
             self.put(_mark_key(table_id, start), _encode_mark(*mark))
 
 
+class Observer(Protocol):
+    """Told what each ``apply`` changed (for statistics; never part of the replicated state)."""
+
+    def applied(self, deltas: list[tuple[int, bytes, int, int]], ranges_changed: bool) -> None:
+        """``deltas``: (table_id, key, +keys, +bytes) of each data record written, in order;
+        ``ranges_changed``: ranges were added, split or dropped."""
+
+
 class StateMachine:
     """Applies committed commands to a backend and serves reads from it. Not thread-safe."""
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.closed = False
+        self.observer: Observer | None = None
         fmt = backend.get(KEY_FORMAT)
         if fmt is None:
             assert backend.get(KEY_APPLIED_INDEX) is None, "state without a format version"
@@ -356,6 +373,11 @@ class StateMachine:
             self._ranges = tx.ranges
         if tx.marks_copied:
             self._marks = tx.marks
+        if self.observer is not None and (tx.data_deltas or tx.ranges_copied):
+            prefix = len(_DATA) + 8
+            self.observer.applied(
+                [(int.from_bytes(dkey[1:prefix], "big"), dkey[prefix:], n, size)
+                 for dkey, n, size in tx.data_deltas], tx.ranges_copied)
         return results
 
     def _apply_one(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -389,8 +411,9 @@ class StateMachine:
 
     def _check_write(
         self, tx: _Tx, cmd: dict[str, Any]
-    ) -> tuple[int, bytes, bytes, bytes | None, dict[str, Any] | None]:
-        """Common part of put and del: (table, key, seq, live seq, error result or None)."""
+    ) -> tuple[int, bytes, bytes, bytes | None, dict[str, Any] | None, bytes | None]:
+        """Common part of put and del: (table, key, seq, live seq, error result or None, the
+        stored record)."""
         table_id = _field_table(cmd)
         key = _field_bytes(cmd, "k")
         seq = _field_seq(cmd, "s")
@@ -399,11 +422,11 @@ class StateMachine:
         start = self._holder(tx.ranges, table_id, key)
         if start is None:
             err: errors.RangeKVError = self._not_here(tx.ranges, table_id)
-            return table_id, key, seq, None, {"error": err.to_dict()}
+            return table_id, key, seq, None, {"error": err.to_dict()}, None
         mark = tx.marks.get((table_id, start))
         if mark is not None and mark[0] == FENCED:
             err = self._not_here(tx.ranges, table_id, moving=True)
-            return table_id, key, seq, None, {"error": err.to_dict()}
+            return table_id, key, seq, None, {"error": err.to_dict()}, None
         dkey = _data_key(table_id, key)
         raw = tx.get(dkey)
         if mark is not None and mark[0] == IMPORTING:
@@ -415,7 +438,7 @@ class StateMachine:
                     "the range is being moved here and the key is not copied yet: a delete or "
                     "a conditional put needs the source's version of it; retry",
                     table_id=table_id)
-                return table_id, key, seq, None, {"error": err.to_dict()}
+                return table_id, key, seq, None, {"error": err.to_dict()}, None
         live_seq: bytes | None = None
         if raw is not None:
             stored_seq, tombstone, _ = _decode_value(raw)
@@ -429,8 +452,8 @@ class StateMachine:
             err = errors.PreconditionFailed(
                 f"wanted {wanted}, found {current or 'no version'}", current_seq=current
             )
-            return table_id, key, seq, live_seq, {"error": err.to_dict()}
-        return table_id, key, seq, live_seq, None
+            return table_id, key, seq, live_seq, {"error": err.to_dict()}, raw
+        return table_id, key, seq, live_seq, None, raw
 
     @staticmethod
     def _merge_version(
@@ -444,25 +467,25 @@ class StateMachine:
         if raw is not None and raw[:SEQ_BYTES] >= seq:
             return raw
         merged = _encode_value(seq, tombstone, value)
-        tx.put(dkey, merged)
+        tx.put_data(dkey, merged, raw)
         return merged
 
     def _apply_put(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         value = _field_bytes(cmd, "v")
         assert value is not None
-        table_id, key, seq, _, error = self._check_write(tx, cmd)
+        table_id, key, seq, _, error, raw = self._check_write(tx, cmd)
         if error is not None:
             return error
-        tx.put(_data_key(table_id, key), _encode_value(seq, False, value))
+        tx.put_data(_data_key(table_id, key), _encode_value(seq, False, value), raw)
         return {"seq": seq}
 
     def _apply_del(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
-        table_id, key, seq, live_seq, error = self._check_write(tx, cmd)
+        table_id, key, seq, live_seq, error, raw = self._check_write(tx, cmd)
         if error is not None:
             return error
         if live_seq is None:
             return {"deleted": False, "seq": ZERO_SEQ}
-        tx.put(_data_key(table_id, key), _encode_value(seq, True, b""))
+        tx.put_data(_data_key(table_id, key), _encode_value(seq, True, b""), raw)
         return {"deleted": True, "seq": seq}
 
     def _apply_add_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""When and where to split a range by itself (DESIGN §7.3): a pure decision on the range
+figures that group leaders report with their heartbeats (``rangekv.node.stats``).
+
+A range is split when, by its leader's latest report, it stores more than ``bytes_max`` or
+serves more than ``ops_max`` operations per second or ``bytes_per_s_max`` bytes per second
+(reads and writes together). The split key comes from the range's key distribution: for size,
+the key below which ``fraction_size`` of its bytes lie (the seed moves the smaller part, about
+30%, so the copy is small); for load, the median of its recently used keys (half the load
+moves). The upper part then moves to a group with room (fewer than ``group_ranges_max``
+ranges; the fewest first); if no group has room and enough spares are live, a new group is
+formed first; else the range is split in place (both parts stay), which still lets a later
+split move a part once room appears.
+
+One split at a time in the whole cluster, none while a move is unfinished, and none of a table
+split less than ``cooldown_s`` ago: the figures of the new ranges must settle first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rangekv.metadata.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView
+
+REPORT_FRESH_S = 3.0  # a leader's figures older than this are not acted on
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    bytes_max: int = 64 * 1024 * 1024
+    ops_max: float = 5000.0
+    bytes_per_s_max: float = 32 * 1024 * 1024
+    cooldown_s: float = 10.0
+    group_ranges_max: int = 1024
+    fraction_size: float = 0.7
+    fraction_load: float = 0.5
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    table: str
+    table_id: int
+    start: bytes
+    group: int
+    by: str  # "size" | "load"
+    fraction: float
+    target: int | None  # the group the upper part goes to; None: stays (no group has room)
+    form_group: bool  # no group has room but spares do: form one first
+    reason: str
+
+
+def plan_split(
+    view: ClusterView,
+    reports: dict[int, tuple[float, list[dict[str, Any]]]],
+    now_s: float,
+    cfg: SplitConfig,
+    last_split_s: dict[int, float],
+    live_spares: int,
+    group_size: int,
+) -> tuple[SplitPlan | None, str]:
+    """The split to make now, if any, and why (or why not).
+
+    ``reports``: group id -> (when received, the leader's range figures). ``last_split_s``:
+    table id -> when it was last split by this controller.
+    """
+    if not cfg.enabled:
+        return None, "automatic splits are off"
+    names = {t.id: t.name for t in view.tables.values() if t.state == TABLE_ACTIVE}
+    for ranges in view.ranges.values():
+        for r in ranges:
+            if r.state != RANGE_ACTIVE or r.source is not None:
+                return None, f"a move of table {names.get(r.table_id, r.table_id)} is unfinished"
+    worst: tuple[float, str, str, Any] | None = None
+    for gid, (at_s, figures) in reports.items():
+        group = view.groups.get(gid)
+        if group is None or group.leader is None or now_s - at_s > REPORT_FRESH_S:
+            continue
+        for fig in figures:
+            tid, start = fig.get("t"), fig.get("start")
+            if tid not in names or not isinstance(start, bytes):
+                continue
+            rng = next((r for r in view.ranges.get(tid, []) if r.start == start), None)
+            if rng is None or rng.group != gid:
+                continue  # a report older than the map
+            if now_s - last_split_s.get(tid, -1e18) < cfg.cooldown_s:
+                continue
+            ops = float(fig.get("rps", 0)) + float(fig.get("wps", 0))
+            bps = float(fig.get("rbps", 0)) + float(fig.get("wbps", 0))
+            size = int(fig.get("bytes", 0)) if fig.get("counted") else 0
+            candidates = [
+                (size / cfg.bytes_max, "size",
+                 (f"it stores {size:,} bytes in {int(fig.get('keys', 0)):,} keys "
+                  f"(threshold {cfg.bytes_max:,})")),
+                (ops / cfg.ops_max, "load",
+                 (f"it serves {ops:.0f} ops/s ({float(fig.get('rps', 0)):.0f} reads, "
+                  f"{float(fig.get('wps', 0)):.0f} writes; threshold {cfg.ops_max:.0f})")),
+                (bps / cfg.bytes_per_s_max, "load",
+                 f"it moves {bps:,.0f} bytes/s (threshold {cfg.bytes_per_s_max:,.0f})"),
+            ]
+            ratio, by, why = max(candidates, key=lambda c: c[0])
+            if ratio > 1.0 and (worst is None or ratio > worst[0]):
+                worst = (ratio, by, why, rng)
+    if worst is None:
+        return None, "no range is over a threshold"
+    _, by, why, rng = worst
+    counts = {gid: 0 for gid, g in view.groups.items() if g.leader is not None}
+    for ranges in view.ranges.values():
+        for r in ranges:
+            if r.group in counts:
+                counts[r.group] += 1
+    room = sorted((n, gid) for gid, n in counts.items()
+                  if gid != rng.group and n < cfg.group_ranges_max)
+    name = names[rng.table_id]
+    where = f"table {name} range [{rng.start!r}, {rng.end!r}) on group {rng.group}"
+    fraction = cfg.fraction_size if by == "size" else cfg.fraction_load
+    part = (f"the upper {100 - round(fraction * 100)}% of its bytes" if by == "size"
+            else "the upper half of its recent load")
+    if room:
+        target = room[0][1]
+        return SplitPlan(name, rng.table_id, rng.start, rng.group, by, fraction, target, False,
+                         f"{where}: {why}; {part} moves to group {target}, the group with "
+                         f"room serving the fewest ranges ({room[0][0]})"), "split"
+    if live_spares >= group_size:
+        return SplitPlan(name, rng.table_id, rng.start, rng.group, by, fraction, None, True,
+                         f"{where}: {why}; no other group has room (each serves "
+                         f"{cfg.group_ranges_max} ranges or more): forming a new group from "
+                         f"{group_size} of the {live_spares} live spares"), "form a group"
+    return SplitPlan(name, rng.table_id, rng.start, rng.group, by, fraction, None, False,
+                     f"{where}: {why}; no other group has room and only {live_spares} live "
+                     f"spares (a group needs {group_size}): split in place"), "split in place"
