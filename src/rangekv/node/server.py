@@ -48,6 +48,7 @@ LEADER_QUIET_MS = 250  # a follower hearing nothing from a leader this long: hea
 META_TIMEOUT_S = 1.0
 SERVE_WAIT_S = 1.0  # a data op at a node taking up its epoch waits this long for it to serve
 SERVE_POLL_S = 0.005
+COMPACT_CHECK_S = 1.0  # how often a node looks for deleted data to reclaim
 RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range figures
 EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
@@ -150,6 +151,7 @@ class Node:
         self._meta_index = 0
         self._leader_heard_s = 0.0  # loop time of the last message from a leader or candidate
         self.stats: RangeStats | None = None
+        self._compacting: asyncio.Future[int] | None = None
         self._stats_sent_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,6 +186,7 @@ class Node:
             self.stats = RangeStats(engine, loop.time)
             self.stats.attach()
             self._tasks.append(loop.create_task(self.stats.run()))
+            self._tasks.append(loop.create_task(self._compactor()))
             log.info("node %d opened its log (last index %d, applied %d)", self.node_id,
                      wal.last_index, engine.applied_index)
             if wal.unsynced_entries_cut:
@@ -214,6 +217,8 @@ class Node:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._compacting is not None:
+            await asyncio.gather(self._compacting, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         if self.replica is not None:
@@ -358,6 +363,22 @@ class Node:
         while self._leaderless() and loop.time() < deadline:
             await asyncio.sleep(SERVE_POLL_S)
 
+    async def _compactor(self) -> None:
+        """Reclaim the disk space of dropped tables and moved-away ranges, in a worker thread
+        (RocksDB compaction of the deleted spans), on every member."""
+        while True:
+            await asyncio.sleep(COMPACT_CHECK_S)
+            replica = self.replica
+            if replica is None or not replica.engine.to_compact:
+                continue
+            began = asyncio.get_running_loop().time()
+            # shielded: stop() waits for it before closing the engine under it
+            self._compacting = asyncio.ensure_future(
+                asyncio.to_thread(replica.engine.compact_pending))
+            spans = await asyncio.shield(self._compacting)
+            log.info("reclaimed the space of %d deleted span(s) in %.0f ms", spans,
+                     (asyncio.get_running_loop().time() - began) * 1000)
+
     def _count_read(self, table_id: int, key: bytes, count: int, nbytes: int) -> None:
         if self.stats is not None:
             self.stats.read(table_id, key, count, nbytes)
@@ -375,6 +396,10 @@ class Node:
             # Computed synchronously, so the hash and the applied index belong together.
             return {"node_id": self.node_id, "applied": replica.engine.applied_index,
                     "hash": replica.engine.content_hash()}
+        if op == "flush":
+            # for operators and tests: write the index's memtable to disk now
+            await asyncio.to_thread(replica.engine.flush)
+            return {"applied": replica.engine.applied_index}
         if op in DATA_OPS:
             await self._until_serving(replica)
         try:

@@ -290,6 +290,10 @@ class _Tx:
             del self._overlay[key]
         self._cleared.append((lo, hi))
 
+    def cleared_data(self) -> list[tuple[bytes, bytes]]:
+        """The spans of data records this batch deleted with delete-range."""
+        return [(lo, hi) for lo, hi in self._cleared if lo.startswith(_DATA)]
+
     def writable_ranges(self) -> Ranges:
         """Copy-on-write: the state machine's ranges change only if the batch is written."""
         if not self.ranges_copied:
@@ -325,6 +329,7 @@ class StateMachine:
         self._backend = backend
         self.closed = False
         self.observer: Observer | None = None
+        self.to_compact: list[tuple[bytes, bytes]] = []  # spans deleted, not yet compacted
         fmt = backend.get(KEY_FORMAT)
         if fmt is None:
             assert backend.get(KEY_APPLIED_INDEX) is None, "state without a format version"
@@ -373,6 +378,7 @@ class StateMachine:
             self._ranges = tx.ranges
         if tx.marks_copied:
             self._marks = tx.marks
+        self.to_compact.extend(tx.cleared_data())
         if self.observer is not None and (tx.data_deltas or tx.ranges_copied):
             prefix = len(_DATA) + 8
             self.observer.applied(
@@ -807,6 +813,17 @@ class StateMachine:
                 digest.update(len(raw).to_bytes(4, "big"))
                 digest.update(raw)
         return digest.hexdigest()
+
+    def compact_pending(self) -> int:
+        """Reclaim the space of data deleted by ``drop_table``/``drop_range`` since the last
+        call (RocksDB compaction of those spans; a backend without it keeps nothing to
+        reclaim). Slow: call it off the hot path. Returns the spans compacted."""
+        spans, self.to_compact = self.to_compact, []
+        compact = getattr(self._backend, "compact", None)
+        if compact is not None and not self.closed:
+            for lo, hi in spans:
+                compact(lo, hi)
+        return len(spans)
 
     def flush(self) -> None:
         """Make the applied state survive a crash (before the WAL prefix may be dropped)."""

@@ -69,6 +69,12 @@ class RocksBackend:
     def flush(self) -> None:
         self._open_db().flush(True)
 
+    def compact(self, lo: bytes, hi: bytes) -> None:
+        """Rewrite the files holding ``[lo, hi)`` so that deleted data stops taking space."""
+        db = self._open_db()
+        db.flush(True)
+        db.compact_range(lo, hi)
+
     def close(self) -> None:
         if self._db is None:
             return
