@@ -72,3 +72,23 @@ def test_a_busy_table_splits_over_three_groups_and_loses_nothing(cluster: LocalC
         logs = "".join(p.read_text() for p in (c.data_dir / "logs").glob("meta-*.log"))
         assert "decision split:" in logs and "decision move_switch:" in logs
         assert "decision form_group:" in logs
+
+
+def test_small_idle_neighbours_merge_back(cluster: LocalCluster) -> None:
+    """Ranges split in place that stay small and idle are merged by the controller once the
+    split is six cooldowns old; every key stays readable."""
+    from rangekv.client import Client
+
+    c = cluster
+    with c.logs_on_failure(lines=60), Client(c.endpoint, timeout_s=15) as db:
+        db.create_table("calm")
+        for k in ("a", "h", "q", "z"):
+            db.put("calm", k, f"v-{k}")
+        db.split("calm", "h")
+        db.split("calm", "q")
+        assert len(db.ranges("calm")) == 3
+        wait_for(lambda: len(db.ranges("calm")) == 1, 60, "the three ranges merged into one")
+        assert [db.get("calm", k).value for k in ("a", "h", "q", "z")] == [  # type: ignore[union-attr]
+            b"v-a", b"v-h", b"v-q", b"v-z"]
+        logs = "".join(p.read_text() for p in (c.data_dir / "logs").glob("meta-*.log"))
+        assert "decision merge:" in logs

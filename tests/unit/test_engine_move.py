@@ -224,3 +224,18 @@ def test_a_move_under_writes_equals_one_history(before: list[Any], during: list[
         assert (got_v is None) == (want_v is None), key
         if got_v is not None and want_v is not None:
             assert got_v[0] == want_v[0], key
+
+
+def test_merge_range_joins_neighbours_idempotently() -> None:
+    src, _ = setup_pair()
+    src.one({"op": "split_range", "t": T, "at": b"m", "s": None})
+    src.put(b"a", b"1")
+    src.put(b"x", b"2")
+    assert src.one({"op": "merge_range", "t": T, "at": b"m", "s": None}) == {}
+    assert src.sm.ranges() == [(T, b"", None)]
+    assert src.one({"op": "merge_range", "t": T, "at": b"m", "s": None}) == {}
+    assert src.sm.get(T, b"x") is not None and src.put(b"y", b"3")["seq"]
+    src.one({"op": "split_range", "t": T, "at": b"m", "s": None})
+    src.one({"op": "fence_range", "t": T, "start": b"m", "end": None, "s": None})
+    refused = src.one({"op": "merge_range", "t": T, "at": b"m", "s": None})
+    assert refused["error"]["code"] == "unavailable"

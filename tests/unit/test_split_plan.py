@@ -73,3 +73,19 @@ def test_no_room_forms_a_group_from_spares_or_splits_in_place() -> None:
     plan, _ = plan_split(v, reports, 100.0, CFG, {}, 2, 3)
     assert plan is not None and not plan.form_group and plan.target is None
     assert "in place" in plan.reason
+
+
+def test_small_neighbours_on_one_group_merge_unless_split_lately() -> None:
+    from rangekv.controller.split import plan_merge
+
+    v = view([Range(1, b"", b"g", 1), Range(1, b"g", b"p", 1), Range(1, b"p", None, 2)])
+    reports = {1: (100.0, [fig(b"", bytes=100, rps=5), fig(b"g", bytes=100)]),
+               2: (100.0, [fig(b"p", bytes=0)])}
+    plan = plan_merge(v, reports, 100.0, CFG, {})
+    assert plan is not None and (plan.at, plan.group) == (b"g", 1)
+    assert "200 bytes" in plan.reason
+    assert plan_merge(v, reports, 100.0, CFG, {1: 80.0}) is None  # split 20 s ago (< 6 x 5)
+    busy = {1: (100.0, [fig(b"", bytes=100, rps=30), fig(b"g", bytes=100)]), 2: reports[2]}
+    assert plan_merge(v, busy, 100.0, CFG, {}) is None  # 30 ops/s >= 100 / 4
+    big = {1: (100.0, [fig(b"", bytes=200), fig(b"g", bytes=100)]), 2: reports[2]}
+    assert plan_merge(v, big, 100.0, CFG, {}) is None  # 300 bytes >= 1000 / 4

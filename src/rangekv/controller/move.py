@@ -45,6 +45,8 @@ RETRY_S = 0.5
 class RangeStore(Protocol):
     async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None: ...
 
+    async def table_ranges(self, table_id: int) -> list[Range]: ...
+
     async def put_range(self, new: Range, mod_revision: int) -> int | None: ...
 
 
@@ -139,6 +141,14 @@ class RangeMover:
         src, dst = rng.group, rng.target
         assert dst is not None and dst != src, rng
         span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
+        # the source may have missed a split recorded in etcd (a meta crashed in between):
+        # cut its range where etcd says a neighbour of this range is also on the source
+        # (idempotent), so that the fence names a range the source has
+        for neighbour in await self.store.table_ranges(rng.table_id):
+            if neighbour.group == src and neighbour.end == rng.start:
+                await self.tell(src, "split_range", table_id=rng.table_id, at=rng.start)
+            elif neighbour.group == src and neighbour.start == rng.end and rng.end is not None:
+                await self.tell(src, "split_range", table_id=rng.table_id, at=rng.end)
         fenced_at = self.clock()
         reply = await self.tell(src, "fence_range", **span)
         high = reply.get("seq")

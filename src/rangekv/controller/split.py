@@ -13,16 +13,23 @@ split move a part once room appears.
 
 One split at a time in the whole cluster, none while a move is unfinished, and none of a table
 split less than ``cooldown_s`` ago: the figures of the new ranges must settle first.
+
+The reverse, ``plan_merge``: two neighbouring ranges of a table on the same group that together
+hold less than a quarter of ``bytes_max`` and serve less than a quarter of ``ops_max`` (ranges
+emptied by deletes, or cooled down) become one again, so small ranges do not pile up; never
+within ``MERGE_AFTER_SPLIT`` cooldowns of a split of that table (no split/merge flapping).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 from rangekv.metadata.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView
 
 REPORT_FRESH_S = 3.0  # a leader's figures older than this are not acted on
+MERGE_AFTER_SPLIT = 6  # cooldowns after a split of a table before its ranges may merge
 
 
 @dataclass(frozen=True)
@@ -129,3 +136,53 @@ def plan_split(
     return SplitPlan(name, rng.table_id, rng.start, rng.group, by, fraction, None, False,
                      f"{where}: {why}; no other group has room and only {live_spares} live "
                      f"spares (a group needs {group_size}): split in place"), "split in place"
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    table: str
+    table_id: int
+    at: bytes  # the start of the upper range, which disappears
+    group: int
+    reason: str
+
+
+def plan_merge(
+    view: ClusterView,
+    reports: dict[int, tuple[float, list[dict[str, Any]]]],
+    now_s: float,
+    cfg: SplitConfig,
+    last_split_s: dict[int, float],
+) -> MergePlan | None:
+    """Two neighbouring ranges to merge now (see the module docstring), or None."""
+    if not cfg.enabled:
+        return None
+    names = {t.id: t.name for t in view.tables.values() if t.state == TABLE_ACTIVE}
+    figures: dict[tuple[int, bytes], dict[str, Any]] = {}
+    for gid, (at_s, figs) in reports.items():
+        if now_s - at_s > REPORT_FRESH_S:
+            continue
+        for fig in figs:
+            if isinstance(fig.get("start"), bytes) and fig.get("counted"):
+                figures[(fig.get("t"), fig["start"])] = {**fig, "group": gid}
+    for tid, ranges in view.ranges.items():
+        if tid not in names or now_s - last_split_s.get(tid, -1e18) < \
+                MERGE_AFTER_SPLIT * cfg.cooldown_s:
+            continue
+        for lower, upper in itertools.pairwise(ranges):
+            if lower.group != upper.group or any(
+                    r.state != RANGE_ACTIVE or r.source is not None for r in (lower, upper)):
+                continue
+            a, b = figures.get((tid, lower.start)), figures.get((tid, upper.start))
+            if a is None or b is None or a["group"] != lower.group or b["group"] != lower.group:
+                continue
+            size = int(a.get("bytes", 0)) + int(b.get("bytes", 0))
+            ops = sum(float(f.get(n, 0)) for f in (a, b) for n in ("rps", "wps"))
+            if size < cfg.bytes_max / 4 and ops < cfg.ops_max / 4:
+                return MergePlan(
+                    names[tid], tid, upper.start, lower.group,
+                    f"table {names[tid]} ranges [{lower.start!r}, {upper.start!r}) and "
+                    f"[{upper.start!r}, {upper.end!r}) on group {lower.group} together store "
+                    f"{size:,} bytes and serve {ops:.0f} ops/s (under a quarter of the split "
+                    f"thresholds): merged into one")
+    return None

@@ -65,7 +65,7 @@ from typing import Any
 
 from rangekv import errors, limits, wire
 from rangekv.controller.move import RangeMover
-from rangekv.controller.split import SplitConfig, SplitPlan, plan_split
+from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
@@ -1015,6 +1015,10 @@ class MetaService:
                                self._last_split_s, len(self._live_spares()),
                                self.config.group_size)
         if plan is None:
+            merge = plan_merge(self.view, self._range_reports, self._clock(),
+                               self.config.split, self._last_split_s)
+            if merge is not None:
+                self._split_task = asyncio.ensure_future(self._merge(merge))
             return
         if plan.form_group:
             wanted = len(self.view.groups) + 1
@@ -1043,6 +1047,28 @@ class MetaService:
                                         "why": plan.reason})
         except errors.RangeKVError as exc:
             self._say("split", logging.WARNING, "automatic split of table %s failed, to be "
+                      "retried: %s: %s", plan.table, exc.code, exc.message)
+
+    async def _merge(self, plan: MergePlan) -> None:
+        """Merge two neighbouring ranges of one group: the group first (so that a request
+        routed by either range, or by both, is served), then etcd."""
+        try:
+            ranges = await self.store.table_ranges_revs(plan.table_id)
+            pair = [(r, rev) for r, rev in ranges if r.end == plan.at or r.start == plan.at]
+            if len(pair) != 2 or any(r.group != plan.group or r.state != model.RANGE_ACTIVE
+                                     or r.source is not None for r, _ in pair):
+                return  # the ranges changed meanwhile
+            (lower, lower_rev), (upper, upper_rev) = pair
+            await self._tell_leader(plan.group, "merge_range", table_id=plan.table_id,
+                                    at=plan.at)
+            revision = await self.store.merge_ranges(lower, lower_rev, upper, upper_rev)
+            if revision is None:
+                return  # retried at a later tick: the group's merge is idempotent
+            self._range_reports.pop(plan.group, None)  # its figures name the old ranges
+            await self._record_decision("merge", plan.reason, table=plan.table,
+                                        group=plan.group, revision=revision)
+        except errors.RangeKVError as exc:
+            self._say("merge", logging.WARNING, "merge of table %s ranges failed, to be "
                       "retried: %s: %s", plan.table, exc.code, exc.message)
 
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
@@ -1344,6 +1370,7 @@ class MetaService:
                     break
                 revision = await self.store.split_range(rng, rev, at)
                 if revision is not None:
+                    self._last_split_s[table.id] = self._clock()  # no merge back at once
                     self.log.info(
                         "split_range %s at %r: range [%r, %r) of group %d cut in two, both "
                         "on group %d (asked by an operator) at revision %d",
@@ -1464,6 +1491,8 @@ class MetaService:
                 attempt_s = max(0.05, min(cfg.node_request_attempt_ms / 1000, remaining_s))
                 try:
                     return await self._conn(address).request(op, timeout_s=attempt_s, **fields)
+                except errors.RangeNotHere:
+                    raise  # the group's ranges are not what the caller thought: no retry helps
                 except (errors.Unavailable, errors.OutcomeUnknown, errors.ProtocolError) as exc:
                     last = f"{address}: {exc.code}: {exc.message}"
             delay_s = backoff.next()

@@ -186,6 +186,22 @@ class MetaStore:
         )
         return res.revision if res.succeeded else None
 
+    async def merge_ranges(self, lower: Range, lower_rev: int, upper: Range,
+                           upper_rev: int) -> int | None:
+        """Replace two neighbouring ranges of one group by one spanning both, if neither
+        record changed; the revision or None."""
+        assert lower.end == upper.start and lower.group == upper.group, (lower, upper)
+        joined = Range(lower.table_id, lower.start, upper.end, lower.group,
+                       max(lower.version, upper.version) + 1)
+        lkey = model.range_key(lower.table_id, lower.start)
+        ukey = model.range_key(upper.table_id, upper.start)
+        res = await self._txn(
+            [Compare.mod_revision(lkey, "=", lower_rev),
+             Compare.mod_revision(ukey, "=", upper_rev)],
+            [Op.put(lkey, joined.dumps()), Op.delete(ukey)],
+        )
+        return res.revision if res.succeeded else None
+
     async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None:
         """The range of ``table_id`` starting at ``start`` and its mod_revision, or None."""
         kv = await self.etcd.get(model.range_key(table_id, start))

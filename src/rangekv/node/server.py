@@ -53,7 +53,7 @@ RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range
 EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
                       "drop_table", "fence_range", "unfence_range", "import", "finish_import",
-                      "drop_range", "split_key"})
+                      "drop_range", "split_key", "merge_range"})
 PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
 PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
 
@@ -521,9 +521,9 @@ class Node:
             result = await replica.propose({"op": "import", "t": _int(body, "table_id"),
                                             "items": copied, "s": sequencer.ZERO})
             return {"imported": result["imported"]}
-        if op == "split_range":
+        if op in ("split_range", "merge_range"):
             at = limits.check_key(_bytes(body, "at") or b"")
-            await replica.propose({"op": "split_range", "t": _int(body, "table_id"),
+            await replica.propose({"op": op, "t": _int(body, "table_id"),
                                    "at": at, "s": sequencer.ZERO})  # raises the apply error
             return {}
         if op == "drop_table":

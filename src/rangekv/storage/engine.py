@@ -22,6 +22,7 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
                                                 -> {"deleted": bool, "seq": s|zero} | {"error"}
     {"op": "add_range", "t": table_id, "start": bytes, "end": bytes|None, "s": seq} -> {}
     {"op": "split_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
+    {"op": "merge_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "drop_table", "t": table_id, "s": seq}                                   -> {}
 
 Moving a range [a, b) from group S to group D (DESIGN §7.3, docs/internals.md "Moving a range")::
@@ -401,6 +402,8 @@ class StateMachine:
                 return self._apply_split_range(tx, cmd)
             if op == "drop_table":
                 return self._apply_drop_table(tx, cmd)
+            if op == "merge_range":
+                return self._apply_merge_range(tx, cmd)
             if op == "fence_range":
                 return self._apply_fence_range(tx, cmd)
             if op == "unfence_range":
@@ -542,6 +545,30 @@ class StateMachine:
         lo = _table_range_bounds(table_id)[0]
         tx.put(lo + start, _encode_range_end(at))
         tx.put(lo + at, _encode_range_end(end))
+        return {}
+
+    def _apply_merge_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Join the range starting at ``at`` to the one ending there: the reverse of a split.
+        Idempotent: if one range here already spans across ``at``, nothing changes."""
+        table_id = _field_table(cmd)
+        at = _field_bytes(cmd, "at")
+        assert at is not None
+        by_start = tx.ranges.get(table_id) or {}
+        lower = next((s for s, e in by_start.items() if e == at), None)
+        if at not in by_start or lower is None:
+            holder = self._holder(tx.ranges, table_id, at)
+            if holder is not None and holder < at:
+                return {}  # merged before
+            return {"error": self._not_here(tx.ranges, table_id).to_dict()}
+        if (table_id, at) in tx.marks or (table_id, lower) in tx.marks:
+            err = errors.Unavailable("a range being moved is not merged", table_id=table_id)
+            return {"error": err.to_dict()}
+        ranges = tx.writable_ranges()
+        end = ranges[table_id].pop(at)
+        ranges[table_id][lower] = end
+        lo = _table_range_bounds(table_id)[0]
+        tx.delete(lo + at)
+        tx.put(lo + lower, _encode_range_end(end))
         return {}
 
     def _apply_drop_table(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
