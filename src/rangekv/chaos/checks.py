@@ -149,6 +149,39 @@ def logs(cluster: LocalCluster) -> CheckResult:
     return CheckResult("logs", not bad, f"{scanned} lines scanned, {len(bad)} bad", bad)
 
 
+_PAUSE = re.compile(r"writes were refused for (\d+) ms")
+_DECISION = re.compile(r" decision (\w+): ")
+
+
+def layout(cluster: LocalCluster) -> dict[str, Any]:
+    """Where the data ended up and what the controller did: groups, ranges per table, the
+    decisions by kind (from the metas' logs) and the longest write pause of a move."""
+    out: dict[str, Any] = {"groups": None, "ranges": {}, "decisions": {},
+                           "move_pause_ms_max": None}
+    try:
+        info = httpx.get(cluster.endpoint + "/v1/cluster", timeout=5.0, trust_env=False).json()
+        out["groups"] = len(info.get("groups") or [])
+        for r in info.get("ranges") or []:
+            per = out["ranges"].setdefault(r.get("table"), {"ranges": 0, "groups": set()})
+            per["ranges"] += 1
+            per["groups"].add(r.get("group"))
+        out["ranges"] = {t: {"ranges": v["ranges"], "groups": sorted(v["groups"])}
+                         for t, v in out["ranges"].items()}
+    except (httpx.HTTPError, ValueError):
+        pass
+    pauses = []
+    for path in sorted(cluster.log_dir.glob("meta-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            m = _DECISION.search(line)
+            if m:
+                out["decisions"][m.group(1)] = out["decisions"].get(m.group(1), 0) + 1
+            p = _PAUSE.search(line)
+            if p:
+                pauses.append(int(p.group(1)))
+    out["move_pause_ms_max"] = max(pauses) if pauses else None
+    return out
+
+
 def availability(history: Path, t0: float, until_s: float | None = None) -> dict[str, Any]:
     """How the cluster served under the faults: ok completions per second of the run (median
     over its seconds), the share of operations that completed ok, and the longest stretch

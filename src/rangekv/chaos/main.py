@@ -43,7 +43,7 @@ from rangekv.chaos.nemesis import FAMILIES, Nemesis, parse_nemesis
 from rangekv.chaos.net import NetError, check_support
 from rangekv.chaos.netcluster import NetCluster
 from rangekv.chaos.workload import History, Workload
-from rangekv.cluster.local import ClusterError, find_free_base_port
+from rangekv.cluster.local import NODES_MAX, ClusterError, find_free_base_port
 from rangekv.replication.driver import PLANTED_BUG_ENV
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planted-bug", default=None, metavar="NAME",
                    help="run the nodes with a planted bug of rangekv.sim.bugs "
                         "(the run is expected to fail)")
+    p.add_argument("--groups", type=int, default=2,
+                   help="replication groups of 3 nodes at the start (default 2)")
+    p.add_argument("--spares", type=int, default=2,
+                   help="spare nodes besides the groups' (default 2)")
+    p.add_argument("--split-ops", type=float, default=None, metavar="OPS",
+                   help="split ranges serving more than OPS reads+writes per second (the "
+                        "controller then moves them, and forms groups from spares when the "
+                        "others have no room: --group-ranges-max); default: meta's own")
+    p.add_argument("--group-ranges-max", type=int, default=None, metavar="N",
+                   help="a group serving N ranges has no room for more (default: meta's own)")
     p.add_argument("--subnet", default=None, metavar="10.N.M",
                    help="the /24 for the namespaces (default: picked from the seed)")
     return p
@@ -110,13 +120,22 @@ def run(args: argparse.Namespace) -> int:
     subnet = args.subnet or f"10.{rng.randint(64, 250)}.{rng.randint(0, 250)}"
     prefix = f"rkc{seed % 10000}"
     _say(f"seed {seed}; nemesis {', '.join(faults) or 'none'}; dir {run_dir}")
+    nodes = 3 * args.groups + args.spares
+    if not 1 <= args.groups or not 0 <= args.spares or nodes > NODES_MAX:
+        print(f"error: --groups and --spares: at most {NODES_MAX} nodes", file=sys.stderr)
+        return EXIT_INVALID
     env = {}
     if args.planted_bug:
-        env = {f"node-{i}": {PLANTED_BUG_ENV: args.planted_bug} for i in range(1, 6)}
+        env = {f"node-{i}": {PLANTED_BUG_ENV: args.planted_bug} for i in range(1, nodes + 1)}
         _say(f"planted bug {args.planted_bug!r} enabled in every node")
-    cluster = NetCluster(run_dir / "cluster", find_free_base_port(), nodes=5, rms=2,
+    meta_flags: tuple[str, ...] = ()
+    if args.split_ops is not None:
+        meta_flags += ("--split-ops", str(args.split_ops), "--split-cooldown-s", "3")
+    if args.group_ranges_max is not None:
+        meta_flags += ("--group-ranges-max", str(args.group_ranges_max))
+    cluster = NetCluster(run_dir / "cluster", find_free_base_port(nodes), nodes=nodes, rms=2,
                          prefix=prefix, subnet=subnet, skew_rms="clock-skew" in faults,
-                         extra_env=env)
+                         extra_env=env, groups=args.groups, extra_args={"meta": meta_flags})
     report: dict[str, Any] = {"seed": seed, "time_s": args.time, "nemesis": faults,
                               "planted_bug": args.planted_bug, "dir": str(run_dir),
                               "subnet": subnet}
@@ -126,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         cluster.start()
         cluster.wait_ready(READY_TIMEOUT_S)
         _say(f"cluster ready in {time.monotonic() - t:.1f} s: 3 etcd members, 2 metas, "
-             f"5 nodes, 2 rms, each in its own namespace on {subnet}.0/24; HAProxy at "
+             f"{nodes} nodes ({args.groups} groups, {args.spares} spares), 2 rms, each in its "
+             f"own namespace on {subnet}.0/24; HAProxy at "
              f"{cluster.endpoint}")
         code = _attack_and_check(args, cluster, run_dir, seed, faults, (lo, hi), report)
     except (ClusterError, NetError) as err:
@@ -213,6 +233,7 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
         return EXIT_INVALID
     report["availability"] = checks.availability(run_dir / "history.jsonl", t0,
                                                  warm.get("stopped"))
+    report["layout"] = checks.layout(cluster)
     results = [
         checks.linearizable(run_dir / "history.jsonl"),
         checks.set_check(s.attempted, s.acked, s.failed, present),
@@ -237,6 +258,11 @@ def _print_report(report: dict[str, Any], results: list[checks.CheckResult]) -> 
           f"longest gap {av['longest_gap_s']} s from t={av['longest_gap_at_s']:.1f}s"
           + "".join(f" (during {r['fault']})" for r in report["faults"]
                     if r["start_s"] <= av["longest_gap_at_s"] <= (r["end_s"] or 1e9)))
+    lay = report.get("layout") or {}
+    if lay:
+        print(f"layout at the end: {lay['groups']} groups; ranges per table "
+              f"{lay['ranges']}; controller decisions {lay['decisions']}; longest write "
+              f"pause of a move {lay['move_pause_ms_max']} ms")
     print("faults:")
     for r in report["faults"]:
         err = f"  ERROR {r['error']}" if r["error"] else ""

@@ -18,6 +18,9 @@ family ``pause``       ``pause-leader``, ``pause-follower``: SIGSTOP, SIGCONT at
 family ``infra``       ``kill-rm``, ``kill-meta`` (the active one), ``kill-etcd`` (one member)
 family ``clock``       ``clock-skew``: the rms' wall clocks (which stamp seqs) jump by up to
                        ±30 s each (libfaketime), reset at heal
+family ``controller``  ``split``: a range of a workload table is cut at one of its keys and
+                       the upper part moves to another group (``?to=auto``); ``move``: a range
+                       moves to another group; both live, under the load
 =====================  ============================================================================
 
 Healing removes every iptables rule, continues paused processes, restarts what is not running
@@ -32,6 +35,7 @@ import contextlib
 import random
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +54,9 @@ FAMILIES: dict[str, list[str]] = {
     "pause": ["pause-leader", "pause-follower"],
     "infra": ["kill-rm", "kill-meta", "kill-etcd"],
     "clock": ["clock-skew"],
+    "controller": ["split", "move"],
 }
+TABLES = ("chaos_reg", "chaos_set")  # the workload's (see workload.py)
 ALL_FAULTS = [f for faults in FAMILIES.values() for f in faults]
 
 
@@ -244,7 +250,40 @@ class Nemesis:
                 c.clock_file(f"rm-{i}").write_text(f"{skew:+.3f}s\n")
                 parts.append(f"rm-{i} {skew:+.1f}s")
             return "clock " + ", ".join(parts)
+        if fault in ("split", "move"):
+            return self._reshape(fault, info)
         raise ValueError(f"unknown fault {fault!r}")
+
+    def _reshape(self, fault: str, info: dict[str, Any]) -> str:
+        """Split or move a range of a workload table through the API, as an operator would."""
+        rng = self.rng
+        table = rng.choice(TABLES)
+        with httpx.Client(base_url=self.cluster.endpoint, timeout=20.0, trust_env=False) as http:
+            page = http.get(f"/v1/tables/{table}/keys", params={"limit": 1000})
+            keys = [item["key"] for item in page.json().get("items", [])] \
+                if page.status_code == 200 else []
+            if not keys:
+                return f"{table} has no keys yet: nothing to {fault}"
+            key = rng.choice(keys)
+            quoted = urllib.parse.quote(key, safe="")
+            if fault == "split":
+                resp = http.post(f"/v1/tables/{table}/split/{quoted}", params={"to": "auto"})
+            else:
+                groups = [g["id"] for g in info.get("groups") or []]
+                mine = next((r for r in info.get("ranges") or []
+                             if r.get("table") == table and r["start"] <= key
+                             and (r["end"] is None or key < r["end"])), None)
+                others = [g for g in groups if mine is None or g != mine["group"]]
+                if not others:
+                    return f"no other group to move {table}'s range holding {key!r} to"
+                to = rng.choice(others)
+                resp = http.post(f"/v1/tables/{table}/move/{quoted}", params={"to": to})
+        body = resp.text[:200] if resp.status_code != 200 else ""
+        layout = ""
+        if resp.status_code == 200:
+            layout = " ".join(f"[{r['start']!r}..{r['end']!r})@{r['group']}"
+                              for r in resp.json().get("ranges", []))
+        return f"{fault} {table} at {key!r}: {resp.status_code} {body}{layout}"
 
     def heal(self) -> None:
         """Undo every fault: rules flushed, processes continued or restarted, clocks reset."""

@@ -34,7 +34,7 @@ from rangekv.testing import procs
 
 ETCD_MEMBERS = 3
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-_OCTET_BASE = {"etcd": 10, "meta": 20, "node": 30, "rm": 40}
+_OCTET_BASE = {"etcd": 10, "meta": 20, "rm": 40, "node": 100}  # nodes: .101 to .129
 
 
 def faketime_library() -> str | None:
