@@ -10,7 +10,8 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     │   └── MethodNotAllowed   405  the path exists, the method does not
     ├── NotFound               404
     │   ├── TableNotFound      404
-    │   └── KeyNotFound        404
+    │   ├── KeyNotFound        404
+    │   └── GroupNotFound      404  a move or split named a group that does not exist
     ├── TableExists            409
     ├── PreconditionFailed     412  conditional write whose seq did not match
     ├── Unavailable            503  retryable: no leader, node down, overloaded
@@ -81,6 +82,10 @@ class TableNotFound(NotFound):
 
 class KeyNotFound(NotFound):
     code = "key_not_found"
+
+
+class GroupNotFound(NotFound):
+    code = "group_not_found"
 
 
 class TableExists(RangeKVError):

@@ -89,3 +89,14 @@ def test_small_neighbours_on_one_group_merge_unless_split_lately() -> None:
     assert plan_merge(v, busy, 100.0, CFG, {}) is None  # 30 ops/s >= 100 / 4
     big = {1: (100.0, [fig(b"", bytes=200), fig(b"g", bytes=100)]), 2: reports[2]}
     assert plan_merge(v, big, 100.0, CFG, {}) is None  # 300 bytes >= 1000 / 4
+
+
+def test_heartbeat_range_figures_keep_only_well_formed_entries() -> None:
+    from rangekv.metadata.service import NodeStatus
+
+    good = fig(b"a", bytes=5, rps=1.5)
+    st = NodeStatus.parse({"role": "leader", "ranges": [
+        good, {"t": "x", "start": b""}, {"t": 1, "start": "not bytes"}, "junk",
+        {**good, "wps": "fast"}]})
+    assert st.ranges == (good,)
+    assert NodeStatus.parse({"role": "follower"}).ranges is None

@@ -1350,6 +1350,12 @@ class MetaService:
             raise errors.InvalidArgument("at must be a non-empty key", field="at")
         limits.check_key(at)
         self._require_active()
+        to = req.get("to")
+        if to is not None and to != "auto" and (not isinstance(to, int) or isinstance(to, bool)):
+            raise errors.InvalidArgument("to must be a group id or 'auto'", field="to")
+        if isinstance(to, int) and to not in self.view.groups:
+            raise errors.GroupNotFound(
+                f"there is no group {to} (groups: {sorted(self.view.groups)})", group=to)
         async with self._name_lock(name):
             found = await self.store.get_table(name)
             if found is None or found[0].state != model.TABLE_ACTIVE:
@@ -1381,7 +1387,6 @@ class MetaService:
                     f"the ranges of {name!r} kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
                     table=name)
             await self._tell_leader(rng.group, "split_range", table_id=table.id, at=at)
-        to = req.get("to")
         if to is None:
             return await self._ranges_reply(table.id)
         if to == "auto":
@@ -1413,8 +1418,8 @@ class MetaService:
             raise errors.InvalidArgument("to must be a group id", field="to")
         self._require_active()
         if to not in self.view.groups:
-            raise errors.InvalidArgument(
-                f"there is no group {to} (groups: {sorted(self.view.groups)})", field="to")
+            raise errors.GroupNotFound(
+                f"there is no group {to} (groups: {sorted(self.view.groups)})", group=to)
         async with self._name_lock(name):
             found = await self.store.get_table(name)
             if found is None or found[0].state != model.TABLE_ACTIVE:

@@ -359,9 +359,9 @@ class RequestManager:
         if to_raw == "auto":
             to = "auto"
         elif to_raw is not None:
-            if not to_raw.isdigit() or len(to_raw) > 10:
+            to = _group_id(to_raw)
+            if to is None:
                 raise errors.InvalidArgument("to must be a group id or auto", field="to")
-            to = int(to_raw)
         ranges = await self.router.split(name, at, to)
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges]})
 
@@ -369,10 +369,11 @@ class RequestManager:
         name = codec.decode_table_segment(table_raw)
         at = self._key(key_raw, raw_query)
         to_raw = codec.query_text(codec.parse_query(raw_query), "to") if raw_query else None
-        if to_raw is None or not to_raw.isdigit() or len(to_raw) > 10:
+        to = _group_id(to_raw)
+        if to is None:
             raise errors.InvalidArgument("to must be the id of the group to move to",
                                          field="to")
-        ranges, done = await self.router.move(name, at, int(to_raw))
+        ranges, done = await self.router.move(name, at, to)
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges],
                                "done": done})
 
@@ -517,3 +518,12 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main(sys.argv[1:]))
+
+
+def _group_id(raw: str | None) -> int | None:
+    """A group id from the query (1 to 2^32 - 1), or None if it is not one."""
+    if raw is None or not raw.isdigit() or len(raw) > 10:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= openapi.GROUP_ID_MAX else None
+

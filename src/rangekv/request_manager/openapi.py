@@ -34,7 +34,10 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _E400 = _error("Bad input; nothing was changed", ["invalid_argument"])
+GROUP_ID_MAX = 2**32 - 1
 _E404_TABLE = _error("No such table", ["table_not_found"])
+_E404_TABLE_GROUP = _error("No such table, or no such group", ["table_not_found",
+                                                              "group_not_found"])
 _E405 = _error("Method not allowed on this path; see the Allow header", ["method_not_allowed"])
 _E503 = {
     **_error(
@@ -345,7 +348,9 @@ def document() -> dict[str, Any]:
             "/v1/tables/{table}/split/{key}": {
                 "parameters": [table_param, key_param, key_encoding_param, {
                     "name": "to", "in": "query", "required": False,
-                    "schema": {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,9})$"},
+                    "schema": {"anyOf": [
+                        {"type": "string", "enum": ["auto"]},
+                        {"type": "integer", "minimum": 1, "maximum": GROUP_ID_MAX}]},
                     "description": ("Move the upper part to this group once split (a group "
                                     "id, or auto: the group with a leader serving the fewest "
                                     "ranges); without it both halves stay."),
@@ -358,7 +363,7 @@ def document() -> dict[str, Any]:
                     ),
                     "responses": _common(
                         ("200", _json("The table's ranges afterwards", _ref("Ranges"))),
-                        ("404", _E404_TABLE),
+                        ("404", _E404_TABLE_GROUP),
                         ("504", _E504),
                     ),
                 },
@@ -366,7 +371,7 @@ def document() -> dict[str, Any]:
             "/v1/tables/{table}/move/{key}": {
                 "parameters": [table_param, key_param, key_encoding_param, {
                     "name": "to", "in": "query", "required": True,
-                    "schema": {"type": "integer", "minimum": 1},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": GROUP_ID_MAX},
                     "description": "The id of the group to move the range to.",
                 }],
                 "post": {
@@ -382,7 +387,7 @@ def document() -> dict[str, Any]:
                                 "type": "object", "required": ["done"],
                                 "properties": {"done": {"type": "boolean"}}}]})),
                         ("400", _E400),
-                        ("404", _E404_TABLE),
+                        ("404", _E404_TABLE_GROUP),
                         ("504", _E504),
                     ),
                 },
