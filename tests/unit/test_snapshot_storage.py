@@ -73,7 +73,8 @@ def leader_snapshot(root: Path, entries: int = 3000) -> tuple[Path, snapshot.Man
     root.mkdir(parents=True)
     engine = open_rocks(root / "index")
     fill(engine, 1, entries, "new")
-    directory, manifest = snapshot.create(engine.checkpoint, root, lambda i: 4, seq=1)
+    directory, index = snapshot.create(engine.checkpoint, root, seq=1)
+    manifest = snapshot.describe(directory, index, 4)
     digest = engine.content_hash()
     engine.close()
     return directory, manifest, digest

@@ -154,19 +154,15 @@ def _digest_file(path: str, name: str, digest: Any) -> tuple[int, int]:
 
 
 def create(
-    checkpoint: Callable[[str], int],
-    data_dir: str | os.PathLike[str],
-    epoch_at: Callable[[int], int],
-    seq: int,
-) -> tuple[Path, Manifest]:
+    checkpoint: Callable[[str], int], data_dir: str | os.PathLike[str], seq: int
+) -> tuple[Path, int]:
     """Make a snapshot to send: ``checkpoint(path)`` copies the state machine into the new
-    directory ``snapshot.out-<seq>`` and returns the applied index it holds; ``epoch_at`` gives
-    that index's epoch. Returns the directory and the manifest."""
+    directory ``snapshot.out-<seq>`` and returns the applied index the copy holds. Returns the
+    directory and that index (``describe`` it once its epoch is known)."""
     directory = Path(data_dir) / f"{OUTGOING_PREFIX}{seq}"
     if directory.exists():
         shutil.rmtree(directory)
-    index = checkpoint(str(directory))
-    return directory, describe(directory, index, epoch_at(index))
+    return directory, checkpoint(str(directory))
 
 
 def chunks(directory: str | os.PathLike[str], manifest: Manifest,
