@@ -397,9 +397,15 @@ class Core:
         if not self._round_in_flight:
             self._start_read_round()
 
-    def _snapshot_is_stale(self, index: int) -> bool:
-        """A snapshot at or below our commit index would take applied state backward."""
-        return index <= self.commit
+    def _snapshot_answer(self, index: int, snap_epoch: int) -> str:
+        """InstallSnapshot's rules for an offer of the state at (index, snap_epoch): stale at or
+        below our commit index (installing it would take applied state backward); if our log
+        holds the entry, keep the log after it; else install."""
+        if index <= self.commit:
+            return SNAPSHOT_STALE
+        if self.base_index <= index <= self.last_index and self.epoch_at(index) == snap_epoch:
+            return SNAPSHOT_HAVE
+        return SNAPSHOT_ACCEPT
 
     def _observe_epoch(self, msg: Msg) -> bool:
         """Handle the sender's epoch; False if the message is from the past and was answered."""
@@ -857,9 +863,10 @@ class Core:
         if self.installing is not None:
             return SNAPSHOT_BUSY, 0
         self._follow(Msg(SNAPSHOT, frm, self.id, epoch, index=index, log_epoch=snap_epoch))
-        if self._snapshot_is_stale(index):
+        answer = self._snapshot_answer(index, snap_epoch)
+        if answer == SNAPSHOT_STALE:
             return SNAPSHOT_STALE, self.commit
-        if self.base_index <= index <= self.last_index and self.epoch_at(index) == snap_epoch:
+        if answer == SNAPSHOT_HAVE:
             # Our log holds it: everything up to it is the leader's committed log. Keep the log
             # after it (as Raft's InstallSnapshot does) and apply from our own entries.
             self.commit = max(self.commit, index)
@@ -874,6 +881,9 @@ class Core:
             self.installing, index, epoch)
         assert index > self.commit >= self.applied, ("snapshot would take applied state back",
                                                      index, self.commit, self.applied)
+        self._reset_to_snapshot(index, epoch)
+
+    def _reset_to_snapshot(self, index: int, epoch: int) -> None:
         self.base_index, self.base_epoch = index, epoch
         self.last_index, self.last_epoch = index, epoch
         self.stable = index
