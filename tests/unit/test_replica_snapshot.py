@@ -195,6 +195,7 @@ def test_a_follower_behind_the_leaders_base_catches_up_by_snapshot(tmp_path: Pat
         await wait_until(caught_up(g, leader), "node 3 to catch up")
         n3 = g.replicas[3]
         assert n3.stats["snapshots_installed"] == 1
+        await wait_until(lambda: leader.stats["snapshots_sent"], "the answer to the leader")
         assert leader.stats["snapshots_sent"] == 1
         assert n3.core.first_index > behind + 1  # its log starts after the snapshot
         same_state(g)
@@ -246,6 +247,7 @@ def test_a_damaged_chunk_is_refused_and_the_snapshot_is_sent_again(
         g.fault = flip_once
         g.cut = set()
         await wait_until(caught_up(g, leader), "node 3 to catch up")
+        await wait_until(lambda: leader.stats["snapshots_sent"], "the answer to the leader")
         assert damaged
         assert leader.stats["snapshots_failed"] >= 1 and leader.stats["snapshots_sent"] == 1
         assert g.replicas[3].stats["snapshots_installed"] == 1
@@ -354,8 +356,9 @@ def test_compaction_keeps_every_log_short(tmp_path: Path) -> None:
         for r in g.replicas.values():
             st = r.status()
             log_entries = st["last_index"] - st["log_first_index"] + 1
-            # At most retain + one compaction period (plus the batch that crossed it).
-            assert log_entries <= 30 + 100 + 16, (r.node_id, st)
+            # At most retain (twice on a leader keeping entries for a peer a little behind) +
+            # one compaction period (plus the batch that crossed it).
+            assert log_entries <= 2 * 30 + 100 + 16, (r.node_id, st)
             assert st["replay_entries"] <= 100 + 16, (r.node_id, st)
             assert r.stats["compactions"] >= 8
         # Nobody needed a snapshot: the peers were live and close.

@@ -19,7 +19,8 @@ on a majority) and applied on this leader.
 
 Compaction: after every ``compact_entries`` applied entries (or ``COMPACT_WAL_BYTES`` appended to
 the log) the driver flushes the state machine (RocksDB's own WAL is off, so the flush is what
-makes it durable) and asks the core to compact up to ``applied - compact_retain`` at most: never
+makes it durable, and what bounds the entries a restart replays) and asks the core to compact
+up to ``applied - compact_retain`` at most: never
 beyond the flushed applied index, never beyond a snapshot being sent (``_pins``), and, on a
 leader, never beyond what a live peer still needs unless that peer is more than the retain window
 behind that point (it then gets a snapshot instead). The log's prefix is dropped by the persist
@@ -336,6 +337,8 @@ class Replica:
             replay_entries=self.core.last_index - self.durable_applied,
             replayed_on_start=self.replayed_on_start,
             installing_snapshot=self.core.installing is not None,
+            snapshots_installed=self.stats["snapshots_installed"],
+            snapshots_sent=self.stats["snapshots_sent"],
         )
         return status
 
@@ -588,13 +591,12 @@ class Replica:
         task.add_done_callback(_crash_on_error)
 
     async def _compact(self) -> None:
-        """Flush the state machine, then compact the log up to the target (never past what the
-        flush made durable)."""
+        """Flush the state machine (so that a restart replays at most about ``compact_entries``
+        entries, whatever the log keeps), then compact the log up to the target, never past
+        what the flush made durable."""
         try:
             self._compacted_at = self.core.applied
             self._compact_bytes_mark = self.wal.bytes_written
-            if self.compaction_target() <= self.core.base_index:
-                return
             async with self._engine_lock:
                 engine = self._engine
                 if engine is None:
@@ -621,50 +623,62 @@ class Replica:
         self._sending[need.peer] = task
 
     async def _send_snapshot(self, need: SnapshotNeed) -> None:
+        """One attempt to bring ``need.peer`` a snapshot; always ends with report_snapshot."""
         peer = need.peer
         delay = self._backoff.get(peer, 0.0)
-        ok, index = False, 0
-        epoch = self.core.promised
-        pins = self._pins
-        pin: int | None = None
+        ok, index, failed = False, 0, False
         try:
             if delay:
                 await asyncio.sleep(delay)
-            if self._snapshot_rpc is None:
-                raise errors.Unavailable("this replica has no way to send snapshots")
-            if self.core.role != LEADER or self.core.promised != epoch:
-                return
-            pr = self.core.progress.get(peer)
-            if pr is None or self.core.ticks - pr.heard_tick > self.core.cfg.quorum_ticks:
-                # A checkpoint reads the whole state: not for a peer that does not answer.
-                raise errors.Unavailable(f"node {peer} has not answered lately")
-            # Compaction stays at or below the snapshot (at least this applied index), so that
-            # the peer can go on with appends after it.
-            pin = self.core.applied
-            pins.append(pin)
-            outgoing = await self._acquire_checkpoint(need.index)
-            try:
-                pins.append(outgoing.manifest.index)
-                pins.remove(pin)
-                pin = outgoing.manifest.index
-                ok, index = await self._stream(peer, epoch, outgoing)
-            finally:
-                self._release_checkpoint(outgoing)
+            ok, index, failed = await self._try_snapshot(need)
         except asyncio.CancelledError:
             raise
         except (errors.RangeKVError, OSError) as err:
+            failed = True
             log.warning("snapshot to node %d failed (retry in %.1f s): %s", peer,
                         min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay), SNAPSHOT_BACKOFF_MAX_S), err)
         finally:
-            if pin is not None:
-                pins.remove(pin)
             if self._sending.get(peer) is asyncio.current_task():
                 del self._sending[peer]
-        self._backoff[peer] = 0.0 if ok else min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay),
-                                                 SNAPSHOT_BACKOFF_MAX_S)
-        self.stats["snapshots_sent" if ok else "snapshots_failed"] += 1
+        if ok:
+            self._backoff[peer] = 0.0
+            self.stats["snapshots_sent"] += 1
+        elif failed:
+            self._backoff[peer] = min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay),
+                                      SNAPSHOT_BACKOFF_MAX_S)
+            self.stats["snapshots_failed"] += 1
+        else:  # not tried (peer silent, or no longer leading): nothing was spent
+            self._backoff[peer] = SNAPSHOT_BACKOFF_MIN_S
         self.core.report_snapshot(peer, ok, index)
         self._process()
+
+    async def _try_snapshot(self, need: SnapshotNeed) -> tuple[bool, int, bool]:
+        """(ok, index the peer holds, whether a transfer was tried and failed)."""
+        peer, epoch = need.peer, self.core.promised
+        if self._snapshot_rpc is None:
+            raise errors.Unavailable("this replica has no way to send snapshots")
+        pr = self.core.progress.get(peer)
+        if (self.core.role != LEADER or pr is None
+                or self.core.ticks - pr.heard_tick > self.core.cfg.quorum_ticks):
+            # A checkpoint reads the whole state: not for a peer that does not answer (it gets
+            # one soon after it answers heartbeats again).
+            return False, 0, False
+        # Compaction stays at or below the snapshot (at least this applied index), so that the
+        # peer can go on with appends after it.
+        pin = self.core.applied
+        self._pins.append(pin)
+        try:
+            outgoing = await self._acquire_checkpoint(need.index)
+            try:
+                self._pins.append(outgoing.manifest.index)
+                self._pins.remove(pin)
+                pin = outgoing.manifest.index
+                ok, index = await self._stream(peer, epoch, outgoing)
+                return ok, index, not ok
+            finally:
+                self._release_checkpoint(outgoing)
+        finally:
+            self._pins.remove(pin)
 
     async def _acquire_checkpoint(self, min_index: int) -> _Outgoing:
         """A checkpoint at ``min_index`` or later: the current one, or a new one."""
