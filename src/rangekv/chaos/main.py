@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the run is expected to fail)")
     p.add_argument("--subnet", default=None, metavar="10.N.M",
                    help="the /24 for the namespaces (default: picked from the seed)")
+    p.add_argument("--compact-entries", type=int, default=None, metavar="N",
+                   help="the nodes' --compact-entries (low values make followers that were "
+                        "down catch up by snapshot)")
+    p.add_argument("--compact-retain", type=int, default=None, metavar="N",
+                   help="the nodes' --compact-retain")
     return p
 
 
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"planted bug {args.planted_bug!r} enabled in every node")
     cluster = NetCluster(run_dir / "cluster", find_free_base_port(), nodes=5, rms=2,
                          prefix=prefix, subnet=subnet, skew_rms="clock-skew" in faults,
-                         extra_env=env)
+                         extra_env=env, compact_entries=args.compact_entries,
+                         compact_retain=args.compact_retain)
     report: dict[str, Any] = {"seed": seed, "time_s": args.time, "nemesis": faults,
                               "planted_bug": args.planted_bug, "dir": str(run_dir),
                               "subnet": subnet}
