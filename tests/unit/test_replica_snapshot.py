@@ -298,6 +298,49 @@ def test_a_transfer_that_goes_quiet_is_aborted_by_the_follower(
     asyncio.run(scenario())
 
 
+def test_a_newer_epoch_fences_a_transfer_so_the_election_need_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader dies mid-transfer; node 2 needs node 3's promise to win. Node 3 promises at
+    once and aborts the old transfer (it does not wait out SNAPSHOT_IDLE_S) to answer."""
+    monkeypatch.setattr(driver, "SNAPSHOT_IDLE_S", 120.0)
+
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        leader = await group_with_table(g)
+        g.cut = {3}
+        await write(leader, 0, 400)
+        await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
+                         "the leader to compact past node 3")
+        chunks: list[int] = []
+
+        def leader_dies(frm: int, peer: int, op: str, fields: dict[str, Any]) -> None:
+            if op == "snapshot_chunk" and not chunks:
+                chunks.append(fields["offset"])
+                g.cut = {1}
+
+        g.fault = leader_dies
+        g.cut = set()
+        n3 = g.replicas[3]
+        await wait_until(lambda: chunks, "the transfer to begin")
+        assert n3.core.installing is not None
+        started = asyncio.get_running_loop().time()
+        new = await g.elect(2, epoch=2)
+        assert asyncio.get_running_loop().time() - started < 5.0
+        assert n3.core.installing is None and n3.core.promised == 2
+        await wait_until(lambda: not (tmp_path / "n3" / snapshot.INCOMING_NAME).exists(),
+                         "the staging directory to go")
+        # The new leader brings node 3 up to date (by a snapshot of its own).
+        await write(new, 1000, 1100)
+        await wait_until(lambda: n3.core.applied == new.core.applied, "node 3 to catch up")
+        g.cut = set()
+        await wait_until(caught_up(g, new), "everyone to catch up")
+        same_state(g)
+        await g.close_all()
+
+    asyncio.run(scenario())
+
+
 def test_a_follower_killed_mid_transfer_restarts_clean(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)

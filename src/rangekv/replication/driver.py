@@ -319,6 +319,7 @@ class Replica:
     def step(self, msg: Msg) -> None:
         self.core.step(msg)
         self._process()
+        self._abort_incoming_if_fenced()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -810,6 +811,21 @@ class Replica:
         await asyncio.to_thread(inc.receiver.abort)
         self.core.on_snapshot_aborted()
         self._process()
+
+    def _abort_incoming_if_fenced(self) -> None:
+        """A newer epoch was promised during the install: abort it unless it is past its point
+        of no return. The snapshot is still good, but the core answers the candidate only once
+        the install ends, and a group should not wait for a deposed leader's transfer."""
+        inc, installing = self._incoming, self.core.installing
+        if (inc is not None and not inc.committing and installing is not None
+                and self.core.promised > installing[1]):
+            self._incoming = None  # (at once: the next step must not schedule a second abort)
+            self.core.on_snapshot_aborted()
+            self._process()
+            log.warning("snapshot at index %d from node %d aborted: epoch %d was promised",
+                        inc.manifest.index, inc.frm, self.core.promised)
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(inc.receiver.abort))
+            task.add_done_callback(_crash_on_error)
 
     def _check_incoming_idle(self) -> None:
         inc = self._incoming

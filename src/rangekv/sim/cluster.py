@@ -511,6 +511,11 @@ class Simulation:
             return
         node.core.step(msg)
         self.process(node)
+        installing = node.core.installing if node.core is not None else None
+        if installing is not None and node.core is not None and \
+                node.core.promised > installing[1]:
+            # What the driver does: a newer epoch fences the transfer (see driver.py).
+            self._snapshot_abort_incoming(node, f"epoch {node.core.promised} was promised")
 
     # ------------------------------------------------------------------ meta
     def _beat(self, node: SimNode) -> None:
@@ -936,10 +941,11 @@ class Simulation:
 
     def _snapshot_abort_incoming(self, node: SimNode, why: str) -> None:
         inc, node.incoming = node.incoming, None
-        if inc is None or node.core is None:
+        if node.core is None or (inc is None and node.core.installing is None):
             return
-        inc["receiver"].abort()
-        self.log(f"n{node.id} aborts the snapshot at {inc['manifest'].index}: {why}")
+        if inc is not None:
+            inc["receiver"].abort()
+        self.log(f"n{node.id} aborts the snapshot it was receiving: {why}")
         node.core.on_snapshot_aborted()
         self.process(node)
 
