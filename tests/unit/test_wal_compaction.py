@@ -575,3 +575,43 @@ def test_wal_with_a_base_matches_an_oracle(ops: list[tuple[Any, ...]], tmp_path_
         mp.undo()
         if not w.closed:
             w.close()
+
+
+def test_readers_near_the_end_while_the_prefix_is_dropped(tmp_path: Path) -> None:
+    """Readers in other threads (the event loop reads the entries it ships) see consistent
+    entries while the writer appends and drops whole segments under them."""
+    import threading
+
+    w = filled(tmp_path / "wal", 30)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    reads = [0]
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                last = w.last_index
+                got = w.entries(last - 4, last + 1)  # the writer keeps the last 200 entries
+                assert [(i, p) for _, i, p in got] == [(i, payload(i)) for i in
+                                                       range(last - 4, last + 1)]
+                reads[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for last in range(31, 1200):
+            w.append(records(last, last))
+            w.sync()
+            if last % 7 == 0 and last > 200:
+                w.drop_prefix(last - 200)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert reads[0] > 100
+    assert w.first_index > 900 and len(segment_firsts(tmp_path / "wal")) < 50
+    w.close()

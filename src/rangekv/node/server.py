@@ -189,6 +189,11 @@ class Node:
                     f"index applied up to {engine.applied_index} but the log ends at "
                     f"{wal.last_index}"
                 )
+            if engine.applied_index < wal.first_index - 1:
+                raise StorageCorrupt(
+                    f"index applied up to {engine.applied_index} but the log starts after "
+                    f"{wal.first_index - 1}: the entries in between are gone"
+                )
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
                                    self._send_raft, snapshot_rpc=self._snapshot_rpc,
                                    compact_entries=self.compact_entries,
