@@ -62,7 +62,8 @@ Inputs: ``step(msg)``, ``tick()``, ``campaign(epoch)``, ``propose(payload)``, ``
 ``ready()`` and, in this order: persists ``hardstate`` (if any); cuts the log from
 ``truncate_from``; writes ``entries``; drops the log's prefix up to ``compact_to`` (all of these
 in order with the previous readies' writes); starts sending a snapshot to each peer of
-``snapshots`` that has none in flight; sends ``messages`` at once; makes all of it durable (fsync) and only then sends
+``snapshots`` that has none in flight; sends ``messages`` at once; makes all of it durable
+(fsync) and only then sends
 ``messages_after_sync`` and calls ``on_hardstate_synced`` (if a hard state was in the batch)
 and ``on_synced``; applies ``committed`` and calls
 ``on_applied``; answers ``reads`` once applied reaches their index. Several readies may be made

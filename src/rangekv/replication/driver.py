@@ -692,8 +692,14 @@ class Replica:
                 engine = self.engine
                 seq = next(self._outgoing_seq)
                 started = asyncio.get_running_loop().time()
-                directory, index = await asyncio.to_thread(
-                    snapshot.create, engine.checkpoint, self.data_dir, seq)
+                try:
+                    directory, index = await asyncio.to_thread(
+                        snapshot.create, engine.checkpoint, self.data_dir, seq)
+                except Exception as err:  # noqa: BLE001 - RocksDB's errors are plain exceptions
+                    # (e.g. the disk is full: the state machine itself is fine; try later)
+                    await asyncio.to_thread(snapshot.remove_outgoing,
+                                            self.data_dir / f"{snapshot.OUTGOING_PREFIX}{seq}")
+                    raise errors.Unavailable(f"checkpoint failed: {err}") from None
             # (on the loop: the core is not thread-safe; the pins keep the index above the base)
             epoch = self.core.epoch_at(index)
             manifest = await asyncio.to_thread(snapshot.describe, directory, index, epoch)
@@ -792,7 +798,7 @@ class Replica:
         if answer == SNAPSHOT_ACCEPT:
             try:
                 receiver = await asyncio.to_thread(Receiver, self.data_dir, manifest)
-            except OSError:
+            except BaseException:  # (a disk error, or the request cancelled): never stay frozen
                 self.core.on_snapshot_aborted()
                 self._process()
                 raise
@@ -808,9 +814,9 @@ class Replica:
             return
         log.warning("snapshot at index %d from node %d aborted: %s", inc.manifest.index,
                     inc.frm, why)
-        await asyncio.to_thread(inc.receiver.abort)
-        self.core.on_snapshot_aborted()
+        self.core.on_snapshot_aborted()  # (first: whatever happens to the files, unfreeze)
         self._process()
+        await asyncio.to_thread(inc.receiver.abort)
 
     def _abort_incoming_if_fenced(self) -> None:
         """A newer epoch was promised during the install: abort it unless it is past its point
@@ -841,14 +847,23 @@ class Replica:
         inc.committing = True
         manifest = inc.manifest
         try:
-            await asyncio.to_thread(inc.receiver.finish)
-            held = await asyncio.to_thread(checkpoint_applied_index, inc.receiver.staging)
+            try:
+                await asyncio.to_thread(inc.receiver.finish)
+            except OSError as err:
+                # An fsync that failed is final (see "Disk failures"): stop, retry nothing.
+                log.critical("disk failure while making a received snapshot durable, stopping "
+                             "the node: %s", err)
+                _exit_process(EXIT_DISK_FAILURE)
+            try:
+                held = await asyncio.to_thread(checkpoint_applied_index, inc.receiver.staging)
+            except Exception as err:  # noqa: BLE001 - RocksDB's errors are plain exceptions
+                raise SnapshotInvalid(f"the staged snapshot does not open: {err}") from None
             if held != manifest.index:
                 raise SnapshotInvalid(f"the snapshot holds the state at {held}, "
                                       f"not {manifest.index}")
-        except SnapshotInvalid as err:
+        except BaseException as err:  # before the point of no return: abort, never stay frozen
             inc.committing = False
-            await self._abort_incoming(str(err))
+            await self._abort_incoming(str(err) or type(err).__name__)
             raise
         assert self.core.installing == (inc.frm, inc.epoch, manifest.index, manifest.epoch), (
             self.core.installing, inc)
