@@ -809,9 +809,12 @@ class Replica:
         return {"answer": answer, "index": index}
 
     async def _abort_incoming(self, why: str) -> None:
-        inc, self._incoming = self._incoming, None
-        if inc is None:
+        """Abort the snapshot being received, unless it is being installed (its own failure
+        path clears ``committing`` first)."""
+        inc = self._incoming
+        if inc is None or inc.committing:
             return
+        self._incoming = None
         log.warning("snapshot at index %d from node %d aborted: %s", inc.manifest.index,
                     inc.frm, why)
         self.core.on_snapshot_aborted()  # (first: whatever happens to the files, unfreeze)
