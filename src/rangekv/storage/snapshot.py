@@ -24,7 +24,8 @@ Installing (:func:`install`) is all or nothing across a crash, with a redo marke
 
 1. write ``snapshot-install`` (index, epoch) durably: the point of no return (the staging
    directory was verified and made durable before);
-2. rename ``index`` to ``index.old``, ``snapshot.incoming`` to ``index``, fsync the directory;
+2. rename ``index`` to ``index.old``, fsync the directory, rename ``snapshot.incoming`` to
+   ``index``, fsync the directory;
 3. reset the log: empty, with the base (index, epoch) (``WAL.reset``, durable);
 4. remove ``index.old``; remove the marker and fsync the directory.
 
@@ -302,6 +303,7 @@ def _roll_forward(directory: Path, index: int, epoch: int, wal: WAL,
             if old.exists():
                 shutil.rmtree(old)  # (cannot be this install's: staging is still there)
             os.rename(current, old)
+            fsync_dir(str(directory))  # (each rename durable before the next: no reordering)
         os.rename(staging, current)
         fsync_dir(str(directory))
         if step is not None:
