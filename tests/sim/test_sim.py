@@ -4,7 +4,8 @@
   linearizability at the end; a failure names the seed to replay with ``rangekv sim``.
 * The same seed gives the same run (trace hash).
 * The faults were really injected: over those seeds, every kind happened (FoundationDB's rule:
-  a rare path that is never taken proves nothing).
+  a rare path that is never taken proves nothing), compaction and snapshot installs included
+  (failed transfers, stale offers, damaged chunks, crashes during an install).
 * Each planted bug is caught within a bounded number of seeds: the simulator can fail.
 """
 
@@ -20,13 +21,15 @@ from rangekv.sim.cluster import SimFailure, run_seed
 
 SEEDS = 500
 CHUNK = 50
-# Seeds needed today (caught at): ack 116, lower-epoch 16, log-matching 22, read 323, apply 8.
+# Seeds needed today (caught at): ack 116, lower-epoch 16, log-matching 22, read 323, apply 8,
+# stale-snapshot 10.
 BUG_SEEDS_MAX = {
     "ack-before-fsync": 400,
     "accept-lower-epoch": 150,
     "skip-log-matching": 150,
     "read-without-quorum": 600,
     "apply-before-commit": 100,
+    "install-stale-snapshot": 150,
 }
 
 _totals: Counter[str] = Counter()
@@ -53,7 +56,9 @@ def test_seeds(start: int, scratch: Path) -> None:
         except SimFailure as failure:
             pytest.fail(f"{failure}\nreplay: rangekv sim --seeds 1 --start {seed} -v")
         for key in ("crashes", "partitions", "flips", "leader_changes", "ops_unknown",
-                    "torn_bytes", "ops_ok"):
+                    "torn_bytes", "ops_ok", "compactions", "snapshots_installed",
+                    "snapshots_failed", "snapshot_answers_stale", "chunks_damaged",
+                    "install_crashes"):
             _totals[key] += int(result[key] > 0)
 
 
@@ -63,7 +68,10 @@ def test_faults_were_injected() -> None:
         pytest.skip("runs only together with test_seeds")
     assert _totals["ops_ok"] == SEEDS, _totals
     for key, at_least in (("crashes", 300), ("partitions", 300), ("leader_changes", 400),
-                          ("flips", 30), ("ops_unknown", 200), ("torn_bytes", 25)):
+                          ("flips", 30), ("ops_unknown", 200), ("torn_bytes", 25),
+                          ("compactions", 450), ("snapshots_installed", 150),
+                          ("snapshots_failed", 150), ("snapshot_answers_stale", 5),
+                          ("chunks_damaged", 5), ("install_crashes", 10)):
         assert _totals[key] >= at_least, (key, _totals)
 
 

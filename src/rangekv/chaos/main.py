@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a group serving N ranges has no room for more (default: meta's own)")
     p.add_argument("--subnet", default=None, metavar="10.N.M",
                    help="the /24 for the namespaces (default: picked from the seed)")
+    p.add_argument("--compact-entries", type=int, default=None, metavar="N",
+                   help="the nodes' --compact-entries (low values make followers that were "
+                        "down catch up by snapshot)")
+    p.add_argument("--compact-retain", type=int, default=None, metavar="N",
+                   help="the nodes' --compact-retain")
     return p
 
 
@@ -135,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         meta_flags += ("--group-ranges-max", str(args.group_ranges_max))
     cluster = NetCluster(run_dir / "cluster", find_free_base_port(nodes), nodes=nodes, rms=2,
                          prefix=prefix, subnet=subnet, skew_rms="clock-skew" in faults,
-                         extra_env=env, groups=args.groups, extra_args={"meta": meta_flags})
+                         extra_env=env, groups=args.groups, extra_args={"meta": meta_flags},
+                         compact_entries=args.compact_entries,
+                         compact_retain=args.compact_retain)
     report: dict[str, Any] = {"seed": seed, "time_s": args.time, "nemesis": faults,
                               "planted_bug": args.planted_bug, "dir": str(run_dir),
                               "subnet": subnet}

@@ -242,6 +242,8 @@ class LocalCluster:
         command: Sequence[str] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
         extra_args: dict[str, tuple[str, ...]] | None = None,
+        compact_entries: int | None = None,
+        compact_retain: int | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -264,6 +266,9 @@ class LocalCluster:
         # the console script's module. Tests substitute stand-ins here.
         self.command: tuple[str, ...] = tuple(command or (sys.executable, "-m", "rangekv.cli.main"))
         self.stop_timeout_s = stop_timeout_s
+        #: the nodes' ``--compact-entries`` / ``--compact-retain`` (None: the node's default)
+        self.compact_entries = compact_entries
+        self.compact_retain = compact_retain
         #: a command prefix per process name (e.g. ``("fiu-run", "-x")``), put before its argv
         #: when it is started; it must exec the argv, so that the pid and /proc cmdline are
         #: the process's own (see ``pid_is``).
@@ -467,6 +472,10 @@ class LocalCluster:
                 self.meta_address,
                 *self.extra_args.get("node", ()),
             )
+            if self.compact_entries is not None:
+                argv += ("--compact-entries", str(self.compact_entries))
+            if self.compact_retain is not None:
+                argv += ("--compact-retain", str(self.compact_retain))
             return ProcSpec(name, argv, (self.node_port(i),))
         if kind == "rm" and 1 <= i <= self.rms:
             argv = (

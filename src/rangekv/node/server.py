@@ -18,6 +18,12 @@ And a data request that reaches a node while it is taking up an epoch waits (at 
 ``SERVE_WAIT_S``) until it serves, instead of bouncing back to the request manager, which would
 retry only after its backoff.
 
+Snapshots travel on their own connection to each peer (``snapshot_*`` requests, see
+docs/internals.md), not on the peer link that carries replication messages: each chunk is a
+request whose answer paces the next one and carries a refusal if the chunk is bad, and a
+megabyte of snapshot never sits in front of a heartbeat. On start, an install that a crash
+interrupted is finished (``storage/snapshot.py``) before the state machine is opened.
+
 Every request is validated here again (limits are enforced at the edge and at the node).
 """
 
@@ -34,10 +40,15 @@ from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.node.stats import RangeStats
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
-from rangekv.replication.driver import EXIT_DISK_FAILURE, Replica
+from rangekv.replication.driver import (
+    COMPACT_ENTRIES_DEFAULT,
+    COMPACT_RETAIN_DEFAULT,
+    EXIT_DISK_FAILURE,
+    Replica,
+)
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
-from rangekv.storage import hardstate
-from rangekv.storage.engine import open_rocks
+from rangekv.storage import hardstate, snapshot
+from rangekv.storage.engine import StateMachine, open_rocks
 from rangekv.storage.wal import WAL, StorageCorrupt
 
 log = logging.getLogger("rangekv.node")
@@ -134,8 +145,12 @@ class PeerLink:
 
 class Node:
     def __init__(self, node_id: int, listen: str, data_dir: Path, meta: list[str],
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, *,
+                 compact_entries: int = COMPACT_ENTRIES_DEFAULT,
+                 compact_retain: int = COMPACT_RETAIN_DEFAULT) -> None:
         self.node_id = node_id
+        self.compact_entries = compact_entries
+        self.compact_retain = compact_retain
         self.listen = listen
         self.address = advertise or listen
         self.data_dir = data_dir
@@ -145,6 +160,7 @@ class Node:
         self.group: int | None = None
         self.members: dict[int, str] = {}
         self._peers: dict[int, PeerLink] = {}
+        self._snapshot_conns: dict[int, wire.Connection] = {}
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._meta_conns: dict[str, wire.Connection] = {}
@@ -152,6 +168,7 @@ class Node:
         self._leader_heard_s = 0.0  # loop time of the last message from a leader or candidate
         self.stats: RangeStats | None = None
         self._compacting: asyncio.Future[int] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,22 +190,33 @@ class Node:
             wal = await asyncio.to_thread(WAL.open, self.data_dir / "wal")
             # What a crash left in the page cache is ours: the first sync fsyncs it (wal.py).
             await asyncio.to_thread(wal.sync)
+            installed = await asyncio.to_thread(snapshot.recover, self.data_dir, wal)
+            if installed is not None:
+                log.warning("finished installing the snapshot at index %d that the last run "
+                            "had committed", installed[0])
             engine = await asyncio.to_thread(open_rocks, str(self.data_dir / "index"))
             if engine.applied_index > wal.last_index:
                 raise StorageCorrupt(
                     f"index applied up to {engine.applied_index} but the log ends at "
                     f"{wal.last_index}"
                 )
+            if engine.applied_index < wal.first_index - 1:
+                raise StorageCorrupt(
+                    f"index applied up to {engine.applied_index} but the log starts after "
+                    f"{wal.first_index - 1}: the entries in between are gone"
+                )
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
-                                   self._send_raft)
+                                   self._send_raft, snapshot_rpc=self._snapshot_rpc,
+                                   compact_entries=self.compact_entries,
+                                   compact_retain=self.compact_retain)
             await self.replica.start()
             loop = asyncio.get_running_loop()
-            self.stats = RangeStats(engine, loop.time)
-            self.stats.attach()
-            self._tasks.append(loop.create_task(self.stats.run()))
+            self._follow_engine(engine)
+            self.replica.on_engine_replaced = self._follow_engine
             self._tasks.append(loop.create_task(self._compactor()))
-            log.info("node %d opened its log (last index %d, applied %d)", self.node_id,
-                     wal.last_index, engine.applied_index)
+            log.info("node %d opened its log (entries %d..%d, applied %d: %d to replay)",
+                     self.node_id, wal.first_index, wal.last_index, engine.applied_index,
+                     wal.last_index - engine.applied_index)
             if wal.unsynced_entries_cut:
                 log.warning("cut %d entries from the end of the log: they were written after "
                             "the last successful sync of a run that stopped on a disk failure, "
@@ -217,16 +245,19 @@ class Node:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         if self._compacting is not None:
             await asyncio.gather(self._compacting, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         if self.replica is not None:
             await self.replica.stop()
-            await asyncio.to_thread(self.replica.engine.close)
-            await asyncio.to_thread(self.replica.wal.close)
+            await asyncio.to_thread(self.replica.close_storage)
         for peer in self._peers.values():
             await peer.close()
+        for conn in self._snapshot_conns.values():
+            await conn.close()
         for conn in self._meta_conns.values():
             await conn.close()
 
@@ -319,6 +350,19 @@ class Node:
             self.replica.campaign(campaign)
 
     # ------------------------------------------------------------------ network
+    async def _snapshot_rpc(self, peer: int, op: str, fields: dict[str, Any],
+                            timeout_s: float) -> dict[str, Any]:
+        """A snapshot request to a peer, on a connection of its own (see the module docs)."""
+        address = self.members.get(peer)
+        if address is None:
+            raise errors.Unavailable(f"node {peer} is not a member of this group")
+        conn = self._snapshot_conns.get(peer)
+        if conn is None or conn.address != address:
+            if conn is not None:
+                await conn.close()
+            conn = self._snapshot_conns[peer] = wire.Connection(address, connect_timeout_s=1.0)
+        return await conn.request(op, timeout_s=timeout_s, **fields)
+
     def _send_raft(self, msg: Msg) -> None:
         link = self._peers.get(msg.to)
         if link is None:
@@ -363,21 +407,29 @@ class Node:
         while self._leaderless() and loop.time() < deadline:
             await asyncio.sleep(SERVE_POLL_S)
 
+    def _follow_engine(self, engine: StateMachine) -> None:
+        """Keep range figures of ``engine`` (at start, and after a snapshot replaced it)."""
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        self.stats = RangeStats(engine, asyncio.get_running_loop().time)
+        self.stats.attach()
+        self._stats_task = asyncio.get_running_loop().create_task(self.stats.run())
+
     async def _compactor(self) -> None:
         """Reclaim the disk space of dropped tables and moved-away ranges, in a worker thread
         (RocksDB compaction of the deleted spans), on every member."""
         while True:
             await asyncio.sleep(COMPACT_CHECK_S)
             replica = self.replica
-            if replica is None or not replica.engine.to_compact:
+            if replica is None:
                 continue
             began = asyncio.get_running_loop().time()
             # shielded: stop() waits for it before closing the engine under it
-            self._compacting = asyncio.ensure_future(
-                asyncio.to_thread(replica.engine.compact_pending))
+            self._compacting = asyncio.ensure_future(replica.compact_deleted())
             spans = await asyncio.shield(self._compacting)
-            log.info("reclaimed the space of %d deleted span(s) in %.0f ms", spans,
-                     (asyncio.get_running_loop().time() - began) * 1000)
+            if spans:
+                log.info("reclaimed the space of %d deleted span(s) in %.0f ms", spans,
+                         (asyncio.get_running_loop().time() - began) * 1000)
 
     def _count_read(self, table_id: int, key: bytes, count: int, nbytes: int) -> None:
         if self.stats is not None:
@@ -391,6 +443,8 @@ class Node:
         replica = self.replica
         if replica is None:
             raise errors.Unavailable(f"node {self.node_id} does not serve: {self.broken}")
+        if op in ("snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"):
+            return await replica.on_snapshot_request(op, body)
         if op == "content_hash":
             # For verification (``rangekv chaos``): replicas that applied the same entries agree.
             # Computed synchronously, so the hash and the applied index belong together.
@@ -398,8 +452,7 @@ class Node:
                     "hash": replica.engine.content_hash()}
         if op == "flush":
             # for operators and tests: write the index's memtable to disk now
-            await asyncio.to_thread(replica.engine.flush)
-            return {"applied": replica.engine.applied_index}
+            return {"applied": await replica.flush_engine()}
         if op in DATA_OPS:
             await self._until_serving(replica)
         try:
@@ -585,10 +638,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", required=True, type=Path, help="WAL and index live here")
     parser.add_argument("--meta", required=True,
                         help="metadata manager address(es), HOST:PORT[,HOST:PORT]")
+    parser.add_argument("--compact-entries", type=int, default=COMPACT_ENTRIES_DEFAULT,
+                        help="compact the log every N applied entries (default "
+                             f"{COMPACT_ENTRIES_DEFAULT}; also after 64 MiB of log)")
+    parser.add_argument("--compact-retain", type=int, default=COMPACT_RETAIN_DEFAULT,
+                        help="entries kept below the applied index when compacting (default "
+                             f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
     args = parser.parse_args(argv)
+    if args.compact_entries < 1 or args.compact_retain < 0:
+        parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
     setup_logging(f"node-{args.id}")
     node = Node(args.id, args.listen, args.data_dir,
-                [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise)
+                [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
+                compact_entries=args.compact_entries, compact_retain=args.compact_retain)
 
     async def run() -> None:
         stop = asyncio.Event()

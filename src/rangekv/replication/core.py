@@ -23,17 +23,47 @@ a node campaigns for an epoch at most once (its promise is durable).
   round is in flight join the next round, so one round serves many reads.
 * An older leader learns of a newer epoch from any answer and steps down.
 
+* **Compaction** (``compact(i)``, asked by the driver for ``i <= applied`` once the state
+  machine is durable through ``i``): the log forgets its entries up to ``i``, which becomes its
+  **base** ``(base_index, base_epoch)``; ``first_index = base_index + 1`` and ``epoch_at`` still
+  answers for the base. Entries at or below the base are committed, and the leader of any epoch
+  we follow holds every committed entry, so an append whose ``prev`` is below our base is
+  trimmed to start at the base (its earlier entries match ours).
+* **Snapshots**: a leader that would send a peer an append starting at or below its base
+  (``next <= base_index``: the entries are gone) asks the driver for a snapshot instead
+  (``Ready.snapshots``: peer, base index, base epoch) and marks the peer ``snapshotting``: no
+  appends or probes go to it until the driver calls ``report_snapshot(peer, ok, index)``, after
+  which it is probed from ``index + 1`` (or, on failure, asked for again at the next heartbeat;
+  the driver retries with a backoff). The driver offers the follower a snapshot of the state at
+  ``(index, snap_epoch)`` with ``offer_snapshot``, which applies Raft's InstallSnapshot rules:
+  stale if ``index <= commit`` (answered with our commit index, where the leader resumes
+  appends); if our log holds ``(index, snap_epoch)`` the log after it is kept and ``index`` is
+  committed (no transfer); otherwise the follower **installs**: it is frozen (no appends or
+  fetches accepted, nothing applied, no campaign; NEW_EPOCH is promised durably but answered
+  only once the install ends, since the log it would describe is about to change) until the
+  driver reports ``on_snapshot_installed(index, epoch)`` (state machine swapped, log reset to
+  that base, all durable: the log becomes empty with that base, commit and applied jump to
+  ``index``) or ``on_snapshot_aborted()``. Applied state never goes backward: a snapshot is
+  installed only above the commit index.
+* A candidate cannot fetch entries from a member that compacted them: such a member answers
+  the fetch as one that no longer backs it, and the campaign ends (meta chooses again).
+
 Invariants (asserted here, checked again by the simulator): a promise never decreases; one
 leader per epoch (a follower sees one sender per promised epoch); a committed entry is never
 cut; commit and applied never decrease; applied <= commit; applied <= durable; a leader appends
-only at last_index + 1 with its own epoch.
+only at last_index + 1 with its own epoch; base_index <= applied (the log holds every entry the
+state machine has not applied).
 
 The contract with the driver (like etcd-io/raft's ``Ready``)
 ------------------------------------------------------------
 Inputs: ``step(msg)``, ``tick()``, ``campaign(epoch)``, ``propose(payload)``, ``read(token)``,
-``on_synced(index, epoch)``, ``on_applied(index)``. Then the driver calls ``ready()`` and, in
-this order: persists ``hardstate`` (if any); cuts the log from ``truncate_from``; writes
-``entries``; sends ``messages`` at once; makes all of it durable (fsync) and only then sends
+``on_synced(index, epoch)``, ``on_applied(index)``, ``compact(index)``, ``report_snapshot``,
+``offer_snapshot``, ``on_snapshot_installed``, ``on_snapshot_aborted``. Then the driver calls
+``ready()`` and, in this order: persists ``hardstate`` (if any); cuts the log from
+``truncate_from``; writes ``entries``; drops the log's prefix up to ``compact_to`` (all of these
+in order with the previous readies' writes); starts sending a snapshot to each peer of
+``snapshots`` that has none in flight; sends ``messages`` at once; makes all of it durable
+(fsync) and only then sends
 ``messages_after_sync`` and calls ``on_hardstate_synced`` (if a hard state was in the batch)
 and ``on_synced``; applies ``committed`` and calls
 ``on_applied``; answers ``reads`` once applied reaches their index. Several readies may be made
@@ -44,7 +74,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from rangekv.replication.messages import (
     APPEND,
@@ -55,6 +85,7 @@ from rangekv.replication.messages import (
     HEARTBEAT_RESP,
     NEW_EPOCH,
     NEW_EPOCH_RESP,
+    SNAPSHOT,
     Entry,
     Msg,
 )
@@ -90,6 +121,22 @@ class Config:
     apply_bytes_max: int = 8 * 1024 * 1024
 
 
+class SnapshotNeed(NamedTuple):
+    """A peer needs a snapshot of the state at ``index`` or later (the leader's base then)."""
+
+    peer: int
+    index: int
+    epoch: int
+
+
+# offer_snapshot's answers
+SNAPSHOT_ACCEPT = "accept"  # install it; the follower is frozen until it ends
+SNAPSHOT_STALE = "stale"  # index <= our commit: resume appends after the index answered
+SNAPSHOT_HAVE = "have"  # our log holds it: committed now, resume appends after it
+SNAPSHOT_REFUSE = "refuse"  # not from our leader (the index answered is our promised epoch)
+SNAPSHOT_BUSY = "busy"  # another install is under way: try again later
+
+
 @dataclass
 class Ready:
     hardstate: dict[str, int] | None = None
@@ -102,12 +149,15 @@ class Ready:
     failed_reads: list[Any] = field(default_factory=list)
     became_leader: int | None = None  # the epoch whose no-op just committed
     lost_leadership: bool = False
+    compact_to: int | None = None  # drop the log's prefix up to here (the new base)
+    snapshots: list[SnapshotNeed] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (
             self.hardstate or self.truncate_from is not None or self.entries or self.messages
             or self.messages_after_sync or self.committed or self.reads or self.failed_reads
             or self.became_leader is not None or self.lost_leadership
+            or self.compact_to is not None or self.snapshots
         )
 
 
@@ -120,6 +170,7 @@ class Progress:
     heard_tick: int = 0
     acked_ctx: int = 0
     match_at_last_check: int = 0
+    snapshotting: bool = False  # a snapshot is on its way: no appends until report_snapshot
 
 
 class NotLeaderError(Exception):
@@ -155,6 +206,9 @@ class Core:
         self.serving = False
         self.ticks = 0
 
+        # The log's base: its entries up to here were compacted (or came in a snapshot).
+        self.base_index = log.first_index - 1
+        self.base_epoch = log.epoch_at(self.base_index)
         self.last_index = log.last_index
         self.last_epoch = log.epoch_at(self.last_index) if self.last_index else 0
         # The driver syncs the whole log once on open, so everything in it is durable.
@@ -165,7 +219,8 @@ class Core:
         self._hand_from = self.last_index + 1  # first unstable index not yet handed out
         self._pending_truncate: int | None = None
 
-        assert applied_index <= self.last_index, (applied_index, self.last_index)
+        assert self.base_index <= applied_index <= self.last_index, (
+            self.base_index, applied_index, self.last_index)
         self.commit = applied_index
         self.applied = applied_index
         self._apply_next = applied_index + 1
@@ -186,6 +241,11 @@ class Core:
         self._fetch_prev = 0
         self.campaign_tick = 0
 
+        # snapshots (follower side): the offer being installed, (leader, epoch, index, epoch)
+        self.installing: tuple[int, int, int, int] | None = None
+        self._deferred_promise_to: int | None = None  # NEW_EPOCH_RESP held during an install
+        self._pending_compact: int | None = None
+
         self._out = Ready()
         self._hardstate_dirty = False
 
@@ -197,10 +257,15 @@ class Core:
     def peers(self) -> list[int]:
         return [m for m in self.members if m != self.id]
 
+    @property
+    def first_index(self) -> int:
+        return self.base_index + 1
+
     def epoch_at(self, index: int) -> int:
-        if index == 0:
-            return 0
-        assert 0 < index <= self.last_index, (index, self.last_index)
+        if index == self.base_index:
+            return self.base_epoch
+        assert self.base_index < index <= self.last_index, (index, self.base_index,
+                                                           self.last_index)
         if index >= self.unstable_offset:
             entry = self.unstable[index - self.unstable_offset]
             assert entry.index == index
@@ -209,7 +274,8 @@ class Core:
 
     def entries(self, lo: int, hi: int, bytes_max: int) -> list[Entry]:
         """Entries lo <= index < hi, at least one, stopping past ``bytes_max``."""
-        assert 1 <= lo <= hi <= self.last_index + 1, (lo, hi, self.last_index)
+        assert self.first_index <= lo <= hi <= self.last_index + 1, (
+            lo, hi, self.first_index, self.last_index)
         out: list[Entry] = []
         size = 0
         if lo < self.unstable_offset:
@@ -332,6 +398,16 @@ class Core:
         if not self._round_in_flight:
             self._start_read_round()
 
+    def _snapshot_answer(self, index: int, snap_epoch: int) -> str:
+        """InstallSnapshot's rules for an offer of the state at (index, snap_epoch): stale at or
+        below our commit index (installing it would take applied state backward); if our log
+        holds the entry, keep the log after it; else install."""
+        if index <= self.commit:
+            return SNAPSHOT_STALE
+        if self.base_index <= index <= self.last_index and self.epoch_at(index) == snap_epoch:
+            return SNAPSHOT_HAVE
+        return SNAPSHOT_ACCEPT
+
     def _observe_epoch(self, msg: Msg) -> bool:
         """Handle the sender's epoch; False if the message is from the past and was answered."""
         if self._is_stale(msg.epoch):
@@ -363,7 +439,7 @@ class Core:
                                                         heard_tick=self.ticks))
 
     def campaign(self, epoch: int) -> None:
-        if epoch <= self.promised or self.id not in self.members:
+        if epoch <= self.promised or self.id not in self.members or self.installing is not None:
             return
         if self.role == LEADER:
             self._step_down(None)
@@ -423,8 +499,8 @@ class Core:
 
     def on_synced(self, index: int, epoch: int) -> None:
         """Entries up to ``index`` (whose entry had ``epoch``) are durable."""
-        if index > self.last_index or index <= self.stable:
-            return
+        if index > self.last_index or index <= self.stable or self.installing is not None:
+            return  # (while installing, the log on disk is about to be replaced)
         if self.epoch_at(index) != epoch:
             return  # cut and rewritten since: a later sync will report it
         self.stable = index
@@ -462,6 +538,9 @@ class Core:
 
     # ------------------------------------------------------------------ member side
     def _on_new_epoch(self, msg: Msg) -> None:
+        if self.installing is not None:
+            self._promise_while_installing(msg)
+            return
         if msg.epoch > self.promised or (msg.epoch == self.promised
                                           and self.promised_to == msg.frm):
             if self.role in (LEADER, CANDIDATE) and msg.epoch > self.promised:
@@ -491,6 +570,10 @@ class Core:
         if not self._observe_epoch(msg):
             return
         self._follow(msg)
+        if self.installing is not None:
+            return  # frozen: the leader sends again once the install ended
+        if msg.index < self.base_index:
+            msg = self._skip_compacted(msg)
         prev = msg.index
         if not self._log_matches(prev, msg.log_epoch):
             # Log matching: everything up to our commit index equals the leader's log.
@@ -514,13 +597,16 @@ class Core:
         self._follow(msg)
         # The leader sends commit = min(its commit, what it knows we match).
         new_commit = min(msg.commit, self.last_index)
-        if new_commit > self.commit:
+        if new_commit > self.commit and self.installing is None:
             self.commit = new_commit
         self._send(self._msg(HEARTBEAT_RESP, msg.frm, ctx=msg.ctx, index=self.last_index))
 
     def _on_fetch(self, msg: Msg) -> None:
-        if msg.epoch != self.promised or self.promised_to != msg.frm:
-            # We no longer back this candidate (we promised a later epoch).
+        if self.installing is not None:
+            return  # frozen: the candidate asks again (or gives up)
+        if msg.epoch != self.promised or self.promised_to != msg.frm or msg.index < self.base_index:
+            # We no longer back this candidate (we promised a later epoch), or it lacks entries
+            # we compacted: we cannot bring its log up to ours, so its campaign must end.
             self._send(self._msg(FETCH_RESP, msg.frm, reject=True, done=True, index=msg.index,
                                  ctx=msg.index))
             return
@@ -579,7 +665,8 @@ class Core:
         if msg.epoch < self.promised or msg.ctx != self._fetch_prev:
             return  # a stale or duplicated answer to an earlier fetch (ctx echoes its prev)
         if msg.reject:
-            self._send_fetch(min(msg.index, self.last_index))
+            # (never below our base: entries up to it are committed, so they match)
+            self._send_fetch(max(min(msg.index, self.last_index), self.base_index))
             return
         if msg.entries:
             self._append_from_leader(msg.entries)
@@ -612,6 +699,11 @@ class Core:
     # ------------------------------------------------------------------ leader side
     def _send_append(self, peer: int) -> None:
         pr = self.progress[peer]
+        if pr.snapshotting:
+            return
+        if pr.next <= self.base_index:
+            self._need_snapshot(peer)  # the entries it needs next were compacted
+            return
         if pr.probing and pr.probe_sent:
             return
         if not pr.probing and pr.next > self.last_index:
@@ -723,6 +815,123 @@ class Core:
             if self._reads_waiting:
                 self._start_read_round()
 
+    # ------------------------------------------------------------------ compaction, snapshots
+    def compact(self, index: int) -> None:
+        """Forget the log up to ``index``, which becomes the base (``Ready.compact_to`` asks the
+        driver to drop it from the log). The driver has made the state machine durable through
+        ``index``: those entries can no longer be replayed."""
+        assert self.base_index <= index <= self.applied, (self.base_index, index, self.applied)
+        if index == self.base_index:
+            return
+        assert index < self.unstable_offset, (index, self.unstable_offset)  # applied: durable
+        self.base_epoch = self.epoch_at(index)
+        self.base_index = index
+        self._pending_compact = index
+
+    def report_snapshot(self, peer: int, ok: bool, index: int = 0) -> None:
+        """The driver's snapshot for ``peer`` ended. ``ok``: the peer holds the state up to
+        ``index`` (installed, or it had it: the answer to the offer), so appends resume after
+        it. Not ok: the peer is asked for again at a later heartbeat (the driver backs off)."""
+        if self.role != LEADER:
+            return
+        pr = self.progress.get(peer)
+        if pr is None or not pr.snapshotting:
+            return
+        pr.snapshotting = False
+        pr.probing = True
+        pr.probe_sent = False
+        if ok:
+            pr.heard_tick = self.ticks
+            pr.next = min(max(index, pr.match), self.last_index) + 1
+            self._send_append(peer)
+
+    def _need_snapshot(self, peer: int) -> None:
+        pr = self.progress[peer]
+        pr.snapshotting = True
+        pr.probing = True
+        pr.probe_sent = False
+        self._out.snapshots.append(SnapshotNeed(peer, self.base_index, self.base_epoch))
+
+    def offer_snapshot(self, frm: int, epoch: int, index: int, snap_epoch: int) -> tuple[str, int]:
+        """The leader ``frm`` of ``epoch`` offers the state at (``index``, ``snap_epoch``): a
+        committed entry of its log. Returns (answer, index): see the SNAPSHOT_* constants.
+        On SNAPSHOT_ACCEPT the follower is frozen until ``on_snapshot_installed`` or
+        ``on_snapshot_aborted``."""
+        if self.role == IDLE or frm not in self.members or frm == self.id:
+            return SNAPSHOT_REFUSE, self.promised
+        if epoch < self.promised:
+            return SNAPSHOT_REFUSE, self.promised  # not my leader: it learns of our epoch
+        if self.installing is not None:
+            return SNAPSHOT_BUSY, 0
+        self._follow(Msg(SNAPSHOT, frm, self.id, epoch, index=index, log_epoch=snap_epoch))
+        answer = self._snapshot_answer(index, snap_epoch)
+        if answer == SNAPSHOT_STALE:
+            return SNAPSHOT_STALE, self.commit
+        if answer == SNAPSHOT_HAVE:
+            # Our log holds it: everything up to it is the leader's committed log. Keep the log
+            # after it (as Raft's InstallSnapshot does) and apply from our own entries.
+            self.commit = max(self.commit, index)
+            return SNAPSHOT_HAVE, index
+        self.installing = (frm, epoch, index, snap_epoch)
+        return SNAPSHOT_ACCEPT, index
+
+    def on_snapshot_installed(self, index: int, epoch: int) -> None:
+        """The driver installed the accepted snapshot and made it durable: the state machine
+        holds the state up to ``index``, and the log is empty with the base (index, epoch)."""
+        assert self.installing is not None and self.installing[2:] == (index, epoch), (
+            self.installing, index, epoch)
+        assert index > self.commit >= self.applied, ("snapshot would take applied state back",
+                                                     index, self.commit, self.applied)
+        self._reset_to_snapshot(index, epoch)
+
+    def _reset_to_snapshot(self, index: int, epoch: int) -> None:
+        self.base_index, self.base_epoch = index, epoch
+        self.last_index, self.last_epoch = index, epoch
+        self.stable = index
+        self.unstable = []
+        self.unstable_offset = index + 1
+        self._written_last = index
+        self._hand_from = index + 1
+        self._pending_truncate = None
+        self._pending_compact = None
+        self.commit = self.applied = index
+        self._apply_next = index + 1
+        self._end_install()
+
+    def on_snapshot_aborted(self) -> None:
+        """The accepted snapshot will not be installed (transfer failed or timed out); the log
+        and state machine are as they were."""
+        if self.installing is not None:
+            self._end_install()
+
+    def _end_install(self) -> None:
+        self.installing = None
+        to, self._deferred_promise_to = self._deferred_promise_to, None
+        if to is not None and self.promised_to == to:
+            # The promise made meanwhile is answered now, with the log as it is.
+            self._send(self._msg(NEW_EPOCH_RESP, to, index=self.last_index,
+                                 log_epoch=self.last_epoch))
+
+    def _promise_while_installing(self, msg: Msg) -> None:
+        """NEW_EPOCH during an install: promise as usual (durably: the older leader is fenced),
+        but answer with our log only once the install ended, since it is about to change."""
+        assert self.role == FOLLOWER, (self.role, msg)  # leaders and candidates never install
+        if msg.epoch > self.promised or (msg.epoch == self.promised
+                                          and self.promised_to == msg.frm):
+            self._set_promise(msg.epoch, msg.frm)
+            self.leader = msg.frm
+            self._deferred_promise_to = msg.frm
+        else:
+            self._send(self._msg(NEW_EPOCH_RESP, msg.frm, reject=True))
+
+    def _skip_compacted(self, msg: Msg) -> Msg:
+        """An append whose ``prev`` is below our base, seen from the base: its entries up to our
+        base are committed, hence equal to ours (the leader of our epoch holds every committed
+        entry), and need not be checked or written again."""
+        entries = [e for e in msg.entries if e.index > self.base_index]
+        return Msg(msg.type, msg.frm, msg.to, msg.epoch, index=self.base_index,
+                   log_epoch=self.base_epoch, commit=msg.commit, entries=entries, ctx=msg.ctx)
+
     # ------------------------------------------------------------------ output
     def ready(self) -> Ready:
         if self.role == LEADER and self._needs_broadcast:
@@ -742,8 +951,11 @@ class Core:
             out.entries = self.unstable[self._hand_from - self.unstable_offset:]
             self._hand_from = self.last_index + 1
             self._written_last = self.last_index
+        if self._pending_compact is not None:
+            out.compact_to = self._pending_compact
+            self._pending_compact = None
         upto = self._apply_limit()
-        if self._apply_next <= upto:
+        if self._apply_next <= upto and self.installing is None:
             out.committed = self.entries(self._apply_next, upto + 1, self.cfg.apply_bytes_max)
             self._apply_next = out.committed[-1].index + 1
         return out

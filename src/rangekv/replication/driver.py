@@ -17,6 +17,28 @@ entries the core knows to be durable (below its unstable offset), by pread.
 Invariant kept here: a client write is acknowledged only after its entry is committed (durable
 on a majority) and applied on this leader.
 
+Compaction: after every ``compact_entries`` applied entries (or ``COMPACT_WAL_BYTES`` appended to
+the log) the driver flushes the state machine (RocksDB's own WAL is off, so the flush is what
+makes it durable, and what bounds the entries a restart replays) and asks the core to compact
+up to ``applied - compact_retain`` at most: never
+beyond the flushed applied index, never beyond a snapshot being sent (``_pins``), and, on a
+leader, never beyond what a live peer still needs unless that peer is more than the retain window
+behind that point (it then gets a snapshot instead). The log's prefix is dropped by the persist
+task, in order with the writes.
+
+Snapshots (see ``storage/snapshot.py`` for the files, ``core.py`` for the rules): for each
+``Ready.snapshots`` need, one task per peer (one snapshot in flight per peer) waits out the
+peer's backoff, takes (or shares) a checkpoint of the state machine in a worker thread, and
+streams it over ``snapshot_rpc`` (a request per chunk of at most 1 MiB, each answered: flow
+control, and a refused chunk is an error answer) as ``snapshot_begin`` (the offer, answered by
+the follower's core), ``snapshot_chunk``..., ``snapshot_end`` (answered once installed and
+durable); then it reports to the core. Failures are retried with a doubling backoff (at most
+``SNAPSHOT_BACKOFF_MAX_S``). The follower's side receives into a staging directory, verifies
+it, then closes its state machine, has the persist task commit the install (marker, swap, log
+reset: all durable), reopens the state machine and tells the core. An offer whose transfer goes
+quiet for ``SNAPSHOT_IDLE_S`` is aborted (the core unfreezes). While the state machine is closed,
+``engine`` raises ``unavailable``.
+
 Disk failures: an error from a write or an fsync of the WAL or the hard state stops the process
 at once, from the persist thread (exit status ``EXIT_DISK_FAILURE``, one CRITICAL log line that
 names the call, the file and the errno). Nothing in the failed batch has been acknowledged:
@@ -29,19 +51,38 @@ last successful sync) and catches up from the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rangekv import errors, sequencer
-from rangekv.replication.core import LEADER, Config, Core, NotLeaderError, Ready
+from rangekv.replication.core import (
+    LEADER,
+    SNAPSHOT_ACCEPT,
+    SNAPSHOT_BUSY,
+    SNAPSHOT_HAVE,
+    SNAPSHOT_STALE,
+    Config,
+    Core,
+    NotLeaderError,
+    Ready,
+    SnapshotNeed,
+)
 from rangekv.replication.messages import Entry, Msg
-from rangekv.storage import hardstate
-from rangekv.storage.engine import StateMachine, decode_command, encode_command
+from rangekv.storage import hardstate, snapshot
+from rangekv.storage.engine import (
+    StateMachine,
+    checkpoint_applied_index,
+    decode_command,
+    encode_command,
+    open_rocks,
+)
+from rangekv.storage.snapshot import Chunk, Manifest, Receiver, SnapshotInvalid
 from rangekv.storage.wal import WAL
 
 log = logging.getLogger("rangekv.replica")
@@ -52,6 +93,18 @@ READ_TIMEOUT_S = 5.0
 EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h)
 EXIT_DISK_FAILURE = 74  # EX_IOERR: the disk failed a write or an fsync
 
+COMPACT_ENTRIES_DEFAULT = 10_000  # compact after this many applied entries ...
+COMPACT_WAL_BYTES = 64 * 1024 * 1024  # ... or this many bytes appended to the log
+COMPACT_RETAIN_DEFAULT = 2_000  # entries kept below the applied index
+SNAPSHOT_RPC_TIMEOUT_S = 10.0  # per offer or chunk
+SNAPSHOT_END_TIMEOUT_S = 120.0  # the follower verifies, fsyncs and installs before answering
+SNAPSHOT_IDLE_S = 15.0  # a follower aborts an offer whose transfer went quiet this long
+SNAPSHOT_BACKOFF_MIN_S = 0.2
+SNAPSHOT_BACKOFF_MAX_S = 5.0
+
+# (peer, op, fields, timeout_s) -> the reply's fields; raises RangeKVError
+SnapshotRPC = Callable[[int, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
+
 
 def _exit_process(code: int) -> NoReturn:
     """Stop the whole process now: every thread, no cleanup that could touch the disk again.
@@ -60,7 +113,7 @@ def _exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _crash_on_error(task: asyncio.Task[None]) -> None:
+def _crash_on_error(task: asyncio.Task[Any]) -> None:
     """A replica task that dies of an exception leaves the node unable to make progress or,
     for a broken invariant, untrustworthy: stop the process loudly instead of limping on."""
     if task.cancelled() or task.exception() is None:
@@ -94,6 +147,31 @@ class _Batch:
     truncate_from: int | None
     entries: list[Entry]
     after_sync: list[Msg] = field(default_factory=list)
+    compact_to: int | None = None  # drop the log's prefix up to here
+    install: tuple[int, int] | None = None  # commit the staged snapshot (index, epoch)
+    done: asyncio.Future[None] | None = None  # set once the batch is durable
+
+
+@dataclass
+class _Outgoing:
+    """A checkpoint being sent (shared by the peers that need one)."""
+
+    directory: Path
+    manifest: Manifest
+    users: int = 0
+    retired: bool = False  # a newer one replaced it: remove once unused
+
+
+@dataclass
+class _Incoming:
+    """The snapshot this follower is receiving (its core is frozen meanwhile)."""
+
+    frm: int
+    epoch: int
+    manifest: Manifest
+    receiver: Receiver
+    last_activity: float
+    committing: bool = False
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -131,12 +209,23 @@ class Replica:
         engine: StateMachine,
         hardstate_path: Path,
         send: Callable[[Msg], None],
+        *,
+        snapshot_rpc: SnapshotRPC | None = None,
+        compact_entries: int = COMPACT_ENTRIES_DEFAULT,
+        compact_retain: int = COMPACT_RETAIN_DEFAULT,
+        data_dir: Path | None = None,
     ) -> None:
+        assert compact_entries >= 1 and compact_retain >= 0, (compact_entries, compact_retain)
         self.node_id = node_id
         self.wal = wal
-        self.engine = engine
+        self._engine: StateMachine | None = engine
         self.hardstate_path = hardstate_path
+        # index/, the snapshot staging and outgoing directories live beside the hard state
+        self.data_dir = data_dir if data_dir is not None else hardstate_path.parent
         self._send_msg = send
+        self._snapshot_rpc = snapshot_rpc
+        self.compact_entries = compact_entries
+        self.compact_retain = compact_retain
         hard = hardstate.load(hardstate_path)
         assert engine.applied_index <= wal.last_index, (
             "state machine is ahead of the log", engine.applied_index, wal.last_index)
@@ -153,7 +242,27 @@ class Replica:
         self._persist_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self.stats = {"fsyncs": 0, "entries_written": 0, "applied": 0, "leader_changes": 0}
+        # compaction
+        self.durable_applied = engine.applied_index  # flushed: a restart replays after it
+        self.replayed_on_start = wal.last_index - engine.applied_index
+        self._compacted_at = engine.applied_index  # applied index at the last compaction
+        self._compact_bytes_mark = wal.bytes_written
+        self._compacting = False
+        self._engine_lock = asyncio.Lock()  # flush, checkpoint and install use the engine
+        # told of the new state machine once a snapshot install replaced the old one
+        self.on_engine_replaced: Callable[[StateMachine], None] | None = None
+        # snapshots
+        self._sending: dict[int, asyncio.Task[None]] = {}
+        self._backoff: dict[int, float] = {}
+        self._outgoing: _Outgoing | None = None
+        self._outgoing_seq = itertools.count(1)
+        self._checkpoint_lock = asyncio.Lock()
+        self._pins: list[int] = []  # compaction never passes these (snapshots being sent)
+        self._incoming: _Incoming | None = None
+        self._install_task: asyncio.Task[dict[str, Any]] | None = None
+        self.stats = {"fsyncs": 0, "entries_written": 0, "applied": 0, "leader_changes": 0,
+                      "compactions": 0, "snapshots_sent": 0, "snapshots_failed": 0,
+                      "snapshots_installed": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -165,12 +274,45 @@ class Replica:
         for task in self._tasks:
             task.add_done_callback(_crash_on_error)
 
+    @property
+    def engine(self) -> StateMachine:
+        """The state machine; ``unavailable`` while a snapshot install has it closed."""
+        if self._engine is None:
+            raise errors.Unavailable(f"node {self.node_id} is installing a snapshot")
+        return self._engine
+
+    async def flush_engine(self) -> int:
+        """Write the state machine's memtable to disk now; the applied index flushed."""
+        async with self._engine_lock:
+            engine = self.engine
+            await asyncio.to_thread(engine.flush)
+            return engine.applied_index
+
+    async def compact_deleted(self) -> int:
+        """Reclaim the space of data deleted by drops (``StateMachine.compact_pending``) in a
+        worker thread, never while a flush, checkpoint or install has the engine."""
+        async with self._engine_lock:
+            engine = self._engine
+            if engine is None or not engine.to_compact:
+                return 0
+            return await asyncio.to_thread(engine.compact_pending)
+
+    def close_storage(self) -> None:
+        """Close the state machine (if open) and the log (after ``stop``)."""
+        if self._engine is not None:
+            self._engine.close()
+        self.wal.close()
+
     async def stop(self) -> None:
+        if self._install_task is not None and not self._install_task.done():
+            # An install past its point of no return finishes (it needs the persist task).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._install_task), SNAPSHOT_END_TIMEOUT_S)
         self._closing = True
         self._persist_wakeup.set()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._sending.values()]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._sending.values()]:
             try:
                 await task
             except asyncio.CancelledError:
@@ -195,15 +337,29 @@ class Replica:
     def step(self, msg: Msg) -> None:
         self.core.step(msg)
         self._process()
+        self._abort_incoming_if_fenced()
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_MS / 1000)
             self.core.tick()
             self._process()
+            self._check_incoming_idle()
+            self._maybe_compact()
 
     def status(self) -> dict[str, Any]:
-        return self.core.status()
+        status = self.core.status()
+        status.update(
+            log_first_index=self.core.first_index,
+            # Entries a restart would replay: those after the last applied index known to be
+            # flushed (RocksDB may have flushed more by itself; never less).
+            replay_entries=self.core.last_index - self.durable_applied,
+            replayed_on_start=self.replayed_on_start,
+            installing_snapshot=self.core.installing is not None,
+            snapshots_installed=self.stats["snapshots_installed"],
+            snapshots_sent=self.stats["snapshots_sent"],
+        )
+        return status
 
     # ------------------------------------------------------------------ client operations
     def not_leader(self) -> errors.NotLeader:
@@ -276,13 +432,17 @@ class Replica:
             self._handle(rd)
 
     def _handle(self, rd: Ready) -> None:
-        if rd.hardstate or rd.truncate_from is not None or rd.entries or rd.messages_after_sync:
+        if (rd.hardstate or rd.truncate_from is not None or rd.entries or rd.messages_after_sync
+                or rd.compact_to is not None):
             self._batches.append(
-                _Batch(rd.hardstate, rd.truncate_from, rd.entries, rd.messages_after_sync)
+                _Batch(rd.hardstate, rd.truncate_from, rd.entries, rd.messages_after_sync,
+                       compact_to=rd.compact_to)
             )
             self._persist_wakeup.set()
         for msg in rd.messages:
             self._send_msg(msg)
+        for need in rd.snapshots:
+            self._start_sending(need)
         if rd.committed:
             self._apply(rd.committed)
         for token, read_index in rd.reads:
@@ -302,10 +462,12 @@ class Replica:
         self._release_reads()
 
     def _apply(self, entries: list[Entry]) -> None:
-        results = self.engine.apply([(e.index, e.payload) for e in entries])
+        engine = self._engine
+        assert engine is not None, "applying while a snapshot install has the engine closed"
+        results = engine.apply([(e.index, e.payload) for e in entries])
         assert len(results) == len(entries)
-        if self.engine.last_seq > self.last_seq:
-            self.last_seq = self.engine.last_seq
+        if engine.last_seq > self.last_seq:
+            self.last_seq = engine.last_seq
         for entry, result in zip(entries, results, strict=True):
             waiting = self._proposals.pop(entry.index, None)
             if waiting is None:
@@ -321,11 +483,12 @@ class Replica:
                     "write was replaced by a new leader's log and not applied"))
         self.core.on_applied(entries[-1].index)
         self.stats["applied"] += len(entries)
+        self._maybe_compact()
 
     def _release_reads(self) -> None:
         if not self._reads:
             return
-        applied = self.engine.applied_index
+        applied = self.core.applied
         keep = []
         for read_index, fut in self._reads:
             if fut.done():
@@ -339,6 +502,7 @@ class Replica:
     def _on_became_leader(self, epoch: int) -> None:
         self.stats["leader_changes"] += 1
         self.last_seq = max(self.last_seq, highest_seq(self.core, self.engine))
+        self._backoff.clear()  # a new term: peers get their snapshots without waiting
         log.info("leading epoch %d (last index %d)", epoch, self.core.last_index)
 
     def _fail_proposals(self, err: errors.RangeKVError) -> None:
@@ -373,6 +537,10 @@ class Replica:
                     self.wal.truncate_suffix(batch.truncate_from)
                 if batch.entries:
                     self.wal.append([(e.epoch, e.index, e.payload) for e in batch.entries])
+                if batch.compact_to is not None:
+                    self.wal.drop_prefix(batch.compact_to)
+                if batch.install is not None:
+                    snapshot.install(self.data_dir, *batch.install, self.wal)
             self.wal.sync()
         except OSError as err:
             log.critical(
@@ -407,7 +575,357 @@ class Replica:
             for batch in batches:
                 for msg in batch.after_sync:
                     self._send_msg(msg)
+                if batch.done is not None and not batch.done.done():
+                    batch.done.set_result(None)
             last = self.wal.last_index
             if last:
                 self.core.on_synced(last, self.wal.epoch_at(last))
             self._process()
+
+    # ------------------------------------------------------------------ compaction
+    def compaction_target(self) -> int:
+        """The highest index the log may be compacted to now (see the module docstring)."""
+        core = self.core
+        target = core.applied - self.compact_retain
+        if core.role == LEADER:
+            for pr in core.progress.values():
+                live = core.ticks - pr.heard_tick <= core.cfg.quorum_ticks
+                # A live peer within one more retain window keeps what it needs (appends are
+                # cheaper than a snapshot); one further behind gets a snapshot.
+                if live and not pr.snapshotting and pr.match >= target - self.compact_retain:
+                    target = min(target, pr.match)
+        for pin in self._pins:
+            target = min(target, pin)
+        return max(target, core.base_index)
+
+    def _maybe_compact(self) -> None:
+        if self._compacting or self._closing or self.core.installing is not None:
+            return
+        due = (self.core.applied - self._compacted_at >= self.compact_entries
+               or self.wal.bytes_written - self._compact_bytes_mark >= COMPACT_WAL_BYTES)
+        if not due:
+            return
+        self._compacting = True
+        task = asyncio.get_running_loop().create_task(self._compact(), name="compact")
+        task.add_done_callback(_crash_on_error)
+
+    async def _compact(self) -> None:
+        """Flush the state machine (so that a restart replays at most about ``compact_entries``
+        entries, whatever the log keeps), then compact the log up to the target, never past
+        what the flush made durable."""
+        try:
+            self._compacted_at = self.core.applied
+            self._compact_bytes_mark = self.wal.bytes_written
+            async with self._engine_lock:
+                engine = self._engine
+                if engine is None:
+                    return
+                flushed = engine.applied_index  # the flush makes at least this much durable
+                await asyncio.to_thread(engine.flush)
+            self.durable_applied = max(self.durable_applied, flushed)
+            target = min(self.compaction_target(), flushed)
+            if target > self.core.base_index and self.core.installing is None:
+                self.core.compact(target)
+                self.stats["compactions"] += 1
+                self._process()
+        finally:
+            self._compacting = False
+
+    # ------------------------------------------------------------------ snapshots: leader side
+    def _start_sending(self, need: SnapshotNeed) -> None:
+        task = self._sending.get(need.peer)
+        if task is not None and not task.done():
+            return  # one snapshot in flight per peer (the core asks only once per attempt)
+        task = asyncio.get_running_loop().create_task(self._send_snapshot(need),
+                                                      name=f"snapshot-to-{need.peer}")
+        task.add_done_callback(_crash_on_error)
+        self._sending[need.peer] = task
+
+    async def _send_snapshot(self, need: SnapshotNeed) -> None:
+        """One attempt to bring ``need.peer`` a snapshot; always ends with report_snapshot."""
+        peer = need.peer
+        delay = self._backoff.get(peer, 0.0)
+        ok, index, failed = False, 0, False
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            ok, index, failed = await self._try_snapshot(need)
+        except asyncio.CancelledError:
+            raise
+        except (errors.RangeKVError, OSError) as err:
+            failed = True
+            log.warning("snapshot to node %d failed (retry in %.1f s): %s", peer,
+                        min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay), SNAPSHOT_BACKOFF_MAX_S), err)
+        finally:
+            if self._sending.get(peer) is asyncio.current_task():
+                del self._sending[peer]
+        if ok:
+            self._backoff[peer] = 0.0
+            self.stats["snapshots_sent"] += 1
+        elif failed:
+            self._backoff[peer] = min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay),
+                                      SNAPSHOT_BACKOFF_MAX_S)
+            self.stats["snapshots_failed"] += 1
+        else:  # not tried (peer silent, or no longer leading): nothing was spent
+            self._backoff[peer] = SNAPSHOT_BACKOFF_MIN_S
+        self.core.report_snapshot(peer, ok, index)
+        self._process()
+
+    async def _try_snapshot(self, need: SnapshotNeed) -> tuple[bool, int, bool]:
+        """(ok, index the peer holds, whether a transfer was tried and failed)."""
+        peer, epoch = need.peer, self.core.promised
+        if self._snapshot_rpc is None:
+            raise errors.Unavailable("this replica has no way to send snapshots")
+        pr = self.core.progress.get(peer)
+        if (self.core.role != LEADER or pr is None
+                or self.core.ticks - pr.heard_tick > self.core.cfg.quorum_ticks):
+            # A checkpoint reads the whole state: not for a peer that does not answer (it gets
+            # one soon after it answers heartbeats again).
+            return False, 0, False
+        # Compaction stays at or below the snapshot (at least this applied index), so that the
+        # peer can go on with appends after it.
+        pin = self.core.applied
+        self._pins.append(pin)
+        try:
+            outgoing = await self._acquire_checkpoint(need.index)
+            try:
+                self._pins.append(outgoing.manifest.index)
+                self._pins.remove(pin)
+                pin = outgoing.manifest.index
+                ok, index = await self._stream(peer, epoch, outgoing)
+                return ok, index, not ok
+            finally:
+                self._release_checkpoint(outgoing)
+        finally:
+            self._pins.remove(pin)
+
+    async def _acquire_checkpoint(self, min_index: int) -> _Outgoing:
+        """A checkpoint at ``min_index`` or later: the current one, or a new one."""
+        async with self._checkpoint_lock:
+            current = self._outgoing
+            if current is not None and current.manifest.index >= min_index:
+                current.users += 1
+                return current
+            async with self._engine_lock:
+                engine = self.engine
+                seq = next(self._outgoing_seq)
+                started = asyncio.get_running_loop().time()
+                try:
+                    directory, index = await asyncio.to_thread(
+                        snapshot.create, engine.checkpoint, self.data_dir, seq)
+                except Exception as err:  # noqa: BLE001 - RocksDB's errors are plain exceptions
+                    # (e.g. the disk is full: the state machine itself is fine; try later)
+                    await asyncio.to_thread(snapshot.remove_outgoing,
+                                            self.data_dir / f"{snapshot.OUTGOING_PREFIX}{seq}")
+                    raise errors.Unavailable(f"checkpoint failed: {err}") from None
+            # (on the loop: the core is not thread-safe; the pins keep the index above the base)
+            epoch = self.core.epoch_at(index)
+            manifest = await asyncio.to_thread(snapshot.describe, directory, index, epoch)
+            log.info("checkpoint for snapshots at index %d: %d files, %d bytes, %.3f s",
+                     manifest.index, len(manifest.files), manifest.total_bytes,
+                     asyncio.get_running_loop().time() - started)
+            if current is not None:
+                current.retired = True  # its users remove it when they are done
+            self._outgoing = _Outgoing(directory, manifest, users=1)
+            return self._outgoing
+
+    def _release_checkpoint(self, outgoing: _Outgoing) -> None:
+        """A checkpoint lives as long as sends use it (a later need takes a fresh one)."""
+        outgoing.users -= 1
+        if outgoing.users == 0:
+            if self._outgoing is outgoing:
+                self._outgoing = None
+            snapshot.remove_outgoing(outgoing.directory)
+
+    async def _stream(self, peer: int, epoch: int, outgoing: _Outgoing) -> tuple[bool, int]:
+        """Offer, send every chunk, end; (ok, index the peer now holds)."""
+        assert self._snapshot_rpc is not None
+        rpc = self._snapshot_rpc
+        manifest = outgoing.manifest
+        ident = {"frm": self.node_id, "epoch": epoch, "index": manifest.index}
+        reply = await rpc(peer, "snapshot_begin", {**ident, "manifest": manifest.to_wire()},
+                          SNAPSHOT_RPC_TIMEOUT_S)
+        answer, index = reply.get("answer"), reply.get("index")
+        if answer in (SNAPSHOT_STALE, SNAPSHOT_HAVE) and isinstance(index, int):
+            log.info("node %d needs no snapshot at %d (%s, resume after %d)", peer,
+                     manifest.index, answer, index)
+            return True, index
+        if answer != SNAPSHOT_ACCEPT:
+            raise errors.Unavailable(f"node {peer} did not take the snapshot: {answer}")
+        log.info("sending node %d a snapshot at index %d (%d bytes)", peer, manifest.index,
+                 manifest.total_bytes)
+        try:
+            chunks = snapshot.chunks(outgoing.directory, manifest)
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                if self.core.role != LEADER or self.core.promised != epoch:
+                    raise errors.Unavailable("lost leadership while sending a snapshot")
+                await rpc(peer, "snapshot_chunk", {**ident, "file": chunk.file,
+                                                   "offset": chunk.offset, "data": chunk.data,
+                                                   "crc": chunk.crc}, SNAPSHOT_RPC_TIMEOUT_S)
+            await rpc(peer, "snapshot_end", ident, SNAPSHOT_END_TIMEOUT_S)
+        except BaseException:
+            # Let the follower unfreeze now rather than after SNAPSHOT_IDLE_S (best effort).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(rpc(peer, "snapshot_abort", ident, 1.0), 1.0)
+            raise
+        log.info("node %d installed the snapshot at index %d", peer, manifest.index)
+        return True, manifest.index
+
+    # ------------------------------------------------------------------ snapshots: follower side
+    async def on_snapshot_request(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``snapshot_begin|chunk|end|abort`` from a leader (see docs/internals.md)."""
+        frm, epoch, index = (_uint_field(body, k) for k in ("frm", "epoch", "index"))
+        if op == "snapshot_begin":
+            return await self._snapshot_begin(frm, epoch, Manifest.from_wire(body.get("manifest")))
+        inc = self._incoming
+        if inc is None or (inc.frm, inc.epoch, inc.manifest.index) != (frm, epoch, index):
+            raise SnapshotInvalid(f"node {self.node_id} is not receiving a snapshot at {index} "
+                                  f"from node {frm} in epoch {epoch}")
+        if op == "snapshot_abort":
+            if not inc.committing:
+                await self._abort_incoming("the leader gave up")
+            return {}
+        if inc.committing:
+            raise errors.Unavailable("the snapshot is being installed")
+        inc.last_activity = asyncio.get_running_loop().time()
+        if op == "snapshot_chunk":
+            chunk = Chunk(_uint_field(body, "file"), _uint_field(body, "offset"),
+                          body.get("data"), _uint_field(body, "crc"))  # type: ignore[arg-type]
+            try:
+                await asyncio.to_thread(inc.receiver.write, chunk)
+            except SnapshotInvalid as err:
+                await self._abort_incoming(f"bad chunk: {err}")
+                raise
+            inc.last_activity = asyncio.get_running_loop().time()
+            return {}
+        if op == "snapshot_end":
+            self._install_task = asyncio.get_running_loop().create_task(self._install(inc))
+            self._install_task.add_done_callback(_crash_unless_refused)
+            return await asyncio.shield(self._install_task)
+        raise errors.InvalidArgument(f"unknown snapshot op {op!r}")
+
+    async def _snapshot_begin(self, frm: int, epoch: int, manifest: Manifest) -> dict[str, Any]:
+        inc = self._incoming
+        if inc is not None:
+            if inc.committing:
+                return {"answer": SNAPSHOT_BUSY, "index": 0}
+            same = (inc.frm, inc.epoch, inc.manifest) == (frm, epoch, manifest)
+            await self._abort_incoming("the leader started over" if same else "a newer offer")
+        answer, index = self.core.offer_snapshot(frm, epoch, manifest.index, manifest.epoch)
+        self._process()
+        if answer == SNAPSHOT_ACCEPT:
+            try:
+                receiver = await asyncio.to_thread(Receiver, self.data_dir, manifest)
+            except BaseException:  # (a disk error, or the request cancelled): never stay frozen
+                self.core.on_snapshot_aborted()
+                self._process()
+                raise
+            self._incoming = _Incoming(frm, epoch, manifest, receiver,
+                                       asyncio.get_running_loop().time())
+            log.info("receiving a snapshot at index %d from node %d (%d bytes)",
+                     manifest.index, frm, manifest.total_bytes)
+        return {"answer": answer, "index": index}
+
+    async def _abort_incoming(self, why: str) -> None:
+        """Abort the snapshot being received, unless it is being installed (its own failure
+        path clears ``committing`` first)."""
+        inc = self._incoming
+        if inc is None or inc.committing:
+            return
+        self._incoming = None
+        log.warning("snapshot at index %d from node %d aborted: %s", inc.manifest.index,
+                    inc.frm, why)
+        self.core.on_snapshot_aborted()  # (first: whatever happens to the files, unfreeze)
+        self._process()
+        await asyncio.to_thread(inc.receiver.abort)
+
+    def _abort_incoming_if_fenced(self) -> None:
+        """A newer epoch was promised during the install: abort it unless it is past its point
+        of no return. The snapshot is still good, but the core answers the candidate only once
+        the install ends, and a group should not wait for a deposed leader's transfer."""
+        inc, installing = self._incoming, self.core.installing
+        if (inc is not None and not inc.committing and installing is not None
+                and self.core.promised > installing[1]):
+            self._incoming = None  # (at once: the next step must not schedule a second abort)
+            self.core.on_snapshot_aborted()
+            self._process()
+            log.warning("snapshot at index %d from node %d aborted: epoch %d was promised",
+                        inc.manifest.index, inc.frm, self.core.promised)
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(inc.receiver.abort))
+            task.add_done_callback(_crash_on_error)
+
+    def _check_incoming_idle(self) -> None:
+        inc = self._incoming
+        if inc is None or inc.committing:
+            return
+        if asyncio.get_running_loop().time() - inc.last_activity > SNAPSHOT_IDLE_S:
+            task = asyncio.get_running_loop().create_task(
+                self._abort_incoming(f"nothing received for {SNAPSHOT_IDLE_S:.0f} s"))
+            task.add_done_callback(_crash_on_error)
+
+    async def _install(self, inc: _Incoming) -> dict[str, Any]:
+        """Verify the staged snapshot, then install it (the persist task commits it)."""
+        inc.committing = True
+        manifest = inc.manifest
+        try:
+            try:
+                await asyncio.to_thread(inc.receiver.finish)
+            except OSError as err:
+                # An fsync that failed is final (see "Disk failures"): stop, retry nothing.
+                log.critical("disk failure while making a received snapshot durable, stopping "
+                             "the node: %s", err)
+                _exit_process(EXIT_DISK_FAILURE)
+            try:
+                held = await asyncio.to_thread(checkpoint_applied_index, inc.receiver.staging)
+            except Exception as err:  # noqa: BLE001 - RocksDB's errors are plain exceptions
+                raise SnapshotInvalid(f"the staged snapshot does not open: {err}") from None
+            if held != manifest.index:
+                raise SnapshotInvalid(f"the snapshot holds the state at {held}, "
+                                      f"not {manifest.index}")
+        except BaseException as err:  # before the point of no return: abort, never stay frozen
+            inc.committing = False
+            await self._abort_incoming(str(err) or type(err).__name__)
+            raise
+        assert self.core.installing == (inc.frm, inc.epoch, manifest.index, manifest.epoch), (
+            self.core.installing, inc)
+        assert manifest.index > self.core.applied, (manifest.index, self.core.applied)
+        async with self._engine_lock:
+            engine, self._engine = self._engine, None
+            assert engine is not None
+            await asyncio.to_thread(engine.close)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._batches.append(_Batch(None, None, [], install=(manifest.index, manifest.epoch),
+                                        done=done))
+            self._persist_wakeup.set()
+            await done  # durable: marker, swap, log reset (a disk error stopped the process)
+            engine = await asyncio.to_thread(open_rocks, self.data_dir / snapshot.INDEX_NAME)
+            if engine.applied_index != manifest.index:
+                raise AssertionError(f"installed snapshot applied {engine.applied_index}, "
+                                     f"expected {manifest.index}")
+            self._engine = engine
+        if self.on_engine_replaced is not None:
+            self.on_engine_replaced(engine)
+        self._incoming = None
+        self.durable_applied = self._compacted_at = manifest.index
+        self.last_seq = max(self.last_seq, engine.last_seq)
+        self.stats["snapshots_installed"] += 1
+        self.core.on_snapshot_installed(manifest.index, manifest.epoch)
+        self._process()
+        log.info("installed a snapshot at index %d (epoch %d) from node %d", manifest.index,
+                 manifest.epoch, inc.frm)
+        return {"answer": "installed", "index": manifest.index}
+
+
+def _crash_unless_refused(task: asyncio.Task[Any]) -> None:
+    """An install task may end with a refusal (a RangeKVError, answered to the leader); any
+    other exception is a bug, even if the leader stopped waiting for the answer."""
+    if task.cancelled() or isinstance(task.exception(), errors.RangeKVError):
+        return
+    _crash_on_error(task)
+
+
+def _uint_field(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise errors.InvalidArgument(f"{name} must be a non-negative integer")
+    return value

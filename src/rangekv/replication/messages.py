@@ -38,6 +38,10 @@ HEARTBEAT_RESP = "heartbeat_resp"
 FETCH = "fetch"
 FETCH_RESP = "fetch_resp"
 
+# Not a wire message: how an offer of a snapshot (made by the leader's driver over its own
+# request, see docs/internals.md) appears to the core's checks of who leads which epoch.
+SNAPSHOT = "snapshot"
+
 TYPES = frozenset(
     [NEW_EPOCH, NEW_EPOCH_RESP, APPEND, APPEND_RESP, HEARTBEAT, HEARTBEAT_RESP, FETCH, FETCH_RESP]
 )

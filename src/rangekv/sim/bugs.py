@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rangekv.replication.core import Core
+from rangekv.replication.core import SNAPSHOT_ACCEPT, SNAPSHOT_STALE, Core
 from rangekv.replication.messages import Msg
 
 
@@ -60,10 +60,25 @@ class ApplyBeforeCommit(Core):
         self.applied = index  # (the real method asserts applied <= commit)
 
 
+class InstallStaleSnapshot(Core):
+    """(f) A follower installs a snapshot offered at or below its commit index (InstallSnapshot
+    without its staleness rule), so its commit and applied state go backward and its log loses
+    entries it may have acknowledged."""
+
+    def _snapshot_answer(self, index: int, snap_epoch: int) -> str:
+        answer = super()._snapshot_answer(index, snap_epoch)
+        return SNAPSHOT_ACCEPT if answer == SNAPSHOT_STALE else answer
+
+    def on_snapshot_installed(self, index: int, epoch: int) -> None:
+        # (the real method asserts index > commit)
+        self._reset_to_snapshot(index, epoch)
+
+
 BUGS: dict[str, type[Core]] = {
     "ack-before-fsync": AckBeforeFsync,
     "accept-lower-epoch": AcceptLowerEpoch,
     "skip-log-matching": SkipLogMatching,
     "read-without-quorum": ReadWithoutQuorum,
     "apply-before-commit": ApplyBeforeCommit,
+    "install-stale-snapshot": InstallStaleSnapshot,
 }

@@ -16,6 +16,19 @@ replica applies the same entry at each index, a new leader holds every committed
 machine never gets ahead of the log. Periodically, log matching across all pairs. At the end:
 faults stop, everything heals and restarts, a leader must commit a new write within a bounded
 simulated time (liveness), final reads are made, and the client history must be linearizable.
+
+Compaction and snapshots: nodes compact their logs at random points (after flushing the state
+machine, as the driver does), and leaders send snapshots to peers that fall behind their base,
+as the driver does: a checkpoint of the state machine (``storage/snapshot.py``, a memory dump
+here), offered, streamed in small chunks and ended, each request and answer crossing the
+simulated network (dropped, delayed past the sender's timeout, cut by partitions; a chunk is
+sometimes damaged in flight and must be refused), with a backoff between attempts. The
+follower receives into a staging directory and installs with the real ``snapshot.install``; a
+crash at any of its durable steps is injected, and the restart's ``snapshot.recover`` must
+finish it or leave the old state. More checkers: replicas at the same applied index have the
+same state-machine content (which also checks every installed snapshot), commit and applied
+never go backward within a run of a node, and a snapshot is only installed above the applied
+index.
 """
 
 from __future__ import annotations
@@ -35,13 +48,23 @@ from typing import Any
 from rangekv import errors, sequencer
 from rangekv.metadata.model import Group
 from rangekv.metadata.service import Beat, NodeStatus, choose_leader
-from rangekv.replication.core import LEADER, Config, Core, NotLeaderError
+from rangekv.replication.core import (
+    LEADER,
+    SNAPSHOT_ACCEPT,
+    SNAPSHOT_HAVE,
+    SNAPSHOT_STALE,
+    Config,
+    Core,
+    NotLeaderError,
+    SnapshotNeed,
+)
 from rangekv.replication.driver import highest_seq
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim.linearizable import Op, check
-from rangekv.storage import hardstate
-from rangekv.storage.engine import StateMachine, encode_command
+from rangekv.storage import hardstate, snapshot
+from rangekv.storage.engine import StateMachine, checkpoint_applied_index, encode_command
 from rangekv.storage.memory import MemoryBackend
+from rangekv.storage.snapshot import Chunk, Manifest, Receiver, SnapshotInvalid
 from rangekv.storage.wal import WAL, StorageCorrupt
 
 META = 0  # the metadata manager's network address in the simulation
@@ -51,6 +74,10 @@ NOOP = encode_command({"op": "noop"})
 
 class SimFailure(AssertionError):
     """A checker found a violation (or the code under test asserted)."""
+
+
+class _InstallCrash(Exception):
+    """The simulated crash of a node at one of a snapshot install's durable steps."""
 
 
 @dataclass
@@ -80,6 +107,14 @@ class SimConfig:
     events_max: int = 100_000  # a run that needs more is stuck (livelock); normal: 3-6k
     segment_bytes_max: int = 4_096  # small, so segments roll and tear at their edges
     trace_lines_kept: int = 600
+    compact_every_ms: tuple[float, float] = (100, 1_200)  # a node compacts its log
+    compact_retain: tuple[int, ...] = (0, 1, 3, 10, 40)  # entries kept below applied
+    snapshot_timeout_ms: float = 300  # a snapshot request unanswered this long: abort
+    snapshot_idle_ms: float = 1_500  # a follower aborts an offer that went quiet this long
+    snapshot_backoff_ms: tuple[float, float] = (20, 800)  # first retry, most
+    snapshot_chunk_bytes: tuple[int, ...] = (48, 200, 4096)
+    snapshot_damage: float = 0.02  # a chunk damaged in flight (its crc must catch it)
+    install_crash: float = 0.12  # a crash at one of the install's durable steps
 
 
 @dataclass
@@ -111,6 +146,11 @@ class SimNode:
     flipped: bool = False  # a bit was flipped in its log while it was down
     paused_until: float = 0.0  # SIGSTOP: events for it wait until then, then arrive in any order
     deferred: list[tuple[str, Any]] = field(default_factory=list)
+    sending: dict[int, dict[str, Any]] = field(default_factory=dict)  # peer -> transfer
+    backoff: dict[int, float] = field(default_factory=dict)
+    incoming: dict[str, Any] | None = None  # the snapshot being received
+    high_commit: int = 0  # the highest commit and applied index seen in this run of the node
+    high_applied: int = 0
 
 
 class Simulation:
@@ -154,8 +194,12 @@ class Simulation:
         self.rm_cache: dict[int, int] = {}  # each rm's cached leader for the group
         self._in_flight = 0
         self.table_ready = False
+        self.state_at: dict[int, str] = {}  # applied index -> content hash of the state
+        self._transfers = itertools.count(1)
         self.stats = {"ops_ok": 0, "ops_failed": 0, "ops_unknown": 0, "crashes": 0,
-                      "partitions": 0, "flips": 0, "leader_changes": 0, "torn_bytes": 0}
+                      "partitions": 0, "flips": 0, "leader_changes": 0, "torn_bytes": 0,
+                      "compactions": 0, "snapshots_installed": 0, "snapshots_failed": 0,
+                      "snapshot_answers_stale": 0, "chunks_damaged": 0, "install_crashes": 0}
 
     # ------------------------------------------------------------------ plumbing
     def log(self, line: str) -> None:
@@ -196,11 +240,19 @@ class Simulation:
             self.log(f"n{node.id} refuses to serve: {err}")
             return
         wal.sync()
+        installed = snapshot.recover(node.dir, wal)
+        if installed is not None:
+            # The index directory is now the snapshot's: the state machine is its content.
+            node.backend = MemoryBackend.load(node.dir / snapshot.INDEX_NAME)
+            self.log(f"n{node.id} finished installing the snapshot at {installed[0]}")
         self._record_durable(node)
         engine = StateMachine(node.backend)
         if engine.applied_index > wal.last_index:
             self.fail(f"n{node.id}: state machine applied {engine.applied_index} "
                       f"but the log ends at {wal.last_index}")
+        if engine.applied_index < wal.first_index - 1:
+            self.fail(f"n{node.id}: state machine applied {engine.applied_index} but the log "
+                      f"starts after {wal.first_index - 1}: entries lost")
         node.wal, node.engine = wal, engine
         node.core = self.core_class(
             node.id, self.members, wal,
@@ -210,8 +262,10 @@ class Simulation:
         node.last_seq = engine.last_seq
         node.up = True
         node.incarnation += 1
-        self.log(f"n{node.id} up: log {wal.last_epoch}/{wal.last_index} applied "
-                 f"{engine.applied_index} promised {node.core.promised}")
+        node.high_commit = node.high_applied = engine.applied_index
+        node.sending, node.incoming = {}, None
+        self.log(f"n{node.id} up: log {wal.first_index - 1}+{wal.last_epoch}/{wal.last_index} "
+                 f"applied {engine.applied_index} promised {node.core.promised}")
         self.at(self.cfg.tick_ms * self.rng.random(), "tick", (node.id, node.incarnation))
         self.at(self.cfg.heartbeat_ms * self.rng.random(), "beat", (node.id, node.incarnation))
 
@@ -239,6 +293,7 @@ class Simulation:
         self._fail_node_ops(node, "crash")
         node.up, node.core, node.wal, node.engine = False, None, None, None
         node.pending, node.sync_scheduled = [], False
+        node.sending, node.incoming = {}, None
         self.stats["crashes"] += 1
         self.log(f"n{node.id} crashed")
         if flip:
@@ -278,6 +333,9 @@ class Simulation:
             if rd.truncate_from is not None:
                 node.wal.truncate_suffix(rd.truncate_from)  # fsyncs before returning
                 self._record_durable(node)
+            if rd.compact_to is not None:
+                node.wal.drop_prefix(rd.compact_to)  # durable when it returns
+                self._forget_removed_segments(node)
             if rd.entries:
                 node.wal.append([(e.epoch, e.index, e.payload) for e in rd.entries])
                 for e in rd.entries:
@@ -314,7 +372,24 @@ class Simulation:
                 for _, cop in list(node.proposals.values()):
                     self._complete(cop, None)  # unknown: may still commit
                 node.proposals.clear()
+            for need in rd.snapshots:
+                self._snapshot_needed(node, need)
             self._release_reads(node)
+            self._check_monotonic(node)
+
+    def _check_monotonic(self, node: SimNode) -> None:
+        """Commit and applied never go backward within one run of a node."""
+        assert node.core is not None and node.engine is not None
+        commit, applied = node.core.commit, node.engine.applied_index
+        if commit < node.high_commit or applied < node.high_applied:
+            self.fail(f"n{node.id}: commit {node.high_commit} -> {commit}, applied "
+                      f"{node.high_applied} -> {applied}: went backward")
+        node.high_commit, node.high_applied = commit, applied
+
+    def _forget_removed_segments(self, node: SimNode) -> None:
+        wal_dir = node.dir / "wal"
+        node.durable_sizes = {name: size for name, size in node.durable_sizes.items()
+                              if (wal_dir / name).exists()}
 
     def _sync(self, node: SimNode) -> None:
         node.sync_scheduled = False
@@ -348,6 +423,7 @@ class Simulation:
                           f"{seen[0]}/{e.index} there (replicas diverged)")
             self.committed.setdefault(e.index, e)
         results = node.engine.apply([(e.index, e.payload) for e in entries])
+        self._check_state(node, "applied")
         if not self.table_ready and node.engine.has_table(TABLE):
             self.table_ready = True
         node.core.on_applied(entries[-1].index)
@@ -360,6 +436,15 @@ class Simulation:
                 self._complete(cop, None)
                 continue
             self._complete(cop, result)
+
+    def _check_state(self, node: SimNode, how: str) -> None:
+        """Replicas at the same applied index hold the same state."""
+        assert node.engine is not None
+        index, digest = node.engine.applied_index, node.engine.content_hash()
+        seen = self.state_at.setdefault(index, digest)
+        if seen != digest:
+            self.fail(f"n{node.id} {how} up to {index} but its state differs from another "
+                      f"replica's at that index")
 
     def _release_reads(self, node: SimNode) -> None:
         if not node.reads:
@@ -386,8 +471,10 @@ class Simulation:
         # neither commit nor confirm a read any more: a majority promised the newer epoch.
         newest = epoch > self.newest_serving_epoch
         self.newest_serving_epoch = max(self.newest_serving_epoch, epoch)
+        # (entries up to its base are in its state machine, checked by _check_state)
         missing = [i for i, e in self.committed.items()
-                   if i > node.core.last_index or node.core.epoch_at(i) != e.epoch]
+                   if i > node.core.last_index
+                   or (i >= node.core.base_index and node.core.epoch_at(i) != e.epoch)]
         if missing and newest:
             self.fail(f"n{node.id} leads epoch {epoch} without committed entries {missing[:5]}")
         node.last_seq = max(node.last_seq, highest_seq(node.core, node.engine))
@@ -424,6 +511,11 @@ class Simulation:
             return
         node.core.step(msg)
         self.process(node)
+        installing = node.core.installing if node.core is not None else None
+        if installing is not None and node.core is not None and \
+                node.core.promised > installing[1]:
+            # What the driver does: a newer epoch fences the transfer (see driver.py).
+            self._snapshot_abort_incoming(node, f"epoch {node.core.promised} was promised")
 
     # ------------------------------------------------------------------ meta
     def _beat(self, node: SimNode) -> None:
@@ -634,24 +726,254 @@ class Simulation:
                 self.log(f"n{node.id} paused for {pause_ms:.0f} ms")
         self.at(self.uniform(self.cfg.fault_every_ms), "fault")
 
+    # ------------------------------------------------------------------ compaction, snapshots
+    def _compact(self) -> None:
+        """A node compacts its log, as the driver does: flush the state machine, then compact
+        at most up to what the flush made durable."""
+        self.at(self.uniform(self.cfg.compact_every_ms), "compact")
+        node = self.nodes[self.rng.choice(self.members)]
+        if not node.up or node.core is None or node.engine is None or node.paused_until > self.now:
+            return
+        core = node.core
+        if core.installing is not None:
+            return
+        node.engine.flush()
+        target = max(core.base_index, core.applied - self.rng.choice(self.cfg.compact_retain))
+        if target > core.base_index:
+            core.compact(target)
+            self.stats["compactions"] += 1
+            self.log(f"n{node.id} compacts its log to {target}")
+            self.process(node)
+
+    def _snapshot_needed(self, node: SimNode, need: SnapshotNeed) -> None:
+        if need.peer in node.sending:
+            return  # one in flight per peer
+        tid = next(self._transfers)
+        node.sending[need.peer] = {"tid": tid, "seq": 0, "need": need}
+        delay = node.backoff.get(need.peer, 0.0)
+        self.at(delay, "snap_start", (node.id, node.incarnation, need.peer, tid))
+
+    def _transfer(self, node_id: int, inc: int, peer: int, tid: int) -> dict[str, Any] | None:
+        node = self.nodes[node_id]
+        if not node.up or node.incarnation != inc:
+            return None
+        t = node.sending.get(peer)
+        return t if t is not None and t["tid"] == tid else None
+
+    def _snapshot_start(self, node_id: int, inc: int, peer: int, tid: int) -> None:
+        t = self._transfer(node_id, inc, peer, tid)
+        if t is None:
+            return
+        node = self.nodes[node_id]
+        core, engine = node.core, node.engine
+        assert core is not None and engine is not None
+        if core.role != LEADER:
+            self._snapshot_done(node, peer, False, 0, "no longer the leader")
+            return
+        directory, index = snapshot.create(engine.checkpoint, node.dir, tid)
+        manifest = snapshot.describe(directory, index, core.epoch_at(index))
+        chunk_bytes = self.rng.choice(self.cfg.snapshot_chunk_bytes)
+        t.update(epoch=core.promised, manifest=manifest,
+                 chunks=list(snapshot.chunks(directory, manifest, chunk_bytes)), next_chunk=0)
+        snapshot.remove_outgoing(directory)
+        self.log(f"n{node.id} offers n{peer} a snapshot at {index} ({len(t['chunks'])} chunks)")
+        self._snapshot_request(node, peer, t, "snapshot_begin",
+                               {"manifest": manifest.to_wire()})
+
+    def _snapshot_request(self, node: SimNode, peer: int, t: dict[str, Any], op: str,
+                          fields: dict[str, Any]) -> None:
+        t["seq"] += 1
+        fields = {"frm": node.id, "epoch": t["epoch"], "index": t["manifest"].index, **fields}
+        self._snapshot_net(node.id, peer, "req", t["tid"], t["seq"], op, fields)
+        self.at(self.cfg.snapshot_timeout_ms, "snap_timeout",
+                (node.id, node.incarnation, peer, t["tid"], t["seq"]))
+
+    def _snapshot_net(self, frm: int, to: int, direction: str, tid: int, seq: int, op: str,
+                      fields: dict[str, Any]) -> None:
+        """A snapshot request or answer on the network: lost, late, or (a chunk) damaged."""
+        if not self.linked(frm, to) or (self.faults_on and self.rng.random() < self.cfg.drop):
+            return
+        delay = self.uniform(self.cfg.delay_ms)
+        if self.faults_on and self.rng.random() < 0.03:
+            delay += self.rng.uniform(100, 600)  # slow: maybe past the sender's timeout
+        if (op == "snapshot_chunk" and direction == "req" and self.faults_on
+                and self.rng.random() < self.cfg.snapshot_damage):
+            data = bytearray(fields["data"])
+            data[self.rng.randrange(len(data))] ^= 1 << self.rng.randrange(8)
+            fields = {**fields, "data": bytes(data)}
+            self.stats["chunks_damaged"] += 1
+        self.at(delay, "snap_net", (frm, to, direction, tid, seq, op, fields))
+
+    def _snapshot_arrived(self, frm: int, to: int, direction: str, tid: int, seq: int, op: str,
+                          fields: dict[str, Any]) -> None:
+        node = self.nodes[to]
+        if not node.up or node.core is None or not self.linked(frm, to):
+            return
+        if direction == "req":
+            reply = self._snapshot_serve(node, op, fields)
+            self._snapshot_net(to, frm, "rep", tid, seq, op, reply)
+            return
+        t = node.sending.get(frm)
+        if t is None or t["tid"] != tid or t["seq"] != seq:
+            return  # an answer to a request this leader already gave up on
+        if "error" in fields:
+            self._snapshot_done(node, frm, False, 0, fields["error"])
+        elif op == "snapshot_begin":
+            answer, index = fields["answer"], fields["index"]
+            if answer == SNAPSHOT_ACCEPT:
+                self._snapshot_next_chunk(node, frm, t)
+            else:
+                self._snapshot_done(node, frm, answer in (SNAPSHOT_STALE, SNAPSHOT_HAVE), index,
+                                    answer)
+        elif op == "snapshot_chunk":
+            self._snapshot_next_chunk(node, frm, t)
+        elif op == "snapshot_end":
+            self._snapshot_done(node, frm, True, fields["index"], "installed")
+
+    def _snapshot_next_chunk(self, node: SimNode, peer: int, t: dict[str, Any]) -> None:
+        assert node.core is not None
+        if node.core.role != LEADER or node.core.promised != t["epoch"]:
+            self._snapshot_done(node, peer, False, 0, "lost leadership")
+            return
+        if t["next_chunk"] == len(t["chunks"]):
+            self._snapshot_request(node, peer, t, "snapshot_end", {})
+            return
+        chunk: Chunk = t["chunks"][t["next_chunk"]]
+        t["next_chunk"] += 1
+        self._snapshot_request(node, peer, t, "snapshot_chunk", {
+            "file": chunk.file, "offset": chunk.offset, "data": chunk.data, "crc": chunk.crc})
+
+    def _snapshot_timeout(self, node_id: int, inc: int, peer: int, tid: int, seq: int) -> None:
+        t = self._transfer(node_id, inc, peer, tid)
+        if t is not None and t["seq"] == seq:
+            node = self.nodes[node_id]
+            if "manifest" in t:  # tell the follower (best effort) so that it unfreezes now
+                self._snapshot_net(node_id, peer, "req", tid, seq + 1, "snapshot_abort", {
+                    "frm": node_id, "epoch": t["epoch"], "index": t["manifest"].index})
+            self._snapshot_done(node, peer, False, 0, "timed out")
+
+    def _snapshot_done(self, node: SimNode, peer: int, ok: bool, index: int, why: str) -> None:
+        assert node.core is not None
+        node.sending.pop(peer, None)
+        low, high = self.cfg.snapshot_backoff_ms
+        node.backoff[peer] = 0.0 if ok else min(max(low, 2 * node.backoff.get(peer, 0.0)), high)
+        if not ok:
+            self.stats["snapshots_failed"] += 1
+        self.log(f"n{node.id} snapshot to n{peer}: {'ok' if ok else 'failed'} ({why}, {index})")
+        node.core.report_snapshot(peer, ok, index)
+        self.process(node)
+
+    # the follower's side (what Replica.on_snapshot_request does)
+    def _snapshot_serve(self, node: SimNode, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        core = node.core
+        assert core is not None
+        frm, epoch, index = fields["frm"], fields["epoch"], fields["index"]
+        if op == "snapshot_begin":
+            manifest = Manifest.from_wire(fields["manifest"])
+            if node.incoming is not None:
+                self._snapshot_abort_incoming(node, "a new offer")
+            answer, at = core.offer_snapshot(frm, epoch, manifest.index, manifest.epoch)
+            if answer == SNAPSHOT_STALE:
+                self.stats["snapshot_answers_stale"] += 1
+            if answer == SNAPSHOT_ACCEPT:
+                node.incoming = {"frm": frm, "epoch": epoch, "manifest": manifest,
+                                 "receiver": Receiver(node.dir, manifest), "last": self.now}
+            self.process(node)
+            return {"answer": answer, "index": at}
+        inc = node.incoming
+        if inc is None or (inc["frm"], inc["epoch"], inc["manifest"].index) != (frm, epoch,
+                                                                                index):
+            return {"error": "no such snapshot being received"}
+        if op == "snapshot_abort":
+            self._snapshot_abort_incoming(node, "the leader gave up")
+            return {}
+        inc["last"] = self.now
+        try:
+            if op == "snapshot_chunk":
+                inc["receiver"].write(Chunk(fields["file"], fields["offset"], fields["data"],
+                                            fields["crc"]))
+                return {}
+            inc["receiver"].finish()
+            held = checkpoint_applied_index(inc["receiver"].staging)
+            if held != inc["manifest"].index:
+                raise SnapshotInvalid(f"holds {held}")
+        except SnapshotInvalid as err:
+            self._snapshot_abort_incoming(node, str(err))
+            return {"error": str(err)}
+        self._snapshot_install(node, inc["manifest"])
+        return {"index": index} if node.up else {"error": "crashed"}
+
+    def _snapshot_install(self, node: SimNode, manifest: Manifest) -> None:
+        assert node.core is not None and node.engine is not None and node.wal is not None
+        index, epoch = manifest.index, manifest.epoch
+        if index <= node.engine.applied_index:
+            self.fail(f"n{node.id} installs a snapshot at {index}, at or below its applied "
+                      f"index {node.engine.applied_index}: applied state would go backward")
+        crash_at = None
+        if self.faults_on and self.rng.random() < self.cfg.install_crash:
+            crash_at = self.rng.choice(["marker", "swapped", "log reset", "done"])
+
+        def step(name: str) -> None:
+            # Each step is durable when this is called (see storage/snapshot.py).
+            if name == "swapped":  # the index directory is the snapshot's from here on
+                node.backend = MemoryBackend.load(node.dir / snapshot.INDEX_NAME)
+            if name in ("log reset", "done"):
+                self._record_durable(node)
+            if name == crash_at:
+                raise _InstallCrash(name)
+
+        node.incoming = None
+        try:
+            snapshot.install(node.dir, index, epoch, node.wal, step)
+        except _InstallCrash as crash:
+            self.stats["install_crashes"] += 1
+            self.log(f"n{node.id} crashes while installing the snapshot at {index} "
+                     f"(after {crash})")
+            self.crash(node)
+            self.at(self.rng.uniform(50, 1_000), "restart", node.id)
+            return
+        node.engine = StateMachine(node.backend)
+        self._check_state(node, "installed a snapshot")
+        node.core.on_snapshot_installed(index, epoch)
+        self.stats["snapshots_installed"] += 1
+        self.log(f"n{node.id} installed the snapshot at {index}")
+        self.process(node)
+
+    def _snapshot_abort_incoming(self, node: SimNode, why: str) -> None:
+        inc, node.incoming = node.incoming, None
+        if node.core is None or (inc is None and node.core.installing is None):
+            return
+        if inc is not None:
+            inc["receiver"].abort()
+        self.log(f"n{node.id} aborts the snapshot it was receiving: {why}")
+        node.core.on_snapshot_aborted()
+        self.process(node)
+
+    def _snapshot_idle(self, node: SimNode) -> None:
+        if node.incoming is not None and self.now - node.incoming["last"] > \
+                self.cfg.snapshot_idle_ms:
+            self._snapshot_abort_incoming(node, "nothing received for a while")
+
     # ------------------------------------------------------------------ checks
     def check_logs(self) -> None:
         """Log matching: two logs with the same epoch at an index agree on all before it."""
         cores = [n.core for n in self.nodes.values() if n.up and n.core is not None]
         for i, a in enumerate(cores):
             for b in cores[i + 1:]:
+                # (compared where both still hold entries: below, they hold snapshots)
+                lo = max(a.first_index, b.first_index)
                 top = min(a.last_index, b.last_index)
                 idx = top
-                while idx > 0 and a.epoch_at(idx) != b.epoch_at(idx):
+                while idx >= lo and a.epoch_at(idx) != b.epoch_at(idx):
                     idx -= 1
-                if idx == 0:
+                if idx < lo:
                     continue
-                ea = a.entries(1, idx + 1, 1 << 40)
-                eb = b.entries(1, idx + 1, 1 << 40)
+                ea = a.entries(lo, idx + 1, 1 << 40)
+                eb = b.entries(lo, idx + 1, 1 << 40)
                 if ea != eb:
                     first = next(k for k, (x, y) in enumerate(zip(ea, eb)) if x != y)
                     self.fail(f"log matching broken between n{a.id} and n{b.id}: both have "
-                              f"epoch {a.epoch_at(idx)} at {idx} but differ at {first + 1}")
+                              f"epoch {a.epoch_at(idx)} at {idx} but differ at {first + lo}")
 
     # ------------------------------------------------------------------ running
     def run(self) -> dict[str, Any]:
@@ -661,6 +983,7 @@ class Simulation:
             self.start_node(node)
         self.at(0, "meta_check")
         self.at(self.uniform(self.cfg.fault_every_ms), "fault")
+        self.at(self.uniform(self.cfg.compact_every_ms), "compact")
         self.at(self.uniform((200, 600)), "client")
         self._liveness_deadline = math.inf
         try:
@@ -713,6 +1036,10 @@ class Simulation:
             return int(payload[0])
         if kind == "request":
             return int(payload.node)
+        if kind in ("snap_start", "snap_timeout"):
+            return int(payload[0])
+        if kind == "snap_net":
+            return int(payload[1])
         return None
 
     def _dispatch(self, kind: str, payload: Any) -> None:
@@ -729,6 +1056,7 @@ class Simulation:
             if node.up and node.incarnation == inc and node.core is not None:
                 node.core.tick()
                 self.process(node)
+                self._snapshot_idle(node)
                 self.at(self.cfg.tick_ms, "tick", payload)
         elif kind == "beat":
             node_id, inc = payload
@@ -779,6 +1107,14 @@ class Simulation:
             self._complete(cop, None)
         elif kind == "fault":
             self._fault()
+        elif kind == "compact":
+            self._compact()
+        elif kind == "snap_start":
+            self._snapshot_start(*payload)
+        elif kind == "snap_net":
+            self._snapshot_arrived(*payload)
+        elif kind == "snap_timeout":
+            self._snapshot_timeout(*payload)
         elif kind == "restart":
             node = self.nodes[payload]
             if not node.up and node.broken is None:

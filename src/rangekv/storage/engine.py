@@ -115,6 +115,11 @@ class Backend(Protocol):
         """Make every write so far survive a crash (RocksDB: flush the memtable)."""
         ...
 
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of the whole state (at a batch boundary) in the new directory
+        ``path``, which ``open_checkpoint`` can read (RocksDB: a checkpoint, hard links)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -857,6 +862,14 @@ class StateMachine:
         assert not self.closed, "state machine used after close"
         self._backend.flush()
 
+    def checkpoint(self, path: str) -> int:
+        """Copy the state into the new directory ``path`` (a snapshot); returns the applied index
+        the copy holds, read back from the copy itself (applies may run meanwhile: the copy is at
+        some batch boundary, and each batch carries its applied index)."""
+        assert not self.closed, "state machine used after close"
+        self._backend.checkpoint(path)
+        return checkpoint_applied_index(path)
+
     def close(self) -> None:
         """Flush and close the backend. Idempotent."""
         if self.closed:
@@ -870,6 +883,33 @@ def open_rocks(path: str | os.PathLike[str]) -> StateMachine:
     from rangekv.storage.rocks import RocksBackend
 
     return StateMachine(RocksBackend(path))
+
+
+MEMORY_DUMP_NAME = "memory.dump"  # a MemoryBackend's checkpoint (one msgpack file)
+
+
+def checkpoint_applied_index(path: str | os.PathLike[str]) -> int:
+    """The applied index held by a checkpoint directory (RocksDB, or a memory backend's dump),
+    opened read-only. Raises StorageCorrupt if it holds no state machine of our format."""
+    from pathlib import Path
+
+    if (Path(path) / MEMORY_DUMP_NAME).exists():
+        from rangekv.storage.memory import MemoryBackend
+
+        backend: Backend = MemoryBackend.load(path)
+    else:
+        from rangekv.storage.rocks import RocksBackend
+
+        backend = RocksBackend(path, read_only=True)
+    try:
+        fmt = backend.get(KEY_FORMAT)
+        if fmt is None or int.from_bytes(fmt, "big") != FORMAT_VERSION:
+            raise StorageCorrupt(f"{path}: not a state machine checkpoint of format "
+                                 f"{FORMAT_VERSION}")
+        applied = backend.get(KEY_APPLIED_INDEX)
+        return int.from_bytes(applied, "big") if applied is not None else 0
+    finally:
+        backend.close()
 
 
 def open_memory() -> StateMachine:

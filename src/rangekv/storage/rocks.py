@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from rangekv.storage.engine import Op
 
@@ -24,11 +24,18 @@ from rangekv.storage.engine import Op
 class RocksBackend:
     """An ordered bytes map in a RocksDB directory (created if missing)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         self.path = os.fspath(path)
+        self.read_only = read_only
         options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db: Rdict | None = Rdict(self.path, options)
+        if read_only:
+            if not os.path.isdir(self.path):
+                raise FileNotFoundError(f"no RocksDB at {self.path}")
+            self._db: Rdict | None = Rdict(self.path, options,
+                                           access_type=AccessType.read_only())
+        else:
+            options.create_if_missing(True)
+            self._db = Rdict(self.path, options)
         self._write_options = WriteOptions()
         self._write_options.disable_wal = True
 
@@ -75,9 +82,16 @@ class RocksBackend:
         db.flush(True)
         db.compact_range(lo, hi)
 
+    def checkpoint(self, path: str) -> None:
+        """RocksDB's checkpoint: it flushes the memtable (our writes skip RocksDB's WAL, so the
+        checkpoint is complete only once they are in SST files), then hard-links the SST files
+        and copies the small ones (MANIFEST, CURRENT, OPTIONS) into ``path``."""
+        Checkpoint(self._open_db()).create_checkpoint(path)
+
     def close(self) -> None:
         if self._db is None:
             return
         db, self._db = self._db, None
-        db.flush(True)
+        if not self.read_only:
+            db.flush(True)
         db.close()

@@ -2,7 +2,8 @@
 
 Invariants (asserted on append, verified on open, checked again on every read):
 
-* Indexes are contiguous: the log holds entries ``first_index .. last_index`` and nothing else;
+* Indexes are contiguous: the log holds entries ``first_index .. last_index`` and nothing else
+  (``first_index`` is the base + 1, see "The log base" below);
   each segment file holds a contiguous run and is named after its first index
   (``00000000000000000001.wal``); the next segment starts at the previous one's last index + 1.
 * Epochs never decrease along the log.
@@ -78,8 +79,37 @@ Theory of operation:
   this is exactly a crash that lost unsynced bytes, and the group's leader sends them again.
   (Without the note, e.g. when even writing it failed, the log is trusted as it reads.)
 
-The log always starts at index 1 (there is no prefix truncation yet; snapshots will add it),
-so a first segment named anything else means files were lost: ``WALCorrupt``.
+The log base (prefix compaction and snapshots)
+---------------------------------------------
+The log holds the entries after its **base** ``(base_index, base_epoch)``: ``first_index`` is
+``base_index + 1`` and ``epoch_at(base_index)`` answers ``base_epoch`` (the entry itself may be
+gone). A fresh log has the base (0, 0). The entries up to the base are covered by a snapshot of
+the state machine (the node's RocksDB index, or a snapshot installed from the leader).
+
+* The base is persisted in the file ``base``, written whole and crash-safely (a temp file,
+  fsync, rename, fsync of the directory) and checksummed (``encode_base``); without the file the
+  base is (0, 0). A ``base`` that does not verify is ``WALCorrupt``.
+* ``drop_prefix(index)`` makes ``index`` the base: it writes the new ``base`` first, then removes
+  the segments whose entries are all at or below it, oldest first, fsyncing the directory after
+  each removal. The segment holding ``index + 1`` stays whole (segments are dropped whole), so
+  the first segment may begin with records at or below the base: they are verified on open like
+  any other, and never served. A crash anywhere leaves the old base with the whole log, or the
+  new base with some dead segments still there; ``open`` finishes their removal.
+* ``reset(base_index, base_epoch)`` empties the log and gives it a new base (installing a
+  snapshot): it removes every segment, newest first (a durable step each, so a crash leaves a
+  prefix of the old log, never a log with a hole), then writes the new ``base``, then creates the
+  empty segment ``base_index + 1``. A crash leaves a prefix of the old log under the old base or
+  the empty log under the new one; a caller that needs all or nothing (``storage/snapshot.py``)
+  records its intent first and calls ``reset`` again after a crash, which is idempotent.
+* On open, the live segments are the last one named at or before ``base_index + 1`` and all
+  after it; earlier ones are dead leftovers of an interrupted ``drop_prefix`` and are removed.
+  It is ``WALCorrupt`` if no segment is named at or before ``base_index + 1`` (entries after the
+  base are lost), if the log ends before the base, if a record at the base has another epoch
+  than the base, or if the first entry after the base has a lower epoch. Without a ``base`` file
+  the first segment must start at index 1.
+* Nothing at or below the base is read: ``entries`` and ``epoch_at`` refuse indexes below
+  ``first_index`` (except ``epoch_at(base_index)``). Like ``truncate_suffix``, ``drop_prefix`` and
+  ``reset`` are writer operations (the driver's persist thread) and are durable when they return.
 """
 
 from __future__ import annotations
@@ -119,6 +149,9 @@ LOCK_NAME = "wal.lock"
 SYNC_FAILED_NAME = "sync-failed"  # see "Restarting does not empty the page cache" above
 SYNC_FAILED_MAGIC = "rangekv-wal-sync-failed"
 SYNC_FAILED_BYTES_MAX = 256
+BASE_NAME = "base"  # see "The log base" above
+BASE_MAGIC = "rangekv-wal-base"
+BASE_BYTES_MAX = 256
 _SEGMENT_NAME_RE = re.compile(r"^(\d{20})\.wal$")
 
 
@@ -204,6 +237,47 @@ def decode_sync_failed(data: bytes) -> int | None:
         return None
     index = int(fields[1])
     return index if index <= _U64_MAX else None
+
+
+def encode_base(base_index: int, base_epoch: int) -> bytes:
+    """The ``base`` file: the log's base (index, epoch), with a checksum of the line."""
+    assert 0 <= base_index <= _U64_MAX and 0 <= base_epoch <= _U64_MAX, (base_index, base_epoch)
+    body = f"{BASE_MAGIC} 1 {base_index} {base_epoch}"
+    return f"{body} {crc32c.crc32c(body.encode()):08x}\n".encode()
+
+
+def decode_base(data: bytes) -> tuple[int, int] | None:
+    """(base_index, base_epoch) of a ``base`` file, or None if it does not verify."""
+    if not data.endswith(b"\n"):
+        return None
+    body, _, checksum = data[:-1].rpartition(b" ")
+    fields = body.split(b" ")
+    if (
+        len(fields) != 4
+        or fields[0] != BASE_MAGIC.encode()
+        or fields[1] != b"1"
+        or not fields[2].isdigit()
+        or not fields[3].isdigit()
+        or checksum != b"%08x" % crc32c.crc32c(body)
+    ):
+        return None
+    index, epoch = int(fields[2]), int(fields[3])
+    return (index, epoch) if index <= _U64_MAX and epoch <= _U64_MAX else None
+
+
+def write_file_durably(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: a temp file, fsync, rename over
+    ``path``, fsync of the directory. After a crash the file holds the old content or the new,
+    and once this returns, the new."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data, 0)
+        sync_file(fd, tmp, data_only=False)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -341,7 +415,8 @@ class WAL:
         self._dir_dirty = False
         self.failed: BaseException | None = None
         self.closed = False
-        self.first_index = 1
+        self.first_index = 1  # base_index + 1 (see "The log base")
+        self.base_epoch = 0
         self.last_index = 0
         self.last_epoch = 0
         # Every entry up to here is durable or was found at open (which the first sync makes
@@ -388,22 +463,40 @@ class WAL:
         return wal
 
     def _load(self) -> None:
+        base_index, base_epoch = self._load_base()
         firsts = sorted(
             int(m.group(1))
             for name in os.listdir(self.directory)
             if (m := _SEGMENT_NAME_RE.match(name)) is not None
         )
         if not firsts:
-            self._create_segment(1)
+            self._set_base(base_index, base_epoch)
+            self._create_segment(base_index + 1)
             fsync_dir(self.directory)
             self._dir_dirty = False
+            self.synced_index = self.last_index
             return
-        if firsts[0] != 1:
+        if base_index == 0 and firsts[0] != 1:
             raise _corrupt(
                 os.path.join(self.directory, segment_name(firsts[0])),
                 0,
                 f"the first segment starts at index {firsts[0]}, not 1: the log's start is lost",
             )
+        live = bisect.bisect_right(firsts, base_index + 1) - 1
+        if live < 0:
+            raise _corrupt(
+                os.path.join(self.directory, segment_name(firsts[0])),
+                0,
+                f"the first segment starts at index {firsts[0]}, after the base {base_index} + 1:"
+                " entries after the base are lost",
+            )
+        # Segments before the live one hold only entries at or below the base: the leftovers
+        # of a drop_prefix that a crash interrupted. Finish it (oldest first, durably).
+        for first in firsts[:live]:
+            os.unlink(os.path.join(self.directory, segment_name(first)))
+            fsync_dir(self.directory)
+        firsts = firsts[live:]
+        self.last_index = firsts[0] - 1
         for position, first in enumerate(firsts):
             seg_path = os.path.join(self.directory, segment_name(first))
             if first != self.last_index + 1:
@@ -417,12 +510,74 @@ class WAL:
             self._segments.append(segment)
             self._segment_firsts.append(first)
             self._scan(segment, is_last=position == len(firsts) - 1)
+        self._check_base(base_index, base_epoch)
+        self._set_base(base_index, base_epoch)
         self._cache_first = self.last_index + 1
         # The first sync makes durable what a crashed predecessor wrote but did not sync (see
         # the module docstring); until then nothing here was acknowledged by this process.
         self._dirty_fds.add(self._segments[-1].fd)
         self._dir_dirty = True
         self.synced_index = self.last_index
+
+    def _load_base(self) -> tuple[int, int]:
+        """The persisted base, (0, 0) without a ``base`` file; removes a leftover temp file."""
+        path = os.path.join(self.directory, BASE_NAME)
+        if os.path.exists(path + ".tmp"):
+            os.unlink(path + ".tmp")  # a write_file_durably that did not reach its rename
+        try:
+            with open(path, "rb") as f:
+                data = f.read(BASE_BYTES_MAX + 1)
+        except FileNotFoundError:
+            return 0, 0
+        base = decode_base(data)
+        if base is None:
+            raise _corrupt(path, 0, "the base file does not verify")
+        return base
+
+    def _check_base(self, base_index: int, base_epoch: int) -> None:
+        """After the scan: the live entries must follow the base (see "The log base")."""
+        segment = self._segments[0]
+        if self.last_index < base_index:
+            raise _corrupt(
+                segment.path, segment.size_bytes,
+                f"the log ends at {self.last_index}, before its base {base_index}",
+            )
+        if base_index >= segment.first_index and self._epoch_of_record(base_index) != base_epoch:
+            raise _corrupt(
+                segment.path, segment.record_span(base_index)[0],
+                f"record {base_index} has epoch {self._epoch_of_record(base_index)}, "
+                f"not the base's {base_epoch}",
+            )
+        if self.last_index > base_index and self._epoch_of_record(base_index + 1) < base_epoch:
+            position = self._segment_of(base_index + 1)
+            raise _corrupt(
+                position.path, position.record_span(base_index + 1)[0],
+                f"record {base_index + 1} has epoch {self._epoch_of_record(base_index + 1)}, "
+                f"below the base's {base_epoch}",
+            )
+
+    def _epoch_of_record(self, index: int) -> int:
+        """The epoch of a record in the files, the base's or below it too (runs are kept)."""
+        run = bisect.bisect_right(self._run_starts, index) - 1
+        assert run >= 0, (index, self._run_starts)
+        return self._run_epochs[run]
+
+    def _set_base(self, base_index: int, base_epoch: int) -> None:
+        """Publish a new base in memory (the caller holds the lock or is still opening): drop
+        the cached payloads and epoch runs that end at or below it."""
+        self.first_index = base_index + 1
+        self.base_epoch = base_epoch
+        while len(self._run_starts) > 1 and self._run_starts[1] <= self.first_index:
+            del self._run_starts[0]
+            del self._run_epochs[0]
+        if self.last_index <= base_index:
+            self.last_index = base_index
+            self.last_epoch = base_epoch
+        while self._cache and self._cache_first < self.first_index:
+            self._cache_bytes -= len(self._cache.popleft())
+            self._cache_first += 1
+        if not self._cache:
+            self._cache_first = max(self._cache_first, self.first_index)
 
     def _cut_after_failed_sync(self) -> None:
         """Cut what the last run wrote after its last successful sync if a write or sync of it
@@ -434,6 +589,9 @@ class WAL:
         except FileNotFoundError:
             return
         if synced is not None and synced < self.last_index:
+            # Never below the base: the base is written only once everything up to it was
+            # synced, so a note below it is older than the base and cuts nothing below it.
+            synced = max(synced, self.first_index - 1)
             cut = self.last_index - synced
             with self._lock:
                 self._truncate_checked(synced + 1)  # durable before the note goes
@@ -510,13 +668,18 @@ class WAL:
     # -- reading ------------------------------------------------------------------------------
 
     def epoch_at(self, index: int) -> int:
-        """The epoch of entry ``index``; 0 for index 0 (the empty prefix)."""
+        """The epoch of entry ``index``; the base's epoch for the base index (0 for index 0 of
+        a log that was never compacted). IndexError outside [base_index, last_index]."""
         with self._lock:
             return self._epoch_at(index)
 
+    @property
+    def base_index(self) -> int:
+        return self.first_index - 1
+
     def _epoch_at(self, index: int) -> int:
-        if index == 0 and self.first_index == 1:
-            return 0
+        if index == self.first_index - 1:
+            return self.base_epoch
         if not self.first_index <= index <= self.last_index:
             raise IndexError(f"index {index} outside [{self.first_index}, {self.last_index}]")
         run = bisect.bisect_right(self._run_starts, index) - 1
@@ -676,13 +839,16 @@ class WAL:
         self.last_epoch = epoch
 
     def _create_segment(self, first_index: int) -> _Segment:
+        with self._lock:
+            return self._create_segment_locked(first_index)
+
+    def _create_segment_locked(self, first_index: int) -> _Segment:
         path = os.path.join(self.directory, segment_name(first_index))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         segment = _Segment(first_index, path, fd, 0)
-        with self._lock:
-            self._segments.append(segment)
-            self._segment_firsts.append(first_index)
-            self._dir_dirty = True
+        self._segments.append(segment)
+        self._segment_firsts.append(first_index)
+        self._dir_dirty = True
         return segment
 
     def _roll(self, first_index: int) -> _Segment:
@@ -739,7 +905,10 @@ class WAL:
             self._run_starts.pop()
             self._run_epochs.pop()
         self.last_index = from_index - 1
-        self.last_epoch = self._run_epochs[-1] if self._run_epochs else 0
+        if self.last_index < self.first_index:
+            self.last_epoch = self.base_epoch
+        else:
+            self.last_epoch = self._run_epochs[-1]
         self.synced_index = min(self.synced_index, self.last_index)
         while self._cache and self._cache_first + len(self._cache) > from_index:
             self._cache_bytes -= len(self._cache.pop())
@@ -747,6 +916,85 @@ class WAL:
             self._cache_first = from_index
         assert self._cache_first + len(self._cache) == self.last_index + 1
         assert segment.last_index == self.last_index
+
+    def drop_prefix(self, index: int) -> None:
+        """Make ``index`` the log's base: forget every entry up to it; durable when this returns.
+
+        ``index`` must be durable here (at most ``synced_index``): the base promises that the
+        log continues after it. The caller has made the state up to ``index`` durable elsewhere
+        (the state machine flushed), since these entries can no longer be replayed.
+        """
+        self._check_usable()
+        assert self.first_index - 1 <= index <= min(self.last_index, self.synced_index), (
+            index, self.first_index, self.last_index, self.synced_index)
+        if index == self.first_index - 1:
+            return
+        epoch = self.epoch_at(index)
+        try:
+            # 1. The new base, durably: from here on the entries up to it are dead.
+            write_file_durably(os.path.join(self.directory, BASE_NAME), encode_base(index, epoch))
+            # 2. Publish it: no reader gets past the lock to an entry at or below it any more.
+            with self._lock:
+                dead: list[_Segment] = []
+                while len(self._segments) > 1 and self._segments[1].first_index <= index + 1:
+                    dead.append(self._segments.pop(0))
+                    self._segment_firsts.pop(0)
+                for segment in dead:
+                    self._dirty_fds.discard(segment.fd)
+                self._set_base(index, epoch)
+            # 3. Remove the dead segments, oldest first, each durably (so that what a crash
+            #    leaves is always a suffix of the segments: open removes the rest).
+            for segment in dead:
+                os.close(segment.fd)
+                os.unlink(segment.path)
+                fsync_dir(self.directory)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def reset(self, base_index: int, base_epoch: int) -> None:
+        """Discard every entry; the log becomes empty with the base (base_index, base_epoch).
+        Durable when this returns. Used to install a snapshot of the state up to the base.
+
+        Not atomic across a crash (see "The log base"): a crash leaves a prefix of the old log
+        under the old base, or the new empty log. Calling it again is harmless.
+        """
+        self._check_usable()
+        assert base_index >= self.first_index - 1, (base_index, self.first_index)
+        assert base_index > self.first_index - 1 or base_epoch == self.base_epoch, (
+            base_index, base_epoch, self.base_epoch)
+        assert base_epoch >= self.base_epoch, (base_epoch, self.base_epoch)
+        with self._lock:
+            try:
+                self._reset_checked(base_index, base_epoch)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+
+    def _reset_checked(self, base_index: int, base_epoch: int) -> None:
+        # 1. Remove every segment, newest first, each durably: a crash leaves a prefix.
+        while self._segments:
+            segment = self._segments.pop()
+            self._segment_firsts.pop()
+            self._dirty_fds.discard(segment.fd)
+            os.close(segment.fd)
+            os.unlink(segment.path)
+            fsync_dir(self.directory)
+        self._run_starts.clear()
+        self._run_epochs.clear()
+        self._cache.clear()
+        self._cache_bytes = 0
+        # 2. The new base, durably. 3. Its empty first segment, durably.
+        write_file_durably(os.path.join(self.directory, BASE_NAME),
+                           encode_base(base_index, base_epoch))
+        self.first_index, self.base_epoch = base_index + 1, base_epoch
+        self.last_index, self.last_epoch = base_index, base_epoch
+        self._cache_first = base_index + 1
+        segment = self._create_segment_locked(base_index + 1)
+        fsync_dir(self.directory)
+        self._dir_dirty = False
+        self.synced_index = base_index
+        assert self._segments == [segment]
 
     def sync(self) -> None:
         """Make every append so far durable: fdatasync the segments written, then the
