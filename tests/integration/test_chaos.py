@@ -42,3 +42,27 @@ def test_chaos_30s_with_a_mix_of_faults_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"rangekv chaos exited {proc.returncode}; run dir {run_dir}"
     assert "PASSED" in proc.stdout
     assert (run_dir / "history.jsonl").stat().st_size > 0
+
+
+def test_chaos_30s_with_splits_and_moves_under_faults_passes(tmp_path: Path) -> None:
+    """The controller at work under faults: low split thresholds (the register table splits by
+    itself and its parts move, a group may be formed from spares), operator splits and moves,
+    leaders killed and cut off. Nothing may be lost, duplicated or stale; moves must happen."""
+    import json
+
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    run_dir = tmp_path / "chaos"
+    argv = [sys.executable, "-m", "rangekv.cli.main", "chaos", "--time", "30", "--seed", "77",
+            "--nemesis", "split,move,kill-leader,partition-leader", "--interval", "4,7",
+            "--split-ops", "40", "--group-ranges-max", "2", "--spares", "3",
+            "--dir", str(run_dir)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)
+    print(proc.stdout)
+    print(proc.stderr, file=sys.stderr)
+    assert proc.returncode == 0, f"rangekv chaos exited {proc.returncode}; run dir {run_dir}"
+    report = json.loads((run_dir / "report.json").read_text())
+    decisions = report["layout"]["decisions"]
+    assert decisions.get("move_switch", 0) >= 1, decisions
+    assert report["layout"]["ranges"]["chaos_reg"]["ranges"] >= 2, report["layout"]
