@@ -18,6 +18,9 @@ family ``pause``       ``pause-leader``, ``pause-follower``: SIGSTOP, SIGCONT at
 family ``infra``       ``kill-rm``, ``kill-meta`` (the active one), ``kill-etcd`` (one member)
 family ``clock``       ``clock-skew``: the rms' wall clocks (which stamp seqs) jump by up to
                        ±30 s each (libfaketime), reset at heal
+family ``replace``     ``kill-for-good``: ``kill -9`` of a follower that stays down until the end
+                       of the run (at most one per spare), so that the controller replaces it
+                       from the spare pool
 family ``controller``  ``split``: a range of a workload table is cut at one of its keys and
                        the upper part moves to another group (``?to=auto``); ``move``: a range
                        moves to another group; both live, under the load
@@ -54,6 +57,7 @@ FAMILIES: dict[str, list[str]] = {
     "pause": ["pause-leader", "pause-follower"],
     "infra": ["kill-rm", "kill-meta", "kill-etcd"],
     "clock": ["clock-skew"],
+    "replace": ["kill-for-good"],
     "controller": ["split", "move"],
 }
 TABLES = ("chaos_reg", "chaos_set")  # the workload's (see workload.py)
@@ -106,6 +110,7 @@ class Nemesis:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self._paused: list[str] = []
+        self._gone: set[str] = set()  # killed for good: restarted by the final heal only
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -214,6 +219,16 @@ class Nemesis:
             node = rng.choice(followers or members)
             c.kill(node)
             return f"kill -9 {node}"
+        if fault == "kill-for-good":
+            spares = [n for n in info.get("nodes") or [] if n.get("state") == "spare"]
+            if not spares:
+                node = rng.choice(followers or members)
+                c.kill(node)
+                return f"kill -9 {node} (no spare left to replace one for good: restarted at heal)"
+            node = rng.choice(followers or members)
+            c.kill(node)
+            self._gone.add(node)
+            return f"kill -9 {node} for good (down until the end of the run)"
         if fault == "kill-leader":
             c.kill(target_leader)
             return f"kill -9 leader {target_leader}{guess}"
@@ -285,8 +300,9 @@ class Nemesis:
                               for r in resp.json().get("ranges", []))
         return f"{fault} {table} at {key!r}: {resp.status_code} {body}{layout}"
 
-    def heal(self) -> None:
-        """Undo every fault: rules flushed, processes continued or restarted, clocks reset."""
+    def heal(self, final: bool = False) -> None:
+        """Undo every fault: rules flushed, processes continued or restarted (those killed for
+        good only at the ``final`` heal), clocks reset."""
         c = self.cluster
         c.net.heal()
         for node in self._paused:
@@ -295,8 +311,9 @@ class Nemesis:
         if c.skew_rms:
             for i in range(1, c.rms + 1):
                 c.clock_file(f"rm-{i}").write_text("+0\n")
-        if any(not c.alive(name) for name in c.names):
-            c.start()  # starts exactly what is not running
+        skip = () if final else self._gone
+        if any(not c.alive(name) and name not in skip for name in c.names):
+            c.start(skip=skip)  # starts exactly what is not running
 
     # --- the loop (in its own thread: the faults block) ---------------------------------------
 
@@ -322,4 +339,4 @@ class Nemesis:
                 record.end_s = self.now()
                 self.stop.wait(self.rest_s)
         finally:
-            self.heal()
+            self.heal(final=True)

@@ -564,8 +564,10 @@ class LocalCluster:
 
     # --- start --------------------------------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Start every process that is not running, in order; returns the names started."""
+    def start(self, skip: Iterable[str] = ()) -> list[str]:
+        """Start every process that is not running (but those in ``skip``), in order; returns
+        the names started."""
+        skipped = set(skip)
         for d in (self.data_dir, self.log_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._save_settings()
@@ -575,7 +577,7 @@ class LocalCluster:
             self.stop(["meta"])
         started: list[str] = []
         for name in self.names:
-            if self.alive(name):
+            if self.alive(name) or name in skipped:
                 continue
             spec = self.spec(name)
             busy = [p for p in self.ports_to_check(spec) if not _port_free(p)]
