@@ -182,8 +182,10 @@ class Replica:
         self._fail_all(errors.Unavailable("node is shutting down"))
 
     # ------------------------------------------------------------------ inputs
-    def configure(self, members: list[int]) -> None:
-        self.core.set_members(members)
+    def configure(self, members: list[int], learners: list[int] | None = None,
+                  joint: list[int] | None = None) -> None:
+        """Take meta's record of the group (see ``Core.set_config``)."""
+        self.core.set_config(members, learners or (), joint or ())
         self._process()
 
     def campaign(self, epoch: int) -> None:
