@@ -241,6 +241,7 @@ class LocalCluster:
         groups: int = 1,
         command: Sequence[str] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
+        meta_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -263,6 +264,8 @@ class LocalCluster:
         # the console script's module. Tests substitute stand-ins here.
         self.command: tuple[str, ...] = tuple(command or (sys.executable, "-m", "rangekv.cli.main"))
         self.stop_timeout_s = stop_timeout_s
+        #: extra flags for both metas (e.g. ``("--replace-grace-ms", "2000")``)
+        self.meta_args: tuple[str, ...] = tuple(meta_args)
         #: a command prefix per process name (e.g. ``("fiu-run", "-x")``), put before its argv
         #: when it is started; it must exec the argv, so that the pid and /proc cmdline are
         #: the process's own (see ``pid_is``).
@@ -443,6 +446,7 @@ class LocalCluster:
                 self.etcd_endpoint,
                 "--groups-min",
                 str(self.groups),
+                *self.meta_args,
             )
             return ProcSpec(name, argv, (self.meta_port(i),))
         if name == "haproxy":
