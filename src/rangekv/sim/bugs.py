@@ -60,10 +60,20 @@ class ApplyBeforeCommit(Core):
         self.applied = index  # (the real method asserts applied <= commit)
 
 
+class CampaignWithoutJoint(Core):
+    """(f) A candidate wins with a majority of the new members alone, ignoring the previous
+    members (``joint``) while a reconfiguration is unfinished: an entry committed under the
+    old members can be on none of the new majority."""
+
+    def _election_won(self) -> bool:
+        return self._majority(self.accepts, self.members)
+
+
 BUGS: dict[str, type[Core]] = {
     "ack-before-fsync": AckBeforeFsync,
     "accept-lower-epoch": AcceptLowerEpoch,
     "skip-log-matching": SkipLogMatching,
     "read-without-quorum": ReadWithoutQuorum,
     "apply-before-commit": ApplyBeforeCommit,
+    "campaign-without-joint": CampaignWithoutJoint,
 }
