@@ -364,16 +364,17 @@ class Node:
             log.warning("told to join group %d, but the data here belongs to group %d: "
                         "discarding it (log, hard state, index) to start empty", gid,
                         self.data_group)
+        # From here on no message or request reaches the old replica.
         self._resetting = True
-        task = asyncio.get_running_loop().create_task(self._discard_data(gid))
+        replica, self.replica = self.replica, None
+        self.group, self.members, self.addresses = None, {}, {}
+        task = asyncio.get_running_loop().create_task(self._discard_data(replica, gid))
         self._tasks.append(task)
         return False
 
-    async def _discard_data(self, gid: int) -> None:
+    async def _discard_data(self, replica: Replica | None, gid: int) -> None:
         """Stop the replica, discard another group's data, and reopen empty for ``gid``."""
         try:
-            replica, self.replica = self.replica, None
-            self.group, self.members, self.addresses = None, {}, {}
             if replica is not None:
                 await replica.stop()
                 await asyncio.to_thread(replica.engine.close)
