@@ -12,7 +12,8 @@ Invariants (each is relied on elsewhere; break one and data can be lost or serve
 2. **Epochs only grow**, and a group's leader for epoch ``e`` is recorded in etcd by
    compare-and-swap *before* any node hears of ``e`` (the ``campaign`` field of a heartbeat
    reply). Two metas can therefore never hand out the same epoch to two nodes.
-3. **No leader is chosen without a live majority** of the group's members; without one the group
+3. **No leader is chosen without a live majority** of the group's members (and, while a
+   reconfiguration is unfinished, of its previous members, ``joint``); without one the group
    stays unavailable (never inconsistent), and that is logged.
 4. **Decisions are made on a view at least as new as the takeover**: a newly active meta waits
    until its watched view has reached the revision at which it won, and waits one heartbeat
@@ -39,7 +40,10 @@ Three background tasks run for the life of the process:
 The controller (active only) ticks every ``election_interval_ms``: for each group it applies
 ``choose_leader`` (a pure function below: live majority, most caught-up member wins, reasons
 spelled out) and, every ``formation_interval_ms``, ``plan_group`` (three lowest-id live spares
-form a new group while there are fewer than ``groups_min``). Nodes learn everything from their
+form a new group while there are fewer than ``groups_min``) and ``plan_replacement`` (a dead,
+broken or lagging follower is replaced by a spare: learner, swap in a new epoch whose campaign
+also needs the previous members, then ``joint`` cleared; each step one CAS with the decision
+that explains it, kept under ``/rangekv/decisions/``). Nodes learn everything from their
 heartbeat replies; the meta never calls a node except to push ``add_range`` / ``drop_table`` to a
 group leader during table creation and removal.
 
