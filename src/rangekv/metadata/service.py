@@ -542,9 +542,10 @@ def plan_replacement(
       (when this meta first saw it); swapped in once its commit index (which counts only
       entries matching the leader's log) has reached ``learner_target`` (the leader's commit
       index when this meta first saw the learner: everything committed before the replacement
-      started) and is within ``catch_up_slack`` of the serving leader's: a new epoch, ``members - x + y``, ``joint`` =
-      the old members, the same leader (it is live and serving, or we would wait), and ``x``
-      flagged with the reason.
+      started) and is within ``catch_up_slack`` of the serving leader's, and a majority of the
+      old and of the new members are live with a sound log: a new epoch, ``members - x + y``,
+      ``joint`` = the old members, the same leader (it is live and serving, or we would
+      wait), and ``x`` flagged with the reason.
     * **steady**: a non-leader member that reports a broken log, or has had no heartbeat
       (since ``judge_from_s`` if never heard) or has lagged (``lag_since``, see ``track_lag``)
       for longer than the grace, is replaced (broken first, then dead, then lagging; lowest id

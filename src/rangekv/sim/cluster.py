@@ -17,10 +17,14 @@ Membership: the group starts with ``nodes`` members and ``spares`` idle spares. 
 production ``plan_replacement`` on every check, with the same record transitions as the real
 meta (``Group.with_learner``, ``swapped``, ``joint_cleared``, ``without_learner``): a member
 dead, broken or lagging for longer than the grace is replaced by a spare that first catches up
-as a learner, while the faults go on. Nodes learn the group's members, learners and joint
-voters from meta's heartbeat replies, as real nodes do. After every event the checkers run: at most one leader per epoch, every
-replica applies the same entry at each index, a new leader holds every committed entry, the state
-machine never gets ahead of the log. Periodically, log matching across all pairs. At the end:
+as a learner, while the faults go on; and a staged race shows what the joint majority is for
+(``_race``). Nodes learn the group's members, learners and joint voters from meta's heartbeat
+replies, as real nodes do. Half the seeds (``SimConfig.membership``) do all this; the others run
+exactly as the simulation did before membership changes existed.
+
+After every event the checkers run: at most one leader per epoch, every replica applies the
+same entry at each index, a new leader holds every committed entry, the state machine never
+gets ahead of the log. Periodically, log matching across all pairs. At the end:
 faults stop, everything heals and restarts, a leader must commit a new write within a bounded
 simulated time (liveness), final reads are made, and the client history must be linearizable.
 """
