@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from rangekv import wire
+from rangekv import errors, wire
 from rangekv.cluster.local import running_cluster
 
 POLL_S = 0.02
@@ -109,11 +110,9 @@ def main(argv: list[str]) -> int:
             if learner is None and g["learners"]:
                 learner, learner_at = g["learners"][0]["id"], now
             if learner is not None and swapped_at is None:
-                try:
+                with contextlib.suppress(OSError, errors.RangeKVError):  # a missed sample
                     samples.append((now, node_op(c.node_addresses[learner], "status")
                                     ["commit_index"]))
-                except Exception:  # noqa: BLE001 - a sample missed is only a sample
-                    pass
             if swapped_at is None and victim not in [m["id"] for m in g["members"]]:
                 swapped_at = now
             if swapped_at is not None and not g["joint"]:

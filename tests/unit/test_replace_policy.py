@@ -296,8 +296,8 @@ def test_choose_leader_needs_a_live_majority_of_joint_too() -> None:
     beats = healthy(JOINT, spares=())
     beats[1] = beat(at=NOW - 5, role="leader", leader_epoch=4)
     beats[2] = beat(at=NOW - 30)
-    kw = dict(heartbeat_timeout_s=HB, campaign_timeout_s=3.0, judge_from_s=0.0,
-              campaign_since_s=0.0)
+    kw = {"heartbeat_timeout_s": HB, "campaign_timeout_s": 3.0, "judge_from_s": 0.0,
+          "campaign_since_s": 0.0}
     choice = choose_leader(JOINT, beats, NOW, **kw)  # type: ignore[arg-type]
     assert choice.action == "stuck" and "previous members [1, 2, 3]" in choice.reason
     beats[2] = beat()
@@ -313,7 +313,7 @@ def test_track_lag_records_when_a_lag_began_and_forgets_it_once_caught_up() -> N
     beats[1] = beat(role="leader", leader_epoch=3, commit=1000)
     beats[2] = beat(last=899)
     beats[3] = beat(last=900)
-    kw = dict(heartbeat_timeout_s=HB, lag_entries=100)
+    kw = {"heartbeat_timeout_s": HB, "lag_entries": 100}
     since = track_lag(GROUP, beats, NOW, {}, **kw)  # type: ignore[arg-type]
     assert since == {2: NOW}
     earlier = {2: NOW - 5}

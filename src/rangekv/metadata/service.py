@@ -671,9 +671,9 @@ def plan_replacement(
             lag = "?"
             if lead is not None and beat is not None:
                 lag = str(lead.status.commit_index - beat.status.last_index)
-            trouble.append((2, m, f"{lag} entries behind the leader's commit (more than "
-                                  f"{policy.lag_entries}) for {now_s - lag_since[m]:.1f} s "
-                                  f"(grace {grace_s:g} s)"))
+            why = (f"{lag} entries behind the leader's commit (more than {policy.lag_entries}) "
+                   f"for {now_s - lag_since[m]:.1f} s (grace {grace_s:g} s)")
+            trouble.append((2, m, why))
     if not trouble:
         return ReplacementPlan("keep", f"group {gid}: every member is healthy")
     _, x, why = min(trouble)

@@ -45,8 +45,8 @@ from typing import Any
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
-from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
 from rangekv.replication import driver
+from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
 from rangekv.replication.driver import EXIT_DISK_FAILURE, Replica
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
 from rangekv.storage import hardstate
