@@ -153,6 +153,7 @@ class Replica:
         self._persist_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._retaking = False  # campaigning for a newer epoch while leading (see campaign)
         self.stats = {"fsyncs": 0, "entries_written": 0, "applied": 0, "leader_changes": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -189,10 +190,21 @@ class Replica:
         self._process()
 
     def campaign(self, epoch: int) -> None:
+        """Take up ``epoch`` (meta chose this node for it).
+
+        A serving leader asked to take up a newer epoch (meta re-elects the same leader to
+        change the group's members) keeps its pending writes instead of failing them as
+        "outcome unknown": they stay in its log, so they commit with the new epoch's no-op if
+        its log is adopted, are answered "unavailable" if another entry is applied at their
+        index (surely not applied), or time out as unknown."""
         if epoch > self.core.promised:
             log.info("campaigning for epoch %d (chosen by meta)", epoch)
-        self.core.campaign(epoch)
-        self._process()
+        self._retaking = self.core.role == LEADER and epoch > self.core.promised
+        try:
+            self.core.campaign(epoch)
+            self._process()
+        finally:
+            self._retaking = False
 
     def step(self, msg: Msg) -> None:
         self.core.step(msg)
@@ -297,7 +309,10 @@ class Replica:
                 fut.set_exception(self.not_leader())
         if rd.became_leader is not None:
             self._on_became_leader(rd.became_leader)
-        if rd.lost_leadership:
+        if rd.lost_leadership and self._retaking:
+            log.info("taking up epoch %d after leading the one before; keeping %d pending "
+                     "writes", self.core.promised, len(self._proposals))
+        elif rd.lost_leadership:
             log.warning("lost leadership of epoch %d", self.core.promised)
             self._fail_proposals(errors.OutcomeUnknown(
                 "leadership lost before the write was acknowledged; it may still take effect"))
