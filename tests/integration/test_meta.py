@@ -683,3 +683,44 @@ def test_meta_process_runs_and_exits_cleanly_on_sigterm(etcd_endpoint: str, tmp_
     assert "INFO rangekv.meta.1 node 9 at 127.0.0.1:9 is new" in text, text
     assert "stopping: got SIGTERM" in text and "meta 1 stopped" in text, text
     assert "Traceback" not in text, text
+
+
+def test_a_replacement_survives_a_meta_crash_and_is_explained_once(etcd_endpoint: str) -> None:
+    """A follower stops heartbeating: the active meta adds the lowest spare as a learner, then
+    crashes; the standby takes over and finishes the replacement (swap in a new epoch with the
+    old members as joint voters, then joint cleared once the leader serves it). Each step is
+    recorded once, and the flag on the old node carries the reason the first meta gave."""
+
+    async def body(c: Cluster) -> None:
+        m1 = await c.meta(1)
+        await eventually(lambda: m1.is_active, 5, "meta 1 active")
+        m2 = await c.meta(2)
+        for i, index in ((1, 9), (2, 5), (3, 7), (4, 0), (5, 0)):
+            await c.node(i, last_index=index)
+        first = await leader_serving(c, m1)
+        assert first.leader == 1 and first.members == (1, 2, 3)
+        c.nodes[2].paused = True
+        await eventually(lambda: m1.view.groups[first.id].learners == (4,), 10,
+                         "spare 4 to join as a learner")
+        assert m1.view.nodes[4].state == model.NODE_JOINING
+        await m1.stop(revoke=False)  # crash: the lease expires, the standby takes over
+        c.nodes[4].last_index = c.nodes[1].last_index  # the learner catches up
+        await eventually(lambda: m2.is_active, 8, "meta 2 to take over")
+        swapped = await leader_serving(c, m2, timeout_s=15, epoch_min=first.epoch + 1)
+        assert swapped.members == (1, 3, 4) and swapped.leader == 1
+        await eventually(lambda: not m2.view.groups[first.id].joint, 5, "joint cleared")
+        view, _ = await c.store.load()
+        kinds = [d.kind for d in view.decisions]
+        assert kinds == ["replace_started", "replace_swapped", "joint_cleared"], kinds
+        started = view.decisions[0]
+        assert started.details["old"] == 2 and started.details["new"] == 4
+        node2 = view.nodes[2]
+        assert node2.state == model.NODE_FLAGGED and node2.flag == model.FLAG_REPLACED
+        assert node2.reason == f"replaced in group {first.id} by node 4: {started.details['why']}"
+        assert view.nodes[4].state == model.NODE_MEMBER
+        c.nodes[2].paused = False  # it comes back: it stays flagged and in no group
+        await asyncio.sleep(0.5)
+        assert c.nodes[2].group is None
+        assert (await c.store.load())[0].nodes[2] == node2
+
+    scenario(etcd_endpoint, body, heartbeat_timeout_ms=300, replace_grace_ms=800)

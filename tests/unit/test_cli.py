@@ -27,6 +27,7 @@ from rangekv.cli import main as cli
 from rangekv.client import Backoff, Client, Item
 from rangekv.cluster import local
 from rangekv.cluster.local import ClusterError, LocalCluster
+from rangekv.metadata import model
 from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
 from rangekv.testing.procs import free_port, wait_until
 
@@ -250,8 +251,49 @@ def test_cluster_is_printed_for_people() -> None:
     assert "meta: id 1 at 127.0.0.1:8420" in text
     assert ops.format_cluster({}).startswith("groups (0):")
     run = Run()
-    rc, out, _ = run("status")
+    rc, out, _ = run("cluster")
     assert rc == 0 and b"leader node 2" in out
+
+
+def replacing_view() -> ClusterView:
+    """Node 3 of group 1 replaced by spare 4 (swapped in, joint not yet cleared), node 5 a
+    learner of group 2's replacement of its node 6, and the decisions that say so."""
+    view = sample_view()
+    view.groups[1] = Group(1, epoch=4, leader=2, members=(1, 2, 4), joint=(1, 2, 3))
+    view.nodes[3] = Node(3, "127.0.0.1:8433", "flagged", None,
+                         "replaced in group 1 by node 4: no heartbeat for 12.0 s (grace 10 s)",
+                         "replaced")
+    view.nodes[4] = Node(4, "127.0.0.1:8434", "member", 1)
+    view.nodes[5] = Node(5, "127.0.0.1:8435", "joining", 2)
+    view.groups[2] = Group(2, epoch=1, leader=7, members=(6, 7, 8), learners=(5,), replacing=6)
+    for at, kind, reason in ((1_000, "replace_started", "group 1: member 3 no heartbeat"),
+                             (2_000, "replace_swapped", "group 1: learner 4 caught up")):
+        view.apply(model.decision_key(at), model.Decision(at, kind, 1, reason).dumps())
+    return view
+
+
+def test_replacements_show_in_cluster_and_status() -> None:
+    info = replacing_view().to_json()
+    text = ops.format_cluster(info)
+    assert "node 5  127.0.0.1:8435  learner (to replace node 6)" in text
+    assert "a campaign also needs a majority of the previous members 1, 2, 3" in text
+    assert "replace_swapped: group 1: learner 4 caught up" in text
+    probes: dict[int, dict[str, Any] | str] = {
+        2: {"role": "leader", "last_index": 120, "commit_index": 118},
+        1: {"role": "follower", "last_index": 118, "commit_index": 118},
+        4: {"role": "follower", "last_index": 100, "commit_index": 100},
+        3: "Unavailable: connection refused",
+    }
+    status = ops.format_status(info, probes, decisions=1)
+    lines = status.splitlines()
+    row = next(line.split() for line in lines if line.split()[:3] == ["1", "4", "2"])
+    assert row[3:] == ["1,", "2*,", "4", "-", "1,", "2,", "3", "1:", "0,", "4:", "18"], row
+    node3 = next(line for line in lines if line.split()[:1] == ["3"] and "flagged" in line)
+    assert "unreachable" in node3 and "replaced in group 1 by node 4" in node3
+    assert "recent decisions (1):" in status and "replace_swapped" in status
+    assert "replace_started" not in status
+    rc, out, _ = Run()("status", "--no-probe")
+    assert rc == 0 and b"groups (1):" in out and b"recent decisions (0):" in out
 
 
 # --- errors and exit codes --------------------------------------------------------------------

@@ -306,3 +306,33 @@ def test_a_leader_whose_fsync_fails_acknowledges_nothing_of_the_batch(
             await g.close(i)
 
     asyncio.run(scenario())
+
+
+def test_a_leader_retaking_a_newer_epoch_keeps_its_pending_writes(tmp_path: Path) -> None:
+    """Meta re-elects the serving leader for a new epoch to change the members: writes pending
+    on it commit with the new epoch's no-op, answered with their results, not "unknown"."""
+
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        for i in g.ids:
+            await g.open(i)
+        leader = await g.elect(1, epoch=1)
+        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
+                              "s": sequencer.ZERO})
+        g.cut = {2, 3}  # nothing commits for now
+        pending = [asyncio.ensure_future(leader.propose(
+            {"op": "put", "t": 7, "k": f"p{i}".encode(), "v": b"v", "s": seq(100 + i),
+             "c": None})) for i in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(p.done() for p in pending)
+        leader.campaign(2)  # as the swap of a replacement does
+        g.cut = set()
+        results = await asyncio.gather(*pending)
+        assert [len(r["seq"]) for r in results] == [16] * 5
+        assert leader.core.serving and leader.core.promised == 2
+        await leader.linearizable()
+        assert leader.engine.get(7, b"p4") is not None
+        for i in g.ids:
+            await g.close(i)
+
+    asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""Data commands: create-table, drop-table, tables, put, get, delete, list, cluster.
+"""Data commands: create-table, drop-table, tables, put, get, delete, list, cluster, status.
 
 Output is for people by default and JSON with ``--json``. ``get`` prints the value's bytes as
 they are (plus a newline unless ``--raw``); ``list`` prints ``key<TAB>value<TAB>seq`` lines in
@@ -20,6 +20,8 @@ from rangekv.cli import Context
 from rangekv.client import Item
 
 LIST_LIMIT_DEFAULT = 100
+STATUS_DECISIONS = 10
+PROBE_TIMEOUT_S = 1.0  # per node, for `rangekv status`
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -99,11 +101,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "cluster",
-        aliases=["status"],
         parents=[common],
-        help="the topology: groups, leaders, ranges, nodes, tables",
+        help="the topology: groups, leaders, ranges, nodes, tables, recent decisions",
     )
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="health at a glance: groups with their lag, nodes with state and reason, and the "
+        "controller's recent decisions (asks each node for its status)",
+    )
+    p.add_argument("--decisions", type=_positive_int, default=STATUS_DECISIONS, metavar="N",
+                   help=f"how many recent decisions (default {STATUS_DECISIONS})")
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not ask the nodes (no roles, indexes or lag)")
+    p.set_defaults(func=cmd_status)
 
 
 def _positive_int(text: str) -> int:
@@ -172,6 +185,13 @@ def format_cluster(info: dict[str, Any]) -> str:
             lines.append(
                 f"    node {m.get('id')}  {m.get('address')}  {role}  {m.get('state', '')}".rstrip()
             )
+        for m in g.get("learners") or []:
+            replacing = g.get("replacing")
+            lines.append(f"    node {m.get('id')}  {m.get('address')}  learner"
+                         + (f" (to replace node {replacing})" if replacing is not None else ""))
+        if g.get("joint"):
+            lines.append(f"    reconfiguration unfinished: a campaign also needs a majority of "
+                         f"the previous members {_ids(g['joint'])}")
     ranges = info.get("ranges") or []
     lines.append(f"ranges ({len(ranges)}):")
     for r in ranges:
@@ -195,10 +215,103 @@ def format_cluster(info: dict[str, Any]) -> str:
             f"  {t.get('name')}  id {t.get('id')}"
             + (f"  {state}" if state and state != "active" else "")
         )
+    decisions = info.get("decisions") or []
+    if decisions:
+        lines.append(f"decisions (last {len(decisions)}):")
+        lines.extend("  " + _decision_line(d) for d in decisions)
     meta = info.get("meta")
     if isinstance(meta, dict):
         lines.append(f"meta: id {meta.get('id')} at {meta.get('address')}")
     return "\n".join(lines)
+
+
+def _ids(ids: Any) -> str:
+    return ", ".join(str(i) for i in ids) if ids else "-"
+
+
+def _decision_line(d: dict[str, Any]) -> str:
+    group = f"group {d['group']}  " if d.get("group") is not None else ""
+    return f"{d.get('at', '?')}  {group}{d.get('kind', '?')}: {d.get('reason', '')}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    cells = [header] + [["-" if c is None or c == "" else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in cells]
+
+
+def format_status(info: dict[str, Any], probes: dict[int, dict[str, Any] | str],
+                  decisions: int = STATUS_DECISIONS) -> str:
+    """``rangekv status``: ``info`` is ``/v1/cluster``, ``probes`` each node's own ``status``
+    (or why it could not be asked). Lag is the leader's commit index less a member's last
+    index, both as the nodes report them now."""
+    lines = []
+    groups = info.get("groups") or []
+    lines.append(f"groups ({len(groups)}):")
+    rows = []
+    for g in groups:
+        leader = g.get("leader")
+        lead = probes.get(leader) if leader is not None else None
+        commit = lead.get("commit_index") if isinstance(lead, dict) else None
+        lags = []
+        for m in g.get("members") or []:
+            if m.get("id") == leader:
+                continue
+            st = probes.get(m.get("id"))
+            lag = (commit - st["last_index"] if isinstance(st, dict) and commit is not None
+                   else "?")
+            lags.append(f"{m.get('id')}: {lag}")
+        members = [f"{m.get('id')}{'*' if m.get('id') == leader else ''}"
+                   for m in g.get("members") or []]
+        rows.append([g.get("id"), g.get("epoch"), leader, ", ".join(members),
+                     _ids([m.get("id") for m in g.get("learners") or []]),
+                     _ids(g.get("joint")), ", ".join(lags)])
+    if rows:
+        lines.extend(_table(["group", "epoch", "leader", "members", "learners", "joint",
+                             "lag (entries)"], rows))
+    nodes = info.get("nodes") or []
+    lines.append(f"nodes ({len(nodes)}):")
+    rows = []
+    for n in nodes:
+        st = probes.get(n.get("id"))
+        live = isinstance(st, dict)
+        rows.append([n.get("id"), n.get("address"), n.get("state"), n.get("group"),
+                     st.get("role") if live else ("unreachable" if st else None),
+                     st.get("last_index") if live else None,
+                     st.get("commit_index") if live else None, n.get("reason")])
+    if rows:
+        lines.extend(_table(["node", "address", "state", "group", "role", "last", "commit",
+                             "reason"], rows))
+    recent = (info.get("decisions") or [])[-decisions:]
+    lines.append(f"recent decisions ({len(recent)}):")
+    lines.extend("  " + _decision_line(d) for d in recent)
+    return "\n".join(lines)
+
+
+def probe_nodes(info: dict[str, Any],
+                timeout_s: float = PROBE_TIMEOUT_S) -> dict[int, dict[str, Any] | str]:
+    """Each node's ``status`` over the internal protocol, or why it could not be had."""
+    import asyncio
+
+    from rangekv import wire
+
+    async def one(address: str) -> dict[str, Any] | str:
+        conn = wire.Connection(address, connect_timeout_s=timeout_s)
+        try:
+            return await conn.request("status", timeout_s=timeout_s)
+        except (errors.RangeKVError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await conn.close()
+
+    async def all_of() -> dict[int, dict[str, Any] | str]:
+        nodes = [n for n in info.get("nodes") or [] if isinstance(n.get("address"), str)]
+        got = await asyncio.gather(*(one(n["address"]) for n in nodes))
+        return {n["id"]: g for n, g in zip(nodes, got, strict=True)}
+
+    return asyncio.run(all_of())
 
 
 def _print_json(ctx: Context, obj: Any) -> None:
@@ -354,6 +467,17 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
         _print_json(ctx, {"items": collected, "next": page.next})
     elif page.next is not None:
         ctx.err(f"more: rangekv list {args.table} --after {page.next}  (or --all)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        info = db.cluster()
+    probes = {} if args.no_probe else probe_nodes(info)
+    if args.json:
+        _print_json(ctx, {"cluster": info, "nodes": {str(k): v for k, v in probes.items()}})
+    else:
+        ctx.out(format_status(info, probes, args.decisions))
     return 0
 
 

@@ -244,6 +244,7 @@ class LocalCluster:
         extra_args: dict[str, tuple[str, ...]] | None = None,
         compact_entries: int | None = None,
         compact_retain: int | None = None,
+        meta_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -276,6 +277,8 @@ class LocalCluster:
         #: more flags per kind of process ("meta", "node", "rm"), put after its own (e.g.
         #: low split thresholds for a test)
         self.extra_args: dict[str, tuple[str, ...]] = dict(extra_args or {})
+        if meta_args:  # extra flags for both metas (e.g. ``("--replace-grace-ms", "2000")``)
+            self.extra_args["meta"] = (*self.extra_args.get("meta", ()), *meta_args)
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 

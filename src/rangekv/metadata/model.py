@@ -8,6 +8,7 @@ etcd layout (every value is JSON; every change is a compare-and-swap on what was
     /rangekv/ranges/{table_id:08x}/{start hex}     Range (start "" = the table's first range)
     /rangekv/groups/{group_id:08x}                 Group
     /rangekv/nodes/{node_id:08x}                   Node
+    /rangekv/decisions/{wall time ns:020d}         Decision (the controller's, with its reason)
     /rangekv/meta/active                           {"id", "address"} of the active meta (leased)
 
 A ``ClusterView`` is built from one prefix read of ``/rangekv/`` and kept current by applying
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 PREFIX = b"/rangekv/"
@@ -27,6 +29,7 @@ RANGES = PREFIX + b"ranges/"
 GROUPS = PREFIX + b"groups/"
 NODES = PREFIX + b"nodes/"
 COUNTERS = PREFIX + b"counters/"
+DECISIONS = PREFIX + b"decisions/"
 META_ACTIVE = PREFIX + b"meta/active"
 
 TABLE_ACTIVE = "active"
@@ -36,6 +39,17 @@ TABLE_DROPPING = "dropping"
 NODE_SPARE = "spare"
 NODE_MEMBER = "member"
 NODE_FLAGGED = "flagged"
+NODE_JOINING = "joining"  # a learner of ``group``: receives its log, counted in no quorum
+
+# Why a node is flagged (``Node.flag``). Only a broken log is lifted by the node itself (it
+# reports a sound log again once repaired); the others stay until an operator acts, because
+# the node was taken out of its group for them and must not drift back into the pool.
+FLAG_BROKEN_LOG = "broken_log"
+FLAG_REPLACED = "replaced"  # swapped out of its group for a spare
+FLAG_LEARNER_FAILED = "learner_failed"  # died or did not catch up as a learner
+
+DECISIONS_KEPT = 200  # the meta trims older decisions in the txn that writes a new one
+DECISIONS_SHOWN = 50  # the most recent ones in ``ClusterView.to_json``
 
 
 def table_key(name: str) -> bytes:
@@ -52,6 +66,10 @@ def group_key(group_id: int) -> bytes:
 
 def node_key(node_id: int) -> bytes:
     return NODES + f"{node_id:08x}".encode()
+
+
+def decision_key(at_ns: int) -> bytes:
+    return DECISIONS + f"{at_ns:020d}".encode()
 
 
 def dumps(obj: Any) -> bytes:
@@ -165,20 +183,90 @@ class Range:
 
 @dataclass(frozen=True)
 class Group:
+    """A replication group (DESIGN §4, §7.2).
+
+    ``members`` vote and count in every quorum. ``learners`` receive the log but count in no
+    quorum (a spare catching up to replace ``replacing``). ``joint`` is non-empty while a
+    reconfiguration is unfinished: the members before it; a campaign for an epoch of this record
+    then needs promises from a majority of ``members`` *and* of ``joint`` (commits and read
+    rounds count ``members`` only). Records written before these fields existed load with them
+    empty.
+    """
+
     id: int
     epoch: int = 0
     leader: int | None = None
     members: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+    joint: tuple[int, ...] = ()
+    replacing: int | None = None  # the member the learner is to replace
+
+    def __post_init__(self) -> None:
+        assert not set(self.learners) & set(self.members), ("a learner is not a member", self)
+        assert self.replacing is None or self.replacing in self.members, self
+        assert not self.learners or self.replacing is not None, ("a learner replaces", self)
+
+    @property
+    def changing(self) -> bool:
+        """A reconfiguration is in flight (one per group at a time)."""
+        return bool(self.learners or self.joint)
+
+    def involves(self, node_id: int) -> bool:
+        """The node takes part in the group: a member, a learner, or a voter of ``joint``."""
+        return node_id in self.members or node_id in self.learners or node_id in self.joint
+
+    # The record transitions of a replacement (DESIGN §7.2). Meta writes each by CAS; the
+    # simulator applies the same ones.
+    def with_learner(self, learner: int, replacing: int) -> Group:
+        """(a) ``learner`` starts receiving the log, to take ``replacing``'s place."""
+        assert not self.changing and replacing in self.members, (self, learner, replacing)
+        assert learner not in self.members, (self, learner)
+        return replace(self, learners=(learner,), replacing=replacing)
+
+    def swapped(self, epoch: int, leader: int) -> Group:
+        """(b) The caught-up learner becomes a member in place of ``replacing``, in a new epoch
+        whose campaign must also win a majority of the previous members (``joint``)."""
+        assert self.learners and self.replacing is not None and not self.joint, self
+        assert epoch > self.epoch, (self, epoch)
+        members = tuple(sorted({*self.members} - {self.replacing} | {self.learners[0]}))
+        assert leader in members, (self, leader)
+        return Group(self.id, epoch, leader, members, (), self.members, None)
+
+    def joint_cleared(self) -> Group:
+        """(c) The new members hold everything (the new epoch's no-op committed on a majority
+        of them): campaigns need a majority of ``members`` only again."""
+        assert self.joint, self
+        return replace(self, joint=())
+
+    def without_learner(self) -> Group:
+        """The replacement is abandoned: the learner leaves, the members stay."""
+        assert self.learners, self
+        return replace(self, learners=(), replacing=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "epoch": self.epoch,
+            "leader": self.leader,
+            "members": list(self.members),
+            "learners": list(self.learners),
+            "joint": list(self.joint),
+            "replacing": self.replacing,
+        }
 
     @staticmethod
     def load(raw: bytes) -> Group:
         d = json.loads(raw)
         leader = d.get("leader")
+        replacing = d.get("replacing")
         return Group(
             int(d["id"]),
             int(d.get("epoch", 0)),
             None if leader is None else int(leader),
             tuple(int(m) for m in d.get("members", [])),
+            tuple(int(m) for m in d.get("learners") or []),
+            tuple(int(m) for m in d.get("joint") or []),
+            None if replacing is None else int(replacing),
         )
 
 
@@ -189,6 +277,12 @@ class Node:
     state: str = NODE_SPARE
     group: int | None = None
     reason: str = ""  # why a node was flagged
+    flag: str = ""  # FLAG_*: the kind of reason ("" in records older than it: a broken log)
+
+    @property
+    def sticky_flag(self) -> bool:
+        """Flagged for a reason the node cannot lift by itself (see ``FLAG_*``)."""
+        return self.state == NODE_FLAGGED and self.flag not in ("", FLAG_BROKEN_LOG)
 
     @staticmethod
     def load(raw: bytes) -> Node:
@@ -200,7 +294,41 @@ class Node:
             str(d.get("state", NODE_SPARE)),
             None if group is None else int(group),
             str(d.get("reason", "")),
+            str(d.get("flag", "")),
         )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One controller decision, with its reason, as shown by ``rangekv status``.
+
+    ``kind`` names the decision (``DECISION_*`` in ``rangekv.metadata.service`` for
+    replacements; splits and moves will add theirs); ``details`` holds what else it is about
+    (members, spares, epochs), all JSON.
+    """
+
+    at_ns: int  # wall time, also the key: decisions sort by it
+    kind: str
+    group: int | None
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        at = datetime.fromtimestamp(self.at_ns / 1e9, tz=UTC)
+        return {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "at_ns": self.at_ns, "kind": self.kind, "group": self.group,
+                "reason": self.reason, **self.details}
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @staticmethod
+    def load(raw: bytes) -> Decision:
+        d = json.loads(raw)
+        group = d.pop("group", None)
+        d.pop("at", None)
+        return Decision(int(d.pop("at_ns")), str(d.pop("kind")),
+                        None if group is None else int(group), str(d.pop("reason", "")), d)
 
 
 @dataclass
@@ -214,6 +342,8 @@ class ClusterView:
     # table id -> ranges sorted by start key
     ranges: dict[int, list[Range]] = field(default_factory=dict)
     active_meta: dict[str, Any] | None = None
+    # the controller's decisions by key (wall time ns), oldest first; see ``decisions``
+    decision_log: dict[int, Decision] = field(default_factory=dict)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Apply one put (value) or delete (None) of a key under ``/rangekv/``."""
@@ -248,8 +378,28 @@ class ClusterView:
                 self.nodes.pop(nid, None)
             else:
                 self.nodes[nid] = Node.load(value)
+        elif key.startswith(DECISIONS):
+            at_ns = int(key[len(DECISIONS):])
+            if value is None:
+                self.decision_log.pop(at_ns, None)
+            else:
+                self.decision_log[at_ns] = Decision.load(value)
         elif key == META_ACTIVE:
             self.active_meta = None if value is None else json.loads(value)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """The recorded decisions (at most about ``DECISIONS_KEPT``), oldest first."""
+        return [self.decision_log[k] for k in sorted(self.decision_log)]
+
+    def group_of(self, node_id: int) -> Group | None:
+        """The group the node takes part in (member, learner or joint voter), if any."""
+        node = self.nodes.get(node_id)
+        if node is not None and node.group is not None:
+            group = self.groups.get(node.group)
+            if group is not None and group.involves(node_id):
+                return group
+        return next((g for _, g in sorted(self.groups.items()) if g.involves(node_id)), None)
 
     def table(self, name: str) -> Table | None:
         t = self.tables.get(name)
@@ -281,6 +431,16 @@ class ClusterView:
     def to_json(self) -> dict[str, Any]:
         """The topology as served by ``GET /v1/cluster``."""
         by_id = {t.id: t for t in self.tables.values()}
+
+        def node_ref(m: int, leader: int | None = None) -> dict[str, Any]:
+            node = self.nodes.get(m)
+            return {
+                "id": m,
+                "address": node.address if node is not None else None,
+                "state": node.state if node is not None else "unknown",
+                "leader": m == leader,
+            }
+
         return {
             "revision": self.revision,
             "groups": [
@@ -288,15 +448,10 @@ class ClusterView:
                     "id": g.id,
                     "epoch": g.epoch,
                     "leader": g.leader,
-                    "members": [
-                        {
-                            "id": m,
-                            "address": self.nodes[m].address if m in self.nodes else None,
-                            "state": self.nodes[m].state if m in self.nodes else "unknown",
-                            "leader": m == g.leader,
-                        }
-                        for m in g.members
-                    ],
+                    "members": [node_ref(m, g.leader) for m in g.members],
+                    "learners": [node_ref(m) for m in g.learners],
+                    "joint": list(g.joint),
+                    "replacing": g.replacing,
                 }
                 for g in sorted(self.groups.values(), key=lambda g: g.id)
             ],
@@ -311,12 +466,13 @@ class ClusterView:
             ],
             "nodes": [
                 {"id": n.id, "address": n.address, "state": n.state, "group": n.group,
-                 "reason": n.reason}
+                 "reason": n.reason, "flag": n.flag}
                 for n in sorted(self.nodes.values(), key=lambda n: n.id)
             ],
             "tables": [
                 {"id": t.id, "name": t.name, "state": t.state}
                 for t in sorted(self.tables.values(), key=lambda t: t.name)
             ],
+            "decisions": [d.to_json() for d in self.decisions[-DECISIONS_SHOWN:]],
             "meta": self.active_meta,
         }

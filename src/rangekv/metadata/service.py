@@ -12,7 +12,8 @@ Invariants (each is relied on elsewhere; break one and data can be lost or serve
 2. **Epochs only grow**, and a group's leader for epoch ``e`` is recorded in etcd by
    compare-and-swap *before* any node hears of ``e`` (the ``campaign`` field of a heartbeat
    reply). Two metas can therefore never hand out the same epoch to two nodes.
-3. **No leader is chosen without a live majority** of the group's members; without one the group
+3. **No leader is chosen without a live majority** of the group's members (and, while a
+   reconfiguration is unfinished, of its previous members, ``joint``); without one the group
    stays unavailable (never inconsistent), and that is logged.
 4. **Decisions are made on a view at least as new as the takeover**: a newly active meta waits
    until its watched view has reached the revision at which it won, and waits one heartbeat
@@ -39,7 +40,10 @@ Three background tasks run for the life of the process:
 The controller (active only) ticks every ``election_interval_ms``: for each group it applies
 ``choose_leader`` (a pure function below: live majority, most caught-up member wins, reasons
 spelled out) and, every ``formation_interval_ms``, ``plan_group`` (three lowest-id live spares
-form a new group while there are fewer than ``groups_min``). Nodes learn everything from their
+form a new group while there are fewer than ``groups_min``) and ``plan_replacement`` (a dead,
+broken or lagging follower is replaced by a spare: learner, swap in a new epoch whose campaign
+also needs the previous members, then ``joint`` cleared; each step one CAS with the decision
+that explains it, kept under ``/rangekv/decisions/``). Nodes learn everything from their
 heartbeat replies; the meta never calls a node except to push ``add_range`` / ``drop_table`` to a
 group leader during table creation and removal.
 
@@ -88,6 +92,31 @@ KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
 # median of 0.58 s on a 2-core loopback cluster under load (bench/failover.py). Under the same
 # load with CPU hogs added, no leader was ever judged lost without being killed.
 HEARTBEAT_TIMEOUT_MS_DEFAULT = 600
+# Follower replacement (DESIGN §7.2), see plan_replacement and docs/decisions.md
+# ("Membership"): a member is replaced once it has been dead, or behind the leader's commit by
+# more than REPLACE_LAG_ENTRIES_DEFAULT entries, for longer than the grace. 10 s is above a
+# process restart with WAL replay and the partitions and pauses a healthy node rides out (each
+# replacement copies a whole replica and spends a spare), and far below the 5-30 min after
+# which TiKV and CockroachDB re-replicate: our spares are idle and waiting. 50,000 entries is
+# well above what a healthy follower shows after a restart or a pause of a few seconds under
+# full load, so only a follower that does not catch up is replaced for lag.
+REPLACE_GRACE_MS_DEFAULT = 10_000
+REPLACE_LAG_ENTRIES_DEFAULT = 50_000
+# A learner is caught up when its commit index (which only counts entries matching the
+# leader's log) is within this of the leader's: heartbeats are 100 ms apart, so a learner that
+# keeps up under load reads this far behind in meta's view. Safety does not depend on it.
+CATCH_UP_SLACK_DEFAULT = 1_000
+# A learner that has not caught up within this is dropped (and flagged), and another spare
+# tried. Catch-up is by ordinary appends from index 1 until snapshots land.
+LEARNER_TIMEOUT_MS_DEFAULT = 120_000
+
+# Decision kinds of the replacement controller (model.Decision.kind).
+DECISION_REPLACE_STARTED = "replace_started"
+DECISION_REPLACE_SWAPPED = "replace_swapped"
+DECISION_JOINT_CLEARED = "joint_cleared"
+DECISION_REPLACE_ABANDONED = "replace_abandoned"
+DECISION_NO_SPARE = "no_spare"
+DECISIONS_TRIMMED_MAX = 50  # oldest decisions deleted per txn (etcd caps ops per txn)
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -109,7 +138,11 @@ class MetaConfig:
     election_interval_ms: int = 50  # and at the moment a leader's last heartbeat expires
     stall_ms: int = 150  # a controller tick this late means this process was stalled ...
     stall_grace_ms: int = 250  # ... so no leader is judged until heartbeats had this long
-    formation_interval_ms: int = 200
+    formation_interval_ms: int = 200  # and reconfiguration (replacement) steps
+    replace_grace_ms: int = REPLACE_GRACE_MS_DEFAULT
+    replace_lag_entries: int = REPLACE_LAG_ENTRIES_DEFAULT
+    catch_up_slack_entries: int = CATCH_UP_SLACK_DEFAULT
+    learner_timeout_ms: int = LEARNER_TIMEOUT_MS_DEFAULT
     node_request_budget_ms: int = 10_000  # add_range / drop_table retries at most this long
     node_request_attempt_ms: int = 2000  # one add_range / drop_table request
     view_catch_up_ms: int = 5000  # a new active waits at most this for its view
@@ -125,6 +158,8 @@ class MetaConfig:
         assert self.group_size >= 1 and self.groups_min >= 0
         assert self.keepalive_interval_ms < self.lease_ttl_s * 1000 / 2, "renew well within TTL"
         assert 0 <= self.lease_safety_fraction < 0.5
+        assert self.replace_grace_ms > 0 and self.replace_lag_entries > 0
+        assert self.catch_up_slack_entries >= 0 and self.learner_timeout_ms > 0
 
 
 # -- what a node reports, and the pure decisions taken on it ----------------------------------
@@ -211,16 +246,18 @@ class Beat:
 
 
 def node_record(
-    node_id: int, address: str, known: Node | None, status: NodeStatus
+    node_id: int, address: str, known: Node | None, status: NodeStatus,
+    group: Group | None = None,
 ) -> tuple[Node, str]:
     """The record of a node that its heartbeat calls for, and what changed ("" if nothing).
 
     A new node is registered as a spare; a moved one gets its new address. A node that reports a
     broken log is ``flagged`` with its reason, so that ``GET /v1/cluster`` and ``rangekv
-    cluster`` show it; it keeps its group (it is still a member, whose vote the group lacks),
-    and ``choose_leader`` and ``plan_group`` pass it over. When it reports a sound log again (its
-    data was repaired or replaced) it is a ``member`` or ``spare`` again: a broken log is the only
-    reason to flag a node so far.
+    cluster`` show it; it keeps its group (it is still a member, whose vote the group lacks, and
+    ``plan_replacement`` replaces it), and ``choose_leader`` and ``plan_group`` pass it over.
+    When it reports a sound log again (its data was repaired) it is a ``member``, ``joining``
+    (a learner of ``group``) or ``spare`` again. A node flagged for any other reason (it was
+    replaced, or failed as a learner: ``Node.sticky_flag``) stays flagged whatever it reports.
     """
     changes: list[str] = []
     if known is None:
@@ -231,14 +268,22 @@ def node_record(
         if known.address != address:
             node = replace(node, address=address)
             changes.append(f"node {node_id} moved from {known.address} to {address}")
-    if status.broken:
+    if node.sticky_flag:
+        pass
+    elif status.broken:
         reason = status.broken_reason or "it reports a broken log"
         if node.state != model.NODE_FLAGGED or node.reason != reason:
-            node = replace(node, state=model.NODE_FLAGGED, reason=reason)
+            node = replace(node, state=model.NODE_FLAGGED, reason=reason,
+                           flag=model.FLAG_BROKEN_LOG)
             changes.append(f"node {node_id} reports a broken log, flagged: {reason}")
     elif node.state == model.NODE_FLAGGED:
-        state = model.NODE_MEMBER if node.group is not None else model.NODE_SPARE
-        node = replace(node, state=state, reason="")
+        if node.group is None:
+            state = model.NODE_SPARE
+        elif group is not None and node_id in group.learners:
+            state = model.NODE_JOINING
+        else:
+            state = model.NODE_MEMBER
+        node = replace(node, state=state, reason="", flag="")
         changes.append(f"node {node_id} reports a sound log again: {state} again")
     return node, "; ".join(changes)
 
@@ -325,6 +370,17 @@ def choose_leader(
             f"{why}; only {len(live)} of {len(members)} members are live "
             f"({live}), a majority is {majority}: the group stays unavailable",
         )
+    if group.joint:
+        # The campaign must also win a majority of the previous members (joint).
+        voters = [m for m in group.joint if is_live(beats.get(m), now_s, heartbeat_timeout_s)
+                  and not beats[m].status.broken]
+        if len(voters) < len(group.joint) // 2 + 1:
+            return LeaderChoice(
+                "stuck",
+                f"{why}; the reconfiguration of epoch {epoch} is unfinished and only "
+                f"{voters} of the previous members {list(group.joint)} are live with a sound "
+                f"log: a campaign needs a majority of them too, the group stays unavailable",
+            )
     candidates = [m for m in live if not beats[m].status.broken]
     if failed is not None and any(m != failed for m in candidates):
         candidates = [m for m in candidates if m != failed]
@@ -363,14 +419,7 @@ def plan_group(
     """The members of a group to form now (the lowest-id live spares), or None; and why."""
     if len(view.groups) >= groups_min:
         return None, f"{len(view.groups)} groups exist, at least {groups_min} wanted"
-    spares = sorted(
-        n.id
-        for n in view.nodes.values()
-        if n.state == model.NODE_SPARE
-        and n.group is None
-        and is_live(beats.get(n.id), now_s, heartbeat_timeout_s)
-        and not beats[n.id].status.broken
-    )
+    spares = live_spares(view, beats, now_s, heartbeat_timeout_s)
     if len(spares) < group_size:
         return None, (
             f"{len(view.groups)} of {groups_min} groups exist but only {len(spares)} "
@@ -379,6 +428,292 @@ def plan_group(
     return spares[:group_size], (
         f"{len(view.groups)} of {groups_min} groups exist; live spares {spares}"
     )
+
+
+def live_spares(
+    view: ClusterView, beats: dict[int, Beat], now_s: float, heartbeat_timeout_s: float
+) -> list[int]:
+    """The nodes that may join a group, lowest id first: recorded as ``spare``, in no group
+    (not even as a learner or a voter of ``joint``), live, and reporting a sound log."""
+    return sorted(
+        n.id
+        for n in view.nodes.values()
+        if n.state == model.NODE_SPARE
+        and n.group is None
+        and not any(g.involves(n.id) for g in view.groups.values())
+        and is_live(beats.get(n.id), now_s, heartbeat_timeout_s)
+        and not beats[n.id].status.broken
+    )
+
+
+@dataclass(frozen=True)
+class ReplacementPolicy:
+    """The thresholds of ``plan_replacement`` (seconds and entries; see the defaults above)."""
+
+    heartbeat_timeout_s: float
+    grace_s: float = REPLACE_GRACE_MS_DEFAULT / 1000
+    lag_entries: int = REPLACE_LAG_ENTRIES_DEFAULT
+    catch_up_slack: int = CATCH_UP_SLACK_DEFAULT
+    learner_timeout_s: float = LEARNER_TIMEOUT_MS_DEFAULT / 1000
+
+
+@dataclass(frozen=True)
+class ReplacementPlan:
+    """One step of a follower replacement (DESIGN §7.2) for one group.
+
+    ``action``: "keep" (nothing to do), "wait" (a step is due but cannot be taken yet),
+    "no_spare" (a member needs replacing and no spare is left: nothing is written but the
+    decision), "add_learner" (a), "swap" (b), "clear_joint" (d), "drop_learner" (the
+    replacement is abandoned). ``group`` and ``nodes`` are the records to write in one CAS
+    transaction (``group`` None: unchanged); ``old`` is the member being replaced and ``new``
+    the spare taking its place.
+    """
+
+    action: str
+    reason: str
+    group: Group | None = None
+    nodes: tuple[Node, ...] = ()
+    old: int | None = None
+    new: int | None = None
+    why: str = ""  # what is wrong with ``old`` (add_learner, no_spare)
+
+    @property
+    def decision_kind(self) -> str:
+        """The kind of decision record this step writes ("" for none)."""
+        return {
+            "add_learner": DECISION_REPLACE_STARTED,
+            "swap": DECISION_REPLACE_SWAPPED,
+            "clear_joint": DECISION_JOINT_CLEARED,
+            "drop_learner": DECISION_REPLACE_ABANDONED,
+            "no_spare": DECISION_NO_SPARE,
+        }.get(self.action, "")
+
+
+def track_lag(
+    group: Group,
+    beats: dict[int, Beat],
+    now_s: float,
+    since: dict[int, float],
+    *,
+    heartbeat_timeout_s: float,
+    lag_entries: int,
+) -> dict[int, float]:
+    """Since when each member has lagged more than ``lag_entries`` behind the leader's commit
+    index without a break (``since`` is the previous answer). Measured only while the leader
+    is live and serving; a member that is not live is judged dead instead (it leaves the map)."""
+    leader = group.leader
+    beat = beats.get(leader) if leader is not None else None
+    if beat is None or not is_live(beat, now_s, heartbeat_timeout_s) or not (
+        beat.status.role == ROLE_LEADER and beat.status.leader_epoch == group.epoch
+    ):
+        return {m: t for m, t in since.items() if m in group.members and m != leader}
+    out: dict[int, float] = {}
+    for m in group.members:
+        mb = beats.get(m)
+        if m == leader or not is_live(mb, now_s, heartbeat_timeout_s):
+            continue
+        assert mb is not None
+        if beat.status.commit_index - mb.status.last_index > lag_entries:
+            out[m] = since.get(m, now_s)
+    return out
+
+
+def _serving_leader(group: Group, beats: dict[int, Beat], now_s: float,
+                    heartbeat_timeout_s: float) -> Beat | None:
+    """The recorded leader's heartbeat if it is live, sound and serves the group's epoch."""
+    if group.leader is None:
+        return None
+    beat = beats.get(group.leader)
+    if beat is None or not is_live(beat, now_s, heartbeat_timeout_s) or beat.status.broken:
+        return None
+    st = beat.status
+    return beat if st.role == ROLE_LEADER and st.leader_epoch == group.epoch else None
+
+
+def _started_reason(view: ClusterView, group_id: int, old: int) -> str:
+    """Why the replacement of ``old`` in the group was started (its decision), if recorded."""
+    for d in reversed(view.decisions):
+        if d.group == group_id and d.kind == DECISION_REPLACE_STARTED and d.details.get(
+                "old") == old:
+            return str(d.details.get("why") or d.reason)
+    return "replacement started by an earlier meta"
+
+
+def plan_replacement(
+    group: Group,
+    view: ClusterView,
+    beats: dict[int, Beat],
+    now_s: float,
+    *,
+    policy: ReplacementPolicy,
+    judge_from_s: float,
+    lag_since: dict[int, float],
+    learner_since_s: float,
+    learner_target: int = 0,
+) -> ReplacementPlan:
+    """The next step of replacing a failing follower of ``group`` by a spare (DESIGN §7.2).
+
+    Rules, in order (one reconfiguration per group at a time):
+
+    * **joint**: once the recorded leader serves the group's epoch (its no-op is committed on a
+      majority of the new members, so they hold everything the previous ones committed), clear
+      ``joint``; until then, wait.
+    * **learner** ``y`` replacing ``x``: abandoned (``y`` back to the pool) if ``x`` now leads;
+      dropped and flagged if ``y`` has had no heartbeat for longer than the grace, reports a
+      broken log, or has not caught up within ``learner_timeout_s`` of ``learner_since_s``
+      (when this meta first saw it); swapped in once its commit index (which counts only
+      entries matching the leader's log) has reached ``learner_target`` (the leader's commit
+      index when this meta first saw the learner: everything committed before the replacement
+      started) and is within ``catch_up_slack`` of the serving leader's, and a majority of the
+      old and of the new members are live with a sound log: a new epoch, ``members - x + y``,
+      ``joint`` = the old members, the same leader (it is live and serving, or we would
+      wait), and ``x`` flagged with the reason.
+    * **steady**: a non-leader member that reports a broken log, or has had no heartbeat
+      (since ``judge_from_s`` if never heard) or has lagged (``lag_since``, see ``track_lag``)
+      for longer than the grace, is replaced (broken first, then dead, then lagging; lowest id
+      first) by the lowest-id live spare (``live_spares``), which becomes a learner. Never
+      while the group has no serving leader; with no spare left, say so ("no_spare").
+
+    Nobody is judged before one heartbeat timeout since ``judge_from_s`` (this meta's start).
+    """
+    hb_s, grace_s = policy.heartbeat_timeout_s, policy.grace_s
+    gid, epoch = group.id, group.epoch
+    if now_s < judge_from_s + hb_s:
+        return ReplacementPlan("wait", f"active for under one heartbeat timeout "
+                                       f"({round(hb_s * 1000)} ms)")
+    lead = _serving_leader(group, beats, now_s, hb_s)
+
+    def silent_s(node: int, since_s: float) -> float | None:
+        """Seconds without a heartbeat, or None if the node is live."""
+        beat = beats.get(node)
+        if is_live(beat, now_s, hb_s):
+            return None
+        return now_s - (beat.at_s if beat is not None else since_s)
+
+    if group.joint:
+        if lead is None:
+            return ReplacementPlan(
+                "wait", f"group {gid}: the reconfiguration of epoch {epoch} is unfinished "
+                        f"(previous members {list(group.joint)}); waiting for leader "
+                        f"{group.leader} to serve it")
+        return ReplacementPlan(
+            "clear_joint",
+            f"group {gid}: leader {group.leader} serves epoch {epoch}, so its no-op and "
+            f"everything before it are on a majority of members {list(group.members)}: "
+            f"campaigns no longer need the previous members {list(group.joint)}",
+            group.joint_cleared())
+
+    if group.learners:
+        y, x = group.learners[0], group.replacing
+        assert x is not None, group
+        ynode = view.nodes.get(y)
+        yaddr = ynode.address if ynode is not None else ""
+
+        def drop(why: str, flag: str) -> ReplacementPlan:
+            if flag:
+                record = Node(y, yaddr, model.NODE_FLAGGED, None,
+                              f"learner of group {gid} dropped: {why}", flag)
+            elif ynode is not None and ynode.state == model.NODE_FLAGGED:
+                record = replace(ynode, group=None)  # its broken log keeps it flagged
+            else:
+                record = Node(y, yaddr, model.NODE_SPARE, None)
+            return ReplacementPlan(
+                "drop_learner", f"group {gid}: replacement of member {x} by node {y} "
+                                f"abandoned: {why}", group.without_learner(), (record,), x, y)
+
+        if x == group.leader:
+            return drop(f"member {x} leads the group now", "")
+        ybeat = beats.get(y)
+        if ybeat is not None and ybeat.status.broken:
+            return drop(f"node {y} reports a broken log", "")
+        down = silent_s(y, max(judge_from_s, learner_since_s))
+        if down is not None and down > grace_s:
+            return drop(f"no heartbeat from node {y} for {down:.1f} s (grace {grace_s:g} s)",
+                        model.FLAG_LEARNER_FAILED)
+        if lead is None:
+            if now_s - learner_since_s > policy.learner_timeout_s:
+                return drop(f"node {y} did not catch up within "
+                            f"{policy.learner_timeout_s:g} s", model.FLAG_LEARNER_FAILED)
+            return ReplacementPlan("wait", f"group {gid}: learner {y} waits for a serving "
+                                           f"leader", old=x, new=y)
+        lc = lead.status.commit_index
+        yc = ybeat.status.commit_index if ybeat is not None and down is None else 0
+        if (ybeat is None or down is not None or yc < learner_target
+                or yc + policy.catch_up_slack < lc):
+            if now_s - learner_since_s > policy.learner_timeout_s:
+                return drop(f"node {y} did not catch up within {policy.learner_timeout_s:g} s "
+                            f"(its commit index {yc}, the leader's {lc})",
+                            model.FLAG_LEARNER_FAILED)
+            return ReplacementPlan(
+                "wait", f"group {gid}: learner {y} at commit index {yc} of the leader's {lc} "
+                        f"(caught up at {learner_target} and within {policy.catch_up_slack})",
+                old=x, new=y)
+        swapped_members = tuple(sorted({*group.members} - {x} | {y}))
+        for voters, which in ((group.members, "old"), (swapped_members, "new")):
+            up = [m for m in voters if is_live(beats.get(m), now_s, hb_s)
+                  and not beats[m].status.broken]
+            if len(up) < len(voters) // 2 + 1:
+                # The new epoch's campaign needs both majorities: do not start what would stall.
+                return ReplacementPlan(
+                    "wait", f"group {gid}: learner {y} caught up, but only {up} of the {which} "
+                            f"members {list(voters)} are live with a sound log", old=x, new=y)
+        promised = max((b.status.epoch for m in {*group.members, y}
+                        if (b := beats.get(m)) is not None and b.status.group == gid
+                        and is_live(b, now_s, hb_s)), default=0)
+        new_epoch = max(epoch, promised) + 1
+        assert group.leader is not None
+        swapped = group.swapped(new_epoch, group.leader)
+        xnode = view.nodes.get(x)
+        why_x = _started_reason(view, gid, x)
+        flagged = Node(x, xnode.address if xnode is not None else "", model.NODE_FLAGGED, None,
+                       f"replaced in group {gid} by node {y}: {why_x}", model.FLAG_REPLACED)
+        joined = Node(y, yaddr, model.NODE_MEMBER, gid)
+        return ReplacementPlan(
+            "swap",
+            f"group {gid}: learner {y} caught up (commit index {yc}, the leader's {lc}): "
+            f"epoch {epoch} -> {new_epoch}, members {list(group.members)} -> "
+            f"{list(swapped.members)} led by {group.leader}; a campaign needs a majority of "
+            f"both until the new epoch serves; node {x} flagged ({why_x})",
+            swapped, (joined, flagged), x, y)
+
+    # steady state: does a non-leader member need replacing?
+    trouble: list[tuple[int, int, str]] = []  # (rank, member, why)
+    for m in group.members:
+        if m == group.leader:
+            continue
+        beat = beats.get(m)
+        down = silent_s(m, judge_from_s)
+        if beat is not None and down is None and beat.status.broken:
+            why = beat.status.broken_reason or "it reports a broken log"
+            trouble.append((0, m, f"reports a broken log: {why}"))
+        elif down is not None and down > grace_s:
+            heard = "no heartbeat" if beat is not None else "no heartbeat heard"
+            trouble.append((1, m, f"{heard} for {down:.1f} s (grace {grace_s:g} s)"))
+        elif m in lag_since and now_s - lag_since[m] > grace_s:
+            lag = "?"
+            if lead is not None and beat is not None:
+                lag = str(lead.status.commit_index - beat.status.last_index)
+            why = (f"{lag} entries behind the leader's commit (more than {policy.lag_entries}) "
+                   f"for {now_s - lag_since[m]:.1f} s (grace {grace_s:g} s)")
+            trouble.append((2, m, why))
+    if not trouble:
+        return ReplacementPlan("keep", f"group {gid}: every member is healthy")
+    _, x, why = min(trouble)
+    if lead is None:
+        return ReplacementPlan("wait", f"group {gid}: member {x} {why}, but the group has no "
+                                       f"serving leader to catch a spare up", old=x)
+    spares = live_spares(view, beats, now_s, hb_s)
+    if not spares:
+        return ReplacementPlan(
+            "no_spare", f"no spare available for group {gid}: member {x} {why}; the group "
+                        f"goes on without a replacement", old=x, why=why)
+    y = spares[0]
+    ynode = view.nodes[y]
+    return ReplacementPlan(
+        "add_learner",
+        f"group {gid}: member {x} {why}; spare {y} (lowest id of live spares {spares}) joins "
+        f"as a learner to replace it",
+        group.with_learner(y, x), (Node(y, ynode.address, model.NODE_JOINING, gid),), x, y, why)
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -457,6 +792,10 @@ class MetaService:
         self._active_hint: str | None = None
         self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
         self._judge_after_s = 0.0  # no leader is judged lost before this (after a stall)
+        self._lag_since: dict[int, dict[int, float]] = {}  # group -> member -> lagging since
+        # group -> (learner, since, the serving leader's commit index then: its target)
+        self._learner_seen: dict[int, tuple[int, float, int]] = {}
+        self._no_spare: dict[int, int] = {}  # group -> member: a "no spare" episode was told
         self._registering: set[int] = set()
         self._range_reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._last_split_s: dict[int, float] = {}  # table id -> when this meta last split it
@@ -909,6 +1248,7 @@ class MetaService:
                 if self._clock() >= next_formation_s:
                     next_formation_s = self._clock() + cfg.formation_interval_ms / 1000
                     await self._form_group(term)
+                    await self._reconfigure(term)
                 self._clear("control")
             except errors.NotActive as exc:
                 self._term = None
@@ -1103,6 +1443,100 @@ class MetaService:
         self.log.info("formed group %d with members %s: %s", group.id, list(group.members), reason)
         await self._catch_up(written, cfg.view_catch_up_ms / 1000)
 
+    async def _reconfigure(self, term: _Term) -> None:
+        """Take the next step of follower replacement in each group (``plan_replacement``):
+        each step is one fenced CAS transaction with the decision that explains it."""
+        cfg = self.config
+        hb_s = cfg.heartbeat_timeout_ms / 1000
+        policy = ReplacementPolicy(
+            heartbeat_timeout_s=hb_s,
+            grace_s=cfg.replace_grace_ms / 1000,
+            lag_entries=cfg.replace_lag_entries,
+            catch_up_slack=cfg.catch_up_slack_entries,
+            learner_timeout_s=cfg.learner_timeout_ms / 1000,
+        )
+        for gid in sorted(self.view.groups):
+            group = self.view.groups.get(gid)
+            if group is None or self._active_term() is not term:
+                continue
+            now_s = self._clock()
+            judge_from_s = max(term.since_s, self._judge_after_s - hb_s)
+            self._lag_since[gid] = lag_since = track_lag(
+                group, self._beats, now_s, self._lag_since.get(gid, {}),
+                heartbeat_timeout_s=hb_s, lag_entries=cfg.replace_lag_entries)
+            seen = (0, now_s, 0)
+            if group.learners:
+                seen = self._learner_seen.get(gid, seen)
+                if seen[0] != group.learners[0] or not seen[2]:
+                    # the target is known once a serving leader has reported its commit index
+                    lead = _serving_leader(group, self._beats, now_s, hb_s)
+                    target = lead.status.commit_index if lead is not None else 0
+                    since_s = now_s if seen[0] != group.learners[0] else seen[1]
+                    seen = self._learner_seen[gid] = (group.learners[0], since_s, target)
+            else:
+                self._learner_seen.pop(gid, None)
+            plan = plan_replacement(
+                group, self.view, self._beats, now_s, policy=policy,
+                judge_from_s=judge_from_s, lag_since=lag_since, learner_since_s=seen[1],
+                learner_target=seen[2])
+            key = f"replace-{gid}"
+            if plan.action == "keep":
+                self._clear(key)
+                self._no_spare.pop(gid, None)
+                continue
+            if plan.action == "wait":
+                self._say(key, logging.INFO, "%s", plan.reason)
+                continue
+            if plan.action == "no_spare":
+                assert plan.old is not None
+                if self._no_spare.get(gid) == plan.old:
+                    continue
+                self._no_spare[gid] = plan.old
+                self.log.warning("%s", plan.reason)
+                last = next((d for d in reversed(self.view.decisions) if d.group == gid), None)
+                if last is not None and last.kind == DECISION_NO_SPARE and last.details.get(
+                        "old") == plan.old:
+                    continue  # recorded by an earlier active meta in this episode
+                await self._decide(gid, None, [], plan, {"old": plan.old, "why": plan.why})
+                continue
+            self._no_spare.pop(gid, None)
+            self._clear(key)
+            mod_revision = self._revs.get(model.group_key(gid))
+            assert mod_revision, ("a group in the view has no revision", gid)
+            assert plan.group is not None
+            nodes = [(n, self._revs.get(model.node_key(n.id), 0)) for n in plan.nodes]
+            details: dict[str, Any] = {"old": plan.old, "new": plan.new,
+                                       "epoch": plan.group.epoch,
+                                       "members": list(plan.group.members)}
+            if plan.why:
+                details["why"] = plan.why
+            written = await self._decide(gid, (plan.group, mod_revision), nodes, plan, details)
+            if written is None:
+                self.log.info("group %d changed while reconfiguring it; deciding again", gid)
+                continue
+            self.log.warning("%s", plan.reason)
+            if plan.action == "swap":
+                self._epoch_seen[gid] = (plan.group.epoch, self._clock())
+            await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+
+    async def _decide(
+        self,
+        gid: int,
+        group: tuple[Group, int] | None,
+        nodes: list[tuple[Node, int]],
+        plan: ReplacementPlan,
+        details: dict[str, Any],
+    ) -> int | None:
+        """Write a reconfiguration step (or none) with its decision record, trimming the log of
+        decisions to ``model.DECISIONS_KEPT``; the revision, or None on a conflict."""
+        log_keys = sorted(self.view.decision_log)
+        at_ns = max(self._wall_ns(), (log_keys[-1] + 1) if log_keys else 0)
+        decision = model.Decision(at_ns, plan.decision_kind, gid, plan.reason,
+                                  {k: v for k, v in details.items() if v is not None})
+        excess = len(log_keys) + 1 - model.DECISIONS_KEPT
+        trim = log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))]
+        return await self.store.reconfigure(group, nodes, decision, trim)
+
     # -- the server -----------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -1155,7 +1589,7 @@ class MetaService:
             if group is not None and group.leader == node_id and status.role == ROLE_LEADER:
                 self._range_reports[status.group] = (self._clock(), list(status.ranges))
         known = self.view.nodes.get(node_id)
-        record, why = node_record(node_id, address, known, status)
+        record, why = node_record(node_id, address, known, status, self.view.group_of(node_id))
         if record != known and node_id not in self._registering:
             await self._register(record, why)
         return self._assignment(node_id, status)
@@ -1178,13 +1612,10 @@ class MetaService:
             self._registering.discard(node.id)
 
     def _assignment(self, node_id: int, status: NodeStatus) -> dict[str, Any]:
+        """The heartbeat's answer: the group the node takes part in (as a member, a learner or
+        a voter of ``joint``), with every address it needs, and whether to campaign."""
         view = self.view
-        group = None
-        node = view.nodes.get(node_id)
-        if node is not None and node.group is not None:
-            group = view.groups.get(node.group)
-        if group is None or node_id not in group.members:
-            group = next((g for g in view.groups.values() if node_id in g.members), None)
+        group = view.group_of(node_id)
         if group is None:
             return {"group": None, "campaign": None}
         campaign = None
@@ -1193,16 +1624,19 @@ class MetaService:
         ):
             assert group.epoch > 0, group
             campaign = group.epoch
-        members = [
-            {"id": m, "address": view.nodes[m].address if m in view.nodes else None}
-            for m in group.members
-        ]
+
+        def refs(ids: tuple[int, ...]) -> list[dict[str, Any]]:
+            return [{"id": m, "address": view.nodes[m].address if m in view.nodes else None}
+                    for m in ids]
+
         return {
             "group": {
                 "id": group.id,
                 "epoch": group.epoch,
                 "leader": group.leader,
-                "members": members,
+                "members": refs(group.members),
+                "learners": refs(group.learners),
+                "joint": refs(group.joint),
             },
             "campaign": campaign,
         }
@@ -1555,6 +1989,34 @@ def parse_args(argv: list[str]) -> MetaConfig:
                         f"(default {defaults.group_ranges_max})")
     parser.add_argument("--no-auto-split", action="store_true",
                         help="never split or move ranges by itself")
+    parser.add_argument(
+        "--replace-grace-ms",
+        type=int,
+        default=REPLACE_GRACE_MS_DEFAULT,
+        help="replace a follower that has been dead or lagging this long "
+        f"(default {REPLACE_GRACE_MS_DEFAULT})",
+    )
+    parser.add_argument(
+        "--replace-lag-entries",
+        type=int,
+        default=REPLACE_LAG_ENTRIES_DEFAULT,
+        help="a follower this far behind the leader's commit index is lagging "
+        f"(default {REPLACE_LAG_ENTRIES_DEFAULT})",
+    )
+    parser.add_argument(
+        "--catch-up-slack-entries",
+        type=int,
+        default=CATCH_UP_SLACK_DEFAULT,
+        help="a learner this close to the leader's commit index is caught up "
+        f"(default {CATCH_UP_SLACK_DEFAULT})",
+    )
+    parser.add_argument(
+        "--learner-timeout-ms",
+        type=int,
+        default=LEARNER_TIMEOUT_MS_DEFAULT,
+        help="drop (and flag) a learner not caught up within this "
+        f"(default {LEARNER_TIMEOUT_MS_DEFAULT})",
+    )
     ns = parser.parse_args(argv)
     if ns.id <= 0:
         parser.error("--id must be positive")
@@ -1567,6 +2029,11 @@ def parse_args(argv: list[str]) -> MetaConfig:
         parser.error("--etcd needs at least one URL")
     if ns.groups_min < 0 or ns.heartbeat_timeout_ms <= 0:
         parser.error("--groups-min must be >= 0 and --heartbeat-timeout-ms > 0")
+    if ns.replace_grace_ms <= 0 or ns.replace_lag_entries <= 0 or ns.learner_timeout_ms <= 0:
+        parser.error("--replace-grace-ms, --replace-lag-entries and --learner-timeout-ms "
+                     "must be positive")
+    if ns.catch_up_slack_entries < 0:
+        parser.error("--catch-up-slack-entries must be >= 0")
     return MetaConfig(
         id=ns.id,
         listen=ns.listen,
@@ -1577,6 +2044,10 @@ def parse_args(argv: list[str]) -> MetaConfig:
             bytes_max=ns.split_bytes, ops_max=ns.split_ops,
             bytes_per_s_max=ns.split_bytes_per_s, cooldown_s=ns.split_cooldown_s,
             group_ranges_max=ns.group_ranges_max, enabled=not ns.no_auto_split),
+        replace_grace_ms=ns.replace_grace_ms,
+        replace_lag_entries=ns.replace_lag_entries,
+        catch_up_slack_entries=ns.catch_up_slack_entries,
+        learner_timeout_ms=ns.learner_timeout_ms,
     )
 
 

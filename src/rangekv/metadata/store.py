@@ -13,6 +13,11 @@ Invariants
 * **Ids only grow**: table and group ids come from counters bumped in the same transaction as
   the record that uses the id, so an id is never issued twice nor lost to a half-done write.
 * **A table and its ranges appear and disappear together** (one transaction each way).
+* **A reconfiguration step is one transaction**: the group record, the records of the nodes
+  it moves (the spare that joins, the member that leaves) and the decision that explains it
+  are written together or not at all, each CAS'd on what the decision was based on.
+* **Decisions are kept bounded**: the transaction that records one also deletes the oldest
+  beyond ``model.DECISIONS_KEPT`` (the caller names them from its view).
 
 The JSON shapes and key layout are those of :mod:`rangekv.metadata.model`.
 """
@@ -20,12 +25,13 @@ The JSON shapes and key layout are those of :mod:`rangekv.metadata.model`.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from rangekv import errors
 from rangekv.metadata import model
 from rangekv.metadata.etcd import KV, Compare, EtcdClient, Op, TxnResult
-from rangekv.metadata.model import Group, Node, Range, Table
+from rangekv.metadata.model import Decision, Group, Node, Range, Table
 
 TABLE_ID_COUNTER = model.COUNTERS + b"table_id"
 GROUP_ID_COUNTER = model.COUNTERS + b"group_id"
@@ -36,14 +42,7 @@ def table_ranges_prefix(table_id: int) -> bytes:
 
 
 def _group_json(group: Group) -> bytes:
-    return model.dumps(
-        {
-            "id": group.id,
-            "epoch": group.epoch,
-            "leader": group.leader,
-            "members": list(group.members),
-        }
-    )
+    return model.dumps(group.to_json())
 
 
 class MetaStore:
@@ -150,10 +149,44 @@ class MetaStore:
         assert epoch > group.epoch, (group, epoch)  # epochs never go back
         assert leader in group.members, (group, leader)
         key = model.group_key(group.id)
-        new = Group(group.id, epoch, leader, group.members)
+        new = replace(group, epoch=epoch, leader=leader)  # learners and joint carry over
         res = await self._txn(
             [Compare.mod_revision(key, "=", mod_revision)], [Op.put(key, _group_json(new))]
         )
+        return res.revision if res.succeeded else None
+
+    # -- reconfiguration and decisions -------------------------------------------------------
+
+    async def reconfigure(
+        self,
+        group: tuple[Group, int] | None,
+        nodes: list[tuple[Node, int]],
+        decision: Decision | None,
+        trim: list[int],
+    ) -> int | None:
+        """Write one step of a reconfiguration in one transaction: the new group record (CAS on
+        the revision its old one was read at), the node records it changes (each CAS'd the same
+        way; 0 = must not exist), and the decision that explains it (its key must be new),
+        deleting the decisions keyed by ``trim`` (wall ns). The revision, or None if any premise
+        changed."""
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        if group is not None:
+            record, rev = group
+            key = model.group_key(record.id)
+            compares.append(Compare.mod_revision(key, "=", rev))
+            ops.append(Op.put(key, _group_json(record)))
+        for node, rev in nodes:
+            key = model.node_key(node.id)
+            compares.append(Compare.mod_revision(key, "=", rev))
+            ops.append(Op.put(key, model.dumps(node)))
+        if decision is not None:
+            key = model.decision_key(decision.at_ns)
+            compares.append(Compare.version(key, "=", 0))
+            ops.append(Op.put(key, decision.dumps()))
+            ops.extend(Op.delete(model.decision_key(at_ns)) for at_ns in trim)
+        assert ops, "nothing to write"
+        res = await self._txn(compares, ops)
         return res.revision if res.succeeded else None
 
     # -- tables ------------------------------------------------------------------------------

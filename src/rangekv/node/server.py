@@ -24,6 +24,16 @@ request whose answer paces the next one and carries a refusal if the chunk is ba
 megabyte of snapshot never sits in front of a heartbeat. On start, an install that a crash
 interrupted is finished (``storage/snapshot.py``) before the state machine is opened.
 
+Membership: meta's answer also names the group's learners (spares catching up to replace a
+member) and ``joint`` voters (the previous members while a reconfiguration is unfinished); the
+node keeps links to all of them and hands the three sets to its replica. The data dir records
+which group its data belongs to (``node.group``, next to ``node.id``). A node told to take part
+in another group first discards its log, hard state and index (moved aside, the new group id
+made durable, then deleted; every step fsynced) and starts empty, so that a spare that once was
+in another group never mixes two groups' logs (their epochs and indexes are unrelated). A node
+removed from its group stops serving (its replica goes idle) and keeps its data for
+inspection.
+
 Every request is validated here again (limits are enforced at the edge and at the node).
 """
 
@@ -32,13 +42,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.node.stats import RangeStats
+from rangekv.replication import driver
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
 from rangekv.replication.driver import (
     COMPACT_ENTRIES_DEFAULT,
@@ -49,7 +63,7 @@ from rangekv.replication.driver import (
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import StateMachine, open_rocks
-from rangekv.storage.wal import WAL, StorageCorrupt
+from rangekv.storage.wal import WAL, StorageCorrupt, fsync_dir
 
 log = logging.getLogger("rangekv.node")
 
@@ -67,6 +81,9 @@ DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "sp
                       "drop_range", "split_key", "merge_range"})
 PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
 PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
+GROUP_FILE = "node.group"  # which group the data in this dir belongs to (hardstate format)
+DISCARD_PREFIX = "discard-"  # data of another group being deleted (left by a crash: deleted)
+DATA_NAMES = ("wal", "index", "hardstate")  # what belongs to a group (not node.id)
 
 
 def _int(body: dict[str, Any], name: str) -> int:
@@ -159,6 +176,10 @@ class Node:
         self.broken: str | None = None
         self.group: int | None = None
         self.members: dict[int, str] = {}
+        self.addresses: dict[int, str] = {}  # members, learners and joint voters
+        self.data_group: int | None = None  # the group this dir's data belongs to (node.group)
+        self._resetting = False  # discarding another group's data: no replica meanwhile
+        self._refused_group: int | None = None
         self._peers: dict[int, PeerLink] = {}
         self._snapshot_conns: dict[int, wire.Connection] = {}
         self._server: asyncio.Server | None = None
@@ -182,11 +203,39 @@ class Node:
                 f"data dir {self.data_dir} belongs to node {state.get('node_id')}, "
                 f"not {self.node_id}"
             )
+        group = hardstate.load(self.data_dir / GROUP_FILE).get("group")
+        self.data_group = group if isinstance(group, int) else None
+        for leftover in self.data_dir.glob(DISCARD_PREFIX + "*"):
+            # a crash while discarding another group's data: finish the job
+            shutil.rmtree(leftover)
+            fsync_dir(str(self.data_dir))
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._check_identity()
+        except StorageCorrupt as err:
+            self.broken = str(err)
+            log.error("refusing to serve data or replication, local data failed verification: "
+                      "%s", err)
+        except OSError as err:
+            log.critical("disk failure while opening the node's data, stopping the node: %s",
+                         err)
+            raise SystemExit(EXIT_DISK_FAILURE) from None
+        if self.broken is None:
+            await self._open_replica()
+        host, _, port = self.listen.rpartition(":")
+        self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
+                                                  int(port))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._compactor()))
+        log.info("node %d listening on %s, meta %s", self.node_id, self.listen,
+                 ",".join(self.meta))
+
+    async def _open_replica(self) -> None:
+        """Open the log, hard state and index, and start the replica (``self.replica``); on a
+        log or hard state that fails verification, stay up without one (``self.broken``)."""
+        try:
             wal = await asyncio.to_thread(WAL.open, self.data_dir / "wal")
             # What a crash left in the page cache is ours: the first sync fsyncs it (wal.py).
             await asyncio.to_thread(wal.sync)
@@ -210,10 +259,8 @@ class Node:
                                    compact_entries=self.compact_entries,
                                    compact_retain=self.compact_retain)
             await self.replica.start()
-            loop = asyncio.get_running_loop()
             self._follow_engine(engine)
             self.replica.on_engine_replaced = self._follow_engine
-            self._tasks.append(loop.create_task(self._compactor()))
             log.info("node %d opened its log (entries %d..%d, applied %d: %d to replay)",
                      self.node_id, wal.first_index, wal.last_index, engine.applied_index,
                      wal.last_index - engine.applied_index)
@@ -235,12 +282,6 @@ class Node:
             log.critical("disk failure while opening the node's data, stopping the node: %s",
                          err)
             raise SystemExit(EXIT_DISK_FAILURE) from None
-        host, _, port = self.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
-                                                  int(port))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat_loop()))
-        log.info("node %d listening on %s, meta %s", self.node_id, self.listen,
-                 ",".join(self.meta))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -321,33 +362,110 @@ class Node:
             await asyncio.sleep(max(0.0, started + interval_ms / 1000 - loop.time()))
 
     def _on_assignment(self, group: dict[str, Any] | None, campaign: int | None) -> None:
-        if self.replica is None:
+        if self.replica is None or self._resetting:
             return
         if group is None:
             if self.group is not None:
-                log.info("no longer a member of group %s", self.group)
+                log.info("no longer in group %s (the replica stops; its data stays here)",
+                         self.group)
             self.group = None
             self.members = {}
             self.replica.configure([])
             return
-        members = {int(m["id"]): str(m["address"]) for m in group.get("members", [])}
-        if group.get("id") != self.group or members != self.members:
-            log.info("member of group %s: %s", group.get("id"), members)
-        self.group = int(group["id"])
+        gid = int(group["id"])
+
+        def refs(name: str) -> dict[int, str]:
+            return {int(m["id"]): str(m["address"]) for m in group.get(name) or []}
+
+        members, learners, joint = refs("members"), refs("learners"), refs("joint")
+        if not self._data_belongs_to(gid):
+            return
+        if gid != self.group or members != self.members:
+            log.info("in group %s: members %s, learners %s, joint %s", gid, members,
+                     sorted(learners), sorted(joint))
+        self.group = gid
         self.members = members
+        self.addresses = {**joint, **learners, **members}
         for peer_id in list(self._peers):
-            if self._peers[peer_id].address != members.get(peer_id):
+            if self._peers[peer_id].address != self.addresses.get(peer_id):
                 link = self._peers.pop(peer_id)
                 asyncio.get_running_loop().create_task(link.close())
-        for peer_id, address in members.items():
+        for peer_id, address in self.addresses.items():
             if peer_id != self.node_id and address.rpartition(":")[2].isdigit():
                 link = self._peers.get(peer_id)
                 if link is None:
                     link = self._peers[peer_id] = PeerLink(address)
                 link.keep_open()  # warm before a failover needs it
-        self.replica.configure(sorted(members))
+        self.replica.configure(sorted(members), sorted(learners), sorted(joint))
         if isinstance(campaign, int) and campaign > 0:
             self.replica.campaign(campaign)
+
+    def _data_belongs_to(self, gid: int) -> bool:
+        """Whether this node's data may serve group ``gid``; if it belongs to another group,
+        start discarding it (and answer False until the node is back, empty).
+
+        Data with no group recorded is adopted by the first group the node is told about: it
+        is a fresh spare's empty log, or a data dir older than ``node.group`` (whose node never
+        changed group)."""
+        if self.data_group == gid:
+            return True
+        if self.data_group is None:
+            hardstate.save(self.data_dir / GROUP_FILE, {"group": gid})
+            self.data_group = gid
+            return True
+        if self._refused_group != gid:
+            self._refused_group = gid
+            log.warning("told to join group %d, but the data here belongs to group %d: "
+                        "discarding it (log, hard state, index) to start empty", gid,
+                        self.data_group)
+        # From here on no message or request reaches the old replica.
+        self._resetting = True
+        replica, self.replica = self.replica, None
+        self.group, self.members, self.addresses = None, {}, {}
+        task = asyncio.get_running_loop().create_task(self._discard_data(replica, gid))
+        self._tasks.append(task)
+        return False
+
+    async def _discard_data(self, replica: Replica | None, gid: int) -> None:
+        """Stop the replica, discard another group's data, and reopen empty for ``gid``."""
+        try:
+            if replica is not None:
+                if self._compacting is not None:  # never close the engine under a compaction
+                    await asyncio.gather(self._compacting, return_exceptions=True)
+                await replica.stop()
+                await asyncio.to_thread(replica.close_storage)
+            try:
+                await asyncio.to_thread(self._discard_files, gid)
+            except OSError as err:
+                log.critical("disk failure while discarding another group's data, stopping the "
+                             "node: %s", err)
+                driver._exit_process(EXIT_DISK_FAILURE)
+            log.info("data of group %s discarded; starting empty for group %d",
+                     self.data_group, gid)
+            self.data_group = gid
+            await self._open_replica()
+        finally:
+            self._resetting = False
+
+    def _discard_files(self, gid: int) -> None:
+        """Move the group's files aside, make the new group id durable, then delete them: a
+        crash at any point leaves either the old group's data under the old id, or nothing
+        (a ``discard-*`` leftover is deleted on the next start)."""
+        trash = self.data_dir / f"{DISCARD_PREFIX}{time.time_ns()}"
+        trash.mkdir()
+        # the group's log, hard state and index, and any snapshot being made or installed
+        # (an install marker left here would redo the old group's snapshot on the next start)
+        names = [*DATA_NAMES, snapshot.INDEX_OLD_NAME, snapshot.INCOMING_NAME,
+                 snapshot.MARKER_NAME,
+                 *(p.name for p in self.data_dir.glob(snapshot.OUTGOING_PREFIX + "*"))]
+        for name in names:
+            path = self.data_dir / name
+            if path.exists():
+                os.rename(path, trash / name)
+        fsync_dir(str(self.data_dir))
+        hardstate.save(self.data_dir / GROUP_FILE, {"group": gid})
+        shutil.rmtree(trash)
+        fsync_dir(str(self.data_dir))
 
     # ------------------------------------------------------------------ network
     async def _snapshot_rpc(self, peer: int, op: str, fields: dict[str, Any],
@@ -366,7 +484,7 @@ class Node:
     def _send_raft(self, msg: Msg) -> None:
         link = self._peers.get(msg.to)
         if link is None:
-            address = self.members.get(msg.to)
+            address = self.addresses.get(msg.to)
             if address is None:
                 return
             link = self._peers[msg.to] = PeerLink(address)
@@ -442,7 +560,8 @@ class Node:
             return {"node_id": self.node_id, "address": self.address, **self._status()}
         replica = self.replica
         if replica is None:
-            raise errors.Unavailable(f"node {self.node_id} does not serve: {self.broken}")
+            why = self.broken or "it is discarding another group's data"
+            raise errors.Unavailable(f"node {self.node_id} does not serve: {why}")
         if op in ("snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"):
             return await replica.on_snapshot_request(op, body)
         if op == "content_hash":

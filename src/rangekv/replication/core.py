@@ -22,6 +22,16 @@ a node campaigns for an epoch at most once (its promise is durable).
   is answered once the state machine has applied up to that index. Reads that arrive while a
   round is in flight join the next round, so one round serves many reads.
 * An older leader learns of a newer epoch from any answer and steps down.
+* **Membership** (``set_config``, from meta's record): ``members`` vote and count in every
+  quorum; ``learners`` get appends like followers (they are entries of the leader's
+  ``progress``) but count in no quorum and never campaign; ``joint`` (the members before a
+  reconfiguration, while it is unfinished) only widens campaigns: a candidate asks
+  ``members`` and ``joint`` and wins only with promises from a majority of each, then adopts
+  the best log among all who promised. Commits and read rounds count ``members`` only.
+  Why this loses nothing: every entry committed before the reconfiguration is on a majority of
+  ``joint``, which intersects the promisers of any epoch that carries ``joint``; meta clears
+  ``joint`` only once the new epoch's no-op (and so everything before it) is on a majority of
+  the new ``members`` (docs/decisions.md, "Membership").
 
 * **Compaction** (``compact(i)``, asked by the driver for ``i <= applied`` once the state
   machine is durable through ``i``): the log forgets its entries up to ``i``, which becomes its
@@ -191,17 +201,22 @@ class Core:
         hardstate: dict[str, int],
         applied_index: int,
         config: Config,
+        *,
+        learners: Iterable[int] = (),
+        joint: Iterable[int] = (),
     ) -> None:
         self.id = node_id
         self.cfg = config
         self.log = log
         self.members: tuple[int, ...] = tuple(sorted(set(members)))
+        self.learners: tuple[int, ...] = tuple(sorted(set(learners) - set(self.members)))
+        self.joint: tuple[int, ...] = tuple(sorted(set(joint)))
         self.promised = int(hardstate.get("promised_epoch", 0))
         self.promised_to = int(hardstate.get("promised_to", 0))
         # The promise known to be on disk; until the current one is, every message that
         # speaks for it waits for the fsync (a crash must not let us take it back).
         self._durable_promise = (self.promised, self.promised_to)
-        self.role = FOLLOWER if self.id in self.members else IDLE
+        self.role = FOLLOWER if self._involved() else IDLE
         self.leader: int | None = None
         self.serving = False
         self.ticks = 0
@@ -255,7 +270,21 @@ class Core:
         return len(self.members) // 2 + 1
 
     def peers(self) -> list[int]:
-        return [m for m in self.members if m != self.id]
+        """Whom a leader replicates to: the other members and the learners."""
+        return [m for m in self.members + self.learners if m != self.id]
+
+    def electorate(self) -> list[int]:
+        """Whom a candidate asks for promises: the other members and the ``joint`` voters."""
+        return sorted({*self.members, *self.joint} - {self.id})
+
+    def _involved(self, node: int | None = None) -> bool:
+        """``node`` (default: this one) is a member, a learner or a voter of ``joint``."""
+        node = self.id if node is None else node
+        return node in self.members or node in self.learners or node in self.joint
+
+    @staticmethod
+    def _majority(ids: Iterable[int], of: tuple[int, ...]) -> bool:
+        return len(set(ids) & set(of)) >= len(of) // 2 + 1
 
     @property
     def first_index(self) -> int:
@@ -357,7 +386,7 @@ class Core:
 
     def _step_down(self, leader: int | None) -> None:
         was_leader = self.role == LEADER
-        self.role = FOLLOWER if self.id in self.members else IDLE
+        self.role = FOLLOWER if self._involved() else IDLE
         self.leader = leader
         self.serving = False
         self.progress = {}
@@ -392,6 +421,14 @@ class Core:
         """Apply only entries that are committed and durable here."""
         return min(self.commit, self.stable)
 
+    def _election_won(self) -> bool:
+        """A campaign wins with promises (its own included) from a majority of the members
+        and, while a reconfiguration is unfinished, from a majority of ``joint`` too: every
+        entry committed under the previous members is on a majority of them."""
+        if not self._majority(self.accepts, self.members):
+            return False
+        return not self.joint or self._majority(self.accepts, self.joint)
+
     def _confirm_read(self, token: Any) -> None:
         """A read waits for a majority to confirm our epoch (read-index)."""
         self._reads_waiting.append((token, self.commit))
@@ -421,22 +458,39 @@ class Core:
 
     # ------------------------------------------------------------------ inputs
     def set_members(self, members: Iterable[int]) -> None:
-        new = tuple(sorted(set(members)))
-        if new == self.members:
+        self.set_config(members)
+
+    def set_config(self, members: Iterable[int], learners: Iterable[int] = (),
+                   joint: Iterable[int] = ()) -> None:
+        """Take meta's record of the group: its members, learners and ``joint`` voters.
+
+        A node that is no longer a member stops leading or campaigning (a learner or a voter of
+        ``joint`` only follows); one in none of the sets is idle. A leader starts replicating
+        to new members and learners (probing from its last index) and forgets removed ones.
+        """
+        new_members = tuple(sorted(set(members)))
+        new_learners = tuple(sorted(set(learners) - set(new_members)))
+        new_joint = tuple(sorted(set(joint)))
+        if (new_members, new_learners, new_joint) == (self.members, self.learners, self.joint):
             return
-        self.members = new
-        if self.id not in new:
+        self.members, self.learners, self.joint = new_members, new_learners, new_joint
+        if self.id not in new_members and self.role in (LEADER, CANDIDATE):
+            self._step_down(None)
+        if not self._involved():
             self._step_down(None)
             self.role = IDLE
         elif self.role == IDLE:
             self.role = FOLLOWER
+        replicas = set(self.peers())
         for peer in list(self.progress):
-            if peer not in new:
+            if peer not in replicas:
                 del self.progress[peer]
         if self.role == LEADER:
             for peer in self.peers():
                 self.progress.setdefault(peer, Progress(next=self.last_index + 1,
                                                         heard_tick=self.ticks))
+            self._maybe_commit()
+            self._check_read_round()
 
     def campaign(self, epoch: int) -> None:
         if epoch <= self.promised or self.id not in self.members or self.installing is not None:
@@ -450,7 +504,7 @@ class Core:
         self.accepts = {self.id: (self.last_epoch, self.last_index)}
         self.fetch_from = None
         self.campaign_tick = self.ticks
-        for peer in self.peers():
+        for peer in self.electorate():
             self._send(self._msg(NEW_EPOCH, peer, index=self.last_index,
                                  log_epoch=self.last_epoch))
         self._maybe_win()
@@ -479,8 +533,8 @@ class Core:
                 self._heartbeat_all(ctx=self.read_ctx, periodic=True)
             if self.ticks % self.cfg.quorum_ticks == 0:
                 heard = 1 + sum(
-                    1 for pr in self.progress.values()
-                    if self.ticks - pr.heard_tick <= self.cfg.quorum_ticks
+                    1 for peer, pr in self.progress.items()
+                    if peer in self.members and self.ticks - pr.heard_tick <= self.cfg.quorum_ticks
                 )
                 if heard < self.quorum:
                     self._step_down(None)
@@ -492,7 +546,7 @@ class Core:
                 if self.fetch_from is not None:
                     self._send_fetch(self._fetch_prev)
                 else:
-                    for peer in self.peers():
+                    for peer in self.electorate():
                         if peer not in self.accepts:
                             self._send(self._msg(NEW_EPOCH, peer, index=self.last_index,
                                                  log_epoch=self.last_epoch))
@@ -522,7 +576,7 @@ class Core:
         self.applied = index
 
     def step(self, msg: Msg) -> None:
-        if msg.to != self.id or self.role == IDLE or msg.frm not in self.members:
+        if msg.to != self.id or self.role == IDLE or not self._involved(msg.frm):
             return
         handler = {
             NEW_EPOCH: self._on_new_epoch,
@@ -639,7 +693,7 @@ class Core:
     def _maybe_win(self) -> None:
         if self.role != CANDIDATE or self.fetch_from is not None:
             return
-        if len(self.accepts) < self.quorum:
+        if not self._election_won():
             return
         best = max(self.accepts, key=lambda n: (self.accepts[n], n == self.id))
         if self.accepts[best] == (self.last_epoch, self.last_index) or best == self.id:
@@ -781,8 +835,9 @@ class Core:
             self._check_read_round()
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self.stable] + [pr.match for pr in self.progress.values()],
-                         reverse=True)
+        # Members only (learners and joint voters count in no commit); the leader is one.
+        matches = sorted([self.stable] + [pr.match for peer, pr in self.progress.items()
+                                          if peer in self.members], reverse=True)
         candidate = matches[self.quorum - 1]
         if candidate > self.commit and self.epoch_at(candidate) == self.promised:
             self.commit = candidate
@@ -805,8 +860,8 @@ class Core:
     def _check_read_round(self) -> None:
         if not self._reads_in_round:
             return
-        acked = sorted([self.read_ctx] + [pr.acked_ctx for pr in self.progress.values()],
-                       reverse=True)
+        acked = sorted([self.read_ctx] + [pr.acked_ctx for peer, pr in self.progress.items()
+                                          if peer in self.members], reverse=True)
         confirmed = acked[self.quorum - 1]
         for ctx in sorted(c for c in self._reads_in_round if c <= confirmed):
             self._out.reads.extend(self._reads_in_round.pop(ctx))
@@ -972,4 +1027,6 @@ class Core:
             "applied_index": self.applied,
             "stable_index": self.stable,
             "members": list(self.members),
+            "learners": list(self.learners),
+            "joint": list(self.joint),
         }

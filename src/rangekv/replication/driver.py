@@ -242,6 +242,7 @@ class Replica:
         self._persist_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._retaking = False  # campaigning for a newer epoch while leading (see campaign)
         # compaction
         self.durable_applied = engine.applied_index  # flushed: a restart replays after it
         self.replayed_on_start = wal.last_index - engine.applied_index
@@ -324,15 +325,28 @@ class Replica:
         self._fail_all(errors.Unavailable("node is shutting down"))
 
     # ------------------------------------------------------------------ inputs
-    def configure(self, members: list[int]) -> None:
-        self.core.set_members(members)
+    def configure(self, members: list[int], learners: list[int] | None = None,
+                  joint: list[int] | None = None) -> None:
+        """Take meta's record of the group (see ``Core.set_config``)."""
+        self.core.set_config(members, learners or (), joint or ())
         self._process()
 
     def campaign(self, epoch: int) -> None:
+        """Take up ``epoch`` (meta chose this node for it).
+
+        A serving leader asked to take up a newer epoch (meta re-elects the same leader to
+        change the group's members) keeps its pending writes instead of failing them as
+        "outcome unknown": they stay in its log, so they commit with the new epoch's no-op if
+        its log is adopted, are answered "unavailable" if another entry is applied at their
+        index (surely not applied), or time out as unknown."""
         if epoch > self.core.promised:
             log.info("campaigning for epoch %d (chosen by meta)", epoch)
-        self.core.campaign(epoch)
-        self._process()
+        self._retaking = self.core.role == LEADER and epoch > self.core.promised
+        try:
+            self.core.campaign(epoch)
+            self._process()
+        finally:
+            self._retaking = False
 
     def step(self, msg: Msg) -> None:
         self.core.step(msg)
@@ -455,7 +469,10 @@ class Replica:
                 fut.set_exception(self.not_leader())
         if rd.became_leader is not None:
             self._on_became_leader(rd.became_leader)
-        if rd.lost_leadership:
+        if rd.lost_leadership and self._retaking:
+            log.info("taking up epoch %d after leading the one before; keeping %d pending "
+                     "writes", self.core.promised, len(self._proposals))
+        elif rd.lost_leadership:
             log.warning("lost leadership of epoch %d", self.core.promised)
             self._fail_proposals(errors.OutcomeUnknown(
                 "leadership lost before the write was acknowledged; it may still take effect"))

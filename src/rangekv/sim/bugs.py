@@ -74,6 +74,15 @@ class InstallStaleSnapshot(Core):
         self._reset_to_snapshot(index, epoch)
 
 
+class CampaignWithoutJoint(Core):
+    """(g) A candidate wins with a majority of the new members alone, ignoring the previous
+    members (``joint``) while a reconfiguration is unfinished: an entry committed under the
+    old members can be on none of the new majority."""
+
+    def _election_won(self) -> bool:
+        return self._majority(self.accepts, self.members)
+
+
 BUGS: dict[str, type[Core]] = {
     "ack-before-fsync": AckBeforeFsync,
     "accept-lower-epoch": AcceptLowerEpoch,
@@ -81,4 +90,5 @@ BUGS: dict[str, type[Core]] = {
     "read-without-quorum": ReadWithoutQuorum,
     "apply-before-commit": ApplyBeforeCommit,
     "install-stale-snapshot": InstallStaleSnapshot,
+    "campaign-without-joint": CampaignWithoutJoint,
 }

@@ -10,10 +10,21 @@ on a virtual clock, so a seed replays exactly (the trace hash proves it).
 Faults: messages dropped, duplicated, delayed and so reordered; partitions (one node, the
 leader, a majority/minority split, a bridge) that also cut nodes off from meta; crashes that lose
 every byte not fsynced and may keep a torn part of the unsynced tail; bit flips in the middle of
-a log, which the CRC must catch (that node then refuses to serve and stays out); state-machine
-flushes at random. After every event the checkers run: at most one leader per epoch, every
-replica applies the same entry at each index, a new leader holds every committed entry, the state
-machine never gets ahead of the log. Periodically, log matching across all pairs. At the end:
+a log, which the CRC must catch (that node then refuses to serve, reports it and stays out);
+state-machine flushes at random; crashes for good (the node never comes back).
+
+Membership: the group starts with ``nodes`` members and ``spares`` idle spares. Meta runs the
+production ``plan_replacement`` on every check, with the same record transitions as the real
+meta (``Group.with_learner``, ``swapped``, ``joint_cleared``, ``without_learner``): a member
+dead, broken or lagging for longer than the grace is replaced by a spare that first catches up
+as a learner, while the faults go on; and a staged race shows what the joint majority is for
+(``_race``). Nodes learn the group's members, learners and joint voters from meta's heartbeat
+replies, as real nodes do. Half the seeds (``SimConfig.membership``) do all this; the others run
+exactly as the simulation did before membership changes existed.
+
+After every event the checkers run: at most one leader per epoch, every replica applies the
+same entry at each index, a new leader holds every committed entry, the state machine never
+gets ahead of the log. Periodically, log matching across all pairs. At the end:
 faults stop, everything heals and restarts, a leader must commit a new write within a bounded
 simulated time (liveness), final reads are made, and the client history must be linearizable.
 
@@ -41,13 +52,21 @@ import os
 import random
 import shutil
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rangekv import errors, sequencer
-from rangekv.metadata.model import Group
-from rangekv.metadata.service import Beat, NodeStatus, choose_leader
+from rangekv.metadata import model
+from rangekv.metadata.model import ClusterView, Group, Node
+from rangekv.metadata.service import (
+    Beat,
+    NodeStatus,
+    ReplacementPolicy,
+    choose_leader,
+    plan_replacement,
+    track_lag,
+)
 from rangekv.replication.core import (
     LEADER,
     SNAPSHOT_ACCEPT,
@@ -115,6 +134,20 @@ class SimConfig:
     snapshot_chunk_bytes: tuple[int, ...] = (48, 200, 4096)
     snapshot_damage: float = 0.02  # a chunk damaged in flight (its crc must catch it)
     install_crash: float = 0.12  # a crash at one of the install's durable steps
+    # Chance that a seed exercises membership: spares, replacements, crashes for good, the
+    # joint race, broken nodes that heartbeat. The other seeds run the simulation as it was
+    # before membership changes existed, event for event (same trace hashes).
+    membership: float = 0.5
+    spares: int = 2  # idle nodes meta may use to replace a member (in membership seeds)
+    replace_grace_ms: float = 1_500
+    replace_lag_entries: int = 30
+    learner_timeout_ms: float = 4_000
+    catch_up_slack: tuple[int, ...] = (0, 2, 10)  # one per seed
+    crash_for_good: float = 0.7  # chance of a member (or learner) crashed for good ...
+    crash_for_good_ms: tuple[float, float] = (300, 3_000)  # ... at a time in this range
+    crash_for_good_again: float = 0.3  # chance of a second one, later
+    # chance of the race a reconfiguration's joint majority exists for (``_race``), instead
+    race: float = 0.5
 
 
 @dataclass
@@ -151,6 +184,7 @@ class SimNode:
     incoming: dict[str, Any] | None = None  # the snapshot being received
     high_commit: int = 0  # the highest commit and applied index seen in this run of the node
     high_applied: int = 0
+    gone: bool = False  # crashed for good: never restarts
 
 
 class Simulation:
@@ -171,13 +205,37 @@ class Simulation:
         self._hash = hashlib.sha256()
         self.events_run = 0
         ids = list(range(1, self.cfg.nodes + 1))
-        self.members = tuple(ids)
-        self.nodes = {i: SimNode(i, root / f"n{i}") for i in ids}
+        # Membership faults and their schedule come from their own random source, so that a
+        # seed's other faults start out as they would without them.
+        self.mrng = random.Random(seed * 1_000_003 + 17)
+        self.membership = self.mrng.random() < self.cfg.membership
+        spare_count = self.cfg.spares if self.membership else 0
+        spares = list(range(self.cfg.nodes + 1, self.cfg.nodes + spare_count + 1))
+        self.nodes = {i: SimNode(i, root / f"n{i}") for i in ids + spares}
         self.cut: set[frozenset[int]] = set()  # pairs that cannot talk (META = 0)
-        # meta
-        self.group = Group(1, 0, None, self.members)
+        # meta: its view of the group and the nodes, changed only by the same transitions as
+        # the real meta's (choose_leader, plan_replacement)
+        self.view = ClusterView()
+        self.view.groups[1] = Group(1, 0, None, tuple(ids))
+        for i in ids:
+            self.view.nodes[i] = Node(i, f"n{i}", model.NODE_MEMBER, 1)
+        for i in spares:
+            self.view.nodes[i] = Node(i, f"n{i}", model.NODE_SPARE, None)
         self.beats: dict[int, Beat] = {}
         self.campaign_since_ms = 0.0
+        self.policy = ReplacementPolicy(
+            heartbeat_timeout_s=self.cfg.heartbeat_timeout_ms / 1000,
+            grace_s=self.cfg.replace_grace_ms / 1000,
+            lag_entries=self.cfg.replace_lag_entries,
+            catch_up_slack=self.mrng.choice(self.cfg.catch_up_slack),
+            learner_timeout_s=self.cfg.learner_timeout_ms / 1000,
+        )
+        self.lag_since: dict[int, float] = {}
+        self.learner_seen: tuple[int, float, int] = (0, 0.0, 0)  # (learner, since s, target)
+        self.no_spare_for: int | None = None
+        self.race_cut: set[frozenset[int]] = set()  # the race's partition, beside ``cut``
+        self.racing = False
+        self.race_x = 0  # the follower the race took down, until it is back
         # checkers
         self.leader_of_epoch: dict[int, int] = {}
         self.newest_serving_epoch = 0
@@ -199,7 +257,26 @@ class Simulation:
         self.stats = {"ops_ok": 0, "ops_failed": 0, "ops_unknown": 0, "crashes": 0,
                       "partitions": 0, "flips": 0, "leader_changes": 0, "torn_bytes": 0,
                       "compactions": 0, "snapshots_installed": 0, "snapshots_failed": 0,
-                      "snapshot_answers_stale": 0, "chunks_damaged": 0, "install_crashes": 0}
+                      "snapshot_answers_stale": 0, "chunks_damaged": 0, "install_crashes": 0,
+                      "gone": 0, "learners": 0, "swaps": 0, "learners_dropped": 0,
+                      "no_spare": 0}
+
+    @property
+    def group(self) -> Group:
+        return self.view.groups[1]
+
+    @group.setter
+    def group(self, value: Group) -> None:
+        self.view.groups[1] = value
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return self.group.members
+
+    def config_of(self, node_id: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """What meta tells the node about its group: (members, learners, joint)."""
+        g = self.group
+        return (g.members, g.learners, g.joint) if g.involves(node_id) else ((), (), ())
 
     # ------------------------------------------------------------------ plumbing
     def log(self, line: str) -> None:
@@ -238,6 +315,12 @@ class Simulation:
             node.broken = str(err)
             self.broken_nodes.add(node.id)
             self.log(f"n{node.id} refuses to serve: {err}")
+            if self.membership:
+                # It stays up without a replica and reports itself in its heartbeats (and so
+                # is replaced at once).
+                node.incarnation += 1
+                self.at(self.cfg.heartbeat_ms * self.rng.random(), "beat",
+                        (node.id, node.incarnation))
             return
         wal.sync()
         installed = snapshot.recover(node.dir, wal)
@@ -254,11 +337,13 @@ class Simulation:
             self.fail(f"n{node.id}: state machine applied {engine.applied_index} but the log "
                       f"starts after {wal.first_index - 1}: entries lost")
         node.wal, node.engine = wal, engine
+        members, learners, joint = self.config_of(node.id)
         node.core = self.core_class(
-            node.id, self.members, wal,
+            node.id, members, wal,
             {k: int(v) for k, v in hardstate.load(node.dir / "hardstate").items()},
             engine.applied_index,
-            Config(noop_payload=NOOP, append_bytes_max=self.append_bytes_max))
+            Config(noop_payload=NOOP, append_bytes_max=self.append_bytes_max),
+            learners=learners, joint=joint)
         node.last_seq = engine.last_seq
         node.up = True
         node.incarnation += 1
@@ -503,7 +588,8 @@ class Simulation:
             self.at(self.uniform(self.cfg.delay_ms), "msg", msg)
 
     def linked(self, a: int, b: int) -> bool:
-        return frozenset((a, b)) not in self.cut
+        pair = frozenset((a, b))
+        return pair not in self.cut and pair not in self.race_cut
 
     def _deliver(self, msg: Msg) -> None:
         node = self.nodes[msg.to]
@@ -519,12 +605,16 @@ class Simulation:
 
     # ------------------------------------------------------------------ meta
     def _beat(self, node: SimNode) -> None:
-        assert node.core is not None
-        st = node.core.status()
-        status = NodeStatus(group=1, epoch=st["epoch"], role=st["role"],
-                            leader_epoch=st["leader_epoch"], last_epoch=st["last_epoch"],
-                            last_index=st["last_index"], commit_index=st["commit_index"],
-                            applied_index=st["applied_index"])
+        if node.core is None:
+            assert node.broken is not None
+            status = NodeStatus(broken=True, broken_reason=node.broken)
+        else:
+            st = node.core.status()
+            status = NodeStatus(group=1 if self.group.involves(node.id) else None,
+                                epoch=st["epoch"], role=st["role"],
+                                leader_epoch=st["leader_epoch"], last_epoch=st["last_epoch"],
+                                last_index=st["last_index"], commit_index=st["commit_index"],
+                                applied_index=st["applied_index"])
         if self.linked(node.id, META) and not (self.faults_on and self.rng.random() < 0.02):
             self.at(self.uniform(self.cfg.delay_ms), "meta_beat", (node.id, status))
         self.at(self.cfg.heartbeat_ms, "beat", (node.id, node.incarnation))
@@ -535,8 +625,13 @@ class Simulation:
         campaign = None
         if g.leader == node_id and not (status.role == LEADER and status.leader_epoch == g.epoch):
             campaign = g.epoch
-        if campaign is not None and self.linked(node_id, META):
-            self.at(self.uniform(self.cfg.delay_ms), "campaign", (node_id, campaign))
+        # The reply carries the group's config; it is only worth an event when it changes
+        # something (a real node gets it with every reply and ignores what it already has).
+        config = self.config_of(node_id)
+        core = self.nodes[node_id].core
+        stale = core is not None and (core.members, core.learners, core.joint) != config
+        if (campaign is not None or stale) and self.linked(node_id, META):
+            self.at(self.uniform(self.cfg.delay_ms), "assign", (node_id, config, campaign))
 
     def _meta_check(self) -> None:
         choice = choose_leader(
@@ -547,12 +642,63 @@ class Simulation:
         )
         if choice.action == "elect":
             assert choice.epoch > self.group.epoch and choice.leader is not None
-            self.group = Group(1, choice.epoch, choice.leader, self.members)
+            self.group = replace(self.group, epoch=choice.epoch, leader=choice.leader)
             self.campaign_since_ms = self.now
             for rm in range(self.cfg.rms):  # each rm's etcd watch delivers it after a lag
                 self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch", (rm, choice.leader))
             self.log(f"meta: epoch {choice.epoch} -> n{choice.leader} ({choice.reason})")
+        if self.membership:
+            self._meta_reconfigure()
         self.at(self.cfg.meta_check_ms, "meta_check")
+
+    def _meta_reconfigure(self) -> None:
+        """What the real meta's ``_reconfigure`` does, on the simulated clock."""
+        now_s = self.now / 1000
+        g = self.group
+        hb_s = self.policy.heartbeat_timeout_s
+        self.lag_since = track_lag(g, self.beats, now_s, self.lag_since, heartbeat_timeout_s=hb_s,
+                                   lag_entries=self.policy.lag_entries)
+        if g.learners:
+            learner, since_s, target = self.learner_seen
+            if learner != g.learners[0] or not target:
+                lead = self.beats.get(g.leader or 0)
+                serving = (lead is not None and now_s - lead.at_s <= hb_s
+                           and lead.status.role == LEADER and lead.status.leader_epoch == g.epoch)
+                since_s = now_s if learner != g.learners[0] else since_s
+                self.learner_seen = (g.learners[0], since_s,
+                                     lead.status.commit_index if serving and lead else 0)
+        else:
+            self.learner_seen = (0, now_s, 0)
+        plan = plan_replacement(g, self.view, self.beats, now_s, policy=self.policy,
+                                judge_from_s=0.0, lag_since=self.lag_since,
+                                learner_since_s=self.learner_seen[1],
+                                learner_target=self.learner_seen[2])
+        if plan.action != "no_spare":
+            self.no_spare_for = None
+        if plan.action in ("keep", "wait"):
+            return
+        if plan.action == "no_spare":
+            if self.no_spare_for != plan.old:  # once per episode, as meta's warning
+                self.no_spare_for = plan.old
+                self.log(f"meta: {plan.reason}")
+                self.stats["no_spare"] += 1
+            return
+        assert plan.group is not None
+        self.group = plan.group
+        for record in plan.nodes:
+            self.view.nodes[record.id] = record
+        self.log(f"meta: {plan.reason}")
+        if plan.action == "add_learner":
+            self.stats["learners"] += 1
+            if self.racing and plan.old == self.race_x:
+                self.at(self.mrng.uniform(0, 100), "race_back", plan.old)
+        elif plan.action == "drop_learner":
+            self.stats["learners_dropped"] += 1
+        elif plan.action == "swap":
+            self.stats["swaps"] += 1
+            self.campaign_since_ms = self.now  # the leader takes up the new epoch
+            if self.racing:
+                self._race_swapped(g)
 
     # ------------------------------------------------------------------ clients
     def _arrival(self) -> None:
@@ -665,7 +811,10 @@ class Simulation:
         if not self.faults_on:
             return
         r = self.rng.random()
-        ids = list(self.members)
+        ids = self._fault_targets()
+        if not ids or self.racing:
+            self.at(self.uniform(self.cfg.fault_every_ms), "fault")
+            return
         if r < 0.08:
             # Power loss of several machines at once; they come back one by one.
             victims = self.rng.sample(ids, self.rng.randrange(2, len(ids) + 1))
@@ -677,7 +826,10 @@ class Simulation:
         elif r < 0.30:
             node = self.nodes[self.rng.choice(ids)]
             # At most one log is corrupted per run: a group survives a minority of bad nodes.
+            # Nor while a member is gone for good: two lost of three would stop the group for
+            # good, rightly (a majority of the log is gone).
             flip = (not any(n.flipped for n in self.nodes.values())
+                    and not any(self.nodes[m].gone for m in (*self.members, *self.group.joint))
                     and self.rng.random() < 0.15)
             if node.up:
                 self.crash(node, flip=flip)
@@ -686,7 +838,7 @@ class Simulation:
             self.cut = set()
             self.stats["partitions"] += 1
             kind = self.rng.choice(["one", "leader", "majority", "bridge", "meta"])
-            everyone = ids + [META]
+            everyone = list(self.nodes) + [META]
             if kind == "one" or (kind == "leader" and self.group.leader is None):
                 victim = self.rng.choice(ids)
                 self.cut = {frozenset((victim, o)) for o in everyone if o != victim}
@@ -953,6 +1105,89 @@ class Simulation:
         if node.incoming is not None and self.now - node.incoming["last"] > \
                 self.cfg.snapshot_idle_ms:
             self._snapshot_abort_incoming(node, "nothing received for a while")
+    def _fault_targets(self) -> list[int]:
+        """The nodes faults hit: the group's members and learners that still exist."""
+        g = self.group
+        return [i for i in (*g.members, *g.learners) if not self.nodes[i].gone]
+
+    def _crash_for_good(self) -> None:
+        """A member or learner dies and never comes back, unless a member or a voter of
+        ``joint`` is lost already (gone or with a damaged log): two of three lost would stop
+        the group for good, rightly (a majority of its log is gone)."""
+        if not self.faults_on:
+            return
+        g = self.group
+        lost = {i for i in (*g.members, *g.joint)
+                if self.nodes[i].gone or self.nodes[i].broken is not None or self.nodes[i].flipped}
+        if lost:
+            self.log(f"no crash for good: {sorted(lost)} already gone or broken")
+            return
+        victim = self.mrng.choice([*g.members, *g.learners])
+        node = self.nodes[victim]
+        self.log(f"n{victim} crashes for good")
+        if node.up:
+            self.crash(node)
+        node.gone = True
+        self.stats["gone"] += 1
+
+    def _race(self) -> None:
+        """The race a reconfiguration's joint majority exists for (docs/decisions.md,
+        "Membership"), staged: follower x is down long enough for meta to start replacing it by
+        a spare y, then comes back while y catches up, and the other follower b is cut off from
+        leader a. Once meta swaps y in (in a new epoch), a is cut off from y and from meta too:
+        it never hears of the new epoch and goes on committing entries with x, a majority of
+        the old members. Those entries are on a and x only. When meta replaces a (it stopped
+        heartbeating), a campaign that won with the new members alone (b and y) would lose
+        them; one that also needs a majority of the old members hears from x and adopts its
+        log. Random faults pause while the race is on (a few seconds), so that it plays out."""
+        g = self.group
+        lead = self.beats.get(g.leader or 0)
+        calm = (lead is not None and lead.status.role == LEADER
+                and lead.status.leader_epoch == g.epoch and not g.changing
+                and all(self.nodes[m].up for m in g.members))
+        followers = [m for m in g.members if m != g.leader]
+        if not self.faults_on or self.now > self.cfg.fault_ms - 4_000:
+            return
+        if not calm or len(followers) < 2:
+            self.at(300, "race")  # try again once the group is back to normal
+            return
+        self.racing = True
+        self.cut = set()
+        x = self.mrng.choice(followers)
+        self.log(f"race: n{x} down until it is being replaced")
+        self.crash(self.nodes[x])
+        self.race_x = x
+        self.at(self.cfg.replace_grace_ms + 2_000, "race_back", x)  # if meta never replaces it
+
+    def _race_back(self, x: int) -> None:
+        if self.race_x != x:
+            return  # brought back already
+        self.race_x = 0
+        node = self.nodes[x]
+        if not node.up and node.broken is None and not node.gone:
+            self.start_node(node)
+        g = self.group
+        others = [m for m in g.members if m not in (x, g.leader)]
+        if not self.racing or g.leader is None or not others:
+            self.racing = False
+            return
+        self.race_cut = {frozenset((g.leader, others[0]))}
+        self.log(f"race: n{x} is back; n{others[0]} cut off from leader n{g.leader}")
+        self.at(4_000, "race_end")  # if meta never swaps
+
+    def _race_swapped(self, old: Group) -> None:
+        """Meta swapped the learner in: cut the old leader off from it and from meta."""
+        a, y = old.leader, old.learners[0]
+        if a is None:
+            return
+        self.race_cut |= {frozenset((a, y)), frozenset((a, META))}
+        self.log(f"race: n{a} cut off from n{y} and from meta too")
+
+    def _race_end(self) -> None:
+        if self.racing:
+            self.racing = False
+            self.race_cut = set()
+            self.log("race: over, healed")
 
     # ------------------------------------------------------------------ checks
     def check_logs(self) -> None:
@@ -981,6 +1216,15 @@ class Simulation:
         self.root.mkdir(parents=True)
         for node in self.nodes.values():
             self.start_node(node)
+        if not self.membership:
+            pass
+        elif self.mrng.random() < self.cfg.race:
+            self.at(self.mrng.uniform(*self.cfg.crash_for_good_ms), "race")
+        elif self.mrng.random() < self.cfg.crash_for_good:
+            self.at(self.mrng.uniform(*self.cfg.crash_for_good_ms), "crash_for_good")
+            if self.mrng.random() < self.cfg.crash_for_good_again:
+                self.at(self.mrng.uniform(self.cfg.crash_for_good_ms[1], self.cfg.fault_ms),
+                        "crash_for_good")
         self.at(0, "meta_check")
         self.at(self.uniform(self.cfg.fault_every_ms), "fault")
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
@@ -1032,7 +1276,7 @@ class Simulation:
         """The node an event happens on (None: meta, clients, the fault injector)."""
         if kind == "msg":
             return int(payload.to)
-        if kind in ("sync", "tick", "beat", "campaign"):
+        if kind in ("sync", "tick", "beat", "assign"):
             return int(payload[0])
         if kind == "request":
             return int(payload.node)
@@ -1061,16 +1305,26 @@ class Simulation:
         elif kind == "beat":
             node_id, inc = payload
             node = self.nodes[node_id]
-            if node.up and node.incarnation == inc:
+            if (node.up or node.broken is not None) and node.incarnation == inc:
                 self._beat(node)
         elif kind == "meta_beat":
             self._meta_beat(*payload)
-        elif kind == "campaign":
-            node_id, epoch = payload
+        elif kind == "assign":
+            node_id, config, epoch = payload
             node = self.nodes[node_id]
             if node.up and node.core is not None and self.linked(node_id, META):
-                node.core.campaign(epoch)
+                node.core.set_config(*config)
+                if epoch is not None:
+                    node.core.campaign(epoch)
                 self.process(node)
+        elif kind == "crash_for_good":
+            self._crash_for_good()
+        elif kind == "race":
+            self._race()
+        elif kind == "race_back":
+            self._race_back(payload)
+        elif kind == "race_end":
+            self._race_end()
         elif kind == "meta_check":
             self._meta_check()
         elif kind == "client":
@@ -1117,7 +1371,7 @@ class Simulation:
             self._snapshot_timeout(*payload)
         elif kind == "restart":
             node = self.nodes[payload]
-            if not node.up and node.broken is None:
+            if not node.up and node.broken is None and not node.gone:
                 self.start_node(node)
                 if node.flipped and node.broken is None:
                     self.fail(f"n{node.id}: a bit flipped in the middle of its log and the "
@@ -1128,13 +1382,15 @@ class Simulation:
     def _heal_everything(self) -> None:
         self.faults_on = False
         self.cut = set()
+        self.race_cut = set()
+        self.racing = False
         self.log("faults stop; everything heals")
         for node in self.nodes.values():
             if node.paused_until > self.now:
                 node.paused_until = self.now
                 self.at(0, "resume", node.id)
         for node in self.nodes.values():
-            if not node.up and node.broken is None:
+            if not node.up and node.broken is None and not node.gone:
                 self.start_node(node)
 
     def _liveness(self) -> None:
