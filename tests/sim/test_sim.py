@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rangekv.sim.bugs import BUGS
-from rangekv.sim.cluster import SimFailure, Simulation, run_seed
+from rangekv.sim.cluster import SimFailure, run_seed
 
 SEEDS = 500
 CHUNK = 50
