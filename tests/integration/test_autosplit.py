@@ -72,6 +72,8 @@ def test_a_busy_table_splits_over_three_groups_and_loses_nothing(cluster: LocalC
         logs = "".join(p.read_text() for p in (c.data_dir / "logs").glob("meta-*.log"))
         assert "decision split:" in logs and "decision move_switch:" in logs
         assert "decision form_group:" in logs
+        kinds = {d["kind"] for d in info["decisions"]}  # the decisions log in etcd, as served
+        assert {"split", "move", "move_switch", "move_copied", "form_group"} <= kinds, kinds
 
 
 def test_small_idle_neighbours_merge_back(cluster: LocalCluster) -> None:

@@ -1412,8 +1412,24 @@ class MetaService:
                       "retried: %s: %s", plan.table, exc.code, exc.message)
 
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
-        """A controller decision and why (shown by the log; see docs/internals.md)."""
+        """A controller decision about ranges (split, move, merge, a group formed) and why:
+        logged, and written to the decisions log in etcd (``rangekv status``, /v1/cluster).
+        Recording is best effort: the step it explains is already done."""
         self.log.info("decision %s: %s", kind, reason)
+        group = details.pop("group", None)
+        log_keys = sorted(self.view.decision_log)
+        at_ns = max(self._wall_ns(), (log_keys[-1] + 1) if log_keys else 0)
+        decision = model.Decision(at_ns, kind, group if isinstance(group, int) else None, reason,
+                                  {k: v for k, v in details.items() if v is not None})
+        excess = len(log_keys) + 1 - model.DECISIONS_KEPT
+        trim = log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))]
+        try:
+            await self.store.reconfigure(None, [], decision, trim)
+        except errors.NotActive:
+            raise
+        except errors.RangeKVError as exc:
+            self.log.warning("decision %s not recorded in etcd: %s: %s", kind, exc.code,
+                             exc.message)
 
     async def _form_group(self, term: _Term) -> None:
         cfg = self.config
