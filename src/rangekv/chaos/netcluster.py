@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +178,10 @@ class NetCluster(LocalCluster):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> list[str]:
+    def start(self, skip: Iterable[str] = ()) -> list[str]:
         if not self.net._up:
             self.net.up()
-        return super().start()
+        return super().start(skip)
 
     def teardown(self) -> None:
         """Stop every process, then remove the namespaces and the bridge."""
