@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from rangekv import errors
-from rangekv.metadata.model import RANGE_ACTIVE, RANGE_MOVING, Range
+from rangekv.metadata.model import RANGE_ACTIVE, RANGE_MOVING, Range, span_text
 
 EXPORT_PAGE_KEYS = 1000
 RETRY_S = 0.5
@@ -63,8 +63,10 @@ class RangeMover:
 
     def __init__(self, store: RangeStore, tell: Tell, record: Record,
                  catch_up: Callable[[int], Awaitable[Any]], log: logging.Logger,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 table_name: Callable[[int], str] = str) -> None:
         self.store = store
+        self.table_name = table_name  # for the decisions' text
         self.tell = tell
         self.record = record
         self.catch_up = catch_up
@@ -166,8 +168,9 @@ class RangeMover:
         self.pauses_ms.append(pause_ms)
         await self.record(
             "move_switch",
-            f"writes to table {rng.table_id} range [{rng.start!r}, {rng.end!r}) now go to group "
-            f"{dst} (from {src}); writes were refused for {pause_ms:.0f} ms; copying",
+            f"writes to table {self.table_name(rng.table_id)} range "
+            f"{span_text(rng.start, rng.end)} now go to group {dst} (from {src}); writes were "
+            f"refused for {pause_ms:.0f} ms; copying",
             table_id=rng.table_id, group=dst, source=src, pause_ms=round(pause_ms, 1),
             revision=revision)
 
@@ -176,8 +179,8 @@ class RangeMover:
         await self.tell(rng.group, "unfence_range", **span)
         back = replace(rng, state=RANGE_ACTIVE, target=None, version=rng.version + 1)
         await self._put(back, rev)
-        await self.record("move_abandoned", f"move of table {rng.table_id} range "
-                          f"[{rng.start!r}, {rng.end!r}) to group {rng.target} abandoned: "
+        await self.record("move_abandoned", f"move of table {self.table_name(rng.table_id)} range "
+                          f"{span_text(rng.start, rng.end)} to group {rng.target} abandoned: "
                           f"{reason}; it stays on group {rng.group}",
                           table_id=rng.table_id, group=rng.group, target=rng.target)
         if rng.target is not None:  # whatever D prepared (an empty importing range)
@@ -209,8 +212,8 @@ class RangeMover:
         revision = await self._put(done, rev)
         await self.record(
             "move_copied",
-            f"table {rng.table_id} range [{rng.start!r}, {rng.end!r}): {copied} records copied "
-            f"from group {src} to group {dst} in {pages} pages, "
+            f"table {self.table_name(rng.table_id)} range {span_text(rng.start, rng.end)}: "
+            f"{copied} records copied from group {src} to group {dst} in {pages} pages, "
             f"{(self.clock() - began) * 1000:.0f} ms; group {dst} alone serves it",
             table_id=rng.table_id, group=dst, source=src, records=copied, revision=revision)
 

@@ -26,7 +26,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from rangekv.metadata.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView
+from rangekv.metadata.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView, span_text
 
 REPORT_FRESH_S = 3.0  # a leader's figures older than this are not acted on
 MERGE_AFTER_SPLIT = 6  # cooldowns after a split of a table before its ranges may merge
@@ -119,7 +119,7 @@ def plan_split(
     room = sorted((n, gid) for gid, n in counts.items()
                   if gid != rng.group and n < cfg.group_ranges_max)
     name = names[rng.table_id]
-    where = f"table {name} range [{rng.start!r}, {rng.end!r}) on group {rng.group}"
+    where = f"table {name} range {span_text(rng.start, rng.end)} on group {rng.group}"
     fraction = cfg.fraction_size if by == "size" else cfg.fraction_load
     part = (f"the upper {100 - round(fraction * 100)}% of its bytes" if by == "size"
             else "the upper half of its recent load")
@@ -181,8 +181,8 @@ def plan_merge(
             if size < cfg.bytes_max / 4 and ops < cfg.ops_max / 4:
                 return MergePlan(
                     names[tid], tid, upper.start, lower.group,
-                    f"table {names[tid]} ranges [{lower.start!r}, {upper.start!r}) and "
-                    f"[{upper.start!r}, {upper.end!r}) on group {lower.group} together store "
+                    f"table {names[tid]} ranges {span_text(lower.start, upper.start)} and "
+                    f"{span_text(upper.start, upper.end)} on group {lower.group} together store "
                     f"{size:,} bytes and serve {ops:.0f} ops/s (under a quarter of the split "
                     f"thresholds): merged into one")
     return None

@@ -77,6 +77,21 @@ def dumps(obj: Any) -> bytes:
                       sort_keys=True, separators=(",", ":")).encode()
 
 
+def key_text(key: bytes | None, none: str = "end") -> str:
+    """A key for people to read (logs, decisions): UTF-8 text, quoted, or hex if binary."""
+    if key is None:
+        return none
+    try:
+        return repr(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "0x" + key.hex()
+
+
+def span_text(start: bytes, end: bytes | None) -> str:
+    """``[start, end)`` for people: ``['a', 'm')``, ``['m', end)``."""
+    return f"[{key_text(start)}, {key_text(end)})"
+
+
 @dataclass(frozen=True)
 class Table:
     id: int

@@ -73,7 +73,7 @@ from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_mer
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
-from rangekv.metadata.model import ClusterView, Group, Node
+from rangekv.metadata.model import ClusterView, Group, Node, key_text, span_text
 from rangekv.metadata.store import MetaStore
 
 ROLE_LEADER = "leader"
@@ -827,7 +827,7 @@ class MetaService:
         self.mover = RangeMover(
             self.store, self._tell_leader, self._record_decision,
             lambda revision: self._catch_up(revision, self.config.view_catch_up_ms / 1000),
-            self.log, self._clock)
+            self.log, self._clock, self._table_name)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -1332,6 +1332,10 @@ class MetaService:
             )
             await self._catch_up(written, cfg.view_catch_up_ms / 1000)
 
+    def _table_name(self, table_id: int) -> str:
+        return next((t.name for t in self.view.tables.values() if t.id == table_id),
+                    str(table_id))
+
     def _resume_moves(self) -> None:
         """Finish every move etcd shows unfinished (after a failover, or a failed step)."""
         for ranges in self.view.ranges.values():
@@ -1380,7 +1384,7 @@ class MetaService:
                     "split_skipped", f"{plan.reason}; but its data cannot be divided (one key, "
                     "or no key above the start)", table=plan.table, group=plan.group)
                 return
-            await self._record_decision("split", f"{plan.reason}; split at {at!r}",
+            await self._record_decision("split", f"{plan.reason}; split at {key_text(at)}",
                                         table=plan.table, group=plan.group, at=at.hex(),
                                         target=plan.target)
             await self._op_split_range({"name": plan.table, "at": at, "to": plan.target,
@@ -1844,13 +1848,13 @@ class MetaService:
                 to = self._pick_group(exclude=rng.group).id
             except errors.Unavailable:
                 await self._record_decision(
-                    "split", f"table {name} split at {at!r}; the upper part stays on group "
+                    "split", f"table {name} split at {key_text(at)}; the upper part stays on group "
                     f"{rng.group}: no other group has a leader", table=name, group=rng.group)
                 return await self._ranges_reply(table.id)
-            why = (f"split at {at!r} by an operator; the upper part goes to group {to}, the "
+            why = (f"split at {key_text(at)} by an operator; the upper part goes to group {to}, the "
                    "group with a leader serving the fewest ranges")
         else:
-            why = req.get("why") or f"split at {at!r} by an operator, upper part to group {to}"
+            why = req.get("why") or f"split at {key_text(at)} by an operator, upper part to group {to}"
         return await self._op_move_range({"name": name, "at": at, "to": to, "why": why})
 
     async def _op_move_range(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -1895,7 +1899,7 @@ class MetaService:
                     raise errors.Unavailable(f"the ranges of {name!r} changed meanwhile; retry",
                                              table=name)
                 await self._record_decision(
-                    "move", f"table {name} range [{rng.start!r}, {rng.end!r}) moves from group "
+                    "move", f"table {name} range {span_text(rng.start, rng.end)} moves from group "
                     f"{rng.group} to group {to}: {req.get('why') or 'asked by an operator'}",
                     table=name, group=rng.group, target=to)
                 rng = moving
