@@ -625,22 +625,12 @@ class Node:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
             return {"found": True, "value": found[0], "seq": found[1]}
         if op == "list":
-            table_id = _int(body, "table_id")
-            start = _bytes(body, "start") or b""
-            end = _bytes(body, "end", optional=True)
-            after = _bytes(body, "after", optional=True)
-            limit = limits.check_list_limit(body.get("limit"))
-            await replica.linearizable()
-            if not replica.engine.covers(table_id, start, end):
-                # a span this group does not wholly own would list only part of it: a stale
-                # map must not turn into a silently short listing
-                raise replica.engine.not_here(table_id)
-            if not body.get("versions"):
-                _check_complete(replica, table_id, start)
+            table_id, start, end, after, limit = await _span_read(replica, body)
             if body.get("versions"):
                 versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                               limits.LIST_BYTES_MAX)
                 return {"items": [list(item) for item in versions], "more": more}
+            _check_complete(replica, table_id, start)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
             self._count_read(table_id, items[0][0] if items else start, len(items),
@@ -660,14 +650,7 @@ class Node:
             return {"at": at}
         if op == "export":
             # a page of a moving range for the copy: every record, tombstones included
-            table_id = _int(body, "table_id")
-            start = _bytes(body, "start") or b""
-            end = _bytes(body, "end", optional=True)
-            after = _bytes(body, "after", optional=True)
-            limit = limits.check_list_limit(body.get("limit"))
-            await replica.linearizable()
-            if not replica.engine.covers(table_id, start, end):
-                raise replica.engine.not_here(table_id)
+            table_id, start, end, after, limit = await _span_read(replica, body)
             versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                           EXPORT_BYTES_MAX)
             return {"items": [[k, seq, tomb, v] for k, v, seq, tomb in versions], "more": more}
@@ -703,6 +686,23 @@ class Node:
                                    "s": sequencer.ZERO})
             return {}
         raise errors.InvalidArgument(f"unknown op {op!r}")
+
+
+async def _span_read(replica: Replica, body: dict[str, Any]
+                     ) -> tuple[int, bytes, bytes | None, bytes | None, int]:
+    """(table, start, end, after, limit) of a list or export, once a read here is
+    linearizable and one range here holds all of ``[start, end)``: a span this group does not
+    wholly own would list only part of it, and a stale map must not turn into a silently short
+    listing."""
+    table_id = _int(body, "table_id")
+    start = _bytes(body, "start") or b""
+    end = _bytes(body, "end", optional=True)
+    after = _bytes(body, "after", optional=True)
+    limit = limits.check_list_limit(body.get("limit"))
+    await replica.linearizable()
+    if not replica.engine.covers(table_id, start, end):
+        raise replica.engine.not_here(table_id)
+    return table_id, start, end, after, limit
 
 
 def _check_writable(replica: Replica, table_id: int, key: bytes) -> None:

@@ -64,8 +64,8 @@ reads hide them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgpack
 
@@ -397,28 +397,9 @@ class StateMachine:
         try:
             if op == "noop":
                 return {}
-            if op == "put":
-                return self._apply_put(tx, cmd)
-            if op == "del":
-                return self._apply_del(tx, cmd)
-            if op == "add_range":
-                return self._apply_add_range(tx, cmd)
-            if op == "split_range":
-                return self._apply_split_range(tx, cmd)
-            if op == "drop_table":
-                return self._apply_drop_table(tx, cmd)
-            if op == "merge_range":
-                return self._apply_merge_range(tx, cmd)
-            if op == "fence_range":
-                return self._apply_fence_range(tx, cmd)
-            if op == "unfence_range":
-                return self._apply_unfence_range(tx, cmd)
-            if op == "import":
-                return self._apply_import(tx, cmd)
-            if op == "finish_import":
-                return self._apply_finish_import(tx, cmd)
-            if op == "drop_range":
-                return self._apply_drop_range(tx, cmd)
+            apply = self._APPLY.get(op) if isinstance(op, str) else None
+            if apply is not None:
+                return apply(self, tx, cmd)
         except _Malformed as exc:
             return {"error": errors.InvalidArgument(f"malformed {op} command: {exc}").to_dict()}
         raise AssertionError(f"unknown command op {op!r}")
@@ -679,6 +660,14 @@ class StateMachine:
         tx.set_mark(table_id, start, None)
         return {}
 
+
+    _APPLY: ClassVar[dict[str, Callable[[StateMachine, _Tx, dict[str, Any]], dict[str, Any]]]] = {
+        "put": _apply_put, "del": _apply_del, "add_range": _apply_add_range,
+        "split_range": _apply_split_range, "merge_range": _apply_merge_range,
+        "drop_table": _apply_drop_table, "fence_range": _apply_fence_range,
+        "unfence_range": _apply_unfence_range, "import": _apply_import,
+        "finish_import": _apply_finish_import, "drop_range": _apply_drop_range,
+    }
 
     # -- reading ------------------------------------------------------------------------------
 
