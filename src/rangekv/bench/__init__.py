@@ -1,0 +1,1 @@
+"""``rangekv bench``: benchmark programs that print figures (never timed assertions)."""
