@@ -54,10 +54,6 @@ Tell = Callable[..., Awaitable[dict[str, Any]]]  # (group, op, **fields) -> the 
 Record = Callable[..., Awaitable[None]]  # (kind, reason, **details): a controller decision
 
 
-class MoveAbandoned(Exception):
-    """The target could not take the range; the move was undone (the reason is the message)."""
-
-
 class RangeMover:
     """Runs moves to completion (one task per range), resumable from etcd at any step."""
 
@@ -74,7 +70,6 @@ class RangeMover:
         self.clock = clock
         self.tasks: dict[tuple[int, bytes], asyncio.Task[None]] = {}
         self._failed_at: dict[tuple[int, bytes], float] = {}
-        self.pauses_ms: list[float] = []  # write pause of each switch made by this process
 
     def running(self, table_id: int, start: bytes) -> asyncio.Task[None] | None:
         task = self.tasks.get((table_id, start))
@@ -165,7 +160,6 @@ class RangeMover:
         switched = replace(rng, group=dst, source=src, target=None, version=rng.version + 1)
         revision = await self._put(switched, rev)
         pause_ms = (self.clock() - fenced_at) * 1000
-        self.pauses_ms.append(pause_ms)
         await self.record(
             "move_switch",
             f"writes to table {self.table_name(rng.table_id)} range "

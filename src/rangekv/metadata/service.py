@@ -73,7 +73,7 @@ from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_mer
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
-from rangekv.metadata.model import ClusterView, Group, Node, key_text, span_text
+from rangekv.metadata.model import ClusterView, Group, Node, Table, key_text, span_text
 from rangekv.metadata.store import MetaStore
 
 ROLE_LEADER = "leader"
@@ -1343,20 +1343,14 @@ class MetaService:
                 if rng.state == model.RANGE_MOVING or rng.source is not None:
                     self.mover.ensure(rng, "resumed")
 
-    def _live_spares(self) -> list[int]:
-        now_s, timeout_s = self._clock(), self.config.heartbeat_timeout_ms / 1000
-        return sorted(
-            n.id for n in self.view.nodes.values()
-            if n.state == model.NODE_SPARE and n.group is None
-            and is_live(self._beats.get(n.id), now_s, timeout_s)
-            and not self._beats[n.id].status.broken)
-
     async def _auto_split(self) -> None:
         """Split (and move) a range that is too big or too busy (controller/split.py)."""
         if self._split_task is not None and not self._split_task.done():
             return
         plan, _ = plan_split(self.view, self._range_reports, self._clock(), self.config.split,
-                               self._last_split_s, len(self._live_spares()),
+                               self._last_split_s,
+                               len(live_spares(self.view, self._beats, self._clock(),
+                                               self.config.heartbeat_timeout_ms / 1000)),
                                self.config.group_size)
         if plan is None:
             merge = plan_merge(self.view, self._range_reports, self._clock(),
@@ -1807,14 +1801,10 @@ class MetaService:
         to = req.get("to")
         if to is not None and to != "auto" and (not isinstance(to, int) or isinstance(to, bool)):
             raise errors.InvalidArgument("to must be a group id or 'auto'", field="to")
-        if isinstance(to, int) and to not in self.view.groups:
-            raise errors.GroupNotFound(
-                f"there is no group {to} (groups: {sorted(self.view.groups)})", group=to)
+        if isinstance(to, int):
+            self._check_group(to)
         async with self._name_lock(name):
-            found = await self.store.get_table(name)
-            if found is None or found[0].state != model.TABLE_ACTIVE:
-                raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
-            table = found[0]
+            table = await self._active_table(name)
             for _ in range(CAS_ATTEMPTS_MAX):
                 ranges = await self.store.table_ranges_revs(table.id)
                 holder = [(r, rev) for r, rev in ranges if r.contains(at)]
@@ -1857,6 +1847,18 @@ class MetaService:
             why = req.get("why") or f"split at {key_text(at)} by an operator, upper part to group {to}"
         return await self._op_move_range({"name": name, "at": at, "to": to, "why": why})
 
+    def _check_group(self, group_id: int) -> None:
+        if group_id not in self.view.groups:
+            raise errors.GroupNotFound(
+                f"there is no group {group_id} (groups: {sorted(self.view.groups)})",
+                group=group_id)
+
+    async def _active_table(self, name: str) -> Table:
+        found = await self.store.get_table(name)
+        if found is None or found[0].state != model.TABLE_ACTIVE:
+            raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
+        return found[0]
+
     async def _op_move_range(self, req: dict[str, Any]) -> dict[str, Any]:
         """Move the range of table ``name`` holding key ``at`` to group ``to`` (``rangekv
         move``; see :mod:`rangekv.controller.move`). Answers once the move is done, or after
@@ -1871,14 +1873,9 @@ class MetaService:
         if not isinstance(to, int) or isinstance(to, bool):
             raise errors.InvalidArgument("to must be a group id", field="to")
         self._require_active()
-        if to not in self.view.groups:
-            raise errors.GroupNotFound(
-                f"there is no group {to} (groups: {sorted(self.view.groups)})", group=to)
+        self._check_group(to)
         async with self._name_lock(name):
-            found = await self.store.get_table(name)
-            if found is None or found[0].state != model.TABLE_ACTIVE:
-                raise errors.TableNotFound(f"table {name!r} does not exist", table=name)
-            table = found[0]
+            table = await self._active_table(name)
             ranges = await self.store.table_ranges_revs(table.id)
             holder = [(r, rev) for r, rev in ranges if r.contains(at)]
             assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)

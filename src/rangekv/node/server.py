@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,16 +214,8 @@ class Node:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
+        with self._verifying_storage():
             self._check_identity()
-        except StorageCorrupt as err:
-            self.broken = str(err)
-            log.error("refusing to serve data or replication, local data failed verification: "
-                      "%s", err)
-        except OSError as err:
-            log.critical("disk failure while opening the node's data, stopping the node: %s",
-                         err)
-            raise SystemExit(EXIT_DISK_FAILURE) from None
         if self.broken is None:
             await self._open_replica()
         host, _, port = self.listen.rpartition(":")
@@ -235,7 +229,7 @@ class Node:
     async def _open_replica(self) -> None:
         """Open the log, hard state and index, and start the replica (``self.replica``); on a
         log or hard state that fails verification, stay up without one (``self.broken``)."""
-        try:
+        with self._verifying_storage():
             wal = await asyncio.to_thread(WAL.open, self.data_dir / "wal")
             # What a crash left in the page cache is ours: the first sync fsyncs it (wal.py).
             await asyncio.to_thread(wal.sync)
@@ -268,6 +262,13 @@ class Node:
                 log.warning("cut %d entries from the end of the log: they were written after "
                             "the last successful sync of a run that stopped on a disk failure, "
                             "and the group will send them again", wal.unsynced_entries_cut)
+
+    @contextlib.contextmanager
+    def _verifying_storage(self) -> Iterator[None]:
+        """Opening the node's data: a file that fails verification leaves the node up but not
+        serving (``self.broken``); a disk failure stops it (exit 74)."""
+        try:
+            yield
         except StorageCorrupt as err:
             # Never serve a corrupt log (or hard state), nor take part in replication: stay up
             # and report ourselves (status op, heartbeat) so that meta flags us and never

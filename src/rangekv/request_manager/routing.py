@@ -620,12 +620,11 @@ class Router:
             reply, rng = await self._route("get", table, key, fields, write=False, st=st)
             if reply.get("found") or rng.copying_from is None:
                 break
-            try:
-                reply, _ = await self._route("get", table, key, fields, write=False,
-                                             st=self._nested(st), to_source=True)
+            source = await self._source_get(st, table, key)
+            if source is not None:
+                reply = source
                 break
-            except _MoveDone:
-                continue  # the copy finished meanwhile: the target now has everything
+            # else the copy finished meanwhile: the target now has everything
         if not reply.get("found") or reply.get("tombstone"):
             return GetResult(False, b"", sequencer.ZERO)
         seq = _seq(reply.get("seq"))
@@ -649,16 +648,22 @@ class Router:
         now = self._monotonic()
         return _Attempt(now, max(0.0, st.deadline - now))
 
-    async def _source_version(self, st: _Attempt, table: str, key: bytes,
-                              rng: Range) -> dict[str, Any]:
-        """``{"base": version}``: the source's record of ``key`` while ``rng`` is being
-        copied (nothing once the copy is done)."""
-        if rng.copying_from is None:
-            return {}
+    async def _source_get(self, st: _Attempt, table: str, key: bytes) -> dict[str, Any] | None:
+        """The record of ``key`` (tombstones included) on the group its range is being copied
+        from; None once the map shows the copy finished."""
         try:
             reply, _ = await self._route("get", table, key, {"key": key, "versions": True},
                                          write=False, st=self._nested(st), to_source=True)
         except _MoveDone:
+            return None
+        return reply
+
+    async def _source_version(self, st: _Attempt, table: str, key: bytes,
+                              rng: Range) -> dict[str, Any]:
+        """``{"base": version}``: the source's record of ``key`` while ``rng`` is being
+        copied (nothing once the copy is done)."""
+        reply = None if rng.copying_from is None else await self._source_get(st, table, key)
+        if reply is None:
             return {}
         if not reply.get("found"):
             return {"base": None}
@@ -794,12 +799,7 @@ class Router:
                                          "range starts there", field="at")
         limits.check_key(at)
         reply = await self._meta_op("split_range", name=name, at=at, to=to)
-        revision = int(reply.get("revision", 0))
-        if revision > 0 and not await self.source.wait_revision(revision,
-                                                                TABLE_VISIBLE_TIMEOUT_S):
-            self.stats.refreshes += 1
-            await self.source.refresh_table(name, self._monotonic())
-        return self.ranges(name)[1]
+        return await self._ranges_after(name, reply)
 
     async def move(self, name: str, at: bytes, to: int) -> tuple[list[Range], bool]:
         """Move the range of ``name`` holding ``at`` to group ``to``; the table's ranges once
@@ -807,12 +807,17 @@ class Router:
         limits.check_table_name(name)
         limits.check_key(at)
         reply = await self._meta_op("move_range", name=name, at=at, to=to)
+        return await self._ranges_after(name, reply), bool(reply.get("done"))
+
+    async def _ranges_after(self, name: str, reply: dict[str, Any]) -> list[Range]:
+        """The table's ranges once this rm's map shows the revision a meta op answered with
+        (re-read from etcd if the watch is slow to bring it)."""
         revision = int(reply.get("revision", 0))
         if revision > 0 and not await self.source.wait_revision(revision,
                                                                 TABLE_VISIBLE_TIMEOUT_S):
             self.stats.refreshes += 1
             await self.source.refresh_table(name, self._monotonic())
-        return self.ranges(name)[1], bool(reply.get("done"))
+        return self.ranges(name)[1]
 
     # -- data ops ----------------------------------------------------------------------------
 

@@ -706,18 +706,22 @@ class StateMachine:
 
     def writable(self, table_id: int, key: bytes) -> bool:
         """Whether a range here holds ``key`` and takes writes (it is not fenced)."""
-        start = self._holder(self._ranges, table_id, key)
-        if start is None:
-            return False
-        mark = self._marks.get((table_id, start))
-        return mark is None or mark[0] != FENCED
+        state = self._state_of(table_id, key)
+        return state is not None and state != FENCED
 
     def importing(self, table_id: int, key: bytes) -> bool:
         """Whether the range here holding ``key`` is being moved here (copy unfinished): its
         reads must go with the source's (``versions``)."""
+        return self._state_of(table_id, key) == IMPORTING
+
+    def _state_of(self, table_id: int, key: bytes) -> str | None:
+        """The move state of the range here holding ``key`` ("active" if none), or None if no
+        range here holds it."""
         start = self._holder(self._ranges, table_id, key)
-        mark = None if start is None else self._marks.get((table_id, start))
-        return mark is not None and mark[0] == IMPORTING
+        if start is None:
+            return None
+        mark = self._marks.get((table_id, start))
+        return "active" if mark is None else mark[0]
 
     def mark(self, table_id: int, start: bytes) -> tuple[str, bytes] | None:
         """The move state of the range starting at ``start`` ((state, H)) or None: active."""
