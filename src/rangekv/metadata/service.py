@@ -67,7 +67,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rangekv import errors, limits, wire
+from rangekv import aio, errors, limits, wire
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
@@ -2099,7 +2099,7 @@ def main(argv: list[str]) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     _setup_logging()
     try:
-        return asyncio.run(run(config))
+        return aio.run(run(config))
     except KeyboardInterrupt:
         return 0
 

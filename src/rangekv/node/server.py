@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rangekv import errors, limits, sequencer, wire
+from rangekv import aio, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.node.stats import RangeStats
 from rangekv.replication import driver
@@ -782,5 +782,5 @@ def main(argv: list[str]) -> int:
         log.info("stopping")
         await node.stop()
 
-    asyncio.run(run())
+    aio.run(run())
     return 0

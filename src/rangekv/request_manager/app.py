@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
-from rangekv import errors, limits
+from rangekv import aio, errors, limits
 from rangekv import log as rangekv_log
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
@@ -509,7 +509,7 @@ def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     rangekv_log.setup(f"rm-{args.id}")
     try:
-        return asyncio.run(_serve(args))
+        return aio.run(_serve(args))
     except KeyboardInterrupt:
         return 0
 
