@@ -630,13 +630,13 @@ class Node:
             if body.get("versions"):
                 versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                               limits.LIST_BYTES_MAX)
-                return {"items": [list(item) for item in versions], "more": more}
+                return {"items": versions, "more": more}  # (tuples travel as msgpack arrays)
             _check_complete(replica, table_id, start)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
             self._count_read(table_id, items[0][0] if items else start, len(items),
                              sum(len(k) + len(v) for k, v, _ in items))
-            return {"items": [list(item) for item in items], "more": more}
+            return {"items": items, "more": more}
         if op == "split_key":
             # where to split a range: by its stored bytes or by its recent load
             by = body.get("by")

@@ -779,7 +779,7 @@ class StateMachine:
         more live items follow the last one returned.
         """
         items, more = self._scan(table_id, start, end, after, limit, bytes_max, False)
-        return [(k, v, s) for k, v, s, _ in items], more
+        return items, more
 
     def scan_versions(
         self,
@@ -802,14 +802,15 @@ class StateMachine:
         limit: int,
         bytes_max: int,
         tombstones: bool,
-    ) -> tuple[list[tuple[bytes, bytes, bytes, bool]], bool]:
+    ) -> tuple[list[Any], bool]:
+        """(key, value, seq, tombstone) items with ``tombstones``, else live (key, value, seq)."""
         assert not self.closed, "state machine used after close"
         assert limit >= 1 and bytes_max >= 0, (limit, bytes_max)
         lo = _data_key(table_id, start)
         if after is not None:
             lo = max(lo, _data_key(table_id, after + b"\x00"))  # the smallest key above `after`
         hi = _data_key(table_id, end) if end is not None else _table_data_bounds(table_id)[1]
-        items: list[tuple[bytes, bytes, bytes, bool]] = []
+        items: list[Any] = []
         if lo >= hi:
             return items, False
         prefix_bytes = len(table_prefix(table_id))
@@ -821,7 +822,7 @@ class StateMachine:
             if len(items) >= limit or (items and total_bytes >= bytes_max):
                 return items, True
             key = dkey[prefix_bytes:]
-            items.append((key, value, seq, tombstone))
+            items.append((key, value, seq, tombstone) if tombstones else (key, value, seq))
             total_bytes += len(key) + len(value)
         return items, False
 

@@ -49,16 +49,14 @@ class RocksBackend:
         return value
 
     def iterate(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        # rocksdict's own item iterator: one call per item instead of valid/key/value/next
+        # (a list page of 1,000 keys spent more in those calls than in RocksDB). It holds the
+        # RocksDB iterator until the caller drops it, which must happen before ``close``.
         read_options = ReadOptions()
         read_options.set_iterate_upper_bound(hi)
-        it = self._open_db().iter(read_options)
-        try:
-            it.seek(lo)
-            while it.valid():
-                yield it.key(), it.value()
-                it.next()
-        finally:
-            del it  # an open iterator keeps RocksDB from closing
+        items: Iterator[tuple[bytes, bytes]] = self._open_db().items(
+            from_key=lo, read_opt=read_options)
+        return items
 
     def write(self, ops: Sequence[Op]) -> None:
         batch = WriteBatch(raw_mode=True)
