@@ -116,7 +116,7 @@ class RangeKV(System):
 
     def pids(self) -> dict[str, int]:
         out = {}
-        for name in self.cluster.names():
+        for name in self.cluster.names:
             pid = self.cluster.pid(name)
             if pid is not None:
                 out[name] = pid
