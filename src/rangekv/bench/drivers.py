@@ -143,7 +143,7 @@ class Driver:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: Conn(parser), host, port), self.target.timeout_s)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             raise OpError("connect") from None
         self.conns = [c for c in self.conns if not c.closed]
         self.conns.append(conn)
@@ -293,25 +293,22 @@ class EtcdPyDriver(Driver):
 
     @staticmethod
     def _kind(exc: Exception) -> OpError:
-        name = type(exc).__name__
+        """gRPC errors by status code (``grpc_unavailable``...), others by type."""
         code = getattr(exc, "code", None)
-        if callable(code):
-            try:
-                name = f"grpc_{code().name.lower()}"
-            except Exception:
-                pass
-        return OpError(name)
+        status = code() if callable(code) else None
+        name = getattr(status, "name", None)
+        return OpError(f"grpc_{name.lower()}" if isinstance(name, str) else type(exc).__name__)
 
     async def put(self, c: Any, key: bytes, value: bytes) -> None:
         try:
             await c.put(self.prefix + key, value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any client error is counted by kind)
             raise self._kind(exc) from None
 
     async def get(self, c: Any, key: bytes) -> bytes:
         try:
             got = await c.get(self.prefix + key)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any client error is counted by kind)
             raise self._kind(exc) from None
         if got is None:
             raise OpError("not_found")
@@ -325,7 +322,7 @@ class EtcdPyDriver(Driver):
         request = rpc.RangeRequest(key=first, range_end=self.end, limit=limit)
         try:
             answer = await c.kvstub.Range(request, timeout=self.target.timeout_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any client error is counted by kind)
             raise self._kind(exc) from None
         kvs = answer.kvs
         if not answer.more or not kvs:

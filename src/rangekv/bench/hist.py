@@ -44,10 +44,8 @@ class Histogram:
         self.counts[i] = self.counts.get(i, 0) + 1
         self.count += 1
         self.total_s += value_s
-        if value_s < self.min_s:
-            self.min_s = value_s
-        if value_s > self.max_s:
-            self.max_s = value_s
+        self.min_s = min(self.min_s, value_s)
+        self.max_s = max(self.max_s, value_s)
 
     def merge(self, other: Histogram) -> Histogram:
         """Adds ``other``'s samples to this one (in place) and returns it."""

@@ -369,7 +369,7 @@ def _part_main(phase: Phase, part: int, parts: int, pipe: Any) -> None:
     try:
         result = asyncio.run(_part(phase, part, parts, pipe))
         pipe.send(("result", result))
-    except BaseException:  # report it to the parent, which raises it
+    except BaseException:  # noqa: BLE001 (sent to the parent, which raises it)
         pipe.send(("error", traceback.format_exc()))
     finally:
         pipe.close()

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", type=Path, help="the JSON of `rangekv bench all --json`")
     r.add_argument("--out", type=Path, default=Path("docs"),
                    help="directory for benchmarks.md and the PNG (default docs/)")
+    r.add_argument("--note", default=None,
+                   help="a line to put under the title (e.g. how preliminary the figures are)")
     return p
 
 
@@ -176,7 +178,7 @@ def _run_suites(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     data = json.loads(args.results.read_text())
-    md, png = report.write_report(data, args.out)
+    md, png = report.write_report(data, args.out, args.note)
     print(f"wrote {md}" + (f" and {png}" if png else " (no plot: matplotlib is missing or "
                                                      "there is nothing to plot)"))
     return 0

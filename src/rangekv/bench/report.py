@@ -57,9 +57,9 @@ def closed_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## Closed loop: puts and gets", "",
-            "Each connection sends its next request when the previous answer arrives; 256-byte "
+            ("Each connection sends its next request when the previous answer arrives; 256-byte "
             "values; gets read keys loaded beforehand. Latencies in ms. *gen CPU*: each "
-            "generator process's CPU over the window (100 % = one core).", "",
+            "generator process's CPU over the window (100 % = one core)."), "",
             *_table(["system", "op", "conns", "ops/s", "p50", "p99", "p99.9", "errors",
                      "gen CPU", "runs (ops/s)"], rows), ""]
 
@@ -95,11 +95,11 @@ def open_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## Open loop: fixed rates", "",
-            "Requests are released at their intended times, whatever the answers; latency runs "
+            ("Requests are released at their intended times, whatever the answers; latency runs "
             "from the intended time (no coordinated omission), so a request that waited for a "
             "free connection, or for a late generator, counts its wait. *send delay p99*: that "
             "wait alone (it includes the event loop's timer granularity, about 1 ms). A rate "
-            "the system cannot carry shows as achieved < target and growing latencies.", "",
+            "the system cannot carry shows as achieved < target and growing latencies."), "",
             *_table(["system", "op", "rate", "target/s", "achieved/s", "p50", "p99", "p99.9",
                      "send delay p99", "errors", "gen CPU"], rows), ""]
 
@@ -120,11 +120,11 @@ def fsync_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## fsyncs per acknowledged write", "",
-            "rangekv: each node's WAL fdatasync count (`wal_syncs` of its `status`); etcd: "
+            ("rangekv: each node's WAL fdatasync count (`wal_syncs` of its `status`); etcd: "
             "`etcd_disk_wal_fsync_duration_seconds_count` of each member's `/metrics` (bbolt "
             "commits are in the JSON as `backend_commits`). Redis reports no count. *node max*: "
             "the busiest replica's syncs per write; *group*: all replicas' syncs added up. In "
-            "*per node*, /l is the leader and /f a follower.", "",
+            "*per node*, /l is the leader and /f a follower."), "",
             *_table(["system", "suite", "op", "conns or rate", "acked writes", "leader",
                      "node max", "group", "per node"], rows), ""]
 
@@ -145,9 +145,9 @@ def cpu_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## CPU seconds per 1000 operations, per process", "",
-            "User + system CPU (`/proc/PID/stat`) over the measurement window divided by the "
+            ("User + system CPU (`/proc/PID/stat`) over the measurement window divided by the "
             "operations completed in it (closed loop at 1 and 64 connections, YCSB, scan: for "
-            "a scan an operation is a page).", "",
+            "a scan an operation is a page)."), "",
             *_table(["system", "suite", "op", "conns", "ops", "servers", "generator",
                      "per server process"], rows), ""]
 
@@ -163,11 +163,11 @@ def ycsb_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## YCSB", "",
-            "Workloads A (50 % read, 50 % update), B (95/5), C (read only), D (95 % read of "
+            ("Workloads A (50 % read, 50 % update), B (95/5), C (read only), D (95 % read of "
             "the latest keys, 5 % insert), E (95 % scans of 1-100 keys, 5 % insert), F (50 % "
             "read, 50 % read-modify-write); 1 KB values, scrambled zipfian 0.99 (D: latest as "
             "this generator process has seen them acknowledged). Redis's scans read a sorted "
-            "set (ZRANGE BYLEX) then MGET the keys. Latencies in ms.", "",
+            "set (ZRANGE BYLEX) then MGET the keys. Latencies in ms."), "",
             *_table(["system", "workload", "conns", "ops/s", "p50", "p99", "p99.9",
                      "per op", "errors", "gen CPU"], rows), ""]
 
@@ -179,9 +179,9 @@ def scan_section(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["## Scan throughput", "",
-            "The whole table (loaded beforehand, 256-byte values) paginated over and over: "
+            ("The whole table (loaded beforehand, 256-byte values) paginated over and over: "
             "rangekv `GET /v1/tables/T/keys?limit=N` then `?after=<cursor>`; etcd a range with "
-            "`limit` from the last key + 1; Redis ZRANGE BYLEX + MGET. Latencies per page, ms.",
+            "`limit` from the last key + 1; Redis ZRANGE BYLEX + MGET. Latencies per page, ms."),
             "",
             *_table(["system", "conns", "page", "keys/s", "pages/s", "p50", "p99", "errors",
                      "gen CPU"], rows), ""]
@@ -209,8 +209,8 @@ def targets(data: dict[str, Any]) -> list[list[Any]]:
     for op in ("put", "get"):
         mine, ref = half.get(("rangekv", op)), half.get((REFERENCE, op))
         if mine and ref:
-            out.append([f"{op} p99 at half of etcd's best rate ({ref['rate_target']:,.0f}/s) "
-                        "<= etcd's", f"{mine['p99_ms']:.2f} ms", f"{ref['p99_ms']:.2f} ms",
+            out.append([(f"{op} p99 at half of etcd's best rate ({ref['rate_target']:,.0f}/s) "
+                        "<= etcd's"), f"{mine['p99_ms']:.2f} ms", f"{ref['p99_ms']:.2f} ms",
                         "met" if mine["p99_ms"] <= ref["p99_ms"] else "not met"])
     mine1, ref1 = idx.get(("rangekv", "put", 1)), idx.get((REFERENCE, "put", 1))
     if mine1 and ref1:
@@ -220,8 +220,8 @@ def targets(data: dict[str, Any]) -> list[list[Any]]:
     put64 = idx.get(("rangekv", "put", 64))
     if put64 and put64.get("fsync") and put64["fsync"]["node_max_per_write"] is not None:
         fs = put64["fsync"]
-        out.append([f"fsyncs per acknowledged write at 64 connections <= "
-                    f"{TARGET_FSYNCS_PER_WRITE} (per replica)",
+        out.append([(f"fsyncs per acknowledged write at 64 connections <= "
+                    f"{TARGET_FSYNCS_PER_WRITE} (per replica)"),
                     f"{fs['node_max_per_write']:.3f} (group {fs['total_per_write']:.3f})", "",
                     "met" if fs["node_max_per_write"] <= TARGET_FSYNCS_PER_WRITE
                     else "not met"])
@@ -250,21 +250,23 @@ def calibration_section(data: dict[str, Any]) -> list[str]:
             *(f"- note: {n}" for n in cal.get("notes", [])), ""]
 
 
-def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME) -> str:
+def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME,
+             note: str | None = None) -> str:
     meta = data["meta"]
     cfg = meta["config"]
     m = meta["machine"]
     lines = [
         "# Benchmarks", "",
-        "Made by `scripts/bench` (`rangekv bench all --json results.json`, then `rangekv bench "
+        *([f"> {note}", ""] if note else []),
+        ("Made by `scripts/bench` (`rangekv bench all --json results.json`, then `rangekv bench "
         "report results.json --out docs/`). Figures from one machine, on loopback; the servers "
         "and the load generator share its cores, so read them against the machine's floor "
-        "below and the generator's own CPU in each table.", "",
-        f"- run: {meta['started']} to {meta.get('finished', '?')}; median of {cfg['runs']} "
+        "below and the generator's own CPU in each table."), "",
+        (f"- run: {meta['started']} to {meta.get('finished', '?')}; median of {cfg['runs']} "
         f"run(s) of {cfg['seconds']:g} s after {cfg['warmup_s']:g} s of warm-up; "
-        f"{cfg['processes']} generator processes",
-        f"- machine: {m['cores']} cores, Python {m['python']}, {m['platform']}, load average "
-        f"at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
+        f"{cfg['processes']} generator processes"),
+        (f"- machine: {m['cores']} cores, Python {m['python']}, {m['platform']}, load average "
+        f"at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}"),
     ]
     for name, version in meta["versions"].items():
         lines.append(f"- {meta['labels'].get(name, name)}: {version}")
@@ -272,11 +274,11 @@ def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME) -> str:
         lines.append(f"- {name}: skipped, {why}")
     for name, why in data.get("failed", {}).items():
         lines.append(f"- {name}: FAILED, {why}")
-    lines += ["", "Redis is an upper reference only: a single node, not replicated, with "
+    lines += ["", ("Redis is an upper reference only: a single node, not replicated, with "
               "`appendfsync always`. etcd runs 3 members with its defaults (fsync on); "
               "`etcd-http` is its v3 JSON gateway, `etcd-py` the `aetcd` client (asyncio gRPC). "
               "rangekv is one group of 3 replicas (plus 2 spares) behind HAProxy with 2 request "
-              "managers.", ""]
+              "managers."), ""]
     tg = targets(data)
     if tg:
         lines += ["## Targets of issue 6", "",
@@ -334,7 +336,8 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_report(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path | None]:
+def write_report(data: dict[str, Any], out_dir: Path,
+                 note: str | None = None) -> tuple[Path, Path | None]:
     out_dir.mkdir(parents=True, exist_ok=True)
     png: Path | None = out_dir / PLOT_NAME
     assert png is not None
@@ -345,5 +348,5 @@ def write_report(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path | None
     if not drawn:
         png = None
     md = out_dir / "benchmarks.md"
-    md.write_text(markdown(data, PLOT_NAME if png else None))
+    md.write_text(markdown(data, PLOT_NAME if png else None, note))
     return md, png

@@ -81,12 +81,6 @@ class System:
     def version(self) -> str:
         raise NotImplementedError
 
-    def __enter__(self) -> System:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 class RangeKV(System):
     name = "rangekv"
@@ -129,7 +123,7 @@ class RangeKV(System):
             conn = wire.Connection(address, connect_timeout_s=2.0)
             try:
                 status = await conn.request("status", timeout_s=2.0)
-            except Exception:  # a node that does not answer has no figure
+            except Exception:  # noqa: BLE001 (a node that does not answer has no figure)
                 return None
             finally:
                 await conn.close()
@@ -188,7 +182,7 @@ def start_etcd_cluster(root: Path, members: int = 3) -> tuple[list[Proc], list[s
 
 
 _METRIC = re.compile(rb"^(etcd_disk_wal_fsync_duration_seconds_count|"
-                     rb"etcd_disk_backend_commit_duration_seconds_count)\s+([0-9.e+]+)$", re.M)
+                     rb"etcd_disk_backend_commit_duration_seconds_count)\s+([0-9.e+]+)$", re.MULTILINE)
 
 
 class Etcd(System):
@@ -225,7 +219,7 @@ class Etcd(System):
         return out
 
     def version(self) -> str:
-        out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True,
+        out = subprocess.run([etcd_binary(), "--version"], check=False, capture_output=True, text=True,
                              timeout=10).stdout
         v = out.splitlines()[0].split(":", 1)[1].strip() if out else "?"
         if self.name == "etcd-py":
@@ -282,7 +276,7 @@ class Redis(System):
 
     def version(self) -> str:
         binary = redis_binary()
-        out = subprocess.run([binary or "redis-server", "--version"], capture_output=True,
+        out = subprocess.run([binary or "redis-server", "--version"], check=False, capture_output=True,
                              text=True, timeout=10).stdout
         m = re.search(r"v=(\S+)", out)
         return f"redis {m.group(1) if m else '?'}"
@@ -302,8 +296,8 @@ def available(name: str) -> str | None:
     if name == "redis" and redis_binary() is None:
         return "redis-server is not installed"
     if name == "etcd-py":
-        try:
-            import aetcd  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("aetcd") is None:
             return "the aetcd package is not installed (pip install -e '.[bench]')"
     return None
