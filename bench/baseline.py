@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,8 +30,8 @@ from typing import Any
 
 import aiohttp
 
+from rangekv.bench.systems import start_etcd_cluster
 from rangekv.cluster.local import LocalCluster, find_free_base_port
-from rangekv.testing.procs import Proc, etcd_binary, free_port, spawn, wait_until
 
 VALUE = b"v" * 256
 
@@ -148,33 +147,6 @@ async def measure(target: Target, clients: int, seconds: float, runs: int) -> li
         median["runs_ops_per_s"] = [round(r["ops_per_s"]) for r in rounds]
         results.append(median)
     return results
-
-
-def start_etcd_cluster(root: Path) -> tuple[list[Proc], list[str]]:
-    names = ["e1", "e2", "e3"]
-    client = {n: free_port() for n in names}
-    peer = {n: free_port() for n in names}
-    initial = ",".join(f"{n}=http://127.0.0.1:{peer[n]}" for n in names)
-    procs = []
-    for n in names:
-        argv = [
-            etcd_binary(), "--name", n, "--data-dir", str(root / n),
-            "--listen-client-urls", f"http://127.0.0.1:{client[n]}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client[n]}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer[n]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer[n]}",
-            "--initial-cluster", initial, "--initial-cluster-state", "new",
-            "--log-level", "warn", "--logger", "zap",
-        ]
-        procs.append(spawn(n, argv, root / f"{n}.log"))
-    endpoints = [f"http://127.0.0.1:{client[n]}" for n in names]
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(endpoints[0] + "/health", timeout=1) as r:
-            return b'"true"' in r.read()
-
-    wait_until(healthy, 30, "the 3-member etcd cluster")
-    return procs, endpoints
 
 
 def print_table(rows: list[tuple[str, dict]]) -> None:

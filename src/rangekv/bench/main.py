@@ -5,6 +5,19 @@
 ``calibrate``: the floor of this machine (``rangekv.bench.calibrate``): fsync rates for 1 and 3
 writers, the group-commit ceiling, the loopback round trip, the Python echo ceiling, and from
 them the floor of one replicated write. Run it where the cluster keeps its data (``--dir``).
+
+    rangekv bench closed|open|ycsb|scan [--systems rangekv,etcd-http,etcd-py,redis]
+                  [--seconds S] [--runs N] [--processes P] [--json F] [...]
+    rangekv bench all --json results.json      # calibrate, then every suite on every system
+    rangekv bench report results.json --out docs/
+
+The suites (``rangekv.bench.suite``) start each system fresh, one at a time, and drive it with
+the same multi-process load generator (``rangekv.bench.load``): closed-loop puts and gets at
+each concurrency, open-loop runs at fixed rates (latency from the intended send time), YCSB A-F
+and whole-table scans; with each, the generator's CPU, every server process's CPU per 1000
+operations and fsyncs per acknowledged write. Each figure is the median of ``--runs`` runs.
+``report`` writes ``benchmarks.md`` and the plot ``benchmarks-throughput-p99.png``. A progress
+bar goes to stderr; the figures (markdown tables) to stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from rangekv.bench import report, suite
 from rangekv.bench.calibrate import calibrate
+from rangekv.bench.drivers import SYSTEMS
 
 CALIBRATE_STEPS = 5
 
@@ -28,7 +43,7 @@ class Progress:
         self.total, self.done, self.stream, self.width = total, 0, stream, width
 
     def step(self, what: str) -> None:
-        filled = self.width * self.done // self.total
+        filled = self.width * min(self.done, self.total) // self.total  # steps are estimates
         bar = "#" * filled + "-" * (self.width - filled)
         self.stream.write(f"\r[{bar}] {self.done}/{self.total} {what:<48}")
         self.stream.flush()
@@ -54,11 +69,127 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clients of the echo ceiling (default 64)")
     c.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="also write the figures as JSON")
+    helps = {
+        "closed": "closed-loop puts and gets at each concurrency",
+        "open": "open-loop puts and gets at fixed rates (latency from the intended time)",
+        "ycsb": "YCSB workloads A-F (1 KB records, zipfian 0.99)",
+        "scan": "whole-table pagination: keys per second",
+        "all": "calibrate, then closed, open, ycsb and scan on every system",
+    }
+    for name, text in helps.items():
+        _suite_args(sub.add_parser(name, help=text), name)
+    r = sub.add_parser("report", help="write benchmarks.md and the plot from a --json file")
+    r.add_argument("results", type=Path, help="the JSON of `rangekv bench all --json`")
+    r.add_argument("--out", type=Path, default=Path("docs"),
+                   help="directory for benchmarks.md and the PNG (default docs/)")
+    r.add_argument("--note", default=None,
+                   help="a line to put under the title (e.g. how preliminary the figures are)")
     return p
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _suite_args(p: argparse.ArgumentParser, name: str) -> None:
+    d = suite.Config()
+    p.add_argument("--systems", default=",".join(suite.ORDER),
+                   help=f"comma-separated, of {', '.join(SYSTEMS)} (default: all; one missing "
+                        "here, such as redis-server, is skipped and said so)")
+    p.add_argument("--seconds", type=float, default=d.seconds,
+                   help=f"measurement window per run (default {d.seconds:g})")
+    p.add_argument("--warmup", type=float, default=d.warmup_s,
+                   help=f"warm-up before each window, excluded (default {d.warmup_s:g})")
+    p.add_argument("--runs", type=int, default=d.runs,
+                   help=f"runs per figure; the median run is kept (default {d.runs})")
+    p.add_argument("--processes", type=int, default=d.processes,
+                   help=f"load generator processes (default {d.processes})")
+    p.add_argument("--concurrency", type=_ints, default=d.concurrency,
+                   help="closed-loop connections, comma-separated (default "
+                        f"{','.join(map(str, d.concurrency))})")
+    p.add_argument("--get-records", type=int, default=d.get_records,
+                   help=f"keys loaded for the gets (default {d.get_records})")
+    p.add_argument("--open-fractions", type=_floats, default=d.open_fractions,
+                   help="open-loop rates as fractions of the best closed-loop rate (default "
+                        f"{','.join(map(str, d.open_fractions))}; half of etcd's best is added)")
+    p.add_argument("--open-connections", type=int, default=d.open_connections,
+                   help=f"connections of the open loop (default {d.open_connections})")
+    p.add_argument("--ycsb-records", type=int, default=d.ycsb_records,
+                   help=f"YCSB record count (default {d.ycsb_records})")
+    p.add_argument("--ycsb-workloads", default=d.ycsb_workloads,
+                   help=f"which of a-f (default {d.ycsb_workloads})")
+    p.add_argument("--ycsb-connections", type=int, default=d.ycsb_connections,
+                   help=f"YCSB connections (default {d.ycsb_connections})")
+    p.add_argument("--scan-records", type=int, default=d.scan_records,
+                   help=f"keys in the scanned table (default {d.scan_records})")
+    p.add_argument("--scan-page", type=int, default=d.scan_page,
+                   help=f"keys per page (default {d.scan_page})")
+    p.add_argument("--scan-connections", type=_ints, default=d.scan_connections,
+                   help="concurrent scanners, comma-separated (default "
+                        f"{','.join(map(str, d.scan_connections))})")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="where the systems keep their data (default: the temporary directory)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE",
+                   help="also write the figures as JSON (for `rangekv bench report`)")
+    if name == "all":
+        p.add_argument("--calibrate-seconds", type=float, default=3.0,
+                       help="per calibration measurement (default 3; 0 skips calibration)")
+
+
+def _config(args: argparse.Namespace) -> suite.Config:
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown system(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(SYSTEMS)}")
+    suites = suite.SUITES if args.suite == "all" else (args.suite,)
+    return suite.Config(
+        systems=systems, suites=suites, seconds=args.seconds, warmup_s=args.warmup,
+        runs=args.runs, processes=args.processes, concurrency=args.concurrency,
+        get_records=args.get_records, open_fractions=args.open_fractions,
+        open_connections=args.open_connections, ycsb_records=args.ycsb_records,
+        ycsb_workloads=args.ycsb_workloads.lower(), ycsb_connections=args.ycsb_connections,
+        scan_records=args.scan_records, scan_page=args.scan_page,
+        scan_connections=args.scan_connections, dir=str(args.dir) if args.dir else None)
+
+
+def _run_suites(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except (ValueError, AssertionError) as exc:
+        print(f"error: bad arguments: {exc or 'out of range'}", file=sys.stderr)
+        return 2
+    calibrating = args.suite == "all" and args.calibrate_seconds > 0
+    bar = Progress(config.steps() + (CALIBRATE_STEPS if calibrating else 0))
+    cal = None
+    if calibrating:
+        cal = calibrate(args.dir, args.calibrate_seconds, progress=bar.step).to_json()
+    data = suite.run_suites(config, bar.step, cal)
+    bar.close()
+    print(report.markdown(data, plot_name=None))
+    if args.json is not None:
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    return 1 if data["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    data = json.loads(args.results.read_text())
+    md, png = report.write_report(data, args.out, args.note)
+    print(f"wrote {md}" + (f" and {png}" if png else " (no plot: matplotlib is missing or "
+                                                     "there is nothing to plot)"))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.suite == "report":
+        return _report(args)
+    if args.suite != "calibrate":
+        return _run_suites(args)
     if args.seconds <= 0 or args.batch < 1 or args.connections < 1:
         print("error: --seconds, --batch and --connections must be positive", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
               ("attack a real cluster in network namespaces with faults and check the history "
                "(--time S, --nemesis LIST, --seed N)")),
     "bench": ("rangekv.bench.main.main",
-              "a benchmark that prints figures (calibrate: the floor of this machine)"),
+              "benchmarks that print figures: calibrate, closed, open, ycsb, scan, all, report"),
     "check-history": ("rangekv.check.main.main",
                       "check a recorded history for linearizability "
                       "(--model register|kv|rangekv FILE)"),

@@ -1,0 +1,64 @@
+"""``rangekv bench`` end to end on real systems, tiny: a closed loop at 4 connections and a scan
+against a fresh rangekv cluster and a 3-member etcd (and Redis when it is installed), then the
+report. Checks that the figures are there and plausible, never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rangekv.bench import suite
+from rangekv.bench.main import main
+from rangekv.bench.systems import redis_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_closed_loop_scan_and_report(tmp_path: Path) -> None:
+    systems = ("rangekv", "etcd-http") + (("redis",) if redis_binary() else ())
+    config = suite.Config(systems=systems, suites=("closed", "scan"), seconds=1.5,
+                          warmup_s=0.5, runs=1, concurrency=(4,), get_records=100,
+                          scan_records=500, scan_page=100, scan_connections=(1,),
+                          load_connections=8, dir=str(tmp_path))
+    steps: list[str] = []
+    data = suite.run_suites(config, steps.append)
+    assert not data["failed"], data["failed"]
+    assert steps and len(steps) <= config.steps()
+    results = {(r["system"], r["suite"], r["workload"]): r for r in data["results"]}
+    for system in systems:
+        for op in ("put", "get"):
+            r = results[(system, "closed", op)]
+            assert r["ops"] > 0 and r["ops_per_s"] > 0, r
+            assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+            assert not r["errors"], r["errors"]  # gets read loaded keys: no 404
+            assert r["connections"] == 4 and r["runs_ops_per_s"] == [round(r["ops_per_s"], 1)]
+            assert all(c >= 0 for c in r["generator"]["cpu_s"])
+            assert r["servers"] and all(v["cpu_s"] >= 0 for v in r["servers"].values())
+        scan = results[(system, "scan", "scan")]
+        assert scan["items_per_s"] > scan["ops_per_s"] > 0 and not scan["errors"]
+    put = results[("rangekv", "closed", "put")]
+    assert {"haproxy", "rm-1", "node-1"} <= set(put["servers"])
+    fs = put["fsync"]
+    assert fs["acked_writes"] == put["ops"]
+    assert sum(1 for n in fs["nodes"].values() if n["role"] == "leader") == 1
+    assert 0 < fs["leader_per_write"] <= 1.5 and fs["total_per_write"] > 0
+    etcd_fs = results[("etcd-http", "closed", "put")]["fsync"]
+    assert len(etcd_fs["nodes"]) == 3 and etcd_fs["total_per_write"] > 0
+    assert results[("rangekv", "closed", "get")]["fsync"] is None  # reads: no fsync figure
+
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps(data))
+    assert main(["report", str(out), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "benchmarks.md").read_text()
+    for heading in ("## Closed loop", "## Ratios rangekv / etcd", "## fsyncs per acknowledged",
+                    "## CPU seconds per 1000", "## Scan throughput"):
+        assert heading in md, heading
+    assert "| rangekv | put | 4 |" in md and "| etcd-http | get | 4 |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    png = tmp_path / "docs" / "benchmarks-throughput-p99.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
