@@ -11,11 +11,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-from aiohttp import web
-from aiohttp.test_utils import RawTestServer, TestClient
+import aiohttp
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
@@ -186,9 +186,48 @@ def build_view(
     return view
 
 
+class Client:
+    """An HTTP client of one server, by paths (as aiohttp's TestClient is)."""
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, port: int) -> None:
+        self.session = session
+        self.server = SimpleNamespace(host=host, port=port)
+        self.base = f"http://{host}:{port}"
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        return self.session.request(method, self.base + path, **kw)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def head(self, path: str, **kw: Any) -> Any:
+        return self.request("HEAD", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Any:
+        return self.request("PUT", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+
+@asynccontextmanager
+async def serving(rm: RequestManager) -> AsyncIterator[Client]:
+    """``rm`` served as ``rangekv rm`` serves it, on 127.0.0.1, and a client of it."""
+    server = rm.server()
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Client(session, host, port)
+    finally:
+        await server.close(1.0)
+
+
 class Harness:
     def __init__(
-        self, client: TestClient, source: StaticViewSource, router: Router, metrics: Metrics
+        self, client: Client, source: StaticViewSource, router: Router, metrics: Metrics
     ) -> None:
         self.client = client
         self.source = source
@@ -219,9 +258,7 @@ async def harness(
     router = Router(source, RM_ID, stats=metrics.router, **router_kw)
     rm = RequestManager(router, source, RM_ID, metrics)
     try:
-        async with TestClient(
-            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
-        ) as client:
+        async with serving(rm) as client:
             yield Harness(client, source, router, metrics)
     finally:
         await router.close()
@@ -779,9 +816,7 @@ def test_health_is_503_until_the_view_is_loaded() -> None:
         source = NotReady(ClusterView())
         router = Router(source, RM_ID, request_deadline_s=0.2)
         rm = RequestManager(router, source, RM_ID)
-        async with TestClient(
-            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
-        ) as client:
+        async with serving(rm) as client:
             resp = await client.get("/healthz")
             assert resp.status == 503 and resp.headers["Retry-After"] == "1"
             body = await resp.json()
@@ -902,15 +937,12 @@ async def served(view: ClusterView) -> AsyncIterator[tuple[str, int]]:
     handler and parser limits) on 127.0.0.1; yields (host, port)."""
     source = StaticViewSource(view)
     router = Router(source, RM_ID)
-    runner = web.ServerRunner(RequestManager(router, source, RM_ID).server(access_log=None))
-    await runner.setup()
+    server = RequestManager(router, source, RM_ID).server()
+    host, port = await server.start("127.0.0.1", 0)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
         yield host, port
     finally:
-        await runner.cleanup()
+        await server.close(1.0)
         await router.close()
 
 
@@ -1085,9 +1117,7 @@ def test_an_rm_that_cannot_follow_the_map_sends_retries_elsewhere() -> None:
             raise errors.Unavailable("no quorum")
 
         node.fault = busy
-        async with TestClient(
-            RawTestServer(rm.dispatch, request_factory=rm.request_factory)
-        ) as client:
+        async with serving(rm) as client:
             source.is_ready = False
             t0 = time.monotonic()
             resp = await client.put("/v1/tables/t/keys/k", data=b"v")

@@ -36,25 +36,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
-
 from rangekv import aio, errors, limits
 from rangekv import log as rangekv_log
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
+from rangekv.request_manager.http_server import BadRequest, HttpServer, Request, Response
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
 
 log = logging.getLogger("rangekv.rm")
 
 RETRY_AFTER_S = 1
-CLIENT_MAX_BYTES = limits.VALUE_BYTES_MAX + 1  # aiohttp's own cap; we read at most this much
 # Room for the longest request line the API allows: a list with start and end of KEY_BYTES_MAX
 # bytes each (as base64, percent-encoded: at most 3 characters for each of 4/3 as many), a cursor
-# of CURSOR_BYTES_MAX and the rest. aiohttp's default (8190) refused some of those; a longer line
-# is a 400 (JSON, like every other error).
+# of CURSOR_BYTES_MAX and the rest (8190, a common default, refused some of those); a longer
+# line is a 400 (JSON, like every other error).
 REQUEST_LINE_BYTES_MAX = 16 * 1024
 _BOUND_CHARS_MAX = 3 * 4 * (limits.KEY_BYTES_MAX + 2) // 3
 assert REQUEST_LINE_BYTES_MAX > 2 * _BOUND_CHARS_MAX + limits.CURSOR_BYTES_MAX + 1024
@@ -67,7 +63,7 @@ _TABLES_PREFIX = "/v1/tables/"
 _JSON = "application/json"
 _OCTETS = "application/octet-stream"
 
-Handler = Callable[[], Awaitable[web.StreamResponse]]
+Handler = Callable[[], Awaitable[Response]]
 
 
 class _NoRoute(Exception):
@@ -89,13 +85,11 @@ def _origin_form(target: str) -> str:
 
 def _json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=codec.dump_json(body), status=status, content_type=_JSON, headers=headers
-    )
+) -> Response:
+    return Response(codec.dump_json(body), status, _JSON, headers)
 
 
-def error_response(err: errors.RangeKVError) -> web.Response:
+def error_response(err: errors.RangeKVError) -> Response:
     headers = None
     if err.status == 503:  # "retry elsewhere": another rm can answer now, no need to wait
         headers = {"Retry-After": "0" if err.details.get("retry_elsewhere") else
@@ -103,45 +97,16 @@ def error_response(err: errors.RangeKVError) -> web.Response:
     return _json_response(codec.error_body(err), err.status, headers)
 
 
-class _ConnectionHandler(web.RequestHandler):
-    """aiohttp's per-connection protocol, except that the answers aiohttp makes itself (to a
-    request it cannot parse: a malformed or overlong request line or header) are JSON errors
-    in our shape instead of text/plain, so a client parses every error the same way."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            # Part of an answer is out: aiohttp closes the connection (it raises).
-            return super().handle_error(request, status, exc, message)
-        text = (message or (str(exc) if exc is not None else "") or "")[:200]
-        err: errors.RangeKVError
-        if 400 <= status < 500:
-            # Not HTTP at all (TLS to this port, a scanner) is common and uninteresting.
-            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
-            log.log(level, "malformed request from %s: %s", request.remote, text)
-            err = errors.InvalidArgument(f"malformed HTTP request: {text}")
-        else:
-            log.error("error answering a request from %s", request.remote, exc_info=exc)
-            err = errors.Internal("internal error; please report it")
-        response = error_response(err)
-        response.force_close()  # the parser's state is unknown: do not reuse the connection
-        return response
-
-
-class _Server(web.Server):
-    """``web.Server`` whose connections are ``_ConnectionHandler``s."""
-
-    def __call__(self) -> web.RequestHandler:
-        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+def malformed_response(message: str) -> Response:
+    """The answer to a request the HTTP parser refused (a malformed or overlong request line
+    or header, not HTTP at all): a JSON error like every other; the connection then closes."""
+    response = error_response(errors.InvalidArgument(f"malformed HTTP request: {message}"))
+    response.close = True
+    return response
 
 
 class RequestManager:
-    """The HTTP handlers of one rm. ``server()`` builds the aiohttp low-level server."""
+    """The HTTP handlers of one rm. ``server()`` builds the HTTP server around them."""
 
     def __init__(
         self,
@@ -158,30 +123,14 @@ class RequestManager:
         self._monotonic = monotonic
         self._openapi = codec.dump_json(openapi.document())
 
-    def server(self, **kwargs: Any) -> web.Server:
-        """aiohttp's low-level server around ``dispatch``: no router and no middlewares (we
-        route on the raw path ourselves)."""
-        kwargs.setdefault("max_line_size", REQUEST_LINE_BYTES_MAX)
-        return _Server(self.dispatch, request_factory=self.request_factory, **kwargs)
-
-    @staticmethod
-    def request_factory(
-        message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-    ) -> web.BaseRequest:
-        """Requests whose body aiohttp itself would never buffer past ``CLIENT_MAX_BYTES``."""
-        return web.BaseRequest(
-            message,
-            payload,
-            protocol,
-            writer,
-            task,
-            asyncio.get_running_loop(),
-            client_max_size=CLIENT_MAX_BYTES,
-        )
+    def server(self) -> HttpServer:
+        """The HTTP server around ``dispatch`` (we route on the raw path ourselves)."""
+        return HttpServer(self.dispatch, malformed_response,
+                          request_line_max=REQUEST_LINE_BYTES_MAX)
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> Response:
         t0 = self._monotonic()
         op = "other"
         try:
@@ -215,7 +164,7 @@ class RequestManager:
         self.metrics.observe(op, response.status, self._monotonic() - t0)
         return response
 
-    def _route(self, request: web.BaseRequest) -> tuple[str, Handler]:
+    def _route(self, request: Request) -> tuple[str, Handler]:
         """(metrics op name, handler) for a request, by its raw, undecoded path."""
         raw = request.raw_path
         if raw[:1] != "/":
@@ -223,7 +172,7 @@ class RequestManager:
         path, _, raw_query = raw.partition("?")
         method = request.method
         if method == "HEAD":
-            method = "GET"  # aiohttp sends the headers of the GET answer without its body
+            method = "GET"  # the server sends the headers of the GET answer without its body
         if path.startswith(_TABLES_PREFIX):
             table_raw, sep, tail = path[len(_TABLES_PREFIX) :].partition("/")
             if not table_raw:
@@ -284,22 +233,19 @@ class RequestManager:
             key_encoding = codec.query_text(codec.parse_query(raw_query), "key_encoding")
         return codec.decode_path_key(key_raw, key_encoding)
 
-    async def get_key(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+    async def get_key(self, table_raw: str, key_raw: str, raw_query: str) -> Response:
         table = codec.decode_table_segment(table_raw)
         key = self._key(key_raw, raw_query)
         result = await self.router.get(table, key)
         if not result.found:
             raise errors.KeyNotFound("no such key", table=table)
         seq_hex = result.seq.hex()
-        return web.Response(
-            body=result.value,
-            content_type=_OCTETS,
-            headers={"ETag": f'"{seq_hex}"', "X-Rangekv-Seq": seq_hex},
-        )
+        return Response(result.value, 200, _OCTETS,
+                        {"ETag": f'"{seq_hex}"', "X-Rangekv-Seq": seq_hex})
 
     async def put_key(
-        self, request: web.BaseRequest, table_raw: str, key_raw: str, raw_query: str
-    ) -> web.Response:
+        self, request: Request, table_raw: str, key_raw: str, raw_query: str
+    ) -> Response:
         table = codec.decode_table_segment(table_raw)
         key = self._key(key_raw, raw_query)
         if_seq = codec.parse_conditions(
@@ -310,8 +256,8 @@ class RequestManager:
         return _json_response({"seq": seq.hex()}, headers={"ETag": codec.etag(seq)})
 
     async def delete_key(
-        self, request: web.BaseRequest, table_raw: str, key_raw: str, raw_query: str
-    ) -> web.Response:
+        self, request: Request, table_raw: str, key_raw: str, raw_query: str
+    ) -> Response:
         table = codec.decode_table_segment(table_raw)
         key = self._key(key_raw, raw_query)
         if request.headers.get("If-None-Match") is not None:
@@ -324,7 +270,7 @@ class RequestManager:
             {"deleted": seq is not None, "seq": None if seq is None else seq.hex()}
         )
 
-    async def list_keys(self, table_raw: str, raw_query: str) -> web.Response:
+    async def list_keys(self, table_raw: str, raw_query: str) -> Response:
         table = codec.decode_table_segment(table_raw)
         query = codec.parse_list_query(codec.parse_query(raw_query))
         page = await self.router.list(table, query.start, query.end, query.cursor, query.limit)
@@ -337,21 +283,21 @@ class RequestManager:
 
     # -- tables ------------------------------------------------------------------------------
 
-    async def list_tables(self) -> web.Response:
+    async def list_tables(self) -> Response:
         return _json_response(
             {"tables": [{"name": t.name, "id": t.id} for t in self.router.tables()]}
         )
 
-    async def create_table(self, table_raw: str) -> web.Response:
+    async def create_table(self, table_raw: str) -> Response:
         name = codec.decode_table_segment(table_raw)
         table = await self.router.create_table(name)
         return _json_response({"table": {"name": table.name, "id": table.id}}, 201)
 
-    async def table_ranges(self, table_raw: str) -> web.Response:
+    async def table_ranges(self, table_raw: str) -> Response:
         table, ranges = self.router.ranges(codec.decode_table_segment(table_raw))
         return _json_response({"table": table.name, "ranges": [r.describe() for r in ranges]})
 
-    async def split(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+    async def split(self, table_raw: str, key_raw: str, raw_query: str) -> Response:
         name = codec.decode_table_segment(table_raw)
         at = self._key(key_raw, raw_query)
         to_raw = codec.query_text(codec.parse_query(raw_query), "to") if raw_query else None
@@ -365,7 +311,7 @@ class RequestManager:
         ranges = await self.router.split(name, at, to)
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges]})
 
-    async def move(self, table_raw: str, key_raw: str, raw_query: str) -> web.Response:
+    async def move(self, table_raw: str, key_raw: str, raw_query: str) -> Response:
         name = codec.decode_table_segment(table_raw)
         at = self._key(key_raw, raw_query)
         to_raw = codec.query_text(codec.parse_query(raw_query), "to") if raw_query else None
@@ -377,20 +323,20 @@ class RequestManager:
         return _json_response({"table": name, "ranges": [r.describe() for r in ranges],
                                "done": done})
 
-    async def drop_table(self, table_raw: str) -> web.Response:
+    async def drop_table(self, table_raw: str) -> Response:
         name = codec.decode_table_segment(table_raw)
         await self.router.drop_table(name)
         return _json_response({"dropped": name})
 
     # -- operations --------------------------------------------------------------------------
 
-    async def cluster(self) -> web.Response:
+    async def cluster(self) -> Response:
         return _json_response(self.source.view.to_json())
 
-    async def openapi(self) -> web.Response:
-        return web.Response(body=self._openapi, content_type=_JSON)
+    async def openapi(self) -> Response:
+        return Response(self._openapi, 200, _JSON)
 
-    async def health(self) -> web.Response:
+    async def health(self) -> Response:
         revision = self.source.view.revision
         if self.source.ready:
             return _json_response({"ok": True, "rm": self.rm_id, "revision": revision})
@@ -401,17 +347,13 @@ class RequestManager:
             {"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    async def render_metrics(self) -> web.Response:
+    async def render_metrics(self) -> Response:
         text = self.metrics.render(ready=self.source.ready, revision=self.source.view.revision)
-        return web.Response(
-            text=text,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Prometheus-Format": "0.0.4"},
-        )
+        return Response(text.encode("utf-8"), 200, "text/plain; charset=utf-8",
+                        {"X-Prometheus-Format": "0.0.4"})
 
 
-async def read_value(request: web.BaseRequest) -> bytes:
+async def read_value(request: Request) -> bytes:
     """The request body, at most ``VALUE_BYTES_MAX`` bytes; 413 without reading past the limit."""
     limit = limits.VALUE_BYTES_MAX
     length = request.content_length
@@ -419,31 +361,24 @@ async def read_value(request: web.BaseRequest) -> bytes:
         raise errors.TooLarge(
             f"value is {length} bytes; the limit is {limit}", field="value", limit=limit
         )
-    if request.version == HttpVersion11 and "Expect" in request.headers:
-        # The client waits for our go-ahead before sending the body (curl does for bodies over
-        # 1 KiB): give it only now, after every check, so a refused body is never sent.
-        if request.headers["Expect"].lower() != "100-continue":
-            raise errors.InvalidArgument("only Expect: 100-continue is supported", field="Expect")
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the answer proper has not started yet
-    buf = bytearray()
+    expect = request.headers.get("Expect")
+    if request.version == "1.1" and expect is not None and expect.lower() != "100-continue":
+        raise errors.InvalidArgument("only Expect: 100-continue is supported", field="Expect")
+    # With Expect: 100-continue the client waits for our go-ahead before sending the body
+    # (curl does for bodies over 1 KiB): the first read gives it, only now, after every check,
+    # so a refused body is never sent.
     try:
-        while len(buf) <= limit:
-            chunk = await request.content.read(limit + 1 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-    except (OSError, aiohttp.ClientError, HttpProcessingError) as exc:  # the client went away
+        body = await request.read_body(limit)
+    except ConnectionError as exc:  # the client went away
         raise errors.InvalidArgument(
-            f"the request body could not be read: {type(exc).__name__}", field="value"
-        ) from None
-    if len(buf) > limit:
+            f"the request body could not be read: {exc}", field="value") from None
+    except BadRequest as exc:
+        raise errors.InvalidArgument(f"malformed request body: {exc}", field="value") from None
+    if len(body) > limit:
         raise errors.TooLarge(
             f"value is over {limit} bytes; the limit is {limit}", field="value", limit=limit
         )
-    if length is not None and len(buf) != length:
-        raise errors.InvalidArgument("the request body ended early", field="value")
-    return bytes(buf)
+    return body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,16 +414,14 @@ async def _serve(args: argparse.Namespace) -> int:
     metrics = Metrics(args.id)
     source = EtcdViewSource(client, metrics)
     router = Router(source, args.id, stats=metrics.router)
-    server = RequestManager(router, source, args.id, metrics).server(access_log=None)
-    runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
+    server = RequestManager(router, source, args.id, metrics).server()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            await server.start(host, port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc)
             return 1
@@ -498,7 +431,7 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("stopping")
         return 0
     finally:
-        await runner.cleanup()
+        await server.close(SHUTDOWN_TIMEOUT_S)
         await source.close()
         await router.close()
         await client.close()
