@@ -106,6 +106,9 @@ def haproxy_config(
 global
     log stderr format raw local0 notice
     maxconn 4096
+    # one thread: on a machine whose cores also run the rms and nodes, a second HAProxy thread
+    # costs more in synchronization than it adds (CPU per request 0.035-0.046 -> 0.028-0.030 ms)
+    nbthread 1
 
 defaults
     mode http
