@@ -6,11 +6,13 @@ from __future__ import annotations
 import bisect
 import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv.bench.main import main as bench_main
 from rangekv.metadata import model
 from rangekv.metadata.model import RANGE_MOVING, ClusterView, Range
 from rangekv.metadata.rangemap import RangeMap, TableRanges
@@ -19,9 +21,12 @@ KEYS = [b"", b"a", b"ab", b"b", b"c", b"cz", b"d", b"m", b"m\x00", b"x", b"\xff"
 
 
 class SmallBlocks(RangeMap):
-    """Blocks of at most 4 ranges, so that a few dozen changes split and join blocks."""
+    """Blocks of at most 4 ranges, so that a few dozen changes split and join blocks, and a
+    directory repacked often."""
 
     BLOCK_MAX = 4
+    LOOSE_FRACTION = 2
+    LOOSE_MIN = 0
 
 
 def oracle_find(ranges: list[Range], key: bytes) -> Range | None:
@@ -174,3 +179,14 @@ def test_compact_json_decoding_is_json_loads(raw: bytes) -> None:
     except ValueError as exc:
         got = type(exc)
     assert got == expected
+
+
+def test_routing_benchmark_runs_small(tmp_path: Path) -> None:
+    out = tmp_path / "routing.json"
+    assert bench_main(["routing", "--ranges", "300", "--lookups", "200", "--events", "8",
+                       "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["ranges"] == 300 and figures["key_bytes"] == 16
+    assert figures["bytes_method"] == "tracemalloc" and 50 < figures["bytes_per_range"] < 1000
+    assert figures["lookups"] == 200 and figures["events"] >= 4 and figures["load_s"] > 0
+    assert bench_main(["routing", "--ranges", "300", "--key-bytes", "6"]) == 2

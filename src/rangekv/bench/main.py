@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ranges", type=int, default=1_000_000, help="default 1,000,000")
     r.add_argument("--lookups", type=int, default=100_000, help="default 100,000")
     r.add_argument("--events", type=int, default=1000, help="range events (default 1000)")
+    r.add_argument("--key-bytes", type=int, default=16, help="split key length (default 16)")
     r.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="also write the figures as JSON")
     r.set_defaults(run=_run_routing)
@@ -73,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_routing(args: argparse.Namespace) -> int:
     from rangekv.bench import routing
 
-    if args.ranges < 3 or args.lookups < 1 or args.events < 4:
-        print("error: --ranges >= 3, --lookups >= 1, --events >= 4", file=sys.stderr)
+    if args.ranges < 3 or args.lookups < 1 or args.events < 4 or \
+            routing.key_space(args.key_bytes) <= 4 * args.ranges:
+        print("error: --ranges >= 3, --lookups >= 1, --events >= 4, and --key-bytes long "
+              "enough for 4 x --ranges distinct keys", file=sys.stderr)
         return 2
     bar = Progress(routing.STEPS)
-    result = routing.measure(args.ranges, args.lookups, args.events, bar.step)
+    result = routing.measure(args.ranges, args.lookups, args.events, bar.step,
+                             key_bytes=args.key_bytes)
     bar.close()
     print(result.table())
     if args.json is not None:

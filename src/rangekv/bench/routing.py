@@ -1,7 +1,7 @@
 """The rm's routing map at scale (issue 6): memory per range, lookup, watch events, full load.
 
-One table of ``ranges`` ranges, split at realistic keys (``user`` + 12 digits, 16 bytes, evenly
-spread), as etcd holds them (``model.range_key`` → ``Range.dumps()``; groups 1..3, versions
+One table of ``ranges`` ranges, split at realistic keys (``user`` + digits: 16 bytes unless
+``key_bytes`` says otherwise; evenly spread), as etcd holds them (``model.range_key`` → ``Range.dumps()``; groups 1..3, versions
 1..20). Measured, in this order:
 
 * **load**: ``EtcdViewSource._load`` (the rm's start and every reload) over all the range kvs
@@ -38,7 +38,7 @@ from rangekv.request_manager.routing import EtcdViewSource
 STEPS = 4
 TABLE_ID = 7
 KEY_PREFIX = b"user"
-KEY_DIGITS = 12
+KEY_BYTES = 16
 BYTES_PER_RANGE_MAX = 200  # the targets of issue 6 for 1,000,000 ranges
 LOOKUP_US_MAX = 5.0
 
@@ -92,21 +92,25 @@ class RoutingFigures:
         ])
 
 
-def split_key(n: int) -> bytes:
-    return KEY_PREFIX + b"%0*d" % (KEY_DIGITS, n)
+def split_key(n: int, key_bytes: int = KEY_BYTES) -> bytes:
+    return KEY_PREFIX + b"%0*d" % (key_bytes - len(KEY_PREFIX), n)
+
+
+def key_space(key_bytes: int = KEY_BYTES) -> int:
+    return 10 ** (key_bytes - len(KEY_PREFIX))
 
 
 def key_number(key: bytes) -> int:
     return int(key[len(KEY_PREFIX):])
 
 
-def table_ranges(n: int) -> Iterator[Range]:
+def table_ranges(n: int, key_bytes: int = KEY_BYTES) -> Iterator[Range]:
     """``n`` ranges covering the whole table, cut at evenly spread ``user…`` keys."""
-    assert 1 <= n < 10**KEY_DIGITS, n
-    step = 10**KEY_DIGITS // n
+    assert 1 <= n < key_space(key_bytes), n
+    step = key_space(key_bytes) // n
     start = b""
     for i in range(n):
-        end = split_key((i + 1) * step) if i + 1 < n else None
+        end = split_key((i + 1) * step, key_bytes) if i + 1 < n else None
         yield Range(TABLE_ID, start, end, group=1 + i % 3, version=1 + i % 20)
         assert end is not None or i + 1 == n
         start = end or b""
@@ -148,8 +152,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def _lookups(view: ClusterView, n_ranges: int, count: int, rng: random.Random) -> list[float]:
-    keys = [split_key(rng.randrange(10**KEY_DIGITS)) for _ in range(count)]
+def _lookups(view: ClusterView, count: int, rng: random.Random, key_bytes: int) -> list[float]:
+    keys = [split_key(rng.randrange(key_space(key_bytes)), key_bytes) for _ in range(count)]
     range_for, clock = view.range_for, time.perf_counter_ns
     out = []
     for key in keys:
@@ -160,7 +164,7 @@ def _lookups(view: ClusterView, n_ranges: int, count: int, rng: random.Random) -
     return out
 
 
-def _events(view: ClusterView, count: int, rng: random.Random) -> list[float]:
+def _events(view: ClusterView, count: int, rng: random.Random, key_bytes: int) -> list[float]:
     """Split ``count // 4`` random ranges and merge them back: one event per range key."""
     ranges = view.ranges[TABLE_ID]
     out: list[float] = []
@@ -177,13 +181,12 @@ def _events(view: ClusterView, count: int, rng: random.Random) -> list[float]:
         i = rng.randrange(1, len(ranges) - 1)  # both bounds are user keys
         if i not in chosen and i - 1 not in chosen and i + 1 not in chosen:
             chosen.add(i)
-    for i in sorted(chosen):
-        r = ranges[i]
+    for r in [ranges[i] for i in sorted(chosen)]:  # picked before the map changes
         assert r.end is not None, r
         lo, hi = key_number(r.start), key_number(r.end)
         if hi - lo < 2:
             continue
-        at = split_key((lo + hi) // 2)
+        at = split_key((lo + hi) // 2, key_bytes)
         lower = Range(r.table_id, r.start, at, r.group, r.version + 1)
         upper = Range(r.table_id, at, r.end, r.group, r.version + 1)
         splits.append((r, upper))
@@ -197,13 +200,15 @@ def _events(view: ClusterView, count: int, rng: random.Random) -> list[float]:
 
 
 def measure(n_ranges: int = 1_000_000, lookups: int = 100_000, events: int = 1000,
-            step: Callable[[str], None] = lambda what: None, seed: int = 1) -> RoutingFigures:
+            step: Callable[[str], None] = lambda what: None, seed: int = 1,
+            key_bytes: int = KEY_BYTES) -> RoutingFigures:
     assert n_ranges >= 3 and lookups >= 1 and events >= 4, (n_ranges, lookups, events)
+    assert key_space(key_bytes) > 4 * n_ranges, ("keys too short for so many ranges", key_bytes)
     rng = random.Random(seed)
     step(f"encoding {n_ranges:,} ranges")
     table = Table(TABLE_ID, "bench")
     kvs = [_KV(model.table_key(table.name), model.dumps(table))]
-    kvs += [_KV(model.range_key(TABLE_ID, r.start), r.dumps()) for r in table_ranges(n_ranges)]
+    kvs += [_KV(model.range_key(TABLE_ID, r.start), r.dumps()) for r in table_ranges(n_ranges, key_bytes)]
 
     step("full load")
     gc.collect()
@@ -228,13 +233,13 @@ def measure(n_ranges: int = 1_000_000, lookups: int = 100_000, events: int = 100
     gc.collect()
 
     step(f"{lookups:,} lookups, {events:,} events")
-    lookup_us = sorted(_lookups(view, n_ranges, lookups, rng))
-    apply_us = sorted(_events(view, events, rng))
+    lookup_us = sorted(_lookups(view, lookups, rng, key_bytes))
+    apply_us = sorted(_events(view, events, rng, key_bytes))
     assert len(view.ranges[TABLE_ID]) == n_ranges, "the merges undo the splits"
     return RoutingFigures(
         ranges=n_ranges,
-        key_example=model.key_text(split_key(10**KEY_DIGITS // 2)),
-        key_bytes=len(split_key(0)),
+        key_example=model.key_text(split_key(key_space(key_bytes) // 2, key_bytes)),
+        key_bytes=key_bytes,
         load_s=load_s,
         rss_bytes_per_range=rss_per_range,
         bytes_per_range=per_range,
