@@ -1,8 +1,8 @@
 """The rm's routing map at scale (issue 6): memory per range, lookup, watch events, full load.
 
 One table of ``ranges`` ranges, split at realistic keys (``user`` + digits: 16 bytes unless
-``key_bytes`` says otherwise; evenly spread), as etcd holds them (``model.range_key`` → ``Range.dumps()``; groups 1..3, versions
-1..20). Measured, in this order:
+``key_bytes`` says otherwise; evenly spread), as etcd holds them (``model.range_key`` →
+``Range.dumps()``; groups 1..3, versions 1..20). Measured, in this order:
 
 * **load**: ``EtcdViewSource._load`` (the rm's start and every reload) over all the range kvs
   (etcd itself faked: its answer is built before the clock starts). Wall time, and the RSS growth
@@ -208,7 +208,8 @@ def measure(n_ranges: int = 1_000_000, lookups: int = 100_000, events: int = 100
     step(f"encoding {n_ranges:,} ranges")
     table = Table(TABLE_ID, "bench")
     kvs = [_KV(model.table_key(table.name), model.dumps(table))]
-    kvs += [_KV(model.range_key(TABLE_ID, r.start), r.dumps()) for r in table_ranges(n_ranges, key_bytes)]
+    kvs += [_KV(model.range_key(TABLE_ID, r.start), r.dumps())
+            for r in table_ranges(n_ranges, key_bytes)]
 
     step("full load")
     gc.collect()
