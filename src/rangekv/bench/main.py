@@ -1,6 +1,7 @@
 """``rangekv bench SUITE``: benchmarks that print a table and can write JSON.
 
     rangekv bench calibrate [--dir D] [--seconds S] [--batch N] [--connections N] [--json F]
+    rangekv bench routing [--ranges N] [--lookups N] [--events N] [--json F]
 
 ``calibrate``: the floor of this machine (``rangekv.bench.calibrate``): fsync rates for 1 and 3
 writers, the group-commit ceiling, the loopback round trip, the Python echo ceiling, and from
@@ -18,6 +19,9 @@ and whole-table scans; with each, the generator's CPU, every server process's CP
 operations and fsyncs per acknowledged write. Each figure is the median of ``--runs`` runs.
 ``report`` writes ``benchmarks.md`` and the plot ``benchmarks-throughput-p99.png``. A progress
 bar goes to stderr; the figures (markdown tables) to stdout.
+
+``routing``: the rm's routing map with N ranges of one table (``rangekv.bench.routing``): bytes
+per range, lookup time, the cost of one watch event, the full load.
 """
 
 from __future__ import annotations
@@ -84,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for benchmarks.md and the PNG (default docs/)")
     r.add_argument("--note", default=None,
                    help="a line to put under the title (e.g. how preliminary the figures are)")
+    # -- routing (rangekv.bench.routing): the rm's routing map at scale --
+    rt = sub.add_parser("routing", help="the rm's routing map: bytes per range, lookup, apply, "
+                                        "load at N ranges")
+    rt.add_argument("--ranges", type=int, default=1_000_000, help="default 1,000,000")
+    rt.add_argument("--lookups", type=int, default=100_000, help="default 100,000")
+    rt.add_argument("--events", type=int, default=1000, help="range events (default 1000)")
+    rt.add_argument("--key-bytes", type=int, default=16, help="split key length (default 16)")
+    rt.add_argument("--json", type=Path, default=None, metavar="FILE",
+                    help="also write the figures as JSON")
+    rt.set_defaults(run=_run_routing)
     return p
 
 
@@ -184,8 +198,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_routing(args: argparse.Namespace) -> int:
+    from rangekv.bench import routing
+
+    if args.ranges < 3 or args.lookups < 1 or args.events < 4 or \
+            routing.key_space(args.key_bytes) <= 4 * args.ranges:
+        print("error: --ranges >= 3, --lookups >= 1, --events >= 4, and --key-bytes long "
+              "enough for 4 x --ranges distinct keys", file=sys.stderr)
+        return 2
+    bar = Progress(routing.STEPS)
+    result = routing.measure(args.ranges, args.lookups, args.events, bar.step,
+                             key_bytes=args.key_bytes)
+    bar.close()
+    print(result.table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    if getattr(args, "run", None) is not None:
+        return int(args.run(args))
     if args.suite == "report":
         return _report(args)
     if args.suite != "calibrate":
