@@ -152,6 +152,9 @@ def _suite_args(p: argparse.ArgumentParser, name: str) -> None:
     if name == "all":
         p.add_argument("--calibrate-seconds", type=float, default=3.0,
                        help="per calibration measurement (default 3; 0 skips calibration)")
+        p.add_argument("--routing-ranges", type=int, default=1_000_000,
+                       help="ranges of the routing-map measurement (default 1,000,000; 0 skips "
+                            "it)")
 
 
 def _config(args: argparse.Namespace) -> suite.Config:
@@ -178,11 +181,21 @@ def _run_suites(args: argparse.Namespace) -> int:
         print(f"error: bad arguments: {exc or 'out of range'}", file=sys.stderr)
         return 2
     calibrating = args.suite == "all" and args.calibrate_seconds > 0
-    bar = Progress(config.steps() + (CALIBRATE_STEPS if calibrating else 0))
+    routing_ranges = args.routing_ranges if args.suite == "all" else 0
+    from rangekv.bench import routing
+
+    bar = Progress(config.steps() + (CALIBRATE_STEPS if calibrating else 0)
+                   + (routing.STEPS if routing_ranges else 0))
     cal = None
     if calibrating:
         cal = calibrate(args.dir, args.calibrate_seconds, progress=bar.step).to_json()
+    routing_figures = None
+    if routing_ranges:
+        # before the systems start: it needs a quiet process and about 1 GB at 1M ranges
+        routing_figures = routing.measure(routing_ranges, 100_000, 1000, bar.step).to_json()
     data = suite.run_suites(config, bar.step, cal)
+    if routing_figures is not None:
+        data["routing"] = routing_figures
     bar.close()
     print(report.markdown(data, plot_name=None))
     if args.json is not None:

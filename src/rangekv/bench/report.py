@@ -235,6 +235,18 @@ def targets(data: dict[str, Any]) -> list[list[Any]]:
                     f"{fs['node_max_per_write']:.3f} (group {fs['total_per_write']:.3f})", "",
                     "met" if fs["node_max_per_write"] <= TARGET_FSYNCS_PER_WRITE
                     else "not met"])
+    rt = data.get("routing")
+    if rt:
+        out.append([f"rm routing map at {rt['ranges']:,} ranges: <= "
+                    f"{rt['targets']['bytes_per_range_max']} B per range",
+                    f"{rt['bytes_per_range']:.0f} B", "",
+                    "met" if rt["bytes_per_range"] <= rt["targets"]["bytes_per_range_max"]
+                    else "not met"])
+        out.append([f"rm routing map at {rt['ranges']:,} ranges: lookup <= "
+                    f"{rt['targets']['lookup_us_max']:g} us",
+                    f"{rt['lookup_us_median']:.2f} us (median; p99 {rt['lookup_us_p99']:.2f})",
+                    "", "met" if rt["lookup_us_median"] <= rt["targets"]["lookup_us_max"]
+                    else "not met"])
     scans = [r["items_per_s"] for r in _of(data, "scan") if r["system"] == "rangekv"]
     if scans:
         out.append([f"list/scan >= {TARGET_SCAN_KEYS_S:,} keys/s", f"{max(scans):,.0f}", "",
