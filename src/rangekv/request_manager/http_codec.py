@@ -322,6 +322,11 @@ def encode_items(items: list[tuple[bytes, bytes, bytes]], encoding: str) -> list
             out.append({"key": b64_encode(key), "value": b64_encode(value), "seq": seq.hex()})
         return out
     assert encoding == ENCODING_UTF8, encoding
+    try:  # the common page: every key and value is UTF-8 (one comprehension, no per-item try)
+        return [{"key": key.decode("utf-8"), "value": value.decode("utf-8"), "seq": seq.hex()}
+                for key, value, seq in items]
+    except UnicodeDecodeError:
+        pass
     for key, value, seq in items:
         item: dict[str, Any] = {}
         try:
