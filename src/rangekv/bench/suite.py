@@ -69,7 +69,7 @@ class Config:
     ycsb_workloads: str = "abcdef"
     scan_records: int = 20_000
     scan_page: int = 1000
-    scan_connections: tuple[int, ...] = (1, 4)
+    scan_connections: tuple[int, ...] = (1, 4, 8)
     load_connections: int = 64
     dir: str | None = None
 
