@@ -336,3 +336,13 @@ def test_a_leader_retaking_a_newer_epoch_keeps_its_pending_writes(tmp_path: Path
             await g.close(i)
 
     asyncio.run(scenario())
+
+
+def test_overdue_waiters_are_taken_in_deadline_order_and_only_when_due() -> None:
+    from rangekv.replication.driver import _pop_overdue
+
+    deadlines = {5: 1.0, 6: 2.0, 7: 3.0}
+    assert _pop_overdue(deadlines, 0.5) == [] and list(deadlines) == [5, 6, 7]
+    assert _pop_overdue(deadlines, 2.0) == [5, 6] and deadlines == {7: 3.0}
+    assert _pop_overdue(deadlines, 9.0) == [7] and deadlines == {}
+    assert _pop_overdue(deadlines, 9.0) == []

@@ -221,6 +221,19 @@ class _PersistThread:
                 return
 
 
+def _pop_overdue(deadlines: dict[int, float], now: float) -> list[int]:
+    """Remove and return the keys whose deadline is at or before ``now``; ``deadlines`` is in
+    deadline order (insertion order, each deadline a fixed time after its insertion)."""
+    overdue = []
+    while deadlines:
+        key, deadline = next(iter(deadlines.items()))
+        if deadline > now:
+            break
+        del deadlines[key]
+        overdue.append(key)
+    return overdue
+
+
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
     if fut.done():
         return
@@ -511,23 +524,13 @@ class Replica:
 
     def _expire(self, now: float) -> None:
         """End the writes and reads waiting past their deadline (once per tick)."""
-        deadlines = self._proposal_deadlines
-        while deadlines:
-            index, deadline = next(iter(deadlines.items()))
-            if deadline > now:
-                break
-            del deadlines[index]
+        for index in _pop_overdue(self._proposal_deadlines, now):
             waiting = self._proposals.pop(index, None)
             if waiting is not None and not waiting[1].done():
                 waiting[1].set_exception(errors.OutcomeUnknown(
                     f"write not committed within {PROPOSAL_TIMEOUT_S}s; it may still take "
                     "effect"))
-        reads = self._read_deadlines
-        while reads:
-            token, deadline = next(iter(reads.items()))
-            if deadline > now:
-                break
-            del reads[token]
+        for token in _pop_overdue(self._read_deadlines, now):
             fut = self._read_waiters.pop(token, None)
             if fut is not None and not fut.done():
                 fut.set_exception(errors.Unavailable(
