@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 import pytest
 
-from rangekv import errors
+from rangekv import errors, limits
 from rangekv.cli import Context, ops, up
 from rangekv.cli import main as cli
 from rangekv.client import Backoff, Client, Item
@@ -679,3 +679,67 @@ def test_kill_refuses_names_that_are_not_ours(tmp_path: Path) -> None:
 
 def test_errors_are_one_tree() -> None:
     assert issubclass(errors.KeyNotFound, errors.RangeKVError)
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+def test_load_puts_every_line_and_list_reads_them_back(tmp_path: Path) -> None:
+    run = Run()
+    lines = [json.dumps({"key": f"k{i:03d}", "value": f"v{i}", "seq": "ignored"})
+             for i in range(50)]
+    lines.insert(10, "")  # blank lines are skipped
+    lines.append(json.dumps({"key": "?", "key_base64": base64.b64encode(b"\xff\x00").decode(),
+                             "value_base64": base64.b64encode(b"\x80bin").decode()}))
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rc, out, errs = run("load", "T", str(path), "--create", "--concurrency", "4")
+    assert rc == 0, errs
+    assert out.decode().startswith("loaded 51 keys into T in "), out
+    assert "51/51 keys" in errs  # the progress bar, on stderr
+    rc, out, _ = run("list", "T", "--all", "--json", "--limit", "7")
+    items = json.loads(out)["items"]
+    assert len(items) == 51
+    assert {i["key"]: i["value"] for i in items if "key_base64" not in i}["k007"] == "v7"
+    binary = next(i for i in items if "key_base64" in i)
+    assert base64.b64decode(binary["value_base64"]) == b"\x80bin"
+    # stdin works too, and the same file again is fine (the values are the same)
+    rc, out, _ = run("load", "T", "-", "--json", stdin=path.read_bytes())
+    assert rc == 0 and json.loads(out)["loaded"] == 51
+
+
+def test_load_checks_the_whole_file_before_writing_anything(tmp_path: Path) -> None:
+    run = Run()
+    assert run("create-table", "T")[0] == 0
+    too_long = "k" * (limits.KEY_BYTES_MAX + 1)
+    for bad, why in [
+        ('{"key": "a", "value": "1"}\n{"key": "b"\n', "line 2: not JSON"),
+        ('{"key": "a", "value": "1"}\n["a", "1"]\n', "line 2: not a JSON object"),
+        ('{"value": "1"}\n', "line 1: needs a string 'key'"),
+        ('{"key": "a", "value_base64": "%%%"}\n', "line 1: value_base64 is not base64"),
+        (f'{{"key": "a", "value": "1"}}\n\n{{"key": "{too_long}", "value": "1"}}\n', "line 3:"),
+    ]:
+        path = tmp_path / "bad.jsonl"
+        path.write_text(bad)
+        rc, out, errs = run("load", "T", str(path))
+        assert rc == 1 and why in errs, (bad, errs)
+        assert run("list", "T", "--json")[1] == b'{"items": [], "next": null}\n' or \
+            json.loads(run("list", "T", "--json")[1])["items"] == []
+
+
+def test_load_stops_at_the_first_failed_put_and_says_how_far_it_got(tmp_path: Path) -> None:
+    fake = TinyRM()
+    real = fake.__call__
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.endswith("/keys/k005"):
+            return err(400, "invalid_argument", "refused for the test")
+        return real(request)
+
+    run = Run(failing)
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps({"key": f"k{i:03d}", "value": "v"}) + "\n"
+                            for i in range(10)))
+    rc, _, errs = run("load", "T", str(path), "--create", "--concurrency", "1")
+    assert rc == 1 and "stopped after 5 of 10 puts were acknowledged" in errs, errs
+    assert "refused for the test" in errs

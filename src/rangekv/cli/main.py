@@ -84,7 +84,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rangekv.cli import ops, up
+    from rangekv.cli import load, ops, up
 
     parser = argparse.ArgumentParser(
         prog="rangekv",
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up.add_parsers(sub, common)
     ops.add_parsers(sub, common)
+    load.add_parser(sub, common)
     return parser
 
 

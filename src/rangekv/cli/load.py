@@ -1,0 +1,178 @@
+"""``rangekv load TABLE FILE``: put every item of a JSON Lines file, with a progress bar.
+
+Each line is one object, the shape ``rangekv list --json`` gives an item: ``{"key": "...",
+"value": "..."}`` (UTF-8 text), where ``key_base64``/``value_base64`` (standard base64) stand
+for bytes that are not UTF-8 and win over ``key``/``value``; any other field (``seq``) is
+ignored. Blank lines are skipped. ``-`` reads standard input.
+
+The whole file is checked first (JSON, the fields, the key and value limits): a bad line is
+reported with its number and nothing is written. Then the puts go out ``--concurrency`` at a
+time; the first failure stops the load and says how many were acknowledged. A put that is
+sent again stores the same value, so loading a file again after a failure is safe (the keys
+get new seqs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, TextIO
+
+from rangekv import errors, limits
+from rangekv.cli import Context
+
+CONCURRENCY_DEFAULT = 16
+PROGRESS_INTERVAL_S = 0.2
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("load", parents=[common],
+                       help="put every item of a JSON Lines file (as `list --json` prints "
+                            "items), with a progress bar")
+    p.add_argument("table")
+    p.add_argument("file", help='a JSON Lines file of {"key": ..., "value": ...}; - for stdin')
+    p.add_argument("--concurrency", type=int, default=CONCURRENCY_DEFAULT, metavar="N",
+                   help=f"puts in flight at once (default {CONCURRENCY_DEFAULT})")
+    p.add_argument("--create", action="store_true", help="create the table first if missing")
+    p.set_defaults(func=cmd_load)
+
+
+def _field(obj: dict[str, Any], name: str, lineno: int) -> bytes:
+    b64 = obj.get(f"{name}_base64")
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise errors.InvalidArgument(f"line {lineno}: {name}_base64 must be a string")
+        try:
+            return base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise errors.InvalidArgument(f"line {lineno}: {name}_base64 is not base64") from None
+    text = obj.get(name)
+    if not isinstance(text, str):
+        raise errors.InvalidArgument(f"line {lineno}: needs a string {name!r} "
+                                     f"(or {name}_base64)")
+    return text.encode("utf-8", "surrogatepass")
+
+
+def parse_lines(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a JSON Lines document, checked; raises on the first bad line."""
+    items = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise errors.InvalidArgument(f"line {lineno}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise errors.InvalidArgument(f"line {lineno}: not a JSON object")
+        key, value = _field(obj, "key", lineno), _field(obj, "value", lineno)
+        try:
+            limits.check_key(key)
+            limits.check_value(value)
+        except errors.RangeKVError as exc:
+            raise type(exc)(f"line {lineno}: {exc.message}", **exc.details) from None
+        items.append((key, value))
+    return items
+
+
+class _Bar:
+    """``[####------] 1,234/10,000 keys  2,345/s`` on one line of stderr, redrawn at most
+    every ``PROGRESS_INTERVAL_S``."""
+
+    def __init__(self, total: int, stream: TextIO, width: int = 24) -> None:
+        self.total, self.stream, self.width = total, stream, width
+        self.t0 = time.monotonic()
+        self._drawn = 0.0
+
+    def draw(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._drawn < PROGRESS_INTERVAL_S:
+            return
+        self._drawn = now
+        filled = self.width * done // max(1, self.total)
+        rate = done / max(1e-9, now - self.t0)
+        self.stream.write(f"\r[{'#' * filled}{'-' * (self.width - filled)}] "
+                          f"{done:,}/{self.total:,} keys  {rate:,.0f}/s   ")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
+    if args.concurrency < 1:
+        raise errors.InvalidArgument("--concurrency must be at least 1")
+    limits.check_table_name(args.table)
+    if args.file == "-":
+        data = ctx.stdin.read()
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise errors.InvalidArgument(f"cannot read {args.file}: {exc.strerror}") from None
+    items = parse_lines(data)  # every line checked before anything is written
+    done = 0
+    lock = threading.Lock()
+    bar = _Bar(len(items), ctx.stderr)
+    t0 = time.monotonic()
+    clients: list[Any] = []  # one per thread: an HTTP client is not shared between threads
+    local = threading.local()
+
+    def client() -> Any:
+        db = getattr(local, "db", None)
+        if db is None:
+            db = local.db = ctx.client(args)
+            with lock:
+                clients.append(db)
+        return db
+
+    if args.create and args.table not in client().tables():
+        try:
+            client().create_table(args.table)
+        except errors.TableExists:
+            pass
+    stop = threading.Event()  # set by the first failure: what is queued is not sent
+
+    def put(item: tuple[bytes, bytes]) -> None:
+        nonlocal done
+        if stop.is_set():
+            return
+        try:
+            client().put(args.table, item[0], item[1])
+        except BaseException:
+            stop.set()
+            raise
+        with lock:
+            done += 1
+            bar.draw(done)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(args.concurrency, max(1, len(items)))) as pool:
+            futures = [pool.submit(put, item) for item in items]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+    finally:
+        for db in clients:
+            db.close()
+    bar.draw(done, final=True)
+    if failed is not None:
+        exc = failed.exception()
+        assert exc is not None
+        ctx.err(f"stopped after {done:,} of {len(items):,} puts were acknowledged "
+                "(loading the file again is safe)")
+        raise exc
+    elapsed = time.monotonic() - t0
+    if args.json:
+        ctx.out(json.dumps({"table": args.table, "loaded": done, "seconds": round(elapsed, 3)}))
+    else:
+        ctx.out(f"loaded {done:,} keys into {args.table} in {elapsed:.1f} s "
+                f"({done / max(elapsed, 1e-9):,.0f} keys/s)")
+    return 0
