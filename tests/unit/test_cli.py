@@ -743,3 +743,18 @@ def test_load_stops_at_the_first_failed_put_and_says_how_far_it_got(tmp_path: Pa
     rc, _, errs = run("load", "T", str(path), "--create", "--concurrency", "1")
     assert rc == 1 and "stopped after 5 of 10 puts were acknowledged" in errs, errs
     assert "refused for the test" in errs
+
+
+def test_nodes_lists_members_and_spares_with_their_state() -> None:
+    run = Run()
+    rc, out, errs = run("nodes", "--no-probe")
+    assert rc == 0, errs
+    text = out.decode()
+    assert text.startswith("nodes (4):"), text
+    lines = text.splitlines()
+    assert any(line.split()[:4] == ["1", "127.0.0.1:8431", "member", "1"] for line in lines)
+    assert any(line.split()[:3] == ["4", "127.0.0.1:8434", "spare"] for line in lines)
+    rc, out, _ = run("nodes", "--no-probe", "--json")
+    nodes = json.loads(out)["nodes"]
+    assert [n["id"] for n in nodes] == [1, 2, 3, 4] and nodes[3]["state"] == "spare"
+    assert all(n["status"] is None for n in nodes)

@@ -1,4 +1,5 @@
-"""Data commands: create-table, drop-table, tables, put, get, delete, list, cluster, status.
+"""Data commands: create-table, drop-table, tables, put, get, delete, list, cluster, status,
+nodes.
 
 Output is for people by default and JSON with ``--json``. ``get`` prints the value's bytes as
 they are (plus a newline unless ``--raw``); ``list`` prints ``key<TAB>value<TAB>seq`` lines in
@@ -117,6 +118,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-probe", action="store_true",
                    help="do not ask the nodes (no roles, indexes or lag)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "nodes",
+        parents=[common],
+        help="every node: address, state (member, spare, flagged), group, and its role and log "
+        "indexes as it reports them (asks each node)",
+    )
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not ask the nodes (no roles or indexes)")
+    p.set_defaults(func=cmd_nodes)
 
 
 def _positive_int(text: str) -> int:
@@ -271,8 +282,18 @@ def format_status(info: dict[str, Any], probes: dict[int, dict[str, Any] | str],
     if rows:
         lines.extend(_table(["group", "epoch", "leader", "members", "learners", "joint",
                              "lag (entries)"], rows))
+    lines.extend(format_nodes(info, probes))
+    recent = (info.get("decisions") or [])[-decisions:]
+    lines.append(f"recent decisions ({len(recent)}):")
+    lines.extend("  " + _decision_line(d) for d in recent)
+    return "\n".join(lines)
+
+
+def format_nodes(info: dict[str, Any], probes: dict[int, dict[str, Any] | str]) -> list[str]:
+    """The nodes of ``/v1/cluster`` (members, spares, flagged ones with their reason), with
+    what each says of itself when ``probes`` has it."""
     nodes = info.get("nodes") or []
-    lines.append(f"nodes ({len(nodes)}):")
+    lines = [f"nodes ({len(nodes)}):"]
     rows = []
     for n in nodes:
         st = probes.get(n.get("id"))
@@ -284,10 +305,25 @@ def format_status(info: dict[str, Any], probes: dict[int, dict[str, Any] | str],
     if rows:
         lines.extend(_table(["node", "address", "state", "group", "role", "last", "commit",
                              "reason"], rows))
-    recent = (info.get("decisions") or [])[-decisions:]
-    lines.append(f"recent decisions ({len(recent)}):")
-    lines.extend("  " + _decision_line(d) for d in recent)
-    return "\n".join(lines)
+    return lines
+
+
+def cmd_nodes(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        info = db.cluster()
+    probes = {} if args.no_probe else probe_nodes(info)
+    if args.json:
+        nodes = []
+        for n in info.get("nodes") or []:
+            st = probes.get(n.get("id"))
+            if isinstance(st, dict):  # without the reply's envelope
+                st = {k: v for k, v in st.items() if k not in ("t", "id", "ok")}
+            nodes.append({**n, "status": st if isinstance(st, dict) else None,
+                          "unreachable": st if isinstance(st, str) else None})
+        _print_json(ctx, {"nodes": nodes})
+    else:
+        ctx.out("\n".join(format_nodes(info, probes)))
+    return 0
 
 
 def probe_nodes(info: dict[str, Any],
