@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -45,8 +46,10 @@ KEEPALIVE_S = 75.0
 CHUNK_SIZE_LINE_BYTES_MAX = 1024
 LINGER_S = 2.0  # after answering a request whose body is still coming (see _linger)
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# (compiled patterns, not loops over characters: these run on every request and header)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")  # no space, control character or DEL
+_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -111,8 +114,7 @@ class Request:
         if self._expect_continue:
             self._expect_continue = False
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await self._conn.read_body(self, limit)
-        return body
+        return await self._conn.read_body(self, limit)
 
     @property
     def body_done(self) -> bool:
@@ -169,7 +171,7 @@ def parse_head(head: bytes, request_line_max: int) -> tuple[str, str, str, Heade
     if len(parts) != 3:
         raise BadRequest("malformed request line")
     method_b, target_b, version_b = parts
-    if not method_b or not all(c in _TOKEN_CHARS for c in method_b):
+    if not _TOKEN.fullmatch(method_b):
         raise BadRequest("malformed method")
     if version_b == b"HTTP/1.1":
         version = "1.1"
@@ -177,7 +179,7 @@ def parse_head(head: bytes, request_line_max: int) -> tuple[str, str, str, Heade
         version = "1.0"
     else:
         raise BadRequest(f"unsupported HTTP version {version_b[:20]!r}")
-    if not target_b or any(c <= 0x20 or c == 0x7F for c in target_b):
+    if not target_b or _TARGET_BAD.search(target_b):
         raise BadRequest("malformed request target")
     if len(lines) - 1 > HEADERS_MAX:
         raise BadRequest(f"more than {HEADERS_MAX} headers")
@@ -186,12 +188,13 @@ def parse_head(head: bytes, request_line_max: int) -> tuple[str, str, str, Heade
         if len(raw) > HEADER_LINE_BYTES_MAX:
             raise BadRequest(f"header line over {HEADER_LINE_BYTES_MAX} bytes")
         name_b, sep, value_b = raw.partition(b":")
-        if not sep or not name_b or not all(c in _TOKEN_CHARS for c in name_b):
+        if not sep or not _TOKEN.fullmatch(name_b):
             raise BadRequest("malformed header line")
         name = name_b.decode("ascii").lower()
-        value = value_b.strip(b" \t").decode("latin-1")
-        if any(ord(c) < 0x20 and c != "\t" or c == "\x7f" for c in value):
+        value_b = value_b.strip(b" \t")
+        if _VALUE_BAD.search(value_b):
             raise BadRequest("control character in a header value")
+        value = value_b.decode("latin-1")
         old = dict.get(headers, name)
         dict.__setitem__(headers, name, value if old is None else f"{old}, {value}")
     return method_b.decode("ascii"), target_b.decode("latin-1"), version, headers
@@ -355,9 +358,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._linger(transport)
             self._closed = True
             return
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
+        self._resume_reading()
         self._arm_idle()
         if self._buf:
             self._next_request()
@@ -369,12 +370,16 @@ class HttpProtocol(asyncio.Protocol):
         reads it (a 413 would arrive as a connection error)."""
         self._lingering = True
         self._buf.clear()
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
+        self._resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def _resume_reading(self) -> None:
+        """Read again after ``data_received`` paused at ``BUFFER_BYTES_MAX``."""
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -385,9 +390,7 @@ class HttpProtocol(asyncio.Protocol):
         """Wait for more bytes; ConnectionError if the client went away."""
         if self._closed or self._eof:
             raise ConnectionError("the client closed the connection")
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
