@@ -91,8 +91,9 @@ def decode_body(payload: bytes) -> dict[str, Any]:
     return body
 
 
-def check_header(header: bytes) -> tuple[int, int]:
-    length, checksum = HEADER.unpack(header)
+def check_header(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int]:
+    """(length, checksum) of the frame header at ``buf[pos:]``; refuses an oversized frame."""
+    length, checksum = HEADER.unpack_from(buf, pos)
     if length > FRAME_BYTES_MAX:
         raise errors.ProtocolError(f"frame of {length} bytes is over {FRAME_BYTES_MAX}")
     return length, checksum
@@ -120,10 +121,7 @@ class FrameDecoder:
         pos, size = 0, len(buf)
         with memoryview(buf) as view:
             while size - pos >= HEADER_BYTES:
-                length, checksum = HEADER.unpack_from(buf, pos)
-                if length > FRAME_BYTES_MAX:
-                    raise errors.ProtocolError(
-                        f"frame of {length} bytes is over {FRAME_BYTES_MAX}")
+                length, checksum = check_header(buf, pos)
                 end = pos + HEADER_BYTES + length
                 if end > size:
                     break
@@ -301,11 +299,11 @@ class Connection:
         out = self._out
         assert out is not None
         req_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[req_id] = fut
         if tag is not None:
             self._tags[req_id] = tag
-        loop = asyncio.get_running_loop()
         # A bare timer (not asyncio.timeout's context machinery): this runs once per request.
         timer = loop.call_at(loop.time() + timeout_s, self._time_out, fut, op, timeout_s)
         try:

@@ -351,7 +351,8 @@ class Replica:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._persist_thread = _PersistThread(f"persist-{self.node_id}")
+        if self.persist_mode != "inline":  # (inline, the default, needs no thread)
+            self._persist_thread = _PersistThread(f"persist-{self.node_id}")
         self._tasks = [
             loop.create_task(self._persist_loop(), name="persist"),
             loop.create_task(self._tick_loop(), name="tick"),
@@ -700,9 +701,8 @@ class Replica:
             if not self._batches:
                 continue
             batches, self._batches = self._batches, []
-            assert self._persist_thread is not None
             try:
-                if self._persist_inline():
+                if self._persist_thread is None or self._persist_inline():
                     self._write_batches(batches)
                 else:
                     await asyncio.shield(self._persist_thread.submit(
