@@ -31,31 +31,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 from rangekv.bench import report, suite
 from rangekv.bench.calibrate import calibrate
 from rangekv.bench.drivers import SYSTEMS
+from rangekv.progress import Progress
 
 CALIBRATE_STEPS = 5
-
-
-class Progress:
-    """A one-line progress bar (on stderr: stdout keeps only the figures)."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 20) -> None:
-        self.total, self.done, self.stream, self.width = total, 0, stream, width
-
-    def step(self, what: str) -> None:
-        filled = self.width * min(self.done, self.total) // self.total  # steps are estimates
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {what:<48}")
-        self.stream.flush()
-        self.done += 1
-
-    def close(self) -> None:
-        self.stream.write(f"\r[{'#' * self.width}] {self.total}/{self.total} done{' ' * 44}\n")
-        self.stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,13 +21,13 @@ import json
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, TextIO
+from typing import Any
 
 from rangekv import errors, limits
 from rangekv.cli import Context
+from rangekv.progress import Progress
 
 CONCURRENCY_DEFAULT = 16
-PROGRESS_INTERVAL_S = 0.2
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -80,29 +80,6 @@ def parse_lines(data: bytes) -> list[tuple[bytes, bytes]]:
     return items
 
 
-class _Bar:
-    """``[####------] 1,234/10,000 keys  2,345/s`` on one line of stderr, redrawn at most
-    every ``PROGRESS_INTERVAL_S``."""
-
-    def __init__(self, total: int, stream: TextIO, width: int = 24) -> None:
-        self.total, self.stream, self.width = total, stream, width
-        self.t0 = time.monotonic()
-        self._drawn = 0.0
-
-    def draw(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._drawn < PROGRESS_INTERVAL_S:
-            return
-        self._drawn = now
-        filled = self.width * done // max(1, self.total)
-        rate = done / max(1e-9, now - self.t0)
-        self.stream.write(f"\r[{'#' * filled}{'-' * (self.width - filled)}] "
-                          f"{done:,}/{self.total:,} keys  {rate:,.0f}/s   ")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     if args.concurrency < 1:
         raise errors.InvalidArgument("--concurrency must be at least 1")
@@ -118,7 +95,7 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     items = parse_lines(data)  # every line checked before anything is written
     done = 0
     lock = threading.Lock()
-    bar = _Bar(len(items), ctx.stderr)
+    bar = Progress(len(items), ctx.stderr, width=24)
     t0 = time.monotonic()
     clients: list[Any] = []  # one per thread: an HTTP client is not shared between threads
     local = threading.local()
@@ -149,7 +126,7 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
             raise
         with lock:
             done += 1
-            bar.draw(done)
+            bar.update(done, f"keys  {done / max(1e-9, time.monotonic() - t0):,.0f}/s")
 
     try:
         with ThreadPoolExecutor(max_workers=min(args.concurrency, max(1, len(items)))) as pool:
@@ -162,7 +139,7 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         for db in clients:
             db.close()
-    bar.draw(done, final=True)
+    bar.close(f"keys  {done / max(1e-9, time.monotonic() - t0):,.0f}/s", done)
     if failed is not None:
         exc = failed.exception()
         assert exc is not None
