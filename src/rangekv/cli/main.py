@@ -5,6 +5,7 @@
     rangekv cluster                     the topology (groups, leaders, ranges, nodes)
     rangekv status                      groups with lag, nodes with state and reason, decisions
     rangekv create-table|drop-table|tables|put|get|delete|list ...
+    rangekv backup DIR; rangekv restore DIR --data-dir D
 
 Global options (before or after the subcommand): ``--endpoint URL`` (repeatable; default
 ``$RANGEKV_ENDPOINT`` or http://127.0.0.1:8400), ``--json``, ``--timeout SECONDS``.
@@ -84,7 +85,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rangekv.cli import load, ops, up
+    from rangekv.cli import backup, load, ops, up
 
     parser = argparse.ArgumentParser(
         prog="rangekv",
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parsers(sub, common)
     ops.add_parsers(sub, common)
     load.add_parser(sub, common)
+    backup.add_parsers(sub, common)
     return parser
 
 

@@ -10,6 +10,10 @@ etcd layout (every value is JSON; every change is a compare-and-swap on what was
     /rangekv/nodes/{node_id:08x}                   Node
     /rangekv/decisions/{wall time ns:020d}         Decision (the controller's, with its reason)
     /rangekv/meta/active                           {"id", "address"} of the active meta (leased)
+    /rangekv/backup/pause                          {"token", ...}: a backup asks the controller to
+                                                   start no range change (leased by the backup)
+    /rangekv/backup/paused                         {"token"}: the meta's answer, none in flight
+                                                   (under the same lease)
 
 A ``ClusterView`` is built from one prefix read of ``/rangekv/`` and kept current by applying
 watch events in revision order; the rm routes from it and the meta decides from it.
@@ -33,6 +37,8 @@ NODES = PREFIX + b"nodes/"
 COUNTERS = PREFIX + b"counters/"
 DECISIONS = PREFIX + b"decisions/"
 META_ACTIVE = PREFIX + b"meta/active"
+BACKUP_PAUSE = PREFIX + b"backup/pause"
+BACKUP_PAUSED = PREFIX + b"backup/paused"
 
 TABLE_ACTIVE = "active"
 TABLE_CREATING = "creating"
@@ -379,6 +385,8 @@ class ClusterView:
     active_meta: dict[str, Any] | None = None
     # the controller's decisions by key (wall time ns), oldest first; see ``decisions``
     decision_log: dict[int, Decision] = field(default_factory=dict)
+    # a running backup's request to pause range changes (``rangekv.backup``), and its lease
+    backup_pause: dict[str, Any] | None = None
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Apply one put (value) or delete (None) of a key under ``/rangekv/``."""
@@ -423,6 +431,8 @@ class ClusterView:
                 self.decision_log[at_ns] = Decision.load(value)
         elif key == META_ACTIVE:
             self.active_meta = None if value is None else json.loads(value)
+        elif key == BACKUP_PAUSE:
+            self.backup_pause = None if value is None else json.loads(value)
 
     @property
     def decisions(self) -> list[Decision]:

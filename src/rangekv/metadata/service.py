@@ -800,6 +800,7 @@ class MetaService:
         self._range_reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._last_split_s: dict[int, float] = {}  # table id -> when this meta last split it
         self._split_task: asyncio.Task[None] | None = None
+        self._backup_answered: Any = None  # the backup pause token answered
         self._next_split_check_s = 0.0
         self._groups_wanted = 0  # groups to form beyond groups_min (for splits), at least
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -1242,6 +1243,7 @@ class MetaService:
             try:
                 await self._elect_leaders(term)
                 self._resume_moves()
+                await self._answer_backup()
                 if self._clock() >= self._next_split_check_s:
                     self._next_split_check_s = self._clock() + cfg.split_interval_ms / 1000
                     await self._auto_split()
@@ -1332,6 +1334,55 @@ class MetaService:
             )
             await self._catch_up(written, cfg.view_catch_up_ms / 1000)
 
+    # -- backups (rangekv.backup) -------------------------------------------------------------
+
+    def _refuse_while_paused(self, what: str) -> None:
+        """While a backup runs, no table is created or dropped and no range split, merged or
+        moved: its group checkpoints and its metadata must describe the same range map."""
+        if self.view.backup_pause is not None:
+            raise errors.Unavailable(f"a backup is running: cannot {what} until it ends; retry "
+                                     "in a moment")
+
+    def _range_change_in_flight(self) -> str | None:
+        """What still changes the range map (None: nothing), as seen by this meta."""
+        if self._name_locks:
+            return f"table operations on {sorted(self._name_locks)}"
+        if self._split_task is not None and not self._split_task.done():
+            return "an automatic split or merge"
+        if self.mover.tasks:
+            return f"{len(self.mover.tasks)} range move(s)"
+        for ranges in self.view.ranges.values():
+            for rng in ranges:
+                if rng.state == model.RANGE_MOVING or rng.source is not None:
+                    return f"the move of a range of table {self._table_name(rng.table_id)}"
+        return None
+
+    async def _answer_backup(self) -> None:
+        """A backup asked for a pause (``/rangekv/backup/pause``): once no range change is in
+        flight, say so under the backup's lease (``/rangekv/backup/paused``). New ones are
+        refused from the moment the view shows the pause (``_refuse_while_paused``,
+        ``_auto_split``), so none starts after the answer; moves found unfinished go on
+        meanwhile, and the answer waits for them."""
+        pause = self.view.backup_pause
+        if pause is None:
+            self._backup_answered = None
+            return
+        token, lease = pause.get("token"), pause.get("lease")
+        if token == self._backup_answered or not isinstance(lease, int):
+            return
+        busy = self._range_change_in_flight()
+        if busy is not None:
+            self._say("backup-pause", logging.INFO, "backup %s waits for %s", token, busy)
+            return
+        try:
+            await self.etcd.put(model.BACKUP_PAUSED, model.dumps({"token": token}), lease=lease)
+        except errors.RangeKVError as exc:
+            self._say("backup-pause", logging.WARNING, "cannot answer backup %s (its lease may "
+                      "have expired): %s", token, exc.message)
+            return
+        self._backup_answered = token
+        self.log.info("backup %s: range changes paused (none in flight)", token)
+
     def _table_name(self, table_id: int) -> str:
         return next((t.name for t in self.view.tables.values() if t.id == table_id),
                     str(table_id))
@@ -1345,6 +1396,8 @@ class MetaService:
 
     async def _auto_split(self) -> None:
         """Split (and move) a range that is too big or too busy (controller/split.py)."""
+        if self.view.backup_pause is not None:
+            return  # a backup is running: the range map holds still (see _answer_backup)
         if self._split_task is not None and not self._split_task.done():
             return
         plan, _ = plan_split(self.view, self._range_reports, self._clock(), self.config.split,
@@ -1691,6 +1744,7 @@ class MetaService:
     async def _op_create_table(self, req: dict[str, Any]) -> dict[str, Any]:
         name = check_table_name(req.get("name"))  # type: ignore[arg-type]
         self._require_active()
+        self._refuse_while_paused("create a table")
         async with self._name_lock(name):
             for _ in range(CAS_ATTEMPTS_MAX):
                 found = await self.store.get_table(name)
@@ -1751,6 +1805,7 @@ class MetaService:
     async def _op_drop_table(self, req: dict[str, Any]) -> dict[str, Any]:
         name = check_table_name(req.get("name"))  # type: ignore[arg-type]
         self._require_active()
+        self._refuse_while_paused("drop a table")
         async with self._name_lock(name):
             found = await self.store.get_table(name)
             if found is None:
@@ -1798,6 +1853,7 @@ class MetaService:
             raise errors.InvalidArgument("at must be a non-empty key", field="at")
         limits.check_key(at)
         self._require_active()
+        self._refuse_while_paused("split a range")
         to = req.get("to")
         if to is not None and to != "auto" and (not isinstance(to, int) or isinstance(to, bool)):
             raise errors.InvalidArgument("to must be a group id or 'auto'", field="to")
@@ -1873,6 +1929,7 @@ class MetaService:
         if not isinstance(to, int) or isinstance(to, bool):
             raise errors.InvalidArgument("to must be a group id", field="to")
         self._require_active()
+        self._refuse_while_paused("move a range")
         self._check_group(to)
         async with self._name_lock(name):
             table = await self._active_table(name)

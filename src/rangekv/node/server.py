@@ -53,6 +53,7 @@ from typing import Any
 
 from rangekv import aio, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
+from rangekv.node.backup import BackupServer
 from rangekv.node.stats import RangeStats
 from rangekv.replication import driver
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
@@ -193,6 +194,7 @@ class Node:
         self._compacting: asyncio.Future[int] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
+        self._backups = BackupServer()  # checkpoints being read by ``rangekv backup``
 
     # ------------------------------------------------------------------ lifecycle
     def _check_identity(self) -> None:
@@ -293,6 +295,7 @@ class Node:
             await asyncio.gather(self._compacting, return_exceptions=True)
         if self._server is not None:
             self._server.close()
+        self._backups.release_all()
         if self.replica is not None:
             await self.replica.stop()
             await asyncio.to_thread(self.replica.close_storage)
@@ -539,6 +542,7 @@ class Node:
         (RocksDB compaction of the deleted spans), on every member."""
         while True:
             await asyncio.sleep(COMPACT_CHECK_S)
+            self._backups.expire(asyncio.get_running_loop().time())
             replica = self.replica
             if replica is None:
                 continue
@@ -565,6 +569,8 @@ class Node:
             raise errors.Unavailable(f"node {self.node_id} does not serve: {why}")
         if op in ("snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"):
             return await replica.on_snapshot_request(op, body)
+        if op in ("backup_begin", "backup_chunk", "backup_end"):
+            return await self._backups.serve(replica, op, body, self.group)
         if op == "content_hash":
             # For verification (``rangekv chaos``): replicas that applied the same entries agree.
             # Computed synchronously, so the hash and the applied index belong together.

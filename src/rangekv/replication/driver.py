@@ -876,6 +876,17 @@ class Replica:
             self._outgoing = _Outgoing(directory, manifest, users=1)
             return self._outgoing
 
+    async def backup_checkpoint(self) -> _Outgoing:
+        """A checkpoint for a backup (``rangekv backup``) holding every write acknowledged
+        before the call: leader only, after a linearizable barrier (a read round: applied
+        reaches the commit index known at the call), at that applied index or later. The
+        caller streams it and then calls ``release_backup``."""
+        await self.linearizable()
+        return await self._acquire_checkpoint(self.core.applied)
+
+    def release_backup(self, outgoing: _Outgoing) -> None:
+        self._release_checkpoint(outgoing)
+
     def _release_checkpoint(self, outgoing: _Outgoing) -> None:
         """A checkpoint lives as long as sends use it (a later need takes a fresh one)."""
         outgoing.users -= 1

@@ -1,0 +1,138 @@
+"""``rangekv backup DIR`` and ``rangekv restore DIR --data-dir D`` (see :mod:`rangekv.backup`).
+
+``backup`` finds the cluster's etcd from ``--data-dir`` (a ``rangekv up`` data dir, whose
+``cluster.json`` also gives the shape) or ``--etcd URL``. Both commands draw a progress bar on
+stderr and print one summary line on stdout (``--json``: the manifest or summary as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from rangekv import errors
+from rangekv.backup import take as take_mod
+from rangekv.cli import Context
+from rangekv.cli.up import DATA_DIR_DEFAULT as DEFAULT_DATA_DIR
+from rangekv.progress import Progress
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "backup", parents=[common],
+        help="back up a live cluster (every table, key, value and seq, and the metadata) "
+             "into a new directory",
+        description="Back up a live cluster into DIR (new or empty). Writes go on meanwhile; "
+                    "range splits, merges and moves and table creation and drops wait until "
+                    "it ends. Every write acknowledged before it started is in the backup.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path,
+                       help=f"the data dir of a `rangekv up` cluster (default {DEFAULT_DATA_DIR}"
+                            " unless --etcd is given)")
+    where.add_argument("--etcd", metavar="URL",
+                       help="the cluster's etcd client URL(s), comma-separated")
+    p.add_argument("--pause-timeout-s", type=float, default=take_mod.PAUSE_TIMEOUT_S_DEFAULT,
+                   metavar="S", help="how long the meta may take to pause range changes "
+                                     f"(default {take_mod.PAUSE_TIMEOUT_S_DEFAULT:g})")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", parents=[common],
+        help="lay out a new data dir from a backup; then `rangekv up --data-dir D` starts it",
+        description="Verify the backup in DIR (every checksum: nothing is written if one "
+                    "fails), then lay out the new data dir D from it.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--data-dir", type=Path, required=True, metavar="D",
+                   help="the new data dir (must not exist, or be empty)")
+    p.add_argument("--base-port", type=int,
+                   help="the restored cluster's base port (default: the backed-up cluster's)")
+    p.set_defaults(func=cmd_restore)
+
+
+def _bar(ctx: Context) -> tuple[Any, Any, Any]:
+    """A progress bar over bytes, with its step text; (say, on_bytes, close)."""
+    state: dict[str, Any] = {"bar": None, "what": ""}
+
+    def say(what: str) -> None:
+        state["what"] = what
+        bar = state["bar"]
+        if bar is not None:
+            bar.update(bar.done, what)
+
+    def on_bytes(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = Progress(max(1, total), stream=ctx.stderr)
+        bar.total = max(1, total)
+        bar.update(done, f"{state['what']} ({done / 1e6:,.1f} MB)")
+
+    def close(what: str) -> None:
+        if state["bar"] is not None:
+            state["bar"].close(what)
+
+    return say, on_bytes, close
+
+
+def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    cluster = None
+    if args.etcd:
+        endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
+    else:
+        from rangekv.cluster.local import LocalCluster
+
+        data_dir = args.data_dir or Path(DEFAULT_DATA_DIR)
+        if not (data_dir / "cluster.json").exists():
+            raise errors.InvalidArgument(f"{data_dir} holds no `rangekv up` cluster; give "
+                                         "--data-dir D or --etcd URL")
+        cluster = json.loads((data_dir / "cluster.json").read_text())
+        endpoints = [LocalCluster.open(data_dir).etcd_endpoint]
+    if not args.pause_timeout_s > 0:
+        raise errors.InvalidArgument("--pause-timeout-s must be positive")
+    say, on_bytes, close = _bar(ctx)
+    try:
+        manifest = asyncio.run(take_mod.take(args.dir, endpoints, cluster=cluster,
+                                             pause_timeout_s=args.pause_timeout_s, say=say,
+                                             on_bytes=on_bytes))
+    except BaseException:
+        close("failed")
+        raise
+    size = sum(f[1] for f in manifest["files"])
+    close(f"{size / 1e6:,.1f} MB")
+    if args.json:
+        ctx.out(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=1))
+    else:
+        groups = ", ".join(f"{g['id']}@{g['applied_index']}" for g in manifest["groups"])
+        ctx.out(f"backup {args.dir}: {len(manifest['tables'])} table(s), "
+                f"{len(manifest['groups'])} group(s) (applied index: {groups or '-'}), "
+                f"{size:,} bytes in {len(manifest['files'])} files, metadata at revision "
+                f"{manifest['revision']}, {manifest['seconds']:.1f} s")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
+    from rangekv.backup.restore import restore
+
+    if args.base_port is not None and not 1024 <= args.base_port <= 65535 - 70:
+        raise errors.InvalidArgument("--base-port must be in 1024..65465")
+    say, on_bytes, close = _bar(ctx)
+    try:
+        summary = restore(args.dir, args.data_dir, base_port=args.base_port, say=say,
+                          on_bytes=on_bytes)
+    except BaseException:
+        close("failed")
+        raise
+    close("restored")
+    if args.json:
+        ctx.out(json.dumps(summary, indent=1))
+    else:
+        groups = ", ".join(f"{g['id']}@{g['applied_index']}" for g in summary["groups"])
+        ctx.out(f"restored {args.dir} into {summary['data_dir']}: {len(summary['tables'])} "
+                f"table(s), {len(summary['groups'])} group(s) (applied index: {groups or '-'}), "
+                f"{summary['nodes']} nodes on base port {summary['base_port']}, "
+                f"{summary['seconds']:.1f} s; start it with: rangekv up --data-dir "
+                f"{summary['data_dir']}")
+    return 0
