@@ -57,28 +57,28 @@ Report = Callable[[str, int, int], None]  # (what, done bytes, total bytes estim
 
 
 def dump_kvs(kvs: list[Any], revision: int) -> dict[str, Any]:
-    """The logical dump of ``/rangekv/``: readable JSON values, base64 for anything else."""
+    """The logical dump of ``/rangekv/``: each value byte for byte, as text (every rangekv
+    value is JSON text) or, if it is not UTF-8, as base64."""
     items = []
     for kv in kvs:
         item: dict[str, Any] = {"key": kv.key.decode("utf-8", "surrogateescape")}
         try:
-            item["value"] = json.loads(kv.value)
-        except (ValueError, UnicodeDecodeError):
+            item["value"] = kv.value.decode("utf-8")
+        except UnicodeDecodeError:
             item["value_base64"] = base64.b64encode(kv.value).decode()
         items.append(item)
     return {"format": 1, "revision": revision, "kvs": items}
 
 
 def dump_items(dump: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every entry of a logical dump, values as they were in etcd (the JSON
-    written back compactly: every rangekv value is compact JSON)."""
+    """(key, value) of every entry of a logical dump, exactly as they were in etcd."""
     out = []
     for item in dump["kvs"]:
         key = item["key"].encode("utf-8", "surrogateescape")
         if "value_base64" in item:
             value = base64.b64decode(item["value_base64"])
         else:
-            value = json.dumps(item["value"], sort_keys=True, separators=(",", ":")).encode()
+            value = item["value"].encode("utf-8")
         out.append((key, value))
     return out
 

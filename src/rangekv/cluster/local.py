@@ -10,7 +10,8 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
     node i   base+30+i     i = 1..9
     etcd     base+41 (client), base+42 (peer)
 
-Data dir layout: ``etcd/``, ``node-i/``, ``logs/NAME.log`` (stdout+stderr of each process),
+Data dir layout: ``etcd/``, ``node-i/``, ``backups/meta/`` (the meta's rolling metadata
+backups), ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
 ``haproxy.cfg``, ``cluster.json`` (base port and sizes, so that a later ``up`` reuses them).
 
@@ -458,6 +459,9 @@ class LocalCluster:
                 self.etcd_endpoint,
                 "--groups-min",
                 str(self.groups),
+                # rolling metadata backups (rangekv.backup.metabackup), by the active meta
+                "--backup-dir",
+                str(self.data_dir / "backups" / "meta"),
                 *self.extra_args.get("meta", ()),
             )
             return ProcSpec(name, argv, (self.meta_port(i),))

@@ -151,6 +151,11 @@ class MetaConfig:
     etcd_timeout_ms: int = 2000
     split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
     split_interval_ms: int = 1000  # how often the controller looks for a range to split
+    # rolling metadata backups (rangekv.backup.metabackup); off without a directory
+    backup_dir: str | None = None
+    backup_min_interval_s: float = 5.0
+    backup_interval_s: float = 300.0
+    backup_keep: int = 20
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -801,6 +806,7 @@ class MetaService:
         self._last_split_s: dict[int, float] = {}  # table id -> when this meta last split it
         self._split_task: asyncio.Task[None] | None = None
         self._backup_answered: Any = None  # the backup pause token answered
+        self._meta_backups: Any = None  # rolling metadata backups (--backup-dir)
         self._next_split_check_s = 0.0
         self._groups_wanted = 0  # groups to form beyond groups_min (for splits), at least
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -847,6 +853,16 @@ class MetaService:
         )
         self._view_task = self._spawn(self._view_loop(), "view")
         self._election_task = self._spawn(self._election_loop(), "election")
+        if self.config.backup_dir:
+            from pathlib import Path
+
+            from rangekv.backup.metabackup import MetaBackups
+
+            self._meta_backups = MetaBackups(
+                self.etcd, Path(self.config.backup_dir), active=lambda: self.is_active,
+                min_interval_s=self.config.backup_min_interval_s,
+                interval_s=self.config.backup_interval_s, keep=self.config.backup_keep)
+            self._spawn(self._meta_backups.run(), "metadata-backups")
 
     def request_stop(self, why: str = "requested") -> None:
         if not self._stop_requested.is_set():
@@ -938,6 +954,8 @@ class MetaService:
 
     def _notify(self) -> None:
         self._view_changed.set()
+        if self._meta_backups is not None:
+            self._meta_backups.changed()
         self._view_changed = asyncio.Event()
 
     async def _view_loop(self) -> None:
@@ -2044,6 +2062,14 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="a node is live if it heartbeated within this "
         f"(default {HEARTBEAT_TIMEOUT_MS_DEFAULT})",
     )
+    parser.add_argument("--backup-dir", help="keep rolling backups of the metadata here (off "
+                        "by default): after changes and on a schedule, the newest --backup-keep")
+    parser.add_argument("--backup-min-interval-s", type=float, default=5.0,
+                        help="at most one metadata backup per this many seconds (default 5)")
+    parser.add_argument("--backup-interval-s", type=float, default=300.0,
+                        help="a metadata backup at least this often (default 300)")
+    parser.add_argument("--backup-keep", type=int, default=20,
+                        help="metadata backups kept (default 20)")
     defaults = SplitConfig()
     parser.add_argument("--split-bytes", type=int, default=defaults.bytes_max,
                         help="split a range storing more than this many bytes "
@@ -2108,6 +2134,9 @@ def parse_args(argv: list[str]) -> MetaConfig:
                      "must be positive")
     if ns.catch_up_slack_entries < 0:
         parser.error("--catch-up-slack-entries must be >= 0")
+    if ns.backup_min_interval_s < 0 or ns.backup_interval_s <= 0 or ns.backup_keep < 1:
+        parser.error("--backup-min-interval-s must be >= 0, --backup-interval-s > 0 and "
+                     "--backup-keep >= 1")
     return MetaConfig(
         id=ns.id,
         listen=ns.listen,
@@ -2122,6 +2151,10 @@ def parse_args(argv: list[str]) -> MetaConfig:
         replace_lag_entries=ns.replace_lag_entries,
         catch_up_slack_entries=ns.catch_up_slack_entries,
         learner_timeout_ms=ns.learner_timeout_ms,
+        backup_dir=ns.backup_dir,
+        backup_min_interval_s=ns.backup_min_interval_s,
+        backup_interval_s=ns.backup_interval_s,
+        backup_keep=ns.backup_keep,
     )
 
 

@@ -1,0 +1,109 @@
+"""The meta's rolling metadata backups (``rangekv meta --backup-dir DIR``).
+
+The active meta writes the logical dump of ``/rangekv/`` (the format of a backup's
+``meta/dump.json``: one consistent prefix read, so one etcd revision) to
+``DIR/meta-<revision>.json``:
+
+* after every metadata change, at most once per ``min_interval_s`` (changes in between are
+  caught by the next dump: each dump is the whole state);
+* every ``interval_s`` even without a change seen (a lost watch must not stop backups);
+* never twice for the same revision.
+
+Each file is written atomically (temp file, fsync, rename, fsync of the directory), and only
+the newest ``keep`` are kept (older ones are deleted after the new one is durable). A failure
+(etcd down, disk full) is logged and retried at the next trigger; it never stops the meta.
+This is the metadata only: group data needs ``rangekv backup``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from rangekv import errors
+from rangekv.backup import manifest as mf
+from rangekv.backup.take import dump_kvs
+from rangekv.metadata import model
+from rangekv.metadata.etcd import EtcdClient
+
+log = logging.getLogger("rangekv.meta.backup")
+
+MIN_INTERVAL_S_DEFAULT = 5.0
+INTERVAL_S_DEFAULT = 300.0
+KEEP_DEFAULT = 20
+_NAME_RE = re.compile(r"meta-(\d{12})\.json")
+
+
+def dump_name(revision: int) -> str:
+    return f"meta-{revision:012d}.json"
+
+
+def existing_dumps(directory: Path) -> list[Path]:
+    """The dumps in ``directory``, oldest (lowest revision) first."""
+    found = [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+class MetaBackups:
+    """One meta's rolling metadata backups; ``run`` until cancelled."""
+
+    def __init__(self, etcd: EtcdClient, directory: Path, *, active: Callable[[], bool],
+                 min_interval_s: float = MIN_INTERVAL_S_DEFAULT,
+                 interval_s: float = INTERVAL_S_DEFAULT, keep: int = KEEP_DEFAULT) -> None:
+        assert min_interval_s >= 0 and interval_s > 0 and keep >= 1
+        self.etcd, self.directory, self.active = etcd, directory, active
+        self.min_interval_s, self.interval_s, self.keep = min_interval_s, interval_s, keep
+        self._changed = asyncio.Event()
+        self.written = 0
+        self.last_revision = 0
+
+    def changed(self) -> None:
+        """The metadata changed (the meta's view moved on)."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            dumps = existing_dumps(self.directory)
+        except OSError as exc:
+            log.error("no metadata backups: cannot use %s: %s", self.directory, exc)
+            return
+        if dumps:
+            match = _NAME_RE.fullmatch(dumps[-1].name)
+            assert match is not None
+            self.last_revision = int(match.group(1))
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            if self.active():
+                await self.dump_once()
+            # debounce: the changes of the next min_interval_s go into one dump
+            await asyncio.sleep(self.min_interval_s)
+
+    async def dump_once(self) -> Path | None:
+        """Write a dump unless the revision is already dumped; the file written."""
+        try:
+            kvs, revision = await self.etcd.get_prefix(model.PREFIX)
+        except errors.RangeKVError as exc:
+            log.warning("metadata backup skipped: cannot read etcd: %s", exc.message)
+            return None
+        if revision <= self.last_revision:
+            return None
+        path = self.directory / dump_name(revision)
+        try:
+            await asyncio.to_thread(mf.write_json, path, dump_kvs(kvs, revision))
+            for old in existing_dumps(self.directory)[:-self.keep]:
+                old.unlink()
+        except OSError as exc:
+            log.warning("metadata backup to %s failed: %s", path, exc)
+            return None
+        self.last_revision = revision
+        self.written += 1
+        log.info("metadata backup at revision %d: %s (%d keys)", revision, path, len(kvs))
+        return path
