@@ -43,7 +43,8 @@ PAUSE_TIMEOUT_S_DEFAULT = 120.0  # for the meta to finish the range changes in f
 GROUP_ATTEMPTS_MAX = 5
 GROUP_RETRY_S = 0.5
 GROUPS_AT_ONCE = 4
-REQUEST_TIMEOUT_S = 30.0  # one backup_begin (barrier + checkpoint) or chunk
+BEGIN_TIMEOUT_S = 600.0  # barrier, checkpoint, and the manifest's read of every byte of it
+REQUEST_TIMEOUT_S = 30.0  # one chunk
 SNAPSHOT_LINE_BYTES_MAX = 8 * 1024 * 1024
 _CHANGED_PREFIXES = (model.TABLES, model.RANGES, model.COUNTERS)
 
@@ -192,7 +193,7 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
         conn = wire.Connection(address)
         copied = expected = 0
         try:
-            begin = await conn.request("backup_begin", timeout_s=REQUEST_TIMEOUT_S)
+            begin = await conn.request("backup_begin", timeout_s=BEGIN_TIMEOUT_S)
             if begin.get("group") != gid:
                 raise BackupFailed(f"node {group.leader} answered for group "
                                    f"{begin.get('group')}, not {gid}")
