@@ -166,3 +166,22 @@ def test_restored_metadata_makes_groups_and_nodes_fit_the_restored_nodes() -> No
     # a lower checkpoint epoch keeps the record's
     assert model.Group.load(dict(restored_metadata(items, {1: 3}, addresses))[
         model.group_key(1)]).epoch == 5
+
+
+def test_the_cli_says_why_it_refuses(tmp_path: Path) -> None:
+    import io
+
+    from rangekv.cli import Context
+    from rangekv.cli.main import run
+
+    root = make_backup(tmp_path / "bk")
+    (root / mf.DUMP_PATH).write_text("{}")
+    out, err = io.BytesIO(), io.StringIO()
+    rc = run(["restore", str(root), "--data-dir", str(tmp_path / "d")],
+             Context(stdout=out, stderr=err, stdin=io.BytesIO()))
+    assert rc == 1
+    assert "error: backup_invalid: " in err.getvalue() and "dump.json" in err.getvalue()
+    assert not (tmp_path / "d").exists()
+    rc = run(["backup", str(root), "--etcd", "http://127.0.0.1:9"],
+             Context(stdout=out, stderr=err, stdin=io.BytesIO()))
+    assert rc == 1 and "is not empty" in err.getvalue()

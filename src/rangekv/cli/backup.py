@@ -70,9 +70,10 @@ def _bar(ctx: Context) -> tuple[Any, Any, Any]:
         bar.total = max(1, total)
         bar.update(done, f"{state['what']} ({done / 1e6:,.1f} MB)")
 
-    def close(what: str) -> None:
-        if state["bar"] is not None:
-            state["bar"].close(what)
+    def close(what: str, failed: bool = False) -> None:
+        bar = state["bar"]
+        if bar is not None:
+            bar.close(what, done=bar.done if failed else None)
 
     return say, on_bytes, close
 
@@ -98,7 +99,7 @@ def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
                                              pause_timeout_s=args.pause_timeout_s, say=say,
                                              on_bytes=on_bytes))
     except BaseException:
-        close("failed")
+        close("failed", failed=True)
         raise
     size = sum(f[1] for f in manifest["files"])
     close(f"{size / 1e6:,.1f} MB")
@@ -123,7 +124,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         summary = restore(args.dir, args.data_dir, base_port=args.base_port, say=say,
                           on_bytes=on_bytes)
     except BaseException:
-        close("failed")
+        close("failed", failed=True)
         raise
     close("restored")
     if args.json:
