@@ -528,6 +528,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
             f"127.0.0.1:842{i - 1}",
             "--etcd",
             "http://127.0.0.1:8441",
+            "--backup-dir",
+            str(c.data_dir / "backups" / "meta"),
             "--groups-min",
             "1",
         )

@@ -457,11 +457,11 @@ class LocalCluster:
                 self.meta_addresses[i],
                 "--etcd",
                 self.etcd_endpoint,
-                "--groups-min",
-                str(self.groups),
                 # rolling metadata backups (rangekv.backup.metabackup), by the active meta
                 "--backup-dir",
                 str(self.data_dir / "backups" / "meta"),
+                "--groups-min",
+                str(self.groups),
                 *self.extra_args.get("meta", ()),
             )
             return ProcSpec(name, argv, (self.meta_port(i),))
