@@ -195,6 +195,11 @@ async def _load_and_back_up(cluster: LocalCluster, rng: random.Random, backup: P
         # before the backup: the backup's pause waits for the move to finish, or the split is
         # refused because the pause came first; either way the backup sees one range map.
         split = asyncio.ensure_future(db.split("alpha", f"k{KEYS // 2:07d}", to=other))
+        # (the backup starts once the move is under way, if it is not over by then already)
+        while not split.done() and not any(r["state"] == "moving" or "moving" in r
+                                           for r in await db.ranges("alpha")):
+            await asyncio.sleep(0.01)
+        print(f"a move in flight when the backup starts: {not split.done()}")
         backup_started_s = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rangekv.cli.main", "backup", str(backup), "--data-dir",
@@ -203,7 +208,8 @@ async def _load_and_back_up(cluster: LocalCluster, rng: random.Random, backup: P
         out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
         assert proc.returncode == 0, err.decode()
         summary = json.loads(out)
-        print(f"backup: {summary['seconds']} s, groups {summary['groups']}")
+        print(f"backup: {summary['seconds']} s (of which {summary['pause_wait_s']} s waiting "
+              f"for range changes in flight), groups {summary['groups']}")
         try:
             print("split:", await split)
         except errors.Unavailable as exc:

@@ -32,7 +32,7 @@ from typing import Any
 from rangekv import __version__, errors, wire
 from rangekv.backup import manifest as mf
 from rangekv.metadata import model
-from rangekv.metadata.etcd import EtcdClient, _json_lines
+from rangekv.metadata.etcd import Compare, EtcdClient, Op, _json_lines
 from rangekv.storage import snapshot
 from rangekv.storage.snapshot import Chunk, Manifest, Receiver
 from rangekv.storage.wal import fsync_dir
@@ -110,13 +110,18 @@ class _Pause:
     async def start(self, timeout_s: float, say: Callable[[str], None]) -> None:
         self.lease = await self.etcd.lease_grant(PAUSE_LEASE_TTL_S)
         self._task = asyncio.get_running_loop().create_task(self._keepalive())
-        existing = await self.etcd.get(model.BACKUP_PAUSE)
-        if existing is not None:
-            raise BackupFailed(f"another backup is running ({existing.value.decode()[:200]}); "
-                               "try again once it ends")
-        await self.etcd.put(model.BACKUP_PAUSE, model.dumps({
-            "token": self.token, "lease": self.lease, "started_ns": time.time_ns(),
-            "host": socket.gethostname(), "pid": os.getpid()}), lease=self.lease)
+        record = model.dumps({"token": self.token, "lease": self.lease,
+                              "started_ns": time.time_ns(), "host": socket.gethostname(),
+                              "pid": os.getpid()})
+        # one backup at a time: the key is created only if absent
+        created = await self.etcd.txn(
+            [Compare.version(model.BACKUP_PAUSE, "=", 0)],
+            [Op.put(model.BACKUP_PAUSE, record, lease=self.lease)],
+            [Op.get(model.BACKUP_PAUSE)])
+        if not created.succeeded:
+            other = created.responses[0]
+            held = other[0].value.decode(errors="replace")[:200] if other else "?"
+            raise BackupFailed(f"another backup is running ({held}); try again once it ends")
         say("waiting for the meta to pause range changes")
         deadline = time.monotonic() + timeout_s
         while True:
@@ -285,6 +290,7 @@ async def take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any]
     try:
         say("pausing range changes")
         await pause.start(pause_timeout_s, say)
+        pause_s = time.monotonic() - began
         kvs1, rev1 = await etcd.get_prefix(model.PREFIX)
         view = model.ClusterView()
         for kv in kvs1:
@@ -321,6 +327,7 @@ async def take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any]
         "started_ns": started_ns,
         "finished_ns": time.time_ns(),
         "seconds": round(time.monotonic() - began, 3),
+        "pause_wait_s": round(pause_s, 3),  # for the range changes in flight to finish
         "revision_paused": rev1,
         "revision": rev2,
         "cluster": cluster,
