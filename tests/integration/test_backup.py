@@ -237,6 +237,13 @@ async def _check_and_pause(cluster: LocalCluster, puts: list[Put],
         # The pause, deterministically: hold a backup's pause key as rangekv backup does.
         etcd = EtcdClient([cluster.etcd_endpoint])
         try:
+            # A move under way when the pause comes: the answer waits until it is over.
+            gamma = await db.ranges("gamma")
+            other = next(g["id"] for g in (await db.cluster())["groups"]
+                         if g["id"] != gamma[0]["group"])
+            move = asyncio.ensure_future(db.move("gamma", "k0000002", other))
+            while not move.done() and not any("moving" in r for r in await db.ranges("gamma")):
+                await asyncio.sleep(0.01)
             lease = await etcd.lease_grant(60)
             await etcd.put(model.BACKUP_PAUSE, model.dumps({"token": "t1", "lease": lease}),
                            lease=lease)
@@ -245,6 +252,11 @@ async def _check_and_pause(cluster: LocalCluster, puts: list[Put],
                 assert time.monotonic() < deadline, "the meta never answered the pause"
                 await asyncio.sleep(0.05)
             assert json.loads(answer.value) == {"token": "t1"}
+            ranges, _ = await etcd.get_prefix(model.RANGES)
+            unfinished = [r for r in map(model.Range.load, (kv.value for kv in ranges))
+                          if r.state != model.RANGE_ACTIVE or r.source is not None]
+            assert not unfinished, f"paused with range changes in flight: {unfinished}"
+            print("move asked just before the pause:", await move)
             active = await etcd.get(model.META_ACTIVE)
             assert active is not None
             meta = wire.Connection(json.loads(active.value)["address"])
