@@ -64,8 +64,8 @@ def check_target(data_dir: Path) -> Path:
         if (data_dir / "cluster.json").exists() or (data_dir / "etcd").exists():
             running = LocalCluster.open(data_dir).running() if (
                 data_dir / "cluster.json").exists() else []
-            state = f"running ({', '.join(running)})" if running else "stopped"
-            raise RestoreRefused(f"{data_dir} holds a cluster ({state}): restore into a new "
+            state = f"that is running ({', '.join(running)})" if running else "(stopped)"
+            raise RestoreRefused(f"{data_dir} holds a cluster {state}: restore into a new "
                                  "data dir (or stop it with `rangekv down` and remove it)")
         if any(data_dir.iterdir()):
             raise RestoreRefused(f"{data_dir} is not empty: restore into a new or empty dir")
@@ -217,6 +217,17 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
             on_bytes(copied, max(copy_total, 1))
         epochs = {g: c["checkpoint"].epoch for g, c in checkpoints.items()}
         metadata = restored_metadata(items, epochs, cluster.node_addresses)
+        # shown by `rangekv status` with the controller's decisions
+        now_ns = max(time.time_ns(), *(int(k[len(model.DECISIONS):]) + 1 for k, _ in metadata
+                                       if k.startswith(model.DECISIONS)), 0)
+        taken = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                              time.gmtime(int(manifest.get("finished_ns") or 0) / 1e9))
+        note = model.Decision(now_ns, "restored", None,
+                              f"restored from the backup {root} taken at {taken} (metadata at "
+                              f"revision {manifest.get('revision')})",
+                              {"groups": {str(g): c["checkpoint"].index
+                                          for g, c in checkpoints.items()}})
+        metadata.append((model.decision_key(note.at_ns), note.dumps()))
         say("loading the metadata into a new etcd")
         cluster.start(skip=[n for n in cluster.names if n != "etcd"])
         try:

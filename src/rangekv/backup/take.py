@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -274,7 +275,27 @@ async def _etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
     return len(content)
 
 
-async def take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any] | None,
+async def take(root: Path, etcd_endpoints: list[str], **kwargs: Any) -> dict[str, Any]:
+    """Back up the cluster whose etcd is at ``etcd_endpoints`` into the new or empty
+    directory ``root`` (see :func:`_take`); a failed backup leaves ``root`` as it found it
+    (so that the same command can be run again)."""
+    check_empty_target(root)
+    created = not root.exists()
+    try:
+        return await _take(root, etcd_endpoints, **kwargs)
+    except BaseException:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for entry in root.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
+async def _take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any] | None,
                pause_timeout_s: float = PAUSE_TIMEOUT_S_DEFAULT,
                say: Callable[[str], None] = lambda _: None,
                on_bytes: Callable[[int, int], None] = lambda _d, _t: None) -> dict[str, Any]:
