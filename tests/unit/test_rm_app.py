@@ -761,6 +761,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
             await h.json("PUT", "/v1/tables/t/keys/k", 200, data=b"v")
             resp = await h.client.get("/metrics")
             assert resp.status == 200 and resp.content_type == "text/plain"
+            assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
             text = await resp.text()
             assert 'rangekv_rm_requests_total{op="put",status="200"} 1' in text
             assert 'rangekv_rm_request_duration_seconds_count{op="put"} 1' in text

@@ -38,6 +38,7 @@ from typing import Any
 
 from rangekv import aio, errors, limits
 from rangekv import log as rangekv_log
+from rangekv import metrics as metrics_exposition
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.http_server import BadRequest, HttpServer, Request, Response
@@ -349,7 +350,7 @@ class RequestManager:
 
     async def render_metrics(self) -> Response:
         text = self.metrics.render(ready=self.source.ready, revision=self.source.view.revision)
-        return Response(text.encode("utf-8"), 200, "text/plain; charset=utf-8",
+        return Response(text.encode("utf-8"), 200, metrics_exposition.CONTENT_TYPE,
                         {"X-Prometheus-Format": "0.0.4"})
 
 

@@ -503,6 +503,14 @@ def document() -> dict[str, Any]:
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus text exposition",
+                    "description": (
+                        "The metrics of the rm that answers (through the load balancer: one of "
+                        "them), in the Prometheus text format 0.0.4: requests by operation and "
+                        "status, latency histograms by operation, routing retries by reason, "
+                        "routing refreshes, view reloads and watch events, etcd probe failures, "
+                        "readiness and view revision, process metrics and rangekv_build_info. "
+                        "Nodes and metas serve theirs on their own --metrics-listen address."
+                    ),
                     "responses": {
                         "200": {
                             "description": "Metrics",
