@@ -509,6 +509,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
         "/tmp/x/node-2",
         "--meta",
         "127.0.0.1:8420,127.0.0.1:8421",
+        "--metrics-listen",
+        "127.0.0.1:8472",
     )
     assert c.spec("rm-1").argv[3:] == (
         "rm",
@@ -528,6 +530,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
             f"127.0.0.1:842{i - 1}",
             "--etcd",
             "http://127.0.0.1:8441",
+            "--metrics-listen",
+            f"127.0.0.1:850{i}",
             "--groups-min",
             "1",
         )
@@ -550,7 +554,18 @@ def test_port_layout_follows_the_internals_doc() -> None:
         8435,
         8441,
         8442,
+        8471,
+        8472,
+        8473,
+        8474,
+        8475,
+        8501,
+        8502,
     ]
+    assert c.metrics_urls["node-2"] == "http://127.0.0.1:8472/metrics"
+    assert c.metrics_urls["meta-1"] == "http://127.0.0.1:8501/metrics"
+    assert c.metrics_urls["rm-1"] == "http://127.0.0.1:8411/metrics"
+    assert c.metrics_urls["lb"] == "http://127.0.0.1:8400/metrics"
 
 
 @pytest.mark.skipif(

@@ -9,6 +9,13 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
     meta i   base+19+i     i = 1..2: meta-1 on base+20, meta-2 on base+21
     node i   base+30+i     i = 1..9
     etcd     base+41 (client), base+42 (peer)
+    node i   base+40+i     i = 10..29
+    node i   base+70+i     i = 1..29: its Prometheus /metrics (--metrics-listen)
+    meta i   base+100+i    i = 1..2: its Prometheus /metrics (--metrics-listen)
+
+(An rm serves /metrics on its own port, and so does HAProxy's endpoint, which forwards it to
+one rm.) ``LocalCluster.metrics_urls`` lists every /metrics URL, and ``cluster.json`` records
+them under ``metrics``.
 
 Data dir layout: ``etcd/``, ``node-i/``, ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
@@ -54,7 +61,9 @@ HOST = "127.0.0.1"
 PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms
 NODES_MAX = 29  # nodes 1..9 at base+31..39, nodes 10..29 at base+50..69
 METAS = 2  # one active, one standby (ports base+20, base+21)
-PORT_SPAN = 70  # base .. base+69
+PORT_SPAN = 110  # base .. base+109 (metrics ports up to base+102)
+NODE_METRICS_OFFSET = 70  # node i's /metrics on base+70+i
+META_METRICS_OFFSET = 100  # meta i's /metrics on base+100+i
 GROUP_SIZE = 3
 
 READY_TIMEOUT_S_DEFAULT = 60.0
@@ -170,6 +179,8 @@ def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
         + [base_port + 19 + i for i in range(1, METAS + 1)]
         + [base_port + node_port_offset(i) for i in range(1, nodes + 1)]
         + [base_port + 41, base_port + 42]
+        + [base_port + NODE_METRICS_OFFSET + i for i in range(1, nodes + 1)]
+        + [base_port + META_METRICS_OFFSET + i for i in range(1, METAS + 1)]
     )
 
 
@@ -360,6 +371,27 @@ class LocalCluster:
             i: f"{self.host_of(f'node-{i}')}:{self.node_port(i)}" for i in range(1, self.nodes + 1)
         }
 
+    def node_metrics_port(self, i: int) -> int:
+        return self.base_port + NODE_METRICS_OFFSET + i
+
+    def meta_metrics_port(self, i: int) -> int:
+        return self.base_port + META_METRICS_OFFSET + i
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Every process's Prometheus /metrics URL by process name (``lb``: through HAProxy,
+        answered by one rm)."""
+        urls = {"lb": f"{self.endpoint}/metrics"}
+        urls.update({f"rm-{i}": f"{url}/metrics" for i, url in
+                     enumerate(self.rm_endpoints, start=1)})
+        for i in range(1, METAS + 1):
+            urls[f"meta-{i}"] = (f"http://{self.host_of(f'meta-{i}')}:"
+                                 f"{self.meta_metrics_port(i)}/metrics")
+        for i in range(1, self.nodes + 1):
+            urls[f"node-{i}"] = (f"http://{self.host_of(f'node-{i}')}:"
+                                 f"{self.node_metrics_port(i)}/metrics")
+        return urls
+
     @property
     def etcd_endpoint(self) -> str:
         """The etcd client URL(s), comma-separated (what metas and rms get as ``--etcd``)."""
@@ -456,11 +488,13 @@ class LocalCluster:
                 self.meta_addresses[i],
                 "--etcd",
                 self.etcd_endpoint,
+                "--metrics-listen",
+                f"{self.host_of(name)}:{self.meta_metrics_port(i)}",
                 "--groups-min",
                 str(self.groups),
                 *self.extra_args.get("meta", ()),
             )
-            return ProcSpec(name, argv, (self.meta_port(i),))
+            return ProcSpec(name, argv, (self.meta_port(i), self.meta_metrics_port(i)))
         if name == "haproxy":
             argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
             return ProcSpec(name, argv, (self.base_port,))
@@ -476,13 +510,15 @@ class LocalCluster:
                 str(self.data_dir / name),
                 "--meta",
                 self.meta_address,
+                "--metrics-listen",
+                f"{self.host_of(name)}:{self.node_metrics_port(i)}",
                 *self.extra_args.get("node", ()),
             )
             if self.compact_entries is not None:
                 argv += ("--compact-entries", str(self.compact_entries))
             if self.compact_retain is not None:
                 argv += ("--compact-retain", str(self.compact_retain))
-            return ProcSpec(name, argv, (self.node_port(i),))
+            return ProcSpec(name, argv, (self.node_port(i), self.node_metrics_port(i)))
         if kind == "rm" and 1 <= i <= self.rms:
             argv = (
                 *our,
@@ -603,7 +639,7 @@ class LocalCluster:
     def _save_settings(self) -> None:
         path = self.data_dir / "cluster.json"
         settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms,
-                    "groups": self.groups}
+                    "groups": self.groups, "metrics": self.metrics_urls}
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("base_port") != self.base_port:

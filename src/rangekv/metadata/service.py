@@ -73,8 +73,10 @@ from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_mer
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
+from rangekv.metadata.metrics import MetaMetrics
 from rangekv.metadata.model import ClusterView, Group, Node, Table, key_text, span_text
 from rangekv.metadata.store import MetaStore
+from rangekv.metrics import MetricsServer, listen_address
 
 ROLE_LEADER = "leader"
 ROLES = ("leader", "candidate", "follower", "idle")
@@ -151,6 +153,7 @@ class MetaConfig:
     etcd_timeout_ms: int = 2000
     split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
     split_interval_ms: int = 1000  # how often the controller looks for a range to split
+    metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics here
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -824,6 +827,8 @@ class MetaService:
             "split_range": self._op_split_range,
             "move_range": self._op_move_range,
         }
+        self.metrics = MetaMetrics(self)
+        self._metrics_server: MetricsServer | None = None
         self.mover = RangeMover(
             self.store, self._tell_leader, self._record_decision,
             lambda revision: self._catch_up(revision, self.config.view_catch_up_ms / 1000),
@@ -844,6 +849,11 @@ class MetaService:
             self.config.groups_min,
             self.config.group_size,
         )
+        if self.config.metrics_listen is not None:
+            self._metrics_server = MetricsServer(self.metrics.registry)
+            await self._metrics_server.start(*self.config.metrics_listen)
+            self.log.info("meta %d serves /metrics on %s:%d", self.config.id,
+                          *self.config.metrics_listen)
         self._view_task = self._spawn(self._view_loop(), "view")
         self._election_task = self._spawn(self._election_loop(), "election")
 
@@ -884,6 +894,8 @@ class MetaService:
         await asyncio.gather(*self._conn_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -1320,6 +1332,7 @@ class MetaService:
                 self.log.info("group %d changed while choosing its leader; deciding again", gid)
                 continue
             self._clear(key)
+            self.metrics.elections += 1
             self._epoch_seen[gid] = (choice.epoch, self._clock())
             self.log.warning(
                 "group %d: epoch %d -> %d, leader %s -> %d: %s",
@@ -1402,6 +1415,7 @@ class MetaService:
             revision = await self.store.merge_ranges(lower, lower_rev, upper, upper_rev)
             if revision is None:
                 return  # retried at a later tick: the group's merge is idempotent
+            self.metrics.merges += 1
             self._range_reports.pop(plan.group, None)  # its figures name the old ranges
             await self._record_decision("merge", plan.reason, table=plan.table,
                                         group=plan.group, revision=revision)
@@ -1414,6 +1428,7 @@ class MetaService:
         logged, and written to the decisions log in etcd (``rangekv status``, /v1/cluster).
         Recording is best effort: the step it explains is already done."""
         self.log.info("decision %s: %s", kind, reason)
+        self.metrics.decisions[kind] += 1
         group = details.pop("group", None)
         log_keys = sorted(self.view.decision_log)
         at_ns = max(self._wall_ns(), (log_keys[-1] + 1) if log_keys else 0)
@@ -1454,6 +1469,7 @@ class MetaService:
             self.log.info("spares %s changed while forming a group; deciding again", members)
             return
         group, written = created
+        self.metrics.groups_formed += 1
         self.log.info("formed group %d with members %s: %s", group.id, list(group.members), reason)
         await self._catch_up(written, cfg.view_catch_up_ms / 1000)
 
@@ -1549,7 +1565,10 @@ class MetaService:
                                   {k: v for k, v in details.items() if v is not None})
         excess = len(log_keys) + 1 - model.DECISIONS_KEPT
         trim = log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))]
-        return await self.store.reconfigure(group, nodes, decision, trim)
+        written = await self.store.reconfigure(group, nodes, decision, trim)
+        if written is not None:
+            self.metrics.decisions[plan.decision_kind] += 1
+        return written
 
     # -- the server -----------------------------------------------------------------------------
 
@@ -1585,6 +1604,7 @@ class MetaService:
     # -- heartbeat ------------------------------------------------------------------------------
 
     async def _op_heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.heartbeats += 1
         self._require_active()
         node_id = req.get("node_id")
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
@@ -1820,6 +1840,7 @@ class MetaService:
                     break
                 revision = await self.store.split_range(rng, rev, at)
                 if revision is not None:
+                    self.metrics.splits += 1
                     self._last_split_s[table.id] = self._clock()  # no merge back at once
                     self.log.info(
                         "split_range %s at %r: range [%r, %r) of group %d cut in two, both "
@@ -2027,6 +2048,8 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="a learner this close to the leader's commit index is caught up "
         f"(default {CATCH_UP_SLACK_DEFAULT})",
     )
+    parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
+                        help="serve Prometheus /metrics on this address (default: none)")
     parser.add_argument(
         "--learner-timeout-ms",
         type=int,
@@ -2065,6 +2088,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
         replace_lag_entries=ns.replace_lag_entries,
         catch_up_slack_entries=ns.catch_up_slack_entries,
         learner_timeout_ms=ns.learner_timeout_ms,
+        metrics_listen=ns.metrics_listen,
     )
 
 

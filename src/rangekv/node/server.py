@@ -53,6 +53,8 @@ from typing import Any
 
 from rangekv import aio, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
+from rangekv.metrics import MetricsServer, listen_address
+from rangekv.node.metrics import NodeMetrics
 from rangekv.node.stats import RangeStats
 from rangekv.replication import driver
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
@@ -166,7 +168,8 @@ class Node:
     def __init__(self, node_id: int, listen: str, data_dir: Path, meta: list[str],
                  advertise: str | None = None, *,
                  compact_entries: int = COMPACT_ENTRIES_DEFAULT,
-                 compact_retain: int = COMPACT_RETAIN_DEFAULT) -> None:
+                 compact_retain: int = COMPACT_RETAIN_DEFAULT,
+                 metrics_listen: tuple[str, int] | None = None) -> None:
         self.node_id = node_id
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
@@ -193,6 +196,9 @@ class Node:
         self._compacting: asyncio.Future[int] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
+        self.metrics = NodeMetrics(self)
+        self.metrics_listen = metrics_listen
+        self._metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _check_identity(self) -> None:
@@ -221,6 +227,10 @@ class Node:
         host, _, port = self.listen.rpartition(":")
         self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
                                                   int(port))
+        if self.metrics_listen is not None:
+            self._metrics_server = MetricsServer(self.metrics.registry)
+            await self._metrics_server.start(*self.metrics_listen)
+            log.info("node %d serves /metrics on %s:%d", self.node_id, *self.metrics_listen)
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._compactor()))
         log.info("node %d listening on %s, meta %s", self.node_id, self.listen,
@@ -248,10 +258,12 @@ class Node:
                     f"index applied up to {engine.applied_index} but the log starts after "
                     f"{wal.first_index - 1}: the entries in between are gone"
                 )
+            wal.on_sync = self.metrics.on_sync
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
                                    self._send_raft, snapshot_rpc=self._snapshot_rpc,
                                    compact_entries=self.compact_entries,
-                                   compact_retain=self.compact_retain)
+                                   compact_retain=self.compact_retain, observer=self.metrics)
+            self.metrics.opened(self.replica.core.promised)
             await self.replica.start()
             self._follow_engine(engine)
             self.replica.on_engine_replaced = self._follow_engine
@@ -293,6 +305,8 @@ class Node:
             await asyncio.gather(self._compacting, return_exceptions=True)
         if self._server is not None:
             self._server.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         if self.replica is not None:
             await self.replica.stop()
             await asyncio.to_thread(self.replica.close_storage)
@@ -764,13 +778,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compact-retain", type=int, default=COMPACT_RETAIN_DEFAULT,
                         help="entries kept below the applied index when compacting (default "
                              f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
+    parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
+                        help="serve Prometheus /metrics on this address (default: none)")
     args = parser.parse_args(argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
     setup_logging(f"node-{args.id}")
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
-                compact_entries=args.compact_entries, compact_retain=args.compact_retain)
+                compact_entries=args.compact_entries, compact_retain=args.compact_retain,
+                metrics_listen=args.metrics_listen)
 
     async def run() -> None:
         stop = asyncio.Event()
