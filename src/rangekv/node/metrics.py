@@ -20,8 +20,7 @@ back when the node discards its data and opens a new replica (a group change).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -34,10 +33,10 @@ from rangekv.metrics import (
     new_registry,
 )
 from rangekv.replication.core import CANDIDATE, FOLLOWER, IDLE, LEADER
-from rangekv.replication.driver import Observer
+from rangekv.replication.driver import Observer, Replica
 
-if TYPE_CHECKING:
-    from rangekv.node.server import Node
+# What the node is now: its replica (None while it has none), its group, why it is broken.
+NodeState = Callable[[], tuple[Replica | None, int | None, str | None]]
 
 ROLES = (LEADER, CANDIDATE, FOLLOWER, IDLE)
 # fdatasync on a fast SSD takes tens of µs; on a busy disk, tens of ms
@@ -59,8 +58,8 @@ EVENTS = {  # Observer.event name -> (metric name without _total, help)
 class NodeMetrics(Observer):
     """The figures of one node and the registry that exposes them."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node_id: int, state: NodeState) -> None:
+        self.state = state
         self.fsync_seconds = Histogram(FSYNC_BUCKETS_S)
         self.fsync_entries = Histogram(COUNT_BUCKETS)
         self.fsync_bytes = Histogram(BYTES_BUCKETS)
@@ -69,7 +68,7 @@ class NodeMetrics(Observer):
         self.proposals: defaultdict[str, int] = defaultdict(int)
         self.epoch_changes = 0
         self._epoch = 0  # the last promised epoch persisted (see ``opened``)
-        self.registry = new_registry("node", node.node_id)
+        self.registry = new_registry("node", node_id)
         self.registry.register(FuncCollector(self._collect))
 
     # -- counted as it happens -------------------------------------------------------------
@@ -130,8 +129,7 @@ class NodeMetrics(Observer):
         yield from self._state()
 
     def _state(self) -> Iterator[Metric]:
-        node = self.node
-        replica = node.replica
+        replica, group, broken = self.state()
         core = replica.core if replica is not None else None
         role = core.role if core is not None else IDLE
         roles = GaugeMetricFamily("rangekv_node_role", "1 for this node's role in its group.",
@@ -140,10 +138,10 @@ class NodeMetrics(Observer):
             roles.add_metric([name], int(role == name))
         yield roles
         yield GaugeMetricFamily("rangekv_node_group", "The group this node belongs to (0: none).",
-                                value=node.group or 0)
+                                value=group or 0)
         yield GaugeMetricFamily("rangekv_node_broken",
                                 "1 when local data failed verification and the node refuses "
-                                "to serve.", value=int(node.broken is not None))
+                                "to serve.", value=int(broken is not None))
         figures = (
             ("rangekv_node_epoch", "The highest epoch this node has promised.",
              core.promised if core else 0),

@@ -196,7 +196,7 @@ class Node:
         self._compacting: asyncio.Future[int] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
-        self.metrics = NodeMetrics(self)
+        self.metrics = NodeMetrics(node_id, lambda: (self.replica, self.group, self.broken))
         self.metrics_listen = metrics_listen
         self._metrics_server: MetricsServer | None = None
 
