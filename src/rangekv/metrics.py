@@ -81,13 +81,17 @@ class Histogram:
         self.n += 1
 
     def buckets(self) -> list[tuple[str, float]]:
-        """(le, cumulative count) pairs, ``+Inf`` last, as the exposition wants them."""
+        """(le, cumulative count) pairs, ``+Inf`` last, as the exposition wants them.
+
+        ``+Inf`` (and so ``_count``) is the sum of the buckets, not ``n``: a scrape that runs
+        while another thread is in ``observe`` (the WAL's persist thread) still sees buckets
+        that never exceed the count; only ``_sum`` may miss that one observation."""
         out: list[tuple[str, float]] = []
         cumulative = 0
         for bound, count in zip(self.bounds, self.counts, strict=False):
             cumulative += count
             out.append((floatToGoString(bound), cumulative))
-        out.append(("+Inf", self.n))
+        out.append(("+Inf", cumulative + self.counts[-1]))
         return out
 
 

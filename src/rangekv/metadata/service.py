@@ -36,6 +36,8 @@ Three background tasks run for the life of the process:
   the controller until the lease is lost.
 * the **TCP server** answers the meta ops of ``docs/internals.md``: ``heartbeat``,
   ``create_table``, ``drop_table``.
+* with ``--metrics-listen``, an HTTP server answers Prometheus ``/metrics``
+  (``metadata/metrics.py``), on the same event loop.
 
 The controller (active only) ticks every ``election_interval_ms``: for each group it applies
 ``choose_leader`` (a pure function below: live majority, most caught-up member wins, reasons

@@ -35,6 +35,10 @@ removed from its group stops serving (its replica goes idle) and keeps its data 
 inspection.
 
 Every request is validated here again (limits are enforced at the edge and at the node).
+
+Metrics: with ``--metrics-listen HOST:PORT`` the node serves Prometheus ``/metrics`` on its own
+event loop (``node/metrics.py``: WAL fsync batches, proposals, leader changes, role, indexes,
+follower lag).
 """
 
 from __future__ import annotations
