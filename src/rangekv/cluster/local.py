@@ -248,6 +248,9 @@ class LocalCluster:
         compact_entries: int | None = None,
         compact_retain: int | None = None,
         meta_args: Sequence[str] = (),
+        log_format: str | None = None,
+        log_level: str | None = None,
+        config_file: Path | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -282,6 +285,10 @@ class LocalCluster:
         self.extra_args: dict[str, tuple[str, ...]] = dict(extra_args or {})
         if meta_args:  # extra flags for both metas (e.g. ``("--replace-grace-ms", "2000")``)
             self.extra_args["meta"] = (*self.extra_args.get("meta", ()), *meta_args)
+        #: given to every meta, node and rm (None: not passed, the process's own default)
+        self.log_format = log_format
+        self.log_level = log_level
+        self.config_file = config_file
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -458,6 +465,7 @@ class LocalCluster:
                 self.etcd_endpoint,
                 "--groups-min",
                 str(self.groups),
+                *self._common_args(),
                 *self.extra_args.get("meta", ()),
             )
             return ProcSpec(name, argv, (self.meta_port(i),))
@@ -476,6 +484,7 @@ class LocalCluster:
                 str(self.data_dir / name),
                 "--meta",
                 self.meta_address,
+                *self._common_args(),
                 *self.extra_args.get("node", ()),
             )
             if self.compact_entries is not None:
@@ -493,10 +502,22 @@ class LocalCluster:
                 f"{self.host_of(name)}:{self.rm_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
+                *self._common_args(),
                 *self.extra_args.get("rm", ()),
             )
             return ProcSpec(name, argv, (self.rm_port(i),))
         raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")
+
+    def _common_args(self) -> tuple[str, ...]:
+        """What every meta, node and rm gets: the config file and log options of ``up``."""
+        out: tuple[str, ...] = ()
+        if self.config_file is not None:
+            out += ("--config", str(self.config_file))
+        if self.log_format is not None:
+            out += ("--log-format", self.log_format)
+        if self.log_level is not None:
+            out += ("--log-level", self.log_level)
+        return out
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"

@@ -68,6 +68,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rangekv import aio, errors, limits, wire
+from rangekv import config as rangekv_config
+from rangekv import log as rangekv_log
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
@@ -151,6 +153,8 @@ class MetaConfig:
     etcd_timeout_ms: int = 2000
     split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
     split_interval_ms: int = 1000  # how often the controller looks for a range to split
+    log_format: str = "text"  # how the process logs (rangekv.log): text or json
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -2034,7 +2038,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="drop (and flag) a learner not caught up within this "
         f"(default {LEARNER_TIMEOUT_MS_DEFAULT})",
     )
-    ns = parser.parse_args(argv)
+    ns = rangekv_config.parse(parser, "meta", argv)
     if ns.id <= 0:
         parser.error("--id must be positive")
     try:
@@ -2065,16 +2069,17 @@ def parse_args(argv: list[str]) -> MetaConfig:
         replace_lag_entries=ns.replace_lag_entries,
         catch_up_slack_entries=ns.catch_up_slack_entries,
         learner_timeout_ms=ns.learner_timeout_ms,
+        log_format=ns.log_format,
+        log_level=ns.log_level,
     )
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+# the text layout meta logs have always had (tests and operators grep it)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _setup_logging(config: MetaConfig) -> None:
+    rangekv_log.setup(f"meta-{config.id}", config.log_level, config.log_format, _TEXT_FORMAT)
 
 
 async def run(config: MetaConfig) -> int:
@@ -2097,7 +2102,7 @@ def main(argv: list[str]) -> int:
         config = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    _setup_logging()
+    _setup_logging(config)
     try:
         return aio.run(run(config))
     except KeyboardInterrupt:

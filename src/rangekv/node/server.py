@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rangekv import aio, errors, limits, sequencer, wire
+from rangekv import aio, config, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.node.stats import RangeStats
 from rangekv.replication import driver
@@ -764,10 +764,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compact-retain", type=int, default=COMPACT_RETAIN_DEFAULT,
                         help="entries kept below the applied index when compacting (default "
                              f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
-    args = parser.parse_args(argv)
+    args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
-    setup_logging(f"node-{args.id}")
+    setup_logging(f"node-{args.id}", args.log_level, args.log_format)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain)
