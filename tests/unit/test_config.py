@@ -461,3 +461,22 @@ def test_text_log_lines_stay_as_they_were(monkeypatch: pytest.MonkeyPatch,
     logging.getLogger("rangekv.x").warning("shown %s", "here")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} WARNING node-2 rangekv\.x: "
                         r"shown here\n", stream.getvalue()), stream.getvalue()
+
+
+def test_up_writes_its_start_line_as_json_into_a_json_log(tmp_path: Path) -> None:
+    """The line ``up`` puts before each process's output must not break the JSON lines."""
+    stand_in = (sys.executable, "-c", "import sys; print('{\"msg\": \"child\"}')")
+    for fmt in ("json", None):
+        cluster = LocalCluster(tmp_path / str(fmt), 15000, command=stand_in, log_format=fmt)
+        cluster.log_dir.mkdir(parents=True)
+        cluster.run_dir.mkdir(parents=True)
+        spec = cluster.spec("node-1")
+        cluster._spawn(spec)
+        cluster._popens["node-1"].wait(timeout=30)
+        lines = cluster.log_path("node-1").read_text().splitlines()
+        assert len(lines) == 2 and json.loads(lines[1]) == {"msg": "child"}, lines
+        if fmt == "json":
+            first = json.loads(lines[0])
+            assert first["argv"] == list(spec.argv) and first["component"] == "up", first
+        else:
+            assert lines[0].startswith("=== ") and "rangekv up: starting node-1:" in lines[0]

@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 
+from rangekv import log as rangekv_log
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
@@ -653,11 +654,18 @@ class LocalCluster:
 
     def _spawn(self, spec: ProcSpec) -> None:
         log = self.log_path(spec.name)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        ours = spec.argv[: len(self.command)] == self.command
+        if ours and self.log_format == "json":
+            # the process writes JSON lines here: so does the line that says how it started
+            banner = json.dumps({
+                "ts": rangekv_log.rfc3339_ms(time.time()), "level": "INFO", "component": "up",
+                "logger": "rangekv.cluster", "msg": f"rangekv up: starting {spec.name}",
+                "pid": os.getpid(), "argv": list(spec.argv)})
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            banner = f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}"
         with open(log, "ab") as f:
-            f.write(
-                f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}\n".encode()
-            )
+            f.write(f"{banner}\n".encode())
         proc = procs.spawn(
             spec.name,
             [*self.launch_prefix(spec.name), *spec.argv],
