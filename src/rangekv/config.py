@@ -111,6 +111,8 @@ def option(action: argparse.Action, *, section: str | None = None, key: str | No
     """Annotate an option (what ``add_argument`` returned): another section, key or variable
     than its parser's, or ``configurable=False`` for one that only the command line sets."""
     if section is not None:
+        if section not in SECTIONS:
+            raise ValueError(f"no config section {section!r}")
         action.rangekv_section = section  # type: ignore[attr-defined]
     if key is not None:
         action.rangekv_key = key  # type: ignore[attr-defined]
@@ -191,13 +193,23 @@ class _ConfigHelpMixin(argparse.HelpFormatter):
         return f"{text} {extra.replace('%', '%%')}" if text else extra.replace("%", "%%")
 
 
-def _with_config_help(cls: type[argparse.HelpFormatter]) -> type[argparse.HelpFormatter]:
-    if issubclass(cls, _ConfigHelpMixin):
-        return cls
+def _with_config_help(cls: Any) -> Any:
+    """``cls`` (a parser's formatter_class) with :class:`_ConfigHelpMixin` in front."""
+    if not isinstance(cls, type) or issubclass(cls, _ConfigHelpMixin):
+        return cls  # already; or a factory function, which we leave alone
     return type(f"Config{cls.__name__}", (_ConfigHelpMixin, cls), {})
 
 
 def _epilog(section: str, sections: Sequence[str]) -> str:
+    if section == "client":
+        return (
+            f"--endpoint and --timeout can also come from the environment (the variable in "
+            f"brackets) or from the [client] table of a TOML file named by --config FILE or "
+            f"${CONFIG_ENV} (endpoint = [\"http://...\"], timeout = 5); the options of up "
+            f"and down from its [up] table. The command line wins over the environment, which "
+            f"wins over the file. `rangekv config example all` prints such a file for every "
+            f"component, with every default."
+        )
     tables = " and ".join(f"[{s}]" for s in sections) + (" tables" if len(sections) > 1
                                                           else " table")
     return (
@@ -353,9 +365,10 @@ def settings_of(parser: argparse.ArgumentParser) -> list[Setting]:
     for p in _bound_parsers(parser):
         for action in p._actions:
             if _configurable(action) and hasattr(action, "rangekv_env_name"):
-                sec = getattr(action, "rangekv_section", p.rangekv_section)  # type: ignore[attr-defined]
+                own: str = getattr(p, "rangekv_section")  # noqa: B009 (set by bind)
+                sec: str = getattr(action, "rangekv_section", own)
                 out.append(Setting(p, action, sec, _key_of(action),
-                                   action.rangekv_env_name))  # type: ignore[attr-defined]
+                                   getattr(action, "rangekv_env_name")))  # noqa: B009
     return out
 
 
