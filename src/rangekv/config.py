@@ -48,7 +48,17 @@ Use in a process's ``main``::
     log.setup(f"node-{args.id}", args.log_level, args.log_format)
 
 ``rangekv config example COMPONENT|all`` prints a commented TOML file generated from these
-parsers; ``rangekv config show COMPONENT`` prints the effective values and their sources.
+parsers; ``rangekv config show COMPONENT`` prints the effective values and their sources;
+``rangekv config check --config FILE`` checks every table of a file. ``rangekv up`` passes
+the file it read (``--config``) and its ``--log-format`` / ``--log-level`` to every meta, node
+and rm it starts, so one file configures a whole local cluster; the flags ``up`` sets per
+process (``--id``, ``--listen``, ...) win over the file, as any command line does.
+
+For maintainers: ``config example`` and ``config show`` get a server's parser by running the
+function that builds it (``_PROCESS_PARSE_ENTRIES``) until it calls :func:`parse`, which then
+hands the parser back instead of parsing. So a ``main`` must build its parser and call
+``parse`` before it does anything else; a new option needs only ``add_argument`` with a
+``help=`` (a test checks that every option has one and that ``--help`` names its variable).
 """
 
 from __future__ import annotations
@@ -444,13 +454,14 @@ def resolve(settings: list[Setting], path: str | Path | None, environ: Mapping[s
             if (name, key) not in known:
                 keys = sorted(k for sec, k in known if sec == name)
                 raise ConfigError(f"{path}: unknown key {key!r} in [{name}] "
-                                  f"(known: {', '.join(keys)})")
+                                  f"(known: {', '.join(keys)}){_log_hint(key, known)}")
     env_names = {s.env for s in settings}
     for var in sorted(environ):
         for name in sections:
             if var.startswith(env_name(name, "")) and var not in env_names and environ[var]:
+                key = var.removeprefix(env_name(name, "")).lower()
                 raise ConfigError(f"unknown environment variable {var}: no option of "
-                                  f"[{name}] has that name")
+                                  f"[{name}] has that name{_log_hint(key, known)}")
     for s in settings:
         raw = environ.get(s.env)
         if raw:
@@ -462,6 +473,13 @@ def resolve(settings: list[Setting], path: str | Path | None, environ: Mapping[s
         else:
             s.value, s.source = s.builtin, "default"
     return settings
+
+
+def _log_hint(key: str, known: set[tuple[str, str]]) -> str:
+    if key.startswith("log_") and (LOG_SECTION, key[4:]) in known:
+        return (f"; --log-{key[4:]} is {key[4:]} in [log], or "
+                f"{env_name(LOG_SECTION, key[4:])}")
+    return ""
 
 
 def config_path(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, str]:

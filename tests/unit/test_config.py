@@ -205,6 +205,10 @@ def test_typos_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         capsys, ["--data-dir", "d"], toml="num = 3\n")
     assert "unknown environment variable RANGEKV_NODE_NUMM" in usage_error(
         capsys, ["--data-dir", "d"], {"RANGEKV_NODE_NUMM": "3"})
+    assert "--log-level is level in [log], or RANGEKV_LOG_LEVEL" in usage_error(
+        capsys, ["--data-dir", "d"], toml="[node]\nlog_level = 'debug'\n")
+    assert "--log-format is format in [log], or RANGEKV_LOG_FORMAT" in usage_error(
+        capsys, ["--data-dir", "d"], {"RANGEKV_NODE_LOG_FORMAT": "json"})
     assert "not valid TOML" in usage_error(capsys, ["--data-dir", "d"], toml="[node\n")
     missing = tmp_path / "nope.toml"
     assert f"cannot read the config file {missing} (--config)" in usage_error(
