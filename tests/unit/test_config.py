@@ -484,3 +484,21 @@ def test_up_writes_its_start_line_as_json_into_a_json_log(tmp_path: Path) -> Non
             assert first["argv"] == list(spec.argv) and first["component"] == "up", first
         else:
             assert lines[0].startswith("=== ") and "rangekv up: starting node-1:" in lines[0]
+
+
+def test_a_later_up_keeps_the_log_options_and_file_of_the_cluster(tmp_path: Path) -> None:
+    first = LocalCluster(tmp_path, 15000, log_format="json", config_file=tmp_path / "c.toml")
+    first.data_dir.mkdir(exist_ok=True)
+    first._save_settings()
+    again = LocalCluster.open(tmp_path, log_format=None, log_level=None, config_file=None)
+    assert (again.log_format, again.log_level, again.config_file) == (
+        "json", None, tmp_path / "c.toml")
+    assert again.spec("node-2").argv == first.spec("node-2").argv
+    changed = LocalCluster.open(tmp_path, log_format="text", log_level="DEBUG")
+    assert (changed.log_format, changed.log_level) == ("text", "DEBUG")
+    # a cluster never given them stays without them
+    plain = LocalCluster(tmp_path / "p", 15000)
+    plain.data_dir.mkdir()
+    plain._save_settings()
+    assert "log_format" not in json.loads((plain.data_dir / "cluster.json").read_text())
+    assert LocalCluster.open(tmp_path / "p").log_format is None

@@ -12,7 +12,8 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
 
 Data dir layout: ``etcd/``, ``node-i/``, ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
-``haproxy.cfg``, ``cluster.json`` (base port and sizes, so that a later ``up`` reuses them).
+``haproxy.cfg``, ``cluster.json`` (base port and sizes, and the log options and config file if
+``up`` was given them, so that a later ``up`` reuses them).
 
 Rules:
 
@@ -317,6 +318,11 @@ class LocalCluster:
                     f"{data_dir} holds a cluster on base port {saved['base_port']}, not "
                     f"{base_port}; use --base-port {saved['base_port']} or another data dir"
                 )
+        # how the processes log and the file they read, as the last `up` that said so asked:
+        # a process restarted later must not write text into a log of JSON lines
+        for key in ("log_format", "log_level", "config_file"):
+            if kwargs.get(key) is None and saved.get(key) is not None:
+                kwargs[key] = Path(saved[key]) if key == "config_file" else saved[key]
         groups_n = groups if groups is not None else int(saved.get("groups", 1))
         if nodes is None:
             nodes = int(saved.get("nodes", 5))
@@ -624,8 +630,12 @@ class LocalCluster:
 
     def _save_settings(self) -> None:
         path = self.data_dir / "cluster.json"
-        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms,
-                    "groups": self.groups}
+        settings: dict[str, Any] = {"base_port": self.base_port, "nodes": self.nodes,
+                                    "rms": self.rms, "groups": self.groups}
+        for key, value in (("log_format", self.log_format), ("log_level", self.log_level),
+                           ("config_file", self.config_file)):
+            if value is not None:
+                settings[key] = str(value)
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("base_port") != self.base_port:
