@@ -19,7 +19,8 @@ them under ``metrics``.
 
 Data dir layout: ``etcd/``, ``node-i/``, ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
-``haproxy.cfg``, ``cluster.json`` (base port and sizes, so that a later ``up`` reuses them).
+``haproxy.cfg``, ``cluster.json`` (base port and sizes, and the log options and config file if
+``up`` was given them, so that a later ``up`` reuses them).
 
 Rules:
 
@@ -55,6 +56,7 @@ from typing import Any
 
 import httpx
 
+from rangekv import log as rangekv_log
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
@@ -259,6 +261,9 @@ class LocalCluster:
         compact_entries: int | None = None,
         compact_retain: int | None = None,
         meta_args: Sequence[str] = (),
+        log_format: str | None = None,
+        log_level: str | None = None,
+        config_file: Path | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -293,6 +298,10 @@ class LocalCluster:
         self.extra_args: dict[str, tuple[str, ...]] = dict(extra_args or {})
         if meta_args:  # extra flags for both metas (e.g. ``("--replace-grace-ms", "2000")``)
             self.extra_args["meta"] = (*self.extra_args.get("meta", ()), *meta_args)
+        #: given to every meta, node and rm (None: not passed, the process's own default)
+        self.log_format = log_format
+        self.log_level = log_level
+        self.config_file = config_file
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -320,6 +329,11 @@ class LocalCluster:
                     f"{data_dir} holds a cluster on base port {saved['base_port']}, not "
                     f"{base_port}; use --base-port {saved['base_port']} or another data dir"
                 )
+        # how the processes log and the file they read, as the last `up` that said so asked:
+        # a process restarted later must not write text into a log of JSON lines
+        for key in ("log_format", "log_level", "config_file"):
+            if kwargs.get(key) is None and saved.get(key) is not None:
+                kwargs[key] = Path(saved[key]) if key == "config_file" else saved[key]
         groups_n = groups if groups is not None else int(saved.get("groups", 1))
         if nodes is None:
             nodes = int(saved.get("nodes", 5))
@@ -492,6 +506,7 @@ class LocalCluster:
                 f"{self.host_of(name)}:{self.meta_metrics_port(i)}",
                 "--groups-min",
                 str(self.groups),
+                *self._common_args(),
                 *self.extra_args.get("meta", ()),
             )
             return ProcSpec(name, argv, (self.meta_port(i), self.meta_metrics_port(i)))
@@ -512,6 +527,7 @@ class LocalCluster:
                 self.meta_address,
                 "--metrics-listen",
                 f"{self.host_of(name)}:{self.node_metrics_port(i)}",
+                *self._common_args(),
                 *self.extra_args.get("node", ()),
             )
             if self.compact_entries is not None:
@@ -529,10 +545,22 @@ class LocalCluster:
                 f"{self.host_of(name)}:{self.rm_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
+                *self._common_args(),
                 *self.extra_args.get("rm", ()),
             )
             return ProcSpec(name, argv, (self.rm_port(i),))
         raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")
+
+    def _common_args(self) -> tuple[str, ...]:
+        """What every meta, node and rm gets: the config file and log options of ``up``."""
+        out: tuple[str, ...] = ()
+        if self.config_file is not None:
+            out += ("--config", str(self.config_file))
+        if self.log_format is not None:
+            out += ("--log-format", self.log_format)
+        if self.log_level is not None:
+            out += ("--log-level", self.log_level)
+        return out
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -638,8 +666,13 @@ class LocalCluster:
 
     def _save_settings(self) -> None:
         path = self.data_dir / "cluster.json"
-        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms,
-                    "groups": self.groups, "metrics": self.metrics_urls}
+        settings: dict[str, Any] = {"base_port": self.base_port, "nodes": self.nodes,
+                                    "rms": self.rms, "groups": self.groups,
+                                    "metrics": self.metrics_urls}
+        for key, value in (("log_format", self.log_format), ("log_level", self.log_level),
+                           ("config_file", self.config_file)):
+            if value is not None:
+                settings[key] = str(value)
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("base_port") != self.base_port:
@@ -668,11 +701,18 @@ class LocalCluster:
 
     def _spawn(self, spec: ProcSpec) -> None:
         log = self.log_path(spec.name)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        ours = spec.argv[: len(self.command)] == self.command
+        if ours and self.log_format == "json":
+            # the process writes JSON lines here: so does the line that says how it started
+            banner = json.dumps({
+                "ts": rangekv_log.rfc3339_ms(time.time()), "level": "INFO", "component": "up",
+                "logger": "rangekv.cluster", "msg": f"rangekv up: starting {spec.name}",
+                "pid": os.getpid(), "argv": list(spec.argv)})
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            banner = f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}"
         with open(log, "ab") as f:
-            f.write(
-                f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}\n".encode()
-            )
+            f.write(f"{banner}\n".encode())
         proc = procs.spawn(
             spec.name,
             [*self.launch_prefix(spec.name), *spec.argv],

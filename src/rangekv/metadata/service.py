@@ -70,6 +70,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rangekv import aio, errors, limits, wire
+from rangekv import config as rangekv_config
+from rangekv import log as rangekv_log
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
@@ -156,6 +158,8 @@ class MetaConfig:
     split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
     split_interval_ms: int = 1000  # how often the controller looks for a range to split
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics here
+    log_format: str = "text"  # how the process logs (rangekv.log): text or json
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -2059,7 +2063,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="drop (and flag) a learner not caught up within this "
         f"(default {LEARNER_TIMEOUT_MS_DEFAULT})",
     )
-    ns = parser.parse_args(argv)
+    ns = rangekv_config.parse(parser, "meta", argv)
     if ns.id <= 0:
         parser.error("--id must be positive")
     try:
@@ -2091,16 +2095,17 @@ def parse_args(argv: list[str]) -> MetaConfig:
         catch_up_slack_entries=ns.catch_up_slack_entries,
         learner_timeout_ms=ns.learner_timeout_ms,
         metrics_listen=ns.metrics_listen,
+        log_format=ns.log_format,
+        log_level=ns.log_level,
     )
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+# the text layout meta logs have always had (tests and operators grep it)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _setup_logging(config: MetaConfig) -> None:
+    rangekv_log.setup(f"meta-{config.id}", config.log_level, config.log_format, _TEXT_FORMAT)
 
 
 async def run(config: MetaConfig) -> int:
@@ -2123,7 +2128,7 @@ def main(argv: list[str]) -> int:
         config = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    _setup_logging()
+    _setup_logging(config)
     try:
         return aio.run(run(config))
     except KeyboardInterrupt:

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rangekv import aio, errors, limits, sequencer, wire
+from rangekv import aio, config, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.metrics import MetricsServer, listen_address
 from rangekv.node.metrics import NodeMetrics
@@ -784,10 +784,10 @@ def main(argv: list[str]) -> int:
                              f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
     parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
                         help="serve Prometheus /metrics on this address (default: none)")
-    args = parser.parse_args(argv)
+    args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
-    setup_logging(f"node-{args.id}")
+    setup_logging(f"node-{args.id}", args.log_level, args.log_format)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain,

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rangekv import aio, errors, limits
+from rangekv import aio, config, errors, limits
 from rangekv import log as rangekv_log
 from rangekv import metrics as metrics_exposition
 from rangekv.request_manager import http_codec as codec
@@ -396,9 +396,10 @@ def parse_address(text: str) -> tuple[str, int]:
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rangekv rm", description="rangekv request manager")
     p.add_argument("--id", type=int, required=True, help="rm id (0..2^32-1), part of every seq")
-    p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT",
+                   help="where the HTTP API listens (HOST empty: every address)")
     p.add_argument("--etcd", required=True, metavar="URL[,URL]", help="etcd client endpoints")
-    args = p.parse_args(argv)
+    args = config.parse(p, "rm", argv)
     if not 0 <= args.id < 2**32:
         p.error("--id must be in 0..2^32-1")
     args.etcd = [u.strip() for u in args.etcd.split(",") if u.strip()]
@@ -441,7 +442,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    rangekv_log.setup(f"rm-{args.id}")
+    rangekv_log.setup(f"rm-{args.id}", args.log_level, args.log_format)
     try:
         return aio.run(_serve(args))
     except KeyboardInterrupt:
