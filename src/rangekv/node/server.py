@@ -576,7 +576,9 @@ class Node:
     async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
         op = body.get("op")
         if op == "status":
-            return {"node_id": self.node_id, "address": self.address, **self._status()}
+            # ranges: the operator's status also wants each range's size and load
+            return {"node_id": self.node_id, "address": self.address,
+                    **self._status(bool(body.get("ranges")))}
         replica = self.replica
         if replica is None:
             why = self.broken or "it is discarding another group's data"
