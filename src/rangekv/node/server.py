@@ -636,6 +636,8 @@ class Node:
             if body.get("versions"):
                 # a read during a move: the record even if it is a tombstone (its seq counts)
                 version = replica.engine.get_version(table_id, key)
+                # every rm get is a versioned one: counted, or the load splits see no reads
+                self._count_read(table_id, key, 1, len(version[2]) if version else 0)
                 if version is None:
                     return {"found": False, "value": b"", "seq": sequencer.ZERO}
                 return {"found": True, "seq": version[0], "tombstone": version[1],

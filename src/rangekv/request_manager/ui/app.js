@@ -99,16 +99,17 @@ function renderSummary(st) {
   replace("meta-info", `${meta} · etcd revision ${dash(st.revision)} · probe ${dash(st.probe_ms)} ms`);
 }
 
-function memberRow(m, group) {
+function memberRow(m, group, confirmed) {
   const down = m.reachable === false;
+  const leads = m.leader && confirmed;
   let role;
   if (down) role = badge("unreachable");
   else if (m.learner) role = badge("learner", group.replacing != null
     ? `learner → replaces ${group.replacing}` : "learner");
   else role = badge(m.role || "unknown", m.role || "?");
-  const cls = [m.leader ? "leader" : "", down ? "down" : ""].join(" ").trim();
+  const cls = [leads ? "leader" : "", down ? "down" : ""].join(" ").trim();
   return el("tr", { class: cls || null, "data-node": m.id, title: down ? m.error : null },
-    el("td", { class: "num" }, m.leader ? el("span", { class: "star", title: "leader" }, "★ ") : "",
+    el("td", { class: "num" }, leads ? el("span", { class: "star", title: "leader" }, "★ ") : "",
       String(m.id)),
     el("td", { class: "mono" }, dash(m.address)),
     el("td", null, role),
@@ -116,7 +117,7 @@ function memberRow(m, group) {
     el("td", { class: "num" }, dash(m.last_index)),
     el("td", { class: "num" }, dash(m.commit_index)),
     el("td", { class: "num" }, dash(m.applied_index)),
-    el("td", { class: "num" }, m.leader ? "—" : dash(m.lag)),
+    el("td", { class: "num" }, leads ? "—" : dash(m.lag)),
   );
 }
 
@@ -124,15 +125,21 @@ function renderGroups(st) {
   const groups = st.groups || [];
   if (!groups.length) { replace("groups", el("p", { class: "empty" }, "no groups yet")); return; }
   replace("groups", groups.map((g) => {
+    // without a probe the recorded leader is all there is; with one, only a node that says
+    // it leads is shown as the leader
+    const confirmed = g.leader_live || !st.probed;
     const head = el("div", { class: "group-head" },
       el("span", { class: "name" }, `Group ${g.id}`),
       badge(g.health, g.health.replace("_", " ")),
-      el("span", { class: "meta" }, "leader ",
-        el("b", { class: "leader-id" }, g.leader == null ? "none" : "node " + g.leader)),
+      confirmed
+        ? el("span", { class: "meta" }, "leader ",
+          el("b", { class: "leader-id" }, g.leader == null ? "none" : "node " + g.leader))
+        : el("span", { class: "meta" }, "leader ", el("b", null, "none"),
+          g.leader_recorded == null ? "" : ` (recorded: node ${g.leader_recorded})`),
       el("span", { class: "meta" }, "epoch ", el("b", null, dash(g.leader_epoch ?? g.epoch))),
       el("span", { class: "meta" }, "commit ", el("b", null, dash(g.commit_index))),
     );
-    const rows = el("tbody", null, (g.members || []).map((m) => memberRow(m, g)));
+    const rows = el("tbody", null, (g.members || []).map((m) => memberRow(m, g, confirmed)));
     const table = el("table", null,
       el("thead", null, el("tr", null,
         el("th", { class: "num" }, "node"), el("th", null, "address"), el("th", null, "role"),
@@ -156,7 +163,7 @@ function renderGroups(st) {
       el("span", null, el("b", null, rate(g.wps)), " writes/s"),
     );
     return el("article", { class: "group " + g.health, "data-group": g.id,
-      "data-leader": g.leader == null ? "" : g.leader },
+      "data-leader": confirmed && g.leader != null ? g.leader : "" },
       head, table, notes.map((n) => el("div", { class: "note" }, n)), foot);
   }));
 }
@@ -188,7 +195,8 @@ function renderTables(st) {
       let state = badge("ok", "active");
       if (r.moving) state = badge("moving", `${r.moving.phase} ${r.moving.from} → ${r.moving.to}`);
       else if (r.state && r.state !== "active") state = badge("moving", r.state);
-      return el("tr", null,
+      return el("tr", { "data-group": r.group, "data-keys": r.keys == null ? "" : r.keys,
+        "data-rps": r.rps == null ? "" : r.rps },
         el("td", { class: "key", title: `hex ${r.start_hex || "(empty)"}` }, rangeBound(r.start, false)),
         el("td", { class: "key", title: r.end_hex == null ? "no upper bound" : `hex ${r.end_hex}` },
           rangeBound(r.end, true)),
@@ -228,13 +236,13 @@ function renderNodes(st) {
   nodes.sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.id - b.id);
   replace("nodes", el("table", null,
     el("thead", null, el("tr", null, el("th", { class: "num" }, "node"), el("th", null, "address"),
-      el("th", null, "state"), el("th", null, "reachable"), el("th", null, "reason"))),
+      el("th", null, "state"), el("th", null, "answers"), el("th", null, "reason"))),
     el("tbody", null, nodes.map((n) => el("tr", { "data-node": n.id, "data-state": n.state },
       el("td", { class: "num" }, String(n.id)),
       el("td", { class: "mono" }, dash(n.address)),
       el("td", null, badge(n.state), n.group != null ? ` group ${n.group}` : ""),
       el("td", null, n.reachable === false ? badge("unreachable", "no")
-        : n.reachable ? badge("ok", n.role || "yes") : "–"),
+        : n.reachable ? badge("ok", "yes" + (n.role ? ", " + n.role : "")) : "–"),
       el("td", { class: "reason" }, n.reason || (n.reachable === false ? n.error : "") || ""),
     )))));
 }
