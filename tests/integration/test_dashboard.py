@@ -9,8 +9,10 @@ the DevTools protocol (a websocket, aiohttp's client) so that one page stays ope
   same as the metadata's), the tables with their ranges, groups and sizes, the spare nodes,
   the controller's decisions; a screenshot is saved in the test's tmp dir (and to
   ``docs/dashboard.png`` with ``RANGEKV_UPDATE_SCREENSHOT=1``);
-* it refreshes by itself: a table created after the page loaded appears, and after ``kill -9``
-  of a group's leader the page shows the node unreachable and the new leader, with no reload;
+* it refreshes by itself: a table created after the page loaded appears, and so does a range
+  split at a key that looks like HTML (shown as text: no element of it gets into the page);
+  after ``kill -9`` of a group's leader the page shows the node unreachable and the new
+  leader; all with no reload;
 * a poll that fails shows the error banner (the browser taken offline), and the next good poll
   clears it.
 
@@ -31,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -52,6 +55,7 @@ PAGE_WAIT_S = 30.0  # the page polls every 2 s; generous for a loaded machine
 FAILOVER_WAIT_S = 30.0
 CDP_TIMEOUT_S = 30.0
 WINDOW = (1400, 1000)
+MARKUP_KEY = 'order-030<img id="pwn" src="x"><script>document.title="pwn"</script>'
 SCREENSHOT_DOC = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 # What the test reads from the page: only the rendered DOM (what a person sees), by the data-
@@ -75,6 +79,7 @@ PAGE_STATE_JS = """(() => {
     summary: text("summary"),
     banner: banner && !banner.hidden ? banner.innerText : null,
     refreshed: text("refreshed"),
+    injected: document.querySelectorAll("#pwn, main script, main img").length,
   });
 })()"""
 
@@ -236,6 +241,13 @@ def test_dashboard_shows_the_cluster_and_follows_it(cluster: LocalCluster,
             assert (await asyncio.to_thread(http.put, "/v1/tables/events")).status_code == 201
             await page.until("the table created after the page loaded",
                              lambda s: "events" in {t["name"] for t in s["tables"]})
+            # keys are shown as text, never as markup: a split at a key that looks like HTML
+            r = await asyncio.to_thread(http.post, f"/v1/tables/orders/split/{quote(MARKUP_KEY)}")
+            assert r.status_code == 200, r.text
+            state = await page.until("the range starting at a key that looks like markup",
+                                     lambda s: any(json.dumps(MARKUP_KEY) in t["text"]
+                                                   for t in s["tables"]))
+            assert state["injected"] == 0, state
 
             # ... and a failover: the killed leader unreachable, another member leading
             old = leaders[1]

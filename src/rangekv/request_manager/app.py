@@ -7,7 +7,9 @@ An rm holds no durable state. It serves the public HTTP API (described in ``open
 an in-memory routing view kept current by an etcd watch (``routing.EtcdViewSource``) and sends
 each operation, already checked, to the leader of the right replication group
 (``routing.Router``). The load balancer health-checks ``/healthz``, which is 200 only while the
-view is loaded and followed.
+view is loaded and followed. For operators: ``/v1/cluster/status`` (``live.py``: the view joined
+with each node's own status, probed at most about once a second) and the dashboard that shows
+it at ``/ui/`` (``ui.py``: static files shipped in the package; not part of the OpenAPI API).
 
 Request flow of a put::
 
