@@ -136,3 +136,22 @@ def test_live_status_probes_once_per_ttl_and_follows_the_view() -> None:
         await status.close()
 
     asyncio.run(main())
+
+
+def test_a_learner_replacing_a_member_is_listed_with_its_lag() -> None:
+    view = ClusterView(revision=3)
+    for i in (1, 2, 3, 4):
+        view.nodes[i] = Node(i, f"127.0.0.1:90{i:02d}", "member" if i < 4 else "joining", 1)
+    view.groups[1] = Group(1, epoch=5, leader=1, members=(1, 2, 3), learners=(4,), replacing=3)
+    probes: dict[int, live.Probe] = {
+        1: {"role": "leader", "epoch": 5, "last_index": 900, "commit_index": 900,
+            "match": {"2": 900, "4": 100}},
+        2: {"role": "follower", "epoch": 5, "last_index": 900},
+        3: "OSError: connection refused",
+        4: {"role": "follower", "epoch": 5, "last_index": 100},
+    }
+    (g,) = live.summarize(view.to_json(), probes)["groups"]
+    assert [(m["id"], m["learner"], m["lag"], m["state"]) for m in g["members"]] == [
+        (1, False, 0, "member"), (2, False, 0, "member"), (3, False, None, "member"),
+        (4, True, 800, "joining")]
+    assert (g["replacing"], g["health"]) == (3, "degraded")
