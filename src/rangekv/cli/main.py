@@ -3,7 +3,7 @@
     rangekv node|meta|rm ARGS...        a server process (flags in docs/internals.md)
     rangekv up [--detach] [--demo]      a whole cluster on this machine; `rangekv down` stops it
     rangekv cluster                     the topology (groups, leaders, ranges, nodes)
-    rangekv status                      groups with lag, nodes with state and reason, decisions
+    rangekv status                      groups with lag, ranges with size and load, nodes, decisions
     rangekv create-table|drop-table|tables|put|get|delete|list ...
 
 Global options (before or after the subcommand): ``--endpoint URL`` (repeatable; default

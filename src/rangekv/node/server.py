@@ -576,7 +576,9 @@ class Node:
     async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
         op = body.get("op")
         if op == "status":
-            return {"node_id": self.node_id, "address": self.address, **self._status()}
+            # ranges: the operator's status also wants each range's size and load
+            return {"node_id": self.node_id, "address": self.address,
+                    **self._status(bool(body.get("ranges")))}
         replica = self.replica
         if replica is None:
             why = self.broken or "it is discarding another group's data"
@@ -634,6 +636,8 @@ class Node:
             if body.get("versions"):
                 # a read during a move: the record even if it is a tombstone (its seq counts)
                 version = replica.engine.get_version(table_id, key)
+                # every rm get is a versioned one: counted, or the load splits see no reads
+                self._count_read(table_id, key, 1, len(version[2]) if version else 0)
                 if version is None:
                     return {"found": False, "value": b"", "seq": sequencer.ZERO}
                 return {"found": True, "seq": version[0], "tombstone": version[1],
