@@ -380,7 +380,8 @@ def test_three_machine_rehearsal(tmp_path: Path) -> None:
         # the tour wants a cluster without the table the page's own steps created
         assert httpx.delete(f"{endpoint}/v1/tables/Stocks", trust_env=False,
                             timeout=15).status_code == 200
-        tour = subprocess.run(["bash", "-c", apidoc.tour_script()], capture_output=True,
+        script = apidoc.tour_script().replace("/tmp/big.bin", str(tmp_path / "big.bin"))
+        tour = subprocess.run(["bash", "-c", script], capture_output=True,
                               text=True, timeout=120, check=False,
                               env={**os.environ, "E": endpoint})
         got = [int(ln.split()[1]) for ln in tour.stdout.splitlines()]
