@@ -422,7 +422,6 @@ def test_three_machine_rehearsal(tmp_path: Path) -> None:
                 out = subprocess.run(status, capture_output=True, text=True, timeout=30,
                                      check=True).stdout
                 nodes = {n["id"]: n for n in json.loads(out)["nodes"]}
-                st = nodes[leader].get("status") or {}
-                return nodes[leader]["state"] == "member" and st.get("role") == "follower"
+                return nodes[leader]["state"] == "member" and nodes[leader]["role"] == "follower"
 
             wait_for(f"node {leader} to be a follower again", member_again, r)

@@ -84,6 +84,10 @@ EXAMPLES: tuple[Example, ...] = (
     Example("deleteKey", "delete a missing key: 200 {\"deleted\": false, \"seq\": null}",
             "-X DELETE $E/v1/tables/Stocks/keys/A", 200),
     Example("cluster", "the topology this rm routes by", "$E/v1/cluster", 200),
+    Example("clusterStatus", "the live status (what the dashboard at /ui/ and `rangekv status` "
+            "show): groups, lag, ranges with size and load", "$E/v1/cluster/status", 200),
+    Example("clusterStatus", "one table's ranges only", "\"$E/v1/cluster/status?table=Stocks\"",
+            200),
     Example("openapi", "the OpenAPI 3.1 document this page is made from",
             "$E/v1/openapi.json", 200),
     Example("metrics", "Prometheus text", "$E/metrics", 200),
