@@ -16,6 +16,7 @@ of the page is mapped before use:
 
     10.0.0.1, .2, .3                 ->  127.0.0.2, .3, .4
     ports 2379 2380 8400 8411 8420 8431 8432  ->  16379 16380 16400 16411 16420 16431 16432
+    metrics 9420 9431 9432                    ->  16520 16531 16532
     /etc/ /var/lib/                  ->  <tmp>/<machine>/etc/, <tmp>/<machine>/var/lib/
     /opt/rangekv/bin/                ->  this checkout's .venv/bin/; /usr/bin/etcd, /usr/sbin/haproxy
                                          ->  wherever they are installed
@@ -56,7 +57,7 @@ OPS_MD = ROOT / "docs" / "operations.md"
 MACHINES = {"A": "127.0.0.2", "B": "127.0.0.3", "C": "127.0.0.4"}
 DOC_IPS = {"10.0.0.1": "A", "10.0.0.2": "B", "10.0.0.3": "C"}
 PORTS = {2379: 16379, 2380: 16380, 8400: 16400, 8411: 16411, 8420: 16420, 8431: 16431,
-         8432: 16432}
+         8432: 16432, 9420: 16520, 9431: 16531, 9432: 16532}
 BIN = str(Path(sys.executable).parent)  # this checkout's venv: rangekv, pip, python
 RANGEKV = str(Path(BIN) / "rangekv")
 WAIT_S = 90.0  # a `wait` block, or a condition below: generous, only turns a hang into a failure
