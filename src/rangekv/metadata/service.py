@@ -117,6 +117,7 @@ CATCH_UP_SLACK_DEFAULT = 1_000
 LEARNER_TIMEOUT_MS_DEFAULT = 120_000
 
 # Decision kinds of the replacement controller (model.Decision.kind).
+DECISION_LEADER_ELECTED = "leader_elected"  # a new epoch and its leader
 DECISION_REPLACE_STARTED = "replace_started"
 DECISION_REPLACE_SWAPPED = "replace_swapped"
 DECISION_JOINT_CLEARED = "joint_cleared"
@@ -1350,6 +1351,11 @@ class MetaService:
                 choice.reason,
             )
             await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+            # Kept with the other decisions (after the catch-up: the new leader is told first),
+            # so that the dashboard and `rangekv status` show every failover and its reason.
+            await self._record_decision(
+                DECISION_LEADER_ELECTED, choice.reason, group=gid, epoch=choice.epoch,
+                leader=choice.leader, previous=group.leader)
 
     def _table_name(self, table_id: int) -> str:
         return next((t.name for t in self.view.tables.values() if t.id == table_id),
@@ -1430,7 +1436,7 @@ class MetaService:
                       "retried: %s: %s", plan.table, exc.code, exc.message)
 
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
-        """A controller decision about ranges (split, move, merge, a group formed) and why:
+        """A controller decision (a leader elected, a split, move, merge, a group formed) and why:
         logged, and written to the decisions log in etcd (``rangekv status``, /v1/cluster).
         Recording is best effort: the step it explains is already done."""
         self.log.info("decision %s: %s", kind, reason)
