@@ -29,6 +29,7 @@ from rangekv.cluster import local
 from rangekv.cluster.local import ClusterError, LocalCluster
 from rangekv.metadata import model
 from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.request_manager import live
 from rangekv.testing.procs import free_port, wait_until
 
 
@@ -39,6 +40,7 @@ class TinyRM:
         self.tables: dict[str, dict[bytes, tuple[bytes, str]]] = {}
         self.n = 0
         self.requests: list[httpx.Request] = []
+        self.probes: dict[int, dict[str, Any] | str] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -50,6 +52,13 @@ class TinyRM:
             )
         if path == "/v1/cluster":
             return httpx.Response(200, json=sample_view().to_json())
+        if path == "/v1/cluster/status":  # what the rm computes, from this view and probes
+            table = query.partition("table=")[2] or None
+            return httpx.Response(200, json=live.summarize(sample_view().to_json(),
+                                                           self.probes, table=table))
+        if path == "/v1/tables/Stocks/ranges":
+            return httpx.Response(200, json={"table": "Stocks", "ranges": [
+                r for r in sample_view().to_json()["ranges"] if r["table"] == "Stocks"]})
         table = parts[3]
         if len(parts) == 4:
             if request.method == "PUT":
@@ -284,10 +293,13 @@ def test_replacements_show_in_cluster_and_status() -> None:
         4: {"role": "follower", "last_index": 100, "commit_index": 100},
         3: "Unavailable: connection refused",
     }
-    status = ops.format_status(info, probes, decisions=1)
+    status = ops.format_status(live.summarize(info, probes), decisions=1)
     lines = status.splitlines()
-    row = next(line.split() for line in lines if line.split()[:3] == ["1", "4", "2"])
-    assert row[3:] == ["1,", "2*,", "4", "-", "1,", "2,", "3", "1:", "0,", "4:", "18"], row
+    # group, health, epoch, leader, members, learners, joint, commit, lag
+    row = next(line.split() for line in lines if line.split()[:4] == ["1", "ok", "4", "2"])
+    assert row[4:] == ["1,", "2*,", "4", "-", "1,", "2,", "3", "118", "1:", "0,", "4:", "18"], row
+    # group 2: no member asked, none says it leads
+    assert next(line.split() for line in lines if line.split()[:1] == ["2"])[1] == "no_leader"
     node3 = next(line for line in lines if line.split()[:1] == ["3"] and "flagged" in line)
     assert "unreachable" in node3 and "replaced in group 1 by node 4" in node3
     assert "recent decisions (1):" in status and "replace_swapped" in status
@@ -509,6 +521,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
         "/tmp/x/node-2",
         "--meta",
         "127.0.0.1:8420,127.0.0.1:8421",
+        "--metrics-listen",
+        "127.0.0.1:8472",
     )
     assert c.spec("rm-1").argv[3:] == (
         "rm",
@@ -530,6 +544,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
             "http://127.0.0.1:8441",
             "--backup-dir",
             str(c.data_dir / "backups" / "meta"),
+            "--metrics-listen",
+            f"127.0.0.1:850{i}",
             "--groups-min",
             "1",
         )
@@ -552,7 +568,18 @@ def test_port_layout_follows_the_internals_doc() -> None:
         8435,
         8441,
         8442,
+        8471,
+        8472,
+        8473,
+        8474,
+        8475,
+        8501,
+        8502,
     ]
+    assert c.metrics_urls["node-2"] == "http://127.0.0.1:8472/metrics"
+    assert c.metrics_urls["meta-1"] == "http://127.0.0.1:8501/metrics"
+    assert c.metrics_urls["rm-1"] == "http://127.0.0.1:8411/metrics"
+    assert c.metrics_urls["lb"] == "http://127.0.0.1:8400/metrics"
 
 
 @pytest.mark.skipif(
@@ -759,4 +786,47 @@ def test_nodes_lists_members_and_spares_with_their_state() -> None:
     rc, out, _ = run("nodes", "--no-probe", "--json")
     nodes = json.loads(out)["nodes"]
     assert [n["id"] for n in nodes] == [1, 2, 3, 4] and nodes[3]["state"] == "spare"
-    assert all(n["status"] is None for n in nodes)
+    assert all(n["reachable"] is None and n["role"] is None for n in nodes)  # not asked
+
+
+def test_status_nodes_and_ranges_show_the_live_figures() -> None:
+    fake = TinyRM()
+    fake.probes = {
+        2: {"role": "leader", "epoch": 3, "last_index": 50, "commit_index": 50,
+            "applied_index": 50, "match": {"1": 50, "3": 41},
+            "ranges": [{"t": 1, "start": b"", "keys": 1200, "bytes": 3 * 1024 * 1024,
+                        "counted": True, "rps": 12.5, "wps": 3.25, "rbps": 10, "wbps": 5}]},
+        1: {"role": "follower", "epoch": 3, "last_index": 50, "commit_index": 50},
+        3: "Timeout: no answer within 1 s",
+        4: {"role": "idle", "epoch": 0, "last_index": 0, "commit_index": 0},
+    }
+    run = Run(fake)
+    rc, out, errs = run("status")
+    assert rc == 0, errs
+    text = out.decode()
+    assert text.startswith("cluster: 1 groups (0 ok), 4 nodes (1 unreachable, 1 spare"), text
+    lines = text.splitlines()
+    group = next(line.split() for line in lines if line.split()[:2] == ["1", "degraded"])
+    assert group[2:] == ["3", "2", "1,", "2*,", "3", "-", "-", "50", "1:", "0,", "3:", "down"]
+    stocks = next(line.split() for line in lines if line.split()[:1] == ["Stocks"])
+    assert stocks[1:] == ["''", "+inf", "1", "2", "1200", "3.0", "MiB", "12.5", "3.2", "active"]
+    node3 = next(line.split() for line in lines if line.split()[:2] == ["3", "127.0.0.1:8433"])
+    assert node3[4] == "unreachable", node3
+    rc, out, _ = run("status", "--json")
+    st = json.loads(out)
+    (g,) = st["groups"]
+    assert [(m["id"], m["lag"], m["reachable"]) for m in g["members"]] == [
+        (1, 0, True), (2, 0, True), (3, 9, False)]
+    rc, out, _ = run("nodes")
+    spare = next(line.split() for line in out.decode().splitlines()
+                 if line.split()[:1] == ["4"])
+    assert spare[2:5] == ["spare", "-", "idle"], spare
+    rc, out, errs = run("ranges", "Stocks")
+    assert rc == 0, errs
+    row = out.decode().splitlines()[2].split()
+    assert row == ["''", "+inf", "1", "2", "1", "1200", "3.0", "MiB", "12.5", "3.2", "active"]
+    rc, out, _ = run("ranges", "Stocks", "--json")
+    (r,) = json.loads(out)["ranges"]
+    assert (r["leader"], r["keys"], r["bytes"], r["rps"]) == (2, 1200, 3 * 1024 * 1024, 12.5)
+    assert any(req.url.path == "/v1/cluster/status" and req.url.query == b"table=Stocks"
+               for req in fake.requests)

@@ -8,6 +8,7 @@ import base64
 import io
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -24,6 +25,7 @@ from rangekv.request_manager import openapi
 from rangekv.request_manager.app import RequestManager
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import Router, StaticViewSource
+from rangekv.testing.procs import free_port
 
 RM_ID = 7
 Fault = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -261,6 +263,7 @@ async def harness(
         async with serving(rm) as client:
             yield Harness(client, source, router, metrics)
     finally:
+        await rm.close()
         await router.close()
 
 
@@ -761,6 +764,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
             await h.json("PUT", "/v1/tables/t/keys/k", 200, data=b"v")
             resp = await h.client.get("/metrics")
             assert resp.status == 200 and resp.content_type == "text/plain"
+            assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
             text = await resp.text()
             assert 'rangekv_rm_requests_total{op="put",status="200"} 1' in text
             assert 'rangekv_rm_request_duration_seconds_count{op="put"} 1' in text
@@ -778,6 +782,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
                 "/v1/tables/{table}/move/{key}",
                 "/v1/tables/{table}/split/{key}",
                 "/v1/cluster",
+                "/v1/cluster/status",
                 "/v1/openapi.json",
                 "/healthz",
                 "/metrics",
@@ -1188,6 +1193,95 @@ def test_range_not_here_that_persists_ends_in_503_at_the_deadline() -> None:
             err = await h.error("GET", "/v1/tables/t/keys/k", 503, "unavailable")
             assert err["retryable"] is True and err["cause"] == "range_not_here"
             assert len(node.ops("get")) > 2  # retried within the deadline, not given up at once
+        await node.stop()
+
+    run(main())
+
+
+class StatusNode(FakeServer):
+    """Answers only ``status``, as a group's leader or follower would."""
+
+    def __init__(self, node_id: int, role: str) -> None:
+        super().__init__()
+        self.node_id, self.role = node_id, role
+
+    async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["op"] == "status", body
+        out: dict[str, Any] = {"node_id": self.node_id, "role": self.role, "epoch": 2,
+                               "last_index": 30, "commit_index": 30, "applied_index": 30}
+        if self.role == "leader":
+            out["match"] = {"2": 25}
+            if body.get("ranges"):
+                out["ranges"] = [{"t": 1, "start": b"", "keys": 7, "bytes": 700,
+                                  "counted": True, "rps": 1.0, "wps": 2.0, "rbps": 0,
+                                  "wbps": 0}]
+        return out
+
+
+def test_cluster_status_joins_the_view_with_each_nodes_status_and_caches() -> None:
+    async def main() -> None:
+        leader, follower = StatusNode(1, "leader"), StatusNode(2, "follower")
+        for n in (leader, follower):
+            await n.start()
+        dead = f"127.0.0.1:{free_port()}"  # nobody listens: unreachable, not waited for
+        view = build_view({1: leader.address, 2: follower.address, 3: dead},
+                          {1: (1, [1, 2, 3], 2)}, {"t": (1, [(b"", None, 1)])})
+        async with harness(view) as h:
+            st = await h.json("GET", "/v1/cluster/status", 200)
+            (g,) = st["groups"]
+            assert (g["leader"], g["leader_live"], g["health"]) == (1, True, "degraded")
+            assert [(m["id"], m["role"], m["lag"], m["reachable"]) for m in g["members"]] == [
+                (1, "leader", 0, True), (2, "follower", 5, True), (3, None, None, False)]
+            (t,) = st["tables"]
+            (r,) = t["ranges"]
+            assert (t["name"], r["leader"], r["keys"], r["bytes"], r["wps"]) == (
+                "t", 1, 7, 700, 2.0)
+            assert st["summary"]["nodes_unreachable"] == 1
+            # many dashboards at once: one probe answers them all within the cache time
+            before = len(leader.ops("status"))
+            await asyncio.gather(*(h.json("GET", "/v1/cluster/status", 200) for _ in range(5)))
+            assert len(leader.ops("status")) - before <= 1
+            assert all(r.get("ranges") for r in leader.ops("status"))
+            resp = await h.client.get("/v1/cluster/status")
+            assert resp.headers["Cache-Control"] == "no-store"
+            st = await h.json("GET", "/v1/cluster/status?table=t", 200)
+            assert [t["name"] for t in st["tables"]] == ["t"]
+            await h.error("GET", "/v1/cluster/status?table=nope", 404, "table_not_found")
+            await h.error("GET", "/v1/cluster/status?table=no%20spaces", 400,
+                          "invalid_argument")
+            await h.error("POST", "/v1/cluster/status", 405, "method_not_allowed")
+        for n in (leader, follower):
+            await n.stop()
+
+    run(main())
+
+
+def test_dashboard_files_are_served_with_their_types_and_a_strict_policy() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        async with harness(view) as h:
+            resp = await h.client.get("/ui", allow_redirects=False)
+            assert resp.status == 301 and resp.headers["Location"] == "/ui/"
+            resp = await h.client.get("/ui/")
+            html = await resp.text()
+            assert resp.status == 200 and resp.content_type == "text/html", resp.content_type
+            assert 'src="app.js"' in html and 'href="app.css"' in html
+            assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            for name, ctype in (("app.js", "text/javascript"), ("app.css", "text/css"),
+                                ("index.html", "text/html")):
+                resp = await h.client.get(f"/ui/{name}")
+                assert resp.status == 200 and resp.content_type == ctype, (name, resp.status)
+                assert resp.headers["Cache-Control"] == "no-cache"
+            js = await (await h.client.get("/ui/app.js")).text()
+            # text nodes only: no markup built from strings
+            assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write",
+                                 js)
+            resp = await h.client.head("/ui/")
+            assert resp.status == 200
+            for bad in ("/ui/nope.js", "/ui/../app.py", "/ui/%2e%2e/app.py", "/ui/app.js/x"):
+                await h.error("GET", bad, 404, "not_found")
+            await h.error("PUT", "/ui/", 405, "method_not_allowed")
         await node.stop()
 
     run(main())

@@ -11,10 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rangekv
 from rangekv import errors, limits, sequencer
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.metrics import Metrics
+from rangekv.testing import scrape
 
 SEQ = sequencer.make(1_700_000_000_000_000_000, 7, 3)
 
@@ -305,8 +307,16 @@ def test_metrics_render() -> None:
     m.router.retry("not_leader")
     text = m.render(ready=True, revision=12)
     assert 'rangekv_rm_requests_total{op="get",status="200"} 2' in text
-    assert 'rangekv_rm_request_duration_seconds_bucket{op="get",le="0.001"} 1' in text
-    assert 'rangekv_rm_request_duration_seconds_bucket{op="get",le="+Inf"} 2' in text
+    # prometheus_client writes the labels of a histogram bucket in name order (le first)
+    assert 'rangekv_rm_request_duration_seconds_bucket{le="0.001",op="get"} 1' in text
+    assert 'rangekv_rm_request_duration_seconds_bucket{le="+Inf",op="get"} 2' in text
     assert 'rangekv_rm_routing_retries_total{reason="not_leader"} 1' in text
     assert "rangekv_rm_view_revision 12" in text
     assert text.endswith("\n")
+    samples = scrape.parse(text)
+    assert scrape.value(samples, "rangekv_rm_request_duration_seconds_sum", op="get") == (
+        pytest.approx(0.2007))
+    assert scrape.value(samples, "rangekv_rm_requests_total", op="put", status="412") == 1
+    assert scrape.value(samples, "rangekv_rm_ready") == 1
+    assert scrape.value(samples, "rangekv_build_info", version=rangekv.__version__,
+                        component="rm", id="1") == 1

@@ -3,12 +3,14 @@
     rangekv node|meta|rm ARGS...        a server process (flags in docs/internals.md)
     rangekv up [--detach] [--demo]      a whole cluster on this machine; `rangekv down` stops it
     rangekv cluster                     the topology (groups, leaders, ranges, nodes)
-    rangekv status                      groups with lag, nodes with state and reason, decisions
+    rangekv status                      groups with lag, ranges with size and load, nodes, decisions
     rangekv create-table|drop-table|tables|put|get|delete|list ...
     rangekv backup DIR; rangekv restore DIR --data-dir D
 
 Global options (before or after the subcommand): ``--endpoint URL`` (repeatable; default
-``$RANGEKV_ENDPOINT`` or http://127.0.0.1:8400), ``--json``, ``--timeout SECONDS``.
+``$RANGEKV_ENDPOINT`` or http://127.0.0.1:8400), ``--json``, ``--timeout SECONDS``,
+``--config FILE`` (its ``[client]`` table sets ``endpoint`` and ``timeout``, ``[up]`` the
+options of ``up`` and ``down``; see :mod:`rangekv.config`).
 
 Exit status: 0 success, 1 an error from rangekv (printed as ``error: <code>: <message>``),
 2 a usage error, 130 interrupted.
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from rangekv import __version__, errors
+from rangekv import __version__, config, errors
 from rangekv.cli import DEFAULT_ENDPOINT, ENV_ENDPOINT, Context
 
 # subcommand -> dotted path of its ``main(argv: list[str]) -> int``
@@ -54,17 +56,17 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_subcommand: bool)
         return argparse.SUPPRESS if in_subcommand else value
 
     group = parser.add_argument_group("global options")
-    group.add_argument(
+    config.option(group.add_argument(
         "--endpoint",
         action="append",
         metavar="URL",
         default=default(None),
         help=f"a request manager or load balancer URL; repeat to fail over "
         f"(default ${ENV_ENDPOINT} or {DEFAULT_ENDPOINT})",
-    )
-    group.add_argument(
+    ), env=ENV_ENDPOINT)
+    config.option(group.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"
-    )
+    ), configurable=False)  # a file must not change what scripts parse
     group.add_argument(
         "--timeout",
         type=_positive_float,
@@ -72,6 +74,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_subcommand: bool)
         default=default(10.0),
         help="per-request timeout (default 10)",
     )
+    config.add_config_option(group, default=default(None))
 
 
 def _positive_float(text: str) -> float:
@@ -85,7 +88,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rangekv.cli import backup, load, ops, up
+    from rangekv.cli import backup, config_cmd, load, ops, up
 
     parser = argparse.ArgumentParser(
         prog="rangekv",
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub, common)
     load.add_parser(sub, common)
     backup.add_parsers(sub, common)
+    config_cmd.add_parser(sub, common)
     return parser
 
 
@@ -160,7 +164,7 @@ def run(argv: Sequence[str], ctx: Context) -> int:
         return dispatch_process(argv[0], argv[1:], ctx)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = config.parse(parser, "client", argv, log_options=False)
     except SystemExit as exc:  # usage error (2) or --help/--version (0)
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     try:

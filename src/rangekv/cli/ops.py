@@ -19,10 +19,10 @@ from typing import Any
 from rangekv import errors
 from rangekv.cli import Context
 from rangekv.client import Item
+from rangekv.request_manager import live
 
 LIST_LIMIT_DEFAULT = 100
 STATUS_DECISIONS = 10
-PROBE_TIMEOUT_S = 1.0  # per node, for `rangekv status`
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -38,8 +38,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("ranges", parents=[common],
-                       help="list a table's ranges and the group serving each")
+                       help="list a table's ranges: the group and leader serving each, its "
+                            "size and load (asks the rm for the live figures)")
     p.add_argument("table")
+    p.add_argument("--no-probe", action="store_true",
+                   help="only the bounds and groups (no leader, size or load)")
     p.set_defaults(func=cmd_ranges)
 
     p = sub.add_parser("split", parents=[common],
@@ -253,101 +256,144 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
             for r in cells]
 
 
-def format_status(info: dict[str, Any], probes: dict[int, dict[str, Any] | str],
-                  decisions: int = STATUS_DECISIONS) -> str:
-    """``rangekv status``: ``info`` is ``/v1/cluster``, ``probes`` each node's own ``status``
-    (or why it could not be asked). Lag is the leader's commit index less a member's last
-    index, both as the nodes report them now."""
-    lines = []
-    groups = info.get("groups") or []
+def _human_bytes(n: Any) -> str | None:
+    if not isinstance(n, int | float):
+        return None
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _rate(n: Any) -> str | None:
+    return f"{n:.1f}" if isinstance(n, int | float) else None
+
+
+def _bound(value: Any, end: bool) -> str:
+    if value is None:
+        return "+inf" if end else "-inf"
+    return repr(value)
+
+
+def _summary_line(st: dict[str, Any]) -> str:
+    s = st.get("summary") or {}
+    meta = st.get("meta")
+    where = (f"active meta {meta.get('id')} at {meta.get('address')}" if isinstance(meta, dict)
+             else "no active meta")
+    probe = (f"nodes asked in {st['probe_ms']:.0f} ms" if st.get("probed")
+             and isinstance(st.get("probe_ms"), int | float) else
+             "nodes asked" if st.get("probed") else "nodes not asked")
+    healthy = f" ({s.get('groups_ok', 0)} ok)" if st.get("probed") else ""
+    return (f"cluster: {s.get('groups', 0)} groups{healthy}, {s.get('nodes', 0)} nodes "
+            f"({s.get('nodes_unreachable', 0)} unreachable, {s.get('spares', 0)} spare, "
+            f"{s.get('flagged', 0)} flagged), {s.get('tables', 0)} tables, "
+            f"{s.get('ranges', 0)} ranges; {where}; {probe}")
+
+
+def format_status(st: dict[str, Any], decisions: int = STATUS_DECISIONS) -> str:
+    """``rangekv status`` from the live status document (``live.summarize``, served as
+    ``/v1/cluster/status``): groups with their lag, ranges with size and load, nodes, recent
+    decisions. Lag is in log entries behind the leader (see ``live``)."""
+    lines = [_summary_line(st)]
+    groups = st.get("groups") or []
     lines.append(f"groups ({len(groups)}):")
     rows = []
     for g in groups:
         leader = g.get("leader")
-        lead = probes.get(leader) if leader is not None else None
-        commit = lead.get("commit_index") if isinstance(lead, dict) else None
         lags = []
         for m in g.get("members") or []:
             if m.get("id") == leader:
                 continue
-            st = probes.get(m.get("id"))
-            lag = (commit - st["last_index"] if isinstance(st, dict) and commit is not None
-                   else "?")
+            lag = ("down" if m.get("reachable") is False
+                   else "?" if m.get("lag") is None else m["lag"])
             lags.append(f"{m.get('id')}: {lag}")
         members = [f"{m.get('id')}{'*' if m.get('id') == leader else ''}"
-                   for m in g.get("members") or []]
-        rows.append([g.get("id"), g.get("epoch"), leader, ", ".join(members),
-                     _ids([m.get("id") for m in g.get("learners") or []]),
-                     _ids(g.get("joint")), ", ".join(lags)])
+                   for m in g.get("members") or [] if not m.get("learner")]
+        learners = [m.get("id") for m in g.get("members") or [] if m.get("learner")]
+        epoch = g.get("leader_epoch") if g.get("leader_epoch") is not None else g.get("epoch")
+        rows.append([g.get("id"), g.get("health"), epoch, leader, ", ".join(members),
+                     _ids(learners), _ids(g.get("joint")), g.get("commit_index"),
+                     ", ".join(lags)])
     if rows:
-        lines.extend(_table(["group", "epoch", "leader", "members", "learners", "joint",
-                             "lag (entries)"], rows))
-    lines.extend(format_nodes(info, probes))
-    recent = (info.get("decisions") or [])[-decisions:]
+        lines.extend(_table(["group", "health", "epoch", "leader", "members", "learners",
+                             "joint", "commit", "lag (entries)"], rows))
+    lines.extend(format_ranges(st))
+    lines.extend(format_nodes(st))
+    recent = (st.get("decisions") or [])[-decisions:]
     lines.append(f"recent decisions ({len(recent)}):")
     lines.extend("  " + _decision_line(d) for d in recent)
     return "\n".join(lines)
 
 
-def format_nodes(info: dict[str, Any], probes: dict[int, dict[str, Any] | str]) -> list[str]:
-    """The nodes of ``/v1/cluster`` (members, spares, flagged ones with their reason), with
-    what each says of itself when ``probes`` has it."""
-    nodes = info.get("nodes") or []
+def format_ranges(st: dict[str, Any]) -> list[str]:
+    """Every listed range of every table of the live status: bounds, group, leader, size and
+    load (``-`` where unknown)."""
+    tables = st.get("tables") or []
+    total = sum(t.get("ranges_total") or 0 for t in tables)
+    lines = [f"ranges ({total}):"]
+    rows = []
+    for t in tables:
+        for r in t.get("ranges") or []:
+            rows.append([t.get("name"), _bound(r.get("start"), False), _bound(r.get("end"), True),
+                         r.get("group"), r.get("leader"), r.get("keys"),
+                         _human_bytes(r.get("bytes")), _rate(r.get("rps")), _rate(r.get("wps")),
+                         _range_state(r)])
+        shown = len(t.get("ranges") or [])
+        if shown < (t.get("ranges_total") or 0):
+            rows.append([t.get("name"), f"... {t['ranges_total'] - shown} more", "", "", "", "",
+                         "", "", "", ""])
+    if rows:
+        lines.extend(_table(["table", "start", "end", "group", "leader", "keys", "size",
+                             "reads/s", "writes/s", "state"], rows))
+    return lines
+
+
+def _range_state(r: dict[str, Any]) -> str:
+    state = r.get("state") or "active"
+    moving = r.get("moving")
+    if moving:
+        state = (f"moving {moving['from']} -> {moving['to']} ({moving['phase']})"
+                 if state == "moving" else f"active (group {moving['from']} cleaning up)")
+    return str(state)
+
+
+def format_nodes(st: dict[str, Any]) -> list[str]:
+    """The nodes of the live status (members, spares, flagged ones with their reason), with
+    what each says of itself when it was asked."""
+    nodes = st.get("nodes") or []
     lines = [f"nodes ({len(nodes)}):"]
     rows = []
     for n in nodes:
-        st = probes.get(n.get("id"))
-        live = isinstance(st, dict)
-        rows.append([n.get("id"), n.get("address"), n.get("state"), n.get("group"),
-                     st.get("role") if live else ("unreachable" if st else None),
-                     st.get("last_index") if live else None,
-                     st.get("commit_index") if live else None, n.get("reason")])
+        role = "unreachable" if n.get("reachable") is False else n.get("role")
+        rows.append([n.get("id"), n.get("address"), n.get("state"), n.get("group"), role,
+                     n.get("last_index"), n.get("commit_index"), n.get("reason")])
     if rows:
         lines.extend(_table(["node", "address", "state", "group", "role", "last", "commit",
                              "reason"], rows))
     return lines
 
 
-def cmd_nodes(args: argparse.Namespace, ctx: Context) -> int:
+def _live_status(args: argparse.Namespace, ctx: Context, table: str | None = None
+                 ) -> dict[str, Any]:
+    """The live status from the rm (which asks every node), or with ``--no-probe`` the same
+    document made here from the topology alone."""
     with ctx.client(args) as db:
-        info = db.cluster()
-    probes = {} if args.no_probe else probe_nodes(info)
+        if getattr(args, "no_probe", False):
+            info = db.cluster()
+            return live.summarize(info, None, table=table)
+        status: dict[str, Any] = db.cluster_status(table)
+        return status
+
+
+def cmd_nodes(args: argparse.Namespace, ctx: Context) -> int:
+    st = _live_status(args, ctx)
     if args.json:
-        nodes = []
-        for n in info.get("nodes") or []:
-            st = probes.get(n.get("id"))
-            if isinstance(st, dict):  # without the reply's envelope
-                st = {k: v for k, v in st.items() if k not in ("t", "id", "ok")}
-            nodes.append({**n, "status": st if isinstance(st, dict) else None,
-                          "unreachable": st if isinstance(st, str) else None})
-        _print_json(ctx, {"nodes": nodes})
+        _print_json(ctx, {"nodes": st.get("nodes") or []})
     else:
-        ctx.out("\n".join(format_nodes(info, probes)))
+        ctx.out("\n".join(format_nodes(st)))
     return 0
-
-
-def probe_nodes(info: dict[str, Any],
-                timeout_s: float = PROBE_TIMEOUT_S) -> dict[int, dict[str, Any] | str]:
-    """Each node's ``status`` over the internal protocol, or why it could not be had."""
-    import asyncio
-
-    from rangekv import wire
-
-    async def one(address: str) -> dict[str, Any] | str:
-        conn = wire.Connection(address, connect_timeout_s=timeout_s)
-        try:
-            return await conn.request("status", timeout_s=timeout_s)
-        except (errors.RangeKVError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        finally:
-            await conn.close()
-
-    async def all_of() -> dict[int, dict[str, Any] | str]:
-        nodes = [n for n in info.get("nodes") or [] if isinstance(n.get("address"), str)]
-        got = await asyncio.gather(*(one(n["address"]) for n in nodes))
-        return {n["id"]: g for n, g in zip(nodes, got, strict=True)}
-
-    return asyncio.run(all_of())
 
 
 def _print_json(ctx: Context, obj: Any) -> None:
@@ -378,16 +424,14 @@ def cmd_drop_table(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _format_ranges(table: str, ranges: list[dict[str, Any]]) -> str:
-    rows = [f"{'start':<24} {'end':<24} {'group':>5} {'version':>7}  state"]
-    for r in ranges:
-        end = "(none)" if r.get("end") is None else repr(r["end"])
-        state = r.get("state", "active")
-        moving = r.get("moving")
-        if moving:
-            state = (f"moving {moving['from']} -> {moving['to']} ({moving['phase']})"
-                     if state == "moving" else f"active (group {moving['from']} cleaning up)")
-        rows.append(f"{r['start']!r:<24} {end:<24} {r['group']:>5} {r['version']:>7}  {state}")
-    return f"table {table}: {len(ranges)} range(s)\n" + "\n".join(rows)
+    """A table's ranges; with the live figures (leader, keys, size, load) where a range has
+    them (``rangekv ranges``), ``-`` where it has not."""
+    rows = [[_bound(r.get("start"), False), _bound(r.get("end"), True), r.get("group"),
+             r.get("leader"), r.get("version"), r.get("keys"), _human_bytes(r.get("bytes")),
+             _rate(r.get("rps")), _rate(r.get("wps")), _range_state(r)] for r in ranges]
+    lines = _table(["start", "end", "group", "leader", "version", "keys", "size", "reads/s",
+                    "writes/s", "state"], rows)
+    return f"table {table}: {len(ranges)} range(s)\n" + "\n".join(lines)
 
 
 def _show_ranges(args: argparse.Namespace, ctx: Context, ranges: list[dict[str, Any]]) -> int:
@@ -398,9 +442,27 @@ def _show_ranges(args: argparse.Namespace, ctx: Context, ranges: list[dict[str, 
     return 0
 
 
+_LIVE_RANGE_FIELDS = ("leader", "keys", "bytes", "counted", "rps", "wps", "rbps", "wbps")
+
+
 def cmd_ranges(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client(args) as db:
-        return _show_ranges(args, ctx, db.ranges(args.table))
+        ranges = db.ranges(args.table)
+        if not args.no_probe:
+            # the leader and the live figures of each range, by its start, where the rm has
+            # them (a range split or moved since the first answer simply has none)
+            try:
+                st = db.cluster_status(args.table)
+            except errors.RangeKVError as exc:
+                ctx.err(f"(no live figures: {exc})")
+                st = {}
+            by_start = {r.get("start_hex"): r for t in st.get("tables") or []
+                        if t.get("name") == args.table for r in t.get("ranges") or []}
+            for r in ranges:
+                got = by_start.get(r.get("start_hex"))
+                if got is not None and got.get("group") == r.get("group"):
+                    r.update({k: got.get(k) for k in _LIVE_RANGE_FIELDS})
+        return _show_ranges(args, ctx, ranges)
 
 
 def cmd_split(args: argparse.Namespace, ctx: Context) -> int:
@@ -507,13 +569,11 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
-    with ctx.client(args) as db:
-        info = db.cluster()
-    probes = {} if args.no_probe else probe_nodes(info)
+    st = _live_status(args, ctx)
     if args.json:
-        _print_json(ctx, {"cluster": info, "nodes": {str(k): v for k, v in probes.items()}})
+        _print_json(ctx, st)
     else:
-        ctx.out(format_status(info, probes, args.decisions))
+        ctx.out(format_status(st, args.decisions))
     return 0
 
 

@@ -6,6 +6,11 @@ writes, and prints the endpoints. Without ``--detach`` it stays in the foregroun
 everything on Ctrl-C or SIGTERM; with ``--detach`` it returns and the processes keep running until
 ``rangekv down``. If starting fails, it stops what it started and prints the end of each log.
 
+Every rangekv process it starts gets ``--log-format`` / ``--log-level`` when ``up`` was given
+them, and ``--config FILE`` when ``up`` read one: one file configures the whole local cluster
+(``[up]`` for ``up`` itself, ``[node]``, ``[meta]``, ``[rm]``, ``[log]`` for the processes;
+the flags ``up`` sets per process, such as ``--id`` and ``--listen``, win over the file).
+
 ``--demo`` (and ``rangekv demo`` against any endpoint) runs the seed's Stocks example through the
 Python client and prints each step with its result.
 """
@@ -24,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rangekv import errors
+from rangekv import config, errors
 from rangekv.cli import DEFAULT_ENDPOINT, Context
 
 DATA_DIR_DEFAULT = Path("rangekv-data")
@@ -81,13 +86,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"give up after this long (default {READY_TIMEOUT_S_DEFAULT:g})",
     )
+    # None: pass nothing, so that each process uses its own default (text, INFO)
+    config.add_log_options(p, fmt=None, level=None,
+                           help_suffix=", for every rangekv process started (default: theirs)")
     p.set_defaults(func=cmd_up)
+    config.bind(p, "up")
 
     p = sub.add_parser("down", parents=[common], help="stop the local cluster of a data dir")
     p.add_argument(
         "--data-dir", type=Path, default=DATA_DIR_DEFAULT, help=f"default ./{DATA_DIR_DEFAULT}"
     )
     p.set_defaults(func=cmd_down)
+    config.bind(p, "up")
 
     p = sub.add_parser(
         "demo", parents=[common], help="run the Stocks example (creates and drops table Stocks)"
@@ -194,7 +204,10 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
         groups = args.groups
         if groups is None and not (args.data_dir / "cluster.json").exists():
             groups = GROUPS_DEFAULT
-        cluster = LocalCluster.open(args.data_dir, args.base_port, args.nodes, args.rms, groups)
+        cluster = LocalCluster.open(
+            args.data_dir, args.base_port, args.nodes, args.rms, groups,
+            log_format=args.log_format, log_level=args.log_level,
+            config_file=Path(args.config).absolute() if args.config else None)
     except ClusterError as exc:
         ctx.err(f"error: cluster: {exc}")
         return 1

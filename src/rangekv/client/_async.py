@@ -156,6 +156,13 @@ class AsyncClient:
         info: dict[str, Any] = await self._send(_common.call_cluster())
         return info
 
+    async def cluster_status(self, table: str | None = None) -> dict[str, Any]:
+        """The live status (``GET /v1/cluster/status``): the topology joined with what each
+        node reports now: roles, log indexes, lag, each range's size and load. ``table``: only
+        that table's ranges."""
+        status: dict[str, Any] = await self._send(_common.call_cluster_status(table))
+        return status
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:

@@ -355,6 +355,17 @@ def call_cluster() -> Call:
     return Call("GET", "/v1/cluster", write=False, parse=parse)
 
 
+def call_cluster_status(table: str | None = None) -> Call:
+    def parse(resp: httpx.Response) -> dict[str, Any]:
+        body = json_body(resp)
+        if not isinstance(body, dict) or not isinstance(body.get("groups"), list):
+            raise _bad_shape(resp, "cluster status", None)
+        return body
+
+    path = "/v1/cluster/status" + (_query([("table", table)]) if table is not None else "")
+    return Call("GET", path, write=False, parse=parse)
+
+
 # --- answers ----------------------------------------------------------------------------------
 
 

@@ -166,6 +166,13 @@ class Client:
         info: dict[str, Any] = self._send(_common.call_cluster())
         return info
 
+    def cluster_status(self, table: str | None = None) -> dict[str, Any]:
+        """The live status (``GET /v1/cluster/status``): the topology joined with what each
+        node reports now: roles, log indexes, lag, each range's size and load. ``table``: only
+        that table's ranges."""
+        status: dict[str, Any] = self._send(_common.call_cluster_status(table))
+        return status
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:

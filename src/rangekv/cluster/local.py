@@ -9,11 +9,19 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
     meta i   base+19+i     i = 1..2: meta-1 on base+20, meta-2 on base+21
     node i   base+30+i     i = 1..9
     etcd     base+41 (client), base+42 (peer)
+    node i   base+40+i     i = 10..29
+    node i   base+70+i     i = 1..29: its Prometheus /metrics (--metrics-listen)
+    meta i   base+100+i    i = 1..2: its Prometheus /metrics (--metrics-listen)
+
+(An rm serves /metrics on its own port, and so does HAProxy's endpoint, which forwards it to
+one rm.) ``LocalCluster.metrics_urls`` lists every /metrics URL, and ``cluster.json`` records
+them under ``metrics``.
 
 Data dir layout: ``etcd/``, ``node-i/``, ``backups/meta/`` (the meta's rolling metadata
 backups), ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
-``haproxy.cfg``, ``cluster.json`` (base port and sizes, so that a later ``up`` reuses them).
+``haproxy.cfg``, ``cluster.json`` (base port and sizes, and the log options and config file if
+``up`` was given them, so that a later ``up`` reuses them).
 
 Rules:
 
@@ -49,13 +57,16 @@ from typing import Any
 
 import httpx
 
+from rangekv import log as rangekv_log
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
 PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms
 NODES_MAX = 29  # nodes 1..9 at base+31..39, nodes 10..29 at base+50..69
 METAS = 2  # one active, one standby (ports base+20, base+21)
-PORT_SPAN = 70  # base .. base+69
+PORT_SPAN = 110  # base .. base+109 (metrics ports up to base+102)
+NODE_METRICS_OFFSET = 70  # node i's /metrics on base+70+i
+META_METRICS_OFFSET = 100  # meta i's /metrics on base+100+i
 GROUP_SIZE = 3
 
 READY_TIMEOUT_S_DEFAULT = 60.0
@@ -171,6 +182,8 @@ def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
         + [base_port + 19 + i for i in range(1, METAS + 1)]
         + [base_port + node_port_offset(i) for i in range(1, nodes + 1)]
         + [base_port + 41, base_port + 42]
+        + [base_port + NODE_METRICS_OFFSET + i for i in range(1, nodes + 1)]
+        + [base_port + META_METRICS_OFFSET + i for i in range(1, METAS + 1)]
     )
 
 
@@ -249,6 +262,9 @@ class LocalCluster:
         compact_entries: int | None = None,
         compact_retain: int | None = None,
         meta_args: Sequence[str] = (),
+        log_format: str | None = None,
+        log_level: str | None = None,
+        config_file: Path | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -283,6 +299,10 @@ class LocalCluster:
         self.extra_args: dict[str, tuple[str, ...]] = dict(extra_args or {})
         if meta_args:  # extra flags for both metas (e.g. ``("--replace-grace-ms", "2000")``)
             self.extra_args["meta"] = (*self.extra_args.get("meta", ()), *meta_args)
+        #: given to every meta, node and rm (None: not passed, the process's own default)
+        self.log_format = log_format
+        self.log_level = log_level
+        self.config_file = config_file
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -310,6 +330,11 @@ class LocalCluster:
                     f"{data_dir} holds a cluster on base port {saved['base_port']}, not "
                     f"{base_port}; use --base-port {saved['base_port']} or another data dir"
                 )
+        # how the processes log and the file they read, as the last `up` that said so asked:
+        # a process restarted later must not write text into a log of JSON lines
+        for key in ("log_format", "log_level", "config_file"):
+            if kwargs.get(key) is None and saved.get(key) is not None:
+                kwargs[key] = Path(saved[key]) if key == "config_file" else saved[key]
         groups_n = groups if groups is not None else int(saved.get("groups", 1))
         if nodes is None:
             nodes = int(saved.get("nodes", 5))
@@ -360,6 +385,27 @@ class LocalCluster:
         return {
             i: f"{self.host_of(f'node-{i}')}:{self.node_port(i)}" for i in range(1, self.nodes + 1)
         }
+
+    def node_metrics_port(self, i: int) -> int:
+        return self.base_port + NODE_METRICS_OFFSET + i
+
+    def meta_metrics_port(self, i: int) -> int:
+        return self.base_port + META_METRICS_OFFSET + i
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Every process's Prometheus /metrics URL by process name (``lb``: through HAProxy,
+        answered by one rm)."""
+        urls = {"lb": f"{self.endpoint}/metrics"}
+        urls.update({f"rm-{i}": f"{url}/metrics" for i, url in
+                     enumerate(self.rm_endpoints, start=1)})
+        for i in range(1, METAS + 1):
+            urls[f"meta-{i}"] = (f"http://{self.host_of(f'meta-{i}')}:"
+                                 f"{self.meta_metrics_port(i)}/metrics")
+        for i in range(1, self.nodes + 1):
+            urls[f"node-{i}"] = (f"http://{self.host_of(f'node-{i}')}:"
+                                 f"{self.node_metrics_port(i)}/metrics")
+        return urls
 
     @property
     def etcd_endpoint(self) -> str:
@@ -460,11 +506,14 @@ class LocalCluster:
                 # rolling metadata backups (rangekv.backup.metabackup), by the active meta
                 "--backup-dir",
                 str(self.data_dir / "backups" / "meta"),
+                "--metrics-listen",
+                f"{self.host_of(name)}:{self.meta_metrics_port(i)}",
                 "--groups-min",
                 str(self.groups),
+                *self._common_args(),
                 *self.extra_args.get("meta", ()),
             )
-            return ProcSpec(name, argv, (self.meta_port(i),))
+            return ProcSpec(name, argv, (self.meta_port(i), self.meta_metrics_port(i)))
         if name == "haproxy":
             argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
             return ProcSpec(name, argv, (self.base_port,))
@@ -480,13 +529,16 @@ class LocalCluster:
                 str(self.data_dir / name),
                 "--meta",
                 self.meta_address,
+                "--metrics-listen",
+                f"{self.host_of(name)}:{self.node_metrics_port(i)}",
+                *self._common_args(),
                 *self.extra_args.get("node", ()),
             )
             if self.compact_entries is not None:
                 argv += ("--compact-entries", str(self.compact_entries))
             if self.compact_retain is not None:
                 argv += ("--compact-retain", str(self.compact_retain))
-            return ProcSpec(name, argv, (self.node_port(i),))
+            return ProcSpec(name, argv, (self.node_port(i), self.node_metrics_port(i)))
         if kind == "rm" and 1 <= i <= self.rms:
             argv = (
                 *our,
@@ -497,10 +549,22 @@ class LocalCluster:
                 f"{self.host_of(name)}:{self.rm_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
+                *self._common_args(),
                 *self.extra_args.get("rm", ()),
             )
             return ProcSpec(name, argv, (self.rm_port(i),))
         raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")
+
+    def _common_args(self) -> tuple[str, ...]:
+        """What every meta, node and rm gets: the config file and log options of ``up``."""
+        out: tuple[str, ...] = ()
+        if self.config_file is not None:
+            out += ("--config", str(self.config_file))
+        if self.log_format is not None:
+            out += ("--log-format", self.log_format)
+        if self.log_level is not None:
+            out += ("--log-level", self.log_level)
+        return out
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -606,8 +670,13 @@ class LocalCluster:
 
     def _save_settings(self) -> None:
         path = self.data_dir / "cluster.json"
-        settings = {"base_port": self.base_port, "nodes": self.nodes, "rms": self.rms,
-                    "groups": self.groups}
+        settings: dict[str, Any] = {"base_port": self.base_port, "nodes": self.nodes,
+                                    "rms": self.rms, "groups": self.groups,
+                                    "metrics": self.metrics_urls}
+        for key, value in (("log_format", self.log_format), ("log_level", self.log_level),
+                           ("config_file", self.config_file)):
+            if value is not None:
+                settings[key] = str(value)
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("base_port") != self.base_port:
@@ -636,11 +705,18 @@ class LocalCluster:
 
     def _spawn(self, spec: ProcSpec) -> None:
         log = self.log_path(spec.name)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        ours = spec.argv[: len(self.command)] == self.command
+        if ours and self.log_format == "json":
+            # the process writes JSON lines here: so does the line that says how it started
+            banner = json.dumps({
+                "ts": rangekv_log.rfc3339_ms(time.time()), "level": "INFO", "component": "up",
+                "logger": "rangekv.cluster", "msg": f"rangekv up: starting {spec.name}",
+                "pid": os.getpid(), "argv": list(spec.argv)})
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            banner = f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}"
         with open(log, "ab") as f:
-            f.write(
-                f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}\n".encode()
-            )
+            f.write(f"{banner}\n".encode())
         proc = procs.spawn(
             spec.name,
             [*self.launch_prefix(spec.name), *spec.argv],

@@ -36,6 +36,8 @@ Three background tasks run for the life of the process:
   the controller until the lease is lost.
 * the **TCP server** answers the meta ops of ``docs/internals.md``: ``heartbeat``,
   ``create_table``, ``drop_table``.
+* with ``--metrics-listen``, an HTTP server answers Prometheus ``/metrics``
+  (``metadata/metrics.py``), on the same event loop.
 
 The controller (active only) ticks every ``election_interval_ms``: for each group it applies
 ``choose_leader`` (a pure function below: live majority, most caught-up member wins, reasons
@@ -68,13 +70,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rangekv import aio, errors, limits, wire
+from rangekv import config as rangekv_config
+from rangekv import log as rangekv_log
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
+from rangekv.metadata.metrics import MetaMetrics
 from rangekv.metadata.model import ClusterView, Group, Node, Table, key_text, span_text
 from rangekv.metadata.store import MetaStore
+from rangekv.metrics import MetricsServer, listen_address
 
 ROLE_LEADER = "leader"
 ROLES = ("leader", "candidate", "follower", "idle")
@@ -111,6 +117,7 @@ CATCH_UP_SLACK_DEFAULT = 1_000
 LEARNER_TIMEOUT_MS_DEFAULT = 120_000
 
 # Decision kinds of the replacement controller (model.Decision.kind).
+DECISION_LEADER_ELECTED = "leader_elected"  # a new epoch and its leader
 DECISION_REPLACE_STARTED = "replace_started"
 DECISION_REPLACE_SWAPPED = "replace_swapped"
 DECISION_JOINT_CLEARED = "joint_cleared"
@@ -156,6 +163,9 @@ class MetaConfig:
     backup_min_interval_s: float = 5.0
     backup_interval_s: float = 300.0
     backup_keep: int = 20
+    metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics here
+    log_format: str = "text"  # how the process logs (rangekv.log): text or json
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -831,6 +841,8 @@ class MetaService:
             "split_range": self._op_split_range,
             "move_range": self._op_move_range,
         }
+        self.metrics = MetaMetrics(self)
+        self._metrics_server: MetricsServer | None = None
         self.mover = RangeMover(
             self.store, self._tell_leader, self._record_decision,
             lambda revision: self._catch_up(revision, self.config.view_catch_up_ms / 1000),
@@ -851,6 +863,11 @@ class MetaService:
             self.config.groups_min,
             self.config.group_size,
         )
+        if self.config.metrics_listen is not None:
+            self._metrics_server = MetricsServer(self.metrics.registry)
+            await self._metrics_server.start(*self.config.metrics_listen)
+            self.log.info("meta %d serves /metrics on %s:%d", self.config.id,
+                          *self.config.metrics_listen)
         self._view_task = self._spawn(self._view_loop(), "view")
         self._election_task = self._spawn(self._election_loop(), "election")
         if self.config.backup_dir:
@@ -901,6 +918,8 @@ class MetaService:
         await asyncio.gather(*self._conn_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -1340,6 +1359,7 @@ class MetaService:
                 self.log.info("group %d changed while choosing its leader; deciding again", gid)
                 continue
             self._clear(key)
+            self.metrics.elections += 1
             self._epoch_seen[gid] = (choice.epoch, self._clock())
             self.log.warning(
                 "group %d: epoch %d -> %d, leader %s -> %d: %s",
@@ -1351,6 +1371,11 @@ class MetaService:
                 choice.reason,
             )
             await self._catch_up(written, cfg.view_catch_up_ms / 1000)
+            # Kept with the other decisions (after the catch-up: the new leader is told first),
+            # so that the dashboard and `rangekv status` show every failover and its reason.
+            await self._record_decision(
+                DECISION_LEADER_ELECTED, choice.reason, group=gid, epoch=choice.epoch,
+                leader=choice.leader, previous=group.leader)
 
     # -- backups (rangekv.backup) -------------------------------------------------------------
 
@@ -1473,6 +1498,7 @@ class MetaService:
             revision = await self.store.merge_ranges(lower, lower_rev, upper, upper_rev)
             if revision is None:
                 return  # retried at a later tick: the group's merge is idempotent
+            self.metrics.merges += 1
             self._range_reports.pop(plan.group, None)  # its figures name the old ranges
             await self._record_decision("merge", plan.reason, table=plan.table,
                                         group=plan.group, revision=revision)
@@ -1481,10 +1507,11 @@ class MetaService:
                       "retried: %s: %s", plan.table, exc.code, exc.message)
 
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
-        """A controller decision about ranges (split, move, merge, a group formed) and why:
+        """A controller decision (a leader elected, a split, move, merge, a group formed) and why:
         logged, and written to the decisions log in etcd (``rangekv status``, /v1/cluster).
         Recording is best effort: the step it explains is already done."""
         self.log.info("decision %s: %s", kind, reason)
+        self.metrics.decisions[kind] += 1
         group = details.pop("group", None)
         log_keys = sorted(self.view.decision_log)
         at_ns = max(self._wall_ns(), (log_keys[-1] + 1) if log_keys else 0)
@@ -1525,6 +1552,7 @@ class MetaService:
             self.log.info("spares %s changed while forming a group; deciding again", members)
             return
         group, written = created
+        self.metrics.groups_formed += 1
         self.log.info("formed group %d with members %s: %s", group.id, list(group.members), reason)
         await self._catch_up(written, cfg.view_catch_up_ms / 1000)
 
@@ -1620,7 +1648,10 @@ class MetaService:
                                   {k: v for k, v in details.items() if v is not None})
         excess = len(log_keys) + 1 - model.DECISIONS_KEPT
         trim = log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))]
-        return await self.store.reconfigure(group, nodes, decision, trim)
+        written = await self.store.reconfigure(group, nodes, decision, trim)
+        if written is not None:
+            self.metrics.decisions[plan.decision_kind] += 1
+        return written
 
     # -- the server -----------------------------------------------------------------------------
 
@@ -1656,6 +1687,7 @@ class MetaService:
     # -- heartbeat ------------------------------------------------------------------------------
 
     async def _op_heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.heartbeats += 1
         self._require_active()
         node_id = req.get("node_id")
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
@@ -1894,6 +1926,7 @@ class MetaService:
                     break
                 revision = await self.store.split_range(rng, rev, at)
                 if revision is not None:
+                    self.metrics.splits += 1
                     self._last_split_s[table.id] = self._clock()  # no merge back at once
                     self.log.info(
                         "split_range %s at %r: range [%r, %r) of group %d cut in two, both "
@@ -2110,6 +2143,8 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="a learner this close to the leader's commit index is caught up "
         f"(default {CATCH_UP_SLACK_DEFAULT})",
     )
+    parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
+                        help="serve Prometheus /metrics on this address (default: none)")
     parser.add_argument(
         "--learner-timeout-ms",
         type=int,
@@ -2117,7 +2152,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="drop (and flag) a learner not caught up within this "
         f"(default {LEARNER_TIMEOUT_MS_DEFAULT})",
     )
-    ns = parser.parse_args(argv)
+    ns = rangekv_config.parse(parser, "meta", argv)
     if ns.id <= 0:
         parser.error("--id must be positive")
     try:
@@ -2155,16 +2190,18 @@ def parse_args(argv: list[str]) -> MetaConfig:
         backup_min_interval_s=ns.backup_min_interval_s,
         backup_interval_s=ns.backup_interval_s,
         backup_keep=ns.backup_keep,
+        metrics_listen=ns.metrics_listen,
+        log_format=ns.log_format,
+        log_level=ns.log_level,
     )
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+# the text layout meta logs have always had (tests and operators grep it)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _setup_logging(config: MetaConfig) -> None:
+    rangekv_log.setup(f"meta-{config.id}", config.log_level, config.log_format, _TEXT_FORMAT)
 
 
 async def run(config: MetaConfig) -> int:
@@ -2187,7 +2224,7 @@ def main(argv: list[str]) -> int:
         config = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    _setup_logging()
+    _setup_logging(config)
     try:
         return aio.run(run(config))
     except KeyboardInterrupt:

@@ -51,6 +51,9 @@ class MetaStore:
     def __init__(self, etcd: EtcdClient) -> None:
         self.etcd = etcd
         self.fence_revision: int | None = None
+        # fenced transactions whose compare failed, and that failed (for /metrics)
+        self.txn_conflicts = 0
+        self.txn_errors = 0
 
     # -- the active/standby election (not fenced: it creates the fence) ----------------------
 
@@ -95,7 +98,13 @@ class MetaStore:
         if self.fence_revision is not None:
             compares.append(Compare.create_revision(model.META_ACTIVE, "=", self.fence_revision))
             failure.append(Op.get(model.META_ACTIVE))
-        res = await self.etcd.txn(compares, success, failure)
+        try:
+            res = await self.etcd.txn(compares, success, failure)
+        except Exception:
+            self.txn_errors += 1
+            raise
+        if not res.succeeded:
+            self.txn_conflicts += 1
         if not res.succeeded and self.fence_revision is not None:
             holder: list[KV] = res.responses.pop()
             if not holder or holder[0].create_revision != self.fence_revision:

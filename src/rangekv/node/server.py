@@ -35,6 +35,10 @@ removed from its group stops serving (its replica goes idle) and keeps its data 
 inspection.
 
 Every request is validated here again (limits are enforced at the edge and at the node).
+
+Metrics: with ``--metrics-listen HOST:PORT`` the node serves Prometheus ``/metrics`` on its own
+event loop (``node/metrics.py``: WAL fsync batches, proposals, leader changes, role, indexes,
+follower lag).
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rangekv import aio, errors, limits, sequencer, wire
+from rangekv import aio, config, errors, limits, sequencer, wire
 from rangekv.log import setup as setup_logging
+from rangekv.metrics import MetricsServer, listen_address
 from rangekv.node.backup import BackupServer
+from rangekv.node.metrics import NodeMetrics
 from rangekv.node.stats import RangeStats
 from rangekv.replication import driver
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
@@ -167,7 +173,8 @@ class Node:
     def __init__(self, node_id: int, listen: str, data_dir: Path, meta: list[str],
                  advertise: str | None = None, *,
                  compact_entries: int = COMPACT_ENTRIES_DEFAULT,
-                 compact_retain: int = COMPACT_RETAIN_DEFAULT) -> None:
+                 compact_retain: int = COMPACT_RETAIN_DEFAULT,
+                 metrics_listen: tuple[str, int] | None = None) -> None:
         self.node_id = node_id
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
@@ -195,6 +202,9 @@ class Node:
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
         self._backups = BackupServer()  # checkpoints being read by ``rangekv backup``
+        self.metrics = NodeMetrics(node_id, lambda: (self.replica, self.group, self.broken))
+        self.metrics_listen = metrics_listen
+        self._metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _check_identity(self) -> None:
@@ -223,6 +233,10 @@ class Node:
         host, _, port = self.listen.rpartition(":")
         self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1",
                                                   int(port))
+        if self.metrics_listen is not None:
+            self._metrics_server = MetricsServer(self.metrics.registry)
+            await self._metrics_server.start(*self.metrics_listen)
+            log.info("node %d serves /metrics on %s:%d", self.node_id, *self.metrics_listen)
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._compactor()))
         log.info("node %d listening on %s, meta %s", self.node_id, self.listen,
@@ -250,10 +264,12 @@ class Node:
                     f"index applied up to {engine.applied_index} but the log starts after "
                     f"{wal.first_index - 1}: the entries in between are gone"
                 )
+            wal.on_sync = self.metrics.on_sync
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
                                    self._send_raft, snapshot_rpc=self._snapshot_rpc,
                                    compact_entries=self.compact_entries,
-                                   compact_retain=self.compact_retain)
+                                   compact_retain=self.compact_retain, observer=self.metrics)
+            self.metrics.opened(self.replica.core.promised)
             await self.replica.start()
             self._follow_engine(engine)
             self.replica.on_engine_replaced = self._follow_engine
@@ -296,6 +312,8 @@ class Node:
         if self._server is not None:
             self._server.close()
         self._backups.release_all()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         if self.replica is not None:
             await self.replica.stop()
             await asyncio.to_thread(self.replica.close_storage)
@@ -562,7 +580,9 @@ class Node:
     async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
         op = body.get("op")
         if op == "status":
-            return {"node_id": self.node_id, "address": self.address, **self._status()}
+            # ranges: the operator's status also wants each range's size and load
+            return {"node_id": self.node_id, "address": self.address,
+                    **self._status(bool(body.get("ranges")))}
         replica = self.replica
         if replica is None:
             why = self.broken or "it is discarding another group's data"
@@ -622,6 +642,8 @@ class Node:
             if body.get("versions"):
                 # a read during a move: the record even if it is a tombstone (its seq counts)
                 version = replica.engine.get_version(table_id, key)
+                # every rm get is a versioned one: counted, or the load splits see no reads
+                self._count_read(table_id, key, 1, len(version[2]) if version else 0)
                 if version is None:
                     return {"found": False, "value": b"", "seq": sequencer.ZERO}
                 return {"found": True, "seq": version[0], "tombstone": version[1],
@@ -770,13 +792,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compact-retain", type=int, default=COMPACT_RETAIN_DEFAULT,
                         help="entries kept below the applied index when compacting (default "
                              f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
-    args = parser.parse_args(argv)
+    parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
+                        help="serve Prometheus /metrics on this address (default: none)")
+    args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
-    setup_logging(f"node-{args.id}")
+    setup_logging(f"node-{args.id}", args.log_level, args.log_format)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
-                compact_entries=args.compact_entries, compact_retain=args.compact_retain)
+                compact_entries=args.compact_entries, compact_retain=args.compact_retain,
+                metrics_listen=args.metrics_listen)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -1016,7 +1016,7 @@ class Core:
         return out
 
     def status(self) -> dict[str, Any]:
-        return {
+        status: dict[str, Any] = {
             "role": self.role,
             "epoch": self.promised,
             "leader": self.leader,
@@ -1030,3 +1030,8 @@ class Core:
             "learners": list(self.learners),
             "joint": list(self.joint),
         }
+        if self.role == LEADER:
+            # what the leader knows each peer holds (string keys: msgpack maps between
+            # processes refuse integer keys); the operator's lag is last_index - match
+            status["match"] = {str(peer): pr.match for peer, pr in self.progress.items()}
+        return status

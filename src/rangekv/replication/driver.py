@@ -273,6 +273,25 @@ def core_class() -> type[Core]:
     return BUGS[name]
 
 
+class Observer:
+    """What a replica reports as it goes, for the node's ``/metrics`` (``node/metrics.py``
+    counts it and outlives the replica; this default ignores it). Called on the event loop,
+    once per batch or event, never per byte: it must be cheap and must not raise."""
+
+    def event(self, name: str) -> None:
+        """One of ``leader_changes``, ``compactions``, ``snapshots_sent``, ``snapshots_failed``,
+        ``snapshots_installed`` happened."""
+
+    def applied(self, entries: int) -> None:
+        """A batch of this many committed entries was applied to the state machine."""
+
+    def proposed(self, result: str) -> None:
+        """A proposal ended: ``ok`` or the error code it was answered with."""
+
+    def hardstate(self, promised_epoch: int) -> None:
+        """The hard state to persist promises this epoch (it changes at every election)."""
+
+
 class Replica:
     """One member's replication driver. ``send(msg)`` delivers a message to a peer."""
 
@@ -288,6 +307,7 @@ class Replica:
         compact_entries: int = COMPACT_ENTRIES_DEFAULT,
         compact_retain: int = COMPACT_RETAIN_DEFAULT,
         data_dir: Path | None = None,
+        observer: Observer | None = None,
     ) -> None:
         assert compact_entries >= 1 and compact_retain >= 0, (compact_entries, compact_retain)
         self.node_id = node_id
@@ -347,6 +367,7 @@ class Replica:
         self.stats = {"fsyncs": 0, "entries_written": 0, "applied": 0, "leader_changes": 0,
                       "compactions": 0, "snapshots_sent": 0, "snapshots_failed": 0,
                       "snapshots_installed": 0}
+        self.observer = observer if observer is not None else Observer()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -485,6 +506,7 @@ class Replica:
         try:
             epoch, index = self.core.propose(encode_command(cmd))
         except NotLeaderError:
+            self.observer.proposed("not_leader")
             raise self.not_leader() from None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -496,9 +518,16 @@ class Replica:
         self._proposal_deadlines.pop(index, None)  # (an index reused after a log cut)
         self._proposal_deadlines[index] = loop.time() + PROPOSAL_TIMEOUT_S
         self._process_soon()
-        result = await fut
+        try:
+            result = await fut
+        except errors.RangeKVError as err:
+            self.observer.proposed(err.code)
+            raise
         if "error" in result:
-            raise errors.from_dict(result["error"])
+            err = errors.from_dict(result["error"])
+            self.observer.proposed(err.code)
+            raise err
+        self.observer.proposed("ok")
         return result
 
     async def linearizable(self) -> None:
@@ -562,6 +591,8 @@ class Replica:
     def _handle(self, rd: Ready) -> None:
         if (rd.hardstate or rd.truncate_from is not None or rd.entries or rd.messages_after_sync
                 or rd.compact_to is not None):
+            if rd.hardstate:
+                self.observer.hardstate(rd.hardstate.get("promised_epoch", 0))
             self._batches.append(
                 _Batch(rd.hardstate, rd.truncate_from, rd.entries, rd.messages_after_sync,
                        compact_to=rd.compact_to)
@@ -618,6 +649,7 @@ class Replica:
                     "write was replaced by a new leader's log and not applied"))
         self.core.on_applied(entries[-1].index)
         self.stats["applied"] += len(entries)
+        self.observer.applied(len(entries))
         self._maybe_compact()
 
     def _release_reads(self) -> None:
@@ -635,7 +667,7 @@ class Replica:
         self._reads = keep
 
     def _on_became_leader(self, epoch: int) -> None:
-        self.stats["leader_changes"] += 1
+        self._count("leader_changes")
         self.last_seq = max(self.last_seq, highest_seq(self.core, self.engine))
         self._backoff.clear()  # a new term: peers get their snapshots without waiting
         log.info("leading epoch %d (last index %d)", epoch, self.core.last_index)
@@ -656,6 +688,10 @@ class Replica:
         for fut in self._read_waiters.values():
             if not fut.done():
                 fut.set_exception(err)
+
+    def _count(self, event: str) -> None:
+        self.stats[event] += 1
+        self.observer.event(event)
 
     # ------------------------------------------------------------------ persistence
     def _write_batches(self, batches: list[_Batch]) -> None:
@@ -773,7 +809,7 @@ class Replica:
             target = min(self.compaction_target(), flushed)
             if target > self.core.base_index and self.core.installing is None:
                 self.core.compact(target)
-                self.stats["compactions"] += 1
+                self._count("compactions")
                 self._process()
         finally:
             self._compacting = False
@@ -808,11 +844,11 @@ class Replica:
                 del self._sending[peer]
         if ok:
             self._backoff[peer] = 0.0
-            self.stats["snapshots_sent"] += 1
+            self._count("snapshots_sent")
         elif failed:
             self._backoff[peer] = min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay),
                                       SNAPSHOT_BACKOFF_MAX_S)
-            self.stats["snapshots_failed"] += 1
+            self._count("snapshots_failed")
         else:  # not tried (peer silent, or no longer leading): nothing was spent
             self._backoff[peer] = SNAPSHOT_BACKOFF_MIN_S
         self.core.report_snapshot(peer, ok, index)
@@ -1066,7 +1102,7 @@ class Replica:
         self._incoming = None
         self.durable_applied = self._compacted_at = manifest.index
         self.last_seq = max(self.last_seq, engine.last_seq)
-        self.stats["snapshots_installed"] += 1
+        self._count("snapshots_installed")
         self.core.on_snapshot_installed(manifest.index, manifest.epoch)
         self._process()
         log.info("installed a snapshot at index %d (epoch %d) from node %d", manifest.index,

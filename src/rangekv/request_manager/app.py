@@ -7,7 +7,9 @@ An rm holds no durable state. It serves the public HTTP API (described in ``open
 an in-memory routing view kept current by an etcd watch (``routing.EtcdViewSource``) and sends
 each operation, already checked, to the leader of the right replication group
 (``routing.Router``). The load balancer health-checks ``/healthz``, which is 200 only while the
-view is loaded and followed.
+view is loaded and followed. For operators: ``/v1/cluster/status`` (``live.py``: the view joined
+with each node's own status, probed at most about once a second) and the dashboard that shows
+it at ``/ui/`` (``ui.py``: static files shipped in the package; not part of the OpenAPI API).
 
 Request flow of a put::
 
@@ -36,10 +38,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rangekv import aio, errors, limits
+from rangekv import aio, config, errors, limits
 from rangekv import log as rangekv_log
+from rangekv import metrics as metrics_exposition
 from rangekv.request_manager import http_codec as codec
-from rangekv.request_manager import openapi
+from rangekv.request_manager import live, openapi, ui
 from rangekv.request_manager.http_server import BadRequest, HttpServer, Request, Response
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
@@ -122,6 +125,16 @@ class RequestManager:
         self.metrics = metrics if metrics is not None else Metrics(rm_id)
         self._monotonic = monotonic
         self._openapi = codec.dump_json(openapi.document())
+        self.live = live.LiveStatus(lambda: self.source.view, self._node_status)
+        self._ui = ui.load()
+
+    async def _node_status(self, address: str) -> dict[str, Any]:
+        """A node's own status with its ranges' figures, over the router's pooled connection."""
+        conn = self.router.pool.get(address)
+        return await conn.request("status", timeout_s=live.PROBE_TIMEOUT_S, ranges=True)
+
+    async def close(self) -> None:
+        await self.live.close()
 
     def server(self) -> HttpServer:
         """The HTTP server around ``dispatch`` (we route on the raw path ourselves)."""
@@ -211,6 +224,14 @@ class RequestManager:
                     return "delete", lambda: self.delete_key(request, table_raw, key_raw, raw_query)
                 raise _BadMethod(("GET", "HEAD", "PUT", "DELETE"))
             raise _NoRoute
+        if path == "/v1/cluster/status":
+            if method != "GET":
+                raise _BadMethod(("GET", "HEAD"))
+            return "cluster_status", lambda: self.cluster_status(raw_query)
+        if path == "/ui" or path.startswith("/ui/"):
+            if method != "GET":
+                raise _BadMethod(("GET", "HEAD"))
+            return "ui", lambda: self.ui_file(path)
         simple = {
             "/v1/tables": ("list_tables", self.list_tables),
             "/v1/cluster": ("cluster", self.cluster),
@@ -333,6 +354,24 @@ class RequestManager:
     async def cluster(self) -> Response:
         return _json_response(self.source.view.to_json())
 
+    async def cluster_status(self, raw_query: str) -> Response:
+        table = None
+        if raw_query:
+            table = codec.query_text(codec.parse_query(raw_query), "table")
+        if table is not None:
+            self.router.ranges(table)  # 400 for a bad name, 404 for an unknown table
+        body = await self.live.get(table)
+        # always fresh: the rm caches for about a second itself; caches between must not
+        return _json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def ui_file(self, path: str) -> Response:
+        if path == "/ui":  # relative links of the page resolve under /ui/
+            return Response(b"", 301, None, {"Location": "/ui/", "Cache-Control": "no-cache"})
+        found = self._ui.get(path[len("/ui/"):] or "index.html")
+        if found is None:
+            raise _NoRoute
+        return Response(found.body, 200, found.content_type, ui.HEADERS)
+
     async def openapi(self) -> Response:
         return Response(self._openapi, 200, _JSON)
 
@@ -349,7 +388,7 @@ class RequestManager:
 
     async def render_metrics(self) -> Response:
         text = self.metrics.render(ready=self.source.ready, revision=self.source.view.revision)
-        return Response(text.encode("utf-8"), 200, "text/plain; charset=utf-8",
+        return Response(text.encode("utf-8"), 200, metrics_exposition.CONTENT_TYPE,
                         {"X-Prometheus-Format": "0.0.4"})
 
 
@@ -395,9 +434,10 @@ def parse_address(text: str) -> tuple[str, int]:
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rangekv rm", description="rangekv request manager")
     p.add_argument("--id", type=int, required=True, help="rm id (0..2^32-1), part of every seq")
-    p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT",
+                   help="where the HTTP API listens (HOST empty: every address)")
     p.add_argument("--etcd", required=True, metavar="URL[,URL]", help="etcd client endpoints")
-    args = p.parse_args(argv)
+    args = config.parse(p, "rm", argv)
     if not 0 <= args.id < 2**32:
         p.error("--id must be in 0..2^32-1")
     args.etcd = [u.strip() for u in args.etcd.split(",") if u.strip()]
@@ -414,7 +454,8 @@ async def _serve(args: argparse.Namespace) -> int:
     metrics = Metrics(args.id)
     source = EtcdViewSource(client, metrics)
     router = Router(source, args.id, stats=metrics.router)
-    server = RequestManager(router, source, args.id, metrics).server()
+    manager = RequestManager(router, source, args.id, metrics)
+    server = manager.server()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -432,6 +473,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         await server.close(SHUTDOWN_TIMEOUT_S)
+        await manager.close()
         await source.close()
         await router.close()
         await client.close()
@@ -440,7 +482,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    rangekv_log.setup(f"rm-{args.id}")
+    rangekv_log.setup(f"rm-{args.id}", args.log_level, args.log_format)
     try:
         return aio.run(_serve(args))
     except KeyboardInterrupt:

@@ -1,33 +1,31 @@
-"""Counters and latency histograms of one rm, rendered as Prometheus text exposition (0.0.4).
+"""Counters and latency histograms of one rm, exposed with prometheus_client at ``/metrics``.
 
-Invariants: recording is O(log buckets) with no allocation on the hot path beyond a dict entry
-for a new (op, status) pair; the label sets are bounded (ops are a fixed list, statuses are
-HTTP codes, retry reasons are error codes), so the exposition stays small.
+Invariants: recording is O(log buckets) with no lock and no allocation on the hot path beyond
+a dict entry for a new (op, status) pair (see ``rangekv.metrics`` for why the figures are
+plain ints turned into metric families only when scraped); the label sets are bounded (ops are a
+fixed list, statuses are HTTP codes, retry reasons are error codes), so the exposition stays
+small.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-# Upper bounds of the latency buckets, in seconds (the +Inf bucket is implicit).
-LATENCY_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from rangekv.metrics import (
+    LATENCY_BUCKETS_S,
+    FuncCollector,
+    Histogram,
+    histogram_family,
+    new_registry,
+    render,
 )
+
+__all__ = ["LATENCY_BUCKETS_S", "Metrics", "RouterStats"]
 
 
 @dataclass
@@ -43,114 +41,71 @@ class RouterStats:
         self.retries[reason] += 1
 
 
-class _Histogram:
-    __slots__ = ("counts", "total_s", "n")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
-        self.total_s = 0.0
-        self.n = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.total_s += seconds
-        self.n += 1
-
-
 class Metrics:
+    """The figures of one rm and the registry that exposes them (``render``)."""
+
     def __init__(self, rm_id: int) -> None:
         self.rm_id = rm_id
         self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
-        self._latency: dict[str, _Histogram] = {}
+        self._latency: dict[str, Histogram] = {}
         self.router = RouterStats()
         # Filled by the view source.
         self.view_reloads = 0
         self.watch_events = 0
         self.probe_failures = 0
+        # The view's readiness and revision, as ``render`` was told them.
+        self._ready = False
+        self._revision = 0
+        self.registry: CollectorRegistry = new_registry("rm", rm_id)
+        self.registry.register(FuncCollector(self._collect))
 
     def observe(self, op: str, status: int, seconds: float) -> None:
         self.requests[(op, status)] += 1
         hist = self._latency.get(op)
         if hist is None:
-            hist = self._latency[op] = _Histogram()
+            hist = self._latency[op] = Histogram(LATENCY_BUCKETS_S)
         hist.observe(seconds)
 
     def render(self, *, ready: bool, revision: int) -> str:
-        lines: list[str] = []
-        add = lines.append
-        add("# HELP rangekv_rm_requests_total HTTP requests answered, by operation and status.")
-        add("# TYPE rangekv_rm_requests_total counter")
+        """The exposition, with the view's readiness and revision as of now."""
+        self._ready, self._revision = ready, revision
+        return render(self.registry).decode("utf-8")
+
+    def _collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "rangekv_rm_requests", "HTTP requests answered, by operation and status.",
+            labels=["op", "status"])
         for (op, status), n in sorted(self.requests.items()):
-            add(f'rangekv_rm_requests_total{{op="{op}",status="{status}"}} {n}')
-        add("# HELP rangekv_rm_request_duration_seconds Time to answer, by operation.")
-        add("# TYPE rangekv_rm_request_duration_seconds histogram")
-        for op, hist in sorted(self._latency.items()):
-            cumulative = 0
-            for bound, count in zip(LATENCY_BUCKETS_S, hist.counts, strict=False):
-                cumulative += count
-                add(
-                    f'rangekv_rm_request_duration_seconds_bucket{{op="{op}",le="{bound}"}} '
-                    f"{cumulative}"
-                )
-            add(f'rangekv_rm_request_duration_seconds_bucket{{op="{op}",le="+Inf"}} {hist.n}')
-            add(f'rangekv_rm_request_duration_seconds_sum{{op="{op}"}} {hist.total_s:.9f}')
-            add(f'rangekv_rm_request_duration_seconds_count{{op="{op}"}} {hist.n}')
-        add("# HELP rangekv_rm_routing_retries_total Retried attempts to reach a leader or meta.")
-        add("# TYPE rangekv_rm_routing_retries_total counter")
+            requests.add_metric([op, str(status)], n)
+        yield requests
+        yield histogram_family(
+            "rangekv_rm_request_duration_seconds", "Time to answer, by operation.", ["op"],
+            (([op], hist) for op, hist in sorted(self._latency.items())))
+        retries = CounterMetricFamily(
+            "rangekv_rm_routing_retries", "Retried attempts to reach a leader or meta.",
+            labels=["reason"])
         for reason, n in sorted(self.router.retries.items()):
-            add(f'rangekv_rm_routing_retries_total{{reason="{reason}"}} {n}')
-        scalars = (
-            (
-                "rangekv_rm_routing_refreshes_total",
-                "counter",
-                "Direct etcd re-reads of a table the view did not know (or a node denied).",
-                self.router.refreshes,
-            ),
-            (
-                "rangekv_rm_leader_hints_followed_total",
-                "counter",
-                "not_leader answers whose hint was followed at once.",
-                self.router.hints_followed,
-            ),
-            (
-                "rangekv_rm_outcome_unknown_total",
-                "counter",
-                "Writes answered 504 outcome_unknown.",
-                self.router.outcome_unknown,
-            ),
-            (
-                "rangekv_rm_view_reloads_total",
-                "counter",
-                "Full reloads of the routing view from etcd.",
-                self.view_reloads,
-            ),
-            (
-                "rangekv_rm_etcd_probe_failures_total",
-                "counter",
-                "etcd probes not answered in time (each made the rm not ready until a reload).",
-                self.probe_failures,
-            ),
-            (
-                "rangekv_rm_watch_events_total",
-                "counter",
-                "etcd watch events applied to the routing view.",
-                self.watch_events,
-            ),
-            (
-                "rangekv_rm_view_revision",
-                "gauge",
-                "etcd revision the routing view reflects.",
-                revision,
-            ),
-            (
-                "rangekv_rm_ready",
-                "gauge",
-                "1 when the view is loaded and followed by a watch.",
-                int(ready),
-            ),
-        )
-        for name, kind, help_text, value in scalars:
-            add(f"# HELP {name} {help_text}")
-            add(f"# TYPE {name} {kind}")
-            add(f"{name} {value}")
-        return "\n".join(lines) + "\n"
+            retries.add_metric([reason], n)
+        yield retries
+        for name, help_text, value in (
+            ("rangekv_rm_routing_refreshes",
+             "Direct etcd re-reads of a table the view did not know (or a node denied).",
+             self.router.refreshes),
+            ("rangekv_rm_leader_hints_followed",
+             "not_leader answers whose hint was followed at once.", self.router.hints_followed),
+            ("rangekv_rm_outcome_unknown", "Writes answered 504 outcome_unknown.",
+             self.router.outcome_unknown),
+            ("rangekv_rm_view_reloads", "Full reloads of the routing view from etcd.",
+             self.view_reloads),
+            ("rangekv_rm_etcd_probe_failures",
+             "etcd probes not answered in time (each made the rm not ready until a reload).",
+             self.probe_failures),
+            ("rangekv_rm_watch_events", "etcd watch events applied to the routing view.",
+             self.watch_events),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily("rangekv_rm_view_revision",
+                                "etcd revision the routing view reflects.", value=self._revision)
+        yield GaugeMetricFamily("rangekv_rm_ready",
+                                "1 when the view is loaded and followed by a watch.",
+                                value=int(self._ready))

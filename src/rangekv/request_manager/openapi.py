@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rangekv import limits
+from rangekv.request_manager.live import RANGES_PER_TABLE_MAX
 
 SEQ_PATTERN = "^[0-9a-f]{32}$"
 # What If-Match accepts: one seq (either case), in double quotes or bare; the zero seq is no
@@ -481,6 +482,28 @@ def document() -> dict[str, Any]:
                     "responses": _common(("200", _json("Topology", {"type": "object"}))),
                 }
             },
+            "/v1/cluster/status": {
+                "get": {
+                    "operationId": "clusterStatus",
+                    "summary": (
+                        "Live status: the topology joined with what each node reports now "
+                        "(roles, log indexes, lag, each range's size and load); probed at most "
+                        "about once a second, each node within a second"
+                    ),
+                    "parameters": [{
+                        "name": "table",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this table's ranges (all of them, up to "
+                                       f"{RANGES_PER_TABLE_MAX}).",
+                        "schema": table_param["schema"],
+                    }],
+                    "responses": _common(
+                        ("200", _json("Live status", _ref("ClusterStatus"))),
+                        ("404", _E404_TABLE),
+                    ),
+                }
+            },
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -503,6 +526,14 @@ def document() -> dict[str, Any]:
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus text exposition",
+                    "description": (
+                        "The metrics of the rm that answers (through the load balancer: one of "
+                        "them), in the Prometheus text format 0.0.4: requests by operation and "
+                        "status, latency histograms by operation, routing retries by reason, "
+                        "routing refreshes, view reloads and watch events, etcd probe failures, "
+                        "readiness and view revision, process metrics and rangekv_build_info. "
+                        "Nodes and metas serve theirs on their own --metrics-listen address."
+                    ),
                     "responses": {
                         "200": {
                             "description": "Metrics",
@@ -568,6 +599,41 @@ def document() -> dict[str, Any]:
                             "type": ["string", "null"],
                             "description": "Cursor for after=; null when complete.",
                         },
+                    },
+                },
+                "ClusterStatus": {
+                    "type": "object",
+                    "required": ["revision", "generated_at", "probed", "summary", "groups",
+                                 "tables", "nodes", "decisions"],
+                    "properties": {
+                        "revision": {"type": "integer"},
+                        "generated_at": {"type": "string"},
+                        "probed": {"type": "boolean"},
+                        "probe_ms": {"type": ["number", "null"]},
+                        "summary": {"type": "object"},
+                        "meta": {"type": ["object", "null"]},
+                        "groups": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["id", "epoch", "leader", "members", "health"],
+                            "properties": {
+                                "id": {"type": "integer"},
+                                "leader": {"type": ["integer", "null"]},
+                                "health": {"type": "string", "enum": [
+                                    "ok", "degraded", "no_leader", "unknown"]},
+                                "members": {"type": "array", "items": {"type": "object"}},
+                            },
+                        }},
+                        "tables": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["name", "ranges", "ranges_total"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "ranges_total": {"type": "integer"},
+                                "ranges": {"type": "array", "items": {"type": "object"}},
+                            },
+                        }},
+                        "nodes": {"type": "array", "items": {"type": "object"}},
+                        "decisions": {"type": "array", "items": {"type": "object"}},
                     },
                 },
                 "Health": {

@@ -123,8 +123,9 @@ import os
 import re
 import struct
 import threading
+import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,6 +426,12 @@ class WAL:
         # metrics
         self.syncs = 0
         self.bytes_written = 0
+        # Appended since the last sync: what the next fdatasync makes durable.
+        self._unsynced_entries = 0
+        self._unsynced_bytes = 0
+        # Told (entries, bytes, seconds) after every sync that called fdatasync (node metrics);
+        # runs in the syncing thread, so it must be cheap and must not raise.
+        self.on_sync: Callable[[int, int, float], None] | None = None
         self.torn_bytes_truncated = 0  # found and cut on open; > 0 means the last run crashed
         self.unsynced_entries_cut = 0  # cut on open after the last run's sync failed
 
@@ -821,6 +828,8 @@ class WAL:
             segment.offsets.extend(offsets)
             self._dirty_fds.add(segment.fd)
             self.bytes_written += len(buffer)
+            self._unsynced_bytes += len(buffer)
+            self._unsynced_entries += len(records)
             for epoch, index, payload in records:
                 self._note_appended(epoch, index)
                 self._cache.append(bytes(payload))
@@ -1006,6 +1015,7 @@ class WAL:
         if not fds and not dir_dirty:
             self.synced_index = self.last_index
             return
+        started_s = time.perf_counter()
         try:
             for fd in fds:
                 sync_file(fd, paths[fd])
@@ -1019,6 +1029,10 @@ class WAL:
             self._dir_dirty = self._dir_dirty and not dir_dirty
         self.synced_index = self.last_index
         self.syncs += 1
+        entries, nbytes = self._unsynced_entries, self._unsynced_bytes
+        self._unsynced_entries = self._unsynced_bytes = 0
+        if self.on_sync is not None:
+            self.on_sync(entries, nbytes, time.perf_counter() - started_s)
 
     def _fail(self, exc: BaseException) -> None:
         """Make the WAL unusable after an error while writing, and leave the ``sync-failed``
