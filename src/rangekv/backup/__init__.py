@@ -56,3 +56,5 @@ The meta can also keep rolling metadata backups by itself (``--backup-dir``, ``m
 the logical dump on every metadata change (at most once per ``--backup-min-interval-s``) and
 every ``--backup-interval-s``, the last ``--backup-keep`` of them.
 """
+
+PAUSE_TIMEOUT_S_DEFAULT = 120.0  # for the meta to finish the range changes in flight

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rangekv import __version__, errors, wire
+from rangekv.backup import PAUSE_TIMEOUT_S_DEFAULT
 from rangekv.backup import manifest as mf
 from rangekv.metadata import model
 from rangekv.metadata.etcd import Compare, EtcdClient, Op, _json_lines
@@ -40,7 +41,6 @@ from rangekv.storage.wal import fsync_dir
 
 PAUSE_LEASE_TTL_S = 10  # a backup that died stops pausing the controller after this
 PAUSE_KEEPALIVE_S = 2.0
-PAUSE_TIMEOUT_S_DEFAULT = 120.0  # for the meta to finish the range changes in flight
 GROUP_ATTEMPTS_MAX = 5
 GROUP_RETRY_S = 0.5
 GROUPS_AT_ONCE = 4

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rangekv import errors
-from rangekv.backup import take as take_mod
+from rangekv.backup import PAUSE_TIMEOUT_S_DEFAULT
 from rangekv.cli import Context
 from rangekv.cli.up import DATA_DIR_DEFAULT as DEFAULT_DATA_DIR
 from rangekv.progress import Progress
@@ -35,9 +35,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                             " unless --etcd is given)")
     where.add_argument("--etcd", metavar="URL",
                        help="the cluster's etcd client URL(s), comma-separated")
-    p.add_argument("--pause-timeout-s", type=float, default=take_mod.PAUSE_TIMEOUT_S_DEFAULT,
+    p.add_argument("--pause-timeout-s", type=float, default=PAUSE_TIMEOUT_S_DEFAULT,
                    metavar="S", help="how long the meta may take to pause range changes "
-                                     f"(default {take_mod.PAUSE_TIMEOUT_S_DEFAULT:g})")
+                                     f"(default {PAUSE_TIMEOUT_S_DEFAULT:g})")
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser(
@@ -79,6 +79,8 @@ def _bar(ctx: Context) -> tuple[Any, Any, Any]:
 
 
 def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    from rangekv.backup import take as take_mod  # (aiohttp: only for this command)
+
     cluster = None
     if args.etcd:
         endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
