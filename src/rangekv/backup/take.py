@@ -253,26 +253,40 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
 
 
 async def _etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
-    """etcd's own snapshot (maintenance API) into ``path``; checks its appended sha256. (The
-    metadata database is small: it is held in memory on the way.)"""
+    """etcd's own snapshot (maintenance API), streamed into ``path``, durably; checks the
+    sha256 that etcd appends to it (what `etcdutl snapshot restore` checks), so that a
+    snapshot cut short or altered on the way is refused here and now."""
     resp = await etcd._open_stream("/v3/maintenance/snapshot", {})
-    parts = []
+    digest = hashlib.sha256()
+    tail = b""  # the last 32 bytes so far: the checksum, once the stream ends
+    size = 0
+    f = await asyncio.to_thread(open, path, "wb")
     try:
         async for message in _json_lines(resp, SNAPSHOT_LINE_BYTES_MAX):
             if "error" in message:
                 raise BackupFailed(f"etcd snapshot failed: {message['error']}")
             blob = (message.get("result") or {}).get("blob")
             if blob:
-                parts.append(base64.b64decode(blob))
+                data = base64.b64decode(blob)
+                await asyncio.to_thread(f.write, data)
+                size += len(data)
+                window = tail + data
+                digest.update(window[:-32])
+                tail = window[-32:]
+        await asyncio.to_thread(_sync_close, f)
     finally:
         resp.close()
-    content = b"".join(parts)
-    # etcd appends the sha256 of the database to a snapshot (what `etcdutl snapshot restore`
-    # checks): a snapshot cut short or altered on the way is refused here and now.
-    if len(content) < 32 or hashlib.sha256(content[:-32]).digest() != content[-32:]:
-        raise BackupFailed(f"etcd's snapshot ({len(content)} bytes) fails its own sha256 check")
-    await asyncio.to_thread(mf.write_durably, path, content)
-    return len(content)
+        f.close()
+    if size < 32 or digest.digest() != tail:
+        raise BackupFailed(f"etcd's snapshot ({size} bytes) fails its own sha256 check")
+    fsync_dir(str(path.parent))
+    return size
+
+
+def _sync_close(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
 
 
 async def take(root: Path, etcd_endpoints: list[str], **kwargs: Any) -> dict[str, Any]:
