@@ -19,6 +19,7 @@ is done. The meta's rolling metadata backups are checked on a bare etcd.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -33,7 +34,7 @@ import pytest
 
 from rangekv import errors, wire
 from rangekv.backup import manifest as mf
-from rangekv.backup.metabackup import MetaBackups, existing_dumps
+from rangekv.backup.metabackup import MetaBackups, existing_dumps, snapshot_path
 from rangekv.client import AsyncClient
 from rangekv.cluster.local import LocalCluster, find_free_base_port
 from rangekv.metadata import model
@@ -306,6 +307,18 @@ def test_meta_rolling_backups(etcd_endpoint: str, tmp_path: Path) -> None:
             assert [kv["key"] for kv in newest["kvs"]] == [f"/rangekv/tables/t{i}"
                                                           for i in range(5)]
             assert not list((tmp_path / "mb").glob("*.tmp"))
+            # etcd's own snapshot beside each kept dump, and none beside the deleted ones
+            snaps = sorted((tmp_path / "mb").glob("*.etcd.snapshot"))
+            assert snaps == [snapshot_path(d) for d in dumps]
+            data = snaps[-1].read_bytes()
+            assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+            etcdutl = shutil.which("etcdutl") or shutil.which("etcdctl")
+            if etcdutl is not None:  # etcd 3.4's etcdctl reads it (etcd-client, bootstrap)
+                out = await asyncio.to_thread(
+                    subprocess.run, [etcdutl, "snapshot", "status", str(snaps[-1]), "-w", "json"],
+                    capture_output=True, text=True, timeout=30,
+                    env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+                assert json.loads(out.stdout)["totalKey"] > 0
         finally:
             await etcd.close()
 

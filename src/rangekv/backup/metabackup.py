@@ -2,7 +2,10 @@
 
 The active meta writes the logical dump of ``/rangekv/`` (the format of a backup's
 ``meta/dump.json``: one consistent prefix read, so one etcd revision) to
-``DIR/meta-<revision>.json``:
+``DIR/meta-<revision>.json``, and beside it etcd's own snapshot (maintenance API, checked
+against the sha256 etcd appends) to ``DIR/meta-<revision>.etcd.snapshot`` (taken just after the
+dump, so at that revision or a later one; `etcdutl snapshot restore` rebuilds an etcd member
+from it, and ``rangekv restore`` uses the dump):
 
 * after every metadata change, at most once per ``min_interval_s`` (changes in between are
   caught by the next dump: each dump is the whole state);
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from rangekv import errors
 from rangekv.backup import manifest as mf
-from rangekv.backup.take import dump_kvs
+from rangekv.backup.take import dump_kvs, etcd_snapshot
 from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient
 
@@ -39,6 +42,11 @@ _NAME_RE = re.compile(r"meta-(\d{12})\.json")
 
 def dump_name(revision: int) -> str:
     return f"meta-{revision:012d}.json"
+
+
+def snapshot_path(dump: Path) -> Path:
+    """Where the etcd snapshot taken with ``dump`` is kept."""
+    return dump.with_suffix(".etcd.snapshot")
 
 
 def existing_dumps(directory: Path) -> list[Path]:
@@ -96,12 +104,25 @@ class MetaBackups:
         if revision <= self.last_revision:
             return None
         path = self.directory / dump_name(revision)
+        snap = snapshot_path(path)
+        partial = snap.with_name(snap.name + ".tmp")
         try:
             await asyncio.to_thread(mf.write_json, path, dump_kvs(kvs, revision))
+            try:
+                await etcd_snapshot(self.etcd, partial)
+                partial.rename(snap)
+            except errors.RangeKVError as exc:  # BackupFailed among them
+                # the dump alone still restores the metadata: keep it, say why there is no
+                # snapshot beside it
+                log.warning("metadata backup at revision %d without etcd's snapshot: %s",
+                            revision, exc)
+                partial.unlink(missing_ok=True)
             for old in existing_dumps(self.directory)[:-self.keep]:
+                snapshot_path(old).unlink(missing_ok=True)
                 old.unlink()
         except OSError as exc:
             log.warning("metadata backup to %s failed: %s", path, exc)
+            partial.unlink(missing_ok=True)
             return None
         self.last_revision = revision
         self.written += 1

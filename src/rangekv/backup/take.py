@@ -252,7 +252,7 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
                        f"attempts (last: {last})")
 
 
-async def _etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
+async def etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
     """etcd's own snapshot (maintenance API), streamed into ``path``, durably; checks the
     sha256 that etcd appends to it (what `etcdutl snapshot restore` checks), so that a
     snapshot cut short or altered on the way is refused here and now."""
@@ -349,7 +349,7 @@ async def _take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any
         (root / "meta").mkdir(exist_ok=True)
         kept = [kv for kv in kvs2 if not kv.key.startswith(PREFIX_BACKUP)]
         mf.write_json(root / mf.DUMP_PATH, dump_kvs(kept, rev2))
-        etcd_bytes = await _etcd_snapshot(etcd, root / mf.ETCD_SNAPSHOT_PATH)
+        etcd_bytes = await etcd_snapshot(etcd, root / mf.ETCD_SNAPSHOT_PATH)
         if cluster is None:
             cluster = shape_from_metadata(view)
         mf.write_json(root / mf.CLUSTER_NAME, cluster)
