@@ -785,6 +785,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
                 "/v1/cluster/status",
                 "/v1/openapi.json",
                 "/healthz",
+                "/livez",
                 "/metrics",
             }
             codes = {"method_not_allowed"} | {
@@ -828,7 +829,37 @@ def test_health_is_503_until_the_view_is_loaded() -> None:
             assert body["ok"] is False and body["error"]["code"] == "unavailable"
             resp = await client.get("/v1/tables/t/keys/k")
             assert resp.status == 503
+            resp = await client.get("/livez")  # no map at all: nothing to serve from
+            assert resp.status == 503 and (await resp.json())["ok"] is False
         await router.close()
+
+    run(main())
+
+
+def test_live_while_it_holds_a_map_even_if_not_following_it() -> None:
+    """/livez: what HAProxy falls back to when no rm is ready (etcd out of reach)."""
+
+    class CutOff(StaticViewSource):
+        @property
+        def ready(self) -> bool:
+            return False
+
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        source = CutOff(view)
+        router = Router(source, RM_ID, request_deadline_s=0.5)
+        rm = RequestManager(router, source, RM_ID)
+        async with serving(rm) as client:
+            resp = await client.get("/healthz")
+            assert resp.status == 503
+            resp = await client.get("/livez")
+            assert resp.status == 200, await resp.text()
+            assert await resp.json() == {"ok": True, "rm": RM_ID, "revision": view.revision,
+                                         "ready": False}
+            resp = await client.put("/v1/tables/t/keys/k", data=b"v")  # served from the map
+            assert resp.status == 200, await resp.text()
+        await router.close()
+        await node.stop()
 
     run(main())
 

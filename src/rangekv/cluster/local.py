@@ -106,6 +106,11 @@ def haproxy_config(
     reached an rm is not safe (it may have been applied; a conditional write would then fail
     against itself), so ``disable-l7-retry`` keeps only connection-failure retries for
     anything but GET/HEAD.
+
+    Requests go to the rms that are ready (``/healthz``: routing map loaded and followed). When
+    none is, which is what an etcd outage looks like, they go to every rm that still holds a map
+    (``/livez``): it serves from that map (the groups do not need etcd, the map cannot change
+    without it, a node refuses a stale route), so reads and writes to existing tables go on.
     """
     ports = list(rm_ports)
     hosts = list(rm_hosts) if rm_hosts is not None else [HOST] * len(ports)
@@ -139,11 +144,20 @@ defaults
 
 frontend rangekv
     bind {HOST}:{base_port}
-    default_backend rms
+    # no rm ready (etcd out of reach): the rms that hold a routing map serve from it
+    use_backend rms if {{ nbsrv(rms) gt 0 }}
+    default_backend rms_holding_map
 
 backend rms
     balance roundrobin
     option httpchk GET /healthz
+    http-check expect status 200
+    http-request disable-l7-retry unless METH_GET
+{servers}
+
+backend rms_holding_map
+    balance roundrobin
+    option httpchk GET /livez
     http-check expect status 200
     http-request disable-l7-retry unless METH_GET
 {servers}

@@ -46,6 +46,8 @@ class Example:
 # The tour, in the order it runs. $SEQ is set by the line that reads the ETag (see TOUR_SETUP).
 EXAMPLES: tuple[Example, ...] = (
     Example("health", "is this rm (or HAProxy in front of one) ready?", "-i $E/healthz", 200),
+    Example("live", "does it hold a routing map to serve from (even with etcd out of reach)?",
+            "-i $E/livez", 200),
     Example("createTable", "create a table", "-i -X PUT $E/v1/tables/Stocks", 201),
     Example("createTable", "again: 409 table_exists", "-i -X PUT $E/v1/tables/Stocks", 409),
     Example("listTables", "list tables", "$E/v1/tables", 200),

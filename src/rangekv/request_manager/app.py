@@ -237,6 +237,7 @@ class RequestManager:
             "/v1/cluster": ("cluster", self.cluster),
             "/v1/openapi.json": ("openapi", self.openapi),
             "/healthz": ("health", self.health),
+            "/livez": ("live", self.liveness),
             "/metrics": ("metrics", self.render_metrics),
         }.get(path)
         if simple is None:
@@ -385,6 +386,20 @@ class RequestManager:
             503,
             {"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    async def liveness(self) -> Response:
+        """200 while this rm holds a routing map, followed or not. With etcd out of reach no rm
+        is ready (``/healthz``), yet each still serves from the map it holds: the groups do not
+        need etcd, the map cannot change without etcd, and a node refuses a route that is
+        stale. HAProxy sends to these rms only when none is ready (``haproxy_config``)."""
+        revision = self.source.view.revision
+        body = {"ok": revision > 0, "rm": self.rm_id, "revision": revision,
+                "ready": self.source.ready}
+        if revision > 0:
+            return _json_response(body)
+        err = errors.Unavailable("no routing map loaded yet")
+        return _json_response({**body, **codec.error_body(err)}, 503,
+                              {"Retry-After": str(RETRY_AFTER_S)})
 
     async def render_metrics(self) -> Response:
         text = self.metrics.render(ready=self.source.ready, revision=self.source.view.revision)

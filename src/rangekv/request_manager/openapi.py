@@ -522,6 +522,23 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/livez": {
+                "get": {
+                    "operationId": "live",
+                    "summary": "200 while this rm holds a routing map it can serve from; else 503",
+                    "description": (
+                        "Unlike /healthz, still 200 when etcd is out of reach: the rm then "
+                        "serves from the map it holds (the groups do not need etcd, and a node "
+                        "refuses a stale route). The load balancer sends to such rms only when "
+                        "no rm is ready."
+                    ),
+                    "responses": {
+                        "200": _json("Holds a routing map", _ref("Health")),
+                        "405": _E405,
+                        "503": _json("No routing map loaded yet", _ref("Health")),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
@@ -643,6 +660,8 @@ def document() -> dict[str, Any]:
                         "ok": {"type": "boolean"},
                         "rm": {"type": "integer"},
                         "revision": {"type": "integer"},
+                        "ready": {"type": "boolean",
+                                  "description": "/livez: whether the map is also followed"},
                     },
                 },
             }
