@@ -39,13 +39,13 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("rangekv.request_manager.app.main", "a request manager (the HTTP API)"),
     "sim": ("rangekv.sim.main.main", "the deterministic simulation (--seeds N, --bug NAME)"),
     "chaos": ("rangekv.chaos.main.main",
-              ("attack a real cluster in network namespaces with faults and check the history "
+              ("a real cluster in network namespaces under attack by faults, and check the history "
                "(--time S, --nemesis LIST, --seed N)")),
     "bench": ("rangekv.bench.main.main",
               "benchmarks that print figures: calibrate, closed, open, ycsb, scan, all, report"),
     "check-history": ("rangekv.check.main.main",
-                      "check a recorded history for linearizability "
-                      "(--model register|kv|rangekv FILE)"),
+                      ("the linearizability checker on a recorded history "
+                       "(--model register|kv|rangekv FILE)")),
 }
 
 
