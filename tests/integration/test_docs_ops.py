@@ -6,7 +6,11 @@ The page cannot drift from what works, because this test takes everything from i
   per machine (``machine=A``; none means every machine);
 * every block marked ``rehearse`` (``machine=A,B`` says where): its ``systemctl enable --now``
   / ``start`` / ``stop`` lines start or stop units, every other line runs in bash (one shell
-  per block, ``set -e``); a block also marked ``wait`` is retried until it succeeds.
+  per block, ``set -e``); a block also marked ``wait`` is retried until it succeeds;
+  ``systemctl stop`` takes globs (``'rangekv-node@*'``) over the machine's running units;
+* a block marked ``rehearse-copy from=A to=B,C path=PATH`` (copying between machines, which
+  the page does with rsync) is done as a local copy of PATH from one machine's root to the
+  others'; its text must name each target machine's address and PATH.
 
 There is no systemd here, so a unit is started the way systemd would: its
 ``EnvironmentFile=``s read, ``%i`` and ``${VAR}`` expanded in ``ExecStartPre=`` and
@@ -21,7 +25,8 @@ of the page is mapped before use:
     /opt/rangekv/bin/                ->  this checkout's .venv/bin/; /usr/bin/etcd, /usr/sbin/haproxy
                                          ->  wherever they are installed
 
-After the page's own steps the test runs the curl tour of docs/api.md through HAProxy, kills
+After the page's own steps (which end with the cluster restored from its backup) the test
+checks that the restore ran and brought back a key written before the backup, then runs the curl tour of docs/api.md through HAProxy, kills
 the group's leader with SIGKILL while writing, checks that writes go on and that every
 acknowledged write reads back, restarts the node as ``Restart=on-failure`` would, and waits
 until it is a member again. Every process is stopped by its pid at the end.
@@ -30,6 +35,7 @@ until it is a member again. Every process is stopped by its pid at the end.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -241,8 +247,12 @@ class Rehearsal:
                     self.stop(machine, unit)
                 self.start(machine, unit)
         elif verb == "stop":
-            for unit in units:
-                self.stop(machine, unit)
+            for pattern in units:
+                # a glob names the loaded (here: started) units it matches, as in systemctl
+                names = sorted(u for m, u in self.running if m == machine and fnmatch.fnmatch(
+                    u, pattern)) if set(pattern) & set("*?[") else [pattern]
+                for unit in names:
+                    self.stop(machine, unit)
         elif verb == "disable" and "--now" not in words:
             pass  # only what starts at boot changes
         else:
@@ -260,7 +270,24 @@ class Rehearsal:
                                      f"{done.stdout}\n{done.stderr}\n{self.log_tails()}")
             time.sleep(0.5)
 
+    def copy_block(self, b: Block) -> None:
+        """A copy between machines: done locally, after checking the page says it."""
+        path = b.attrs["path"]
+        assert path.startswith("/var/lib/"), f"rehearse-copy of {path}: not under /var/lib/"
+        src = self.path(b.attrs["from"], path)
+        assert src.is_dir(), f"rehearse-copy: {src} does not exist"
+        for machine in b.attrs["to"].split(","):
+            doc_ip = next(ip for ip, m in DOC_IPS.items() if m == machine)
+            assert doc_ip in b.text and path.rsplit("/", 1)[0] in b.text, (
+                f"the rehearse-copy block does not say how {path} reaches {machine}")
+            dst = self.path(machine, path)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst)
+
     def run_block(self, b: Block) -> list[str]:
+        if "rehearse-copy" in b.flags:
+            self.copy_block(b)
+            return []
         if "rehearse-env" in b.flags:
             self.prelude = b.text
             return []
@@ -374,10 +401,16 @@ def test_three_machine_rehearsal(tmp_path: Path) -> None:
     with rehearsal_of(tmp_path) as r:
         r.install_files()
         for b in blocks(page):
-            if b.flags & {"rehearse", "rehearse-env"}:
+            if b.flags & {"rehearse", "rehearse-env", "rehearse-copy"}:
                 r.run_block(b)
 
         endpoint = f"http://{MACHINES['A']}:{PORTS[8400]}"
+        # The page restored its backup: the restore is recorded, and the key written before
+        # the backup (in "First start") reads back from the restored group through HAProxy.
+        status = httpx.get(f"{endpoint}/v1/cluster/status", trust_env=False, timeout=15).json()
+        assert [d for d in status["decisions"] if d["kind"] == "restored"], status["decisions"]
+        got = httpx.get(f"{endpoint}/v1/tables/Stocks/keys/B", trust_env=False, timeout=15)
+        assert (got.status_code, got.text) == (200, "100")
         # the tour wants a cluster without the table the page's own steps created
         assert httpx.delete(f"{endpoint}/v1/tables/Stocks", trust_env=False,
                             timeout=15).status_code == 200

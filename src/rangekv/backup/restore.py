@@ -1,6 +1,22 @@
-"""``rangekv restore DIR --data-dir D``: lay out a ``rangekv up`` data dir from a backup.
+"""``rangekv restore DIR``: lay out a restored cluster from a backup, on one machine or on several.
 
-Order of work:
+Three modes, each verifying the whole backup first (nothing is written if a checksum fails):
+
+* ``--data-dir D`` (:func:`restore`): a whole ``rangekv up`` data dir (below).
+* ``--node ID --node-dir PATH`` (:func:`restore_node`): the data dir of one node of the
+  several-machine layout (docs/operations.md), exactly as the one-machine restore lays out
+  that node: a member of its group with the group's checkpoint, or a spare. Staged in
+  ``PATH.restoring`` and renamed, like ``D``; run once per node, on its machine.
+* ``--metadata --etcd URLS`` (:func:`restore_metadata`): the same edited metadata (and
+  ``restored`` decision) the one-machine restore loads, into an etcd cluster the operator
+  started fresh, with the backup's own node addresses (the machines are the same) or those
+  given. Refused if that etcd holds any ``/rangekv/`` key.
+
+A node dir and the metadata are built by the same functions in every mode
+(:func:`lay_out_node`, :func:`restored_metadata`, :func:`restored_note`), so a cluster restored
+on several machines is the one the one-machine restore would build, at other addresses.
+
+Order of work for ``--data-dir D``:
 
 1. verify the whole backup (``manifest.verify``: every file's size and sha256, the groups'
    checkpoint manifests); refuse ``D`` if it holds anything. Nothing is written before both
@@ -33,7 +49,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +152,14 @@ def restored_metadata(items: list[tuple[bytes, bytes]], epochs: dict[int, int],
     return out
 
 
-async def _load_etcd(endpoint: str, items: list[tuple[bytes, bytes]]) -> int:
-    etcd = EtcdClient([endpoint])
+async def _load_etcd(endpoints: list[str], items: list[tuple[bytes, bytes]]) -> int:
+    etcd = EtcdClient(endpoints)
     try:
         existing, _ = await etcd.get_prefix(model.PREFIX)
         if existing:
-            raise RestoreRefused(f"the new etcd already holds {len(existing)} rangekv keys")
+            raise RestoreRefused(f"the new etcd already holds {len(existing)} rangekv keys: "
+                                 "restore into an etcd cluster started fresh (empty data "
+                                 "dirs)")
         for i in range(0, len(items), TXN_OPS_MAX):
             await etcd.txn([], [Op.put(k, v) for k, v in items[i:i + TXN_OPS_MAX]])
         back, revision = await etcd.get_prefix(model.PREFIX)
@@ -152,15 +170,34 @@ async def _load_etcd(endpoint: str, items: list[tuple[bytes, bytes]]) -> int:
         await etcd.close()
 
 
-def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
-            say: Callable[[str], None] = lambda _: None,
-            on_bytes: Callable[[int, int], None] = lambda _d, _t: None) -> dict[str, Any]:
-    """Restore the backup in ``root`` into the new data dir ``data_dir``; a summary."""
-    began = time.monotonic()
-    root, data_dir = Path(root).absolute(), Path(data_dir).absolute()
-    say("checking the target")
-    staging = check_target(data_dir)
-    say("verifying the backup")
+@dataclass
+class Backup:
+    """A verified backup, read: what every restore mode builds from."""
+
+    root: Path
+    manifest: dict[str, Any]
+    shape: dict[str, Any]
+    items: list[tuple[bytes, bytes]]  # the logical dump
+    view: model.ClusterView  # of the dump
+    checkpoints: dict[int, dict[str, Any]]  # group id -> mf.group_manifest(...)
+    bytes_verified: int
+
+    @property
+    def epochs(self) -> dict[int, int]:
+        return {g: c["checkpoint"].epoch for g, c in self.checkpoints.items()}
+
+    def checkpoint_dir(self, group_id: int) -> Path:
+        return self.root / mf.GROUPS_DIR / str(group_id) / mf.INDEX_DIR
+
+    def groups_summary(self) -> list[dict[str, Any]]:
+        return [{"id": g, "applied_index": c["checkpoint"].index,
+                 "epoch": c["checkpoint"].epoch,
+                 "members": list(self.view.groups[g].members) if g in self.view.groups else []}
+                for g, c in sorted(self.checkpoints.items())]
+
+
+def read_backup(root: Path, on_bytes: Callable[[int, int], None]) -> Backup:
+    """Verify every file of the backup in ``root`` (``on_bytes`` follows), then read it."""
     manifest = mf.load_manifest(root)
     total = sum(size for _, size, _ in manifest["files"])
     done = 0
@@ -177,21 +214,79 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
     view = model.ClusterView()
     for key, value in items:
         view.apply(key, value)
-    port = base_port if base_port is not None else shape.get("base_port")
-    if not isinstance(port, int):
-        raise RestoreRefused("the backup does not say which base port its cluster used: give "
-                             "--base-port")
-    nodes = max([int(shape.get("nodes") or 0), *view.nodes])
-    if not 1 <= nodes <= NODES_MAX:
-        raise RestoreRefused(f"the backup has {nodes} nodes; a local cluster has at most "
-                             f"{NODES_MAX}")
     checkpoints = {g["id"]: mf.group_manifest(root, g["id"]) for g in manifest["groups"]}
     missing = sorted({r.group for rs in view.ranges.values() for r in rs} - set(checkpoints))
     if missing:
         raise mf.BackupInvalid(f"the metadata gives ranges to group(s) {missing} but the backup "
                                "holds no checkpoint of them")
-    cluster = LocalCluster(staging, port, nodes, int(shape.get("rms") or 2),
-                           groups=int(shape.get("groups") or 1))
+    return Backup(root, manifest, shape, items, view, checkpoints, total)
+
+
+def lay_out_node(backup: Backup, node_id: int, node_dir: Path) -> int:
+    """Node ``node_id``'s restored data dir in the new dir ``node_dir``: a member of its group
+    (in the backup's metadata) with the group's checkpoint, or else a spare (``node.id``
+    only). The checkpoint bytes copied."""
+    group = backup.view.group_of(node_id)
+    if group is None or node_id not in group.members:
+        node_dir.mkdir(parents=True)
+        hardstate.save(node_dir / "node.id", {"node_id": node_id})
+        fsync_dir(str(node_dir))
+        return 0
+    info = backup.checkpoints.get(group.id)
+    if info is None:
+        lay_out_member(node_dir, node_id, group.id, None, 0, 0)
+        return 0
+    ck = info["checkpoint"]
+    lay_out_member(node_dir, node_id, group.id, backup.checkpoint_dir(group.id), ck.index,
+                   ck.epoch)
+    return int(ck.total_bytes)
+
+
+def restored_note(backup: Backup, metadata: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """The ``restored`` decision (key, value) to load with ``metadata``: shown by
+    ``rangekv status`` with the controller's decisions, after every decision of the backup."""
+    now_ns = max(time.time_ns(), *(int(k[len(model.DECISIONS):]) + 1 for k, _ in metadata
+                                   if k.startswith(model.DECISIONS)), 0)
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                          time.gmtime(int(backup.manifest.get("finished_ns") or 0) / 1e9))
+    note = model.Decision(now_ns, "restored", None,
+                          f"restored from the backup {backup.root} taken at {taken} (metadata "
+                          f"at revision {backup.manifest.get('revision')})",
+                          {"groups": {str(g): c["checkpoint"].index
+                                      for g, c in backup.checkpoints.items()}})
+    return model.decision_key(note.at_ns), note.dumps()
+
+
+def _staged_rename(staging: Path, target: Path) -> None:
+    """Make the staged dir ``target``, durably (``target`` is absent or empty: checked)."""
+    fsync_dir(str(staging))
+    if target.exists():
+        target.rmdir()
+    os.rename(staging, target)
+    fsync_dir(str(target.parent))
+
+
+def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
+            say: Callable[[str], None] = lambda _: None,
+            on_bytes: Callable[[int, int], None] = lambda _d, _t: None) -> dict[str, Any]:
+    """Restore the backup in ``root`` into the new data dir ``data_dir``; a summary."""
+    began = time.monotonic()
+    root, data_dir = Path(root).absolute(), Path(data_dir).absolute()
+    say("checking the target")
+    staging = check_target(data_dir)
+    say("verifying the backup")
+    backup = read_backup(root, on_bytes)
+    view, checkpoints = backup.view, backup.checkpoints
+    port = base_port if base_port is not None else backup.shape.get("base_port")
+    if not isinstance(port, int):
+        raise RestoreRefused("the backup does not say which base port its cluster used: give "
+                             "--base-port")
+    nodes = max([int(backup.shape.get("nodes") or 0), *view.nodes])
+    if not 1 <= nodes <= NODES_MAX:
+        raise RestoreRefused(f"the backup has {nodes} nodes; a local cluster has at most "
+                             f"{NODES_MAX}")
+    cluster = LocalCluster(staging, port, nodes, int(backup.shape.get("rms") or 2),
+                           groups=int(backup.shape.get("groups") or 1))
     try:
         staging.mkdir(parents=True)
         say("laying out the nodes")
@@ -199,46 +294,19 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
                          for g, c in checkpoints.items() if g in view.groups)
         copied = 0
         for node_id in range(1, nodes + 1):
-            group = view.group_of(node_id)
-            node_dir = staging / f"node-{node_id}"
-            if group is None or node_id not in group.members:
-                node_dir.mkdir()
-                hardstate.save(node_dir / "node.id", {"node_id": node_id})
-                continue
-            info = checkpoints.get(group.id)
-            if info is None:
-                lay_out_member(node_dir, node_id, group.id, None, 0, 0)
-                continue
-            ck = info["checkpoint"]
-            lay_out_member(node_dir, node_id, group.id,
-                           root / mf.GROUPS_DIR / str(group.id) / mf.INDEX_DIR, ck.index,
-                           ck.epoch)
-            copied += ck.total_bytes
-            on_bytes(copied, max(copy_total, 1))
-        epochs = {g: c["checkpoint"].epoch for g, c in checkpoints.items()}
-        metadata = restored_metadata(items, epochs, cluster.node_addresses)
-        # shown by `rangekv status` with the controller's decisions
-        now_ns = max(time.time_ns(), *(int(k[len(model.DECISIONS):]) + 1 for k, _ in metadata
-                                       if k.startswith(model.DECISIONS)), 0)
-        taken = time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                              time.gmtime(int(manifest.get("finished_ns") or 0) / 1e9))
-        note = model.Decision(now_ns, "restored", None,
-                              f"restored from the backup {root} taken at {taken} (metadata at "
-                              f"revision {manifest.get('revision')})",
-                              {"groups": {str(g): c["checkpoint"].index
-                                          for g, c in checkpoints.items()}})
-        metadata.append((model.decision_key(note.at_ns), note.dumps()))
+            n = lay_out_node(backup, node_id, staging / f"node-{node_id}")
+            if n:
+                copied += n
+                on_bytes(copied, max(copy_total, 1))
+        metadata = restored_metadata(backup.items, backup.epochs, cluster.node_addresses)
+        metadata.append(restored_note(backup, metadata))
         say("loading the metadata into a new etcd")
         cluster.start(skip=[n for n in cluster.names if n != "etcd"])
         try:
-            revision = asyncio.run(_load_etcd(cluster.etcd_endpoint, metadata))
+            revision = asyncio.run(_load_etcd([cluster.etcd_endpoint], metadata))
         finally:
             cluster.stop(["etcd"])
-        fsync_dir(str(staging))
-        if data_dir.exists():
-            data_dir.rmdir()  # (empty: checked above)
-        os.rename(staging, data_dir)
-        fsync_dir(str(data_dir.parent))
+        _staged_rename(staging, data_dir)
     except BaseException as exc:
         # Nothing is left behind: not the staging dir, not the etcd started for it.
         with contextlib.suppress(ClusterError, OSError):
@@ -249,12 +317,114 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
         raise
     return {
         "data_dir": str(data_dir), "base_port": port, "nodes": nodes,
-        "metas": METAS, "groups": [{"id": g, "applied_index": c["checkpoint"].index,
-                                    "epoch": c["checkpoint"].epoch,
-                                    "members": list(view.groups[g].members)
-                                    if g in view.groups else []}
-                                   for g, c in sorted(checkpoints.items())],
+        "metas": METAS, "groups": backup.groups_summary(),
         "tables": sorted(view.tables), "metadata_keys": len(metadata),
-        "etcd_revision": revision, "backup_revision": manifest.get("revision"),
-        "bytes_verified": total, "seconds": round(time.monotonic() - began, 3),
+        "etcd_revision": revision, "backup_revision": backup.manifest.get("revision"),
+        "bytes_verified": backup.bytes_verified, "seconds": round(time.monotonic() - began, 3),
+    }
+
+
+def check_node_target(node_dir: Path) -> Path:
+    """Refuse a node dir that holds anything, or a staging dir left beside it; the staging
+    dir."""
+    if node_dir.exists():
+        if not node_dir.is_dir():
+            raise RestoreRefused(f"{node_dir} exists and is not a directory")
+        if any(node_dir.iterdir()):
+            raise RestoreRefused(f"{node_dir} is not empty: move the node's old data dir "
+                                 "aside, or restore into a new or empty dir")
+    staging = node_dir.with_name(node_dir.name + ".restoring")
+    if staging.exists():
+        raise RestoreRefused(f"{staging} is left from an interrupted restore: remove it first")
+    return staging
+
+
+def restore_node(root: Path, node_id: int, node_dir: Path, *,
+                 say: Callable[[str], None] = lambda _: None,
+                 on_bytes: Callable[[int, int], None] = lambda _d, _t: None) -> dict[str, Any]:
+    """Lay out node ``node_id``'s data dir ``node_dir`` (new or empty) from the backup in
+    ``root``, as :func:`restore` lays it out; a summary."""
+    began = time.monotonic()
+    root, node_dir = Path(root).absolute(), Path(node_dir).absolute()
+    say("checking the target")
+    staging = check_node_target(node_dir)
+    say("verifying the backup")
+    backup = read_backup(root, on_bytes)
+    ids = set(backup.view.nodes) | {m for g in backup.view.groups.values() for m in g.members}
+    if node_id not in ids:
+        known = ", ".join(map(str, sorted(ids))) or "none"
+        raise RestoreRefused(f"node {node_id} is not in the backup (its nodes: {known})")
+    group = backup.view.group_of(node_id)
+    member = group is not None and node_id in group.members
+    try:
+        say(f"laying out node {node_id}")
+        copied = lay_out_node(backup, node_id, staging)
+        on_bytes(copied, max(copied, 1))
+        _staged_rename(staging, node_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    ck = backup.checkpoints.get(group.id) if member and group is not None else None
+    return {
+        "node": node_id, "node_dir": str(node_dir),
+        "state": model.NODE_MEMBER if member else model.NODE_SPARE,
+        "group": group.id if member and group is not None else None,
+        "applied_index": ck["checkpoint"].index if ck else None,
+        "epoch": ck["checkpoint"].epoch if ck else None,
+        "bytes_copied": copied, "backup_revision": backup.manifest.get("revision"),
+        "bytes_verified": backup.bytes_verified, "seconds": round(time.monotonic() - began, 3),
+    }
+
+
+def parse_addresses(specs: list[str]) -> dict[int, str]:
+    """``ID=HOST:PORT`` each (``--address``): node id -> address; clear refusals."""
+    out: dict[int, str] = {}
+    for spec in specs:
+        ident, eq, address = spec.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not (eq and ident.strip().isdigit() and int(ident) > 0 and colon and host
+                and port.isdigit() and 1 <= int(port) <= 65535):
+            raise RestoreRefused(f"--address {spec!r}: not ID=HOST:PORT (for example "
+                                 "4=10.0.0.4:8431)")
+        if int(ident) in out:
+            raise RestoreRefused(f"--address: node {int(ident)} is given twice")
+        out[int(ident)] = address
+    return out
+
+
+def restore_metadata(root: Path, endpoints: list[str], *, addresses: dict[int, str] | None = None,
+                     say: Callable[[str], None] = lambda _: None,
+                     on_bytes: Callable[[int, int], None] = lambda _d, _t: None
+                     ) -> dict[str, Any]:
+    """Load the backup's metadata, edited as :func:`restore` edits it, into the fresh etcd at
+    ``endpoints``, each node at its backed-up address unless ``addresses`` moves it; a
+    summary."""
+    began = time.monotonic()
+    root = Path(root).absolute()
+    moved = dict(addresses or {})
+    say("verifying the backup")
+    backup = read_backup(root, on_bytes)
+    recorded = backup.view.nodes
+    unknown = sorted(set(moved) - set(recorded))
+    if unknown:
+        known = ", ".join(map(str, sorted(recorded))) or "none"
+        raise RestoreRefused(f"--address names node(s) {unknown} that the backup does not have "
+                             f"(its nodes: {known})")
+    where = {i: n.address for i, n in recorded.items()} | moved
+    taken = {}
+    for node_id, address in sorted(where.items()):
+        if address in taken and node_id in moved:
+            raise RestoreRefused(f"--address {node_id}={address}: node {taken[address]} is "
+                                 "at that address too")
+        taken.setdefault(address, node_id)
+    metadata = restored_metadata(backup.items, backup.epochs, where)
+    metadata.append(restored_note(backup, metadata))
+    say("loading the metadata into etcd")
+    revision = asyncio.run(_load_etcd(endpoints, metadata))
+    return {
+        "etcd": endpoints, "nodes": {str(i): a for i, a in sorted(where.items())},
+        "groups": backup.groups_summary(), "tables": sorted(backup.view.tables),
+        "metadata_keys": len(metadata), "etcd_revision": revision,
+        "backup_revision": backup.manifest.get("revision"),
+        "bytes_verified": backup.bytes_verified, "seconds": round(time.monotonic() - began, 3),
     }
