@@ -15,32 +15,22 @@ import pytest
 
 from rangekv import errors
 from rangekv.backup import manifest as mf
-from rangekv.backup.restore import RestoreRefused, check_target, restore, restored_metadata
+from rangekv.backup.restore import (
+    RestoreRefused,
+    check_target,
+    parse_addresses,
+    restore,
+    restore_metadata,
+    restore_node,
+    restored_metadata,
+)
 from rangekv.backup.take import check_empty_target, dump_items, dump_kvs
 from rangekv.metadata import model
 from rangekv.metadata.etcd import KV
-from rangekv.storage import snapshot
-
-
-def make_backup(root: Path, *, complete: bool = True) -> Path:
-    """A small but well-formed backup of one group (index 7, epoch 2)."""
-    index = root / "groups" / "1" / "index"
-    index.mkdir(parents=True)
-    (index / "000008.sst").write_bytes(os.urandom(5000))
-    (index / "CURRENT").write_bytes(b"MANIFEST-000005\n")
-    checkpoint = snapshot.describe(index, 7, 2)
-    mf.write_json(root / "groups" / "1" / "group.json",
-                  {"group": 1, "manifest": checkpoint.to_wire(), "ranges": []})
-    (root / "meta").mkdir()
-    group = model.Group(1, 2, 1, (1, 2, 3))
-    kvs = [KV(model.group_key(1), model.dumps(group.to_json()), 1, 1, 1, 0),
-           KV(model.table_key("t"), model.dumps(model.Table(1, "t")), 2, 2, 1, 0)]
-    mf.write_json(root / mf.DUMP_PATH, dump_kvs(kvs, 9))
-    mf.write_json(root / mf.CLUSTER_NAME, {"base_port": 14100, "nodes": 5, "rms": 2,
-                                           "groups": 1})
-    if complete:
-        mf.write_manifest(root, mf.build(root, {"groups": [{"id": 1}], "revision": 9}))
-    return root
+from rangekv.node.server import GROUP_FILE
+from rangekv.storage import hardstate
+from rangekv.storage.wal import WAL
+from rangekv.testing.backups import make_backup
 
 
 def refused_without_writing(backup: Path, tmp_path: Path, match: str) -> None:
@@ -185,3 +175,138 @@ def test_the_cli_says_why_it_refuses(tmp_path: Path) -> None:
     rc = run(["backup", str(root), "--etcd", "http://127.0.0.1:9"],
              Context(stdout=out, stderr=err, stdin=io.BytesIO()))
     assert rc == 1 and "is not empty" in err.getvalue()
+
+
+# --- the several-machine modes: --node ID --node-dir PATH, --metadata --etcd URLS -------------
+
+
+def test_restore_node_lays_out_a_member_with_the_group_checkpoint(tmp_path: Path) -> None:
+    root = make_backup(tmp_path / "bk", nodes=True)
+    node_dir = tmp_path / "var" / "node-2"
+    seen: list[tuple[int, int]] = []
+    summary = restore_node(root, 2, node_dir, on_bytes=lambda d, t: seen.append((d, t)))
+    assert (summary["state"], summary["group"], summary["applied_index"], summary["epoch"]) == (
+        "member", 1, 7, 2)
+    assert seen and seen[-1][0] == summary["bytes_copied"] > 5000
+    assert hardstate.load(node_dir / "node.id") == {"node_id": 2}
+    assert hardstate.load(node_dir / GROUP_FILE) == {"group": 1}
+    assert hardstate.load(node_dir / "hardstate") == {"promised_epoch": 2}
+    src = root / "groups" / "1" / "index"
+    assert sorted(os.listdir(node_dir / "index")) == sorted(os.listdir(src))
+    for name in os.listdir(src):
+        assert (node_dir / "index" / name).read_bytes() == (src / name).read_bytes()
+    wal = WAL.open(node_dir / "wal")
+    try:  # an empty log based at the checkpoint, as a snapshot install leaves it
+        assert (wal.base_index, wal.last_index, wal.epoch_at(7)) == (7, 7, 2)
+    finally:
+        wal.close()
+    assert not (tmp_path / "var" / "node-2.restoring").exists()
+
+
+@pytest.mark.parametrize("node_id", [4, 5])
+def test_restore_node_lays_out_a_spare(tmp_path: Path, node_id: int) -> None:
+    """Every node that is not a member of a group (a spare, a flagged node) starts as a new
+    spare: its id and nothing else."""
+    root = make_backup(tmp_path / "bk", nodes=True)
+    node_dir = tmp_path / f"node-{node_id}"
+    node_dir.mkdir()  # an empty dir is fine (systemd may have created it)
+    summary = restore_node(root, node_id, node_dir)
+    assert (summary["state"], summary["group"], summary["bytes_copied"]) == ("spare", None, 0)
+    assert os.listdir(node_dir) == ["node.id"]
+    assert hardstate.load(node_dir / "node.id") == {"node_id": node_id}
+
+
+def test_restore_node_refusals_write_nothing(tmp_path: Path) -> None:
+    root = make_backup(tmp_path / "bk", nodes=True)
+    busy = tmp_path / "node-1"
+    busy.mkdir()
+    (busy / "node.id").write_text("old")
+    with pytest.raises(RestoreRefused, match="is not empty: move the node's old data dir"):
+        restore_node(root, 1, busy)
+    assert os.listdir(busy) == ["node.id"] and (busy / "node.id").read_text() == "old"
+    with pytest.raises(RestoreRefused, match=r"node 9 is not in the backup \(its nodes: "
+                                             r"1, 2, 3, 4, 5\)"):
+        restore_node(root, 9, tmp_path / "node-9")
+    (tmp_path / "node-3.restoring").mkdir()
+    with pytest.raises(RestoreRefused, match="interrupted restore"):
+        restore_node(root, 3, tmp_path / "node-3")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RestoreRefused, match="not a directory"):
+        restore_node(root, 2, tmp_path / "a-file")
+    sst = root / "groups" / "1" / "index" / "000008.sst"
+    data = bytearray(sst.read_bytes())
+    data[10] ^= 0x01
+    sst.write_bytes(bytes(data))
+    with pytest.raises(mf.BackupInvalid, match="corrupt"):
+        restore_node(root, 2, tmp_path / "node-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "bk", "node-1",
+                                                           "node-3.restoring"]
+
+
+def test_parse_addresses() -> None:
+    assert parse_addresses([]) == {}
+    assert parse_addresses(["4=10.0.0.9:8432", "1=db-a.internal:8431"]) == {
+        4: "10.0.0.9:8432", 1: "db-a.internal:8431"}
+    for bad in ["4", "4=", "x=10.0.0.1:1", "0=h:1", "4=10.0.0.1", "4=:8431", "4=h:0",
+                "4=h:65536", "4=h:port"]:
+        with pytest.raises(RestoreRefused, match="not ID=HOST:PORT"):
+            parse_addresses([bad])
+    with pytest.raises(RestoreRefused, match="node 4 is given twice"):
+        parse_addresses(["4=h:1", "4=h:2"])
+
+
+def test_restore_metadata_refuses_bad_addresses_before_touching_etcd(tmp_path: Path) -> None:
+    """Refused before any connection: nothing listens at port 9."""
+    root = make_backup(tmp_path / "bk", nodes=True)
+    nowhere = ["http://127.0.0.1:9"]
+    with pytest.raises(RestoreRefused, match=r"names node\(s\) \[7\] that the backup does not "
+                                             r"have \(its nodes: 1, 2, 3, 4, 5\)"):
+        restore_metadata(root, nowhere, addresses={7: "10.0.0.7:8431"})
+    with pytest.raises(RestoreRefused, match="4=10.0.0.1:8431: node 1 is at that address too"):
+        restore_metadata(root, nowhere, addresses={4: "10.0.0.1:8431"})
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    import io
+
+    from rangekv.cli import Context
+    from rangekv.cli.main import run
+
+    out, err = io.BytesIO(), io.StringIO()
+    rc = run(argv, Context(stdout=out, stderr=err, stdin=io.BytesIO()))
+    return rc, out.getvalue().decode(), err.getvalue()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "give one of --data-dir D"),
+    (["--data-dir", "D", "--node", "1", "--node-dir", "P"], "not --data-dir and --node together"),
+    (["--node", "1", "--metadata", "--etcd", "http://h:1"], "not --node and --metadata together"),
+    (["--node", "1"], "--node ID needs --node-dir PATH"),
+    (["--node", "0", "--node-dir", "P"], "--node must be a node id"),
+    (["--node", "1", "--node-dir", "P", "--etcd", "http://h:1"], "--etcd do(es) not go with --node"),
+    (["--node", "1", "--node-dir", "P", "--base-port", "14000"], "--base-port do(es) not go"),
+    (["--metadata"], "--metadata needs --etcd URL"),
+    (["--metadata", "--etcd", "http://h:1", "--node-dir", "P"], "--node-dir do(es) not go"),
+    (["--data-dir", "D", "--address", "1=h:1"], "--address do(es) not go with --data-dir"),
+    (["--metadata", "--etcd", "http://h:1", "--address", "1=h"], "not ID=HOST:PORT"),
+])
+def test_the_cli_refuses_mixed_or_incomplete_restore_modes(tmp_path: Path, args: list[str],
+                                                           message: str) -> None:
+    root = make_backup(tmp_path / "bk", nodes=True)
+    args = [str(tmp_path / a) if a in ("D", "P") else a for a in args]
+    rc, out, err = _cli(["restore", str(root), *args])
+    assert rc == 1 and message in err and not out, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk"]
+
+
+def test_the_cli_restores_a_node(tmp_path: Path) -> None:
+    root = make_backup(tmp_path / "bk", nodes=True)
+    rc, out, err = _cli(["restore", str(root), "--node", "3", "--node-dir",
+                         str(tmp_path / "node-3")])
+    assert rc == 0, err
+    assert out.startswith(f"restored node 3 from {root} into {tmp_path / 'node-3'}: a member "
+                          "of group 1 at applied index 7 (epoch 2, ")
+    rc, out, err = _cli(["--json", "restore", str(root), "--node", "4", "--node-dir",
+                         str(tmp_path / "node-4")])
+    assert rc == 0, err
+    assert json.loads(out)["state"] == "spare"
