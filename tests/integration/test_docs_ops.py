@@ -251,6 +251,9 @@ class Rehearsal:
                 # a glob names the loaded (here: started) units it matches, as in systemctl
                 names = sorted(u for m, u in self.running if m == machine and fnmatch.fnmatch(
                     u, pattern)) if set(pattern) & set("*?[") else [pattern]
+                # systemctl accepts a glob that matches nothing; here every machine runs nodes,
+                # so that would mean the page's stop leaves running what it means to stop
+                assert names, f"`{line}` on {machine}: {pattern} matches no running unit"
                 for unit in names:
                     self.stop(machine, unit)
         elif verb == "disable" and "--now" not in words:

@@ -1,5 +1,7 @@
 """Backup and restore of a whole cluster: ``rangekv backup DIR``, ``rangekv restore DIR
---data-dir D``, then ``rangekv up --data-dir D``.
+--data-dir D``, then ``rangekv up --data-dir D``; or, on several machines (docs/operations.md),
+``rangekv restore DIR --metadata --etcd URLS`` into a fresh etcd and ``rangekv restore DIR
+--node ID --node-dir PATH`` for each node on its machine (``restore.py``).
 
 Invariants
 ----------

@@ -5,7 +5,8 @@
     rangekv cluster                     the topology (groups, leaders, ranges, nodes)
     rangekv status                      groups with lag, ranges with size and load, nodes, decisions
     rangekv create-table|drop-table|tables|put|get|delete|list ...
-    rangekv backup DIR; rangekv restore DIR --data-dir D
+    rangekv backup DIR; rangekv restore DIR --data-dir D | --node ID --node-dir PATH |
+        --metadata --etcd URLS           (one machine; one node or the metadata of several)
 
 Global options (before or after the subcommand): ``--endpoint URL`` (repeatable; default
 ``$RANGEKV_ENDPOINT`` or http://127.0.0.1:8400), ``--json``, ``--timeout SECONDS``,
