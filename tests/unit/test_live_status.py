@@ -110,6 +110,28 @@ def test_probe_bounds_each_node_and_reports_why() -> None:
     asyncio.run(main())
 
 
+def test_probe_refuses_the_answer_of_another_node_at_the_address() -> None:
+    """Node 3 was flagged and its machine runs node 6 at the same address now: node 3's row
+    must say so, not show node 6's role and indexes as node 3's."""
+
+    async def ask(address: str) -> dict[str, Any]:
+        return {"node_id": 6 if address == "c:8431" else 1, "role": "follower"}
+
+    async def main() -> None:
+        got = await live.probe([(1, "a:8431"), (3, "c:8431"), (6, "c:8431")], ask)
+        assert got[1] == {"node_id": 1, "role": "follower"}
+        assert got[6] == {"node_id": 6, "role": "follower"}
+        assert got[3] == "node 6 answers at c:8431 now, not node 3"
+        status = live.summarize(
+            {"nodes": [{"id": 3, "address": "c:8431", "state": "flagged", "group": None}]},
+            {3: got[3]})
+        row = status["nodes"][0]
+        assert (row["reachable"], row["role"]) == (False, None)
+        assert row["error"] == "node 6 answers at c:8431 now, not node 3"
+
+    asyncio.run(main())
+
+
 def test_live_status_probes_once_per_ttl_and_follows_the_view() -> None:
     view = ClusterView(revision=1)
     view.nodes[1] = Node(1, "h:1", "member", 1)

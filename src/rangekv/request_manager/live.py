@@ -65,19 +65,25 @@ _NODE_FIGURES = ("epoch", "last_index", "commit_index", "applied_index")
 async def probe(nodes: Iterable[tuple[int, str]], ask: Ask,
                 timeout_s: float = PROBE_TIMEOUT_S) -> dict[int, Probe]:
     """Each node's status (``ask(address)``), all at once, each within ``timeout_s``; a node
-    that fails or is late maps to the reason, as text."""
+    that fails or is late maps to the reason, as text. So does a node whose address another
+    node now answers (a flagged node's machine reused under a new id): its row must not show
+    the other node's role and indexes."""
 
-    async def one(address: str) -> Probe:
+    async def one(node_id: int, address: str) -> Probe:
         try:
             async with asyncio.timeout(timeout_s):
-                return await ask(address)
+                st = await ask(address)
         except TimeoutError:
             return f"Timeout: no answer within {timeout_s:g} s"
         except (errors.RangeKVError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
+        other = st.get("node_id")
+        if isinstance(other, int) and other != node_id:
+            return f"node {other} answers at {address} now, not node {node_id}"
+        return st
 
     todo = [(node_id, address) for node_id, address in nodes if isinstance(address, str)]
-    got = await asyncio.gather(*(one(address) for _, address in todo))
+    got = await asyncio.gather(*(one(node_id, address) for node_id, address in todo))
     return {node_id: g for (node_id, _), g in zip(todo, got, strict=True)}
 
 
