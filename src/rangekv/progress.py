@@ -1,4 +1,10 @@
-"""One-line progress bars on stderr (stdout keeps only results): ``rangekv bench``, ``load``."""
+"""One-line progress bars on stderr (stdout keeps only results): ``rangekv bench``, ``load``,
+``backup``, ``restore``.
+
+On a terminal the bar is redrawn in place. Anywhere else (a pipe, a log file, cron, a systemd
+unit) redrawing with ``\\r`` would leave one enormous line, so the bar writes a plain line per
+step and the last line only: a log keeps what happened, not every redraw.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,34 @@ import sys
 import time
 from typing import TextIO
 
-REDRAW_INTERVAL_S = 0.2  # ``update`` redraws at most this often
+REDRAW_INTERVAL_S = 0.2  # ``update`` redraws at most this often (on a terminal)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class Progress:
     """``[####----] done/total what``: advanced a step at a time (``step``), or set to a count
-    (``update``, redrawn at most every ``REDRAW_INTERVAL_S``)."""
+    (``update``, redrawn at most every ``REDRAW_INTERVAL_S``). ``live`` (default: whether the
+    stream is a terminal) chooses redrawing in place over plain lines."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 20) -> None:
+    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 20,
+                 live: bool | None = None) -> None:
         self.total, self.done, self.stream, self.width = total, 0, stream, width
+        self.live = _is_terminal(stream) if live is None else live
         self._drawn = 0.0
 
     def _draw(self, done: int, what: str, end: str = "") -> None:
         filled = self.width * min(done, self.total) // max(1, self.total)  # totals may be
         bar = "#" * filled + "-" * (self.width - filled)                   # estimates
-        self.stream.write(f"\r[{bar}] {done:,}/{self.total:,} {what:<48}{end}")
+        if self.live:
+            self.stream.write(f"\r[{bar}] {done:,}/{self.total:,} {what:<48}{end}")
+        else:
+            self.stream.write(f"[{bar}] {done:,}/{self.total:,} {what}".rstrip() + "\n")
         self.stream.flush()
 
     def step(self, what: str) -> None:
@@ -29,9 +48,10 @@ class Progress:
         self.done += 1
 
     def update(self, done: int, what: str) -> None:
+        """Set the count; redrawn on a terminal only (a log gets the last line at ``close``)."""
         self.done = done
         now = time.monotonic()
-        if now - self._drawn >= REDRAW_INTERVAL_S:
+        if self.live and now - self._drawn >= REDRAW_INTERVAL_S:
             self._drawn = now
             self._draw(done, what)
 

@@ -43,9 +43,22 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path, capsys) -> None:  
 
 def test_progress_bar_counts_steps() -> None:
     stream = io.StringIO()
-    bar = Progress(2, stream, width=4)
+    bar = Progress(2, stream, width=4, live=True)
     bar.step("a")
     bar.step("b")
     bar.close()
     text = stream.getvalue()
     assert "[----] 0/2 a" in text and "[##--] 1/2 b" in text and "2/2 done" in text
+
+
+def test_progress_off_a_terminal_writes_lines_not_redraws() -> None:
+    stream = io.StringIO()  # not a terminal: what a pipe, a log file or cron gets
+    bar = Progress(3, stream, width=4)
+    assert not bar.live
+    bar.step("copying")
+    for done in range(1, 1000):
+        bar.update(done, "copying")  # no redraws into the log
+    bar.close("3 files")
+    text = stream.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == ["[----] 0/3 copying", "[####] 3/3 3 files"]
