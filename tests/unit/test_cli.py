@@ -830,3 +830,25 @@ def test_status_nodes_and_ranges_show_the_live_figures() -> None:
     assert (r["leader"], r["keys"], r["bytes"], r["rps"]) == (2, 1200, 3 * 1024 * 1024, 12.5)
     assert any(req.url.path == "/v1/cluster/status" and req.url.query == b"table=Stocks"
                for req in fake.requests)
+
+
+def test_every_argument_of_every_command_is_explained_by_help() -> None:
+    """``--help`` explains every option and positional of every command (the process commands
+    hand their flags to the component, whose help test_config checks)."""
+    import argparse
+
+    from rangekv.cli.main import build_parser
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif (not isinstance(action, argparse._HelpAction) and not action.help
+                  and action.dest != "process_argv"):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "rangekv")
+    assert missing == []

@@ -31,7 +31,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Back up a live cluster into DIR (new or empty). Writes go on meanwhile; "
                     "range splits, merges and moves and table creation and drops wait until "
                     "it ends. Every write acknowledged before it started is in the backup.")
-    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("dir", type=Path, metavar="DIR",
+                   help="a new directory for the backup (must not exist, or be empty)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--data-dir", type=Path,
                        help=f"the data dir of a `rangekv up` cluster (default {DEFAULT_DATA_DIR}"
@@ -54,7 +55,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                     "lays out one node's data dir (on its machine, once per node) and "
                     "--metadata --etcd URLS loads the metadata into a freshly started etcd "
                     "(once).")
-    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("dir", type=Path, metavar="DIR",
+                   help="a backup written by `rangekv backup` (or a copy of one)")
     p.add_argument("--data-dir", type=Path, metavar="D",
                    help="one machine: the new data dir (must not exist, or be empty)")
     p.add_argument("--base-port", type=int,

@@ -33,11 +33,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     e = verbs.add_parser("example", parents=[common],
                          help="print a commented TOML file with every option and its default")
-    e.add_argument("component", choices=(*config.COMPONENTS, "all"))
+    e.add_argument("component", choices=(*config.COMPONENTS, "all"),
+                   help="the process whose options to print, or all")
     e.set_defaults(func=cmd_example)
     s = verbs.add_parser("show", parents=[common],
                          help="print the values a component would use and where each came from")
-    s.add_argument("component", choices=config.COMPONENTS)
+    s.add_argument("component", choices=config.COMPONENTS,
+                   help="the process whose effective values to print")
     s.set_defaults(func=cmd_show)
     c = verbs.add_parser("check", parents=[common],
                          help="check every table of the config file against its component")

@@ -34,7 +34,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("load", parents=[common],
                        help="put every item of a JSON Lines file (as `list --json` prints "
                             "items), with a progress bar")
-    p.add_argument("table")
+    p.add_argument("table", help="the table to put into (it must exist)")
     p.add_argument("file", help='a JSON Lines file of {"key": ..., "value": ...}; - for stdin')
     p.add_argument("--concurrency", type=int, default=CONCURRENCY_DEFAULT, metavar="N",
                    help=f"puts in flight at once (default {CONCURRENCY_DEFAULT})")

@@ -23,15 +23,17 @@ from rangekv.request_manager import live
 
 LIST_LIMIT_DEFAULT = 100
 STATUS_DECISIONS = 10
+TABLE_HELP = "the table's name"
+KEY_HELP = "the key: 1 to 1024 bytes (the argument's bytes as given)"
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("create-table", parents=[common], help="create a table")
-    p.add_argument("name")
+    p.add_argument("name", help="1 to 128 characters, each a letter, digit, _, . or -")
     p.set_defaults(func=cmd_create_table)
 
     p = sub.add_parser("drop-table", parents=[common], help="drop a table and all its keys")
-    p.add_argument("name")
+    p.add_argument("name", help=TABLE_HELP)
     p.set_defaults(func=cmd_drop_table)
 
     p = sub.add_parser("tables", parents=[common], help="list the tables")
@@ -40,15 +42,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ranges", parents=[common],
                        help="list a table's ranges: the group and leader serving each, its "
                             "size and load (asks the rm for the live figures)")
-    p.add_argument("table")
+    p.add_argument("table", help=TABLE_HELP)
     p.add_argument("--no-probe", action="store_true",
                    help="only the bounds and groups (no leader, size or load)")
     p.set_defaults(func=cmd_ranges)
 
     p = sub.add_parser("split", parents=[common],
-                       help="cut the range of TABLE holding KEY in two at KEY and move the upper "
-                            "part to another group")
-    p.add_argument("table")
+                       help="cut the range of TABLE holding the key of --at in two there and move "
+                            "the upper part to another group")
+    p.add_argument("table", help=TABLE_HELP)
     p.add_argument("--at", required=True, metavar="KEY", help="the first key of the upper part")
     p.add_argument("--to", default="auto", metavar="GROUP|auto|stay",
                    help="where the upper part goes: a group id, auto (default: the group with "
@@ -58,15 +60,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("move", parents=[common],
                        help="move the range of TABLE holding KEY to another group, live")
-    p.add_argument("table")
+    p.add_argument("table", help=TABLE_HELP)
     p.add_argument("key", help="any key of the range to move")
     p.add_argument("--to", required=True, type=int, metavar="GROUP",
                    help="the id of the group to move it to (rangekv cluster lists them)")
     p.set_defaults(func=cmd_move)
 
     p = sub.add_parser("put", parents=[common], help="store a value under a key")
-    p.add_argument("table")
-    p.add_argument("key")
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("key", help=KEY_HELP)
     p.add_argument("value", help="the value; - reads it from stdin (as bytes)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--if-seq", metavar="SEQ", help="only if the key's current seq is SEQ")
@@ -74,22 +76,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("get", parents=[common], help="print the value of a key")
-    p.add_argument("table")
-    p.add_argument("key")
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("key", help=KEY_HELP)
     p.add_argument("--seq", action="store_true", help="also print the seq (on a second line)")
     p.add_argument("--raw", action="store_true", help="print the value's bytes only, no newline")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("delete", parents=[common], help="delete a key")
-    p.add_argument("table")
-    p.add_argument("key")
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("key", help=KEY_HELP)
     p.add_argument("--if-seq", metavar="SEQ", help="only if the key's current seq is SEQ")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser(
         "list", parents=[common], help="list keys in order: key<TAB>value<TAB>seq lines"
     )
-    p.add_argument("table")
+    p.add_argument("table", help=TABLE_HELP)
     p.add_argument("--start", help="first key (inclusive)")
     p.add_argument("--end", help="end key (exclusive)")
     p.add_argument(
