@@ -8,7 +8,6 @@ new leader counts its leader change and the meta its election.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 import rangekv
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing import scrape
+from rangekv.testing import load, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -34,19 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            got = predicate()
-            if got:
-                return got
-            last = got
-        except (httpx.HTTPError, KeyError, IndexError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} ({last!r})")
-        time.sleep(0.05)
+    return load.wait_for(predicate, timeout_s, what, retry_on=load.NOT_YET)
 
 
 def group(c: LocalCluster) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from rangekv.cluster.local import running_cluster
+from rangekv.testing import load
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -28,19 +29,7 @@ HAPROXY_DOWN_AFTER_S = 1.0  # haproxy_config: check inter 500ms fall 2
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            got = predicate()
-            if got:
-                return got
-            last = got
-        except httpx.HTTPError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} ({last!r})")
-        time.sleep(0.05)
+    return load.wait_for(predicate, timeout_s, what, retry_on=load.NOT_YET)
 
 
 def test_reads_and_writes_go_on_while_etcd_is_down(tmp_path: Path) -> None:

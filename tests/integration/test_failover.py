@@ -27,9 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rangekv import errors, wire
+from rangekv import wire
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing.load import Write, Writers
+from rangekv.testing.load import NOT_YET, Write, Writers
+from rangekv.testing.load import wait_for as wait_for_answer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -40,6 +41,12 @@ FAILOVER_WAIT_S = 20.0  # generous: a failover normally takes about a second
 META_FAILOVER_WAIT_S = 30.0  # lease expiry (2 s) + takeover + one heartbeat timeout
 REJOIN_WAIT_S = 60.0
 PAUSE_S = 5.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll until ``predicate`` returns something true (the cluster not answering yet counts
+    as not yet)."""
+    return wait_for_answer(predicate, timeout_s, what, retry_on=NOT_YET)
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +85,6 @@ def node_status(c: LocalCluster, node: int) -> dict[str, Any]:
             await conn.close()
 
     return asyncio.run(ask())
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll until ``predicate`` returns something truthy (errors count as not yet)."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            got = predicate()
-            if got:
-                return got
-            last = got
-        except (httpx.HTTPError, errors.RangeKVError, KeyError, IndexError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} ({last!r})")
-        time.sleep(0.05)
 
 
 def new_leader(c: LocalCluster, old_epoch: int, old_leader: int) -> dict[str, Any] | None:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from rangekv import errors, wire
+from rangekv import wire
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing.load import Writers, check_all_acked, cluster_info
+from rangekv.testing.load import NOT_YET, Writers, check_all_acked, cluster_info
+from rangekv.testing.load import wait_for as wait_for_answer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,6 +38,12 @@ REPLACE_WITHIN_S = 10.0  # after the grace (issue 5: "within 10 s after the grac
 SETTLE_S = 30.0
 
 
+def poll(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll until ``predicate`` returns something true (the cluster not answering yet counts
+    as not yet)."""
+    return wait_for_answer(predicate, timeout_s, what, retry_on=NOT_YET)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data = tmp_path_factory.mktemp("replace") / "data"
@@ -45,24 +52,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         r = httpx.put(f"{c.endpoint}/v1/tables/{TABLE}", timeout=30, trust_env=False)
         assert r.status_code == 201, r.text
         yield c
-
-
-def poll(predicate: Any, timeout_s: float, what: str) -> Any:
-    """Poll ``predicate`` every 50 ms until it returns something truthy (errors talking to the
-    cluster count as "not yet"); fail with ``what`` and the last answer after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            got = predicate()
-            if got:
-                return got
-            last = got
-        except (httpx.HTTPError, errors.RangeKVError, KeyError, IndexError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} ({last!r})")
-        time.sleep(0.05)
 
 
 def group(c: LocalCluster) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from rangekv import errors
+
 T = TypeVar("T")
 
 
@@ -110,15 +112,29 @@ class Writers:
         print(f"writers {self.tag}: {len(acked)} acknowledged, errors {answers}")
 
 
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
+# For ``wait_for(retry_on=NOT_YET)``: the cluster not answering yet, or an answer without the
+# part waited for (a group with no leader has no ``members[0]``...).
+NOT_YET: tuple[type[BaseException], ...] = (httpx.HTTPError, errors.RangeKVError, KeyError,
+                                            IndexError)
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
+             retry_on: tuple[type[BaseException], ...] = ()) -> T:
     """Poll ``predicate`` every 50 ms until it returns something true, and return that; fail
-    the test with ``what`` after ``timeout_s``."""
+    the test with ``what`` and the last answer after ``timeout_s``. An exception of a type in
+    ``retry_on`` (say, the cluster not answering yet) counts as "not yet"; any other fails."""
     deadline = time.monotonic() + timeout_s
+    last: object = None
     while True:
-        result = predicate()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        try:
+            result = predicate()
+            if result:
+                return result
+            last = result
+        except retry_on as exc:
+            last = exc
+        assert time.monotonic() < deadline, (
+            f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
         time.sleep(0.05)
 
 
