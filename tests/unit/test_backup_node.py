@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,10 @@ import pytest
 from rangekv import errors, sequencer
 from rangekv.node.backup import HANDLE_IDLE_S, BackupServer
 from rangekv.replication import driver
-from rangekv.replication.driver import Replica
-from rangekv.replication.messages import Msg
 from rangekv.storage import snapshot
 from rangekv.storage.engine import open_rocks
 from rangekv.storage.snapshot import Chunk, Manifest, Receiver
-from rangekv.storage.wal import WAL
+from rangekv.testing.replicas import LoopbackGroup
 
 
 @pytest.fixture(autouse=True)
@@ -35,39 +33,21 @@ def no_process_exit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert not stops, f"a replica stopped the process (status {stops})"
 
 
-async def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-async def three_replicas(root: Path) -> dict[int, Replica]:
-    replicas: dict[int, Replica] = {}
-
-    def deliver(msg: Msg) -> None:
-        target = replicas.get(msg.to)
-        if target is not None:
-            asyncio.get_running_loop().call_soon(target.step, msg)
-
-    for i in (1, 2, 3):
-        d = root / f"n{i}"
-        d.mkdir(parents=True)
-        wal = WAL.open(d / "wal")
-        replicas[i] = Replica(i, wal, open_rocks(str(d / "index")), d / "hardstate", deliver)
-        await replicas[i].start()
-        replicas[i].configure([1, 2, 3])
-    replicas[1].campaign(1)
-    await wait_until(lambda: replicas[1].core.serving, "node 1 to lead")
-    await replicas[1].propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                               "s": sequencer.ZERO})
-    return replicas
+async def three_replicas(root: Path) -> LoopbackGroup:
+    """A group of three with node 1 leading epoch 1 and serving table 7's one range."""
+    g = LoopbackGroup(root)
+    for i in g.ids:
+        await g.open(i)
+    leader = await g.elect(1, epoch=1)
+    await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
+                          "s": sequencer.ZERO})
+    return g
 
 
 def test_a_backup_checkpoint_holds_every_acknowledged_write(tmp_path: Path) -> None:
     async def scenario() -> None:
-        replicas = await three_replicas(tmp_path / "group")
-        leader = replicas[1]
+        g = await three_replicas(tmp_path / "group")
+        replicas, leader = g.replicas, g.replicas[1]
         try:
             for start in range(0, 300, 20):
                 await asyncio.gather(*[
@@ -125,8 +105,6 @@ def test_a_backup_checkpoint_holds_every_acknowledged_write(tmp_path: Path) -> N
                 await server.serve(leader, "backup_chunk",
                                    {"handle": begin["handle"], "file": 0, "offset": 0}, 1)
         finally:
-            for replica in replicas.values():
-                await replica.stop()
-                replica.close_storage()
+            await g.close_all()
 
     asyncio.run(scenario())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,11 +26,10 @@ from rangekv.metadata.etcd import EtcdClient
 from rangekv.metadata.service import MetaConfig, MetaService
 from rangekv.node.metrics import NodeMetrics
 from rangekv.replication.driver import Replica
-from rangekv.replication.messages import Msg
 from rangekv.request_manager.metrics import Metrics
-from rangekv.storage.engine import open_rocks
 from rangekv.storage.wal import WAL
 from rangekv.testing import scrape
+from rangekv.testing.replicas import LoopbackGroup, wait_until
 
 # -- the shared histogram -------------------------------------------------------------------
 
@@ -135,58 +134,23 @@ def test_wal_reports_each_fdatasync_with_its_entries_and_bytes(tmp_path: Path) -
 # -- a group of three real replicas ---------------------------------------------------------
 
 
-class Group:
+class Group(LoopbackGroup):
     """Three replicas (real WAL and RocksDB) in one loop, each with its node's metrics."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ids = (1, 2, 3)
-        self.replicas: dict[int, Replica] = {}
+        super().__init__(root)
         self.metrics: dict[int, NodeMetrics] = {}
-        self.cut: set[int] = set()
 
-    def _deliver(self, msg: Msg) -> None:
-        if msg.frm in self.cut or msg.to in self.cut:
-            return
-        target = self.replicas.get(msg.to)
-        if target is not None:
-            asyncio.get_running_loop().call_soon(target.step, msg)
-
-    async def open(self, node_id: int) -> None:
-        d = self.root / f"n{node_id}"
-        d.mkdir(parents=True, exist_ok=True)
-        wal = WAL.open(d / "wal")
-        wal.sync()
+    async def open(self, node_id: int, **options: Any) -> Replica:
         node = self.metrics[node_id] = NodeMetrics(
             node_id, lambda: (self.replicas.get(node_id), 1, None))
-        wal.on_sync = node.on_sync
-        replica = Replica(node_id, wal, open_rocks(str(d / "index")), d / "hardstate",
-                          self._deliver, observer=node)
+        replica = self.new_replica(node_id, observer=node, **options)
+        replica.wal.on_sync = node.on_sync
         node.opened(replica.core.promised)
-        await replica.start()
-        replica.configure(list(self.ids))
-        self.replicas[node_id] = replica
-
-    async def close(self) -> None:
-        for replica in self.replicas.values():
-            await replica.stop()
-            replica.close_storage()
+        return await self.start(replica)
 
     def scrape(self, node_id: int) -> scrape.Samples:
         return scrape.parse(metrics.render(self.metrics[node_id].registry).decode())
-
-    async def elect(self, node_id: int, epoch: int) -> Replica:
-        leader = self.replicas[node_id]
-        leader.campaign(epoch)
-        await wait_until(lambda: leader.core.serving, f"node {node_id} serving")
-        return leader
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def put(key: bytes, n: int) -> dict[str, object]:
@@ -250,7 +214,7 @@ def test_node_metrics_follow_proposals_lag_and_leader_changes(tmp_path: Path) ->
                 "node 1 persists epoch 2")
             assert scrape.value(g.scrape(1), "rangekv_node_role", role="follower") == 1
         finally:
-            await g.close()
+            await g.close_all()
 
     asyncio.run(scenario())
 

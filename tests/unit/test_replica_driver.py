@@ -18,44 +18,10 @@ import pytest
 
 from rangekv import errors, sequencer
 from rangekv.replication import driver
-from rangekv.replication.driver import Replica
-from rangekv.replication.messages import Msg
-from rangekv.storage.engine import open_rocks
-from rangekv.storage.wal import WAL
+from rangekv.testing.replicas import LoopbackGroup, wait_until
 
 
-class Group:
-    def __init__(self, root: Path, ids: tuple[int, ...] = (1, 2, 3)) -> None:
-        self.root = root
-        self.ids = ids
-        self.replicas: dict[int, Replica] = {}
-        self.cut: set[int] = set()  # nodes whose messages are dropped
-
-    def _deliver(self, msg: Msg) -> None:
-        if msg.frm in self.cut or msg.to in self.cut:
-            return
-        target = self.replicas.get(msg.to)
-        if target is not None:
-            asyncio.get_running_loop().call_soon(target.step, msg)
-
-    async def open(self, node_id: int) -> Replica:
-        d = self.root / f"n{node_id}"
-        d.mkdir(parents=True, exist_ok=True)
-        wal = WAL.open(d / "wal")
-        wal.sync()
-        engine = open_rocks(str(d / "index"))
-        replica = Replica(node_id, wal, engine, d / "hardstate", self._deliver)
-        await replica.start()
-        replica.configure(list(self.ids))
-        self.replicas[node_id] = replica
-        return replica
-
-    async def close(self, node_id: int) -> None:
-        replica = self.replicas.pop(node_id)
-        await replica.stop()
-        replica.engine.close()
-        replica.wal.close()
-
+class Group(LoopbackGroup):
     async def close_exited(self, node_id: int) -> None:
         """Release the files of a replica whose process "exited" (``FakeExit``): its persist
         task ended with ``Exited``, which ``stop`` passes on."""
@@ -63,18 +29,7 @@ class Group:
         replica = self.replicas.pop(node_id)
         with contextlib.suppress(Exited):
             await replica.stop()
-        replica.engine.close()
-        replica.wal.close()
-
-    async def elect(self, node_id: int, epoch: int) -> Replica:
-        leader = self.replicas[node_id]
-        leader.campaign(epoch)
-        for _ in range(200):
-            if leader.core.serving:
-                return leader
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"node {node_id} did not become a serving leader: "
-                             f"{leader.status()}")
+        replica.close_storage()
 
 
 def seq(n: int) -> bytes:
@@ -200,13 +155,6 @@ def fail_syncs_under(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[s
     monkeypatch.setattr(os, "fdatasync", failing(os.fdatasync))
     monkeypatch.setattr(os, "fsync", failing(os.fsync))
     return failed
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def disk_failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

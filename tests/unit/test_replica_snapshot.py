@@ -28,10 +28,9 @@ from rangekv import errors, sequencer, wire
 from rangekv.cluster.local import LocalCluster
 from rangekv.replication import driver
 from rangekv.replication.driver import Replica
-from rangekv.replication.messages import Msg
 from rangekv.storage import snapshot
-from rangekv.storage.engine import open_rocks
 from rangekv.storage.wal import WAL
+from rangekv.testing.replicas import LoopbackGroup, wait_until
 
 Fault = Callable[[int, int, str, dict[str, Any]], dict[str, Any] | None]
 
@@ -54,24 +53,15 @@ def no_process_exit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert not stops, f"a replica stopped the process (status {stops})"
 
 
-class Group:
+class Group(LoopbackGroup):
+    """Replicas that compact often and send snapshots to each other through ``fault``."""
+
     def __init__(self, root: Path, ids: tuple[int, ...] = (1, 2, 3), compact_entries: int = 50,
                  compact_retain: int = 20) -> None:
-        self.root = root
-        self.ids = ids
-        self.members = list(ids)
-        self.replicas: dict[int, Replica] = {}
-        self.cut: set[int] = set()
+        super().__init__(root, ids)
         self.compact = (compact_entries, compact_retain)
         self.fault: Fault | None = None  # may rewrite a snapshot request in flight
         self.requests: list[tuple[int, int, str]] = []
-
-    def _deliver(self, msg: Msg) -> None:
-        if msg.frm in self.cut or msg.to in self.cut:
-            return
-        target = self.replicas.get(msg.to)
-        if target is not None:
-            asyncio.get_running_loop().call_soon(target.step, msg)
 
     async def _rpc(self, frm: int, peer: int, op: str, fields: dict[str, Any],
                    timeout_s: float) -> dict[str, Any]:
@@ -90,30 +80,19 @@ class Group:
         except errors.RangeKVError as err:  # the reply carries the error back
             raise errors.from_dict(err.to_dict()) from None
 
-    async def open(self, node_id: int) -> Replica:
-        d = self.root / f"n{node_id}"
-        d.mkdir(parents=True, exist_ok=True)
-        wal = WAL.open(d / "wal")
-        wal.sync()
-        snapshot.recover(d, wal)
-        engine = open_rocks(str(d / "index"))
-        entries, retain = self.compact
+    def storage(self, node_id: int) -> tuple[Path, WAL]:
+        d, wal = super().storage(node_id)
+        snapshot.recover(d, wal)  # as the node does before it opens its index
+        return d, wal
 
+    async def open(self, node_id: int, **options: Any) -> Replica:
         async def rpc(peer: int, op: str, fields: dict[str, Any], timeout_s: float
                       ) -> dict[str, Any]:
             return await self._rpc(node_id, peer, op, fields, timeout_s)
 
-        replica = Replica(node_id, wal, engine, d / "hardstate", self._deliver, snapshot_rpc=rpc,
-                          compact_entries=entries, compact_retain=retain)
-        await replica.start()
-        replica.configure(self.members)
-        self.replicas[node_id] = replica
-        return replica
-
-    async def close(self, node_id: int) -> None:
-        replica = self.replicas.pop(node_id)
-        await replica.stop()
-        replica.close_storage()
+        entries, retain = self.compact
+        return await super().open(node_id, snapshot_rpc=rpc, compact_entries=entries,
+                                  compact_retain=retain, **options)
 
     def kill(self, node_id: int) -> None:
         """The process dies: its tasks stop, its files stay as they are (no flush, no sync)."""
@@ -127,26 +106,9 @@ class Group:
             replica._engine._backend._db = None  # type: ignore[attr-defined]
             replica._engine = None
 
-    async def elect(self, node_id: int, epoch: int) -> Replica:
-        leader = self.replicas[node_id]
-        leader.campaign(epoch)
-        await wait_until(lambda: leader.core.serving, f"node {node_id} to lead")
-        return leader
-
-    async def close_all(self) -> None:
-        for i in list(self.replicas):
-            await self.close(i)
-
 
 def seq(n: int) -> bytes:
     return sequencer.make(n, 0, 9)
-
-
-async def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def write(leader: Replica, lo: int, hi: int, size: int = 200) -> None:
