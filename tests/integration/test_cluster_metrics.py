@@ -8,7 +8,7 @@ new leader counts its leader change and the meta its election.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,7 +16,8 @@ import pytest
 
 import rangekv
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing import load, scrape
+from rangekv.testing import scrape
+from rangekv.testing.load import wait_for_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -30,10 +31,6 @@ PUTS = 30
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("metrics") / "data", READY_TIMEOUT_S) as c:
         yield c
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    return load.wait_for(predicate, timeout_s, what, retry_on=load.NOT_YET)
 
 
 def group(c: LocalCluster) -> dict[str, Any]:
@@ -121,14 +118,16 @@ def test_every_process_serves_metrics_that_follow_the_cluster(cluster: LocalClus
             return now if now["epoch"] > g["epoch"] and now["leader"] not in (None, leader) \
                 else None
 
-        g1 = wait_for(new_leader, "a new leader")
-        wait_for(lambda: changes(scrape_all(c, skip=(f"node-{leader}",))) > changes(after),
-                 "a follower to count becoming leader")
+        g1 = wait_for_cluster(new_leader, WAIT_S, "a new leader")
+        wait_for_cluster(
+            lambda: changes(scrape_all(c, skip=(f"node-{leader}",))) > changes(after), WAIT_S,
+            "a follower to count becoming leader")
         new = scrape.scrape(c.metrics_urls[f"node-{g1['leader']}"])
         assert scrape.value(new, "rangekv_node_role", role="leader") == 1
         assert scrape.value(new, "rangekv_node_epoch_changes_total") >= 1
         assert elections() > elections_before
         with httpx.Client(base_url=c.endpoint, timeout=15, trust_env=False) as http:
-            wait_for(lambda: http.put(f"/v1/tables/{TABLE}/keys/after",
-                                      content=b"v").status_code == 200, "a put after failover")
+            wait_for_cluster(lambda: http.put(f"/v1/tables/{TABLE}/keys/after",
+                                              content=b"v").status_code == 200,
+                             WAIT_S, "a put after failover")
 

@@ -11,25 +11,19 @@ everything is ready again, with every acknowledged write, once etcd is resumed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from rangekv.cluster.local import running_cluster
-from rangekv.testing import load
+from rangekv.testing.load import wait_for_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 READY_TIMEOUT_S = 90.0
 WAIT_S = 30.0
 HAPROXY_DOWN_AFTER_S = 1.0  # haproxy_config: check inter 500ms fall 2
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    return load.wait_for(predicate, timeout_s, what, retry_on=load.NOT_YET)
 
 
 def test_reads_and_writes_go_on_while_etcd_is_down(tmp_path: Path) -> None:
@@ -48,7 +42,7 @@ def test_reads_and_writes_go_on_while_etcd_is_down(tmp_path: Path) -> None:
                 return all(httpx.get(f"{u}/healthz", timeout=5, trust_env=False).status_code
                            == 503 for u in c.rm_endpoints)
 
-            wait_for(no_rm_ready, "every rm to stop being ready")
+            wait_for_cluster(no_rm_ready, WAIT_S, "every rm to stop being ready")
             for u in c.rm_endpoints:
                 live = httpx.get(f"{u}/livez", timeout=5, trust_env=False)
                 assert live.status_code == 200 and live.json()["ready"] is False, live.text
@@ -63,7 +57,8 @@ def test_reads_and_writes_go_on_while_etcd_is_down(tmp_path: Path) -> None:
                 return False
 
             counter = iter(range(100_000))
-            wait_for(lambda: put_during(next(counter)), "a put through HAProxy with etcd down")
+            wait_for_cluster(lambda: put_during(next(counter)), WAIT_S,
+                             "a put through HAProxy with etcd down")
             # and every one after it, for longer than HAProxy takes to see that no rm is ready
             # (checks every 500 ms, down after 2 failures): it must never answer its own 503
             until = time.monotonic() + 3 * HAPROXY_DOWN_AFTER_S
@@ -83,8 +78,9 @@ def test_reads_and_writes_go_on_while_etcd_is_down(tmp_path: Path) -> None:
         finally:
             c.resume("etcd")
 
-        wait_for(lambda: all(httpx.get(f"{u}/healthz", timeout=5, trust_env=False).status_code
-                             == 200 for u in c.rm_endpoints), "every rm to be ready again")
+        wait_for_cluster(lambda: all(httpx.get(f"{u}/healthz", timeout=5, trust_env=False)
+                                     .status_code == 200 for u in c.rm_endpoints),
+                         WAIT_S, "every rm to be ready again")
         for key, value in acked.items():
             r = http.get(f"/v1/tables/kv/keys/{key}")
             assert (r.status_code, r.text) == (200, value), (key, r.status_code, r.text)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,8 +29,8 @@ import pytest
 
 from rangekv import wire
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing.load import NOT_YET, Write, Writers
-from rangekv.testing.load import wait_for as wait_for_answer
+from rangekv.testing.load import Write, Writers
+from rangekv.testing.load import wait_for_cluster as wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -41,12 +41,6 @@ FAILOVER_WAIT_S = 20.0  # generous: a failover normally takes about a second
 META_FAILOVER_WAIT_S = 30.0  # lease expiry (2 s) + takeover + one heartbeat timeout
 REJOIN_WAIT_S = 60.0
 PAUSE_S = 5.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll until ``predicate`` returns something true (the cluster not answering yet counts
-    as not yet)."""
-    return wait_for_answer(predicate, timeout_s, what, retry_on=NOT_YET)
 
 
 @pytest.fixture(scope="module")

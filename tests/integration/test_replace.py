@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,8 +26,8 @@ import pytest
 
 from rangekv import wire
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing.load import NOT_YET, Writers, check_all_acked, cluster_info
-from rangekv.testing.load import wait_for as wait_for_answer
+from rangekv.testing.load import Writers, check_all_acked, cluster_info
+from rangekv.testing.load import wait_for_cluster as poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -36,12 +36,6 @@ TABLE = "replace"
 GRACE_S = 2.0
 REPLACE_WITHIN_S = 10.0  # after the grace (issue 5: "within 10 s after the grace period")
 SETTLE_S = 30.0
-
-
-def poll(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll until ``predicate`` returns something true (the cluster not answering yet counts
-    as not yet)."""
-    return wait_for_answer(predicate, timeout_s, what, retry_on=NOT_YET)
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,11 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
         time.sleep(0.05)
 
 
+def wait_for_cluster(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
+    """:func:`wait_for`, with the cluster not answering yet counted as "not yet"."""
+    return wait_for(predicate, timeout_s, what, retry_on=NOT_YET)
+
+
 def cluster_info(endpoint: str) -> dict[str, Any]:
     r = httpx.get(f"{endpoint}/v1/cluster", timeout=10, trust_env=False)
     r.raise_for_status()

@@ -83,7 +83,7 @@ class LoopbackGroup:
             await self.close(node_id)
 
     async def elect(self, node_id: int, epoch: int, timeout_s: float = WAIT_S) -> Replica:
-        """Ask node ``node_id`` to lead ``epoch``; it once it serves."""
+        """Ask node ``node_id`` to lead ``epoch``; return it once it serves."""
         leader = self.replicas[node_id]
         leader.campaign(epoch)
         try:
