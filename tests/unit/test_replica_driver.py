@@ -39,11 +39,7 @@ def seq(n: int) -> bytes:
 def test_replicated_writes_reads_and_restart(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        for i in g.ids:
-            await g.open(i)
-        leader = await g.elect(1, epoch=1)
-        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                              "s": sequencer.ZERO})
+        leader = await g.serve_table()
         seqs = []
         # Concurrent writers share fsyncs (group commit).
         results = await asyncio.gather(*[
@@ -96,11 +92,7 @@ def test_replicated_writes_reads_and_restart(tmp_path: Path) -> None:
 def test_minority_leader_cannot_write_or_read(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        for i in g.ids:
-            await g.open(i)
-        leader = await g.elect(1, epoch=1)
-        await leader.propose({"op": "add_range", "t": 1, "start": b"", "end": None,
-                              "s": sequencer.ZERO})
+        leader = await g.serve_table(1)
         g.cut = {1}
         with pytest.raises(errors.OutcomeUnknown):
             await leader.propose({"op": "put", "t": 1, "k": b"k", "v": b"v", "s": seq(1),
@@ -171,11 +163,7 @@ def test_a_follower_whose_fsync_fails_stops_without_acknowledging(
 ) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        for i in g.ids:
-            await g.open(i)
-        leader = await g.elect(1, epoch=1)
-        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                              "s": sequencer.ZERO})
+        leader = await g.serve_table()
         await leader.propose(put(b"k0", b"v0", 1))
         exit_ = FakeExit()
         monkeypatch.setattr(driver, "_exit_process", exit_)
@@ -211,11 +199,7 @@ def test_a_leader_whose_fsync_fails_acknowledges_nothing_of_the_batch(
 ) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        for i in g.ids:
-            await g.open(i)
-        leader = await g.elect(1, epoch=1)
-        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                              "s": sequencer.ZERO})
+        leader = await g.serve_table()
         await leader.propose(put(b"k0", b"v0", 1))
         exit_ = FakeExit()
         monkeypatch.setattr(driver, "_exit_process", exit_)
@@ -262,11 +246,7 @@ def test_a_leader_retaking_a_newer_epoch_keeps_its_pending_writes(tmp_path: Path
 
     async def scenario() -> None:
         g = Group(tmp_path)
-        for i in g.ids:
-            await g.open(i)
-        leader = await g.elect(1, epoch=1)
-        await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                              "s": sequencer.ZERO})
+        leader = await g.serve_table()
         g.cut = {2, 3}  # nothing commits for now
         pending = [asyncio.ensure_future(leader.propose(
             {"op": "put", "t": 7, "k": f"p{i}".encode(), "v": b"v", "s": seq(100 + i),

@@ -120,15 +120,6 @@ async def write(leader: Replica, lo: int, hi: int, size: int = 200) -> None:
             for i in range(start, min(start + 16, hi))])
 
 
-async def group_with_table(g: Group) -> Replica:
-    for i in g.ids:
-        await g.open(i)
-    leader = await g.elect(1, epoch=1)
-    await leader.propose({"op": "add_range", "t": 7, "start": b"", "end": None,
-                          "s": sequencer.ZERO})
-    return leader
-
-
 def caught_up(g: Group, leader: Replica) -> Callable[[], bool]:
     return lambda: all(r.core.applied == leader.core.applied and r.core.installing is None
                        for r in g.replicas.values())
@@ -146,7 +137,7 @@ def same_state(g: Group) -> None:
 def test_a_follower_behind_the_leaders_base_catches_up_by_snapshot(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         g.cut = {3}
         await write(leader, 0, 600)
         await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
@@ -190,7 +181,7 @@ def test_a_damaged_chunk_is_refused_and_the_snapshot_is_sent_again(
 ) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         g.cut = {3}
         await write(leader, 0, 400)
         await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
@@ -232,7 +223,7 @@ def test_a_transfer_that_goes_quiet_is_aborted_by_the_follower(
 
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         g.cut = {3}
         await write(leader, 0, 400)
         await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
@@ -269,7 +260,7 @@ def test_a_newer_epoch_fences_a_transfer_so_the_election_need_not_wait(
 
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         g.cut = {3}
         await write(leader, 0, 400)
         await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
@@ -306,7 +297,7 @@ def test_a_newer_epoch_fences_a_transfer_so_the_election_need_not_wait(
 def test_a_follower_killed_mid_transfer_restarts_clean(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         g.cut = {3}
         await write(leader, 0, 400)
         await wait_until(lambda: leader.core.first_index > g.replicas[3].core.last_index + 1,
@@ -336,7 +327,7 @@ def test_a_follower_killed_mid_transfer_restarts_clean(tmp_path: Path) -> None:
 def test_a_new_empty_member_gets_a_snapshot(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         await write(leader, 0, 300)
         await wait_until(lambda: leader.core.first_index > 100, "the leader to compact")
         # Node 4 joins with an empty log (any peer whose next falls below the base).
@@ -355,7 +346,7 @@ def test_a_new_empty_member_gets_a_snapshot(tmp_path: Path) -> None:
 def test_compaction_keeps_every_log_short(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path, compact_entries=100, compact_retain=30)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         await write(leader, 0, 1200, size=50)
         await wait_until(caught_up(g, leader), "the followers")
 
@@ -383,7 +374,7 @@ def test_compaction_keeps_every_log_short(tmp_path: Path) -> None:
 def test_the_leader_keeps_what_a_live_peer_close_behind_still_needs(tmp_path: Path) -> None:
     async def scenario() -> None:
         g = Group(tmp_path, compact_entries=100, compact_retain=50)
-        leader = await group_with_table(g)
+        leader = await g.serve_table()
         await write(leader, 0, 200)
         await wait_until(caught_up(g, leader), "the followers")
         slow = leader.core.progress[3]

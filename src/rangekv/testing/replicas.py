@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rangekv import sequencer
 from rangekv.replication.driver import Replica
 from rangekv.replication.messages import Msg
 from rangekv.storage.engine import open_rocks
@@ -90,4 +91,14 @@ class LoopbackGroup:
             await wait_until(lambda: leader.core.serving, f"node {node_id} to lead", timeout_s)
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {leader.status()}") from None
+        return leader
+
+    async def serve_table(self, table: int = 7) -> Replica:
+        """Open every replica, elect node 1 for epoch 1 and give table ``table`` the whole key
+        space; the leader."""
+        for node_id in self.ids:
+            await self.open(node_id)
+        leader = await self.elect(1, epoch=1)
+        await leader.propose({"op": "add_range", "t": table, "start": b"", "end": None,
+                              "s": sequencer.ZERO})
         return leader
