@@ -69,6 +69,91 @@ def test_kv_verdicts(name: str, expected: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the same histories whatever separates their fields (tests/data/histories: copies that every
+# clone has, see its README)
+
+HISTORIES = Path(__file__).resolve().parents[1] / "data" / "histories"
+HISTORY_VERDICTS = {  # file -> (model, exit code)
+    "etcd_000.log": ("register", 1), "etcd_005.log": ("register", 0),
+    "c01-ok.txt": ("kv", 0), "c01-bad.txt": ("kv", 1),
+}
+_JEPSEN_PREFIX = "INFO  jepsen.util - "
+
+
+def _jepsen_fields(sep: str) -> Any:
+    """Rewrite Jepsen lines with ``sep`` between their fields (the value keeps its own
+    spaces)."""
+    def rewrite(text: str) -> str:
+        out = []
+        for line in text.splitlines(keepends=True):
+            body = line.rstrip("\n")
+            if body.startswith(_JEPSEN_PREFIX):
+                fields = body[len(_JEPSEN_PREFIX):].split("\t", 3)
+                body = _JEPSEN_PREFIX + sep.join(fields)
+            out.append(body + line[len(line.rstrip("\n")):])
+        return "".join(out)
+    return rewrite
+
+
+def _edn_fields(sep: str) -> Any:
+    """Rewrite EDN map lines with ``sep`` between their forms (strings are left alone: the
+    kv files' values hold no comma)."""
+    return lambda text: text.replace(", :", sep + ":")
+
+
+WHITESPACE_VARIANTS: dict[str, tuple[Any, Any]] = {  # name -> (Jepsen rewrite, EDN rewrite)
+    "one space": (_jepsen_fields(" "), _edn_fields(" ")),
+    "several spaces": (_jepsen_fields("    "), _edn_fields("   ")),
+    "tabs": (_jepsen_fields("\t\t"), _edn_fields("\t")),
+    "commas": (_jepsen_fields(", "), _edn_fields(",,")),
+    "mixed": (_jepsen_fields(" \t, "), _edn_fields(" ,\t ")),
+    "trailing whitespace": (lambda t: t.replace("\n", " \t\n"),
+                            lambda t: t.replace("\n", " ,\t\n")),
+    "crlf": (lambda t: t.replace("\n", "\r\n"), lambda t: t.replace("\n", "\r\n")),
+    "byte order mark": (lambda t: "\ufeff" + t, lambda t: "\ufeff" + t),
+    "timestamped layout": (  # Jepsen's logback layout: time, level, thread, logger
+        lambda t: t.replace(_JEPSEN_PREFIX, "2020-03-01 17:02:09,925{GMT}\tINFO\t"
+                            "[jepsen worker 1] jepsen.util: "),
+        lambda t: t),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WHITESPACE_VARIANTS))
+@pytest.mark.parametrize("name", sorted(HISTORY_VERDICTS))
+def test_fields_may_be_separated_by_any_whitespace(tmp_path: Path, name: str,
+                                                   variant: str) -> None:
+    model, expected = HISTORY_VERDICTS[name]
+    text = (HISTORIES / name).read_text()
+    as_recorded = read_history(text)
+    jepsen, edn_rewrite = WHITESPACE_VARIANTS[variant]
+    changed = (jepsen if name.endswith(".log") else edn_rewrite)(text)
+    assert changed != text or variant == "timestamped layout"
+    ops = read_history(changed)
+    assert [(o.process, o.f, o.key, o.value, o.output, o.known) for o in ops] == [
+        (o.process, o.f, o.key, o.value, o.output, o.known) for o in as_recorded]
+    f = tmp_path / name
+    f.write_bytes(changed.encode())  # as is: CRLF stays CRLF
+    code, out = cmain.run(["--model", model, str(f)])
+    assert code == expected, out
+
+
+def test_history_copies_match_the_shared_test_data() -> None:
+    """The copies in tests/data give the verdicts the shared data's VERDICTS.txt gives."""
+    for name, (model, expected) in HISTORY_VERDICTS.items():
+        if name in _VERDICTS:
+            assert expected == {"linearizable": 0, "not-linearizable": 1}[_VERDICTS[name]]
+        shared = DATA / ("jepsen-etcd" if model == "register" else "kv") / name
+        if shared.exists():
+            assert shared.read_bytes() == (HISTORIES / name).read_bytes()
+
+
+def test_jepsen_fields_may_not_run_together() -> None:
+    """Whitespace is needed between fields: a line whose fields touch is not an event."""
+    with pytest.raises(BadHistory, match="no events"):
+        read_history("INFO  jepsen.util - 0:invoke:read nil\n")
+
+
+# ---------------------------------------------------------------------------------------------
 # register, Jepsen log format
 
 

@@ -2,11 +2,16 @@
 
 Three line-oriented formats, detected from the first non-blank line (or forced):
 
-* ``jepsen`` — Jepsen's log: ``INFO  jepsen.util - <process>\\t:invoke|:ok|:fail|:info\\t:f\\t<value>``
-  (lines that do not look like that, and ``:nemesis`` lines, are skipped).
+* ``jepsen`` — Jepsen's log: ``INFO  jepsen.util - <process>\\t:invoke|:ok|:fail|:info\\t:f\\t<value>``,
+  or with a timestamp and thread first (``2020-03-01 17:02:09,925{GMT}\\tINFO\\t[jepsen worker 1]
+  jepsen.util: <process>\\t...``). The fields may be separated by any whitespace or commas (EDN's
+  whitespace): tabs, spaces, several of them; lines may end in CRLF. Lines that do not look like
+  that, and ``:nemesis`` lines, are skipped.
 * ``edn`` — one EDN map a line: ``{:process 0, :type :invoke, :f :get, :key "1", :value nil}``.
 * ``jsonl`` — one JSON object a line: ``{"process", "type", "f", "key", "value", "expect",
   "result", "time"}`` (see :mod:`rangekv.check.main`).
+
+In every format a byte order mark at the start and CRLF line ends are accepted.
 
 Events are paired per process: an invocation with that process's next completion. ``:fail``
 means the operation did not take effect, so it is dropped. ``:info``, and an invocation never
@@ -158,8 +163,14 @@ def _hashable(x: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 
-_JEPSEN_LINE = re.compile(r"^\S+\s+jepsen\.util\s+-\s+(\S+)\t:(\w[\w-]*)\t:(\w[\w-]*)\t?(.*)$")
+# ``... jepsen.util - `` (log4j's "%p %c - %m") or ``... jepsen.util: `` (Jepsen's later logback
+# layout, after a timestamp and a thread name), then the fields with any EDN whitespace between
+# them (tabs as Jepsen writes them, spaces or commas as editors and mailers leave them)
+_JEPSEN_LINE = re.compile(
+    r"^(?:.*?\s)?jepsen\.util\s*(?:-\s|:\s)[\s,]*"
+    r"([^\s,]+)[\s,]+:(\w[\w-]*)[\s,]+:(\w[\w-]*)(?:[\s,]+(.*))?$")
 _TYPES = ("invoke", "ok", "fail", "info")
+_BOM = "\ufeff"  # some editors on Windows start a saved file with it
 
 
 def _proc(p: Any) -> Any:
@@ -174,7 +185,7 @@ def _lines(text: str) -> Any:
 
 
 def detect_format(text: str) -> str:
-    for line in _lines(text):
+    for line in _lines(text.removeprefix(_BOM)):
         s = line.strip()
         if not s:
             continue
@@ -189,6 +200,7 @@ def detect_format(text: str) -> str:
 
 
 def read_events(text: str, fmt: str = "auto") -> list[Event]:
+    text = text.removeprefix(_BOM)
     if fmt == "auto":
         fmt = detect_format(text)
     events: list[Event] = []
@@ -205,7 +217,7 @@ def read_events(text: str, fmt: str = "auto") -> list[Event]:
                 continue  # :nemesis and friends
             if typ not in _TYPES:
                 raise BadHistory(f"line {n}: unknown event type :{typ}")
-            val = parse_edn(rest) if rest.strip() else None
+            val = parse_edn(rest) if rest and rest.strip() else None
             events.append(Event(_proc(proc), typ, f, None, val, None, val, None, n))
         elif fmt == "edn":
             try:
