@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -162,6 +163,8 @@ def test_backup_under_load_wipe_restore(tmp_path: Path) -> None:
     print(f"backup verified in {time.monotonic() - began:.1f} s: "
           f"{sum(f[1] for f in manifest['files']):,} bytes in {len(manifest['files'])} files")
     assert len(manifest["groups"]) == 2
+    assert_private_tree(backup)
+    assert_private_data_dir(data)
     shutil.rmtree(data)
 
     done = cli("restore", str(backup), "--data-dir", str(data2))
@@ -177,6 +180,38 @@ def test_backup_under_load_wipe_restore(tmp_path: Path) -> None:
     finally:
         with restored_cluster.logs_on_failure():
             restored_cluster.stop()
+    assert_private_data_dir(data2)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def assert_private_tree(root: Path) -> None:
+    """A backup is its owner's only (rangekv.perms): every directory 0700, every file 0600."""
+    for directory, _, files in os.walk(root):
+        assert _mode(Path(directory)) == 0o700, directory
+        for name in files:
+            assert _mode(Path(directory, name)) == 0o600, Path(directory, name)
+
+
+def assert_private_data_dir(data: Path) -> None:
+    """A data dir of `rangekv up` and every process's dir in it are 0700 (what protects the
+    files RocksDB and etcd make with their own modes), and the files rangekv writes there
+    itself are 0600: its settings, logs and pid files, each node's identity, promise and
+    WAL."""
+    dirs = [data, data / "logs", data / "run", data / "etcd", *sorted(data.glob("node-*"))]
+    if (data / "backups" / "meta").exists():
+        dirs.append(data / "backups" / "meta")
+    for d in dirs:
+        assert _mode(d) == 0o700, d
+    files = [data / "cluster.json", *(data / "logs").iterdir(), *(data / "run").iterdir()]
+    for node_dir in data.glob("node-*"):
+        files += [node_dir / "node.id", *(node_dir / "wal").glob("*.wal")]
+        files += [p for p in (node_dir / "hardstate", node_dir / "node.group") if p.exists()]
+    files += list((data / "backups" / "meta").glob("*")) if (data / "backups").exists() else []
+    for path in files:
+        assert _mode(path) == 0o600, path
 
 
 async def _load_and_back_up(cluster: LocalCluster, rng: random.Random, backup: Path,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rangekv import errors
+from rangekv import errors, perms
 from rangekv.storage.snapshot import Manifest, SnapshotInvalid
 from rangekv.storage.wal import fsync_dir
 
@@ -56,7 +56,7 @@ def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``path`` all or nothing across a crash: temp file, fsync, rename, fsync dir."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with perms.open_private(tmp) as f:  # backups are their owner's only (rangekv.perms)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

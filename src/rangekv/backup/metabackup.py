@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from rangekv import errors
+from rangekv import errors, perms
 from rangekv.backup import manifest as mf
 from rangekv.backup.take import dump_kvs, etcd_snapshot
 from rangekv.metadata import model
@@ -74,7 +74,7 @@ class MetaBackups:
 
     async def run(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            perms.private_dir(self.directory, logger=log)
             dumps = existing_dumps(self.directory)
         except OSError as exc:
             log.error("no metadata backups: cannot use %s: %s", self.directory, exc)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rangekv import errors
+from rangekv import errors, perms
 from rangekv.backup import manifest as mf
 from rangekv.backup.take import PREFIX_BACKUP, dump_items
 from rangekv.cluster.local import METAS, NODES_MAX, ClusterError, LocalCluster
@@ -92,7 +92,7 @@ def check_target(data_dir: Path) -> Path:
 
 
 def _copy_durably(src: Path, dst: Path) -> None:
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with open(src, "rb") as fin, perms.open_private(dst) as fout:
         while block := fin.read(_COPY_BYTES):
             fout.write(block)
         fout.flush()
@@ -102,12 +102,11 @@ def _copy_durably(src: Path, dst: Path) -> None:
 def lay_out_member(node_dir: Path, node_id: int, group_id: int, checkpoint_dir: Path | None,
                    index: int, epoch: int) -> None:
     """One restored member's data dir (see the module docstring), every file durable."""
-    node_dir.mkdir(parents=True)
+    perms.private_dir(node_dir)
     hardstate.save(node_dir / "node.id", {"node_id": node_id})
     hardstate.save(node_dir / GROUP_FILE, {"group": group_id})
     if checkpoint_dir is not None:
-        target = node_dir / "index"
-        target.mkdir()
+        target = perms.private_dir(node_dir / "index")
         for name in sorted(os.listdir(checkpoint_dir)):
             _copy_durably(checkpoint_dir / name, target / name)
         fsync_dir(str(target))
@@ -228,7 +227,7 @@ def lay_out_node(backup: Backup, node_id: int, node_dir: Path) -> int:
     only). The checkpoint bytes copied."""
     group = backup.view.group_of(node_id)
     if group is None or node_id not in group.members:
-        node_dir.mkdir(parents=True)
+        perms.private_dir(node_dir)
         hardstate.save(node_dir / "node.id", {"node_id": node_id})
         fsync_dir(str(node_dir))
         return 0
@@ -288,7 +287,7 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
     cluster = LocalCluster(staging, port, nodes, int(backup.shape.get("rms") or 2),
                            groups=int(backup.shape.get("groups") or 1))
     try:
-        staging.mkdir(parents=True)
+        perms.private_dir(staging)  # the data dir to be: 0700, as `rangekv up` makes it
         say("laying out the nodes")
         copy_total = sum(c["checkpoint"].total_bytes * len(view.groups[g].members)
                          for g, c in checkpoints.items() if g in view.groups)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rangekv import __version__, errors, wire
+from rangekv import __version__, errors, perms, wire
 from rangekv.backup import PAUSE_TIMEOUT_S_DEFAULT
 from rangekv.backup import manifest as mf
 from rangekv.metadata import model
@@ -178,7 +178,7 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
                       tally: _Tally) -> dict[str, Any]:
     """Copy group ``gid``'s checkpoint from its leader into ``groups/G/``; its summary."""
     group_dir = root / mf.GROUPS_DIR / str(gid)
-    group_dir.mkdir(parents=True, exist_ok=True)
+    perms.private_dir(group_dir)
     last = "no attempt"
     for attempt in range(1, GROUP_ATTEMPTS_MAX + 1):
         pause.check()
@@ -260,7 +260,7 @@ async def etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
     digest = hashlib.sha256()
     tail = b""  # the last 32 bytes so far: the checksum, once the stream ends
     size = 0
-    f = await asyncio.to_thread(open, path, "wb")
+    f = await asyncio.to_thread(perms.open_private, path)
     try:
         async for message in _json_lines(resp, SNAPSHOT_LINE_BYTES_MAX):
             if "error" in message:
@@ -317,7 +317,7 @@ async def _take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any
     ``root``; returns the manifest written. ``cluster`` is the shape (``cluster.json`` of a
     ``rangekv up`` data dir) if known, else derived from the metadata."""
     check_empty_target(root)
-    root.mkdir(parents=True, exist_ok=True)
+    perms.private_dir(root)  # 0700, every file 0600: it holds every key and value
     started_ns = time.time_ns()
     began = time.monotonic()
     etcd = EtcdClient(etcd_endpoints)
@@ -346,7 +346,7 @@ async def _take(root: Path, etcd_endpoints: list[str], *, cluster: dict[str, Any
             raise BackupFailed("the tables or ranges changed during the backup although range "
                                "changes were paused (a meta of an older version?)")
         say("saving the metadata")
-        (root / "meta").mkdir(exist_ok=True)
+        perms.private_dir(root / "meta")
         kept = [kv for kv in kvs2 if not kv.key.startswith(PREFIX_BACKUP)]
         mf.write_json(root / mf.DUMP_PATH, dump_kvs(kept, rev2))
         etcd_bytes = await etcd_snapshot(etcd, root / mf.ETCD_SNAPSHOT_PATH)

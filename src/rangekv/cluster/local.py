@@ -17,7 +17,8 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
 one rm.) ``LocalCluster.metrics_urls`` lists every /metrics URL, and ``cluster.json`` records
 them under ``metrics``.
 
-Data dir layout: ``etcd/``, ``node-i/``, ``backups/meta/`` (the meta's rolling metadata
+Data dir layout (the data dir and every dir in it 0700, the files ``up`` writes 0600:
+:mod:`rangekv.perms`): ``etcd/``, ``node-i/``, ``backups/meta/`` (the meta's rolling metadata
 backups), ``logs/NAME.log`` (stdout+stderr of each process),
 ``run/NAME.pid`` and ``run/NAME.argv`` (the pid and the exact argv it was started with),
 ``haproxy.cfg``, ``cluster.json`` (base port and sizes, and the log options and config file if
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -58,6 +60,7 @@ from typing import Any
 import httpx
 
 from rangekv import log as rangekv_log
+from rangekv import perms
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
@@ -74,6 +77,9 @@ STOP_TIMEOUT_S_DEFAULT = 10.0
 ETCD_START_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 30
+
+
+_log = logging.getLogger("rangekv.cluster")
 
 
 class ClusterError(RuntimeError):
@@ -657,7 +663,7 @@ class LocalCluster:
         the names started."""
         skipped = set(skip)
         for d in (self.data_dir, self.log_dir, self.run_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            perms.private_dir(d, logger=_log)  # keys and values live here: the owner's only
         self._save_settings()
         if self.alive("meta"):
             # The single meta of a data dir started before there were two holds meta-1's port;
@@ -699,13 +705,13 @@ class LocalCluster:
                     f"not {self.base_port}"
                 )
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        perms.write_private(tmp, json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
 
     def _write_haproxy_cfg(self) -> None:
         ports = [self.rm_port(i) for i in range(1, self.rms + 1)]
         hosts = [self.host_of(f"rm-{i}") for i in range(1, self.rms + 1)]
-        self.haproxy_cfg.write_text(haproxy_config(self.base_port, ports, hosts))
+        perms.write_private(self.haproxy_cfg, haproxy_config(self.base_port, ports, hosts))
         check = subprocess.run(
             [haproxy_binary(), "-c", "-f", str(self.haproxy_cfg)],
             stdin=subprocess.DEVNULL,
@@ -729,7 +735,7 @@ class LocalCluster:
         else:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             banner = f"=== {stamp} rangekv up: starting {spec.name}: {' '.join(spec.argv)}"
-        with open(log, "ab") as f:
+        with perms.open_private(log, append=True) as f:  # before the child opens it: 0600
             f.write(f"{banner}\n".encode())
         proc = procs.spawn(
             spec.name,
@@ -738,8 +744,8 @@ class LocalCluster:
             env={"PYTHONUNBUFFERED": "1", **self.extra_env(spec.name)},
         )
         self._popens[spec.name] = proc.popen
-        self._argv_file(spec.name).write_text(json.dumps(list(spec.argv)) + "\n")
-        self._pid_file(spec.name).write_text(f"{proc.pid}\n")
+        perms.write_private(self._argv_file(spec.name), json.dumps(list(spec.argv)) + "\n")
+        perms.write_private(self._pid_file(spec.name), f"{proc.pid}\n")
 
     def extra_env(self, name: str) -> dict[str, str]:
         """Environment variables for process ``name`` beyond the inherited ones."""

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rangekv import aio, config, errors, limits, sequencer, wire
+from rangekv import aio, config, errors, limits, perms, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.metrics import MetricsServer, listen_address
 from rangekv.node.backup import BackupServer
@@ -225,7 +225,7 @@ class Node:
             fsync_dir(str(self.data_dir))
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        perms.private_dir(self.data_dir, logger=log)  # 0700: its WAL and index are data
         with self._verifying_storage():
             self._check_identity()
         if self.broken is None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import crc32c
 
+from rangekv.perms import FILE_MODE
 from rangekv.storage.wal import StorageCorrupt, fsync_dir, sync_file
 
 MAGIC = "rangekv-hardstate"
@@ -88,7 +89,7 @@ def save(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     data = encode(state)
     directory = os.path.dirname(os.path.abspath(target))
     tmp = target + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:

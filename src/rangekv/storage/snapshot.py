@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import crc32c
 
-from rangekv import errors
+from rangekv import errors, perms
 from rangekv.storage import hardstate
 from rangekv.storage.wal import WAL, StorageCorrupt, fsync_dir, sync_file
 
@@ -197,9 +197,9 @@ class Receiver:
         self.finished = False
         if self.staging.exists():
             shutil.rmtree(self.staging)
-        self.staging.mkdir()
+        self.staging.mkdir(mode=perms.DIR_MODE)  # a checkpoint's files are data: 0700, 0600
         for name, _, _ in manifest.files:
-            (self.staging / name).touch(exist_ok=False)
+            (self.staging / name).touch(mode=perms.FILE_MODE, exist_ok=False)
 
     def write(self, chunk: Chunk) -> None:
         """Write one chunk after checking it; raises SnapshotInvalid (and writes nothing)."""

@@ -133,6 +133,7 @@ import crc32c
 
 from rangekv import errors
 from rangekv.limits import FRAME_BYTES_MAX
+from rangekv.perms import FILE_MODE  # segments hold keys and values: 0600
 
 RECORD = struct.Struct(">IIQQ")  # length, crc32c, epoch, index
 RECORD_HEADER_BYTES = RECORD.size  # 24
@@ -271,7 +272,7 @@ def write_file_durably(path: str, data: bytes) -> None:
     ``path``, fsync of the directory. After a crash the file holds the old content or the new,
     and once this returns, the new."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         _write_all(fd, data, 0)
         sync_file(fd, tmp, data_only=False)
@@ -454,7 +455,7 @@ class WAL:
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
             fsync_dir(os.path.dirname(os.path.abspath(path)))
-        lock_fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -853,7 +854,7 @@ class WAL:
 
     def _create_segment_locked(self, first_index: int) -> _Segment:
         path = os.path.join(self.directory, segment_name(first_index))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         segment = _Segment(first_index, path, fd, 0)
         self._segments.append(segment)
         self._segment_firsts.append(first_index)
@@ -1044,7 +1045,7 @@ class WAL:
             fd = os.open(
                 os.path.join(self.directory, SYNC_FAILED_NAME),
                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                0o644,
+                FILE_MODE,
             )
             try:
                 view = memoryview(encode_sync_failed(self.synced_index))
