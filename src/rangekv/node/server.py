@@ -492,10 +492,14 @@ class Node:
     # ------------------------------------------------------------------ network
     async def _snapshot_rpc(self, peer: int, op: str, fields: dict[str, Any],
                             timeout_s: float) -> dict[str, Any]:
-        """A snapshot request to a peer, on a connection of its own (see the module docs)."""
-        address = self.members.get(peer)
+        """A snapshot request to a peer, on a connection of its own (see the module docs).
+
+        Any peer the leader replicates to: a learner (a spare replacing a member) above all,
+        which past a compaction can catch up no other way."""
+        address = self.addresses.get(peer)
         if address is None:
-            raise errors.Unavailable(f"node {peer} is not a member of this group")
+            raise errors.Unavailable(f"node {peer} is neither a member nor a learner of this "
+                                     "group")
         conn = self._snapshot_conns.get(peer)
         if conn is None or conn.address != address:
             if conn is not None:
