@@ -14,6 +14,7 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     │   └── GroupNotFound      404  a move or split named a group that does not exist
     ├── TableExists            409
     ├── PreconditionFailed     412  conditional write whose seq did not match
+    ├── RequestTimeout         408  the request (head or body) did not arrive in time; nothing done
     ├── Unavailable            503  retryable: no leader, node down, overloaded
     │   ├── NotLeader          503  retryable: go to ``leader_hint``
     │   ├── RangeNotHere       503  retryable: the group does not own that key or span now
@@ -96,6 +97,15 @@ class TableExists(RangeKVError):
 class PreconditionFailed(RangeKVError):
     code = "precondition_failed"
     status = 412
+
+
+class RequestTimeout(RangeKVError):
+    """The request's head or body did not arrive whole within its deadline (HTTP 408; the
+    connection is closed). It surely did not take effect: sending it again, promptly, is safe."""
+
+    code = "request_timeout"
+    status = 408
+    retryable = True
 
 
 class Unavailable(RangeKVError):

@@ -23,6 +23,17 @@ CURSOR_BYTES_MAX = 4096
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 APPEND_BYTES_MAX = 2 * 1024 * 1024  # entries per APPEND message (at least one is always sent)
 
+# The HTTP edge (the rm's server, ``request_manager/http_server.py``; also the /metrics servers).
+# Each is a default: ``rangekv rm --head-timeout-s`` etc. (env RANGEKV_RM_*, [rm] in TOML).
+# Deadlines are totals, not idle timers: a client sending a byte every few seconds (slowloris,
+# slow POST) still runs out of time. HAProxy's own ``timeout http-request`` is this head
+# deadline, and its ``timeout server`` is above the body deadline plus the longest rm deadline
+# (``cluster.local.haproxy_config`` checks both).
+HTTP_HEAD_TIMEOUT_S = 10.0  # a request head (line and headers) must arrive whole within this
+HTTP_BODY_TIMEOUT_S = 20.0  # a body, from the handler's first read (1 MiB needs ~52 KB/s)
+HTTP_CONNECTIONS_MAX = 1024  # open connections; one more is answered 503 and closed
+HTTP_REQUESTS_IN_FLIGHT_MAX = 256  # requests being handled; one more is answered 503 at once
+
 
 def check_table_name(name: str) -> str:
     if not isinstance(name, str) or not TABLE_NAME_RE.fullmatch(name):

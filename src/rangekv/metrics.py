@@ -154,7 +154,8 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._http = HttpServer(self._dispatch, lambda message: _text(message + "\n", 400))
+        self._http = HttpServer(self._dispatch,
+                                lambda status, message: _text(message + "\n", status))
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

@@ -1,24 +1,35 @@
 """The rm's HTTP/1.1 server (``http_server``) on raw bytes: framing, keep-alive, pipelining,
-chunked bodies cut anywhere, Expect: 100-continue, HEAD, and what it refuses."""
+chunked bodies cut anywhere, Expect: 100-continue, HEAD, and what it refuses; its limits (head
+and body deadlines against a trickling client, requests in flight, connections held), with
+bounds of a fraction of a second so that each test waits for its bound to pass in little time.
+Waits are for an event (an answer, a close) with a generous upper bound, never a bare sleep,
+except where the point is that nothing happens (an idle connection outliving a head deadline)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv import errors
+from rangekv.request_manager import app
 from rangekv.request_manager.http_server import (
     BadRequest,
+    Dispatch,
     HttpServer,
     Request,
     Response,
     parse_head,
 )
+
+WAIT_S = 10.0  # an upper bound on any wait for an answer or a close: only turns a hang into a failure
 
 
 async def echo(req: Request) -> Response:
@@ -29,18 +40,30 @@ async def echo(req: Request) -> Response:
     return Response(json.dumps(info).encode(), 200, "application/json", {"X-Echo": "1"})
 
 
-def malformed(message: str) -> Response:
-    resp = Response(json.dumps({"error": message}).encode(), 400, "application/json")
-    resp.close = True
+def refuse(status: int, message: str) -> Response:
+    resp = Response(json.dumps({"error": message, "status": status}).encode(), status,
+                    "application/json", {"Retry-After": "1"} if status == 503 else None)
+    resp.close = status != 503
     return resp
 
 
 @asynccontextmanager
-async def server() -> AsyncIterator[tuple[str, int]]:
-    srv = HttpServer(echo, malformed, request_line_max=200)
+async def server(dispatch: Dispatch = echo, **limits: Any) -> AsyncIterator[tuple[str, int]]:
+    srv = HttpServer(dispatch, refuse, request_line_max=200, **limits)
     host, port = await srv.start("127.0.0.1", 0)
     try:
         yield host, port
+    finally:
+        await srv.close(1.0)
+
+
+@asynccontextmanager
+async def served(dispatch: Dispatch = echo, **limits: Any) -> AsyncIterator[HttpServer]:
+    """Like ``server``, but yields the server itself (its address is ``srv.address``)."""
+    srv = HttpServer(dispatch, refuse, request_line_max=200, **limits)
+    srv.address = await srv.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        yield srv
     finally:
         await srv.close(1.0)
 
@@ -226,3 +249,256 @@ def test_parse_head_keeps_repeated_headers_and_lowercases_names() -> None:
         except BadRequest:
             continue
         raise AssertionError(bad)
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
+    """Send ``data`` a byte at a time, one every ``every_s``, until done or the peer is gone."""
+    try:
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(every_s)
+    except (ConnectionError, RuntimeError):
+        pass  # the server closed: what the tests wait for
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    """True once the server has closed (EOF or a reset), reading whatever comes before."""
+    try:
+        await asyncio.wait_for(reader.read(), WAIT_S)
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_a_trickled_head_gets_408_and_a_close_at_the_head_deadline() -> None:
+    """A byte every 50 ms does not keep a head alive: the deadline is a total, not idle time."""
+    head_timeout_s = 0.4
+
+    async def main() -> None:
+        async with server(head_timeout_s=head_timeout_s) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            t0 = time.monotonic()
+            sending = asyncio.create_task(
+                trickle(writer, b"GET /a HTTP/1.1\r\nX-Test: " + b"y" * 10_000, 0.05))
+            status, headers, body = await asyncio.wait_for(read_answer(reader), WAIT_S)
+            assert status == 408 and headers["connection"] == "close", (status, headers)
+            assert "head" in json.loads(body)["error"]
+            assert await closed(reader)
+            assert time.monotonic() - t0 > head_timeout_s / 2  # at the deadline, not at once
+            assert not sending.done()  # the client was still sending: its bytes reset nothing
+            sending.cancel()
+            writer.close()
+
+    run(main())
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline_without_answer() -> None:
+    async def main() -> None:
+        async with server(head_timeout_s=0.3) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # no 408: nobody asked
+            writer.close()
+
+    run(main())
+
+
+def test_an_idle_keep_alive_connection_outlives_the_head_deadline() -> None:
+    """Between requests the idle time (KEEPALIVE_S) applies; a head deadline only runs from a
+    request's first byte, and again for each request on the connection."""
+    head_timeout_s = 0.3
+
+    async def main() -> None:
+        async with server(head_timeout_s=head_timeout_s) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /one HTTP/1.1\r\n\r\n")
+            assert (await asyncio.wait_for(read_answer(reader), WAIT_S))[0] == 200
+            await asyncio.sleep(2 * head_timeout_s)  # the point: nothing happens meanwhile
+            writer.write(b"GET /two HTTP/1.1\r\n\r\n")
+            status, _, body = await asyncio.wait_for(read_answer(reader), WAIT_S)
+            assert status == 200 and json.loads(body)["target"] == "/two"
+            writer.write(b"GET /three HTTP/1.1\r\n")  # and the next head has its own deadline
+            assert (await asyncio.wait_for(read_answer(reader), WAIT_S))[0] == 408
+            assert await closed(reader)
+            writer.close()
+
+    run(main())
+
+
+def test_a_trickled_body_gets_408_and_a_close_at_the_body_deadline() -> None:
+    """Slow POST: the head is whole, the body comes a byte every 50 ms; the handler's read
+    raises BodyTimeout at the deadline, the server answers 408 and closes."""
+    body_timeout_s = 0.4
+
+    async def main() -> None:
+        async with server(body_timeout_s=body_timeout_s) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"PUT /a HTTP/1.1\r\nContent-Length: 10000\r\n\r\n")
+            t0 = time.monotonic()
+            sending = asyncio.create_task(trickle(writer, b"z" * 10_000, 0.05))
+            status, headers, body = await asyncio.wait_for(read_answer(reader), WAIT_S)
+            assert status == 408 and headers["connection"] == "close", (status, headers)
+            assert "body" in json.loads(body)["error"]
+            assert await closed(reader)
+            assert time.monotonic() - t0 > body_timeout_s / 2
+            assert not sending.done()
+            sending.cancel()
+            writer.close()
+
+    run(main())
+
+
+async def put_value(req: Request) -> Response:
+    """The rm's own body reading (``app.read_value``) and error answers."""
+    try:
+        value = await app.read_value(req)
+    except errors.RangeKVError as err:
+        return app.error_response(err)
+    return Response(value, 200, "application/octet-stream")
+
+
+def test_the_rm_answers_a_slow_body_with_its_json_408() -> None:
+    async def main() -> None:
+        async with server(put_value, body_timeout_s=0.3) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            # with Expect: 100-continue the deadline runs from the go-ahead
+            writer.write(b"PUT /k HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"ab")  # and then nothing
+            status, headers, body = await asyncio.wait_for(read_answer(reader), WAIT_S)
+            error = json.loads(body)["error"]
+            assert status == 408 and headers["connection"] == "close"
+            assert error["code"] == "request_timeout" and error["retryable"] is True
+            assert error["field"] == "value"
+            assert await closed(reader)
+            writer.close()
+
+    run(main())
+
+
+def test_a_body_that_arrives_in_time_is_not_cut_by_the_deadline() -> None:
+    async def main() -> None:
+        async with server(put_value, body_timeout_s=WAIT_S) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"PUT /k HTTP/1.1\r\nContent-Length: 3\r\n\r\n")
+            await trickle(writer, b"abc", 0.05)
+            status, _, body = await asyncio.wait_for(read_answer(reader), WAIT_S)
+            assert (status, body) == (200, b"abc")
+            writer.close()
+
+    run(main())
+
+
+def test_requests_beyond_the_in_flight_bound_get_503_at_once_but_health_checks_do_not() -> None:
+    gate = asyncio.Event()
+
+    async def slow(req: Request) -> Response:
+        if req.raw_path == "/slow":
+            await gate.wait()
+        return await echo(req)
+
+    async def main() -> None:
+        async with served(slow, requests_in_flight_max=1,
+                          in_flight_exempt_paths=frozenset({"/healthz"})) as srv:
+            host, port = srv.address  # type: ignore[attr-defined]
+            r1, w1 = await asyncio.open_connection(host, port)
+            w1.write(b"GET /slow HTTP/1.1\r\n\r\n")
+            await wait_until(lambda: srv.in_flight == 1, "the slow request to be in hand")
+
+            r2, w2 = await asyncio.open_connection(host, port)
+            w2.write(b"GET /b HTTP/1.1\r\n\r\n")
+            status, headers, body = await asyncio.wait_for(read_answer(r2), WAIT_S)
+            assert status == 503 and headers["retry-after"] == "1", (status, headers)
+            assert "in flight" in json.loads(body)["error"]
+            # the connection stays usable; a pipelined flood is answered in order, 503 each
+            w2.write(b"GET /healthz HTTP/1.1\r\n\r\n" + b"GET /x HTTP/1.1\r\n\r\n" * 300)
+            health = await asyncio.wait_for(read_answer(r2), WAIT_S)
+            assert health[0] == 200 and json.loads(health[2])["target"] == "/healthz"
+            for _ in range(300):
+                assert (await asyncio.wait_for(read_answer(r2), WAIT_S))[0] == 503
+            # a refused request with a body closes the connection (the body is never read)
+            r3, w3 = await asyncio.open_connection(host, port)
+            w3.write(b"PUT /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+            status, headers, _ = await asyncio.wait_for(read_answer(r3), WAIT_S)
+            assert status == 503 and headers["connection"] == "close"
+            assert await closed(r3)
+
+            gate.set()
+            assert (await asyncio.wait_for(read_answer(r1), WAIT_S))[0] == 200
+            assert srv.in_flight == 0
+            w2.write(b"GET /c HTTP/1.1\r\n\r\n")
+            assert (await asyncio.wait_for(read_answer(r2), WAIT_S))[0] == 200
+            for w in (w1, w2, w3):
+                w.close()
+
+    run(main())
+
+
+def test_connections_beyond_the_bound_get_503_and_are_closed() -> None:
+    async def main() -> None:
+        async with served(connections_max=2) as srv:
+            host, port = srv.address  # type: ignore[attr-defined]
+            held = [await asyncio.open_connection(host, port) for _ in range(2)]
+            await wait_until(lambda: len(srv.connections) == 2, "two connections")
+
+            r3, w3 = await asyncio.open_connection(host, port)
+            status, headers, body = await asyncio.wait_for(read_answer(r3), WAIT_S)
+            assert status == 503 and headers["retry-after"] == "1"
+            assert headers["connection"] == "close" and "connections" in json.loads(body)["error"]
+            w3.write(b"GET /a HTTP/1.1\r\n\r\n")  # never answered: dropped, then closed
+            assert await closed(r3)
+            assert len(srv.connections) == 2
+
+            held[0][1].close()
+            await wait_until(lambda: len(srv.connections) == 1, "a connection to close")
+            r4, w4 = await asyncio.open_connection(host, port)
+            w4.write(b"GET /again HTTP/1.1\r\n\r\n")
+            assert (await asyncio.wait_for(read_answer(r4), WAIT_S))[0] == 200
+            for _, w in [*held[1:], (r4, w4)]:
+                w.close()
+            w3.close()
+
+    run(main())
+
+
+def test_refused_connections_lingering_are_bounded_too() -> None:
+    """Beyond connections_max refused ones still lingering, a connection is reset at once."""
+
+    async def main() -> None:
+        async with served(connections_max=1) as srv:
+            host, port = srv.address  # type: ignore[attr-defined]
+            _, w1 = await asyncio.open_connection(host, port)
+            r2, w2 = await asyncio.open_connection(host, port)  # refused, lingering (kept open)
+            assert (await asyncio.wait_for(read_answer(r2), WAIT_S))[0] == 503
+            await wait_until(lambda: len(srv.refused) == 1, "the refused one to linger")
+            r3, w3 = await asyncio.open_connection(host, port)
+            try:
+                got = await asyncio.wait_for(r3.read(), WAIT_S)
+            except ConnectionResetError:
+                got = b""
+            assert got == b""  # reset or closed, without an answer
+            assert len(srv.refused) == 1
+            for w in (w1, w2, w3):
+                w.close()
+
+    run(main())
+
+
+def test_the_rms_refusals_are_its_json_errors() -> None:
+    for status, code, closes in [(400, "invalid_argument", True), (408, "request_timeout", True),
+                                 (503, "unavailable", False), (500, "internal", False)]:
+        resp = app.refusal_response(status, "why")
+        error = json.loads(resp.body)["error"]
+        assert (resp.status, error["code"], resp.close) == (status, code, closes)
+        assert resp.content_type == "application/json"
+        assert (resp.headers or {}).get("Retry-After") == ("1" if status == 503 else None)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rangekv import errors
+from rangekv import errors, limits
 from rangekv.request_manager import openapi
 
 METHODS = ("get", "put", "post", "delete", "head", "patch")
@@ -252,6 +252,10 @@ ERROR_MEANINGS: dict[str, str] = {
     "table_exists": "create of a table that exists",
     "precondition_failed": "If-Match / If-None-Match did not hold; `current_seq` is the key's "
                            "seq now (null: absent). Nothing changed",
+    "request_timeout": f"the request's head ({limits.HTTP_HEAD_TIMEOUT_S:g} s) or body "
+                       f"({limits.HTTP_BODY_TIMEOUT_S:g} s from when the rm reads it) did not "
+                       "arrive whole in time, however slowly it kept coming; the connection is "
+                       "closed and nothing was done: send it again, whole",
     "unavailable": "no leader, node or meta reachable in time (Retry-After: 1), or this rm "
                    "cannot follow the routing map (`retry_elsewhere`, Retry-After: 0). The "
                    "request surely did not take effect: safe to retry, writes included",
@@ -313,7 +317,10 @@ def render(doc: dict[str, Any] | None = None) -> str:
               ("Every error is JSON, `{\"error\": {\"code\", \"message\", \"retryable\", "
               "...details}}`, with the status of its code. `code` is stable; the Python "
               "client raises the class of the same name (`rangekv.errors`). A 503 carries "
-              "`Retry-After`."), "",
+              "`Retry-After`. HAProxy's own answers (400, 408, 500, 502, 503, 504) have the "
+              "same shape with `\"answered_by\": \"haproxy\"`; its 502 and 504 say "
+              "`outcome_unknown` (the rm may have done a write before its answer was lost), "
+              "its 503 and 504 carry `Retry-After`."), "",
               "| code | status | retryable | meaning |", "|---|---|---|---|"]
     for code, status, retryable in error_rows():
         meaning = ERROR_MEANINGS.get(code)

@@ -43,7 +43,13 @@ from rangekv import log as rangekv_log
 from rangekv import metrics as metrics_exposition
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import live, openapi, ui
-from rangekv.request_manager.http_server import BadRequest, HttpServer, Request, Response
+from rangekv.request_manager.http_server import (
+    BadRequest,
+    BodyTimeout,
+    HttpServer,
+    Request,
+    Response,
+)
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
 
@@ -58,6 +64,12 @@ REQUEST_LINE_BYTES_MAX = 16 * 1024
 _BOUND_CHARS_MAX = 3 * 4 * (limits.KEY_BYTES_MAX + 2) // 3
 assert REQUEST_LINE_BYTES_MAX > 2 * _BOUND_CHARS_MAX + limits.CURSOR_BYTES_MAX + 1024
 SHUTDOWN_TIMEOUT_S = 2.0
+# Answered from memory, at once: never refused for being busy (HAProxy would take a merely busy
+# rm out, and with every rm busy answer its own 503 to everyone until the next checks).
+IN_FLIGHT_EXEMPT_PATHS = frozenset({"/healthz", "/livez"})
+# File descriptors kept for what is not a client connection (node and etcd connections, logs):
+# --connections-max is lowered to fit under the process's limit on open files.
+FDS_RESERVED = 128
 # per etcd endpoint and call: the rm only reads, and a member that does not answer this fast is
 # skipped for the next (the default 5 s kept an rm cut off for 15 s and more after a partition)
 ETCD_TIMEOUT_S = 2.0
@@ -100,11 +112,23 @@ def error_response(err: errors.RangeKVError) -> Response:
     return _json_response(codec.error_body(err), err.status, headers)
 
 
-def malformed_response(message: str) -> Response:
-    """The answer to a request the HTTP parser refused (a malformed or overlong request line
-    or header, not HTTP at all): a JSON error like every other; the connection then closes."""
-    response = error_response(errors.InvalidArgument(f"malformed HTTP request: {message}"))
-    response.close = True
+def refusal_response(status: int, message: str) -> Response:
+    """The answer to a request the HTTP server refuses itself (``http_server``), a JSON error
+    like every other: 400 a malformed or overlong request line or header, or not HTTP at all;
+    408 a head or body that did not arrive in time (both close the connection); 503 too many
+    requests in flight or connections open (Retry-After); 500 a bug in a handler."""
+    err: errors.RangeKVError
+    if status == 400:
+        err = errors.InvalidArgument(f"malformed HTTP request: {message}")
+    elif status == 408:
+        err = errors.RequestTimeout(message)
+    elif status == 503:
+        err = errors.Unavailable(message)
+    else:
+        assert status == 500, status
+        err = errors.Internal(message)
+    response = error_response(err)
+    response.close = status in (400, 408)
     return response
 
 
@@ -136,10 +160,25 @@ class RequestManager:
     async def close(self) -> None:
         await self.live.close()
 
-    def server(self) -> HttpServer:
+    def server(
+        self,
+        *,
+        head_timeout_s: float = limits.HTTP_HEAD_TIMEOUT_S,
+        body_timeout_s: float = limits.HTTP_BODY_TIMEOUT_S,
+        connections_max: int = limits.HTTP_CONNECTIONS_MAX,
+        requests_in_flight_max: int = limits.HTTP_REQUESTS_IN_FLIGHT_MAX,
+    ) -> HttpServer:
         """The HTTP server around ``dispatch`` (we route on the raw path ourselves)."""
-        return HttpServer(self.dispatch, malformed_response,
-                          request_line_max=REQUEST_LINE_BYTES_MAX)
+        return HttpServer(self.dispatch, self._refused,
+                          request_line_max=REQUEST_LINE_BYTES_MAX,
+                          head_timeout_s=head_timeout_s, body_timeout_s=body_timeout_s,
+                          connections_max=connections_max,
+                          requests_in_flight_max=requests_in_flight_max,
+                          in_flight_exempt_paths=IN_FLIGHT_EXEMPT_PATHS)
+
+    def _refused(self, status: int, message: str) -> Response:
+        self.metrics.observe("refused", status, 0.0)
+        return refusal_response(status, message)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -423,6 +462,8 @@ async def read_value(request: Request) -> bytes:
     # so a refused body is never sent.
     try:
         body = await request.read_body(limit)
+    except BodyTimeout as exc:  # a slow or stalled sender: 408, and the connection closes
+        raise errors.RequestTimeout(str(exc), field="value") from None
     except ConnectionError as exc:  # the client went away
         raise errors.InvalidArgument(
             f"the request body could not be read: {exc}", field="value") from None
@@ -452,6 +493,21 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT",
                    help="where the HTTP API listens (HOST empty: every address)")
     p.add_argument("--etcd", required=True, metavar="URL[,URL]", help="etcd client endpoints")
+    p.add_argument("--head-timeout-s", type=_positive_float,
+                   default=limits.HTTP_HEAD_TIMEOUT_S, metavar="SECONDS",
+                   help="a request's head must arrive whole within this (from its first byte), "
+                        "else 408 and the connection closes")
+    p.add_argument("--body-timeout-s", type=_positive_float,
+                   default=limits.HTTP_BODY_TIMEOUT_S, metavar="SECONDS",
+                   help="a request's body must arrive whole within this (from when the rm "
+                        "starts reading it), else 408 and the connection closes")
+    p.add_argument("--connections-max", type=_positive_int, default=limits.HTTP_CONNECTIONS_MAX,
+                   metavar="N", help="client connections held open; one more is answered 503 "
+                                     "(Retry-After) and closed")
+    p.add_argument("--requests-in-flight-max", type=_positive_int,
+                   default=limits.HTTP_REQUESTS_IN_FLIGHT_MAX, metavar="N",
+                   help="requests handled at once; one more is answered 503 (Retry-After) at "
+                        "once instead of waiting (health checks are never refused)")
     args = config.parse(p, "rm", argv)
     if not 0 <= args.id < 2**32:
         p.error("--id must be in 0..2^32-1")
@@ -470,7 +526,10 @@ async def _serve(args: argparse.Namespace) -> int:
     source = EtcdViewSource(client, metrics)
     router = Router(source, args.id, stats=metrics.router)
     manager = RequestManager(router, source, args.id, metrics)
-    server = manager.server()
+    server = manager.server(head_timeout_s=args.head_timeout_s,
+                            body_timeout_s=args.body_timeout_s,
+                            connections_max=_connections_within_fd_limit(args.connections_max),
+                            requests_in_flight_max=args.requests_in_flight_max)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -495,6 +554,23 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("stopped")
 
 
+def _connections_within_fd_limit(connections_max: int) -> int:
+    """``connections_max``, lowered (with a warning) to leave ``FDS_RESERVED`` of the process's
+    open-file limit: a bound above it is no bound (accept would fail first, with no answer)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return connections_max
+    if soft == resource.RLIM_INFINITY or connections_max + FDS_RESERVED <= soft:
+        return connections_max
+    lowered = max(1, soft - FDS_RESERVED)
+    log.warning("--connections-max %d lowered to %d: the limit on open files is %d (raise it, "
+                "e.g. LimitNOFILE= in the unit file)", connections_max, lowered, soft)
+    return lowered
+
+
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     rangekv_log.setup(f"rm-{args.id}", args.log_level, args.log_format)
@@ -508,6 +584,22 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main(sys.argv[1:]))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _group_id(raw: str | None) -> int | None:

@@ -40,9 +40,16 @@ _E404_TABLE = _error("No such table", ["table_not_found"])
 _E404_TABLE_GROUP = _error("No such table, or no such group", ["table_not_found",
                                                               "group_not_found"])
 _E405 = _error("Method not allowed on this path; see the Allow header", ["method_not_allowed"])
+_E408 = _error(
+    "The request's head or body did not arrive whole in time (from the rm, or from HAProxy for "
+    "a head); the connection is closed and nothing was done",
+    ["request_timeout"],
+)
 _E503 = {
     **_error(
-        "Unavailable: no leader, node or metadata manager reachable in time; safe to retry",
+        "Unavailable: no leader, node or metadata manager reachable in time; this rm has as "
+        "many requests in flight or connections open as it takes; or (from HAProxy) no rm is "
+        "up. Nothing was done: safe to retry",
         ["unavailable"],
     ),
     "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": (
@@ -64,6 +71,7 @@ def _common(*extra: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "400": _E400,
         "405": _E405,
+        "408": _E408,
         "500": _E500,
         "502": _E502,
         "503": _E503,
