@@ -64,6 +64,33 @@ def test_path_key_round_trips(key: bytes) -> None:
     assert codec.decode_path_key(codec.b64url_encode(key), "base64") == key
 
 
+@pytest.mark.parametrize("raw", ["a%zz", "a%4", "%", "a%", "%g0", "ok%2", "%%41", "a%2Fb%z1"])
+def test_a_malformed_escape_in_a_path_is_400_not_a_literal_key(raw: str) -> None:
+    for encoding in (None, "utf8", "base64"):
+        with pytest.raises(errors.InvalidArgument, match="malformed percent-escape") as info:
+            codec.decode_path_key(raw, encoding)
+        assert info.value.status == 400 and info.value.details["field"] == "key"
+    with pytest.raises(errors.InvalidArgument, match="malformed percent-escape") as info:
+        codec.decode_table_segment("T" + raw)
+    assert info.value.details["field"] == "table"
+
+
+def test_a_byte_outside_ascii_in_a_path_is_400() -> None:
+    """The raw target is latin-1 text of the bytes sent: a raw "€" (E2 82 AC) would otherwise
+    have become six other bytes. HAProxy refuses such a target too."""
+    raw = "€".encode().decode("latin-1")
+    with pytest.raises(errors.InvalidArgument, match="outside ASCII"):
+        codec.decode_path_key(raw, None)
+    with pytest.raises(errors.InvalidArgument, match="outside ASCII"):
+        codec.parse_query("start=" + raw)
+
+
+def test_percent_decode_takes_every_escape_and_case() -> None:
+    assert codec.percent_decode("%41%4a%4A%2f%25%00", "key") == b"AJJ/%\x00"
+    assert codec.percent_decode("plain-key_1.~", "key") == b"plain-key_1.~"
+    assert codec.percent_decode("", "key") == b""
+
+
 def test_table_segment() -> None:
     assert codec.decode_table_segment("Stocks") == "Stocks"
     assert codec.decode_table_segment("a.b-c_1") == "a.b-c_1"
@@ -205,6 +232,9 @@ def test_parse_query() -> None:
     q = codec.parse_query("start=a+b&end=%FF&limit=5&start=ignored&flag")
     assert q == {"start": b"a b", "end": b"\xff", "limit": b"5", "flag": b""}
     assert codec.parse_query("") == {}
+    for bad in ["start=a%zz", "end=%4", "limit=1&after=%", "x%q=1"]:
+        with pytest.raises(errors.InvalidArgument, match="malformed percent-escape"):
+            codec.parse_query(bad)
 
 
 def test_list_query_defaults_and_limits() -> None:

@@ -10,6 +10,10 @@ Invariants:
   from the raw, undecoded request target so that ``%2F`` ("/") and ``%25`` ("%") survive; with
   ``key_encoding=base64`` the segment is base64url (padding optional). Query values are
   percent-decoded to bytes with ``+`` meaning a space (the form-encoding convention).
+* Every part of a target is percent-decoded by ``percent_decode`` alone, strictly: a ``%`` not
+  followed by two hex digits (``a%zz``, a trailing ``%4``) or a byte outside ASCII is a 400,
+  never taken literally (a key ``a%zz`` stored as those four bytes would be a key the client
+  never meant, and ``%4`` one byte short of what it did).
 * A list cursor is opaque to the user and self-contained: ``base64url(version | msgpack map)``
   carrying the table id, the last key returned and the end bound, so a client resumes with
   ``after=<cursor>`` alone. A cursor never grows past ``CURSOR_BYTES_MAX``, and any cursor that
@@ -51,17 +55,36 @@ _JSON_SEPARATORS = (",", ":")
 _OWS = " \t"  # HTTP's optional whitespace around a header value (RFC 9110 5.6.3)
 _SEQ_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
 _LIMIT_DIGITS_MAX = 9  # a longer number is far above LIST_LIMIT_MAX anyway
+_ESCAPE_BAD_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a "%" not followed by two hex digits
 
 
 # ---------------------------------------------------------------------------------------------
 # Query strings and path segments
 
 
+def percent_decode(raw: str, field: str) -> bytes:
+    """The bytes a raw (still percent-encoded) part of a request target stands for; 400 for a
+    malformed escape or a character outside ASCII (a URL carries other bytes percent-encoded,
+    and HAProxy refuses them unencoded: an rm must not take them otherwise)."""
+    if "%" not in raw and raw.isascii():
+        return raw.encode("ascii")
+    if not raw.isascii():
+        raise errors.InvalidArgument(
+            f"{field} has a character outside ASCII: percent-encode it (UTF-8 as %E2%82%AC ...)",
+            field=field)
+    bad = _ESCAPE_BAD_RE.search(raw)
+    if bad is not None:
+        raise errors.InvalidArgument(
+            f"{field} has a malformed percent-escape {raw[bad.start():bad.start() + 3]!r}: a % "
+            f"must be followed by two hex digits (a literal % is %25)", field=field)
+    return unquote_to_bytes(raw)
+
+
 def parse_query(raw_query: str) -> dict[str, bytes]:
     """Decode a raw query string to ``name -> bytes`` (the first occurrence of a name wins).
 
     Values are bytes, not text, so that ``start=%FF`` reaches the router as the byte 0xFF
-    instead of a replacement character.
+    instead of a replacement character. A malformed escape is a 400 (``percent_decode``).
     """
     out: dict[str, bytes] = {}
     if not raw_query:
@@ -70,9 +93,9 @@ def parse_query(raw_query: str) -> dict[str, bytes]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        name_text = unquote_to_bytes(name.replace("+", " ")).decode("utf-8", "replace")
+        name_text = percent_decode(name.replace("+", " "), "query").decode("utf-8", "replace")
         if name_text not in out:
-            out[name_text] = unquote_to_bytes(value.replace("+", " "))
+            out[name_text] = percent_decode(value.replace("+", " "), name_text[:40])
     return out
 
 
@@ -92,7 +115,7 @@ def query_text(query: dict[str, bytes], name: str) -> str | None:
 def decode_table_segment(raw: str) -> str:
     """The table name from its raw path segment; 400 unless it matches the table name rule."""
     try:
-        name = unquote_to_bytes(raw).decode("utf-8")
+        name = percent_decode(raw, "table").decode("utf-8")
     except UnicodeDecodeError:
         name = raw
     return limits.check_table_name(name)
@@ -101,9 +124,9 @@ def decode_table_segment(raw: str) -> str:
 def decode_path_key(raw: str, key_encoding: str | None) -> bytes:
     """The key from its raw (still percent-encoded) path segment, checked against the limits."""
     if key_encoding is None or key_encoding == ENCODING_UTF8:
-        key = unquote_to_bytes(raw)
+        key = percent_decode(raw, "key")
     elif key_encoding == ENCODING_BASE64:
-        key = b64url_decode(unquote_to_bytes(raw), field="key")
+        key = b64url_decode(percent_decode(raw, "key"), field="key")
     else:
         raise errors.InvalidArgument("key_encoding must be utf8 or base64", field="key_encoding")
     return limits.check_key(key)
