@@ -365,7 +365,8 @@ def ports_free() -> bool:
 def test_the_page_haproxy_cfg_is_the_one_rangekv_up_writes() -> None:
     (cfg,) = [b for b in blocks(OPS_MD.read_text()) if b.attrs.get("file", "").endswith(
         "haproxy.cfg")]
-    ours = haproxy_config(8400, [8411, 8411, 8411], ["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    ours = haproxy_config(8400, [8411, 8411, 8411], ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+                          errorfiles_dir="/etc/rangekv/haproxy-errors")
     strip = [ln for ln in ours.splitlines() if not ln.lstrip().startswith("#")]
     strip = [ln.replace("127.0.0.1:8400", "10.0.0.1:8400") for ln in strip]
     assert cfg.text.splitlines() == strip

@@ -59,8 +59,9 @@ from typing import Any
 
 import httpx
 
+from rangekv import limits, perms
 from rangekv import log as rangekv_log
-from rangekv import perms
+from rangekv.cluster import haproxy_errors
 from rangekv.testing import procs
 
 HOST = "127.0.0.1"
@@ -102,8 +103,47 @@ def haproxy_binary() -> str:
     raise ClusterError("HAProxy is not installed (Debian: apt-get install haproxy)")
 
 
+@dataclass(frozen=True)
+class HaproxyTimeouts:
+    """HAProxy's timeouts, in seconds, set against the rm's (``haproxy_config`` says how)."""
+
+    connect_s: float = 2.0
+    client_s: float = 30.0
+    server_s: float = 30.0
+    http_request_s: float = limits.HTTP_HEAD_TIMEOUT_S
+    http_keep_alive_s: float = 10.0
+    queue_s: float = 5.0
+    check_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not 0 < value < 86_400:
+                raise ValueError(f"HAProxy timeout {name} must be in (0, 86400) s, not {value}")
+        # a client waiting for a slow answer must not be cut before HAProxy gives up on the rm
+        if self.client_s < self.server_s:
+            raise ValueError(f"timeout client ({self.client_s} s) must be at least timeout "
+                             f"server ({self.server_s} s)")
+
+
+def _haproxy_time(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _haproxy_path(path: Path | str) -> str:
+    text = str(path)
+    if '"' in text or "\\" in text:
+        raise ClusterError(f"HAProxy cannot be given the path {text!r} (a quote or backslash)")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
 def haproxy_config(
-    base_port: int, rm_ports: Iterable[int], rm_hosts: Iterable[str] | None = None
+    base_port: int,
+    rm_ports: Iterable[int],
+    rm_hosts: Iterable[str] | None = None,
+    *,
+    errorfiles_dir: Path | str = haproxy_errors.ERRORFILES_DIR,
+    timeouts: HaproxyTimeouts | None = None,
 ) -> str:
     """HAProxy in front of the rms: health-checked, retrying only what is safe to retry.
 
@@ -117,12 +157,33 @@ def haproxy_config(
     none is, which is what an etcd outage looks like, they go to every rm that still holds a map
     (``/livez``): it serves from that map (the groups do not need etcd, the map cannot change
     without it, a node refuses a stale route), so reads and writes to existing tables go on.
+
+    HAProxy's own error answers are the files in ``errorfiles_dir`` (``haproxy_errors``): the
+    rms' JSON error shape. Its timeouts against the rm's (``HaproxyTimeouts``, defaults):
+
+    * ``http-request`` (10 s) is the rm's head deadline (``limits.HTTP_HEAD_TIMEOUT_S``), a
+      total like it: HAProxy forwards only whole heads, so a slow head gets HAProxy's 408;
+    * a body is streamed to the rm as it comes, and the rm's body deadline (20 s) answers a
+      trickle with 408; ``server`` (30 s) is above that plus the rm's longest deadline for a
+      data operation (5 s; 10 s for a table), so an rm that is merely slow is never cut off
+      by a 504; ``client`` is no less than ``server``;
+    * ``http-keep-alive`` (10 s) is below the rm's idle time (75 s): HAProxy, not the rm,
+      closes an idle connection, so it never reuses one the rm is closing.
+
+    There is no ``maxconn`` per server: an rm bounds its own connections and requests in
+    flight and answers 503 with ``Retry-After`` at once; HAProxy queueing in front of it would
+    only add up to ``timeout queue`` of waiting to every request beyond the bound.
     """
+    t = timeouts if timeouts is not None else HaproxyTimeouts()
     ports = list(rm_ports)
     hosts = list(rm_hosts) if rm_hosts is not None else [HOST] * len(ports)
     servers = "\n".join(
         f"    server rm{i} {host}:{port} check inter 500ms fall 2 rise 1"
         for i, (host, port) in enumerate(zip(hosts, ports, strict=True), start=1)
+    )
+    errorfiles = "\n".join(
+        f"    errorfile {status} {_haproxy_path(haproxy_errors.errorfile(status, errorfiles_dir))}"
+        for status in haproxy_errors.STATUSES
     )
     return f"""\
 # Written by `rangekv up` (rangekv.cluster.local); rewritten on every start.
@@ -137,16 +198,19 @@ defaults
     mode http
     log global
     option dontlognull
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 10s
-    timeout queue 5s
-    timeout check 2s
+    # set against the rms' own limits: see rangekv.cluster.local.haproxy_config
+    timeout connect {_haproxy_time(t.connect_s)}
+    timeout client {_haproxy_time(t.client_s)}
+    timeout server {_haproxy_time(t.server_s)}
+    timeout http-request {_haproxy_time(t.http_request_s)}
+    timeout http-keep-alive {_haproxy_time(t.http_keep_alive_s)}
+    timeout queue {_haproxy_time(t.queue_s)}
+    timeout check {_haproxy_time(t.check_s)}
     retries 2
     retry-on conn-failure empty-response
     option redispatch 1
+    # HAProxy's own answers in the rms' JSON error shape (rangekv.cluster.haproxy_errors)
+{errorfiles}
 
 frontend rangekv
     bind {HOST}:{base_port}
@@ -285,6 +349,7 @@ class LocalCluster:
         log_format: str | None = None,
         log_level: str | None = None,
         config_file: Path | None = None,
+        haproxy_timeouts: HaproxyTimeouts | None = None,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
@@ -323,6 +388,9 @@ class LocalCluster:
         self.log_format = log_format
         self.log_level = log_level
         self.config_file = config_file
+        #: HAProxy's timeouts (None: ``HaproxyTimeouts()``, set against the rms' defaults);
+        #: tests lower them together with the rms' own (``extra_args["rm"]``)
+        self.haproxy_timeouts = haproxy_timeouts
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[str, int] = {}  # of children that exited, for error messages
 
@@ -711,7 +779,8 @@ class LocalCluster:
     def _write_haproxy_cfg(self) -> None:
         ports = [self.rm_port(i) for i in range(1, self.rms + 1)]
         hosts = [self.host_of(f"rm-{i}") for i in range(1, self.rms + 1)]
-        perms.write_private(self.haproxy_cfg, haproxy_config(self.base_port, ports, hosts))
+        perms.write_private(self.haproxy_cfg, haproxy_config(
+            self.base_port, ports, hosts, timeouts=self.haproxy_timeouts))
         check = subprocess.run(
             [haproxy_binary(), "-c", "-f", str(self.haproxy_cfg)],
             stdin=subprocess.DEVNULL,
