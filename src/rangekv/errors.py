@@ -11,8 +11,11 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     ├── NotFound               404
     │   ├── TableNotFound      404
     │   ├── KeyNotFound        404
-    │   └── GroupNotFound      404  a move or split named a group that does not exist
+    │   ├── GroupNotFound      404  a move or split named a group that does not exist
+    │   └── NodeNotFound       404  no record of that node id (``rangekv nodes remove``)
     ├── TableExists            409
+    ├── NodeInUse              409  a node to remove takes part in a group (``group``), or is
+    │                               live and not flagged (``live``): nothing was removed
     ├── PreconditionFailed     412  conditional write whose seq did not match
     ├── RequestTimeout         408  the request (head or body) did not arrive in time; nothing done
     ├── Unavailable            503  retryable: no leader, node down, overloaded
@@ -89,8 +92,21 @@ class GroupNotFound(NotFound):
     code = "group_not_found"
 
 
+class NodeNotFound(NotFound):
+    code = "node_not_found"
+
+
 class TableExists(RangeKVError):
     code = "table_exists"
+    status = 409
+
+
+class NodeInUse(RangeKVError):
+    """A node record that cannot be removed now: the node is a member, a learner or a voter of
+    ``joint`` in group ``group`` (replace it first), or it still heartbeats and is not flagged
+    (``live``: stop it first). Nothing was removed."""
+
+    code = "node_in_use"
     status = 409
 
 

@@ -725,3 +725,64 @@ def test_a_replacement_survives_a_meta_crash_and_is_explained_once(etcd_endpoint
         assert (await c.store.load())[0].nodes[2] == node2
 
     scenario(etcd_endpoint, body, heartbeat_timeout_ms=300, replace_grace_ms=800)
+
+
+def test_remove_node_refuses_members_and_live_nodes_and_removes_dead_ones(
+        etcd_endpoint: str) -> None:
+    """``remove_node`` (``rangekv nodes remove``): typed errors for bad fields, refusals for a
+    member and a live spare, a dead spare's record gone with its decision; it comes back as a
+    new spare when it heartbeats again. A record that no node stands behind (a forged
+    heartbeat's) goes the same way."""
+    hb_s = 1.5
+
+    async def body(c: Cluster) -> None:
+        meta = await c.meta(1)
+        await eventually(lambda: meta.is_active, 5, "meta 1 active")
+        with pytest.raises(errors.Unavailable, match="cannot tell yet"):
+            await request(meta, "remove_node", node_id=5)  # too soon to know who is live
+        standby = await c.meta(2)
+        for i in (1, 2, 3, 4, 5):
+            await c.node(i)
+        group = await leader_serving(c, meta)
+        await eventually(lambda: len(meta.view.nodes) == 5, 3, "five nodes registered")
+        for bad in (None, "5", 5.0, True, [5], 0, -1, 2**32):
+            with pytest.raises(errors.InvalidArgument) as invalid:
+                await request(meta, "remove_node", node_id=bad)
+            assert invalid.value.details["field"] == "node_id", bad
+        with pytest.raises(errors.NotActive):
+            await request(standby, "remove_node", node_id=5)
+        with pytest.raises(errors.NodeInUse, match="member of group") as in_use:
+            await request(meta, "remove_node", node_id=1)
+        assert in_use.value.details == {"node": 1, "group": group.id}
+        with pytest.raises(errors.NodeInUse, match="is live") as in_use:
+            await request(meta, "remove_node", node_id=5)
+        assert in_use.value.details == {"node": 5, "live": True}
+        with pytest.raises(errors.NodeNotFound):
+            await request(meta, "remove_node", node_id=99)
+        assert len(meta.view.nodes) == 5  # refusals change nothing
+
+        c.nodes[5].paused = True  # spare 5 dies
+        await asyncio.sleep(hb_s + 0.3)
+        reply = await request(meta, "remove_node", node_id=5)
+        assert reply["live"] is False and reply["node"]["id"] == 5
+        assert reply["node"]["state"] == model.NODE_SPARE
+        assert 5 not in meta.view.nodes  # the answer waits for the meta's own view
+        view, _ = await c.store.load()
+        assert 5 not in view.nodes
+        [removed] = [d for d in view.decisions if d.kind == "node_removed"]
+        assert removed.details["node"] == 5 and "removed by an operator" in removed.reason
+        with pytest.raises(errors.NodeNotFound):
+            await request(meta, "remove_node", node_id=5)
+        c.nodes[5].paused = False  # it heartbeats again: registered as a new spare
+        await eventually(lambda: 5 in meta.view.nodes, 3, "node 5 to register again")
+        assert meta.view.nodes[5].state == model.NODE_SPARE
+
+        forged = await c.node(77)  # a heartbeat from something that is no node
+        await eventually(lambda: 77 in meta.view.nodes, 3, "the forged record")
+        await forged.stop()
+        await asyncio.sleep(hb_s + 0.3)
+        assert (await request(meta, "remove_node", node_id=77))["node"]["id"] == 77
+        assert 77 not in (await c.store.load())[0].nodes
+        assert (await c.group()) == group  # the group never noticed
+
+    scenario(etcd_endpoint, body, heartbeat_timeout_ms=int(hb_s * 1000))

@@ -789,6 +789,39 @@ def test_nodes_lists_members_and_spares_with_their_state() -> None:
     assert all(n["reachable"] is None and n["role"] is None for n in nodes)  # not asked
 
 
+def test_nodes_remove_asks_the_cluster_and_says_what_went() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def rm(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.raw_path.decode()))
+        node = int(request.url.raw_path.decode().rsplit("/", 1)[1])
+        if node == 1:
+            return err(409, "node_in_use", "node 1 is a member of group 1")
+        if node == 9:
+            return err(404, "node_not_found", "there is no node 9")
+        record = {"id": node, "address": f"127.0.0.1:843{node}", "state": "flagged",
+                  "group": None, "reason": "replaced in group 1 by node 4", "flag": "replaced"}
+        return httpx.Response(200, json={"node": record, "live": node == 6})
+
+    run = Run(rm)
+    rc, out, errs = run("nodes", "remove", "5")
+    assert (rc, errs) == (0, "") and calls == [("DELETE", "/v1/cluster/nodes/5")]
+    assert out.decode() == ("removed node 5 (127.0.0.1:8435, flagged: replaced in group 1 by "
+                            "node 4)\n")
+    rc, out, _ = run("nodes", "remove", "6", "--json")
+    assert rc == 0 and json.loads(out)["live"] is True
+    rc, out, _ = run("nodes", "remove", "6")
+    assert "registers again as a spare" in out.decode()
+    refused = "error: node_in_use: node 1 is a member of group 1\n"
+    assert run("nodes", "remove", "1") == (1, b"", refused)
+    assert run("nodes", "remove", "9")[2] == "error: node_not_found: there is no node 9\n"
+    sent = len(calls)
+    for bad in ("0", "x", "-3"):
+        assert run("nodes", "remove", bad)[0] == 2  # a usage error
+    assert len(calls) == sent  # refused before asking
+    assert Run()("nodes", "--no-probe")[0] == 0  # without an action: the list, as before
+
+
 def test_status_nodes_and_ranges_show_the_live_figures() -> None:
     fake = TinyRM()
     fake.probes = {

@@ -743,6 +743,69 @@ def test_meta_not_active_hint_is_followed() -> None:
     run(main())
 
 
+class FakeNodesMeta(FakeServer):
+    """An active meta that answers ``remove_node`` as the real one decides (node 1 a member,
+    node 4 a live spare, node 5 dead) and, like the watch, drops the record from the view."""
+
+    def __init__(self, source: StaticViewSource) -> None:
+        super().__init__()
+        self.source = source
+
+    async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["op"] == "remove_node", body
+        node_id = body["node_id"]
+        view = self.source.view
+        if node_id == 1:
+            raise errors.NodeInUse("node 1 is a member of group 1", node=1, group=1)
+        if node_id == 4:
+            raise errors.NodeInUse("node 4 is live and not flagged", node=4, live=True)
+        if node_id not in view.nodes:
+            raise errors.NodeNotFound(f"there is no node {node_id}", node=node_id)
+        node = view.nodes.pop(node_id)
+        view.revision += 1
+        self.source.changed()
+        return {"node": {"id": node.id, "address": node.address, "state": node.state,
+                         "group": None, "reason": "", "flag": ""},
+                "live": False, "revision": view.revision}
+
+
+def test_remove_node_is_forwarded_to_the_meta_and_refusals_keep_their_codes() -> None:
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        for nid in (4, 5):
+            view.nodes[nid] = Node(nid, f"127.0.0.1:{8430 + nid}", "spare")
+        async with harness(view) as h:
+            meta = FakeNodesMeta(h.source)
+            await meta.start()
+            view.active_meta = {"id": 1, "address": meta.address}
+            removed = await h.json("DELETE", "/v1/cluster/nodes/5", 200)
+            assert removed == {"node": {"id": 5, "address": "127.0.0.1:8435", "state": "spare",
+                                        "group": None, "reason": "", "flag": ""},
+                               "live": False}
+            cluster = await h.json("GET", "/v1/cluster", 200)
+            assert [n["id"] for n in cluster["nodes"]] == [1, 4]
+            err = await h.error("DELETE", "/v1/cluster/nodes/1", 409, "node_in_use")
+            assert err["group"] == 1 and not err["retryable"]
+            err = await h.error("DELETE", "/v1/cluster/nodes/4", 409, "node_in_use")
+            assert err["live"] is True
+            await h.error("DELETE", "/v1/cluster/nodes/5", 404, "node_not_found")
+            # ids that are not node ids never reach the meta
+            sent = len(meta.requests)
+            for bad in ("0", "-1", "x", "4294967296", "1.5", "%C2%B2", "9" * 40):
+                await h.error("DELETE", "/v1/cluster/nodes/" + bad, 400, "invalid_argument")
+            assert len(meta.requests) == sent
+            await h.error("DELETE", "/v1/cluster/nodes/", 404, "not_found")
+            await h.error("DELETE", "/v1/cluster/nodes/5/x", 404, "not_found")
+            err = await h.error("GET", "/v1/cluster/nodes/5", 405, "method_not_allowed")
+            assert err["allow"] == ["DELETE"]
+            text = await (await h.client.get("/metrics")).text()
+            assert 'rangekv_rm_requests_total{op="remove_node",status="200"} 1' in text
+            await meta.stop()
+        await node.stop()
+
+    run(main())
+
+
 def test_routes_health_cluster_metrics_openapi() -> None:
     async def main() -> None:
         node, view = await one_node({"t": 1})
@@ -783,6 +846,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
                 "/v1/tables/{table}/split/{key}",
                 "/v1/cluster",
                 "/v1/cluster/status",
+                "/v1/cluster/nodes/{id}",
                 "/v1/openapi.json",
                 "/healthz",
                 "/livez",

@@ -1,5 +1,5 @@
 """Data commands: create-table, drop-table, tables, put, get, delete, list, cluster, status,
-nodes.
+nodes, nodes remove.
 
 Output is for people by default and JSON with ``--json``. ``get`` prints the value's bytes as
 they are (plus a newline unless ``--raw``); ``list`` prints ``key<TAB>value<TAB>seq`` lines in
@@ -133,6 +133,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-probe", action="store_true",
                    help="do not ask the nodes (no roles or indexes)")
     p.set_defaults(func=cmd_nodes)
+    actions = p.add_subparsers(dest="nodes_action", metavar="ACTION", required=False,
+                               title="actions (without one: list the nodes)")
+    r = actions.add_parser(
+        "remove", parents=[common],
+        help="remove the record of a dead or flagged node that takes part in no group (a "
+        "killed spare, a replaced member, a forged record); refused while it is a member, a "
+        "learner or a voter of a group, or still heartbeats and is not flagged")
+    r.add_argument("id", type=_positive_int, help="the node's id (`rangekv nodes` lists them)")
+    r.set_defaults(func=cmd_nodes_remove)
 
 
 def _positive_int(text: str) -> int:
@@ -395,6 +404,23 @@ def cmd_nodes(args: argparse.Namespace, ctx: Context) -> int:
         _print_json(ctx, {"nodes": st.get("nodes") or []})
     else:
         ctx.out("\n".join(format_nodes(st)))
+    return 0
+
+
+def cmd_nodes_remove(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client(args) as db:
+        removed = db.remove_node(args.id)
+    if args.json:
+        _print_json(ctx, removed)
+        return 0
+    node = removed.get("node") or {}
+    what = node.get("state") or "?"
+    if node.get("flag") or node.get("reason"):
+        what += f": {node.get('reason') or node.get('flag')}"
+    ctx.out(f"removed node {node.get('id', args.id)} ({node.get('address')}, {what})")
+    if removed.get("live"):
+        ctx.out("it still heartbeats: it registers again as a spare (or flagged, if its log is "
+                "still broken); stop its process to retire it")
     return 0
 
 

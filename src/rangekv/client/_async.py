@@ -163,6 +163,13 @@ class AsyncClient:
         status: dict[str, Any] = await self._send(_common.call_cluster_status(table))
         return status
 
+    async def remove_node(self, node_id: int) -> dict[str, Any]:
+        """Remove the record of a dead or flagged node that takes part in no group:
+        ``{"node": the record removed, "live": bool}``. Raises ``NodeInUse`` while the node is
+        in a group, or live and not flagged; ``NodeNotFound`` if there is no such node."""
+        removed: dict[str, Any] = await self._send(_common.call_remove_node(node_id))
+        return removed
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:

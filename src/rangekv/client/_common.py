@@ -366,6 +366,23 @@ def call_cluster_status(table: str | None = None) -> Call:
     return Call("GET", path, write=False, parse=parse)
 
 
+NODE_ID_MAX = 2**32 - 1
+
+
+def call_remove_node(node_id: int) -> Call:
+    if not isinstance(node_id, int) or isinstance(node_id, bool) or not (
+            1 <= node_id <= NODE_ID_MAX):
+        raise errors.InvalidArgument(f"a node id is an integer in 1..{NODE_ID_MAX}", field="id")
+
+    def parse(resp: httpx.Response) -> dict[str, Any]:
+        body = json_body(resp)
+        if not isinstance(body, dict) or not isinstance(body.get("node"), dict):
+            raise _bad_shape(resp, "remove node", None)
+        return body
+
+    return Call("DELETE", f"/v1/cluster/nodes/{node_id}", write=True, parse=parse)
+
+
 # --- answers ----------------------------------------------------------------------------------
 
 

@@ -173,6 +173,13 @@ class Client:
         status: dict[str, Any] = self._send(_common.call_cluster_status(table))
         return status
 
+    def remove_node(self, node_id: int) -> dict[str, Any]:
+        """Remove the record of a dead or flagged node that takes part in no group:
+        ``{"node": the record removed, "live": bool}``. Raises ``NodeInUse`` while the node is
+        in a group, or live and not flagged; ``NodeNotFound`` if there is no such node."""
+        removed: dict[str, Any] = self._send(_common.call_remove_node(node_id))
+        return removed
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -123,6 +123,8 @@ DECISION_REPLACE_SWAPPED = "replace_swapped"
 DECISION_JOINT_CLEARED = "joint_cleared"
 DECISION_REPLACE_ABANDONED = "replace_abandoned"
 DECISION_NO_SPARE = "no_spare"
+DECISION_NODE_REMOVED = "node_removed"  # an operator removed a dead or flagged node's record
+NODE_ID_MAX = 2**32 - 1  # node ids are u32 (the last four bytes of a node-stamped seq)
 DECISIONS_TRIMMED_MAX = 50  # oldest decisions deleted per txn (etcd caps ops per txn)
 
 
@@ -305,6 +307,54 @@ def node_record(
 
 def is_live(beat: Beat | None, now_s: float, heartbeat_timeout_s: float) -> bool:
     return beat is not None and now_s - beat.at_s <= heartbeat_timeout_s
+
+
+def plan_node_removal(
+    view: ClusterView, node_id: int, beat: Beat | None, now_s: float, *,
+    heartbeat_timeout_s: float,
+) -> tuple[Node, bool]:
+    """Whether node ``node_id``'s record may be removed (``rangekv nodes remove``): the record
+    and whether the node is live, or the refusal raised.
+
+    * ``NodeNotFound``: no record.
+    * ``NodeInUse`` with ``group``: the node takes part in a group (a member, a learner, a voter
+      of ``joint``, or its record names a group). Its vote or its
+      catch-up is part of a quorum or of a reconfiguration; the controller replaces a dead
+      member from the pool (``plan_replacement``), and its record can go after that.
+    * ``NodeInUse`` with ``live``: it heartbeats and is not flagged. A live node registers again
+      at its next heartbeat, so removing a healthy one would only hide it for 100 ms.
+
+    A live flagged node may be removed: that is how an operator returns an inspected node to
+    the pool (it registers again as a spare, or is flagged again if its log is still broken).
+    A dead one, or a forged record that no process stands behind, is simply gone; should it
+    heartbeat again one day, it registers as a new node does.
+    """
+    node = view.nodes.get(node_id)
+    if node is None:
+        raise errors.NodeNotFound(f"there is no node {node_id} (nodes: "
+                                  f"{sorted(view.nodes)})", node=node_id)
+    for gid in sorted(view.groups):
+        g = view.groups[gid]
+        role = ("a member" if node_id in g.members else "a learner" if node_id in g.learners
+                else "a voter of its old configuration (joint)" if node_id in g.joint
+                else None)
+        if role is not None:
+            raise errors.NodeInUse(
+                f"node {node_id} is {role} of group {gid}: its record stays while it takes "
+                "part in the group (a dead member is replaced from the spare pool after the "
+                "grace; remove it once it is flagged as replaced)", node=node_id, group=gid)
+    if node.group is not None:
+        raise errors.NodeInUse(f"node {node_id}'s record names group {node.group} "
+                               f"({node.state}): it is joining or leaving it; try again once "
+                               "the reconfiguration is over", node=node_id, group=node.group)
+    live = is_live(beat, now_s, heartbeat_timeout_s)
+    if live and node.state != model.NODE_FLAGGED:
+        assert beat is not None
+        raise errors.NodeInUse(
+            f"node {node_id} at {node.address} is live (it heartbeat "
+            f"{(now_s - beat.at_s) * 1000:.0f} ms ago) and not flagged: stop it first (a live "
+            "node registers again at its next heartbeat)", node=node_id, live=True)
+    return node, live
 
 
 @dataclass(frozen=True)
@@ -840,6 +890,7 @@ class MetaService:
             "drop_table": self._op_drop_table,
             "split_range": self._op_split_range,
             "move_range": self._op_move_range,
+            "remove_node": self._op_remove_node,
         }
         self.metrics = MetaMetrics(self)
         self._metrics_server: MetricsServer | None = None
@@ -1757,6 +1808,56 @@ class MetaService:
             },
             "campaign": campaign,
         }
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    async def _op_remove_node(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Remove the record of a dead or flagged node that takes part in no group (``rangekv
+        nodes remove``; ``plan_node_removal`` says when), with a ``node_removed`` decision, in
+        one fenced CAS transaction: ``{"node": the record removed, "live", "revision"}``."""
+        node_id = req.get("node_id")
+        if not isinstance(node_id, int) or isinstance(node_id, bool):
+            raise errors.InvalidArgument("node_id must be an integer", field="node_id")
+        if not 1 <= node_id <= NODE_ID_MAX:
+            raise errors.InvalidArgument(f"node_id must be in 1..{NODE_ID_MAX}",
+                                         field="node_id")
+        term = self._require_active()
+        hb_s = self.config.heartbeat_timeout_ms / 1000
+        judge_from_s = max(term.since_s, self._judge_after_s - hb_s)
+        if self._clock() - judge_from_s < hb_s:
+            # heartbeats go to the active meta only: until one timeout has passed, a node
+            # that has not beaten here yet may be alive
+            raise errors.Unavailable("this meta became active a moment ago and cannot tell "
+                                     "yet whether the node is live; retry")
+        for _ in range(CAS_ATTEMPTS_MAX):
+            node, live = plan_node_removal(self.view, node_id, self._beats.get(node_id),
+                                           self._clock(), heartbeat_timeout_s=hb_s)
+            rev = self._revs.get(model.node_key(node_id))
+            assert rev, ("a node in the view has no revision", node_id)
+            what = (f"{node.state} ({node.flag}: {node.reason})" if node.flag or node.reason
+                    else node.state)
+            reason = (f"node {node_id} at {node.address}, {what}, removed by an operator"
+                      + ("; it still heartbeats: it registers again as a spare (or flagged, "
+                         "if its log is still broken)" if live else ""))
+            log_keys = sorted(self.view.decision_log)
+            at_ns = max(self._wall_ns(), (log_keys[-1] + 1) if log_keys else 0)
+            decision = model.Decision(at_ns, DECISION_NODE_REMOVED, None, reason, {
+                "node": node_id, "address": node.address, "state": node.state,
+                "flag": node.flag or None, "live": live})
+            excess = len(log_keys) + 1 - model.DECISIONS_KEPT
+            trim = log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))]
+            written = await self.store.remove_node(node_id, rev, decision, trim)
+            if written is None:  # the record (or the decision log) moved on: decide again
+                await self._wait_view(self.view.revision + 1, 1.0)
+                continue
+            self.metrics.decisions[DECISION_NODE_REMOVED] += 1
+            self._beats.pop(node_id, None)
+            self.log.warning("decision %s: %s", DECISION_NODE_REMOVED, reason)
+            await self._catch_up(written, self.config.view_catch_up_ms / 1000)
+            return {"node": {"id": node.id, "address": node.address, "state": node.state,
+                             "group": node.group, "reason": node.reason, "flag": node.flag},
+                    "live": live, "revision": written}
+        raise errors.Unavailable(f"node {node_id}'s record kept changing; retry")
 
     # -- tables ---------------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ Invariants
   are written together or not at all, each CAS'd on what the decision was based on.
 * **Decisions are kept bounded**: the transaction that records one also deletes the oldest
   beyond ``model.DECISIONS_KEPT`` (the caller names them from its view).
+* **A node record is deleted only as read** (``remove_node``, CAS on its revision): every step
+  that makes a node take part in a group (formation, a learner added, a swap) writes the
+  node's record in the same transaction, so a deletion decided on a view where the node was in
+  no group cannot land after one that put it in a group.
 
 The JSON shapes and key layout are those of :mod:`rangekv.metadata.model`.
 """
@@ -129,6 +133,21 @@ class MetaStore:
         key = model.node_key(node.id)
         res = await self._txn(
             [Compare.mod_revision(key, "=", mod_revision)], [Op.put(key, model.dumps(node))]
+        )
+        return res.revision if res.succeeded else None
+
+    async def remove_node(self, node_id: int, mod_revision: int, decision: Decision,
+                          trim: list[int]) -> int | None:
+        """Delete node ``node_id``'s record if it is still at ``mod_revision``, with the
+        decision that explains it (its key must be new), deleting the decisions keyed by
+        ``trim``; the revision, or None if the record changed (the caller decides again)."""
+        assert mod_revision > 0, (node_id, mod_revision)
+        key = model.node_key(node_id)
+        dkey = model.decision_key(decision.at_ns)
+        res = await self._txn(
+            [Compare.mod_revision(key, "=", mod_revision), Compare.version(dkey, "=", 0)],
+            [Op.delete(key), Op.put(dkey, decision.dumps()),
+             *(Op.delete(model.decision_key(at_ns)) for at_ns in trim)],
         )
         return res.revision if res.succeeded else None
 

@@ -90,6 +90,8 @@ EXAMPLES: tuple[Example, ...] = (
             "show): groups, lag, ranges with size and load", "$E/v1/cluster/status", 200),
     Example("clusterStatus", "one table's ranges only", "\"$E/v1/cluster/status?table=Stocks\"",
             200),
+    Example("removeNode", "remove a dead or flagged node's record; one that does not exist: "
+            "404 node_not_found", "-i -X DELETE $E/v1/cluster/nodes/999", 404),
     Example("openapi", "the OpenAPI 3.1 document this page is made from",
             "$E/v1/openapi.json", 200),
     Example("metrics", "Prometheus text", "$E/metrics", 200),
@@ -249,7 +251,10 @@ ERROR_MEANINGS: dict[str, str] = {
     "table_not_found": "no such table",
     "key_not_found": "no such key (get)",
     "group_not_found": "a split or move named a group that does not exist",
+    "node_not_found": "no node of that id is registered (remove)",
     "table_exists": "create of a table that exists",
+    "node_in_use": "a node to remove is a member, learner or old-configuration voter of "
+                   "`group`, or heartbeats and is not flagged (`live`); nothing was removed",
     "precondition_failed": "If-Match / If-None-Match did not hold; `current_seq` is the key's "
                            "seq now (null: absent). Nothing changed",
     "request_timeout": f"the request's head ({limits.HTTP_HEAD_TIMEOUT_S:g} s) or body "

@@ -75,6 +75,7 @@ FDS_RESERVED = 128
 ETCD_TIMEOUT_S = 2.0
 
 _TABLES_PREFIX = "/v1/tables/"
+_NODES_PREFIX = "/v1/cluster/nodes/"
 _JSON = "application/json"
 _OCTETS = "application/octet-stream"
 
@@ -263,6 +264,13 @@ class RequestManager:
                     return "delete", lambda: self.delete_key(request, table_raw, key_raw, raw_query)
                 raise _BadMethod(("GET", "HEAD", "PUT", "DELETE"))
             raise _NoRoute
+        if path.startswith(_NODES_PREFIX) and "/" not in path[len(_NODES_PREFIX):]:
+            node_raw = path[len(_NODES_PREFIX):]
+            if not node_raw:
+                raise _NoRoute
+            if method == "DELETE":
+                return "remove_node", lambda: self.remove_node(node_raw)
+            raise _BadMethod(("DELETE",))
         if path == "/v1/cluster/status":
             if method != "GET":
                 raise _BadMethod(("GET", "HEAD"))
@@ -393,6 +401,16 @@ class RequestManager:
 
     async def cluster(self) -> Response:
         return _json_response(self.source.view.to_json())
+
+    async def remove_node(self, node_raw: str) -> Response:
+        """Remove a dead or flagged node's record (``rangekv nodes remove``): 200 with the
+        record removed; 409 ``node_in_use`` while it takes part in a group or is live and not
+        flagged; 404 ``node_not_found``."""
+        node_id = _node_id(node_raw)
+        if node_id is None:
+            raise errors.InvalidArgument(
+                f"a node id is an integer in 1..{openapi.NODE_ID_MAX}", field="id")
+        return _json_response(await self.router.remove_node(node_id))
 
     async def cluster_status(self, raw_query: str) -> Response:
         table = None
@@ -600,6 +618,14 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _node_id(raw: str) -> int | None:
+    """A node id from the path (1 to 2^32 - 1, decimal digits), or None if it is not one."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= openapi.NODE_ID_MAX else None
 
 
 def _group_id(raw: str | None) -> int | None:

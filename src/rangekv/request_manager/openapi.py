@@ -36,6 +36,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _E400 = _error("Bad input; nothing was changed", ["invalid_argument"])
 GROUP_ID_MAX = 2**32 - 1
+NODE_ID_MAX = 2**32 - 1
 _E404_TABLE = _error("No such table", ["table_not_found"])
 _E404_TABLE_GROUP = _error("No such table, or no such group", ["table_not_found",
                                                               "group_not_found"])
@@ -511,6 +512,49 @@ def document() -> dict[str, Any]:
                         ("404", _E404_TABLE),
                     ),
                 }
+            },
+            "/v1/cluster/nodes/{id}": {
+                "parameters": [{
+                    "name": "id", "in": "path", "required": True,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": NODE_ID_MAX},
+                    "description": "The node's id (as `GET /v1/cluster` lists it).",
+                }],
+                "delete": {
+                    "operationId": "removeNode",
+                    "summary": (
+                        "Remove the record of a dead or flagged node that takes part in no "
+                        "group (an operator's act, recorded as a node_removed decision)"
+                    ),
+                    "description": (
+                        "Refused (409 node_in_use) while the node is a member, a learner or "
+                        "a voter of a group's old configuration, and while it still "
+                        "heartbeats unless it is flagged. A node that heartbeats after its "
+                        "record is gone registers again, as a new node does: removing a "
+                        "running flagged node returns it to the spare pool."
+                    ),
+                    "responses": _common(
+                        ("200", _json("The record removed", {
+                            "type": "object", "required": ["node", "live"],
+                            "properties": {
+                                "node": {"type": "object", "required": ["id", "address",
+                                                                        "state"],
+                                         "properties": {
+                                             "id": {"type": "integer"},
+                                             "address": {"type": "string"},
+                                             "state": {"type": "string"},
+                                             "group": {"type": ["integer", "null"]},
+                                             "reason": {"type": "string"},
+                                             "flag": {"type": "string"}}},
+                                "live": {"type": "boolean", "description": (
+                                    "It still heartbeats (a flagged node): it registers "
+                                    "again at once")},
+                            }})),
+                        ("404", _error("No such node", ["node_not_found"])),
+                        ("409", _error("The node takes part in a group, or is live and not "
+                                       "flagged; nothing was removed", ["node_in_use"])),
+                        ("504", _E504),
+                    ),
+                },
             },
             "/v1/openapi.json": {
                 "get": {

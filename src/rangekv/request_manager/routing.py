@@ -809,6 +809,16 @@ class Router:
         reply = await self._meta_op("move_range", name=name, at=at, to=to)
         return await self._ranges_after(name, reply), bool(reply.get("done"))
 
+    async def remove_node(self, node_id: int) -> dict[str, Any]:
+        """Remove the record of a dead or flagged node in no group (the meta decides: see
+        ``plan_node_removal``): ``{"node": the record removed, "live": bool}``, once this rm's
+        map no longer shows it."""
+        reply = await self._meta_op("remove_node", node_id=node_id)
+        revision = int(reply.get("revision", 0))
+        if revision > 0:
+            await self.source.wait_revision(revision, TABLE_VISIBLE_TIMEOUT_S)
+        return {"node": reply.get("node"), "live": bool(reply.get("live"))}
+
     async def _ranges_after(self, name: str, reply: dict[str, Any]) -> list[Range]:
         """The table's ranges once this rm's map shows the revision a meta op answered with
         (re-read from etcd if the watch is slow to bring it)."""
