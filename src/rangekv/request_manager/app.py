@@ -598,12 +598,6 @@ def main(argv: list[str]) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -635,3 +629,10 @@ def _group_id(raw: str | None) -> int | None:
     value = int(raw)
     return value if 1 <= value <= openapi.GROUP_ID_MAX else None
 
+
+# Last, so that everything above is defined when run as ``python -m ...app`` (the helpers below
+# main were not: the rm died parsing its options, and split/move answered 500).
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
