@@ -200,7 +200,8 @@ def assert_private_data_dir(data: Path) -> None:
     files RocksDB and etcd make with their own modes), and the files rangekv writes there
     itself are 0600: its settings, logs and pid files, each node's identity, promise and
     WAL."""
-    dirs = [data, data / "logs", data / "run", data / "etcd", *sorted(data.glob("node-*"))]
+    dirs = [data, data / "logs", data / "run", data / "etcd", data / "backups",
+            *sorted(data.glob("node-*"))]
     if (data / "backups" / "meta").exists():
         dirs.append(data / "backups" / "meta")
     for d in dirs:

@@ -142,7 +142,7 @@ def test_the_files_rangekv_up_writes_are_private(tmp_path: Path) -> None:
     assert cluster.start(skip=[n for n in cluster.names if n != "node-1"]) == ["node-1"]
     cluster._popens["node-1"].wait(timeout=30)
     assert mode(data) == 0o700
-    for d in (cluster.log_dir, cluster.run_dir):
+    for d in (cluster.log_dir, cluster.run_dir, data / "backups"):
         assert mode(d) == 0o700
     written = [data / "cluster.json", *cluster.run_dir.iterdir(), *cluster.log_dir.iterdir()]
     assert len(written) == 4, written  # cluster.json, node-1.pid, node-1.argv, node-1.log

@@ -178,6 +178,7 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
                       tally: _Tally) -> dict[str, Any]:
     """Copy group ``gid``'s checkpoint from its leader into ``groups/G/``; its summary."""
     group_dir = root / mf.GROUPS_DIR / str(gid)
+    perms.private_dir(root / mf.GROUPS_DIR)  # made here, not by mkdir -p: 0700 too
     perms.private_dir(group_dir)
     last = "no attempt"
     for attempt in range(1, GROUP_ATTEMPTS_MAX + 1):

@@ -730,7 +730,7 @@ class LocalCluster:
         """Start every process that is not running (but those in ``skip``), in order; returns
         the names started."""
         skipped = set(skip)
-        for d in (self.data_dir, self.log_dir, self.run_dir):
+        for d in (self.data_dir, self.log_dir, self.run_dir, self.data_dir / "backups"):
             perms.private_dir(d, logger=_log)  # keys and values live here: the owner's only
         self._save_settings()
         if self.alive("meta"):
