@@ -502,3 +502,24 @@ def test_the_rms_refusals_are_its_json_errors() -> None:
         assert (resp.status, error["code"], resp.close) == (status, code, closes)
         assert resp.content_type == "application/json"
         assert (resp.headers or {}).get("Retry-After") == ("1" if status == 503 else None)
+
+
+def test_the_connection_bound_fits_under_the_open_files_limit(monkeypatch: Any) -> None:
+    """The soft limit is raised toward the hard one; what still does not fit lowers the bound."""
+    import resource
+
+    limits_now = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(resource, "getrlimit",
+                        lambda _: (limits_now["soft"], limits_now["hard"]))
+
+    def setrlimit(_: int, pair: tuple[int, int]) -> None:
+        assert pair[0] <= pair[1] or pair[1] == resource.RLIM_INFINITY, pair
+        limits_now["soft"], limits_now["hard"] = pair
+
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert app._connections_within_fd_limit(1024) == 1024
+    assert limits_now["soft"] == 1024 + app.FDS_RESERVED
+    limits_now.update(soft=512, hard=512)
+    assert app._connections_within_fd_limit(1024) == 512 - app.FDS_RESERVED
+    limits_now.update(soft=resource.RLIM_INFINITY, hard=resource.RLIM_INFINITY)
+    assert app._connections_within_fd_limit(1024) == 1024

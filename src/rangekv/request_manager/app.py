@@ -64,9 +64,10 @@ REQUEST_LINE_BYTES_MAX = 16 * 1024
 _BOUND_CHARS_MAX = 3 * 4 * (limits.KEY_BYTES_MAX + 2) // 3
 assert REQUEST_LINE_BYTES_MAX > 2 * _BOUND_CHARS_MAX + limits.CURSOR_BYTES_MAX + 1024
 SHUTDOWN_TIMEOUT_S = 2.0
-# Answered from memory, at once: never refused for being busy (HAProxy would take a merely busy
-# rm out, and with every rm busy answer its own 503 to everyone until the next checks).
-IN_FLIGHT_EXEMPT_PATHS = frozenset({"/healthz", "/livez"})
+# Answered from memory, at once: never refused for being busy. HAProxy would take a merely busy
+# rm out (and with every rm busy answer its own 503 to everyone until the next checks), and a
+# refused scrape would show the rm as down exactly when its figures matter.
+IN_FLIGHT_EXEMPT_PATHS = frozenset({"/healthz", "/livez", "/metrics"})
 # File descriptors kept for what is not a client connection (node and etcd connections, logs):
 # --connections-max is lowered to fit under the process's limit on open files.
 FDS_RESERVED = 128
@@ -525,7 +526,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--requests-in-flight-max", type=_positive_int,
                    default=limits.HTTP_REQUESTS_IN_FLIGHT_MAX, metavar="N",
                    help="requests handled at once; one more is answered 503 (Retry-After) at "
-                        "once instead of waiting (health checks are never refused)")
+                        "once instead of waiting (health checks and /metrics are never "
+                        "refused)")
     args = config.parse(p, "rm", argv)
     if not 0 <= args.id < 2**32:
         p.error("--id must be in 0..2^32-1")
@@ -573,12 +575,19 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _connections_within_fd_limit(connections_max: int) -> int:
-    """``connections_max``, lowered (with a warning) to leave ``FDS_RESERVED`` of the process's
-    open-file limit: a bound above it is no bound (accept would fail first, with no answer)."""
+    """``connections_max``, with room for it and ``FDS_RESERVED`` under the process's limit on
+    open files: the soft limit is raised as far as the hard one allows (as Go's runtime does;
+    a common soft limit is 1024), and if that is not enough ``connections_max`` is lowered,
+    with a warning: a bound above the limit is no bound (accept would fail first, unanswered)."""
     try:
         import resource
 
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = connections_max + FDS_RESERVED
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
     except (ImportError, OSError, ValueError):
         return connections_max
     if soft == resource.RLIM_INFINITY or connections_max + FDS_RESERVED <= soft:
