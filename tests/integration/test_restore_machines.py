@@ -88,3 +88,27 @@ def test_restore_metadata_into_a_fresh_etcd(etcd_endpoint: str, tmp_path: Path) 
     assert rc == 0, err
     assert out.startswith(f"restored the metadata of {root} into etcd (revision ")
     assert "1 table(s), 1 group(s) (applied index: 1@7), 5 nodes" in out
+
+
+def test_a_one_machine_restore_keeps_any_node_ids(tmp_path: Path) -> None:
+    """Node ids with gaps and above the 29 places of the port layout (a cluster after
+    replacements and removals, or one whose ids were chosen for several machines): the
+    restored data dir has exactly those nodes, each with its own id, members with the group's
+    checkpoint; ``rangekv up`` finds them again from cluster.json."""
+    from rangekv.backup.restore import restore
+    from rangekv.cluster.local import LocalCluster, find_free_base_port
+    from rangekv.node.server import GROUP_FILE
+    from rangekv.storage import hardstate
+
+    ids = [11, 12, 13, 21, 101]
+    root = make_backup(tmp_path / "bk", nodes=True, node_ids=ids)
+    target = tmp_path / "d"
+    summary = restore(root, target, base_port=find_free_base_port(5, 2))
+    assert summary["nodes"] == 5 and summary["node_ids"] == ids
+    assert sorted(p.name for p in target.glob("node-*")) == sorted(f"node-{i}" for i in ids)
+    for i in ids:
+        assert hardstate.load(target / f"node-{i}" / "node.id") == {"node_id": i}
+        assert (target / f"node-{i}" / GROUP_FILE).exists() == (i in ids[:3])
+    cluster = LocalCluster.open(target)
+    assert list(cluster.node_ids) == ids
+    assert [n for n in cluster.names if n.startswith("node-")] == [f"node-{i}" for i in ids]

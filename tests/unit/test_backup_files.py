@@ -19,12 +19,15 @@ from rangekv.backup.restore import (
     RestoreRefused,
     check_target,
     parse_addresses,
+    read_backup,
     restore,
     restore_metadata,
     restore_node,
     restored_metadata,
+    restored_node_ids,
 )
-from rangekv.backup.take import check_empty_target, dump_items, dump_kvs
+from rangekv.backup.take import check_empty_target, dump_items, dump_kvs, shape_from_metadata
+from rangekv.cluster.local import ClusterError, LocalCluster, node_port_offset
 from rangekv.metadata import model
 from rangekv.metadata.etcd import KV
 from rangekv.node.server import GROUP_FILE
@@ -310,3 +313,65 @@ def test_the_cli_restores_a_node(tmp_path: Path) -> None:
                          str(tmp_path / "node-4")])
     assert rc == 0, err
     assert json.loads(out)["state"] == "spare"
+
+
+# --- any node ids: a cluster after replacements and removals, ids chosen for several machines --
+
+
+@pytest.mark.parametrize("ids", [(1, 2, 4, 5, 7), (11, 12, 13, 21, 22), (101, 102, 103, 104, 105)])
+def test_a_restore_runs_exactly_the_node_ids_of_the_backup(tmp_path: Path,
+                                                           ids: tuple[int, ...]) -> None:
+    """Not 1..N by number: a gap (a replaced node removed) is not filled with a node that no
+    longer exists, and ids above the 29 places of the port layout are kept, each in a place."""
+    root = make_backup(tmp_path / "bk", nodes=True, node_ids=ids)
+    backup = read_backup(root, lambda _d, _t: None)
+    assert restored_node_ids(backup) == list(ids)
+    cluster = LocalCluster(tmp_path / "d", 14100, len(ids), node_ids=restored_node_ids(backup))
+    assert [n for n in cluster.names if n.startswith("node-")] == [f"node-{i}" for i in ids]
+    assert list(cluster.node_addresses.values()) == [f"127.0.0.1:{14130 + k}"
+                                                      for k in range(1, 6)]
+    assert cluster.spec(f"node-{ids[3]}").argv[4:6] == ("--id", str(ids[3]))
+    items = restored_metadata(backup.items, backup.epochs, cluster.node_addresses)
+    nodes = {model.Node.load(v).id: model.Node.load(v) for k, v in items
+             if k.startswith(model.NODES)}
+    assert {i: n.address for i, n in nodes.items()} == cluster.node_addresses
+    assert [i for i, n in nodes.items() if n.state == model.NODE_MEMBER] == list(ids[:3])
+
+
+def test_a_backup_without_node_records_restores_the_nodes_of_its_shape(tmp_path: Path) -> None:
+    backup = read_backup(make_backup(tmp_path / "bk"), lambda _d, _t: None)
+    assert restored_node_ids(backup) == [1, 2, 3, 4, 5]  # cluster.json says 5 nodes
+
+
+def test_restored_ids_survive_a_later_up(tmp_path: Path) -> None:
+    """cluster.json keeps the ids, so `rangekv up` and `down` find the same processes; asking
+    for more groups later adds new ids above them."""
+    first = LocalCluster(tmp_path, 14100, 4, node_ids=[1, 2, 4, 7])
+    first.data_dir.mkdir(exist_ok=True)
+    first._save_settings()
+    assert json.loads((tmp_path / "cluster.json").read_text())["node_ids"] == [1, 2, 4, 7]
+    again = LocalCluster.open(tmp_path)
+    assert again.node_ids == (1, 2, 4, 7) and again.node_addresses == first.node_addresses
+    assert LocalCluster.open(tmp_path, groups=2).node_ids == (1, 2, 4, 7, 8, 9, 10, 11)
+    plain = LocalCluster(tmp_path / "p", 14100, 5)
+    plain.data_dir.mkdir()
+    plain._save_settings()
+    assert "node_ids" not in json.loads((tmp_path / "p" / "cluster.json").read_text())
+    with pytest.raises(ClusterError, match="distinct"):
+        LocalCluster(tmp_path, 14100, node_ids=[3, 3, 4])
+
+
+@pytest.mark.parametrize("ids,place", [((1, 2, 3, 4, 5), "id"), ((1, 2, 4, 7), "rank"),
+                                       ((11, 12, 13, 21), "rank")])
+def test_the_shape_of_a_cluster_from_its_metadata(ids: tuple[int, ...], place: str) -> None:
+    """``rangekv backup --etcd URL`` (no cluster.json): the ids and the base port, from the
+    nodes' addresses in either layout of ``rangekv up``."""
+    view = model.ClusterView()
+    for k, i in enumerate(ids, start=1):
+        port = 9000 + node_port_offset(i if place == "id" else k)
+        view.nodes[i] = model.Node(i, f"127.0.0.1:{port}")
+    shape = shape_from_metadata(view)
+    assert shape["base_port"] == 9000 and shape["nodes"] == len(ids)
+    assert shape.get("node_ids", list(range(1, len(ids) + 1))) == list(ids)
+    view.nodes[ids[-1]] = model.Node(ids[-1], "10.0.0.9:8431")  # another machine's
+    assert shape_from_metadata(view)["base_port"] == (9000 if ids[0] == 1 else None)

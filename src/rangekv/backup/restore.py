@@ -25,7 +25,10 @@ Order of work for ``--data-dir D``:
    interrupted restore leaves no half cluster under ``D`` (``D.restoring`` is refused by the
    next restore until removed).
 
-   * every member of group G (in the metadata of the backup): ``node.id``, ``node.group`` = G,
+   * one node dir for each node id the backup holds (its node records and its groups'
+     members: after replacements and removals, say 1, 2, 4, 7; ``restored_node_ids``), each
+     node keeping its id in a place of ``rangekv up``'s port layout (``LocalCluster.node_ids``).
+     Every member of group G (in the metadata of the backup): ``node.id``, ``node.group`` = G,
      the group's checkpoint as ``index/`` (copied, fsynced), an empty ``wal/`` based at the
      checkpoint's (index, epoch) (``WAL.reset``, as a snapshot install does), and a hard
      state that promises that epoch. Every other node: ``node.id`` only (a spare).
@@ -221,6 +224,18 @@ def read_backup(root: Path, on_bytes: Callable[[int, int], None]) -> Backup:
     return Backup(root, manifest, shape, items, view, checkpoints, total)
 
 
+def restored_node_ids(backup: Backup) -> list[int]:
+    """The node ids a restored one-machine cluster runs: every node the backup's metadata has
+    a record of and every member of its groups, whatever the ids (gaps left by replaced and
+    removed nodes, ids chosen for several machines). A backup without node records (made by
+    hand, or before nodes registered) gets ``1..nodes`` of its shape, as ``rangekv up`` would."""
+    view = backup.view
+    ids = set(view.nodes) | {m for g in view.groups.values() for m in g.members}
+    if not view.nodes:
+        ids |= set(range(1, int(backup.shape.get("nodes") or 0) + 1))
+    return sorted(ids)
+
+
 def lay_out_node(backup: Backup, node_id: int, node_dir: Path) -> int:
     """Node ``node_id``'s restored data dir in the new dir ``node_dir``: a member of its group
     (in the backup's metadata) with the group's checkpoint, or else a spare (``node.id``
@@ -280,19 +295,21 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
     if not isinstance(port, int):
         raise RestoreRefused("the backup does not say which base port its cluster used: give "
                              "--base-port")
-    nodes = max([int(backup.shape.get("nodes") or 0), *view.nodes])
-    if not 1 <= nodes <= NODES_MAX:
-        raise RestoreRefused(f"the backup has {nodes} nodes; a local cluster has at most "
-                             f"{NODES_MAX}")
+    node_ids = restored_node_ids(backup)
+    if not 1 <= len(node_ids) <= NODES_MAX:
+        raise RestoreRefused(f"the backup has {len(node_ids)} nodes; a cluster on one machine "
+                             f"has 1 to {NODES_MAX} (restore it on several machines: "
+                             "--metadata and --node, docs/operations.md)")
+    nodes = len(node_ids)
     cluster = LocalCluster(staging, port, nodes, int(backup.shape.get("rms") or 2),
-                           groups=int(backup.shape.get("groups") or 1))
+                           groups=int(backup.shape.get("groups") or 1), node_ids=node_ids)
     try:
         perms.private_dir(staging)  # the data dir to be: 0700, as `rangekv up` makes it
         say("laying out the nodes")
         copy_total = sum(c["checkpoint"].total_bytes * len(view.groups[g].members)
                          for g, c in checkpoints.items() if g in view.groups)
         copied = 0
-        for node_id in range(1, nodes + 1):
+        for node_id in cluster.node_ids:
             n = lay_out_node(backup, node_id, staging / f"node-{node_id}")
             if n:
                 copied += n
@@ -316,6 +333,7 @@ def restore(root: Path, data_dir: Path, *, base_port: int | None = None,
         raise
     return {
         "data_dir": str(data_dir), "base_port": port, "nodes": nodes,
+        "node_ids": list(cluster.node_ids),
         "metas": METAS, "groups": backup.groups_summary(),
         "tables": sorted(view.tables), "metadata_keys": len(metadata),
         "etcd_revision": revision, "backup_revision": backup.manifest.get("revision"),

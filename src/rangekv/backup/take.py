@@ -380,13 +380,27 @@ PREFIX_BACKUP = model.PREFIX + b"backup/"
 
 
 def shape_from_metadata(view: model.ClusterView) -> dict[str, Any]:
-    """The cluster's shape when no ``cluster.json`` is at hand: nodes by their highest id,
-    groups by count, the base port from node 1's address in ``rangekv up``'s port layout."""
-    from rangekv.cluster.local import node_port_offset
+    """The cluster's shape when no ``cluster.json`` is at hand: its node ids and their count,
+    groups by count, and the base port if every node's address fits ``rangekv up``'s port
+    layout with one base (node ``i`` in place ``i``, or the ``k``-th id in place ``k``, as a
+    restored cluster lays them out), else as node 1's port would say (a guess; restore takes
+    ``--base-port``)."""
+    from rangekv.cluster.local import NODES_MAX, node_port_offset
 
-    nodes = max(view.nodes, default=3)
+    ids = sorted(view.nodes)
+    ports = {i: view.nodes[i].address.rpartition(":")[2] for i in ids}
     base_port = None
-    first = view.nodes.get(1)
-    if first is not None and first.address.rpartition(":")[2].isdigit():
-        base_port = int(first.address.rpartition(":")[2]) - node_port_offset(1)
-    return {"base_port": base_port, "nodes": nodes, "rms": 2, "groups": max(1, len(view.groups))}
+    for place in ({i: i for i in ids}, {i: k for k, i in enumerate(ids, start=1)}):
+        bases = {int(ports[i]) - node_port_offset(place[i]) for i in ids
+                 if ports[i].isdigit() and 1 <= place[i] <= NODES_MAX}
+        if ids and len(bases) == 1 and all(ports[i].isdigit() and place[i] <= NODES_MAX
+                                           for i in ids):
+            base_port = bases.pop()
+            break
+    if base_port is None and 1 in ports and ports[1].isdigit():
+        base_port = int(ports[1]) - node_port_offset(1)
+    shape: dict[str, Any] = {"base_port": base_port, "nodes": len(ids) or 3, "rms": 2,
+                             "groups": max(1, len(view.groups))}
+    if ids and ids != list(range(1, len(ids) + 1)):
+        shape["node_ids"] = ids
+    return shape

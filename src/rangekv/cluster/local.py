@@ -17,6 +17,10 @@ Ports (``docs/internals.md``), from ``base_port`` (default 8400):
 one rm.) ``LocalCluster.metrics_urls`` lists every /metrics URL, and ``cluster.json`` records
 them under ``metrics``.
 
+A node's place ``i`` above is its id, unless the cluster was given other ids (``node_ids``: a
+restored cluster keeps the ids its backup holds, say 1, 2, 4, 7 or 101..105): then the ``i``-th
+id in order takes the ``i``-th place, and ``node-ID`` is still its process, dir and ``--id``.
+
 Data dir layout (the data dir and every dir in it 0700, the files ``up`` writes 0600:
 :mod:`rangekv.perms`): ``etcd/``, ``node-i/``, ``backups/meta/`` (the meta's rolling metadata
 backups), ``logs/NAME.log`` (stdout+stderr of each process),
@@ -67,6 +71,7 @@ from rangekv.testing import procs
 HOST = "127.0.0.1"
 PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms
 NODES_MAX = 29  # nodes 1..9 at base+31..39, nodes 10..29 at base+50..69
+NODE_ID_MAX = 2**32 - 1
 METAS = 2  # one active, one standby (ports base+20, base+21)
 PORT_SPAN = 110  # base .. base+109 (metrics ports up to base+102)
 NODE_METRICS_OFFSET = 70  # node i's /metrics on base+70+i
@@ -259,6 +264,18 @@ def nodes_for(groups: int) -> int:
     return GROUP_SIZE * groups + 2
 
 
+def _node_ids(nodes: int, given: Sequence[int] | None) -> tuple[int, ...]:
+    """1..nodes; or the ids ``given`` in order, then (a cluster grown since) new ids above
+    them up to ``nodes`` ids in all."""
+    if given is None:
+        return tuple(range(1, nodes + 1))
+    ids = sorted(set(given))
+    if len(ids) != len(given) or not ids or ids[0] < 1 or ids[-1] > NODE_ID_MAX:
+        raise ClusterError(f"node ids must be distinct, in 1..{NODE_ID_MAX}: {list(given)}")
+    ids += range(ids[-1] + 1, ids[-1] + 1 + nodes - len(ids))
+    return tuple(ids)
+
+
 def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
     return (
         [base_port]
@@ -350,7 +367,10 @@ class LocalCluster:
         log_level: str | None = None,
         config_file: Path | None = None,
         haproxy_timeouts: HaproxyTimeouts | None = None,
+        node_ids: Sequence[int] | None = None,
     ) -> None:
+        if node_ids is not None:
+            nodes = max(nodes, len(node_ids))
         if not 1 <= nodes <= NODES_MAX:
             raise ClusterError(f"nodes must be in 1..{NODES_MAX}")
         if not 1 <= rms <= PROCS_PER_KIND_MAX:
@@ -364,6 +384,9 @@ class LocalCluster:
             raise ClusterError(f"base port must be in 1024..{65535 - PORT_SPAN}")
         self.data_dir = Path(data_dir).absolute()
         self.base_port = base_port
+        #: the nodes' ids in port order (see the module docstring): 1..nodes by default
+        self.node_ids = _node_ids(nodes, node_ids)
+        self._node_places = {nid: i for i, nid in enumerate(self.node_ids, start=1)}
         self.nodes = nodes
         self.rms = rms
         #: the meta forms groups of three from spares until there are this many
@@ -428,6 +451,8 @@ class LocalCluster:
             nodes = int(saved.get("nodes", 5))
             if groups is not None:
                 nodes = max(nodes, nodes_for(groups))
+        if "node_ids" not in kwargs and saved.get("node_ids") is not None:
+            kwargs["node_ids"] = [int(i) for i in saved["node_ids"]]
         return cls(
             data_dir,
             base_port if base_port is not None else int(saved.get("base_port", 8400)),
@@ -465,17 +490,21 @@ class LocalCluster:
         """Every meta, comma-separated: what nodes get as ``--meta``."""
         return ",".join(self.meta_addresses.values())
 
+    def node_place(self, i: int) -> int:
+        """Node ``i``'s place in the port layout (its id, unless ``node_ids`` says otherwise)."""
+        if self.node_ids[-1] == self.nodes:  # ids 1..nodes: the place is the id
+            return i
+        return self._node_places[i]
+
     def node_port(self, i: int) -> int:
-        return self.base_port + node_port_offset(i)
+        return self.base_port + node_port_offset(self.node_place(i))
 
     @property
     def node_addresses(self) -> dict[int, str]:
-        return {
-            i: f"{self.host_of(f'node-{i}')}:{self.node_port(i)}" for i in range(1, self.nodes + 1)
-        }
+        return {i: f"{self.host_of(f'node-{i}')}:{self.node_port(i)}" for i in self.node_ids}
 
     def node_metrics_port(self, i: int) -> int:
-        return self.base_port + NODE_METRICS_OFFSET + i
+        return self.base_port + NODE_METRICS_OFFSET + self.node_place(i)
 
     def meta_metrics_port(self, i: int) -> int:
         return self.base_port + META_METRICS_OFFSET + i
@@ -490,7 +519,7 @@ class LocalCluster:
         for i in range(1, METAS + 1):
             urls[f"meta-{i}"] = (f"http://{self.host_of(f'meta-{i}')}:"
                                  f"{self.meta_metrics_port(i)}/metrics")
-        for i in range(1, self.nodes + 1):
+        for i in self.node_ids:
             urls[f"node-{i}"] = (f"http://{self.host_of(f'node-{i}')}:"
                                  f"{self.node_metrics_port(i)}/metrics")
         return urls
@@ -531,7 +560,7 @@ class LocalCluster:
         return (
             ["etcd"]
             + [f"meta-{i}" for i in range(1, METAS + 1)]
-            + [f"node-{i}" for i in range(1, self.nodes + 1)]
+            + [f"node-{i}" for i in self.node_ids]
             + [f"rm-{i}" for i in range(1, self.rms + 1)]
             + ["haproxy"]
         )
@@ -605,7 +634,7 @@ class LocalCluster:
         if name == "haproxy":
             argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
             return ProcSpec(name, argv, (self.base_port,))
-        if kind == "node" and 1 <= i <= self.nodes:
+        if kind == "node" and i in self._node_places:
             argv = (
                 *our,
                 "node",
@@ -761,6 +790,8 @@ class LocalCluster:
         settings: dict[str, Any] = {"base_port": self.base_port, "nodes": self.nodes,
                                     "rms": self.rms, "groups": self.groups,
                                     "metrics": self.metrics_urls}
+        if self.node_ids[-1] != self.nodes:  # ids other than 1..nodes (a restored cluster)
+            settings["node_ids"] = list(self.node_ids)
         for key, value in (("log_format", self.log_format), ("log_level", self.log_level),
                            ("config_file", self.config_file)):
             if value is not None:
