@@ -2,8 +2,9 @@
 
 One cluster (etcd, two metas, 8 nodes in two groups and two spares, 2 rms, HAProxy) with two
 tables holding keys, one of them split across both groups. Chromium (Debian's ``chromium``,
-installed by ``scripts/bootstrap``) loads ``http://<HAProxy>/ui/`` and the test drives it over
-the DevTools protocol (a websocket, aiohttp's client) so that one page stays open throughout:
+which ``scripts/bootstrap test`` installs) loads ``http://<HAProxy>/ui/`` and the test drives
+it over the DevTools protocol (a websocket, aiohttp's client) so that one page stays open
+throughout:
 
 * the page shows what the cluster says: every group with the leader its nodes report (the
   same as the metadata's), the tables with their ranges, groups and sizes, the spare nodes,
@@ -47,7 +48,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/bootstrap "
-                                                "installs it)"),
+                                                "test installs it)"),
 ]
 
 READY_TIMEOUT_S = 90.0

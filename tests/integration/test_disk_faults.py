@@ -116,7 +116,7 @@ def fiu_run() -> str:
     if path is None or ctrl is None:
         pytest.skip(
             "fiu-utils is not installed (fiu-run and fiu-ctrl inject the fsync failures; "
-            "scripts/bootstrap installs it, or: apt-get install fiu-utils)"
+            "scripts/bootstrap test installs it, or: apt-get install fiu-utils)"
         )
     return path
 
