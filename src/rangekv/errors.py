@@ -22,7 +22,9 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     │   ├── NotLeader          503  retryable: go to ``leader_hint``
     │   ├── RangeNotHere       503  retryable: the group does not own that key or span now
     │   │                           (``ranges``: what it owns of the table); re-read the map
-    │   └── NotActive          503  retryable: a standby meta; go to ``active_hint``
+    │   ├── NotActive          503  retryable: a standby meta; go to ``active_hint``
+    │   └── ClockOffset        503  retryable elsewhere: a proposed seq further ahead of the
+    │                               leader's clock than the maximum offset (the rm's clock)
     ├── OutcomeUnknown         504  the write may or may not have taken effect
     ├── Timeout                504  (client side) no answer in time; outcome unknown for writes
     ├── ProtocolError          502  a peer sent something we cannot decode
@@ -153,6 +155,15 @@ class NotActive(Unavailable):
     """A standby metadata manager; ``active_hint`` is the address of the active one."""
 
     code = "not_active"
+
+
+class ClockOffset(Unavailable):
+    """A leader refused a proposed seq whose timestamp is more than the maximum clock offset
+    (``max_offset_ms``) ahead of its own clock: the proposer's clock (an rm's) is wrong, and a
+    seq from it would drag every later seq of the group into the future. Nothing was written.
+    ``ahead_ms`` says by how much; another rm (with a sound clock) can take the write."""
+
+    code = "clock_offset"
 
 
 class OutcomeUnknown(RangeKVError):

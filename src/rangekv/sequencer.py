@@ -1,4 +1,4 @@
-"""The 16-byte sequencer (DESIGN §3).
+"""The 16-byte sequencer (docs/architecture.md, "The sequencer").
 
     timestamp_ns (8 bytes) | counter (4 bytes, wraps) | node_id (4 bytes)
 
@@ -6,6 +6,16 @@ All big-endian, so byte order is numeric order and two seqs compare as bytes. Th
 a write proposes a seq; the group leader makes the final one ``max(proposed, last + 1)`` so that
 within a group seq order is commit order even when rm clocks disagree (a hybrid logical clock).
 Whenever two versions of a key meet, the higher seq wins.
+
+Seqs are bounded by time. A leader refuses a proposed seq whose timestamp is more than
+``SEQ_AHEAD_MS_MAX`` ahead of its own clock (``check_proposal``; CockroachDB's maximum clock
+offset plays the same part): an rm whose clock ran ahead, or that sends garbage, would
+otherwise drag every later seq of the group into the future, up to the top of the range, where
+no higher seq exists. An rm's sequencer likewise ignores (``observe``) a seq from elsewhere that
+is that far ahead of its clock. What is already stored may still hold any seq (data from before
+the bound, a restored backup): ``final`` answers ``Unavailable`` instead of failing when the
+group's last seq is the highest there is, and nothing here asserts on a value that came from
+another process.
 """
 
 from __future__ import annotations
@@ -13,10 +23,17 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from rangekv import errors
+
 SEQ_BYTES = 16
 _COUNTER_MOD = 1 << 32
 _NODE_ID_MAX = (1 << 32) - 1
 ZERO = bytes(SEQ_BYTES)
+MAX = b"\xff" * SEQ_BYTES  # no seq is above it: a group whose last seq it is writes no more
+# The most a proposed seq's timestamp may be ahead of the leader's clock (CockroachDB's default
+# --max-offset is the same 500 ms). Clocks synced by NTP agree within milliseconds; anything
+# beyond this is a wrong clock, or a bad or malicious proposer.
+SEQ_AHEAD_MS_MAX = 500
 
 _PACK = struct.Struct(">QII")
 
@@ -51,9 +68,35 @@ def successor(seq: bytes) -> bytes:
 
 
 def final(proposed: bytes, last: bytes) -> bytes:
-    """The seq a leader gives an entry: at least ``proposed`` and strictly above ``last``."""
+    """The seq a leader gives an entry: at least ``proposed`` and strictly above ``last``.
+
+    Raises ``Unavailable`` when no seq is above ``last`` (it is ``MAX``: only data written
+    before seqs were bounded by time, or forged, can hold it)."""
     assert len(proposed) == SEQ_BYTES and len(last) == SEQ_BYTES
-    return proposed if proposed > last else successor(last)
+    if proposed > last:
+        return proposed
+    if last == MAX:
+        raise errors.Unavailable(
+            "this group has issued the highest seq there is (ff...ff) and can give no write "
+            "a higher one: its data holds a seq from far in the future")
+    return successor(last)
+
+
+def ahead_ns(seq: bytes, now_ns: int) -> int:
+    """How far ``seq``'s timestamp is ahead of ``now_ns`` (negative: behind)."""
+    return parts(seq)[0] - now_ns
+
+
+def check_proposal(proposed: bytes, now_ns: int, ahead_ms_max: int = SEQ_AHEAD_MS_MAX,
+                   node_id: int | None = None) -> None:
+    """Refuse (``ClockOffset``) a proposed seq more than ``ahead_ms_max`` ahead of ``now_ns``,
+    the leader's clock. ``proposed`` must be a well-formed seq (checked at the boundary)."""
+    ahead = ahead_ns(proposed, now_ns)
+    if ahead > ahead_ms_max * 1_000_000:
+        raise errors.ClockOffset(
+            f"the proposed seq is {ahead / 1e6:.0f} ms ahead of the leader's clock, more than "
+            f"the maximum offset of {ahead_ms_max} ms: the proposer's clock is wrong",
+            ahead_ms=ahead // 1_000_000, max_offset_ms=ahead_ms_max, node_id=node_id)
 
 
 def to_hex(seq: bytes) -> str:
@@ -77,12 +120,16 @@ class Sequencer:
     the order, so seqs from one sequencer never repeat or go backwards.
     """
 
-    def __init__(self, node_id: int, clock_ns: Callable[[], int]) -> None:
+    def __init__(self, node_id: int, clock_ns: Callable[[], int],
+                 ahead_ms_max: int = SEQ_AHEAD_MS_MAX) -> None:
         assert 0 <= node_id <= _NODE_ID_MAX, node_id
+        assert ahead_ms_max > 0, ahead_ms_max
         self.node_id = node_id
         self._clock_ns = clock_ns
+        self._ahead_ns_max = ahead_ms_max * 1_000_000
         self._last_ts = 0
         self._counter = 0
+        self.ignored = 0  # seqs observed too far ahead of our clock (see observe)
 
     def next(self) -> bytes:
         now = self._clock_ns()
@@ -95,8 +142,17 @@ class Sequencer:
             self._last_ts += 1
         return make(self._last_ts, self._counter, self.node_id)
 
-    def observe(self, seq: bytes) -> None:
-        """Keep future seqs above one seen elsewhere (a hybrid logical clock's receive rule)."""
+    def observe(self, seq: bytes) -> bool:
+        """Keep future seqs above one seen elsewhere (a hybrid logical clock's receive rule).
+
+        A seq more than the maximum offset ahead of our clock is ignored (False): taken up, it
+        would make every seq we propose one that leaders refuse, or, from a forged answer near
+        the top of the range, exhaust the timestamps. ``seq`` must be 16 bytes."""
         ts, _, _ = parts(seq)
-        if ts > self._last_ts:
-            self._last_ts = ts
+        if ts <= self._last_ts:
+            return True
+        if ts - self._clock_ns() > self._ahead_ns_max:
+            self.ignored += 1
+            return False
+        self._last_ts = ts
+        return True

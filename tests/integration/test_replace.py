@@ -1,4 +1,5 @@
-"""Follower replacement from the spare pool with real processes (DESIGN §7.2; issue 5 item 2).
+"""Follower replacement from the spare pool with real processes (docs/internals.md,
+"Membership"; issue 5 item 2).
 
 One cluster (etcd, two metas with a 2 s replacement grace, one group of three plus two spares,
 two rms, HAProxy) serves the module; the tests run in order and build on each other.

@@ -19,6 +19,8 @@ from rangekv.check import main as cmain
 from rangekv.check.models import MODELS
 from rangekv.check.parse import BadHistory, parse_edn, read_history
 
+# The whole collection of recorded histories (40 Jepsen logs of etcd, 4 kv files), where the
+# machine has it beside the checkout; every clone has the copies in tests/data/histories.
 DATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 if not DATA.is_dir():  # the checkout may live elsewhere
     DATA = Path("/work/shared/testdata")

@@ -1,8 +1,8 @@
 """The Python client against httpx.MockTransport: success paths, error mapping, retry rules.
 
 ``FakeRM`` is a small in-memory implementation of the HTTP API (the contract in
-``docs/internals.md`` and DESIGN §2) that decodes keys from the raw path, so the tests also pin
-how the client encodes them. Other tests script answers one by one.
+``docs/internals.md`` and ``docs/api.md``) that decodes keys from the raw path, so the tests
+also pin how the client encodes them. Other tests script answers one by one.
 """
 
 from __future__ import annotations

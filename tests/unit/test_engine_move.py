@@ -1,6 +1,6 @@
-"""Moving a range between two state machines (DESIGN §7.3): fence on the source, import with
-merge-by-seq on the target while it takes writes, finish, drop; plus a hypothesis comparison
-against a single-dict oracle of the whole history."""
+"""Moving a range between two state machines (docs/internals.md, "Moving a range"): fence on
+the source, import with merge-by-seq on the target while it takes writes, finish, drop; plus a
+hypothesis comparison against a single-dict oracle of the whole history."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``plan_replacement``, ``track_lag`` and the record transitions of a follower replacement
-(DESIGN §7.2): every rule by example, then invariants over generated cluster states."""
+(docs/internals.md, "Membership"): every rule by example, then invariants over generated
+cluster states."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class FakeServer:
 
     async def start(self) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await wire.serve_connection(reader, writer, self._on_request, lambda m: None)
+            await wire.serve_connection(reader, writer, self._on_request, lambda m, c: None)
 
         self._server = await asyncio.start_server(on_client, "127.0.0.1", 0)
         self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
@@ -55,7 +55,7 @@ class FakeServer:
     def ops(self, *names: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["op"] in names]
 
-    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_request(self, body: dict[str, Any], conn: Any = None) -> dict[str, Any]:
         self.requests.append(body)
         if self.fault is not None:
             maybe = self.fault(body)
@@ -674,6 +674,40 @@ def test_unavailable_is_503_with_retry_after() -> None:
             await node.stop()
             view.nodes[1] = Node(1, "127.0.0.1:1", "member")
             await h.error("GET", "/v1/tables/t/keys/k", 503, "unavailable")
+
+    run(main())
+
+
+def test_a_seq_refused_as_too_far_ahead_sends_the_client_elsewhere_and_the_rm_steps_aside(
+) -> None:
+    """A leader answers ``clock_offset`` when this rm's clock runs ahead: the write is not
+    retried here (every seq this rm makes would be refused), the client gets 503 with
+    Retry-After: 0, and /healthz answers 503 for a while so that HAProxy uses other rms."""
+    async def main() -> None:
+        node, view = await one_node({"t": 1})
+        calls = []
+
+        def ahead(body: dict[str, Any]) -> None:
+            calls.append(body["op"])
+            sequencer.check_proposal(body["seq"], time.time_ns() - 3_600 * 10**9, 500)
+
+        node.fault = ahead
+        async with harness(view, request_deadline_s=2.0) as h:
+            resp = await h.client.request("PUT", "/v1/tables/t/keys/k", data=b"v")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "0"
+            err = (await resp.json())["error"]
+            assert err["code"] == "clock_offset" and err["retryable"] is True, err
+            assert err["max_offset_ms"] == 500 and err["ahead_ms"] >= 3_599_000, err
+            assert calls == ["put"]  # not retried here
+            assert h.metrics.router.clock_offsets == 1
+            health = await h.client.get("/healthz")
+            assert health.status == 503
+            assert (await health.json())["error"]["code"] == "clock_offset"
+            node.fault = None
+            assert not node.data.get(1)  # nothing was written
+            # reads still work from this rm (no seq involved)
+            await h.error("GET", "/v1/tables/t/keys/k", 404, "key_not_found")
+        await node.stop()
 
     run(main())
 

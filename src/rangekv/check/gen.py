@@ -13,7 +13,8 @@ history certainly not linearizable when the values are distinct and there are no
 (``puts=0, retries=0``; the reasons are in ``FAULTS``; ``phantom``, ``double`` and ``reorder``
 stay certain with puts); ``kv_history`` makes sure the fault shows in an ``:ok`` get.
 
-The output is the EDN-like format of ``shared/testdata/kv`` (line order is real time)::
+The output is the EDN-like format of the kv histories in ``tests/data/histories`` (line order
+is real time)::
 
     {:process 0, :type :invoke, :f :append, :key "0", :value "x 0 1 y"}
 

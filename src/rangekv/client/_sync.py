@@ -86,9 +86,9 @@ class Client:
         return result
 
     def move(self, table: str, at: str | bytes, to: int) -> dict[str, Any]:
-        """Move the range of ``table`` holding ``at`` to group ``to``, live (DESIGN §7.3):
-        ``{"ranges": [...], "done": bool}``; not done means the copy goes on in the
-        background (watch :meth:`ranges`)."""
+        """Move the range of ``table`` holding ``at`` to group ``to``, live (docs/internals.md,
+        "Moving a range"): ``{"ranges": [...], "done": bool}``; not done means the copy goes
+        on in the background (watch :meth:`ranges`)."""
         result: dict[str, Any] = self._send(_common.call_move(table, at, to))
         return result
 

@@ -1,4 +1,4 @@
-"""Moving a range from one replication group to another, live (DESIGN §7.3).
+"""Moving a range from one replication group to another, live (docs/internals.md, "Moving a range").
 
 The move of range R = [a, b) of table T from group S to group D is a sequence of idempotent
 steps, each recorded in etcd before the next begins, so that the active meta (this one, or the

@@ -1,5 +1,6 @@
-"""When and where to split a range by itself (DESIGN §7.3): a pure decision on the range
-figures that group leaders report with their heartbeats (``rangekv.node.stats``).
+"""When and where to split a range by itself (docs/architecture.md, "The control plane"): a
+pure decision on the range figures that group leaders report with their heartbeats
+(``rangekv.node.stats``).
 
 A range is split when, by its leader's latest report, it stores more than ``bytes_max`` or
 serves more than ``ops_max`` operations per second or ``bytes_per_s_max`` bytes per second

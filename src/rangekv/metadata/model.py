@@ -139,7 +139,7 @@ RANGE_MOVING = "moving"
 class Range:
     """Keys ``start <= k < end`` of one table (``end`` None = unbounded) served by ``group``.
 
-    A move from group S to group D goes through these records (DESIGN §7.3, docs/internals.md):
+    A move from group S to group D goes through these records (docs/internals.md, "Moving a range"):
 
     ========  =======  =====  ======  ======  ===============================================
     phase     state    group  source  target  rms
@@ -224,7 +224,7 @@ class Range:
 
 @dataclass(frozen=True)
 class Group:
-    """A replication group (DESIGN §4, §7.2).
+    """A replication group (docs/architecture.md, "Replication groups" and "The control plane").
 
     ``members`` vote and count in every quorum. ``learners`` receive the log but count in no
     quorum (a spare catching up to replace ``replacing``). ``joint`` is non-empty while a
@@ -256,8 +256,8 @@ class Group:
         """The node takes part in the group: a member, a learner, or a voter of ``joint``."""
         return node_id in self.members or node_id in self.learners or node_id in self.joint
 
-    # The record transitions of a replacement (DESIGN §7.2). Meta writes each by CAS; the
-    # simulator applies the same ones.
+    # The record transitions of a replacement (docs/internals.md, "Membership"). Meta writes
+    # each by CAS; the simulator applies the same ones.
     def with_learner(self, learner: int, replacing: int) -> Group:
         """(a) ``learner`` starts receiving the log, to take ``replacing``'s place."""
         assert not self.changing and replacing in self.members, (self, learner, replacing)

@@ -98,7 +98,7 @@ KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
 # median of 0.58 s on a 2-core loopback cluster under load (bench/failover.py). Under the same
 # load with CPU hogs added, no leader was ever judged lost without being killed.
 HEARTBEAT_TIMEOUT_MS_DEFAULT = 600
-# Follower replacement (DESIGN §7.2), see plan_replacement and docs/decisions.md
+# Follower replacement (docs/internals.md, "Membership"), see plan_replacement and docs/decisions.md
 # ("Membership"): a member is replaced once it has been dead, or behind the leader's commit by
 # more than REPLACE_LAG_ENTRIES_DEFAULT entries, for longer than the grace. 10 s is above a
 # process restart with WAL replay and the partitions and pauses a healthy node rides out (each
@@ -378,7 +378,8 @@ def choose_leader(
     judge_from_s: float,
     campaign_since_s: float,
 ) -> LeaderChoice:
-    """Decide whether ``group`` needs a new leader and whom (DESIGN §4, "Choosing a leader").
+    """Decide whether ``group`` needs a new leader and whom (docs/architecture.md, "Choosing a
+    leader").
 
     ``judge_from_s``: when this meta became active; nobody is judged before one heartbeat
     timeout has passed since. ``campaign_since_s``: since when the recorded leader has had to
@@ -524,7 +525,7 @@ class ReplacementPolicy:
 
 @dataclass(frozen=True)
 class ReplacementPlan:
-    """One step of a follower replacement (DESIGN §7.2) for one group.
+    """One step of a follower replacement (docs/internals.md, "Membership") for one group.
 
     ``action``: "keep" (nothing to do), "wait" (a step is due but cannot be taken yet),
     "no_spare" (a member needs replacing and no spare is left: nothing is written but the
@@ -616,7 +617,8 @@ def plan_replacement(
     learner_since_s: float,
     learner_target: int = 0,
 ) -> ReplacementPlan:
-    """The next step of replacing a failing follower of ``group`` by a spare (DESIGN §7.2).
+    """The next step of replacing a failing follower of ``group`` by a spare (docs/internals.md,
+    "Membership").
 
     Rules, in order (one reconfiguration per group at a time):
 

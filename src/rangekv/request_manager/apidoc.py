@@ -269,6 +269,10 @@ ERROR_MEANINGS: dict[str, str] = {
     "range_not_here": "internal: the group does not own that key now (a split or move); the "
                       "rm re-reads the map and retries until its 5 s deadline, then 503",
     "not_active": "internal: a standby meta answered; the caller goes to `active_hint`",
+    "clock_offset": "this rm's clock is more than the maximum offset (500 ms) ahead of the "
+                    "group leader's, which refused the seq it proposed; nothing was written. "
+                    "The rm reports itself unhealthy for a while (`/healthz` 503): retry "
+                    "(Retry-After: 0), the load balancer sends it to another rm",
     "outcome_unknown": "the write was sent but no answer came: it may or may not have taken "
                        "effect. Read before retrying a conditional write",
     "timeout": "client side (Python client): no answer in time; for a write, outcome unknown",

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rangekv import aio, config, errors, limits
+from rangekv import aio, config, errors, limits, sequencer
 from rangekv import log as rangekv_log
 from rangekv import metrics as metrics_exposition
 from rangekv.request_manager import http_codec as codec
@@ -436,9 +436,14 @@ class RequestManager:
 
     async def health(self) -> Response:
         revision = self.source.view.revision
-        if self.source.ready:
+        if self.source.ready and self.router.clock_sound():
             return _json_response({"ok": True, "rm": self.rm_id, "revision": revision})
-        err = errors.Unavailable("the routing map is not loaded or not followed")
+        if self.source.ready:
+            err: errors.RangeKVError = errors.ClockOffset(
+                "a group leader refused this rm's seqs as too far ahead of its clock: check "
+                "this machine's clock (time sync)")
+        else:
+            err = errors.Unavailable("the routing map is not loaded or not followed")
         return _json_response(
             {"ok": False, "rm": self.rm_id, "revision": revision, **codec.error_body(err)},
             503,
@@ -528,7 +533,14 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                    help="requests handled at once; one more is answered 503 (Retry-After) at "
                         "once instead of waiting (health checks and /metrics are never "
                         "refused)")
+    p.add_argument("--max-clock-offset-ms", type=int, default=sequencer.SEQ_AHEAD_MS_MAX,
+                   metavar="MS",
+                   help="ignore seqs answered by nodes that are more than this far ahead of "
+                        f"this rm's clock (default {sequencer.SEQ_AHEAD_MS_MAX}; leaders refuse "
+                        "proposals that far ahead of theirs)")
     args = config.parse(p, "rm", argv)
+    if args.max_clock_offset_ms < 1:
+        p.error("--max-clock-offset-ms must be at least 1")
     if not 0 <= args.id < 2**32:
         p.error("--id must be in 0..2^32-1")
     args.etcd = [u.strip() for u in args.etcd.split(",") if u.strip()]
@@ -544,7 +556,8 @@ async def _serve(args: argparse.Namespace) -> int:
     client = EtcdClient(args.etcd, timeout_s=ETCD_TIMEOUT_S)
     metrics = Metrics(args.id)
     source = EtcdViewSource(client, metrics)
-    router = Router(source, args.id, stats=metrics.router)
+    router = Router(source, args.id, stats=metrics.router,
+                    max_clock_offset_ms=args.max_clock_offset_ms)
     manager = RequestManager(router, source, args.id, metrics)
     server = manager.server(head_timeout_s=args.head_timeout_s,
                             body_timeout_s=args.body_timeout_s,

@@ -36,6 +36,8 @@ class RouterStats:
     refreshes: int = 0  # direct etcd re-reads of one table
     hints_followed: int = 0
     outcome_unknown: int = 0
+    clock_offsets: int = 0  # writes a leader refused: this rm's clock is too far ahead
+    seqs_ignored: int = 0  # seqs from nodes too far ahead of this rm's clock (not observed)
 
     def retry(self, reason: str) -> None:
         self.retries[reason] += 1
@@ -95,6 +97,13 @@ class Metrics:
              "not_leader answers whose hint was followed at once.", self.router.hints_followed),
             ("rangekv_rm_outcome_unknown", "Writes answered 504 outcome_unknown.",
              self.router.outcome_unknown),
+            ("rangekv_rm_clock_offset_refusals",
+             "Writes a leader refused because this rm's clock is ahead of it by more than the "
+             "maximum offset (the rm then reports itself unhealthy for a while).",
+             self.router.clock_offsets),
+            ("rangekv_rm_seqs_ignored",
+             "Seqs answered by nodes that were too far ahead of this rm's clock to be observed.",
+             self.router.seqs_ignored),
             ("rangekv_rm_view_reloads", "Full reloads of the routing view from etcd.",
              self.view_reloads),
             ("rangekv_rm_etcd_probe_failures",

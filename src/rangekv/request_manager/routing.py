@@ -88,6 +88,9 @@ PROBE_INTERVAL_S = 0.5  # how often the source checks that etcd answers
 PROBE_TIMEOUT_S = 1.0  # a probe not answered within this means "cut off from etcd"
 PROBE_PREFIX = b"/rangekv-probe/"  # read by the probe: nothing is ever stored there
 LIST_RANGES_PER_PAGE_MAX = 64  # ranges one list page may walk (empty ranges included)
+# after a leader refused one of our seqs as too far ahead of its clock (clock_offset), /healthz
+# answers 503 this long, so that the load balancer sends the writes to rms with sound clocks
+CLOCK_OFFSET_UNHEALTHY_S = 10.0
 LIST_MOVING_ROUNDS_MAX = 16  # sub-pages of tombstones only, in a range being moved, per page
 
 
@@ -548,10 +551,13 @@ class Router:
         rand: Callable[[], float] = random.random,
         request_deadline_s: float = REQUEST_DEADLINE_S,
         meta_deadline_s: float = META_DEADLINE_S,
+        max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX,
     ) -> None:
         self.source = source
         self.rm_id = rm_id
-        self.sequencer = sequencer.Sequencer(rm_id, clock_ns)
+        self.sequencer = sequencer.Sequencer(rm_id, clock_ns, max_clock_offset_ms)
+        # monotonic time until which this rm's clock is known to be ahead (see clock_sound)
+        self._clock_offset_until = 0.0
         self.pool = pool if pool is not None else ConnectionPool()
         self.stats = stats if stats is not None else RouterStats()
         self._monotonic = monotonic
@@ -607,7 +613,7 @@ class Router:
             needs_base=if_seq is not None,
         )
         seq = _seq(reply.get("seq"))
-        self.sequencer.observe(seq)
+        self._observe(seq)
         return seq
 
     async def get(self, table: str, key: bytes) -> GetResult:
@@ -628,7 +634,7 @@ class Router:
         if not reply.get("found") or reply.get("tombstone"):
             return GetResult(False, b"", sequencer.ZERO)
         seq = _seq(reply.get("seq"))
-        self.sequencer.observe(seq)
+        self._observe(seq)
         return GetResult(True, bytes(reply.get("value") or b""), seq)
 
     async def delete(self, table: str, key: bytes, if_seq: bytes | None) -> bytes | None:
@@ -640,7 +646,7 @@ class Router:
         seq = _seq(reply.get("seq") or sequencer.ZERO)
         if not reply.get("deleted"):
             return None
-        self.sequencer.observe(seq)
+        self._observe(seq)
         return seq
 
     def _nested(self, st: _Attempt) -> _Attempt:
@@ -710,7 +716,7 @@ class Router:
             items.extend(got)
             if got:
                 after = got[-1][0]
-                self.sequencer.observe(max(s for _, _, s in got))
+                self._observe(max(s for _, _, s in got))
                 page_bytes += sum(len(k) + len(v) for k, v, _ in got)
             last_range = rng.end is None or (end is not None and rng.end >= end)
             if more or len(items) >= limit or page_bytes >= limits.LIST_BYTES_MAX:
@@ -954,11 +960,39 @@ class Router:
                 if hint is not None and hint[0] == address:
                     del self._hints[group]  # the hinted leader is unreachable: trust the view
                 await self._backoff(st, err)
+            except errors.ClockOffset as err:
+                # Our clock is ahead of the leader's by more than the maximum offset: every
+                # seq we propose would be refused. Nothing was written; step aside (health)
+                # and send the client to another rm at once.
+                raise self._clock_offset(address, err) from None
             except errors.PreconditionFailed as err:
                 cur = err.details.get("current_seq")
                 if isinstance(cur, (bytes, bytearray)):
                     err.details["current_seq"] = bytes(cur).hex() if any(cur) else None
                 raise
+
+    def clock_sound(self) -> bool:
+        """False for a while after a leader refused a seq of ours as too far ahead of its
+        clock (``/healthz`` then answers 503)."""
+        return self._monotonic() >= self._clock_offset_until
+
+    def _clock_offset(self, address: str, err: errors.ClockOffset) -> errors.ClockOffset:
+        self.stats.clock_offsets += 1
+        if self.clock_sound():
+            log.warning("the leader at %s refused a write: %s; this rm reports itself "
+                        "unhealthy for %g s (check this machine's clock)", address,
+                        err.message, CLOCK_OFFSET_UNHEALTHY_S)
+        self._clock_offset_until = self._monotonic() + CLOCK_OFFSET_UNHEALTHY_S
+        return errors.ClockOffset(
+            f"this request manager's clock is ahead of the group's leader ({err.message}); "
+            "nothing was written: retry through another request manager",
+            retry_elsewhere=True, ahead_ms=err.details.get("ahead_ms"),
+            max_offset_ms=err.details.get("max_offset_ms"))
+
+    def _observe(self, seq: bytes) -> None:
+        """Keep our seqs above one a node answered, unless it is too far in the future."""
+        if not self.sequencer.observe(seq):
+            self.stats.seqs_ignored += 1
 
     def _leader_address(self, view: ClusterView, group_id: int) -> str | None:
         hint = self._hints.get(group_id)

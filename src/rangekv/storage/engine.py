@@ -25,7 +25,7 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
     {"op": "merge_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "drop_table", "t": table_id, "s": seq}                                   -> {}
 
-Moving a range [a, b) from group S to group D (DESIGN §7.3, docs/internals.md "Moving a range")::
+Moving a range [a, b) from group S to group D (docs/internals.md, "Moving a range")::
 
     {"op": "fence_range", "t", "start", "end", "s"}      on S  -> {"seq": H} | {"error"}
     {"op": "unfence_range", "t", "start", "end", "s"}    on S  -> {}   (an aborted move)
@@ -57,8 +57,8 @@ Storage layout in the backend (bytewise key order)::
     b"\\x01"  + table_id u64 + key        -> seq (16) | flags (1; bit 0 = tombstone) | value
 
 Ranges are keyed by (table, start): adding a range with a start already present replaces its
-end. Tombstones are kept (they carry the seq that must win when versions meet, DESIGN §3);
-reads hide them.
+end. Tombstones are kept (they carry the seq that must win when versions meet: docs/architecture.md,
+"The sequencer"); reads hide them.
 """
 
 from __future__ import annotations
@@ -427,7 +427,16 @@ class StateMachine:
         if mark is not None and mark[0] == IMPORTING:
             assert seq > mark[1], ("a write below the handed-over seq", seq.hex(), mark[1].hex())
             if raw is None and "b" in cmd:
-                raw = self._merge_version(tx, dkey, None, _field_version(cmd.get("b")))
+                base = _field_version(cmd.get("b"))
+                if base is not None and base[0] > mark[1]:
+                    # the source's content is final below the handed-over seq: a base above it
+                    # is not the source's (a bad or confused sender); taken, it would win
+                    err = errors.InvalidArgument(
+                        "the source's version of the key has a seq above the one the range "
+                        "was handed over at: it cannot be the source's", field="base",
+                        table_id=table_id)
+                    return table_id, key, seq, None, {"error": err.to_dict()}, None
+                raw = self._merge_version(tx, dkey, None, base)
             elif raw is None and (if_seq is not None or cmd.get("op") == "del"):
                 err = errors.Unavailable(
                     "the range is being moved here and the key is not copied yet: a delete or "
@@ -617,7 +626,7 @@ class StateMachine:
             version = _field_version(item[1:])
             assert version is not None
             versions.append((key, version))
-        imported = 0
+        wanted = []  # every item checked before anything of the import is written
         for key, version in versions:
             start = self._holder(tx.ranges, table_id, key)
             if start is None:
@@ -625,6 +634,16 @@ class StateMachine:
             mark = tx.marks.get((table_id, start))
             if mark is None or mark[0] != IMPORTING:
                 continue
+            if version[0] > mark[1]:
+                # the source's content is final below the handed-over seq: a copy above it
+                # cannot be the source's (a bad or confused sender); taken, it would win
+                err = errors.InvalidArgument(
+                    "a copied version has a seq above the one the range was handed over at: "
+                    "it cannot come from the source", field="items", table_id=table_id)
+                return {"error": err.to_dict()}
+            wanted.append((key, version))
+        imported = 0
+        for key, version in wanted:
             dkey = _data_key(table_id, key)
             raw = tx.get(dkey)
             if self._merge_version(tx, dkey, raw, version) is not raw:
