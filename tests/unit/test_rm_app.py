@@ -694,8 +694,8 @@ def test_a_seq_refused_as_too_far_ahead_sends_the_client_elsewhere_and_the_rm_st
         node.fault = ahead
         async with harness(view, request_deadline_s=2.0) as h:
             resp = await h.client.request("PUT", "/v1/tables/t/keys/k", data=b"v")
-            assert resp.status == 503 and resp.headers["Retry-After"] == "0"
             err = (await resp.json())["error"]
+            assert resp.status == 503 and resp.headers["Retry-After"] == "0", err
             assert err["code"] == "clock_offset" and err["retryable"] is True, err
             assert err["max_offset_ms"] == 500 and err["ahead_ms"] >= 3_599_000, err
             assert calls == ["put"]  # not retried here

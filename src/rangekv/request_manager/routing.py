@@ -955,16 +955,16 @@ class Router:
                         f"{op} may or may not have taken effect: {err.message}"
                     ) from None
                 await self._backoff(st, errors.Unavailable(err.message))
-            except errors.Unavailable as err:
-                hint = self._hints.get(group)
-                if hint is not None and hint[0] == address:
-                    del self._hints[group]  # the hinted leader is unreachable: trust the view
-                await self._backoff(st, err)
             except errors.ClockOffset as err:
                 # Our clock is ahead of the leader's by more than the maximum offset: every
                 # seq we propose would be refused. Nothing was written; step aside (health)
                 # and send the client to another rm at once.
                 raise self._clock_offset(address, err) from None
+            except errors.Unavailable as err:
+                hint = self._hints.get(group)
+                if hint is not None and hint[0] == address:
+                    del self._hints[group]  # the hinted leader is unreachable: trust the view
+                await self._backoff(st, err)
             except errors.PreconditionFailed as err:
                 cur = err.details.get("current_seq")
                 if isinstance(cur, (bytes, bytearray)):
