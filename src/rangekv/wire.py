@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import crc32c
@@ -70,6 +71,10 @@ def tuned_socket(addr_info: Any) -> socket.socket:
     return sock
 
 
+# No map in the protocol has more than a few dozen keys; a frame of nested maps would cost far
+# more memory decoded than its bytes (arrays are bounded by the frame's length).
+MAP_LEN_MAX = 4096
+
 HEADER = struct.Struct(">II")
 HEADER_BYTES = HEADER.size
 
@@ -83,7 +88,8 @@ def encode(body: dict[str, Any]) -> bytes:
 
 def decode_body(payload: bytes) -> dict[str, Any]:
     try:
-        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                               max_map_len=MAP_LEN_MAX)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise errors.ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
     if not isinstance(body, dict):
@@ -113,6 +119,14 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes of an unfinished frame held back (0 at a frame boundary)."""
         return len(self._buf)
+
+    @property
+    def pending_bytes(self) -> int:
+        """The whole size of the unfinished frame (header included) once its header is in,
+        else what is buffered."""
+        if len(self._buf) < HEADER_BYTES:
+            return len(self._buf)
+        return HEADER_BYTES + HEADER.unpack_from(self._buf, 0)[0]
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         buf = self._buf
@@ -168,6 +182,11 @@ class FrameWriter:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self._pending: list[bytes] = []
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of frames written this turn, not yet handed to the transport."""
+        return sum(map(len, self._pending))
 
     def write(self, frame: bytes) -> None:
         if not self._pending:
@@ -268,7 +287,8 @@ class Connection:
             while True:
                 for body in await read_frames(reader, decoder):
                     if body.get("t") == "rep":
-                        fut = pending.pop(body.get("id", -1), None)
+                        req_id = body.get("id")
+                        fut = pending.pop(req_id, None) if isinstance(req_id, int) else None
                         if fut is not None and not fut.done():
                             fut.set_result(body)
                     elif self.on_message is not None:
@@ -362,73 +382,239 @@ class Connection:
                 pass
 
 
-Handler = Callable[[dict[str, Any], "ServerConnection"], Awaitable[dict[str, Any] | None]]
+# ---------------------------------------------------------------------------------- the server
+#
+# Every bound a server keeps on what its peers send (units last; see ``ServerLimits``):
+#
+# * a frame is at most ``FRAME_BYTES_MAX`` (refused from its header, before its body is read);
+# * a frame that has begun must end within ``frame_timeout_s`` (a peer trickling a frame, or
+#   stopping inside one, holds a connection and its buffer no longer than that);
+# * unfinished frames above ``frame_bytes_free`` draw on a budget shared by all the server's
+#   connections (``buffer_bytes_max``): a connection waits (reads nothing more) until its frame
+#   fits, and is closed if it cannot within the frame timeout; 20 connections each holding an
+#   unfinished 8 MiB frame cost at most the budget, not 170 MB;
+# * at most ``requests_in_flight_max`` requests per connection are being answered; beyond
+#   that the connection is not read (TCP pushes back on the sender);
+# * replies a peer does not read pile up at most ``out_bytes_max`` before the connection is
+#   closed;
+# * at most ``connections_max`` connections; one more is closed at once (and logged, at most
+#   once every ``REFUSED_LOG_INTERVAL_S``);
+# * a request whose ``id`` is not an integer in 0..2**63-1 is answered ``invalid_argument``
+#   with a null id (its sender cannot match it, but sees the error); nothing is raised.
+
+REQUEST_ID_MAX = 2**63 - 1
+REFUSED_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    connections_max: int = 1024
+    frame_timeout_s: float = 30.0
+    frame_bytes_free: int = 256 * 1024
+    buffer_bytes_max: int = 64 * 1024 * 1024
+    requests_in_flight_max: int = 1024
+    out_bytes_max: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        assert self.connections_max >= 1 and self.frame_timeout_s > 0
+        assert 0 <= self.frame_bytes_free <= self.buffer_bytes_max
+        assert self.buffer_bytes_max >= FRAME_BYTES_MAX, "one maximal frame must always fit"
+        assert self.requests_in_flight_max >= 1 and self.out_bytes_max >= FRAME_BYTES_MAX
+
+
+class ServerGuard:
+    """The bounds one server keeps across its connections (``ServerLimits``), and what they
+    refused, for its logs and metrics."""
+
+    def __init__(self, name: str, limits: ServerLimits | None = None) -> None:
+        self.name = name
+        self.limits = limits if limits is not None else ServerLimits()
+        self.connections = 0
+        self.buffered_bytes = 0  # reserved by unfinished frames above frame_bytes_free
+        self._freed = asyncio.Event()
+        self.refused: dict[str, int] = {}  # why -> count (connections closed, frames refused)
+        self._refused_logged_at = -REFUSED_LOG_INTERVAL_S
+
+    def refuse(self, why: str, peer: Any, detail: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL_S:
+            self._refused_logged_at = now
+            log.warning("%s: closed a connection from %s: %s (refused so far: %s)", self.name,
+                        peer, detail, self.refused)
+
+    async def reserve(self, nbytes: int, deadline: float) -> bool:
+        """Take ``nbytes`` of the shared budget, waiting until ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while self.buffered_bytes + nbytes > self.limits.buffer_bytes_max:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._freed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._freed.wait()
+            except TimeoutError:
+                return False
+        self.buffered_bytes += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        if nbytes:
+            self.buffered_bytes -= nbytes
+            assert self.buffered_bytes >= 0, self.buffered_bytes
+            self._freed.set()
 
 
 class ServerConnection:
-    """The server side of one accepted connection."""
+    """The server side of one accepted connection. ``identity`` is who the peer said it is
+    (the node id a heartbeat or a replication message first named on it): set once, and a
+    later message naming another is refused (see the node and meta servers)."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, guard: ServerGuard | None = None) -> None:
         self.writer = writer
         self.out = FrameWriter(writer)
         self.peer = writer.get_extra_info("peername")
+        self.identity: int | None = None
+        self._guard = guard
+        self._out_bytes_max = guard.limits.out_bytes_max if guard is not None else 0
 
     def send(self, body: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.out.write(encode(body))
+        if self.writer.is_closing():
+            return
+        frame = encode(body)
+        if self._out_bytes_max and (self.writer.transport.get_write_buffer_size()
+                                    + self.out.pending_bytes + len(frame) > self._out_bytes_max):
+            # the peer does not read its replies: drop it rather than hold them without end
+            assert self._guard is not None
+            self._guard.refuse("unread_replies", self.peer,
+                               f"over {self._out_bytes_max} bytes of replies it does not read")
+            self.writer.transport.abort()
+            return
+        self.out.write(frame)
+
+
+RequestHandler = Callable[[dict[str, Any], ServerConnection], Awaitable[dict[str, Any]]]
+MessageHandler = Callable[[dict[str, Any], ServerConnection], None]
+
+
+def _request_id(body: dict[str, Any]) -> int | None:
+    req_id = body.get("id")
+    if isinstance(req_id, int) and not isinstance(req_id, bool) and 0 <= req_id <= REQUEST_ID_MAX:
+        return req_id
+    return None
+
+
+def _crash_on_invariant(what: str) -> None:
+    # A broken invariant: never keep serving on state we no longer trust.
+    log.critical("invariant violated while %s", what, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
 
 
 async def serve_connection(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    on_request: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-    on_message: Callable[[dict[str, Any]], None],
+    on_request: RequestHandler,
+    on_message: MessageHandler,
+    guard: ServerGuard | None = None,
 ) -> None:
-    """Read frames until the peer goes; answer requests concurrently, pass other messages on.
+    """Read frames until the peer goes; answer requests concurrently, pass other messages on,
+    within ``guard``'s bounds (see the top of this section).
 
-    ``on_request`` returns the reply fields (without ``t``/``id``) or raises a RangeKVError.
-    """
+    ``on_request(body, conn)`` returns the reply fields (without ``t``/``id``) or raises a
+    RangeKVError; ``on_message(body, conn)`` takes a one-way message."""
+    guard = guard if guard is not None else ServerGuard("server")
+    lim = guard.limits
+    peer = writer.get_extra_info("peername")
+    if guard.connections >= lim.connections_max:
+        guard.refuse("connections", peer, f"{lim.connections_max} connections are open")
+        writer.close()
+        return
+    guard.connections += 1
     tune_socket(writer.get_extra_info("socket"))
-    conn = ServerConnection(writer)
+    conn = ServerConnection(writer, guard)
     tasks: set[asyncio.Task[None]] = set()
+    slot_free = asyncio.Event()
 
-    async def answer(body: dict[str, Any]) -> None:
-        req_id = int(body.get("id", 0))
+    def task_done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        slot_free.set()
+
+    async def answer(body: dict[str, Any], req_id: int) -> None:
         try:
-            fields = await on_request(body)
+            fields = await on_request(body, conn)
             conn.send(reply_ok(req_id, **fields))
         except errors.RangeKVError as err:
             conn.send(reply_error(req_id, err))
         except asyncio.CancelledError:
             raise
         except AssertionError:
-            # A broken invariant: never keep serving on state we no longer trust.
-            log.critical("invariant violated while serving %r", body.get("op"), exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            _crash_on_invariant(f"serving {str(body.get('op'))[:100]!r}")
         except Exception as exc:
-            log.exception("request %r failed", body.get("op"))
+            log.exception("request %r failed", str(body.get("op"))[:100])
             conn.send(reply_error(req_id, errors.Internal(f"{type(exc).__name__}: {exc}")))
 
     decoder = FrameDecoder()
     loop = asyncio.get_running_loop()
+    reserved = 0  # budget held by the frame in progress
+    frame_deadline = 0.0  # loop time by which the frame in progress must be complete
     try:
         while True:
-            for body in await read_frames(reader, decoder):
+            while len(tasks) >= lim.requests_in_flight_max:
+                slot_free.clear()
+                await slot_free.wait()
+            if decoder.buffered == 0:
+                frame_deadline = 0.0
+                data = await reader.read(READ_CHUNK_BYTES)
+            else:
+                if frame_deadline == 0.0:
+                    frame_deadline = loop.time() + lim.frame_timeout_s
+                need = decoder.pending_bytes
+                if need > lim.frame_bytes_free and reserved < need:
+                    if not await guard.reserve(need - reserved, frame_deadline):
+                        guard.refuse("buffer", peer, f"no room for a frame of {need} bytes "
+                                     f"within {lim.frame_timeout_s:g} s (the server holds "
+                                     f"{guard.buffered_bytes} bytes of unfinished frames)")
+                        return
+                    reserved = need
+                try:
+                    async with asyncio.timeout_at(frame_deadline):
+                        data = await reader.read(READ_CHUNK_BYTES)
+                except TimeoutError:
+                    guard.refuse("frame_timeout", peer, f"a frame unfinished after "
+                                 f"{lim.frame_timeout_s:g} s ({decoder.buffered} bytes of it)")
+                    return
+            if not data:
+                if decoder.buffered:
+                    raise errors.ProtocolError("connection closed inside a frame")
+                return
+            frames = decoder.feed(data)
+            if frames:  # the frame in progress is done: the next one has a budget of its own
+                guard.release(reserved)
+                reserved, frame_deadline = 0, 0.0
+            for body in frames:
                 if body.get("t") == "req":
-                    task = loop.create_task(answer(body))
+                    req_id = _request_id(body)
+                    if req_id is None:
+                        conn.send({"t": "rep", "id": None, "ok": False,
+                                   "error": errors.InvalidArgument(
+                                       "a request id is an integer in 0..2**63-1",
+                                       field="id").to_dict()})
+                        continue
+                    task = loop.create_task(answer(body, req_id))
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(task_done)
                 else:
                     try:
-                        on_message(body)
+                        on_message(body, conn)
                     except AssertionError:
-                        log.critical("invariant violated handling a message", exc_info=True)
-                        logging.shutdown()
-                        os._exit(70)
+                        _crash_on_invariant("handling a message")
     except (EOFError, OSError, errors.ProtocolError, asyncio.CancelledError):
         pass
     finally:
+        guard.release(reserved)
+        guard.connections -= 1
         for task in list(tasks):
             task.cancel()
         writer.close()

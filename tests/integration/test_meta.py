@@ -159,11 +159,12 @@ class FakeNode:
         assert task is not None
         self._serving.add(task)
         try:
-            await wire.serve_connection(reader, writer, self._on_request, lambda body: None)
+            await wire.serve_connection(reader, writer, self._on_request,
+                                        lambda body, conn: None)
         finally:
             self._serving.discard(task)
 
-    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_request(self, body: dict[str, Any], conn: Any = None) -> dict[str, Any]:
         op = body["op"]
         fields = {k: v for k, v in body.items() if k not in ("t", "id", "op")}
         self.calls.append((op, fields))

@@ -80,13 +80,13 @@ def test_unknown_error_code_becomes_internal() -> None:
 
 def test_request_reply_over_tcp() -> None:
     async def go() -> None:
-        async def on_request(body: dict) -> dict:
+        async def on_request(body: dict, conn: wire.ServerConnection) -> dict:
             if body["op"] == "fail":
                 raise errors.TableNotFound("no such table", table="t")
             return {"echo": body["x"]}
 
         server = await asyncio.start_server(
-            lambda r, w: wire.serve_connection(r, w, on_request, lambda m: None),
+            lambda r, w: wire.serve_connection(r, w, on_request, lambda m, c: None),
             "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         conn = wire.Connection(f"127.0.0.1:{port}")

@@ -48,6 +48,7 @@ class MetaMetrics:
     def __init__(self, service: MetaService) -> None:
         self.service = service
         self.heartbeats = 0
+        self.heartbeats_refused = 0  # for another node than the connection speaks for
         self.elections = 0
         self.groups_formed = 0
         self.splits = 0
@@ -61,6 +62,10 @@ class MetaMetrics:
         for name, help_text, value in (
             ("rangekv_meta_heartbeats", "Node heartbeats received (active or not).",
              self.heartbeats),
+            ("rangekv_meta_heartbeats_refused",
+             "Heartbeats refused: for another node than the one that heartbeats on the "
+             "connection, or for a node heartbeating live on another connection.",
+             self.heartbeats_refused),
             ("rangekv_meta_leader_elections",
              "Group leaders chosen: a new epoch recorded in etcd for a group.", self.elections),
             ("rangekv_meta_groups_formed", "Replication groups formed from spares.",

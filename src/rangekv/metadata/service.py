@@ -79,16 +79,19 @@ from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
 from rangekv.metadata.metrics import MetaMetrics
 from rangekv.metadata.model import ClusterView, Group, Node, Table, key_text, span_text
+from rangekv.metadata.requests import (
+    ADDRESS_BYTES_MAX,
+    NODE_ID_MAX,
+    OPS,
+    ROLE_LEADER,
+    NodeStatus,
+    split_host_port,
+)
 from rangekv.metadata.store import MetaStore
 from rangekv.metrics import MetricsServer, listen_address
 
-ROLE_LEADER = "leader"
-ROLES = ("leader", "candidate", "follower", "idle")
-ADDRESS_BYTES_MAX = 256
-BROKEN_REASON_CHARS_MAX = 1000  # of a node's own account of its broken log, as recorded
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
-RANGE_FIGURES_MAX = 100_000  # entries of one heartbeat's range figures looked at
 MOVE_WAIT_S = 8.0  # move_range answers by then (an rm gives meta ops 10 s); the move goes on
 LEASE_REVOKE_TIMEOUT_S = 1.0
 KEEPALIVE_RETRY_S = 0.05  # after a renewal every endpoint refused
@@ -124,7 +127,6 @@ DECISION_JOINT_CLEARED = "joint_cleared"
 DECISION_REPLACE_ABANDONED = "replace_abandoned"
 DECISION_NO_SPARE = "no_spare"
 DECISION_NODE_REMOVED = "node_removed"  # an operator removed a dead or flagged node's record
-NODE_ID_MAX = 2**32 - 1  # node ids are u32 (the last four bytes of a node-stamped seq)
 DECISIONS_TRIMMED_MAX = 50  # oldest decisions deleted per txn (etcd caps ops per txn)
 
 
@@ -180,77 +182,6 @@ class MetaConfig:
 
 
 # -- what a node reports, and the pure decisions taken on it ----------------------------------
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """The ``status`` map of a heartbeat (see docs/internals.md)."""
-
-    group: int | None = None
-    epoch: int = 0  # the highest epoch the node has promised
-    role: str = "idle"
-    leader_epoch: int = 0
-    last_epoch: int = 0
-    last_index: int = 0
-    commit_index: int = 0
-    applied_index: int = 0
-    broken: bool = False
-    broken_reason: str = ""  # the node's account (a damaged file and offset), if it gave one
-    ranges: tuple[dict[str, Any], ...] | None = None  # a leader's range figures (node/stats.py)
-
-    @staticmethod
-    def parse(raw: Any) -> NodeStatus:
-        if raw is None:
-            return NodeStatus()
-        if not isinstance(raw, dict):
-            raise errors.InvalidArgument("heartbeat status must be a map", field="status")
-
-        def count(name: str) -> int:
-            value = raw.get(name, 0)
-            if value is None:
-                return 0
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise errors.InvalidArgument(
-                    f"status.{name} must be a non-negative integer", field=f"status.{name}"
-                )
-            return value
-
-        group = raw.get("group")
-        if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
-            raise errors.InvalidArgument("status.group must be an integer or nil")
-        role = raw.get("role") or "idle"
-        if role not in ROLES:
-            raise errors.InvalidArgument(f"status.role must be one of {ROLES}", field="role")
-        # A node sends the reason it refuses to serve (a string), or nil; true is accepted too.
-        broken = raw.get("broken")
-        reason = broken[:BROKEN_REASON_CHARS_MAX] if isinstance(broken, str) else ""
-        return NodeStatus(
-            group=group,
-            epoch=count("epoch"),
-            role=role,
-            leader_epoch=count("leader_epoch"),
-            last_epoch=count("last_epoch"),
-            last_index=count("last_index"),
-            commit_index=count("commit_index"),
-            applied_index=count("applied_index"),
-            broken=bool(broken),
-            broken_reason=reason,
-            ranges=_range_figures(raw.get("ranges")),
-        )
-
-
-def _range_figures(raw: Any) -> tuple[dict[str, Any], ...] | None:
-    """The well-formed entries of a heartbeat's ``ranges`` (figures only guide splits: a
-    malformed entry is skipped, not refused)."""
-    if not isinstance(raw, list):
-        return None
-    numbers = ("keys", "bytes", "rps", "wps", "rbps", "wbps")
-    return tuple(
-        fig for fig in raw[:RANGE_FIGURES_MAX]
-        if isinstance(fig, dict) and isinstance(fig.get("t"), int)
-        and isinstance(fig.get("start"), bytes)
-        and all(isinstance(fig.get(n, 0), (int, float)) for n in numbers)
-    )
 
 
 @dataclass(frozen=True)
@@ -825,13 +756,6 @@ async def _wait_event(event: asyncio.Event, timeout_s: float) -> bool:
         return False
 
 
-def _split_host_port(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"address must be HOST:PORT, not {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 class MetaService:
     """One meta process (active or standby). ``await start()``, then ``await stop()``."""
 
@@ -855,6 +779,9 @@ class MetaService:
         self._view_loaded = False
         self._view_changed = asyncio.Event()
         self._beats: dict[int, Beat] = {}
+        # node id -> the connection its heartbeats come on (see _bind_heartbeat)
+        self._heartbeat_conns: dict[int, wire.ServerConnection] = {}
+        self.guard = wire.ServerGuard(f"meta {config.id}")
         self._term: _Term | None = None
         self._active_hint: str | None = None
         self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
@@ -904,7 +831,7 @@ class MetaService:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        host, port = _split_host_port(self.config.listen)
+        host, port = split_host_port(self.config.listen)
         self._server = await asyncio.start_server(self._accept, host, port)
         bound_port = self._server.sockets[0].getsockname()[1]
         self.address = f"{host}:{bound_port}"
@@ -1713,19 +1640,26 @@ class MetaService:
         assert task is not None
         self._conn_tasks.add(task)
         try:
-            await wire.serve_connection(reader, writer, self._on_request, self._on_message)
+            await wire.serve_connection(reader, writer, self._on_request, self._on_message,
+                                        self.guard)
         finally:
             self._conn_tasks.discard(task)
 
-    def _on_message(self, body: dict[str, Any]) -> None:
-        self.log.debug("ignoring a one-way message of type %r", body.get("t"))
+    def _on_message(self, body: dict[str, Any], conn: wire.ServerConnection) -> None:
+        self.log.debug("ignoring a one-way message of type %r", str(body.get("t"))[:40])
 
-    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_request(self, body: dict[str, Any],
+                          conn: wire.ServerConnection | None = None) -> dict[str, Any]:
         op = body.get("op")
         handler = self._ops.get(op) if isinstance(op, str) else None
-        if handler is None:
-            raise errors.InvalidArgument(f"unknown meta op {op!r}", field="op")
+        spec = OPS.get(op) if isinstance(op, str) else None
+        if handler is None or spec is None:
+            raise errors.InvalidArgument(f"unknown meta op {str(op)[:100]!r}", field="op")
+        spec.parse(body)  # every field checked before a handler reads it
         try:
+            if op == "heartbeat" and conn is not None:
+                self._require_active()
+                self._bind_heartbeat(body["node_id"], conn)
             return await handler(body)
         except errors.RangeKVError:
             raise
@@ -1739,6 +1673,34 @@ class MetaService:
 
     # -- heartbeat ------------------------------------------------------------------------------
 
+    def _bind_heartbeat(self, node_id: int, conn: wire.ServerConnection) -> None:
+        """A heartbeat speaks only for the node that first heartbeat on its connection, and
+        not for a node heartbeating live on another open connection: a forged heartbeat can
+        neither flag a healthy member nor move its address (the real node heartbeats every
+        100 ms). A node that restarts or reconnects gets its id back once its old connection
+        is closed or has been silent for the heartbeat timeout."""
+        if conn.identity is not None:
+            if conn.identity != node_id:
+                self.metrics.heartbeats_refused += 1
+                raise errors.InvalidArgument(
+                    f"this connection heartbeats for node {conn.identity}, not {node_id}",
+                    field="node_id")
+            return
+        holder = self._heartbeat_conns.get(node_id)
+        if holder is not None and holder is not conn and not holder.writer.is_closing():
+            beat = self._beats.get(node_id)
+            timeout_s = self.config.heartbeat_timeout_ms / 1000
+            if beat is not None and self._clock() - beat.at_s < timeout_s:
+                self.metrics.heartbeats_refused += 1
+                raise errors.InvalidArgument(
+                    f"node {node_id} heartbeats on another connection (from {holder.peer}); "
+                    "this one cannot speak for it", field="node_id")
+        if len(self._heartbeat_conns) >= 2 * self.guard.limits.connections_max:
+            self._heartbeat_conns = {n: c for n, c in self._heartbeat_conns.items()
+                                     if not c.writer.is_closing()}
+        conn.identity = node_id
+        self._heartbeat_conns[node_id] = conn
+
     async def _op_heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
         self.metrics.heartbeats += 1
         self._require_active()
@@ -1749,7 +1711,7 @@ class MetaService:
         if not isinstance(address, str) or len(address) > ADDRESS_BYTES_MAX:
             raise errors.InvalidArgument("address must be HOST:PORT", field="address")
         try:
-            _split_host_port(address)
+            split_host_port(address)
         except ValueError as exc:
             raise errors.InvalidArgument(str(exc), field="address") from None
         status = NodeStatus.parse(req.get("status"))
@@ -2259,7 +2221,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
     if ns.id <= 0:
         parser.error("--id must be positive")
     try:
-        _split_host_port(ns.listen)
+        split_host_port(ns.listen)
     except ValueError as exc:
         parser.error(str(exc))
     endpoints = tuple(e.strip() for e in ns.etcd.split(",") if e.strip())

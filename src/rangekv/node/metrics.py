@@ -68,6 +68,11 @@ class NodeMetrics(Observer):
         self.proposals: defaultdict[str, int] = defaultdict(int)
         self.epoch_changes = 0
         self._epoch = 0  # the last promised epoch persisted (see ``opened``)
+        # what the node's boundary refused (the node shares its own counters here): requests
+        # by op, replication messages and connections by why
+        self.requests_refused: defaultdict[str, int] = defaultdict(int)
+        self.messages_dropped: Callable[[], dict[str, int]] = dict
+        self.connections_refused: dict[str, int] = {}
         self.registry = new_registry("node", node_id)
         self.registry.register(FuncCollector(self._collect))
 
@@ -100,6 +105,22 @@ class NodeMetrics(Observer):
     # -- the scrape ------------------------------------------------------------------------
 
     def _collect(self) -> Iterator[Metric]:
+        for name, help_text, label, counts in (
+            ("rangekv_node_requests_refused",
+             "Requests refused for a malformed, oversized or out-of-range field, by op.", "op",
+             self.requests_refused),
+            ("rangekv_node_replication_messages_dropped",
+             "Replication messages dropped at the boundary (malformed, not from a peer, "
+             "another node's id on a connection, an epoch too far ahead), by reason.",
+             "reason", self.messages_dropped()),
+            ("rangekv_node_connections_refused",
+             "Connections closed by the internal port's bounds (connections, unfinished "
+             "frames, replies not read), by reason.", "reason", self.connections_refused),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for key, n in sorted(counts.items()):
+                family.add_metric([key], n)
+            yield family
         yield CounterMetricFamily("rangekv_node_wal_fsyncs",
                                   "WAL syncs that called fdatasync (group-commit batches).",
                                   value=self.fsync_seconds.n)

@@ -58,6 +58,7 @@ from typing import Any
 from rangekv import aio, config, errors, limits, perms, sequencer, wire
 from rangekv.log import setup as setup_logging
 from rangekv.metrics import MetricsServer, listen_address
+from rangekv.node import requests
 from rangekv.node.backup import BackupServer
 from rangekv.node.metrics import NodeMetrics
 from rangekv.node.stats import RangeStats
@@ -85,37 +86,21 @@ SERVE_POLL_S = 0.005
 COMPACT_CHECK_S = 1.0  # how often a node looks for deleted data to reclaim
 RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range figures
 EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
+SNAPSHOT_OPS = frozenset({"snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"})
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
                       "drop_table", "fence_range", "unfence_range", "import", "finish_import",
                       "drop_range", "split_key", "merge_range"})
+# A replication message of an epoch further above every epoch this node has promised or heard
+# of from meta is dropped: epochs grow by one per election or reconfiguration, and a forged one
+# near the top of the range, once promised, would leave no higher epoch for the group's next
+# election.
+EPOCH_AHEAD_MAX = 1000
+DROP_LOG_INTERVAL_S = 10.0
 PEER_QUEUE_MAX = 64  # replication messages held for a peer while connecting to it
 PEER_RETRY_S = 0.1  # after a failed connection to a peer, messages to it are dropped this long
 GROUP_FILE = "node.group"  # which group the data in this dir belongs to (hardstate format)
 DISCARD_PREFIX = "discard-"  # data of another group being deleted (left by a crash: deleted)
 DATA_NAMES = ("wal", "index", "hardstate")  # what belongs to a group (not node.id)
-
-
-def _int(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise errors.InvalidArgument(f"{name} must be a non-negative integer")
-    return value
-
-
-def _bytes(body: dict[str, Any], name: str, *, optional: bool = False) -> bytes | None:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, bytes):
-        raise errors.InvalidArgument(f"{name} must be bytes")
-    return value
-
-
-def _seq(body: dict[str, Any], name: str, *, optional: bool = False) -> bytes | None:
-    value = _bytes(body, name, optional=optional)
-    if value is not None and len(value) != sequencer.SEQ_BYTES:
-        raise errors.InvalidArgument(f"{name} must be {sequencer.SEQ_BYTES} bytes")
-    return value
 
 
 class PeerLink:
@@ -174,8 +159,10 @@ class Node:
                  advertise: str | None = None, *,
                  compact_entries: int = COMPACT_ENTRIES_DEFAULT,
                  compact_retain: int = COMPACT_RETAIN_DEFAULT,
-                 metrics_listen: tuple[str, int] | None = None) -> None:
+                 metrics_listen: tuple[str, int] | None = None,
+                 max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX) -> None:
         self.node_id = node_id
+        self.max_clock_offset_ms = max_clock_offset_ms
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
         self.listen = listen
@@ -198,11 +185,17 @@ class Node:
         self._meta_index = 0
         self._leader_heard_s = 0.0  # loop time of the last message from a leader or candidate
         self.stats: RangeStats | None = None
+        self.group_epoch = 0  # the group's epoch as meta last told it
+        self.guard = wire.ServerGuard(f"node {node_id}")
+        self.dropped: dict[str, int] = {}  # replication messages dropped, by why
+        self._drop_logged_s = -DROP_LOG_INTERVAL_S
         self._compacting: asyncio.Future[int] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_sent_s = 0.0
         self._backups = BackupServer()  # checkpoints being read by ``rangekv backup``
         self.metrics = NodeMetrics(node_id, lambda: (self.replica, self.group, self.broken))
+        self.metrics.messages_dropped = self.messages_refused
+        self.metrics.connections_refused = self.guard.refused
         self.metrics_listen = metrics_listen
         self._metrics_server: MetricsServer | None = None
 
@@ -268,7 +261,8 @@ class Node:
             self.replica = Replica(self.node_id, wal, engine, self.data_dir / "hardstate",
                                    self._send_raft, snapshot_rpc=self._snapshot_rpc,
                                    compact_entries=self.compact_entries,
-                                   compact_retain=self.compact_retain, observer=self.metrics)
+                                   compact_retain=self.compact_retain, observer=self.metrics,
+                                   seq_ahead_ms_max=self.max_clock_offset_ms)
             self.metrics.opened(self.replica.core.promised)
             await self.replica.start()
             self._follow_engine(engine)
@@ -394,12 +388,11 @@ class Node:
             self.members = {}
             self.replica.configure([])
             return
-        gid = int(group["id"])
-
-        def refs(name: str) -> dict[int, str]:
-            return {int(m["id"]): str(m["address"]) for m in group.get(name) or []}
-
-        members, learners, joint = refs("members"), refs("learners"), refs("joint")
+        try:
+            gid, members, learners, joint = _assignment(group)
+        except errors.ProtocolError as err:
+            log.warning("ignoring meta's malformed answer to a heartbeat: %s", err)
+            return
         if not self._data_belongs_to(gid):
             return
         if gid != self.group or members != self.members:
@@ -407,6 +400,9 @@ class Node:
                      sorted(learners), sorted(joint))
         self.group = gid
         self.members = members
+        epoch = group.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+            self.group_epoch = epoch
         self.addresses = {**joint, **learners, **members}
         for peer_id in list(self._peers):
             if self._peers[peer_id].address != self.addresses.get(peer_id):
@@ -419,7 +415,7 @@ class Node:
                     link = self._peers[peer_id] = PeerLink(address)
                 link.keep_open()  # warm before a failover needs it
         self.replica.configure(sorted(members), sorted(learners), sorted(joint))
-        if isinstance(campaign, int) and campaign > 0:
+        if isinstance(campaign, int) and not isinstance(campaign, bool) and campaign > 0:
             self.replica.campaign(campaign)
 
     def _data_belongs_to(self, gid: int) -> bool:
@@ -518,19 +514,61 @@ class Node:
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        await wire.serve_connection(reader, writer, self._on_request, self._on_message)
+        await wire.serve_connection(reader, writer, self._on_request, self._on_message,
+                                    self.guard)
 
-    def _on_message(self, body: dict[str, Any]) -> None:
-        if body.get("t") != "raft" or self.replica is None:
-            return
+    def _on_message(self, body: dict[str, Any], conn: wire.ServerConnection) -> None:
+        """A replication message from a peer, checked before the core sees it: well formed,
+        addressed to this node, from a peer of its group, from the one node this connection
+        first spoke for, and of an epoch at most ``EPOCH_AHEAD_MAX`` above any this node knows
+        of. Anything else is dropped and counted; the core then refuses what no honest peer
+        sends (``Core.implausible``)."""
+        if body.get("t") != "raft":
+            return self._drop("not_raft", f"a one-way message of type {str(body.get('t'))[:40]!r}")
+        if self.replica is None:
+            return None
         try:
             msg = Msg.from_wire(body.get("m"))
         except ValueError as err:
-            log.warning("dropping a malformed replication message: %s", err)
-            return
+            return self._drop("malformed", str(err))
+        if msg.to != self.node_id:
+            return self._drop("wrong_node", f"{msg.type} addressed to node {msg.to}")
+        if msg.frm == self.node_id or msg.frm not in self.addresses:
+            return self._drop("not_a_peer", f"{msg.type} from node {msg.frm}, not a peer of "
+                                            f"this node's group {self.group}")
+        if conn.identity is None:
+            conn.identity = msg.frm
+        elif conn.identity != msg.frm:
+            return self._drop("other_id", f"{msg.type} from node {msg.frm} on the connection "
+                                          f"of node {conn.identity}")
+        known = max(self.replica.core.promised, self.group_epoch)
+        if msg.epoch > known + EPOCH_AHEAD_MAX:
+            return self._drop("epoch_ahead", f"{msg.type} of epoch {msg.epoch} from node "
+                                             f"{msg.frm}, more than {EPOCH_AHEAD_MAX} above "
+                                             f"{known}")
         if msg.type in (APPEND, HEARTBEAT, NEW_EPOCH):
             self._leader_heard_s = asyncio.get_running_loop().time()
         self.replica.step(msg)
+        return None
+
+    def messages_refused(self) -> dict[str, int]:
+        """Replication messages refused, by why: at the boundary (``_on_message``) and by the
+        core as implausible (``Core.implausible``)."""
+        out = dict(self.dropped)
+        if self.replica is not None:
+            for why, n in self.replica.core.refused.items():
+                out[why] = out.get(why, 0) + n
+        return out
+
+    def _drop(self, why: str, detail: str) -> None:
+        """Drop a replication message that failed a check; log at most one line per
+        ``DROP_LOG_INTERVAL_S``."""
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now - self._drop_logged_s >= DROP_LOG_INTERVAL_S:
+            self._drop_logged_s = now
+            log.warning("dropped a replication message: %s (dropped so far: %s)", detail,
+                        self.dropped)
 
     async def _until_serving(self, replica: Replica) -> None:
         """Hold a data request while the group has no serving leader in sight (see
@@ -581,20 +619,37 @@ class Node:
             self.stats.read(table_id, key, count, nbytes)
 
     # ------------------------------------------------------------------ requests
-    async def _on_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_request(self, body: dict[str, Any],
+                          conn: wire.ServerConnection | None = None) -> dict[str, Any]:
         op = body.get("op")
+        spec = requests.OPS.get(op) if isinstance(op, str) else None
+        if spec is None:
+            raise errors.InvalidArgument(f"unknown op {str(op)[:100]!r}", field="op")
+        try:
+            req = spec.parse(body)  # every field checked before any is used
+        except errors.InvalidArgument:
+            self.metrics.requests_refused[op] += 1
+            raise
         if op == "status":
             # ranges: the operator's status also wants each range's size and load
             return {"node_id": self.node_id, "address": self.address,
-                    **self._status(bool(body.get("ranges")))}
+                    **self._status(bool(req["ranges"])),
+                    # what this node's boundary refused (also in /metrics)
+                    "refused": {"requests": dict(self.metrics.requests_refused),
+                                "messages": self.messages_refused(),
+                                "connections": dict(self.guard.refused)}}
         replica = self.replica
         if replica is None:
             why = self.broken or "it is discarding another group's data"
             raise errors.Unavailable(f"node {self.node_id} does not serve: {why}")
-        if op in ("snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"):
-            return await replica.on_snapshot_request(op, body)
+        if op in SNAPSHOT_OPS:
+            if req["frm"] not in self.addresses or req["frm"] == self.node_id:
+                raise errors.InvalidArgument(
+                    f"node {req['frm']} is not a peer of node {self.node_id}'s group",
+                    field="frm")
+            return await replica.on_snapshot_request(op, body)  # (checked again there)
         if op in ("backup_begin", "backup_chunk", "backup_end"):
-            return await self._backups.serve(replica, op, body, self.group)
+            return await self._backups.serve(replica, op, req, self.group)
         if op == "content_hash":
             # For verification (``rangekv chaos``): replicas that applied the same entries agree.
             # Computed synchronously, so the hash and the applied index belong together.
@@ -606,44 +661,44 @@ class Node:
         if op in DATA_OPS:
             await self._until_serving(replica)
         try:
-            return await self._serve(replica, op, body)
+            return await self._serve(replica, op, req, "base" in body)
         except errors.RangeNotHere as err:
             # say which routing version the caller used, for its logs and ours
-            if isinstance(body.get("rv"), int):
-                err.details["your_version"] = body["rv"]
+            if req.get("rv") is not None:
+                err.details["your_version"] = req["rv"]
             raise
 
-    async def _serve(self, replica: Replica, op: Any, body: dict[str, Any]) -> dict[str, Any]:
+    async def _serve(self, replica: Replica, op: str, req: dict[str, Any],
+                     has_base: bool) -> dict[str, Any]:
+        """A data or range op, its fields already checked (``requests.OPS``). ``has_base``:
+        the request carried ``base`` (nil included: the source has no record of the key)."""
+        base = {"b": req["base"]} if has_base else {}
         if op == "put":
-            table_id = _int(body, "table_id")
-            key = limits.check_key(_bytes(body, "key") or b"")
-            value = limits.check_value(_bytes(body, "value") or b"")
+            table_id, key = req["table_id"], req["key"]
             _check_writable(replica, table_id, key)  # the log decides; this saves an entry
-            if body.get("if_seq") is not None:
-                _check_base(replica, table_id, key, body)
+            if req["if_seq"] is not None:
+                _check_base(replica, table_id, key, has_base)
             result = await replica.propose({
-                "op": "put", "t": table_id, "k": key, "v": value, "s": _seq(body, "seq"),
-                "c": _seq(body, "if_seq", optional=True), **_base(body),
+                "op": "put", "t": table_id, "k": key, "v": req["value"], "s": req["seq"],
+                "c": req["if_seq"], **base,
             })
             return {"seq": result["seq"]}
         if op == "delete":
-            table_id = _int(body, "table_id")
-            key = limits.check_key(_bytes(body, "key") or b"")
+            table_id, key = req["table_id"], req["key"]
             _check_writable(replica, table_id, key)
-            _check_base(replica, table_id, key, body)
+            _check_base(replica, table_id, key, has_base)
             result = await replica.propose({
-                "op": "del", "t": table_id, "k": key, "s": _seq(body, "seq"),
-                "c": _seq(body, "if_seq", optional=True), **_base(body),
+                "op": "del", "t": table_id, "k": key, "s": req["seq"], "c": req["if_seq"],
+                **base,
             })
             return {"deleted": bool(result["deleted"]), "seq": result["seq"]}
         if op == "get":
-            table_id = _int(body, "table_id")
-            key = limits.check_key(_bytes(body, "key") or b"")
+            table_id, key = req["table_id"], req["key"]
             await replica.linearizable()
             _check_owned(replica, table_id, key)
-            if not body.get("versions"):
+            if not req["versions"]:
                 _check_complete(replica, table_id, key)
-            if body.get("versions"):
+            if req["versions"]:
                 # a read during a move: the record even if it is a tombstone (its seq counts)
                 version = replica.engine.get_version(table_id, key)
                 # every rm get is a versioned one: counted, or the load splits see no reads
@@ -658,8 +713,8 @@ class Node:
                 return {"found": False, "value": b"", "seq": sequencer.ZERO}
             return {"found": True, "value": found[0], "seq": found[1]}
         if op == "list":
-            table_id, start, end, after, limit = await _span_read(replica, body)
-            if body.get("versions"):
+            table_id, start, end, after, limit = await _span_read(replica, req)
+            if req["versions"]:
                 versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                               limits.LIST_BYTES_MAX)
                 return {"items": versions, "more": more}  # (tuples travel as msgpack arrays)
@@ -671,71 +726,90 @@ class Node:
             return {"items": items, "more": more}
         if op == "split_key":
             # where to split a range: by its stored bytes or by its recent load
-            by = body.get("by")
-            fraction = body.get("fraction")
-            if by not in ("size", "load") or not isinstance(fraction, float) \
-                    or not 0.0 < fraction < 1.0:
-                raise errors.InvalidArgument("by must be size or load, fraction in (0, 1)")
             if self.stats is None:
                 raise errors.Unavailable("no range statistics yet")
-            at = await self.stats.split_key(_int(body, "table_id"), _bytes(body, "start") or b"",
-                                            by, fraction)
+            at = await self.stats.split_key(req["table_id"], req["start"] or b"", req["by"],
+                                            req["fraction"])
             return {"at": at}
         if op == "export":
             # a page of a moving range for the copy: every record, tombstones included
-            table_id, start, end, after, limit = await _span_read(replica, body)
+            table_id, start, end, after, limit = await _span_read(replica, req)
             versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                           EXPORT_BYTES_MAX)
             return {"items": [[k, seq, tomb, v] for k, v, seq, tomb in versions], "more": more}
         if op == "add_range":
-            cmd = {"op": "add_range", "t": _int(body, "table_id"),
-                   "start": _bytes(body, "start") or b"", "end": _bytes(body, "end", optional=True),
-                   "s": sequencer.ZERO}
-            if body.get("importing"):
+            cmd = {"op": "add_range", "t": req["table_id"], "start": req["start"] or b"",
+                   "end": req["end"], "s": sequencer.ZERO}
+            if req["importing"]:
                 # a range moving here: every seq this group gives from now on is above the
                 # source's highest (``seq``, from its fence_range)
-                cmd.update(st="importing", s=_seq(body, "seq"))
+                if req["seq"] is None:
+                    raise errors.InvalidArgument("an importing range needs the seq it was "
+                                                 "handed over at", field="seq")
+                cmd.update(st="importing", s=req["seq"])
             await replica.propose(cmd)
             return {}
         if op in ("fence_range", "unfence_range", "finish_import", "drop_range"):
             result = await replica.propose({
-                "op": op, "t": _int(body, "table_id"), "start": _bytes(body, "start") or b"",
-                "end": _bytes(body, "end", optional=True), "s": sequencer.ZERO})
+                "op": op, "t": req["table_id"], "start": req["start"] or b"",
+                "end": req["end"], "s": sequencer.ZERO})
             return {"seq": result["seq"]} if op == "fence_range" else {}
         if op == "import":
-            copied = body.get("items")
-            if not isinstance(copied, list):
-                raise errors.InvalidArgument("items must be a list", field="items")
-            result = await replica.propose({"op": "import", "t": _int(body, "table_id"),
+            copied = [[k, *version] for k, version in req["items"]]
+            result = await replica.propose({"op": "import", "t": req["table_id"],
                                             "items": copied, "s": sequencer.ZERO})
             return {"imported": result["imported"]}
         if op in ("split_range", "merge_range"):
-            at = limits.check_key(_bytes(body, "at") or b"")
-            await replica.propose({"op": op, "t": _int(body, "table_id"),
-                                   "at": at, "s": sequencer.ZERO})  # raises the apply error
+            await replica.propose({"op": op, "t": req["table_id"], "at": req["at"],
+                                   "s": sequencer.ZERO})  # raises the apply error
             return {}
         if op == "drop_table":
-            await replica.propose({"op": "drop_table", "t": _int(body, "table_id"),
+            await replica.propose({"op": "drop_table", "t": req["table_id"],
                                    "s": sequencer.ZERO})
             return {}
-        raise errors.InvalidArgument(f"unknown op {op!r}")
+        raise AssertionError(f"op {op!r} is declared but not served")
 
 
-async def _span_read(replica: Replica, body: dict[str, Any]
+GROUP_REFS_MAX = 16  # members, learners or joint voters in one group (3 or 5 in practice)
+
+
+def _assignment(group: Any) -> tuple[int, dict[int, str], dict[int, str], dict[int, str]]:
+    """(group id, members, learners, joint) of meta's answer to a heartbeat, checked: a
+    malformed answer is a ``ProtocolError``, never a crash of the heartbeat loop."""
+    def uint(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**32
+
+    if not isinstance(group, dict) or not uint(group.get("id")):
+        raise errors.ProtocolError("group must be a map with an id")
+
+    def refs(name: str) -> dict[int, str]:
+        raw = group.get(name) or []
+        if not isinstance(raw, list) or len(raw) > GROUP_REFS_MAX:
+            raise errors.ProtocolError(f"group {name} must be a list of at most "
+                                       f"{GROUP_REFS_MAX}")
+        out = {}
+        for ref in raw:
+            if not isinstance(ref, dict) or not uint(ref.get("id")):
+                raise errors.ProtocolError(f"group {name}: malformed {str(ref)[:100]}")
+            address = ref.get("address")
+            out[ref["id"]] = address[:256] if isinstance(address, str) else ""
+        return out
+
+    return group["id"], refs("members"), refs("learners"), refs("joint")
+
+
+async def _span_read(replica: Replica, req: dict[str, Any]
                      ) -> tuple[int, bytes, bytes | None, bytes | None, int]:
     """(table, start, end, after, limit) of a list or export, once a read here is
     linearizable and one range here holds all of ``[start, end)``: a span this group does not
     wholly own would list only part of it, and a stale map must not turn into a silently short
     listing."""
-    table_id = _int(body, "table_id")
-    start = _bytes(body, "start") or b""
-    end = _bytes(body, "end", optional=True)
-    after = _bytes(body, "after", optional=True)
-    limit = limits.check_list_limit(body.get("limit"))
+    table_id, start, end = req["table_id"], req["start"] or b"", req["end"]
+    limit = limits.check_list_limit(req["limit"])
     await replica.linearizable()
     if not replica.engine.covers(table_id, start, end):
         raise replica.engine.not_here(table_id)
-    return table_id, start, end, after, limit
+    return table_id, start, end, req["after"], limit
 
 
 def _check_writable(replica: Replica, table_id: int, key: bytes) -> None:
@@ -754,25 +828,14 @@ def _check_complete(replica: Replica, table_id: int, key: bytes) -> None:
             "together with its source group", table_id=table_id, moving=True)
 
 
-def _check_base(replica: Replica, table_id: int, key: bytes, body: dict[str, Any]) -> None:
+def _check_base(replica: Replica, table_id: int, key: bytes, has_base: bool) -> None:
     """A delete or conditional put of a key not yet copied into a range being moved here
     needs the source's version (``base``); a caller without it routes by an older map."""
-    if ("base" not in body and replica.engine.importing(table_id, key)
+    if (not has_base and replica.engine.importing(table_id, key)
             and replica.engine.get_version(table_id, key) is None):
         raise errors.RangeNotHere(
             "the range holding that key is being moved here and the key is not copied yet: "
             "send the source group's version of it along", table_id=table_id, moving=True)
-
-
-def _base(body: dict[str, Any]) -> dict[str, Any]:
-    """The source's version of the key, sent by an rm for a delete or a conditional put into
-    a range being moved here: ``{"b": [seq, tombstone, value] | None}``, or nothing."""
-    if "base" not in body:
-        return {}
-    base = body["base"]
-    if base is not None and (not isinstance(base, list) or len(base) != 3):
-        raise errors.InvalidArgument("base must be [seq, tombstone, value] or nil", field="base")
-    return {"b": base}
 
 
 def _check_owned(replica: Replica, table_id: int, key: bytes) -> None:
@@ -798,14 +861,22 @@ def main(argv: list[str]) -> int:
                              f"{COMPACT_RETAIN_DEFAULT}); a peer further behind gets a snapshot")
     parser.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
                         help="serve Prometheus /metrics on this address (default: none)")
+    parser.add_argument("--max-clock-offset-ms", type=int, default=sequencer.SEQ_AHEAD_MS_MAX,
+                        metavar="MS",
+                        help="as a leader, refuse a write whose proposed seq is more than this "
+                             "far ahead of this node's clock (default "
+                             f"{sequencer.SEQ_AHEAD_MS_MAX}; like CockroachDB's --max-offset)")
     args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
+    if args.max_clock_offset_ms < 1:
+        parser.error("--max-clock-offset-ms must be at least 1")
     setup_logging(f"node-{args.id}", args.log_level, args.log_format)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain,
-                metrics_listen=args.metrics_listen)
+                metrics_listen=args.metrics_listen,
+                max_clock_offset_ms=args.max_clock_offset_ms)
 
     async def run() -> None:
         stop = asyncio.Event()

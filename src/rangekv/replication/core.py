@@ -258,6 +258,9 @@ class Core:
 
         # snapshots (follower side): the offer being installed, (leader, epoch, index, epoch)
         self.installing: tuple[int, int, int, int] | None = None
+        # messages refused as implausible (see ``implausible``), by why, and the last one
+        self.refused: dict[str, int] = {}
+        self.last_refused: tuple[str, Msg] | None = None
         self._deferred_promise_to: int | None = None  # NEW_EPOCH_RESP held during an install
         self._pending_compact: int | None = None
 
@@ -578,6 +581,15 @@ class Core:
     def step(self, msg: Msg) -> None:
         if msg.to != self.id or self.role == IDLE or not self._involved(msg.frm):
             return
+        why = self.implausible(msg)
+        if why is not None:
+            # No honest peer sends this (see ``implausible``): a misbehaving or forged sender,
+            # or a bug elsewhere. Refused and counted, never asserted on: one hostile frame
+            # must not stop this node (the simulator fails a run on any such refusal between
+            # honest nodes).
+            self.refused[why] = self.refused.get(why, 0) + 1
+            self.last_refused = (why, msg)
+            return
         handler = {
             NEW_EPOCH: self._on_new_epoch,
             NEW_EPOCH_RESP: self._on_new_epoch_resp,
@@ -589,6 +601,82 @@ class Core:
             FETCH_RESP: self._on_fetch_resp,
         }[msg.type]
         handler(msg)
+
+    # ------------------------------------------------------------------ plausibility
+    def implausible(self, msg: Msg) -> str | None:
+        """Why ``msg`` cannot come from an honest peer given what this node knows, or None.
+
+        Each rule is one the handlers below assert on (an honest peer never breaks it), checked
+        before any state changes, so that a message another process made up is refused
+        instead of stopping this process:
+
+        * entries follow ``prev`` one by one, with epochs that never decrease, start at
+          ``prev``'s epoch and, in an append, never exceed the leader's epoch;
+        * an append or heartbeat of our own epoch comes from the one node that leads it (not
+          while we lead or campaign for it, not from a second node, only from whom we
+          promised);
+        * no append or fetch answer contradicts an entry we know to be committed;
+        * an acknowledgement never claims entries beyond our last index;
+        * a fetch answer that ends a campaign brings the log we were promised (the member's
+          announced last entry) and never cuts below our commit index.
+        """
+        t = msg.type
+        if t in (APPEND, FETCH_RESP) and msg.entries:
+            prev_epoch = msg.log_epoch
+            for i, e in enumerate(msg.entries):
+                if e.index != msg.index + 1 + i:
+                    return "entries_not_consecutive"
+                if e.epoch < prev_epoch and (t == APPEND or i > 0):
+                    return "entry_epochs_decrease"
+                if t == APPEND and e.epoch > msg.epoch:
+                    return "entry_epoch_above_leader"
+                prev_epoch = e.epoch
+            if t == FETCH_RESP and prev_epoch > msg.log_epoch:
+                return "entry_epoch_above_last"
+        if t in (APPEND, HEARTBEAT) and msg.epoch == self.promised:
+            if self.role in (LEADER, CANDIDATE) and msg.frm != self.id:
+                return "second_leader_in_our_epoch"
+            if self.leader not in (None, msg.frm):
+                return "two_leaders_in_one_epoch"
+            if self.promised_to not in (0, msg.frm):
+                return "leader_not_promised"
+        if t == APPEND and msg.epoch >= self.promised and self.installing is None:
+            if self._contradicts_commit(msg.index, msg.log_epoch, msg.entries):
+                return "contradicts_committed_entry"
+        if (t == APPEND_RESP and self.role == LEADER and msg.epoch == self.promised
+                and not msg.reject and msg.index > self.last_index):
+            return "ack_beyond_our_log"
+        if (t == FETCH_RESP and self.role == CANDIDATE and msg.frm == self.fetch_from
+                and msg.epoch == self.promised and not msg.reject
+                and msg.ctx == self._fetch_prev):
+            if self._contradicts_commit(msg.index, None, msg.entries):
+                return "contradicts_committed_entry"
+            if msg.done:
+                target = self.fetch_target
+                last = msg.entries[-1] if msg.entries else None
+                if msg.commit < self.commit or target is None or msg.commit != target[1]:
+                    return "fetch_ends_off_target"
+                if last is not None and (last.epoch, last.index) != target:
+                    return "fetch_ends_off_target"
+                if last is None and not (self.base_index <= msg.index <= self.last_index
+                                         and msg.index == msg.commit
+                                         and self.epoch_at(msg.index) == target[0]):
+                    return "fetch_ends_off_target"
+        return None
+
+    def _contradicts_commit(self, prev: int, prev_epoch: int | None,
+                            entries: list[Entry]) -> bool:
+        """Whether ``prev`` (with ``prev_epoch``, if given) or any of ``entries`` differs from
+        an entry of our log at or below the commit index (at or above our base)."""
+        if prev_epoch is not None and self.base_index <= prev <= self.commit \
+                and self.epoch_at(prev) != prev_epoch:
+            return True
+        for e in entries:
+            if e.index > self.commit:
+                break
+            if e.index >= self.base_index and self.epoch_at(e.index) != e.epoch:
+                return True
+        return False
 
     # ------------------------------------------------------------------ member side
     def _on_new_epoch(self, msg: Msg) -> None:

@@ -57,6 +57,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,10 @@ SNAPSHOT_END_TIMEOUT_S = 120.0  # the follower verifies, fsyncs and installs bef
 SNAPSHOT_IDLE_S = 15.0  # a follower aborts an offer whose transfer went quiet this long
 SNAPSHOT_BACKOFF_MIN_S = 0.2
 SNAPSHOT_BACKOFF_MAX_S = 5.0
+REFUSED_LOG_INTERVAL_S = 10.0  # messages refused as implausible: one log line at most this often
+# commands whose seq an rm proposed (checked against the leader's clock); the others carry the
+# zero seq, or a seq another group's leader made final (a move's handed-over H)
+CLIENT_WRITE_OPS = frozenset({"put", "del"})
 
 # (peer, op, fields, timeout_s) -> the reply's fields; raises RangeKVError
 SnapshotRPC = Callable[[int, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
@@ -308,9 +313,15 @@ class Replica:
         compact_retain: int = COMPACT_RETAIN_DEFAULT,
         data_dir: Path | None = None,
         observer: Observer | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        seq_ahead_ms_max: int = sequencer.SEQ_AHEAD_MS_MAX,
     ) -> None:
         assert compact_entries >= 1 and compact_retain >= 0, (compact_entries, compact_retain)
+        assert seq_ahead_ms_max > 0, seq_ahead_ms_max
         self.node_id = node_id
+        # the wall clock proposed seqs are checked against (sequencer.check_proposal)
+        self._clock_ns = clock_ns
+        self.seq_ahead_ms_max = seq_ahead_ms_max
         self.wal = wal
         self._engine: StateMachine | None = engine
         self.hardstate_path = hardstate_path
@@ -345,6 +356,7 @@ class Replica:
                              f"not {self.persist_mode!r}")
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._refused_logged_s = -REFUSED_LOG_INTERVAL_S
         self._retaking = False  # campaigning for a newer epoch while leading (see campaign)
         # compaction
         self.durable_applied = engine.applied_index  # flushed: a restart replays after it
@@ -458,8 +470,22 @@ class Replica:
 
     def step(self, msg: Msg) -> None:
         self.core.step(msg)
+        if self.core.last_refused is not None:
+            self._log_refused()
         self._process_soon()
         self._abort_incoming_if_fenced()
+
+    def _log_refused(self) -> None:
+        """A message the core refused as one no honest peer sends: one line at most
+        every ``REFUSED_LOG_INTERVAL_S`` (a misbehaving peer may send many)."""
+        assert self.core.last_refused is not None
+        why, msg = self.core.last_refused
+        self.core.last_refused = None
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged_s >= REFUSED_LOG_INTERVAL_S:
+            self._refused_logged_s = now
+            log.warning("refused a %s from node %d (epoch %d) that no honest peer sends: %s; "
+                      "refused so far: %s", msg.type, msg.frm, msg.epoch, why, self.core.refused)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -499,6 +525,10 @@ class Replica:
         if self.core.role != LEADER or not self.core.serving:
             raise self.not_leader()
         if "s" in cmd:
+            if cmd.get("op") in CLIENT_WRITE_OPS:
+                # An rm's proposal: refused if its clock (or its sender) is too far ahead.
+                sequencer.check_proposal(cmd["s"], self._clock_ns(), self.seq_ahead_ms_max,
+                                         self.node_id)
             # The leader makes the seq final: above every seq this group has issued, so that
             # seq order is commit order inside the group even when rm clocks disagree.
             cmd["s"] = sequencer.final(cmd["s"], self.last_seq)

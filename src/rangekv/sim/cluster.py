@@ -596,6 +596,12 @@ class Simulation:
         if not node.up or node.core is None or not self.linked(msg.frm, msg.to):
             return
         node.core.step(msg)
+        if node.core.last_refused is not None:
+            # Every simulated node is honest: a message the core refuses as implausible is a
+            # bug in the sender (or in the rule that refused it).
+            why, refused = node.core.last_refused
+            raise SimFailure(f"node {msg.to} refused a message no honest peer sends ({why}): "
+                             f"{refused}")
         self.process(node)
         installing = node.core.installing if node.core is not None else None
         if installing is not None and node.core is not None and \
