@@ -82,6 +82,15 @@ def final(proposed: bytes, last: bytes) -> bytes:
     return successor(last)
 
 
+def assign(proposed: bytes, last: bytes, now_ns: int, *, from_client: bool,
+           ahead_ms_max: int = SEQ_AHEAD_MS_MAX, node_id: int | None = None) -> bytes:
+    """The seq a leader gives a command: ``check_proposal`` first for a seq a client's rm
+    proposed (``from_client``), then ``final``. The driver and the simulator both call this."""
+    if from_client:
+        check_proposal(proposed, now_ns, ahead_ms_max, node_id)
+    return final(proposed, last)
+
+
 def ahead_ns(seq: bytes, now_ns: int) -> int:
     """How far ``seq``'s timestamp is ahead of ``now_ns`` (negative: behind)."""
     return parts(seq)[0] - now_ns

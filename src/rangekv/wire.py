@@ -19,6 +19,8 @@ Two kinds of body travel on these connections:
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -239,12 +241,16 @@ class Connection:
     request surely was not sent and ``OutcomeUnknown`` when it may have been.
     """
 
-    def __init__(self, address: str, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, address: str, connect_timeout_s: float = 2.0,
+                 source: str | None = None) -> None:
         self.address = address
         host, _, port = address.rpartition(":")
         self._host = host.strip("[]") or "127.0.0.1"
         self._port = int(port)
         self._connect_timeout_s = connect_timeout_s
+        # connect from this IP (a node's own advertised address, so that its peers see the
+        # address it is registered with: ``address_matches``); None: the kernel's choice
+        self._source = source if source is not None and ip_literal(source) else None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._tags: dict[int, Any] = {}  # request id -> the caller's tag (see fail_tagged)
@@ -266,7 +272,7 @@ class Connection:
                 return self._writer
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(self._host, self._port)
+                    reader, writer = await self._open()
                 tune_socket(writer.get_extra_info("socket"))
             except (TimeoutError, OSError) as exc:
                 raise errors.Unavailable(
@@ -279,6 +285,21 @@ class Connection:
                 self._read_loop(reader, writer)
             )
             return writer
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._source is not None:
+            try:
+                return await asyncio.open_connection(self._host, self._port,
+                                                     local_addr=(self._source, 0))
+            except OSError as err:
+                if err.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
+                    raise
+                # not an address of this machine (behind NAT, say): connect as the kernel
+                # chooses from now on
+                log.info("cannot connect from %s (%s); connecting from any address",
+                         self._source, err.strerror)
+                self._source = None
+        return await asyncio.open_connection(self._host, self._port)
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder()
@@ -403,6 +424,35 @@ class Connection:
 #   with a null id (its sender cannot match it, but sees the error); nothing is raised.
 
 REQUEST_ID_MAX = 2**63 - 1
+
+
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, or None (a name, or empty)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_matches(peer: Any, address: str) -> bool:
+    """Whether a connection from ``peer`` (a peername) may speak for the process registered
+    at ``address`` (HOST:PORT): the same IP, when the registered host is an IP that is not a
+    wildcard; anything else (a name, no peer) is not checked.
+
+    Without TLS (certificates that name a node) a node's address is what ties a message to the
+    node it claims to come from: a process elsewhere cannot speak for node 2 by writing
+    ``frm: 2``. Nodes connect to their peers and to meta from their advertised IP
+    (``Connection(source=...)``) so that the check holds on machines with several addresses."""
+    claimed = ip_literal(address.rpartition(":")[0])
+    if claimed is None or claimed.is_unspecified:
+        return True
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return True  # not an IP connection (a test's socket pair)
+    came = ip_literal(peer[0])
+    return came is None or came == claimed
 REFUSED_LOG_INTERVAL_S = 10.0
 
 

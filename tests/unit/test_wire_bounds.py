@@ -271,3 +271,31 @@ def test_a_map_with_too_many_keys_is_refused_before_it_costs_memory() -> None:
     payload = msgpack.packb({str(i): i for i in range(wire.MAP_LEN_MAX + 1)})
     with pytest.raises(errors.ProtocolError):
         wire.decode_body(payload)
+
+
+@pytest.mark.parametrize("peer, address, ok", [
+    (("10.0.0.2", 5123), "10.0.0.2:7000", True),
+    (("10.0.0.3", 5123), "10.0.0.2:7000", False),  # another machine speaking for node at .2
+    (("::ffff:10.0.0.2", 5123, 0, 0), "10.0.0.2:7000", True),  # IPv4 mapped into IPv6
+    (("fd00::2", 5123, 0, 0), "[fd00::2]:7000", True),
+    (("fd00::3", 5123, 0, 0), "[fd00::2]:7000", False),
+    (("10.0.0.3", 5123), "node-2.internal:7000", True),  # a name: not checked here
+    (("10.0.0.3", 5123), "0.0.0.0:7000", True),  # a wildcard says nothing
+    (None, "10.0.0.2:7000", True),  # not an IP connection
+])
+def test_a_connection_speaks_only_for_the_address_it_comes_from(
+        peer: Any, address: str, ok: bool) -> None:
+    assert wire.address_matches(peer, address) is ok
+
+
+def test_a_connection_from_an_address_not_of_this_machine_falls_back() -> None:
+    async def go() -> None:
+        async with server(wire.ServerLimits()) as (_, port):
+            conn = wire.Connection(f"127.0.0.1:{port}", source="192.0.2.77")  # TEST-NET-1
+            assert (await conn.request("echo", x=5, timeout_s=WAIT_S))["echo"] == 5
+            await conn.close()
+            conn = wire.Connection(f"127.0.0.1:{port}", source="127.0.0.1")
+            assert (await conn.request("echo", x=6, timeout_s=WAIT_S))["echo"] == 6
+            await conn.close()
+
+    asyncio.run(go())

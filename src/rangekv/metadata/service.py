@@ -1659,6 +1659,11 @@ class MetaService:
         try:
             if op == "heartbeat" and conn is not None:
                 self._require_active()
+                if not wire.address_matches(conn.peer, body["address"]):
+                    self.metrics.heartbeats_refused += 1
+                    raise errors.InvalidArgument(
+                        f"a heartbeat comes from the address it registers ({body['address']}),"
+                        f" not from {conn.peer}", field="address")
                 self._bind_heartbeat(body["node_id"], conn)
             return await handler(body)
         except errors.RangeKVError:

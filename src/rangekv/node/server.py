@@ -112,9 +112,9 @@ class PeerLink:
     would otherwise cost a retransmit interval: in a failover the new leader's NEW_EPOCH often
     goes to a member it never sent to before, or one that restarted since."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, source: str | None = None) -> None:
         self.address = address
-        self.conn = wire.Connection(address, connect_timeout_s=1.0)
+        self.conn = wire.Connection(address, connect_timeout_s=1.0, source=source)
         self._connecting: asyncio.Task[None] | None = None
         self._queue: list[dict[str, Any]] = []
         self._retry_at = 0.0  # loop time before which no new connection is attempted
@@ -167,6 +167,9 @@ class Node:
         self.compact_retain = compact_retain
         self.listen = listen
         self.address = advertise or listen
+        # the IP this node connects from (to peers and meta): the one it is known by, so
+        # that they can tell its messages from another process's (wire.address_matches)
+        self._source_ip = self.address.rpartition(":")[0].strip("[]") or None
         self.data_dir = data_dir
         self.meta = meta
         self.replica: Replica | None = None
@@ -350,7 +353,8 @@ class Node:
             address = self.meta[self._meta_index % len(self.meta)]
             conn = self._meta_conns.get(address)
             if conn is None:
-                conn = self._meta_conns[address] = wire.Connection(address, 1.0)
+                conn = self._meta_conns[address] = wire.Connection(address, 1.0,
+                                                                   source=self._source_ip)
             # the leader's range figures go along about once a second (for splits)
             with_ranges = (self.replica is not None and self.replica.core.role == LEADER
                            and started - self._stats_sent_s >= RANGE_STATS_INTERVAL_S)
@@ -412,7 +416,7 @@ class Node:
             if peer_id != self.node_id and address.rpartition(":")[2].isdigit():
                 link = self._peers.get(peer_id)
                 if link is None:
-                    link = self._peers[peer_id] = PeerLink(address)
+                    link = self._peers[peer_id] = PeerLink(address, self._source_ip)
                 link.keep_open()  # warm before a failover needs it
         self.replica.configure(sorted(members), sorted(learners), sorted(joint))
         if isinstance(campaign, int) and not isinstance(campaign, bool) and campaign > 0:
@@ -500,7 +504,8 @@ class Node:
         if conn is None or conn.address != address:
             if conn is not None:
                 await conn.close()
-            conn = self._snapshot_conns[peer] = wire.Connection(address, connect_timeout_s=1.0)
+            conn = self._snapshot_conns[peer] = wire.Connection(address, connect_timeout_s=1.0,
+                                                                source=self._source_ip)
         return await conn.request(op, timeout_s=timeout_s, **fields)
 
     def _send_raft(self, msg: Msg) -> None:
@@ -509,7 +514,7 @@ class Node:
             address = self.addresses.get(msg.to)
             if address is None:
                 return
-            link = self._peers[msg.to] = PeerLink(address)
+            link = self._peers[msg.to] = PeerLink(address, self._source_ip)
         link.send({"t": "raft", "m": msg.to_wire()})
 
     async def _on_connection(self, reader: asyncio.StreamReader,
@@ -536,6 +541,10 @@ class Node:
         if msg.frm == self.node_id or msg.frm not in self.addresses:
             return self._drop("not_a_peer", f"{msg.type} from node {msg.frm}, not a peer of "
                                             f"this node's group {self.group}")
+        if not wire.address_matches(conn.peer, self.addresses[msg.frm]):
+            return self._drop("address_mismatch", f"{msg.type} from node {msg.frm} (at "
+                                                  f"{self.addresses[msg.frm]}) came from "
+                                                  f"{conn.peer}")
         if conn.identity is None:
             conn.identity = msg.frm
         elif conn.identity != msg.frm:
@@ -646,6 +655,11 @@ class Node:
             if req["frm"] not in self.addresses or req["frm"] == self.node_id:
                 raise errors.InvalidArgument(
                     f"node {req['frm']} is not a peer of node {self.node_id}'s group",
+                    field="frm")
+            if conn is not None and not wire.address_matches(conn.peer,
+                                                             self.addresses[req["frm"]]):
+                raise errors.InvalidArgument(
+                    f"node {req['frm']} is at {self.addresses[req['frm']]}, not {conn.peer}",
                     field="frm")
             return await replica.on_snapshot_request(op, body)  # (checked again there)
         if op in ("backup_begin", "backup_chunk", "backup_end"):

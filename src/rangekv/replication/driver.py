@@ -525,13 +525,13 @@ class Replica:
         if self.core.role != LEADER or not self.core.serving:
             raise self.not_leader()
         if "s" in cmd:
-            if cmd.get("op") in CLIENT_WRITE_OPS:
-                # An rm's proposal: refused if its clock (or its sender) is too far ahead.
-                sequencer.check_proposal(cmd["s"], self._clock_ns(), self.seq_ahead_ms_max,
-                                         self.node_id)
             # The leader makes the seq final: above every seq this group has issued, so that
-            # seq order is commit order inside the group even when rm clocks disagree.
-            cmd["s"] = sequencer.final(cmd["s"], self.last_seq)
+            # seq order is commit order inside the group even when rm clocks disagree; an rm's
+            # proposal is refused if its clock (or its sender) is too far ahead.
+            cmd["s"] = sequencer.assign(cmd["s"], self.last_seq, self._clock_ns(),
+                                        from_client=cmd.get("op") in CLIENT_WRITE_OPS,
+                                        ahead_ms_max=self.seq_ahead_ms_max,
+                                        node_id=self.node_id)
             self.last_seq = cmd["s"]
         try:
             epoch, index = self.core.propose(encode_command(cmd))
