@@ -311,6 +311,7 @@ def format_status(st: dict[str, Any], decisions: int = STATUS_DECISIONS) -> str:
     groups = st.get("groups") or []
     lines.append(f"groups ({len(groups)}):")
     rows = []
+    stuck_lines: list[str] = []
     for g in groups:
         leader = g.get("leader")
         lags = []
@@ -319,7 +320,11 @@ def format_status(st: dict[str, Any], decisions: int = STATUS_DECISIONS) -> str:
                 continue
             lag = ("down" if m.get("reachable") is False
                    else "?" if m.get("lag") is None else m["lag"])
-            lags.append(f"{m.get('id')}: {lag}")
+            stuck = " STUCK" if m.get("stuck") else ""
+            lags.append(f"{m.get('id')}: {lag}{stuck}")
+            if m.get("stuck"):
+                stuck_lines.append(f"  node {m.get('id')} stuck since "
+                                   f"{m['stuck'].get('since')}: {m['stuck'].get('reason')}")
         members = [f"{m.get('id')}{'*' if m.get('id') == leader else ''}"
                    for m in g.get("members") or [] if not m.get("learner")]
         learners = [m.get("id") for m in g.get("members") or [] if m.get("learner")]
@@ -330,6 +335,9 @@ def format_status(st: dict[str, Any], decisions: int = STATUS_DECISIONS) -> str:
     if rows:
         lines.extend(_table(["group", "health", "epoch", "leader", "members", "learners",
                              "joint", "commit", "lag (entries)"], rows))
+    if stuck_lines:
+        lines.append("lag that stopped shrinking:")
+        lines.extend(stuck_lines)
     lines.extend(format_ranges(st))
     lines.extend(format_nodes(st))
     recent = (st.get("decisions") or [])[-decisions:]

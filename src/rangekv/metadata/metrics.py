@@ -49,6 +49,7 @@ class MetaMetrics:
         self.service = service
         self.heartbeats = 0
         self.heartbeats_refused = 0  # for another node than the connection speaks for
+        self.lag_stuck_episodes = 0  # members or learners whose lag stopped shrinking
         self.elections = 0
         self.groups_formed = 0
         self.splits = 0
@@ -73,6 +74,10 @@ class MetaMetrics:
             ("rangekv_meta_splits", "Ranges cut in two (asked by an operator, or automatic).",
              self.splits),
             ("rangekv_meta_merges", "Pairs of neighbouring ranges merged.", self.merges),
+            ("rangekv_meta_lag_stuck_episodes",
+             "Times a member's or learner's lag (entries behind its leader's commit) stopped "
+             "shrinking for a minute while above 1000 entries (also a lag_stuck decision).",
+             self.lag_stuck_episodes),
             ("rangekv_meta_etcd_txn_conflicts",
              "etcd transactions whose compare failed (the state changed: decide again).",
              service.store.txn_conflicts),
@@ -106,6 +111,22 @@ class MetaMetrics:
         for state in sorted({*NODE_STATES, *counts}):
             nodes.add_metric([state], counts.get(state, 0))
         yield nodes
+        # every member's and learner's lag as the active meta sees it, and whether it is stuck
+        lag = GaugeMetricFamily("rangekv_meta_node_lag_entries",
+                                "Entries a member or learner is behind its leader's commit "
+                                "(active meta only).", labels=["group", "node", "role"])
+        stuck = GaugeMetricFamily("rangekv_meta_node_lag_stuck",
+                                  "1 while a member's or learner's lag has stopped shrinking "
+                                  "(see rangekv_meta_lag_stuck_episodes).",
+                                  labels=["group", "node", "role"])
+        watch = service.lag_watch
+        stuck_now = set(watch.stuck())
+        for (gid, node), (role, entries) in sorted(watch.lags.items()):
+            labels = [str(gid), str(node), role]
+            lag.add_metric(labels, entries)
+            stuck.add_metric(labels, int((gid, node) in stuck_now))
+        yield lag
+        yield stuck
         yield GaugeMetricFamily("rangekv_meta_groups", "Replication groups.",
                                 value=len(view.groups))
         yield GaugeMetricFamily("rangekv_meta_tables", "Tables (in any state).",

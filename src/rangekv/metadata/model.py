@@ -339,6 +339,10 @@ class Node:
         )
 
 
+LAG_STUCK = "lag_stuck"  # controller decisions about lag (rangekv.controller.lag)
+LAG_RECOVERED = "lag_recovered"
+
+
 @dataclass(frozen=True)
 class Decision:
     """One controller decision, with its reason, as shown by ``rangekv status``.
@@ -516,5 +520,22 @@ class ClusterView:
                 for t in sorted(self.tables.values(), key=lambda t: t.name)
             ],
             "decisions": [d.to_json() for d in self.decisions[-DECISIONS_SHOWN:]],
+            "lag_stuck": self.lag_stuck(),
             "meta": self.active_meta,
         }
+
+    def lag_stuck(self) -> list[dict[str, Any]]:
+        """The members and learners whose lag stopped shrinking and has not recovered: each
+        node's latest ``lag_stuck`` decision not followed by a ``lag_recovered`` one (from every
+        decision kept, not only those shown), still taking part in that group."""
+        latest: dict[int, Decision] = {}
+        for d in self.decisions:
+            node = d.details.get("node")
+            if d.kind in (LAG_STUCK, LAG_RECOVERED) and isinstance(node, int):
+                latest[node] = d
+        out = []
+        for node, d in sorted(latest.items()):
+            group = self.groups.get(d.group) if d.group is not None else None
+            if d.kind == LAG_STUCK and group is not None and group.involves(node):
+                out.append(d.to_json())
+        return out

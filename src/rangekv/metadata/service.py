@@ -72,6 +72,7 @@ from typing import Any
 from rangekv import aio, errors, limits, wire
 from rangekv import config as rangekv_config
 from rangekv import log as rangekv_log
+from rangekv.controller.lag import LAG_ENTRIES_MIN, STUCK_AFTER_S, LagEvent, LagWatch, Report
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
@@ -127,6 +128,8 @@ DECISION_JOINT_CLEARED = "joint_cleared"
 DECISION_REPLACE_ABANDONED = "replace_abandoned"
 DECISION_NO_SPARE = "no_spare"
 DECISION_NODE_REMOVED = "node_removed"  # an operator removed a dead or flagged node's record
+DECISION_LAG_STUCK = model.LAG_STUCK  # a member or learner whose lag stopped shrinking
+DECISION_LAG_RECOVERED = model.LAG_RECOVERED  # ... caught up again, or left its group
 DECISIONS_TRIMMED_MAX = 50  # oldest decisions deleted per txn (etcd caps ops per txn)
 
 
@@ -154,6 +157,9 @@ class MetaConfig:
     replace_lag_entries: int = REPLACE_LAG_ENTRIES_DEFAULT
     catch_up_slack_entries: int = CATCH_UP_SLACK_DEFAULT
     learner_timeout_ms: int = LEARNER_TIMEOUT_MS_DEFAULT
+    # lag that stops shrinking (controller/lag.py): above this many entries, for this long
+    lag_stuck_entries: int = LAG_ENTRIES_MIN
+    lag_stuck_after_ms: int = int(STUCK_AFTER_S * 1000)
     node_request_budget_ms: int = 10_000  # add_range / drop_table retries at most this long
     node_request_attempt_ms: int = 2000  # one add_range / drop_table request
     view_catch_up_ms: int = 5000  # a new active waits at most this for its view
@@ -179,6 +185,7 @@ class MetaConfig:
         assert 0 <= self.lease_safety_fraction < 0.5
         assert self.replace_grace_ms > 0 and self.replace_lag_entries > 0
         assert self.catch_up_slack_entries >= 0 and self.learner_timeout_ms > 0
+        assert self.lag_stuck_entries >= 0 and self.lag_stuck_after_ms > 0
 
 
 # -- what a node reports, and the pure decisions taken on it ----------------------------------
@@ -787,6 +794,8 @@ class MetaService:
         self._epoch_seen: dict[int, tuple[int, float]] = {}  # group -> (epoch, first seen at)
         self._judge_after_s = 0.0  # no leader is judged lost before this (after a stall)
         self._lag_since: dict[int, dict[int, float]] = {}  # group -> member -> lagging since
+        # lag that stops shrinking (controller/lag.py)
+        self.lag_watch = LagWatch(config.lag_stuck_entries, config.lag_stuck_after_ms / 1000)
         # group -> (learner, since, the serving leader's commit index then: its target)
         self._learner_seen: dict[int, tuple[int, float, int]] = {}
         self._no_spare: dict[int, int] = {}  # group -> member: a "no spare" episode was told
@@ -1268,6 +1277,7 @@ class MetaService:
                     next_formation_s = self._clock() + cfg.formation_interval_ms / 1000
                     await self._form_group(term)
                     await self._reconfigure(term)
+                    await self._watch_lag(term)
                 self._clear("control")
             except errors.NotActive as exc:
                 self._term = None
@@ -1485,6 +1495,47 @@ class MetaService:
         except errors.RangeKVError as exc:
             self._say("merge", logging.WARNING, "merge of table %s ranges failed, to be "
                       "retried: %s: %s", plan.table, exc.code, exc.message)
+
+    async def _watch_lag(self, term: _Term) -> None:
+        """Say (once per episode: a WARNING line and a decision) when a member's or learner's
+        lag stops shrinking, and when it recovers (``controller.lag``)."""
+        hb_s = self.config.heartbeat_timeout_ms / 1000
+        now_s = self._clock()
+        self.lag_watch.forget_groups(self.view.groups)
+        for gid in sorted(self.view.groups):
+            group = self.view.groups[gid]
+            if self._active_term() is not term:
+                return
+            lead = _serving_leader(group, self._beats, now_s, hb_s)
+            reports = []
+            for role, ids in (("member", group.members), ("learner", group.learners)):
+                for n in ids:
+                    if n == group.leader:
+                        continue
+                    beat = self._beats.get(n)
+                    reports.append(Report(n, role, beat.status.commit_index if beat else 0,
+                                          is_live(beat, now_s, hb_s)))
+            events = self.lag_watch.update(
+                gid, lead.status.commit_index if lead is not None else None, reports, now_s)
+            for event in events:
+                await self._say_lag(event)
+
+    async def _say_lag(self, event: LagEvent) -> None:
+        kind = DECISION_LAG_STUCK if event.kind == "stuck" else DECISION_LAG_RECOVERED
+        last = next((d for d in reversed(self.view.decisions)
+                     if d.kind in (DECISION_LAG_STUCK, DECISION_LAG_RECOVERED)
+                     and d.details.get("node") == event.node), None)
+        if event.kind != "stuck" and (last is None or last.kind != DECISION_LAG_STUCK):
+            return  # its stuck episode was never recorded: nothing to take back
+        if event.kind == "stuck":
+            self.metrics.lag_stuck_episodes += 1
+            self.log.warning("%s", event.reason())
+            if last is not None and last.kind == DECISION_LAG_STUCK:
+                return  # recorded by an earlier active meta in this episode
+        else:
+            self.log.info("%s", event.reason())
+        await self._record_decision(kind, event.reason(), group=event.group, node=event.node,
+                                    role=event.role, lag=event.lag)
 
     async def _record_decision(self, kind: str, reason: str, **details: Any) -> None:
         """A controller decision (a leader elected, a split, move, merge, a group formed) and why:
@@ -2222,7 +2273,18 @@ def parse_args(argv: list[str]) -> MetaConfig:
         help="drop (and flag) a learner not caught up within this "
         f"(default {LEARNER_TIMEOUT_MS_DEFAULT})",
     )
+    parser.add_argument(
+        "--lag-stuck-entries", type=int, default=LAG_ENTRIES_MIN,
+        help="a member or learner further than this behind its leader's commit whose lag "
+        "stops shrinking is reported stuck (a lag_stuck decision, a WARNING, metrics; default "
+        f"{LAG_ENTRIES_MIN})")
+    parser.add_argument(
+        "--lag-stuck-after-ms", type=int, default=int(STUCK_AFTER_S * 1000),
+        help="... once its lag has not shrunk for this long (default "
+        f"{int(STUCK_AFTER_S * 1000)})")
     ns = rangekv_config.parse(parser, "meta", argv)
+    if ns.lag_stuck_entries < 0 or ns.lag_stuck_after_ms <= 0:
+        parser.error("--lag-stuck-entries must be >= 0 and --lag-stuck-after-ms > 0")
     if ns.id <= 0:
         parser.error("--id must be positive")
     try:
@@ -2256,6 +2318,8 @@ def parse_args(argv: list[str]) -> MetaConfig:
         replace_lag_entries=ns.replace_lag_entries,
         catch_up_slack_entries=ns.catch_up_slack_entries,
         learner_timeout_ms=ns.learner_timeout_ms,
+        lag_stuck_entries=ns.lag_stuck_entries,
+        lag_stuck_after_ms=ns.lag_stuck_after_ms,
         backup_dir=ns.backup_dir,
         backup_min_interval_s=ns.backup_min_interval_s,
         backup_interval_s=ns.backup_interval_s,

@@ -30,8 +30,9 @@ Definitions (what the figures mean):
   reports a match for it (entries the leader has that it has not acknowledged), else
   ``leader.commit_index - member.last_index``; never below 0; ``None`` when unknown.
 * a group's **health**: ``unknown`` without a probe; ``no_leader`` when no member says it leads;
-  ``degraded`` when a member or learner is unreachable or lags by more than ``LAG_WARN_ENTRIES``;
-  else ``ok``.
+  ``degraded`` when a member or learner is unreachable, lags by more than ``LAG_WARN_ENTRIES``,
+  or is **stuck** (its lag stopped shrinking: the controller's ``lag_stuck`` decision, see
+  ``rangekv.controller.lag``; ``stuck`` says since when, the lag then and why); else ``ok``.
 * a range's **size and load**: the figures of its group's leader (the replica that serves every
   read and write): keys and bytes stored, reads and writes per second (decaying averages over
   about 10 s).
@@ -142,6 +143,9 @@ def summarize(info: dict[str, Any], probes: dict[int, Probe] | None, *,
     that table's ranges."""
     nodes_meta = {n.get("id"): n for n in info.get("nodes") or []}
     probed = probes is not None
+    # members and learners whose lag the controller found stuck (decisions ``lag_stuck``)
+    stuck_of = {(d.get("group"), d.get("node")): d for d in info.get("lag_stuck") or []
+                if isinstance(d, dict)}
 
     # -- groups: who leads now, each member's indexes and lag
     groups_out: list[dict[str, Any]] = []
@@ -176,7 +180,10 @@ def summarize(info: dict[str, Any], probes: dict[int, Probe] | None, *,
             for name in _NODE_FIGURES:
                 out[name] = _num(st, name)
             out["lag"] = 0 if node_id == leader and lst is not None else _lag(lst, node_id, st)
-            if reachable is False or (out["lag"] or 0) > LAG_WARN_ENTRIES:
+            stuck = stuck_of.get((gid, node_id))
+            out["stuck"] = None if stuck is None else {
+                "since": stuck.get("at"), "lag": stuck.get("lag"), "reason": stuck.get("reason")}
+            if reachable is False or (out["lag"] or 0) > LAG_WARN_ENTRIES or stuck is not None:
                 unhealthy = True
             return out
 

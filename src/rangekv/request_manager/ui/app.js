@@ -117,7 +117,9 @@ function memberRow(m, group, confirmed) {
     el("td", { class: "num" }, dash(m.last_index)),
     el("td", { class: "num" }, dash(m.commit_index)),
     el("td", { class: "num" }, dash(m.applied_index)),
-    el("td", { class: "num" }, leads ? "—" : dash(m.lag)),
+    el("td", { class: "num" }, leads ? "—" : dash(m.lag),
+      m.stuck ? [" ", el("span", { class: "badge stuck", title: m.stuck.reason || "" },
+        "stuck")] : ""),
   );
 }
 
@@ -155,6 +157,9 @@ function renderGroups(st) {
       notes.push(`reconfiguration unfinished: a campaign also needs a majority of ${g.joint.join(", ")}`);
     }
     if (g.replacing != null) notes.push(`replacing node ${g.replacing}`);
+    for (const m of g.members || []) {
+      if (m.stuck) notes.push(`node ${m.id}: lag stopped shrinking since ${m.stuck.since}: ${m.stuck.reason}`);
+    }
     const foot = el("div", { class: "group-foot" },
       el("span", null, el("b", null, count(g.ranges)), " ranges"),
       el("span", null, el("b", null, count(g.keys)), " keys"),
