@@ -4,8 +4,9 @@ from its leader but not from meta.
 An iptables rule drops what reaches the follower's internal port (the leader's appends and
 snapshots), while the follower goes on heartbeating meta: the group serves on two of three
 and the follower's lag grows. With the thresholds lowered for the test (200 entries, 3 s), the
-active meta records a ``lag_stuck`` decision and logs a warning, its /metrics say so, and
-``rangekv status`` shows the node STUCK with the group degraded. Once the rule goes, the
+active meta records a ``lag_stuck`` decision and logs a warning, its /metrics say so,
+``rangekv status`` shows the node STUCK with the group degraded, and so does the dashboard in
+a real headless Chromium (a screenshot is saved in the test's tmp dir). Once the rule goes, the
 follower catches up, ``lag_recovered`` is recorded and status is clean again.
 
 Needs root and iptables (CI runs as root; scripts/test installs iptables). The rule names the
@@ -14,17 +15,20 @@ follower's port exactly and is removed whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from rangekv.cluster.local import LocalCluster, running_cluster
+from rangekv.testing.browser import CHROMIUM, DevTools, chromium, with_page
 from rangekv.testing.load import Writers, check_all_acked, cluster_info
 from rangekv.testing.load import wait_for_cluster as poll
 
@@ -70,13 +74,30 @@ def meta_metric(c: LocalCluster, name: str, node: int) -> float | None:
     return None
 
 
+def dashboard_shows_stuck(c: LocalCluster, node: int, profile: Path) -> str:
+    """The dashboard (headless Chromium) marks ``node`` stuck and its group degraded; returns
+    the group's text as shown."""
+    shown: dict[str, Any] = {}
+
+    async def look(tools: DevTools) -> None:
+        state = await tools.until(f"node {node} stuck", lambda st: any(
+            "stuck" in g["text"] and "degraded" in g["health"] for g in st["groups"]))
+        shown.update(state["groups"][0])
+        await tools.screenshot(profile.parent / "dashboard-stuck.png")
+
+    with chromium(profile) as port:
+        asyncio.run(with_page(port, f"{c.endpoint}/ui/", look))
+    assert f"node {node}: lag stopped shrinking" in shown["text"], shown["text"]
+    return str(shown["text"])
+
+
 def iptables(action: str, port: int) -> None:
     subprocess.run(["iptables", action, "INPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport",
                     str(port), "-j", "DROP"], check=True, capture_output=True, timeout=30)
 
 
 def test_a_follower_cut_off_from_its_leader_is_reported_stuck_then_recovered(
-        cluster: LocalCluster) -> None:
+        cluster: LocalCluster, tmp_path: Path) -> None:
     c = cluster
     with c.logs_on_failure(lines=60):
         g = poll(lambda: (lambda g: g if g["leader"] is not None else None)(
@@ -102,6 +123,8 @@ def test_a_follower_cut_off_from_its_leader_is_reported_stuck_then_recovered(
                           for line in c.log_path(name).read_text().splitlines()
                           if "WARNING" in line and "stopped shrinking" in line]
                 assert warned, "no warning logged"
+                if CHROMIUM is not None:  # (scripts/test installs it; CI has it)
+                    print(dashboard_shows_stuck(c, follower, tmp_path / "chromium"))
             finally:
                 iptables("-D", port)
             poll(lambda: decisions(c, "lag_recovered", follower), 90,
