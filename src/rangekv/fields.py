@@ -75,7 +75,15 @@ def uint(max_value: int = U64_MAX, min_value: int = 0) -> Field:
                                         (min_value - 1, INVALID))
     if max_value < U64_MAX:
         bad += ((max_value + 1, INVALID),)
-    return Field(f"int {min_value}..{max_value}", check, bad)
+    return Field(f"int {min_value}..{_power(max_value)}", check, bad)
+
+
+def _power(n: int) -> str:
+    """2^64-1 for 18446744073709551615: readable bounds in the docs."""
+    for bits in (64, 63, 32, 31):
+        if n == (1 << bits) - 1:
+            return f"2^{bits}-1"
+    return str(n)
 
 
 def boolean() -> Field:
@@ -167,7 +175,7 @@ def choice(*options: Any) -> Field:
             raise _invalid(name, f"must be one of {', '.join(map(repr, options))}")
         return value
 
-    return Field(" | ".join(map(repr, options)), check, (("nonsense", INVALID), (3, INVALID)))
+    return Field(" or ".join(map(repr, options)), check, (("nonsense", INVALID), (3, INVALID)))
 
 
 def fraction() -> Field:
@@ -203,7 +211,7 @@ def version() -> Field:
         value_check(name, v)
         return [s, tomb, v]
 
-    return Field("[seq, bool, value] | nil", check,
+    return Field("[seq, bool, value]", check,
                  (("v", INVALID), ([b"\x01" * 16, True], INVALID),
                   ([bytes(16), False, b""], INVALID), ([sequencer.MAX, False, b""], INVALID),
                   ([b"\x01" * 16, 1, b""], INVALID)))
@@ -235,7 +243,7 @@ def items(max_items: int) -> Field:
 
 def optional(f: Field) -> Field:
     """``f``, or nil / absent."""
-    return Field(f"{f.kind} | nil", f.check, tuple(b for b in f.bad if b[0] is not None),
+    return Field(f"{f.kind}, or nil", f.check, tuple(b for b in f.bad if b[0] is not None),
                  optional=True)
 
 

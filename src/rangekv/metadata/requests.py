@@ -162,7 +162,7 @@ OPS = f.registry(
     f.Op("create_table", {"name": TABLE_NAME}, RMS),
     f.Op("drop_table", {"name": TABLE_NAME}, RMS),
     f.Op("split_range", {"name": TABLE_NAME, "at": f.key(),
-                         "to": f.optional(f.any_of("group id | 'auto'", _group_or_auto,
+                         "to": f.optional(f.any_of("group id or 'auto'", _group_or_auto,
                                                    (("any", f.INVALID), (0, f.INVALID),
                                                     (True, f.INVALID))))}, RMS),
     f.Op("move_range", {"name": TABLE_NAME, "at": f.bound(),
