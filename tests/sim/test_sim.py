@@ -9,6 +9,8 @@
   follower replacements (a spare caught up as a learner and swapped in, learners dropped, "no
   spare left").
 * Each planted bug is caught within a bounded number of seeds: the simulator can fail.
+* The hostile actors (a bad rm, a bad node; ``rangekv.sim.hostile``) sent every kind of bad
+  message and every one was refused, ignored or dropped, none taken.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from rangekv.sim import hostile
 from rangekv.sim.bugs import BUGS
-from rangekv.sim.cluster import SimFailure, run_seed
+from rangekv.sim.cluster import SimConfig, SimFailure, Simulation, run_seed
 
 SEEDS = 500
 CHUNK = 50
@@ -62,7 +65,7 @@ def test_seeds(start: int, scratch: Path) -> None:
                     "torn_bytes", "ops_ok", "compactions", "snapshots_installed",
                     "snapshots_failed", "snapshot_answers_stale", "chunks_damaged",
                     "install_crashes", "gone", "learners", "swaps", "learners_dropped",
-                    "no_spare"):
+                    "no_spare", "hostile", "hostile_rm_refused", "hostile_node_refused"):
             _totals[key] += int(result[key] > 0)
 
 
@@ -77,7 +80,8 @@ def test_faults_were_injected() -> None:
                           ("snapshots_failed", 150), ("snapshot_answers_stale", 5),
                           ("chunks_damaged", 5), ("install_crashes", 10),
                           ("gone", 50), ("learners", 150), ("swaps", 150),
-                          ("learners_dropped", 20), ("no_spare", 15)):
+                          ("learners_dropped", 20), ("no_spare", 15), ("hostile", 100),
+                          ("hostile_rm_refused", 100), ("hostile_node_refused", 100)):
         assert _totals[key] >= at_least, (key, _totals)
 
 
@@ -86,6 +90,42 @@ def test_same_seed_same_run(scratch: Path) -> None:
     b = run_seed(4242, scratch)
     assert a == b and a["trace_hash"] == b["trace_hash"]
     assert run_seed(4243, scratch)["trace_hash"] != a["trace_hash"]
+
+
+HOSTILE_SEEDS = 40
+
+
+def test_hostile_actors_sent_everything_and_nothing_was_taken(scratch: Path) -> None:
+    """Seeds with a bad rm and a bad node in each: every kind of bad write and forged message
+    was sent, every bad write refused, every forged message refused, ignored or dropped (each
+    was checked as it arrived: refused or ignored means the target's state did not change),
+    the core met forgeries of its own (not all stopped at the address check), and the runs'
+    checks, linearizability included, held."""
+    cfg = SimConfig(hostile=1.0)
+    kinds: Counter[str] = Counter()
+    sums: Counter[str] = Counter()
+    for seed in range(HOSTILE_SEEDS):
+        sim = Simulation(seed, scratch, cfg)
+        try:
+            result = sim.run()
+        except SimFailure as failure:
+            pytest.fail(f"{failure}\nreplay: rangekv sim --seeds 1 --start {seed} --hostile 1 -v")
+        assert result["hostile"]
+        assert result["hostile_rm_refused"] == result["hostile_rm_sent"], result
+        handled = (result["hostile_node_refused"] + result["hostile_node_ignored"]
+                   + result["hostile_node_dropped"])
+        assert handled <= result["hostile_node_sent"], result
+        assert handled >= result["hostile_node_sent"] - 3, result  # (a few in flight at most)
+        kinds.update(sim.hostile_kinds)
+        sums.update({k: v for k, v in result.items() if k.startswith("hostile_")})
+    print(dict(sums), dict(kinds))
+    for kind in hostile.RM_KINDS:
+        assert kinds[f"rm {kind}"] >= 50, kinds
+    for kind in hostile.NODE_KINDS:
+        assert kinds[f"node {kind}"] >= 50, kinds
+    assert sums["hostile_rm_sent"] >= 300, sums
+    for outcome in ("refused", "ignored", "dropped"):
+        assert sums[f"hostile_node_{outcome}"] >= 300, sums
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

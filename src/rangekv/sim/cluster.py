@@ -40,6 +40,12 @@ finish it or leave the old state. More checkers: replicas at the same applied in
 same state-machine content (which also checks every installed snapshot), commit and applied
 never go backward within a run of a node, and a snapshot is only installed above the applied
 index.
+
+Hostile actors (``sim/hostile.py``), in a share of the seeds (``SimConfig.hostile``): a bad rm
+whose writes propose seqs no honest rm does (``ff...ff``, an hour ahead, just past the maximum
+clock offset), which the leader's ``sequencer.assign`` must refuse; and a bad node that sends
+the members forged replication messages, which the core must refuse or ignore without any
+change to its state (checked for each one), or which the modelled address check drops.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ from rangekv.replication.core import (
 )
 from rangekv.replication.driver import highest_seq
 from rangekv.replication.messages import Entry, Msg
+from rangekv.sim import hostile
 from rangekv.sim.linearizable import Op, check
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import StateMachine, checkpoint_applied_index, encode_command
@@ -148,6 +155,11 @@ class SimConfig:
     crash_for_good_again: float = 0.3  # chance of a second one, later
     # chance of the race a reconfiguration's joint majority exists for (``_race``), instead
     race: float = 0.5
+    # Chance that a seed has the hostile actors (``sim/hostile.py``): a bad rm and a bad node.
+    # They draw from a random source of their own: the other seeds run as before they existed.
+    hostile: float = 0.3
+    hostile_rm: float = 0.15  # share of the writes the bad rm sends, in those seeds
+    hostile_node_every_ms: tuple[float, float] = (5, 120)  # between the bad node's messages
 
 
 @dataclass
@@ -156,6 +168,7 @@ class ClientOp:
     node: int
     token: Any = None
     rm: int = 0
+    hostile: str | None = None  # sent by the bad rm: how its seq is bad (``hostile.RM_KINDS``)
 
 
 @dataclass
@@ -209,6 +222,9 @@ class Simulation:
         # seed's other faults start out as they would without them.
         self.mrng = random.Random(seed * 1_000_003 + 17)
         self.membership = self.mrng.random() < self.cfg.membership
+        # The hostile actors and all their choices: a random source of their own too.
+        self.hrng = random.Random(seed * 1_000_003 + 29)
+        self.hostile = self.hrng.random() < self.cfg.hostile
         spare_count = self.cfg.spares if self.membership else 0
         spares = list(range(self.cfg.nodes + 1, self.cfg.nodes + spare_count + 1))
         self.nodes = {i: SimNode(i, root / f"n{i}") for i in ids + spares}
@@ -259,7 +275,14 @@ class Simulation:
                       "compactions": 0, "snapshots_installed": 0, "snapshots_failed": 0,
                       "snapshot_answers_stale": 0, "chunks_damaged": 0, "install_crashes": 0,
                       "gone": 0, "learners": 0, "swaps": 0, "learners_dropped": 0,
-                      "no_spare": 0}
+                      "no_spare": 0,
+                      # the bad rm: writes that reached a node, refused by the seq bound
+                      "hostile_rm_sent": 0, "hostile_rm_refused": 0,
+                      # the bad node: messages sent; refused by the core (``core.refused``),
+                      # ignored by it, dropped before it (malformed, or by the address check)
+                      "hostile_node_sent": 0, "hostile_node_refused": 0,
+                      "hostile_node_ignored": 0, "hostile_node_dropped": 0}
+        self.hostile_kinds: dict[str, int] = {}  # what the hostile actors sent, by kind
 
     @property
     def group(self) -> Group:
@@ -592,22 +615,78 @@ class Simulation:
         return pair not in self.cut and pair not in self.race_cut
 
     def _deliver(self, msg: Msg) -> None:
-        node = self.nodes[msg.to]
+        node = self.nodes.get(msg.to)
+        if node is None:
+            return  # an answer to the bad node (to a message it forged in its own name)
         if not node.up or node.core is None or not self.linked(msg.frm, msg.to):
             return
+        refused = sum(node.core.refused.values())
         node.core.step(msg)
-        if node.core.last_refused is not None:
-            # Every simulated node is honest: a message the core refuses as implausible is a
-            # bug in the sender (or in the rule that refused it).
-            why, refused = node.core.last_refused
+        if sum(node.core.refused.values()) > refused:
+            # Every simulated node but the bad one (whose messages come as ``hostile_msg``)
+            # is honest: a message the core refuses as implausible is a bug in the sender
+            # (or in the rule that refused it).
+            assert node.core.last_refused is not None
+            why, refused_msg = node.core.last_refused
             raise SimFailure(f"node {msg.to} refused a message no honest peer sends ({why}): "
-                             f"{refused}")
+                             f"{refused_msg}")
         self.process(node)
         installing = node.core.installing if node.core is not None else None
         if installing is not None and node.core is not None and \
                 node.core.promised > installing[1]:
             # What the driver does: a newer epoch fences the transfer (see driver.py).
             self._snapshot_abort_incoming(node, f"epoch {node.core.promised} was promised")
+
+    # ------------------------------------------------------------------ the bad node
+    def _hostile_node(self) -> None:
+        """The bad node forges one message to a member that is up (``hostile.forge``) and
+        sends it; it stops with the faults."""
+        if not self.faults_on:
+            return
+        self.at(self.hrng.uniform(*self.cfg.hostile_node_every_ms), "hostile_node")
+        cores = {m: self.nodes[m].core for m in self.members
+                 if self.nodes[m].up and self.nodes[m].core is not None}
+        forgery = hostile.forge(self.hrng, cores, self.members)  # type: ignore[arg-type]
+        if forgery is None:
+            return
+        self.stats["hostile_node_sent"] += 1
+        self.hostile_kinds[f"node {forgery.kind}"] = \
+            self.hostile_kinds.get(f"node {forgery.kind}", 0) + 1
+        self.at(self.hrng.uniform(*self.cfg.delay_ms), "hostile_msg", forgery)
+
+    def _hostile_msg(self, forgery: hostile.Forgery) -> None:
+        """A forged message arrives: what the node server drops first (malformed; a claimed
+        id whose address it does not come from), then the core, which must refuse or ignore
+        it and change nothing of its state."""
+        node = self.nodes[forgery.target]
+        core = node.core
+        if not node.up or core is None:
+            self.stats["hostile_node_dropped"] += 1  # nobody listens
+            return
+        try:
+            msg = Msg.from_wire(forgery.wire)
+        except ValueError:
+            self.stats["hostile_node_dropped"] += 1  # as the node server drops it: malformed
+            return
+        if forgery.kind == "malformed":
+            self.fail(f"Msg.from_wire took a malformed message: {forgery.wire!r}")
+        if forgery.own_address and msg.frm != hostile.HOSTILE_NODE:
+            # The node server's address check (``wire.address_matches``): the message claims
+            # node ``msg.frm`` but comes from the bad node's own address, not from the one
+            # ``msg.frm`` is registered at. Nothing else can tell a plausible forgery apart.
+            self.stats["hostile_node_dropped"] += 1
+            return
+        before, refused = hostile.core_state(core), sum(core.refused.values())
+        core.step(msg)
+        after = hostile.core_state(core)
+        if after != before:
+            self.fail(f"n{node.id} took the bad node's {forgery.kind} message {msg}: its state "
+                      f"went from {before} to {after}")
+        if sum(core.refused.values()) > refused:
+            self.stats["hostile_node_refused"] += 1
+        else:
+            self.stats["hostile_node_ignored"] += 1
+        self.process(node)  # answers (a stale epoch is answered with ours)
 
     # ------------------------------------------------------------------ meta
     def _beat(self, node: SimNode) -> None:
@@ -733,6 +812,8 @@ class Simulation:
             self.stats["ops_failed"] += 1  # no leader known: refused at the rm
             return
         cop = ClientOp(op, target, rm=rm)
+        if self.hostile and kind != "get" and self.hrng.random() < self.cfg.hostile_rm:
+            cop.hostile = self.hrng.choice(hostile.RM_KINDS)  # the bad rm sends this one
         self._in_flight += 1
         self.history.append(op)
         self.at(self.cfg.client_timeout_ms, "client_timeout", cop)
@@ -759,8 +840,9 @@ class Simulation:
                                        "t": TABLE, "k": key.encode(), "c": op.expect}
                 if kind in ("put", "cas"):
                     cmd["v"] = op.value
-                seq = sequencer.final(sequencer.make(int(self.now * 1e6), op.id, op.client),
-                                      leader.last_seq)
+                seq = self._assign_seq(leader, cop)
+                if seq is None:
+                    return  # refused: surely not applied
                 leader.last_seq = seq
                 cmd["s"] = seq
                 epoch, index = leader.core.propose(encode_command(cmd))
@@ -773,6 +855,40 @@ class Simulation:
             self._refuse(cop)
             return
         self.process(leader)
+
+    def _assign_seq(self, leader: SimNode, cop: ClientOp) -> bytes | None:
+        """The seq the leader gives a client's write, decided as the driver does
+        (``sequencer.assign``: a proposal too far ahead of the leader's clock is refused), or
+        None if it refused it (the op is then out of the history). Only the bad rm's writes
+        may be refused, and every one of them must be."""
+        op = cop.op
+        now_ns = int(self.now * 1e6)  # the leader's clock: the simulated time
+        if cop.hostile is None:
+            proposed = sequencer.make(now_ns, op.id, op.client)
+        else:
+            self.stats["hostile_rm_sent"] += 1
+            self.hostile_kinds[f"rm {cop.hostile}"] = \
+                self.hostile_kinds.get(f"rm {cop.hostile}", 0) + 1
+            proposed = hostile.poison_seq(cop.hostile, self.hrng, now_ns, op.client)
+        try:
+            seq = sequencer.assign(proposed, leader.last_seq, now_ns, from_client=True,
+                                   ahead_ms_max=sequencer.SEQ_AHEAD_MS_MAX, node_id=leader.id)
+        except errors.Unavailable as err:  # clock_offset (or no seq left above the last)
+            if cop.hostile is None:
+                self.fail(f"n{leader.id} refused an honest write's seq: {err}")
+            self.stats["hostile_rm_refused"] += 1
+            self.log(f"n{leader.id} refuses the bad rm's {cop.hostile} write "
+                     f"#{op.id}: {err.code}")
+            self.history.remove(op)
+            self._refuse(cop)
+            return None
+        if cop.hostile is not None:
+            self.fail(f"n{leader.id} took the bad rm's {cop.hostile} seq {proposed.hex()} "
+                      f"(as {seq.hex()})")
+        if sequencer.ahead_ns(seq, now_ns) > sequencer.SEQ_AHEAD_MS_MAX * 10**6:
+            self.fail(f"n{leader.id} gave seq {seq.hex()}, more than the maximum clock offset "
+                      f"ahead of its clock ({now_ns})")
+        return seq
 
     def _refuse(self, cop: ClientOp) -> None:
         """Surely not applied: not part of the history."""
@@ -1235,6 +1351,9 @@ class Simulation:
         self.at(self.uniform(self.cfg.fault_every_ms), "fault")
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
         self.at(self.uniform((200, 600)), "client")
+        if self.hostile:
+            self.log("hostile actors: a bad rm and a bad node")
+            self.at(self.hrng.uniform(*self.cfg.hostile_node_every_ms), "hostile_node")
         self._liveness_deadline = math.inf
         try:
             self._run_until(self.cfg.fault_ms)
@@ -1253,8 +1372,23 @@ class Simulation:
             for node in self.nodes.values():
                 if node.wal is not None:
                     node.wal._close_fds()
+        if self.hostile:
+            self._check_hostile()
         return {"seed": self.seed, "trace_hash": self.trace_hash, "events": self.events_run,
-                "ops": len(self.history), "sim_ms": round(self.now), **self.stats}
+                "ops": len(self.history), "sim_ms": round(self.now), "hostile": self.hostile,
+                **self.stats}
+
+    def _check_hostile(self) -> None:
+        """Everything the hostile actors sent was refused, ignored or dropped (each one was
+        checked as it arrived; a message still in flight at the end is not counted)."""
+        st = self.stats
+        handled = (st["hostile_node_refused"] + st["hostile_node_ignored"]
+                   + st["hostile_node_dropped"])
+        if handled > st["hostile_node_sent"]:
+            self.fail(f"the bad node's messages: {handled} handled of {st['hostile_node_sent']}")
+        if st["hostile_rm_refused"] != st["hostile_rm_sent"]:
+            self.fail(f"the bad rm's writes: {st['hostile_rm_refused']} refused of "
+                      f"{st['hostile_rm_sent']} that reached a leader")
 
     def _run_until(self, until_ms: float, stop: Any = None) -> bool:
         while self._events:
@@ -1268,8 +1402,9 @@ class Simulation:
                 self.fail(f"more than {self.cfg.events_max} events: the group is stuck "
                           f"(epoch {self.group.epoch}, leader {self.group.leader})")
             target = self._target(kind, payload)
-            if target is not None and self.nodes[target].paused_until > t:
-                self.nodes[target].deferred.append((kind, payload))
+            node = self.nodes.get(target) if target is not None else None
+            if node is not None and node.paused_until > t:
+                node.deferred.append((kind, payload))
                 continue
             self._dispatch(kind, payload)
             if self.events_run % 500 == 0:
@@ -1288,6 +1423,8 @@ class Simulation:
             return int(payload.node)
         if kind in ("snap_start", "snap_timeout"):
             return int(payload[0])
+        if kind == "hostile_msg":
+            return int(payload.target)
         if kind == "snap_net":
             return int(payload[1])
         return None
@@ -1367,6 +1504,10 @@ class Simulation:
             self._complete(cop, None)
         elif kind == "fault":
             self._fault()
+        elif kind == "hostile_node":
+            self._hostile_node()
+        elif kind == "hostile_msg":
+            self._hostile_msg(payload)
         elif kind == "compact":
             self._compact()
         elif kind == "snap_start":

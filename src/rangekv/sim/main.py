@@ -3,6 +3,7 @@
     rangekv sim --seeds 500 [--start 0]        exit 1 on the first failing seed
     rangekv sim --seeds 1 --start 4242 -v      replay one seed, print its trace
     rangekv sim --bug read-without-quorum      show that a planted bug is caught
+    rangekv sim --seeds 200 --hostile 1        a bad rm and a bad node in every seed
 
 A failure prints the seed, what was violated, and the end of the trace; the same seed replays
 the same run (the trace hash printed for each seed proves it).
@@ -52,7 +53,12 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print each seed's summary (and the trace of a single seed)")
     parser.add_argument("--root", help="scratch directory for the simulated disks")
+    parser.add_argument("--hostile", type=float, default=SimConfig.hostile, metavar="SHARE",
+                        help="share of the seeds with a bad rm and a bad node (0..1, default "
+                             f"{SimConfig.hostile})")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.hostile <= 1.0:
+        parser.error("--hostile: a share in 0..1")
     core_class: type[Core] = BUGS[args.bug] if args.bug else Core
     root = _scratch(args.root)
     try:
@@ -63,9 +69,10 @@ def _main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, core_class: type[Core], root: Path) -> int:
-    cfg = SimConfig(nodes=args.nodes)
+    cfg = SimConfig(nodes=args.nodes, hostile=args.hostile)
     t0 = time.monotonic()
     events = 0
+    hostile: dict[str, int] = {}  # what the hostile actors sent and what became of it
     for seed in range(args.start, args.start + args.seeds):
         sim = Simulation(seed, root / "run", cfg, core_class)
         try:
@@ -83,6 +90,10 @@ def _run(args: argparse.Namespace, core_class: type[Core], root: Path) -> int:
                 return 0
             return 1
         events += result["events"]
+        hostile["seeds"] = hostile.get("seeds", 0) + int(result["hostile"])
+        for key, value in result.items():
+            if key.startswith("hostile_"):
+                hostile[key] = hostile.get(key, 0) + value
         if args.verbose:
             print(" ".join(f"{k}={v}" for k, v in result.items()))
             if args.seeds == 1:
@@ -93,6 +104,13 @@ def _run(args: argparse.Namespace, core_class: type[Core], root: Path) -> int:
         print(f"planted bug {args.bug!r} NOT caught in {args.seeds} seeds ({elapsed:.1f} s)")
         return 1
     print(f"{args.seeds} seeds passed (from {args.start}), {events} events, {elapsed:.1f} s")
+    if hostile.get("seeds"):
+        h = hostile
+        print(f"hostile actors in {h['seeds']} seeds: the bad rm's {h['hostile_rm_sent']} "
+              f"writes all refused ({h['hostile_rm_refused']}); the bad node's "
+              f"{h['hostile_node_sent']} messages refused {h['hostile_node_refused']}, "
+              f"ignored {h['hostile_node_ignored']}, dropped {h['hostile_node_dropped']} "
+              "(malformed, or by the address check), none taken")
     return 0
 
 
