@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from rangekv import errors
-from rangekv.chaos import checks
-from rangekv.chaos.nemesis import ALL_FAULTS, FAMILIES, parse_nemesis
+from rangekv.chaos import checks, hostile
+from rangekv.chaos.nemesis import ALL_FAULTS, FAMILIES, Nemesis, parse_nemesis
 from rangekv.chaos.net import Net
+from rangekv.chaos.netcluster import NetCluster
 from rangekv.chaos.workload import _outcome
 
 
@@ -98,3 +99,92 @@ def test_net_plan_validation() -> None:
         Net("rkvx", "10.9.8", {"a": 11, "b": 11})
     with pytest.raises(ValueError):
         Net("rkvx", "10.9.300", {"a": 11})
+
+
+# --- the hostile nemesis (rangekv.chaos.hostile) -------------------------------------------------
+
+def _actor(role: str) -> hostile.Actor:
+    """An actor that has done its reconnaissance of a two-group cluster (no network used)."""
+    nodes = {i: f"10.9.8.{100 + i}:84{30 + i}" for i in range(1, 8)}
+    actor = hostile.Actor({
+        "role": role, "seed": 7, "until": 0, "own_ip": "10.9.8.250", "nodes": nodes,
+        "metas": ["10.9.8.21:8420", "10.9.8.22:8421"],
+        "info": {"meta": {"id": 1, "address": "10.9.8.21:8420"},
+                 "nodes": [{"id": i, "address": a} for i, a in nodes.items()],
+                 "ranges": [{"table": "chaos_reg", "table_id": 1, "start_hex": "", "group": 1},
+                            {"table": "chaos_set", "table_id": 2, "start_hex": "6b37",
+                             "group": 2}]}})
+    for i in range(1, 7):
+        group = 1 if i <= 3 else 2
+        actor.status[i] = {"group": group, "role": "leader" if i in (1, 4) else "follower",
+                           "epoch": 5, "last_epoch": 5, "last_index": 120, "commit_index": 118,
+                           "members": [1, 2, 3] if group == 1 else [4, 5, 6]}
+    actor.status[7] = {"group": None, "role": "idle", "epoch": 0, "members": []}
+    return actor
+
+
+@pytest.mark.parametrize("role", hostile.FAULTS)
+def test_hostile_actor_builds_every_kind(role: str) -> None:
+    """Every kind has a target in a healthy cluster, and every frame it builds encodes."""
+    actor = _actor(role)
+    assert actor.leaders() == {1: 1, 2: 4}
+    assert actor.live_members() == [1, 2, 3, 4, 5, 6]
+    for kind in hostile.kinds_of(role):
+        for _ in range(20):  # the kinds draw their variants at random
+            assert actor._sender(kind) is not None, kind
+
+
+def test_hostile_writes_are_never_well_formed() -> None:
+    """Each bad write spoils its body, and the key is one no client uses."""
+    actor = _actor("bad-rm")
+    for _ in range(50):
+        node, body = actor._write_target()  # type: ignore[misc]
+        assert node in (1, 4) and body["key"].endswith(b"\x00hostile")
+        assert (node, body["table_id"]) in ((1, 1), (4, 2))
+
+
+def test_hostile_counter_deltas_skip_restarts() -> None:
+    before = {"nodes": {"1": {"requests": 2, "messages": 5, "connections": 0},
+                        "2": {"requests": 9, "messages": 9, "connections": 0}, "3": None},
+              "metas": {"meta-1": 4, "meta-2": 0}}
+    after = {"nodes": {"1": {"requests": 12, "messages": 30, "connections": 1},
+                       "2": {"requests": 0, "messages": 0, "connections": 0},  # restarted
+                       "3": {"requests": 1, "messages": 1, "connections": 0}},
+             "metas": {"meta-1": 10, "meta-2": None}}
+    d = hostile.deltas(before, after)
+    assert d["requests"] == {"1": 10} and d["messages"] == {"1": 25}
+    assert d["heartbeats"] == 6 and d["metas_measured"] == 1
+    assert sorted(d["unmeasured"]) == ["meta-2", "node 2", "node 3"]
+
+
+def test_hostile_check_verdicts() -> None:
+    good = {"role": "bad-node", "sent": {"raft_two_leaders": 3, "heartbeat_member_here": 2},
+            "outcomes": {"raft_two_leaders": {"delivered": 3},
+                         "heartbeat_member_here": {"invalid_argument": 1, "ok": 1}},
+            "raft_delivered": {"2": 3}, "parse_refused": {}, "heartbeats_refused": 1,
+            "refused": {"requests": {}, "messages": {"2": 3}, "connections": {},
+                        "heartbeats": 1, "metas_measured": 2, "unmeasured": []}}
+    ok = checks.hostile([good])
+    assert ok.ok, ok.details
+    assert any("accepted" in line for line in ok.details)  # noted, not failed
+    short = {**good, "refused": {**good["refused"], "messages": {"2": 2}}}
+    assert "node 2 counted 2" in "\n".join(checks.hostile([short]).details)
+    taken = {**good, "outcomes": {"raft_two_leaders": {"delivered": 3},
+                                  "put_seq_max": {"ok": 1}}}
+    assert not checks.hostile([taken]).ok
+    assert not checks.hostile([{**good, "sent": {}}]).ok
+    unread = {**good, "refused": {**good["refused"], "heartbeats": 0, "metas_measured": 0,
+                                  "unmeasured": ["meta-1", "meta-2"]}}
+    assert "no meta's refused-heartbeats counter" in "\n".join(checks.hostile([unread]).details)
+    assert not checks.hostile([{"role": "bad-rm", "error": "the actor exited 1"}]).ok
+    assert not checks.hostile([]).ok
+
+
+def test_hostile_family_is_in_all_and_off_the_partitions(tmp_path: Path) -> None:
+    assert parse_nemesis("hostile") == ["bad-rm", "bad-node"]
+    assert {"bad-rm", "bad-node"} <= set(parse_nemesis("all"))
+    c = NetCluster(tmp_path, 18000, nodes=8, rms=2, prefix="rkvt", subnet="10.9.8",
+                   hostile=True, groups=2)
+    assert c.net.ip(hostile.HOST) == "10.9.8.250" and hostile.HOST not in c.names
+    hosts = Nemesis(c, ["bad-rm"], 1, 0.0)._hosts()
+    assert hostile.HOST not in hosts and "node-8" in hosts and "etcd-3" in hosts

@@ -8,7 +8,12 @@
 * **replicas**: every member of every group, once they have applied the same index, hashes its
   contents (``content_hash``) to the same digest.
 * **logs**: no traceback and no error-level line in any rangekv process's log; no panic or fatal
-  line in etcd's; no alert in HAProxy's.
+  line in etcd's; no alert in HAProxy's. (The hostile nemesis's refusals are warnings, at most
+  one line per kind every few seconds: they pass.)
+* **hostile** (when the hostile nemesis played): each actor ran and sent something, nothing it
+  sent was accepted, raw frames got the connection closed, and the targets' own counters went
+  up by at least what it sent them: every replication frame dropped, every request refused
+  before a field is read, every heartbeat refused for its address or its id.
 """
 
 from __future__ import annotations
@@ -147,6 +152,71 @@ def logs(cluster: LocalCluster) -> CheckResult:
             if pattern.search(line):
                 bad.append(f"{path.name}:{n}: {line[:300]}")
     return CheckResult("logs", not bad, f"{scanned} lines scanned, {len(bad)} bad", bad)
+
+
+def hostile(records: list[dict[str, Any]]) -> CheckResult:
+    """The hostile actors' records (``FaultRecord.hostile``, see :mod:`rangekv.chaos.hostile`):
+    they did something, and the boundaries refused all of it and counted it."""
+    from rangekv.chaos import hostile as h  # (the actor's module: only when the family played)
+
+    bad: list[str] = []
+    notes: list[str] = []
+    sent_total = 0
+    totals = {"requests": 0, "messages": 0, "heartbeats": 0}
+    for i, rec in enumerate(records, start=1):
+        name = f"#{i} {rec.get('role', '?')}"
+        if rec.get("error"):
+            bad.append(f"{name}: {rec['error'][:500]}")
+            continue
+        sent = sum((rec.get("sent") or {}).values())
+        sent_total += sent
+        if sent == 0:
+            bad.append(f"{name}: sent nothing (no target answered its reconnaissance?)")
+        for kind, outcomes in sorted((rec.get("outcomes") or {}).items()):
+            for outcome, n in sorted(outcomes.items()):
+                if outcome == "ok" and kind in h.MAY_BE_TAKEN:
+                    notes.append(f"{name}: {n} {kind} accepted: the member had been silent "
+                                 "for meta's heartbeat timeout (a node may move; only TLS tells "
+                                 "it from an impostor)")
+                elif outcome in ("ok", "answered", "answered_with_an_id", "actor_error"):
+                    bad.append(f"{name}: {n} {kind} -> {outcome}: "
+                               f"{(rec.get('samples') or {}).get(kind)}")
+        ref = rec.get("refused") or {}
+        for node, n in sorted((rec.get("raft_delivered") or {}).items()):
+            got = (ref.get("messages") or {}).get(node)
+            if got is not None and got < n:
+                bad.append(f"{name}: node {node} counted {got} dropped replication messages, "
+                           f"but {n} forged ones were delivered to it")
+        for node, n in sorted((rec.get("parse_refused") or {}).items()):
+            got = (ref.get("requests") or {}).get(node)
+            if got is not None and got < n:
+                bad.append(f"{name}: node {node} counted {got} refused requests, but it "
+                           f"refused {n} of the actor's")
+        want = int(rec.get("heartbeats_refused") or 0)
+        metas_measured = not any(u.startswith("meta") for u in ref.get("unmeasured") or [])
+        if want and not ref.get("metas_measured"):
+            bad.append(f"{name}: no meta's refused-heartbeats counter could be read")
+        elif want and not metas_measured:
+            notes.append(f"{name}: a meta did not answer or restarted: its refused heartbeats "
+                         "were not measured")
+        elif want and ref.get("heartbeats", 0) < want:
+            bad.append(f"{name}: the metas counted {ref.get('heartbeats', 0)} refused "
+                       f"heartbeats, but refused {want} of the actor's")
+        for what in ("requests", "messages"):
+            totals[what] += sum((ref.get(what) or {}).values())
+        totals["heartbeats"] += int(ref.get("heartbeats") or 0)
+        if rec.get("role") == "bad-rm" and sent and not sum((ref.get("requests") or {}).values()):
+            bad.append(f"{name}: no node's refused-requests counter went up")
+        if rec.get("role") == "bad-node" and sent:
+            if not sum((ref.get("messages") or {}).values()):
+                bad.append(f"{name}: no node's dropped-messages counter went up")
+            if want and metas_measured and not ref.get("heartbeats"):
+                bad.append(f"{name}: the metas' refused-heartbeats counter did not go up")
+    summary = (f"{len(records)} actor(s) sent {sent_total} frames; the targets counted "
+               f"{totals['requests']} requests refused, {totals['messages']} replication "
+               f"messages dropped, {totals['heartbeats']} heartbeats refused; "
+               f"{len(bad)} problem(s)")
+    return CheckResult("hostile", not bad and bool(records), summary, bad + notes)
 
 
 _PAUSE = re.compile(r"writes were refused for (\d+) ms")

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rangekv.chaos import checks
+from rangekv.chaos import checks, hostile
 from rangekv.chaos.nemesis import FAMILIES, Nemesis, parse_nemesis
 from rangekv.chaos.net import NetError, check_support
 from rangekv.chaos.netcluster import NetCluster
@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         meta_flags += ("--group-ranges-max", str(args.group_ranges_max))
     cluster = NetCluster(run_dir / "cluster", find_free_base_port(nodes), nodes=nodes, rms=2,
                          prefix=prefix, subnet=subnet, skew_rms="clock-skew" in faults,
+                         hostile=any(f in hostile.FAULTS for f in faults),
                          extra_env=env, groups=args.groups, extra_args={"meta": meta_flags},
                          compact_entries=args.compact_entries,
                          compact_retain=args.compact_retain)
@@ -180,8 +181,10 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
                         set_clients=args.set_clients, direct_endpoints=cluster.rm_endpoints,
                         direct_clients=min(args.direct_clients, args.clients))
     t0 = time.monotonic()
-    nemesis = Nemesis(cluster, faults, seed, t0, interval_s=interval)
+    nemesis = Nemesis(cluster, faults, seed, t0, interval_s=interval,
+                      work_dir=run_dir / "hostile")
     warm = {}
+    nemesis.prepare()  # (the hostile actor's process starts during the warm-up)
 
     async def drive() -> list[str]:
         await workload.setup()
@@ -219,6 +222,7 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
         present = asyncio.run(drive())
     finally:
         history.close()
+        nemesis.close()
     counts: dict[str, dict[str, int]] = {}
     for (f, type_), n in sorted(history.counts.items()):
         counts.setdefault(f, {})[type_] = n
@@ -247,9 +251,32 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
         checks.replicas(cluster.endpoint),
         checks.logs(cluster),
     ]
+    played = [r.hostile for r in nemesis.records if r.hostile is not None]
+    if played:
+        results.append(checks.hostile(played))
+        report["hostile"] = _hostile_totals(played)
     report["checks"] = [r.to_json() for r in results]
     _print_report(report, results)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _hostile_totals(played: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the hostile actors sent, by kind, and what the targets counted, over the run."""
+    sent: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
+    refused = {"requests": 0, "messages": 0, "connections": 0, "heartbeats": 0}
+    for rec in played:
+        for kind, n in (rec.get("sent") or {}).items():
+            sent[kind] = sent.get(kind, 0) + n
+        for by in (rec.get("outcomes") or {}).values():
+            for outcome, n in by.items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+        ref = rec.get("refused") or {}
+        for what in ("requests", "messages", "connections"):
+            refused[what] += sum((ref.get(what) or {}).values())
+        refused["heartbeats"] += int(ref.get("heartbeats") or 0)
+    return {"faults": len(played), "sent": dict(sorted(sent.items())),
+            "outcomes": dict(sorted(outcomes.items())), "refused": refused}
 
 
 def _print_report(report: dict[str, Any], results: list[checks.CheckResult]) -> None:
@@ -275,6 +302,8 @@ def _print_report(report: dict[str, Any], results: list[checks.CheckResult]) -> 
         err = f"  ERROR {r['error']}" if r["error"] else ""
         print(f"  {r['start_s']:7.1f}s - {r['end_s'] or 0:7.1f}s  {r['fault']:<20} "
               f"{r['detail']}{err}")
+        if r.get("hostile"):
+            print(f"{'':>22}{hostile.summary(r['hostile'])}")
     print("checks:")
     for res in results:
         print(f"  {'PASS' if res.ok else 'FAIL'}  {res.name:<13} {res.summary} "
@@ -282,6 +311,12 @@ def _print_report(report: dict[str, Any], results: list[checks.CheckResult]) -> 
         if not res.ok:
             for line in res.details[:30]:
                 print(f"        {line}")
+    if report.get("hostile"):
+        ht = report["hostile"]
+        print(f"hostile: {ht['faults']} fault(s), {sum(ht['sent'].values())} frames sent; "
+              "answers " + ", ".join(f"{k} {v}" for k, v in ht["outcomes"].items())
+              + "; counted by the targets " + ", ".join(f"{k} +{v}"
+                                                        for k, v in ht["refused"].items()))
     print("PASSED" if all(r.ok for r in results) else "FAILED", flush=True)
 
 

@@ -24,10 +24,16 @@ family ``replace``     ``kill-for-good``: ``kill -9`` of a follower that stays d
 family ``controller``  ``split``: a range of a workload table is cut at one of its keys and
                        the upper part moves to another group (``?to=auto``); ``move``: a range
                        moves to another group; both live, under the load
+family ``hostile``     ``bad-rm``, ``bad-node``: for the hold time, an actor on a host of its own
+                       sends the leaders, members and metas frames no honest rm or node sends
+                       (poison seqs, wrong types, bad frames; forged replication messages,
+                       snapshot offers and heartbeats), at a bounded rate; the counts of what it
+                       sent and of what the targets refused go to the report
+                       (:mod:`rangekv.chaos.hostile`)
 =====================  ============================================================================
 
-Healing removes every iptables rule, continues paused processes, restarts what is not running
-and resets the clocks. The choices come from ``random.Random(seed)``; what the cluster does in
+Healing removes every iptables rule, continues paused processes, restarts what is not running,
+resets the clocks and ends a hostile actor (reading what the boundaries refused meanwhile). The choices come from ``random.Random(seed)``; what the cluster does in
 between does not (real processes), so a seed replays the same plan, not the same history.
 """
 
@@ -40,12 +46,14 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from rangekv import errors, wire
-from rangekv.chaos.netcluster import NetCluster
+from rangekv.chaos import hostile
+from rangekv.chaos.netcluster import HOSTILE, NetCluster
 
 STATUS_TIMEOUT_S = 0.5  # asking a node whether it leads
 
@@ -59,6 +67,7 @@ FAMILIES: dict[str, list[str]] = {
     "clock": ["clock-skew"],
     "replace": ["kill-for-good"],
     "controller": ["split", "move"],
+    "hostile": list(hostile.FAULTS),
 }
 TABLES = ("chaos_reg", "chaos_set")  # the workload's (see workload.py)
 ALL_FAULTS = [f for faults in FAMILIES.values() for f in faults]
@@ -89,11 +98,15 @@ class FaultRecord:
     start_s: float  # since the start of the run
     end_s: float | None = None
     error: str | None = None
+    hostile: dict[str, Any] | None = None  # a hostile fault's record (hostile.Run.finish)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fault": self.fault, "detail": self.detail, "start_s": round(self.start_s, 3),
-                "end_s": None if self.end_s is None else round(self.end_s, 3),
-                "error": self.error}
+        out = {"fault": self.fault, "detail": self.detail, "start_s": round(self.start_s, 3),
+               "end_s": None if self.end_s is None else round(self.end_s, 3),
+               "error": self.error}
+        if self.hostile is not None:
+            out["hostile"] = self.hostile
+        return out
 
 
 @dataclass
@@ -106,14 +119,30 @@ class Nemesis:
     rest_s: float = 2.0  # healed time at the end of each interval
     records: list[FaultRecord] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    work_dir: Path | None = None  # the hostile actors' plans, results and logs
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self._paused: list[str] = []
         self._gone: set[str] = set()  # killed for good: restarted by the final heal only
+        self._actor: hostile.Run | None = None  # the hostile fault under way
+        self._actors: hostile.ActorProcess | None = None  # where hostile faults run
+        self._hold_s = 0.0  # how long the fault being applied is held
+
+    def prepare(self) -> None:
+        """Start what faults need before they begin (the hostile actor's process)."""
+        if any(f in hostile.FAULTS for f in self.faults):
+            self._actors = hostile.ActorProcess(
+                self.cluster, self.work_dir or self.cluster.data_dir / "hostile")
+            self._actors.ensure()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    def close(self) -> None:
+        """End what ``prepare`` started (also done by the final heal of ``run``)."""
+        if self._actors is not None:
+            self._actors.close()
 
     # --- topology -----------------------------------------------------------------------------
 
@@ -164,7 +193,9 @@ class Nemesis:
         return [f"node-{i}" for i in range(1, self.cluster.nodes + 1)]
 
     def _hosts(self) -> list[str]:
-        return list(self.cluster.net.hosts)
+        """The cluster's hosts (the hostile actor's is none of them: partitions leave it be,
+        and it sends only while its own fault is held)."""
+        return [h for h in self.cluster.net.hosts if h != HOSTILE]
 
     # --- faults -------------------------------------------------------------------------------
 
@@ -267,6 +298,13 @@ class Nemesis:
             return "clock " + ", ".join(parts)
         if fault in ("split", "move"):
             return self._reshape(fault, info)
+        if fault in hostile.FAULTS:
+            if self._actors is None:
+                self.prepare()
+            assert self._actors is not None
+            self._actor = hostile.Run(self._actors, fault, rng.randrange(2**32), self._hold_s,
+                                      info, len(self.records))
+            return self._actor.start()
         raise ValueError(f"unknown fault {fault!r}")
 
     def _reshape(self, fault: str, info: dict[str, Any]) -> str:
@@ -304,6 +342,12 @@ class Nemesis:
         """Undo every fault: rules flushed, processes continued or restarted (those killed for
         good only at the ``final`` heal), clocks reset."""
         c = self.cluster
+        if self._actor is not None:  # (normally ended by ``run``, which keeps its record)
+            self._actor = None
+            if self._actors is not None:
+                self._actors.kill()
+        if final:
+            self.close()
         c.net.heal()
         for node in self._paused:
             c.resume(node)
@@ -327,11 +371,18 @@ class Nemesis:
                 fault = self.rng.choice(self.faults)
                 record = FaultRecord(fault, "", self.now())
                 self.records.append(record)
+                self._hold_s = max(0.0, interval - self.rest_s)
                 try:
                     record.detail = self.apply(fault)
                 except Exception as err:  # noqa: BLE001 (the run goes on; the report shows it)
                     record.error = f"{type(err).__name__}: {err}"
-                self.stop.wait(max(0.0, interval - self.rest_s))
+                self.stop.wait(self._hold_s)
+                if self._actor is not None:
+                    try:
+                        record.hostile = self._actor.finish()
+                    except Exception as err:  # noqa: BLE001 (reported; the check fails on it)
+                        record.hostile = {"error": f"{type(err).__name__}: {err}"}
+                    self._actor = None
                 try:
                     self.heal()
                 except Exception as err:  # noqa: BLE001 (reported; the final heal retries)

@@ -8,6 +8,8 @@ same data dir layout), except:
 * etcd runs as 3 members (``etcd-1..3``), and metas and rms are given all three client URLs;
 * HAProxy runs in the host namespace on ``127.0.0.1:base_port`` and reaches the rms over the
   bridge, so the client endpoint is the same as ``rangekv up``'s;
+* with ``hostile``, one more namespace (``hostile``, address ``.250``) where no process of the
+  cluster runs: the hostile nemesis's actor sends from there (:mod:`rangekv.chaos.hostile`);
 * rms can run under libfaketime with a per-rm offset file (``clock_file``) that the nemesis
   rewrites to skew their wall clocks (the clock that stamps seqs) while they run; monotonic
   clocks are left alone, as a skewed NTP clock would leave them.
@@ -36,6 +38,10 @@ from rangekv.testing import procs
 ETCD_MEMBERS = 3
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 _OCTET_BASE = {"etcd": 10, "meta": 20, "rm": 40, "node": 100}  # nodes: .101 to .129
+# The hostile nemesis's actor (``rangekv.chaos.hostile``): a host of its own, no process of the
+# cluster; only made when that family is on.
+HOSTILE = "hostile"
+HOSTILE_OCTET = 250
 
 
 def faketime_library() -> str | None:
@@ -60,6 +66,7 @@ class NetCluster(LocalCluster):
         prefix: str = "rkv",
         subnet: str = "10.77.0",
         skew_rms: bool = False,
+        hostile: bool = False,
         extra_env: dict[str, dict[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -68,6 +75,8 @@ class NetCluster(LocalCluster):
         hosts |= {f"meta-{i}": _OCTET_BASE["meta"] + i for i in range(1, 3)}
         hosts |= {f"node-{i}": _OCTET_BASE["node"] + i for i in range(1, nodes + 1)}
         hosts |= {f"rm-{i}": _OCTET_BASE["rm"] + i for i in range(1, rms + 1)}
+        if hostile:
+            hosts[HOSTILE] = HOSTILE_OCTET
         self.net = Net(prefix, subnet, hosts)
         self.skew_rms = skew_rms
         self._extra_env = extra_env or {}
