@@ -193,7 +193,11 @@ _BY_CODE: dict[str, type[RangeKVError]] = {}
 
 
 def _register(cls: type[RangeKVError]) -> None:
-    _BY_CODE[cls.code] = cls
+    # Only a class that names a code of its own answers for it: a subclass that
+    # inherits its parent's code (EtcdError is an Internal) must not take the
+    # code over, or which class a client raises would depend on import order.
+    if "code" in vars(cls):
+        _BY_CODE[cls.code] = cls
     for sub in cls.__subclasses__():
         _register(sub)
 
