@@ -86,6 +86,7 @@ IN_FLIGHT_MAX = 16  # at once; a tick with no room sends nothing
 REQUEST_TIMEOUT_S = 3.0
 RECON_EVERY_S = 1.0  # how often the actor asks the nodes for their status
 STATUS_TIMEOUT_S = 0.5
+START_TIMEOUT_S = 60.0  # for the actor's process to be ready
 FINISH_GRACE_S = 2.0  # past its hold time the actor waits this long for answers
 TRICKLE_S = (0.3, 1.5)  # how long a trickled frame dribbles before it is abandoned
 SAMPLES_MAX = 3  # answers kept per kind, for the report
@@ -792,6 +793,7 @@ def main(argv: list[str]) -> int:
     what it sent and what came of it to OUT (JSON). ``--serve``: read ``PLAN OUT`` lines from
     stdin, run each, answer ``done`` on stdout; until stdin ends."""
     if argv == ["--serve"]:
+        print("ready", flush=True)  # (imports done: see ActorProcess.ensure)
         for line in sys.stdin:
             plan_path, out_path = line.split()
             run_plan(Path(plan_path), Path(out_path))
@@ -883,7 +885,8 @@ class ActorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def ensure(self) -> None:
-        """Start the process unless it runs."""
+        """Start the process unless it runs, and wait until it is ready (its imports cost a
+        second of CPU: not while a warm-up or a fault is being measured)."""
         if self.proc is not None and self.proc.poll() is None:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -893,6 +896,11 @@ class ActorProcess:
                  "rangekv.chaos.hostile", "--serve"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
+        if not ready or self.proc.stdout.readline().strip() != b"ready":
+            self.kill()
+            raise RuntimeError(f"the hostile actor did not start: {self.tail()}")
 
     def submit(self, plan_path: Path, out_path: Path) -> None:
         self.ensure()

@@ -184,7 +184,7 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
     nemesis = Nemesis(cluster, faults, seed, t0, interval_s=interval,
                       work_dir=run_dir / "hostile")
     warm = {}
-    nemesis.prepare()  # (the hostile actor's process starts during the warm-up)
+    nemesis.prepare()  # (the hostile actor's process: started before the warm-up)
 
     async def drive() -> list[str]:
         await workload.setup()

@@ -33,8 +33,9 @@ family ``hostile``     ``bad-rm``, ``bad-node``: for the hold time, an actor on 
 =====================  ============================================================================
 
 Healing removes every iptables rule, continues paused processes, restarts what is not running,
-resets the clocks and ends a hostile actor (reading what the boundaries refused meanwhile). The choices come from ``random.Random(seed)``; what the cluster does in
-between does not (real processes), so a seed replays the same plan, not the same history.
+resets the clocks and ends a hostile actor (reading what the boundaries refused meanwhile).
+The choices come from ``random.Random(seed)``; what the cluster does in between does not (real
+processes), so a seed replays the same plan, not the same history.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class Nemesis:
         if any(f in hostile.FAULTS for f in self.faults):
             self._actors = hostile.ActorProcess(
                 self.cluster, self.work_dir or self.cluster.data_dir / "hostile")
-            self._actors.ensure()
+            with contextlib.suppress(RuntimeError):  # (tried again, and reported, at a fault)
+                self._actors.ensure()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
