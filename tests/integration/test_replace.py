@@ -17,7 +17,6 @@ Every wait polls with a deadline; the figures measured are printed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,9 +24,16 @@ from typing import Any
 import httpx
 import pytest
 
-from rangekv import wire
 from rangekv.cluster.local import LocalCluster, running_cluster
-from rangekv.testing.load import Writers, check_all_acked, cluster_info
+from rangekv.testing.load import (
+    Writers,
+    check_all_acked,
+    cluster_info,
+    member_ids,
+    only_group,
+    request,
+    serving_group,
+)
 from rangekv.testing.load import wait_for_cluster as poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -50,33 +56,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def group(c: LocalCluster) -> dict[str, Any]:
-    groups = cluster_info(c.endpoint)["groups"]
-    assert len(groups) == 1, groups
-    return groups[0]
-
-
-def member_ids(g: dict[str, Any]) -> list[int]:
-    return [m["id"] for m in g["members"]]
+    return only_group(c.endpoint)
 
 
 def node_request(c: LocalCluster, node: int, op: str) -> dict[str, Any]:
-    async def ask() -> dict[str, Any]:
-        conn = wire.Connection(c.node_addresses[node], connect_timeout_s=1.0)
-        try:
-            return await conn.request(op, timeout_s=10.0)
-        finally:
-            await conn.close()
-
-    return asyncio.run(ask())
+    return request(c.node_addresses[node], op)
 
 
 def serving(c: LocalCluster) -> dict[str, Any] | None:
-    """The group, once its recorded leader serves its epoch and no reconfiguration is on."""
-    g = group(c)
-    if g["leader"] is None or g["learners"] or g["joint"]:
-        return None
-    st = node_request(c, g["leader"], "status")
-    return g if st["role"] == "leader" and st["leader_epoch"] == g["epoch"] else None
+    return serving_group(c.endpoint, c.node_addresses)
 
 
 def decisions(c: LocalCluster, kind: str, **match: Any) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ Every wait polls with a deadline; the figures measured are printed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -36,9 +35,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rangekv import wire
 from rangekv.cluster.local import LocalCluster, find_free_base_port
-from rangekv.testing.load import cluster_info
+from rangekv.testing.load import cluster_info, member_ids, only_group, request, serving_group
 from rangekv.testing.load import wait_for_cluster as poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -60,33 +58,15 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def the_group(c: LocalCluster) -> dict[str, Any]:
-    groups = cluster_info(c.endpoint)["groups"]
-    assert len(groups) == 1, groups
-    return groups[0]
+    return only_group(c.endpoint)
 
 
-def member_ids(g: dict[str, Any]) -> list[int]:
-    return [m["id"] for m in g["members"]]
-
-
-def node_request(c: LocalCluster, node: int, op: str, **fields: Any) -> dict[str, Any]:
-    async def ask() -> dict[str, Any]:
-        conn = wire.Connection(c.node_addresses[node], connect_timeout_s=1.0)
-        try:
-            return await conn.request(op, timeout_s=10.0, **fields)
-        finally:
-            await conn.close()
-
-    return asyncio.run(ask())
+def node_request(c: LocalCluster, node: int, op: str) -> dict[str, Any]:
+    return request(c.node_addresses[node], op)
 
 
 def serving(c: LocalCluster) -> dict[str, Any] | None:
-    """The group, once its recorded leader serves its epoch and no reconfiguration is on."""
-    g = the_group(c)
-    if g["leader"] is None or g["learners"] or g["joint"]:
-        return None
-    st = node_request(c, g["leader"], "status")
-    return g if st["role"] == "leader" and st["leader_epoch"] == g["epoch"] else None
+    return serving_group(c.endpoint, c.node_addresses)
 
 
 def listing(endpoint: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ it is never counted. :func:`check_all_acked` then reads every acknowledged key b
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from rangekv import errors
+from rangekv import errors, wire
 
 T = TypeVar("T")
 
@@ -148,6 +149,41 @@ def cluster_info(endpoint: str) -> dict[str, Any]:
     r.raise_for_status()
     info: dict[str, Any] = r.json()
     return info
+
+
+def request(address: str, op: str, /, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+    """One internal request to a node or meta at ``address`` (a connection of its own); raises
+    the error it is answered with."""
+    async def ask() -> dict[str, Any]:
+        conn = wire.Connection(address, connect_timeout_s=1.0)
+        try:
+            return await conn.request(op, timeout_s=timeout_s, **fields)
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask())
+
+
+def only_group(endpoint: str) -> dict[str, Any]:
+    """The cluster's one group (as ``/v1/cluster`` has it); fails if there are several."""
+    groups = cluster_info(endpoint)["groups"]
+    assert len(groups) == 1, groups
+    group: dict[str, Any] = groups[0]
+    return group
+
+
+def member_ids(group: dict[str, Any]) -> list[int]:
+    return [m["id"] for m in group["members"]]
+
+
+def serving_group(endpoint: str, node_addresses: dict[int, str]) -> dict[str, Any] | None:
+    """The one group, once its recorded leader says it serves the group's epoch and no
+    reconfiguration is under way (no learner, no joint voters); else None."""
+    g = only_group(endpoint)
+    if g["leader"] is None or g["learners"] or g["joint"]:
+        return None
+    st = request(node_addresses[g["leader"]], "status")
+    return g if st["role"] == "leader" and st["leader_epoch"] == g["epoch"] else None
 
 
 def group_members(endpoint: str) -> tuple[int | None, list[int]]:
