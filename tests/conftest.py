@@ -11,7 +11,7 @@ from hypothesis import settings
 settings.register_profile("rangekv", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("rangekv")
 
-from rangekv.testing.procs import free_port, start_etcd
+from rangekv.testing.procs import free_port, start_etcd  # noqa: E402 (after the profile)
 
 
 @pytest.fixture

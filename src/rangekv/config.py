@@ -530,7 +530,8 @@ def parse(parser: argparse.ArgumentParser, section: str, argv: Sequence[str] | N
             break
         path, origin = given, "--config"
     for s in settings:
-        if _is_list(s.action) and s.source != "default" and getattr(ns, s.action.dest, None) is None:
+        unset = getattr(ns, s.action.dest, None) is None
+        if _is_list(s.action) and s.source != "default" and unset:
             setattr(ns, s.action.dest, s.value)
     if "config" in vars(ns):
         ns.config = path

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from rangekv import errors
-from rangekv.client import Client, Item
 from rangekv.cli.up import GROUPS_DEFAULT
+from rangekv.client import Client, Item
 from rangekv.cluster.local import LocalCluster, find_free_base_port, nodes_for, running_cluster
 
 READY_TIMEOUT_S = 90.0

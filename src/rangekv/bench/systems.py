@@ -182,7 +182,8 @@ def start_etcd_cluster(root: Path, members: int = 3) -> tuple[list[Proc], list[s
 
 
 _METRIC = re.compile(rb"^(etcd_disk_wal_fsync_duration_seconds_count|"
-                     rb"etcd_disk_backend_commit_duration_seconds_count)\s+([0-9.e+]+)$", re.MULTILINE)
+                     rb"etcd_disk_backend_commit_duration_seconds_count)\s+([0-9.e+]+)$",
+                     re.MULTILINE)
 
 
 class Etcd(System):
@@ -219,8 +220,8 @@ class Etcd(System):
         return out
 
     def version(self) -> str:
-        out = subprocess.run([etcd_binary(), "--version"], check=False, capture_output=True, text=True,
-                             timeout=10).stdout
+        out = subprocess.run([etcd_binary(), "--version"], check=False, capture_output=True,
+                             text=True, timeout=10).stdout
         v = out.splitlines()[0].split(":", 1)[1].strip() if out else "?"
         if self.name == "etcd-py":
             from importlib.metadata import version
@@ -276,8 +277,8 @@ class Redis(System):
 
     def version(self) -> str:
         binary = redis_binary()
-        out = subprocess.run([binary or "redis-server", "--version"], check=False, capture_output=True,
-                             text=True, timeout=10).stdout
+        out = subprocess.run([binary or "redis-server", "--version"], check=False,
+                             capture_output=True, text=True, timeout=10).stdout
         m = re.search(r"v=(\S+)", out)
         return f"redis {m.group(1) if m else '?'}"
 

@@ -201,7 +201,8 @@ class KV(Model):
         # the values read that are no prefix of another (in sorted order, a value's extensions
         # follow it): one per put read from, when the history is linearizable
         seen = sorted({o.arg for o in ops if o.known and o.f == "get"})
-        tops = [v for v, w in zip(seen, [*seen[1:], None]) if w is None or not w.startswith(v)]
+        nexts = [*seen[1:], None]
+        tops = [v for v, w in zip(seen, nexts, strict=False) if w is None or not w.startswith(v)]
         sep = "\0"
         joined = sep.join(tops)
         if len(joined) * len(drop) > 2_000_000_000 or any(sep in v for v in tops):

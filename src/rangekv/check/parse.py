@@ -2,11 +2,13 @@
 
 Three line-oriented formats, detected from the first non-blank line (or forced):
 
-* ``jepsen`` — Jepsen's log: ``INFO  jepsen.util - <process>\\t:invoke|:ok|:fail|:info\\t:f\\t<value>``,
-  or with a timestamp and thread first (``2020-03-01 17:02:09,925{GMT}\\tINFO\\t[jepsen worker 1]
-  jepsen.util: <process>\\t...``). The fields may be separated by any whitespace or commas (EDN's
-  whitespace): tabs, spaces, several of them; lines may end in CRLF. Lines that do not look like
-  that, and ``:nemesis`` lines, are skipped.
+* ``jepsen`` — Jepsen's log:
+  ``INFO  jepsen.util - <process>\\t:invoke|:ok|:fail|:info\\t:f\\t<value>``, or with a
+  timestamp and thread first
+  (``2020-03-01 17:02:09,925{GMT}\\tINFO\\t[jepsen worker 1] jepsen.util: <process>\\t...``).
+  The fields may be separated by any whitespace or commas (EDN's whitespace): tabs, spaces,
+  several of them; lines may end in CRLF. Lines that do not look like that, and ``:nemesis``
+  lines, are skipped.
 * ``edn`` — one EDN map a line: ``{:process 0, :type :invoke, :f :get, :key "1", :value nil}``.
 * ``jsonl`` — one JSON object a line: ``{"process", "type", "f", "key", "value", "expect",
   "result", "time"}`` (see :mod:`rangekv.check.main`).

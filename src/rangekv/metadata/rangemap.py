@@ -241,7 +241,7 @@ class RangeMap(Sequence["Range"]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RangeMap | list | tuple):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable

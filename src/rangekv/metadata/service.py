@@ -2069,10 +2069,11 @@ class MetaService:
                     "split", f"table {name} split at {key_text(at)}; the upper part stays on group "
                     f"{rng.group}: no other group has a leader", table=name, group=rng.group)
                 return await self._ranges_reply(table.id)
-            why = (f"split at {key_text(at)} by an operator; the upper part goes to group {to}, the "
-                   "group with a leader serving the fewest ranges")
+            why = (f"split at {key_text(at)} by an operator; the upper part goes to group {to}, "
+                   "the group with a leader serving the fewest ranges")
         else:
-            why = req.get("why") or f"split at {key_text(at)} by an operator, upper part to group {to}"
+            why = (req.get("why")
+                   or f"split at {key_text(at)} by an operator, upper part to group {to}")
         return await self._op_move_range({"name": name, "at": at, "to": to, "why": why})
 
     def _check_group(self, group_id: int) -> None:

@@ -103,7 +103,7 @@ class RangeStats:
         st.recent.append(key)
 
     def _holder(self, table_id: int, key: bytes) -> _RangeStats | None:
-        for (tid, start), st in self._by_table.get(table_id, ()):
+        for (_tid, start), st in self._by_table.get(table_id, ()):
             if start <= key and (st.end is None or key < st.end):
                 return st
         return None

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -772,7 +773,7 @@ class Replica:
                     self._write_batches(batches)
                 else:
                     await asyncio.shield(self._persist_thread.submit(
-                        lambda: self._write_batches(batches)))
+                        functools.partial(self._write_batches, batches)))
             except asyncio.CancelledError:
                 raise
             except Exception:

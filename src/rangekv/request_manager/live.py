@@ -167,7 +167,7 @@ def summarize(info: dict[str, Any], probes: dict[int, Probe] | None, *,
         unhealthy = False
 
         def member(node_id: Any, learner: bool, lst: dict[str, Any] | None = lst,
-                   leader: Any = leader) -> dict[str, Any]:
+                   leader: Any = leader, gid: Any = gid) -> dict[str, Any]:
             nonlocal unhealthy
             st, err, reachable = _live(probes, node_id)
             meta = nodes_meta.get(node_id) or {}

@@ -1328,7 +1328,7 @@ class Simulation:
                 ea = a.entries(lo, idx + 1, 1 << 40)
                 eb = b.entries(lo, idx + 1, 1 << 40)
                 if ea != eb:
-                    first = next(k for k, (x, y) in enumerate(zip(ea, eb)) if x != y)
+                    first = next(k for k, (x, y) in enumerate(zip(ea, eb, strict=False)) if x != y)
                     self.fail(f"log matching broken between n{a.id} and n{b.id}: both have "
                               f"epoch {a.epoch_at(idx)} at {idx} but differ at {first + lo}")
 
@@ -1367,7 +1367,8 @@ class Simulation:
         except SimFailure:
             raise
         except AssertionError as err:
-            raise SimFailure(f"seed {self.seed}: assertion in the code under test: {err!r}") from err
+            raise SimFailure(
+                f"seed {self.seed}: assertion in the code under test: {err!r}") from err
         finally:
             for node in self.nodes.values():
                 if node.wal is not None:
