@@ -28,9 +28,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
     ("production-not-test-code", "rangekv.replication.driver", "rangekv.sim.bugs"):
         "Ready-loop work: the same import as above",
     # --- today's, being fixed next in this series (issue 17 part 5) ---
-    ("production-not-test-code", "rangekv.bench.systems", "rangekv.testing.procs"): "layers",
-    ("production-not-test-code", "rangekv.chaos.netcluster", "rangekv.testing.procs"): "layers",
-    ("production-not-test-code", "rangekv.cluster.local", "rangekv.testing.procs"): "layers",
     ("production-not-test-code", "rangekv.chaos.hostile", "rangekv.sim.hostile"): "layers",
     ("production-not-test-code", "rangekv.check.models", "rangekv.sim.linearizable"): "layers",
 }
@@ -44,20 +41,15 @@ KNOWN_CYCLES: dict[tuple[str, ...], str] = {
     # --- today's, being fixed next in this series (issue 17 part 5) ---
     ("cli", "config"): "layers",
     ("metrics", "request_manager"): "layers",
-    ("backup", "cluster", "testing"): "layers",
     ("cli", "request_manager", "config"): "layers",
     ("metadata", "metrics", "request_manager"): "layers",
     ("replication", "sim", "storage"): "Ready-loop work",
-    ("backup", "cluster", "testing", "metadata"): "layers",
     ("backup", "metadata", "config", "cli"): "layers",
     ("backup", "node", "config", "cli"): "layers",
     ("backup", "node", "metrics", "request_manager", "metadata"): "layers",
     ("backup", "node", "replication", "sim", "metadata"): "Ready-loop work",
     ("backup", "storage", "replication", "sim", "metadata"): "Ready-loop work",
-    ("cli", "cluster", "testing", "metadata", "config"): "layers",
-    ("backup", "cluster", "testing", "replication", "sim", "metadata"): "layers",
     ("backup", "node", "storage", "replication", "sim", "metadata"): "Ready-loop work",
-    ("backup", "cluster", "testing", "storage", "replication", "sim", "metadata"): "layers",
 }
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rangekv.bench.drivers import SYSTEMS, Target
-from rangekv.testing.procs import Proc, etcd_binary, free_port, spawn, wait_until
+from rangekv.cluster.procs import Proc, etcd_binary, free_port, spawn, wait_until
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from rangekv.chaos.net import Net
+from rangekv.cluster import procs
 from rangekv.cluster.local import (
     ETCD_START_TIMEOUT_S,
     PROBE_TIMEOUT_S,
@@ -33,7 +34,6 @@ from rangekv.cluster.local import (
     LocalCluster,
     ProcSpec,
 )
-from rangekv.testing import procs
 
 ETCD_MEMBERS = 3
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380

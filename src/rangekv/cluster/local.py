@@ -65,8 +65,7 @@ import httpx
 
 from rangekv import limits, perms
 from rangekv import log as rangekv_log
-from rangekv.cluster import haproxy_errors
-from rangekv.testing import procs
+from rangekv.cluster import haproxy_errors, procs
 
 HOST = "127.0.0.1"
 PROCS_PER_KIND_MAX = 9  # the port layout has room for 9 rms
