@@ -28,7 +28,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
     ("production-not-test-code", "rangekv.replication.driver", "rangekv.sim.bugs"):
         "Ready-loop work: the same import as above",
     # --- today's, being fixed next in this series (issue 17 part 5) ---
-    ("production-not-test-code", "rangekv.chaos.hostile", "rangekv.sim.hostile"): "layers",
     ("production-not-test-code", "rangekv.check.models", "rangekv.sim.linearizable"): "layers",
 }
 

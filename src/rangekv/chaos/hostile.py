@@ -67,6 +67,7 @@ from rangekv.chaos.netcluster import HOSTILE
 from rangekv.limits import FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX
 from rangekv.metadata.requests import OPS as META_OPS
 from rangekv.node.requests import OPS as NODE_OPS
+from rangekv.replication.malformed import malformed_wire
 from rangekv.replication.messages import (
     APPEND,
     APPEND_RESP,
@@ -76,7 +77,6 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
-from rangekv.sim.hostile import malformed_wire
 from rangekv.storage.snapshot import Manifest
 
 HOST = HOSTILE  # the actor's namespace in NetCluster (address .250)

@@ -42,6 +42,7 @@ from typing import Any
 
 from rangekv import sequencer
 from rangekv.replication.core import LEADER, Core
+from rangekv.replication.malformed import malformed_wire
 from rangekv.replication.messages import (
     APPEND,
     APPEND_RESP,
@@ -176,24 +177,6 @@ def forge(rng: random.Random, cores: dict[int, Core], members: tuple[int, ...]
             plausible.append(msg(APPEND_RESP, claimed, core.promised, index=last))
         return Forgery(kind, target, rng.choice(plausible).to_wire(), True)
     return Forgery(kind, target, m.to_wire(), False)
-
-
-def malformed_wire(rng: random.Random, frm: int, to: int, epoch: int) -> Any:
-    """A wire form ``Msg.from_wire`` must refuse (ValueError)."""
-    good = Msg(HEARTBEAT, frm, to, epoch).to_wire()
-    variants: list[Any] = [
-        {"type": HEARTBEAT},  # not a list
-        good[:10],  # too short
-        [*good, 0],  # too long
-        ["vote", *good[1:]],  # unknown type
-        [good[0], -1, *good[2:]],  # a negative id
-        [good[0], frm, to, "7", *good[4:]],  # an epoch that is text
-        [good[0], frm, to, True, *good[4:]],  # an epoch that is a bool
-        [*good[:7], "entries", *good[8:]],  # entries not a list
-        [APPEND, *good[1:7], [[epoch, 1]], *good[8:]],  # an entry of two fields
-        [APPEND, *good[1:7], [[epoch, 1, "text"]], *good[8:]],  # a payload that is text
-    ]
-    return rng.choice(variants)
 
 
 def core_state(core: Core) -> tuple[Any, ...]:
