@@ -31,8 +31,8 @@ Per model (``f`` and fields):
   ``cas`` (``value`` [old, new], or ``expect`` old + ``value`` new).
 * ``kv``: ``get`` (``result`` a string, "" or null = absent), ``put`` / ``append`` (``value``;
   append concatenates).
-* ``rangekv`` (the model of :mod:`rangekv.sim.linearizable`; seqs are hex strings of the
-  16-byte seq, or non-negative integers):
+* ``rangekv`` (the model of :mod:`rangekv.check.keys`, the one the simulator checks with; seqs
+  are hex strings of the 16-byte seq, or non-negative integers):
   ``put`` value -> ``{"seq": S}``;
   ``cas`` value, expect S0 -> ``{"seq": S}`` or ``{"failed": true}`` (the key's seq was not S0);
   ``delete`` -> ``{"deleted": true|false, "seq": S|null}``;

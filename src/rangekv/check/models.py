@@ -11,8 +11,9 @@ register  one value, initially nil: read (output = the value read; nil = never w
           write v, cas [old new] (applies only if the value is old). Jepsen's etcd histories.
 kv        a map of strings, each key initially "": get (output = the value), put v,
           append v (concatenation, no separator: "a" then append "b" gives "ab").
-rangekv   rangekv's keys, exactly :mod:`rangekv.sim.linearizable`'s model (its ``_steps``):
-          state (value, seq); put, cas (expect = the seq it requires), delete, get.
+rangekv   rangekv's keys (:mod:`rangekv.check.keys`, whose ``steps`` this model takes, as the
+          simulator does): state (value, seq); put, cas (expect = the seq it requires), delete,
+          get.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from rangekv.check import kvdistinct
+from rangekv.check import keys, kvdistinct
 from rangekv.check.kvdistinct import Decision
 from rangekv.check.parse import BadHistory, Operation
 
@@ -256,8 +257,6 @@ class RangeKV(Model):
         return (None, b"")
 
     def prepare(self, op: Operation) -> None:
-        from rangekv.sim.linearizable import Op
-
         kind = {"put": "put", "cas": "cas", "delete": "del", "del": "del", "get": "get"}.get(op.f)
         if kind is None:
             raise BadHistory(f"line {op.line}: the rangekv model has no {op.f!r} "
@@ -291,17 +290,15 @@ class RangeKV(Model):
                 s = _seq(op, r.get("seq"), "result.seq")
                 _need(op, v is None or s is not None, "a found value needs result.seq")
                 result = ("ok", None if v is None else v.encode(), s)
-        op.arg = Op(id=op.id, client=0, key=str(op.key), kind=kind, value=value, expect=expect,
-                    invoke_t=op.call, complete_t=op.ret if op.known else math.inf,
-                    result=result, closed=True)
+        op.arg = keys.Op(id=op.id, client=0, key=str(op.key), kind=kind, value=value,
+                         expect=expect, invoke_t=op.call,
+                         complete_t=op.ret if op.known else math.inf, result=result, closed=True)
 
     def step(self, state: State, op: Operation) -> tuple[State, ...]:
-        from rangekv.sim.linearizable import _steps
-
-        return tuple(_steps(state, op.arg))
+        return tuple(keys.steps(state, op.arg))
 
     def effect(self, op: Operation) -> Any:
-        # an unknown outcome's steps depend only on these (see _steps)
+        # an unknown outcome's steps depend only on these (see keys.steps)
         return (op.arg.kind, op.arg.value, op.arg.expect)
 
     def describe(self, op: Operation) -> str:

@@ -63,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 from rangekv import errors, sequencer
+from rangekv.check.history import check_ops as check
+from rangekv.check.keys import Op
 from rangekv.metadata import model
 from rangekv.metadata.model import ClusterView, Group, Node
 from rangekv.metadata.service import (
@@ -86,7 +88,6 @@ from rangekv.replication.core import (
 from rangekv.replication.driver import highest_seq
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
-from rangekv.sim.linearizable import Op, check
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import StateMachine, checkpoint_applied_index, encode_command
 from rangekv.storage.memory import MemoryBackend

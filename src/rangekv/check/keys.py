@@ -1,7 +1,7 @@
-"""A small linearizability checker for the simulator's per-key histories.
+"""rangekv's keys as the linearizability checker models them: the operation record and the steps.
 
-The model is one rangekv key: its state is ``(value, seq)`` (value ``None`` = absent; seq may
-be ``UNKNOWN`` after a write whose outcome the client never learned). Operations:
+One key's state is ``(value, seq)`` (value ``None`` = absent; seq may be ``UNKNOWN`` after a
+write whose outcome the client never learned). Operations:
 
     put(v)           -> ok(seq)                   state becomes (v, seq); seq above the last
     cas(v, expect)   -> ok(seq) | failed          applies only if the current seq is expect
@@ -9,16 +9,18 @@ be ``UNKNOWN`` after a write whose outcome the client never learned). Operations
     get()            -> ok(value, seq) | absent
 
 An operation whose outcome is unknown (a timeout, a lost leader) may take effect at any point
-after its invocation, or never. Search: Wing & Gong's, trying each operation that may go next
-(invoked before the earliest response still owed), with memoization of (linearized set, state)
-as in Lowe's just-in-time variant. Keys are independent, so each is checked on its own
-(P-compositionality). Histories here are small; the full checker is a later issue.
+after its invocation, or never. Keys are independent, so each is checked on its own
+(P-compositionality).
+
+:class:`Op` is what the simulator records for each client operation (and what the ``rangekv``
+model of :mod:`rangekv.check.models` turns a recorded history's line into); :func:`steps` is the
+sequential specification. There is one search for both: :mod:`rangekv.check.wgl`, which the
+simulator reaches through :func:`rangekv.check.history.check_ops`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +61,7 @@ def _short(seq: bytes | None) -> str:
     return "?" if seq == UNKNOWN else seq.hex()[-8:]
 
 
-def _steps(state: State, op: Op) -> Iterator[State]:
+def steps(state: State, op: Op) -> Iterator[State]:
     """The states ``op`` may lead to from ``state`` given its observed result (none: illegal)."""
     value, seq = state
     if op.kind == "put":
@@ -102,58 +104,3 @@ def _steps(state: State, op: Op) -> Iterator[State]:
             yield (value, got_seq)  # the read reveals an unknown seq
     else:
         raise AssertionError(f"unknown op kind {op.kind}")
-
-
-def check_key(ops: list[Op], initial: State = (None, b"")) -> tuple[bool, str]:
-    """Is this one key's history linearizable? Returns (verdict, explanation if not)."""
-    ops = sorted(ops, key=lambda o: o.invoke_t)
-    n = len(ops)
-    must = 0
-    for i, op in enumerate(ops):
-        if op.known:
-            must |= 1 << i
-    memo: set[tuple[int, State]] = set()
-    best_depth = [0, 0]  # deepest prefix reached, for the explanation
-
-    limit = sys.getrecursionlimit()
-    if n + 50 > limit:
-        sys.setrecursionlimit(n + 100)
-
-    def search(mask: int, state: State, depth: int) -> bool:
-        if mask & must == must:
-            return True
-        if depth > best_depth[0]:
-            best_depth[0], best_depth[1] = depth, mask
-        owed = min((ops[i].complete_t for i in range(n)
-                    if not mask >> i & 1 and ops[i].known), default=math.inf)
-        for i in range(n):
-            if mask >> i & 1 or ops[i].invoke_t > owed:
-                continue
-            for new_state in _steps(state, ops[i]):
-                key = (mask | 1 << i, new_state)
-                if key in memo:
-                    continue
-                memo.add(key)
-                if search(mask | 1 << i, new_state, depth + 1):
-                    return True
-        return False
-
-    if search(0, initial, 0):
-        return True, ""
-    done = [ops[i].describe() for i in range(n) if best_depth[1] >> i & 1]
-    rest = [ops[i].describe() for i in range(n) if not best_depth[1] >> i & 1]
-    return False, ("longest linearizable prefix:\n    " + "\n    ".join(done)
-                   + "\nthen none of these can go next:\n    " + "\n    ".join(rest))
-
-
-def check(history: list[Op]) -> tuple[bool, str]:
-    by_key: dict[str, list[Op]] = {}
-    for op in history:
-        if op.kind == "get" and not op.known:
-            continue  # a read nobody heard back from constrains nothing
-        by_key.setdefault(op.key, []).append(op)
-    for key in sorted(by_key):
-        ok, why = check_key(by_key[key])
-        if not ok:
-            return False, f"key {key!r} is not linearizable\n{why}"
-    return True, ""
