@@ -23,7 +23,7 @@ CURSOR_BYTES_MAX = 4096
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 APPEND_BYTES_MAX = 2 * 1024 * 1024  # entries per APPEND message (at least one is always sent)
 
-# The HTTP edge (the rm's server, ``request_manager/http_server.py``; also the /metrics servers).
+# The HTTP edge (the rm's server, ``http_server.py``; also the /metrics servers).
 # Each is a default: ``rangekv rm --head-timeout-s`` etc. (env RANGEKV_RM_*, [rm] in TOML).
 # Deadlines are totals, not idle timers: a client sending a byte every few seconds (slowloris,
 # slow POST) still runs out of time. HAProxy's own ``timeout http-request`` is this head

@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 import rangekv
-from rangekv.request_manager.http_server import HttpServer, Request, Response
+from rangekv.http_server import HttpServer, Request, Response
 
 log = logging.getLogger("rangekv.metrics")
 

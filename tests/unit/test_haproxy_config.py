@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rangekv import errors, limits
+from rangekv import errors, http_server, limits
 from rangekv.cluster import haproxy_errors, local
-from rangekv.request_manager import http_server, routing
+from rangekv.request_manager import routing
 
 HAPROXY_BUFSIZE_BYTES = 16384  # HAProxy's default tune.bufsize: an errorfile must fit well within
 HAVE_HAPROXY = bool(shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists())

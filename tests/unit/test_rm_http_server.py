@@ -19,8 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rangekv import errors
-from rangekv.request_manager import app
-from rangekv.request_manager.http_server import (
+from rangekv.http_server import (
     BadRequest,
     Dispatch,
     HttpServer,
@@ -28,6 +27,7 @@ from rangekv.request_manager.http_server import (
     Response,
     parse_head,
 )
+from rangekv.request_manager import app
 
 WAIT_S = 10.0  # an upper bound on any wait for an answer or a close: only turns a hang into a failure
 

@@ -41,15 +41,15 @@ from typing import Any
 from rangekv import aio, config, errors, limits, sequencer
 from rangekv import log as rangekv_log
 from rangekv import metrics as metrics_exposition
-from rangekv.request_manager import http_codec as codec
-from rangekv.request_manager import live, openapi, ui
-from rangekv.request_manager.http_server import (
+from rangekv.http_server import (
     BadRequest,
     BodyTimeout,
     HttpServer,
     Request,
     Response,
 )
+from rangekv.request_manager import http_codec as codec
+from rangekv.request_manager import live, openapi, ui
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
 

@@ -1,4 +1,6 @@
-"""The rm's HTTP/1.1 server: an ``asyncio.Protocol`` that parses requests itself.
+"""The HTTP/1.1 server of the rm's API and of every process's /metrics: an ``asyncio.Protocol``
+that parses requests itself. It sits below both (:mod:`rangekv.metrics` serves with it, and the
+rm imports :mod:`rangekv.metrics`), so it is a module of its own, not the rm's.
 
 Why not aiohttp's server: per request it built a request object, a payload stream, a response
 object with a multidict of headers and a task, and cost about four times the CPU of this parser
