@@ -54,25 +54,23 @@ the file it read (``--config``) and its ``--log-format`` / ``--log-level`` to ev
 and rm it starts, so one file configures a whole local cluster; the flags ``up`` sets per
 process (``--id``, ``--listen``, ...) win over the file, as any command line does.
 
-For maintainers: ``config example`` and ``config show`` get a server's parser by running the
-function that builds it (``_PROCESS_PARSE_ENTRIES``) until it calls :func:`parse`, which then
-hands the parser back instead of parsing. So a ``main`` must build its parser and call
-``parse`` before it does anything else; a new option needs only ``add_argument`` with a
-``help=`` (a test checks that every option has one and that ``--help`` names its variable).
+For maintainers: ``config example`` and ``config show`` (:mod:`rangekv.cli.config_cmd`) get a
+server's parser by running the function that builds it until it calls :func:`parse`, which then
+hands the parser back instead of parsing (:func:`capture_parser`). So a ``main`` must build its
+parser and call ``parse`` before it does anything else; a new option needs only
+``add_argument`` with a ``help=`` (a test checks that every option has one and that ``--help``
+names its variable).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import math
 import os
 import sys
-import textwrap
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +83,6 @@ SECTIONS = ("node", "meta", "rm", "up", "client", "log")
 COMPONENTS = ("node", "meta", "rm", "up", "client")
 LOG_SECTION = "log"
 
-# Where each server component's parser is built: calling this with [] under ``_capture``
-# stops inside ``parse`` and hands the parser back (``parser_for``), so the example file and
-# ``config show`` use the very parser the process uses.
-_PROCESS_PARSE_ENTRIES = {
-    "node": "rangekv.node.server:main",
-    "meta": "rangekv.metadata.service:parse_args",
-    "rm": "rangekv.request_manager.app:_parse_args",
-}
-
 _TRUE = frozenset({"1", "true"})
 _FALSE = frozenset({"0", "false"})
 
@@ -103,7 +92,8 @@ class ConfigError(ValueError):
 
 
 class _Captured(BaseException):
-    """Raised by ``parse`` under ``_capture``: carries the prepared parser out of a main."""
+    """Raised by ``parse`` under :func:`capture_parser`: carries the prepared parser out of a
+    main."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         super().__init__("parser captured")
@@ -538,46 +528,21 @@ def parse(parser: argparse.ArgumentParser, section: str, argv: Sequence[str] | N
     return ns
 
 
-@contextlib.contextmanager
-def _capture() -> Iterator[None]:
+def capture_parser(entry: Callable[[list[str]], object]) -> argparse.ArgumentParser:
+    """The prepared parser ``entry`` (a process's main, or the function that parses its
+    options) parses with: ``entry([])`` runs until it calls :func:`parse`, which hands the
+    parser back instead of parsing. So ``config example`` and ``config show`` use the very
+    parser the process uses."""
     global _capturing
     _capturing = True
     try:
-        yield
+        entry([])
+    except _Captured as captured:
+        return captured.parser
     finally:
         _capturing = False
-
-
-def parser_for(component: str) -> argparse.ArgumentParser:
-    """The prepared parser ``component`` parses its options with (``up`` and ``client``: the
-    CLI's, whose bound parts are those sections)."""
-    if component in ("up", "client"):
-        from rangekv.cli.main import build_parser
-
-        return prepare(build_parser(), "client", log_options=False)
-    if component not in _PROCESS_PARSE_ENTRIES:
-        raise ValueError(f"no component {component!r} (one of {', '.join(COMPONENTS)})")
-    module_name, _, attr = _PROCESS_PARSE_ENTRIES[component].partition(":")
-    entry = getattr(importlib.import_module(module_name), attr)
-    with _capture():
-        try:
-            entry([])
-        except _Captured as captured:
-            return captured.parser
-    raise RuntimeError(f"{module_name}.{attr} does not parse its options with config.parse")
-
-
-def component_settings(component: str) -> list[Setting]:
-    """The settings ``component`` reads: its own section and [log] (``up``: also the [log]
-    options it passes on to the processes it starts). Each key once, in parser order."""
-    wanted = {component, LOG_SECTION} if component != "client" else {component}
-    out: list[Setting] = []
-    seen: set[tuple[str, str]] = set()
-    for s in settings_of(parser_for(component)):
-        if s.section in wanted and (s.section, s.key) not in seen:
-            seen.add((s.section, s.key))
-            out.append(s)
-    return out
+    raise RuntimeError(f"{entry.__module__}.{entry.__qualname__} does not parse its options "
+                       "with config.parse")
 
 
 # --- TOML out ---------------------------------------------------------------------------------
@@ -599,42 +564,11 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
 
 
-def _round_trips(s: Setting, value: Any) -> bool:
+def round_trips(s: Setting, value: Any) -> bool:
+    """Does ``value`` survive being written as TOML and read back as ``s`` reads it?"""
     try:
         text = toml_value(value)
         back = tomllib.loads(f"v = {text}")["v"]
         return bool(_convert(s, back, "example", False) == value)
     except (ConfigError, tomllib.TOMLDecodeError):
         return False
-
-
-def example(components: Sequence[str]) -> str:
-    """A commented TOML file with every option of ``components``: each default as a
-    commented ``#key = value`` line (uncomment to change), required ones marked."""
-    lines = [
-        "# rangekv configuration (generated by `rangekv config example`).",
-        "# Give it with --config FILE or $RANGEKV_CONFIG. Precedence: command line, then",
-        "# environment variables (named below), then this file, then the built-in default.",
-        "# Each #key = value line shows the default; uncomment it to change the value.",
-    ]
-    tables: dict[str, list[Setting]] = {}
-    for component in components:
-        for s in component_settings(component):
-            if all(t.key != s.key for t in tables.get(s.section, [])):
-                tables.setdefault(s.section, []).append(s)
-    for section in [s for s in SECTIONS if s in tables]:
-        lines += ["", f"[{section}]"]
-        for s in tables[section]:
-            lines.append("")
-            if s.help:
-                lines += textwrap.wrap(s.help, 98, initial_indent="# ", subsequent_indent="# ")
-            if s.required:
-                lines.append(f"# {s.key}: required (env {s.env})")
-            elif s.builtin is None:
-                lines.append(f"# {s.key}: no default (env {s.env})")
-            elif _round_trips(s, s.builtin):
-                lines.append(f"# env {s.env}")
-                lines.append(f"#{s.key} = {toml_value(s.builtin)}")
-            else:
-                lines.append(f"# {s.key}: default {describe_value(s.builtin)} (env {s.env})")
-    return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from rangekv import config
 from rangekv import log as rangekv_log
-from rangekv.cli import Context, endpoints
+from rangekv.cli import Context, config_cmd, endpoints
 from rangekv.cli import main as cli
 from rangekv.cluster.local import LocalCluster
 from rangekv.metadata.service import parse_args as meta_parse_args
@@ -224,7 +224,7 @@ def test_typos_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 
 @pytest.mark.parametrize("component", config.COMPONENTS)
 def test_help_names_every_variable_and_explains_every_option(component: str) -> None:
-    settings = config.component_settings(component)
+    settings = config_cmd.component_settings(component)
     assert settings
     helps = "".join(p.format_help() for p in {id(s.parser): s.parser for s in settings}.values())
     flat = " ".join(helps.split())
@@ -242,7 +242,7 @@ def test_help_shows_defaults_and_required() -> None:
     assert "where [env RANGEKV_NODE_DATA_DIR, required]" in flat
     assert "a flag [env RANGEKV_NODE_FLAG, default false]" in flat
     assert "[env RANGEKV_LOG_FORMAT, default text]" in flat
-    node = " ".join(config.parser_for("node").format_help().split())
+    node = " ".join(config_cmd.parser_for("node").format_help().split())
     assert "[env RANGEKV_NODE_DATA_DIR, required]" in node
     # a help text that gives its default already is not repeated
     assert "(default 10000; also after 64 MiB of log) [env RANGEKV_NODE_COMPACT_ENTRIES]" in node
@@ -271,14 +271,14 @@ def uncommented(text: str) -> str:
 @pytest.mark.parametrize("component", [*config.COMPONENTS, "all"])
 def test_the_example_parses_back_to_the_defaults(component: str, tmp_path: Path) -> None:
     components = config.COMPONENTS if component == "all" else (component,)
-    text = config.example(components)
+    text = config_cmd.example(components)
     assert tomllib.loads(text) == {s: {} for s in tomllib.loads(text)}  # all commented out
     path = tmp_path / "example.toml"
     path.write_text(uncommented(text))
     doc = tomllib.loads(path.read_text())
     assert sum(len(t) for t in doc.values()) >= 1
     for comp in components:
-        settings = config.resolve(config.component_settings(comp), path, {})
+        settings = config.resolve(config_cmd.component_settings(comp), path, {})
         for s in settings:
             if comp == "up" and s.section == "log" and component == "all":
                 continue  # the [log] table holds the processes' defaults; up passes on none
@@ -378,7 +378,7 @@ def test_up_passes_log_options_and_the_file_to_its_processes(tmp_path: Path) -> 
 
 def test_every_component_parses_through_config() -> None:
     for component in ("node", "meta", "rm"):
-        parser = config.parser_for(component)
+        parser = config_cmd.parser_for(component)
         assert "--config" in parser._option_string_actions
         assert "--log-format" in parser._option_string_actions
 
