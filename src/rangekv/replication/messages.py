@@ -20,14 +20,9 @@ receiver on an older epoch learns that it is deposed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-
-class Entry(NamedTuple):
-    epoch: int
-    index: int
-    payload: bytes
-
+from rangekv.storage.entry import Entry  # (re-exported: replication's name for a log entry)
 
 NEW_EPOCH = "new_epoch"
 NEW_EPOCH_RESP = "new_epoch_resp"
