@@ -66,6 +66,9 @@ state machine has not applied).
 
 The contract with the driver (like etcd-io/raft's ``Ready``)
 ------------------------------------------------------------
+(``loop.py`` is the one place this contract is carried out, for production, the simulator and
+the tests alike.)
+
 Inputs: ``step(msg)``, ``tick()``, ``campaign(epoch)``, ``propose(payload)``, ``read(token)``,
 ``on_synced(index, epoch)``, ``on_applied(index)``, ``compact(index)``, ``report_snapshot``,
 ``offer_snapshot``, ``on_snapshot_installed``, ``on_snapshot_aborted``. Then the driver calls
@@ -406,8 +409,8 @@ class Core:
             self._round_in_flight = 0
 
     # ------------------------------------------------------------------ decisions
-    # Each rule below is one line of the protocol that a planted bug in the simulator
-    # (``rangekv.sim.bugs``) replaces, to show that the simulator catches its absence.
+    # Each rule below is one line of the protocol that a planted bug (``bugs.py``) replaces,
+    # to show that the simulator catches its absence.
     def _is_stale(self, epoch: int) -> bool:
         """A message from an epoch older than our promise is refused."""
         return epoch < self.promised

@@ -1,94 +1,31 @@
-"""Planted bugs: each removes one rule of the protocol, to show that the simulator catches it.
+"""The planted bugs the simulator runs (``rangekv sim --bug NAME``).
 
-Each is a subclass of the real ``Core`` overriding exactly one of its decision methods (the
-"decisions" section of ``core.py``), so the rest of the code under test is the production code.
-``rangekv sim --bug NAME`` runs seeds until the simulator reports a failure.
+The core's bugs live in :mod:`rangekv.replication.bugs` (a node may run one without importing the
+simulator: ``rangekv chaos --planted-bug``); this is the simulator's registry of them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from rangekv.replication.bugs import (
+    BUGS,
+    AcceptLowerEpoch,
+    AckBeforeFsync,
+    ApplyBeforeCommit,
+    CampaignWithoutJoint,
+    CoreFactory,
+    InstallStaleSnapshot,
+    ReadWithoutQuorum,
+    SkipLogMatching,
+)
 
-from rangekv.replication.core import SNAPSHOT_ACCEPT, SNAPSHOT_STALE, Core
-from rangekv.replication.messages import Msg
-
-
-class AckBeforeFsync(Core):
-    """(a) A follower acknowledges entries before they are durable, so the leader may count a
-    majority that a crash then erases."""
-
-    def _ack_after_sync(self, msg: Msg) -> None:
-        self._out.messages.append(msg)
-
-
-class AcceptLowerEpoch(Core):
-    """(b) A member takes appends and heartbeats from a deposed leader's older epoch."""
-
-    def _is_stale(self, epoch: int) -> bool:
-        return False
-
-    def _follow(self, msg: Msg) -> None:
-        if msg.epoch < self.promised:
-            self.leader = msg.frm  # obey the old leader as if it were current
-            return
-        super()._follow(msg)
-
-
-class SkipLogMatching(Core):
-    """(c) A follower accepts entries after ``prev`` without checking that its entry at
-    ``prev`` has the leader's epoch."""
-
-    def _log_matches(self, prev: int, prev_epoch: int) -> bool:
-        return prev <= self.last_index
-
-
-class ReadWithoutQuorum(Core):
-    """(d) The leader answers a read from its own state without confirming its epoch with a
-    majority, so a deposed leader can answer stale."""
-
-    def _confirm_read(self, token: Any) -> None:
-        self._out.reads.append((token, self.commit))
-
-
-class ApplyBeforeCommit(Core):
-    """(e) Entries are applied once durable locally, before a majority has them."""
-
-    def _apply_limit(self) -> int:
-        return self.stable
-
-    def on_applied(self, index: int) -> None:
-        self.applied = index  # (the real method asserts applied <= commit)
-
-
-class InstallStaleSnapshot(Core):
-    """(f) A follower installs a snapshot offered at or below its commit index (InstallSnapshot
-    without its staleness rule), so its commit and applied state go backward and its log loses
-    entries it may have acknowledged."""
-
-    def _snapshot_answer(self, index: int, snap_epoch: int) -> str:
-        answer = super()._snapshot_answer(index, snap_epoch)
-        return SNAPSHOT_ACCEPT if answer == SNAPSHOT_STALE else answer
-
-    def on_snapshot_installed(self, index: int, epoch: int) -> None:
-        # (the real method asserts index > commit)
-        self._reset_to_snapshot(index, epoch)
-
-
-class CampaignWithoutJoint(Core):
-    """(g) A candidate wins with a majority of the new members alone, ignoring the previous
-    members (``joint``) while a reconfiguration is unfinished: an entry committed under the
-    old members can be on none of the new majority."""
-
-    def _election_won(self) -> bool:
-        return self._majority(self.accepts, self.members)
-
-
-BUGS: dict[str, type[Core]] = {
-    "ack-before-fsync": AckBeforeFsync,
-    "accept-lower-epoch": AcceptLowerEpoch,
-    "skip-log-matching": SkipLogMatching,
-    "read-without-quorum": ReadWithoutQuorum,
-    "apply-before-commit": ApplyBeforeCommit,
-    "install-stale-snapshot": InstallStaleSnapshot,
-    "campaign-without-joint": CampaignWithoutJoint,
-}
+__all__ = [
+    "BUGS",
+    "AcceptLowerEpoch",
+    "AckBeforeFsync",
+    "ApplyBeforeCommit",
+    "CampaignWithoutJoint",
+    "CoreFactory",
+    "InstallStaleSnapshot",
+    "ReadWithoutQuorum",
+    "SkipLogMatching",
+]
