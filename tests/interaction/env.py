@@ -1,7 +1,9 @@
 """Scripted interaction tests for the replication core (after etcd-io/raft's datadriven tests).
 
 A script drives a few ``Core`` instances through an in-memory network and disk, one command at a
-time, and records everything each core asked its driver to do. The golden output is part of the
+time, and records everything each core asked its driver to do. Each core runs in the Ready loop
+production runs (``rangekv.replication.loop.ReadyLoop``), over ``MemoryDisk``: what these
+scripts show is what that loop does, fsync for fsync. The golden output is part of the
 script; ``REWRITE=1`` regenerates it (only on purpose: read the diff before committing it).
 
 File format
@@ -39,8 +41,9 @@ partition IDS/IDS[/...] / heal    messages across the cut are dropped when deliv
 status [ID]                   role, epoch, leader, last, commit, applied, stable per node.
 log ID                        the node's log; entries not yet durable are marked.
 
-Ready handling is automatic: after every input (campaign, propose, read, tick, a delivered
-message, on_synced) the env takes ``core.ready()``, does what it asks and prints it:
+Ready handling is automatic: every input (campaign, propose, read, tick, a delivered message, a
+completed fsync) goes to the node's ``ReadyLoop``, which takes ``core.ready()`` and performs it;
+the env prints each Ready (the loop's ``observe``) and what the loop then did:
 
     hardstate promised=E to=N     persisted with the next fsync
     truncate from=I               cut the log at I
@@ -73,6 +76,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rangekv.replication.core import LEADER, Config, Core, NotLeaderError, Ready
+from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import (
     APPEND,
     APPEND_RESP,
@@ -86,7 +90,7 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
-from rangekv.storage.memlog import MemoryLog
+from rangekv.storage.memlog import MemoryDisk, MemoryLog
 
 NOOP = b"noop"
 STABILIZE_ROUNDS_MAX = 50
@@ -125,44 +129,105 @@ def fmt_msg(m: Msg) -> str:
 
 
 # ---------------------------------------------------------------------------------- one node
-@dataclass
-class Persist:
-    """One Ready's writes, waiting for their fsync."""
-
-    last: int  # on_synced(last, epoch) once durable
-    epoch: int
-    durable_upto: int  # log prefix this fsync makes durable (lowered by a later truncation)
-    hard: dict[str, int] | None
-    after_sync: list[Msg]
-
-
-@dataclass
 class Node:
-    id: int
-    members: list[int]
-    cfg: Config
-    log: MemoryLog = field(default_factory=MemoryLog)
-    hard: dict[str, int] = field(default_factory=dict)  # durable hard state
-    applied: int = 0  # durable with the state machine (same batch as the data)
-    core: Core | None = None
-    pending: list[Persist] = field(default_factory=list)
-    reads: list[tuple[Any, int]] = field(default_factory=list)  # confirmed, waiting for apply
+    """One replica: a core run by the shared Ready loop (``rangekv.replication.loop``) over an
+    in-memory disk whose fsyncs complete when the script says (``sync``). The node is the
+    loop's network (into ``Env.net``) and application, and it prints what the loop does."""
+
+    def __init__(self, env: Env, node_id: int, members: list[int], cfg: Config) -> None:
+        self.env = env
+        self.id = node_id
+        self.members = members
+        self.cfg = cfg
+        self.disk = MemoryDisk()
+        self.applied = 0  # durable with the state machine (same batch as the data)
+        self.loop: ReadyLoop | None = None
+        self.out: list[str] = []  # what the loop did since the last ``take``
+        self.sent_mark: int | None = None  # len(env.net) when the first Ready was printed
+        self.confirmed: list[tuple[Any, int]] = []  # reads confirmed, waiting for apply
+
+    @property
+    def log(self) -> MemoryLog:
+        return self.disk.log
+
+    @property
+    def core(self) -> Core | None:
+        return self.loop.core if self.loop is not None else None
 
     def start(self) -> None:
         assert self.log.durable == self.log.last_index
-        self.core = Core(self.id, self.members, self.log, dict(self.hard), self.applied, self.cfg)
+        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate), self.applied,
+                    self.cfg)
+        self.loop = ReadyLoop(core, self.disk, self, self, observe=self.print_ready)
 
     def crash(self) -> list[str]:
-        lost = self.log.crash()
+        assert self.loop is not None
+        held = sum(len(u.after_sync) for u in self.loop.unsynced)
+        self.loop.close()
+        self.loop = None
+        lost, hard_lost = self.disk.crash()
         out = [f"lost entries {fmt_entries(lost)}"] if lost else []
-        hard_lost = any(p.hard is not None for p in self.pending)
-        held = sum(len(p.after_sync) for p in self.pending)
         if hard_lost:
             out.append("lost hardstate not yet synced")
         if held:
             out.append(f"lost {held} after-sync message(s)")
-        self.core, self.pending, self.reads = None, [], []
         return out
+
+    def take(self) -> list[str]:
+        out, self.out = self.out, []
+        return out
+
+    # -- what the loop calls ---------------------------------------------------------------
+    def print_ready(self, rd: Ready) -> None:
+        if self.sent_mark is None:
+            self.sent_mark = len(self.env.net)
+        out = self.out
+        if rd.hardstate:
+            out.append(f"hardstate promised={rd.hardstate['promised_epoch']} "
+                       f"to={rd.hardstate['promised_to']}")
+        if rd.truncate_from is not None:
+            out.append(f"truncate from={rd.truncate_from}")
+        if rd.entries:
+            out.append(f"entries {fmt_entries(rd.entries)}")
+        out += [f"send {fmt_msg(m)}" for m in rd.messages]
+        out += [f"after-sync {fmt_msg(m)}" for m in rd.messages_after_sync]
+        if rd.committed:
+            out.append(f"committed {fmt_entries(rd.committed)}")
+        applied = rd.committed[-1].index if rd.committed else self.applied
+        assert self.core is not None
+        for token, index in rd.reads:
+            assert index <= self.core.commit, (token, index, self.core.commit)
+            if index > applied:
+                out.append(f"read {token}@{index} waits for apply")
+        out += [f"read {token} failed" for token in rd.failed_reads]
+        self.confirmed += rd.reads
+
+    def send(self, msg: Msg) -> None:
+        self.env.net.append(msg)
+
+    def apply(self, entries: list[Entry]) -> None:
+        for e in entries:
+            assert e.index == self.applied + 1, ("applied out of order", self.id, e)
+            assert e.index <= self.log.durable, ("applied a non-durable entry", self.id, e)
+            seen = self.env.applied_at.setdefault(e.index, e)
+            assert seen == e, ("replicas applied different entries", self.id, e, seen)
+            self.applied = e.index
+
+    def read_ready(self, token: Any) -> None:
+        at = next(i for i, (t, _) in enumerate(self.confirmed) if t == token)
+        _, index = self.confirmed.pop(at)
+        self.out.append(f"read {token}@{index} answered")
+
+    def read_failed(self, token: Any) -> None:
+        pass  # (printed with its Ready)
+
+    def became_leader(self, epoch: int) -> None:
+        self.out.append(f"became-leader e={epoch}")
+        led = self.env.leaders.setdefault(epoch, self.id)
+        assert led == self.id, ("two leaders in one epoch", epoch, led, self.id)
+
+    def lost_leadership(self) -> None:
+        self.out.append("lost-leadership")
 
 
 # ---------------------------------------------------------------------------------- the env
@@ -174,57 +239,6 @@ class Env:
         self.leaders: dict[int, int] = {}  # epoch -> node that led it
         self.applied_at: dict[int, Entry] = {}  # index -> the entry every node applies there
 
-    # --------------------------------------------------------------- Ready handling
-    def handle_ready(self, node: Node) -> list[str]:
-        core = node.core
-        assert core is not None
-        rd: Ready = core.ready()
-        out: list[str] = []
-        if rd.hardstate:
-            out.append(f"hardstate promised={rd.hardstate['promised_epoch']} "
-                       f"to={rd.hardstate['promised_to']}")
-        if rd.truncate_from is not None:
-            out.append(f"truncate from={rd.truncate_from}")
-            node.log.truncate(rd.truncate_from)
-            for p in node.pending:
-                p.durable_upto = min(p.durable_upto, rd.truncate_from - 1)
-        if rd.entries:
-            out.append(f"entries {fmt_entries(rd.entries)}")
-            node.log.append(rd.entries)
-        out += [f"send {fmt_msg(m)}" for m in rd.messages]
-        self.net += rd.messages
-        out += [f"after-sync {fmt_msg(m)}" for m in rd.messages_after_sync]
-        if rd.hardstate or rd.truncate_from is not None or rd.entries or rd.messages_after_sync:
-            last = node.log.last_index
-            node.pending.append(Persist(last, node.log.epoch_at(last), last,
-                                        dict(rd.hardstate) if rd.hardstate else None,
-                                        rd.messages_after_sync))
-        if rd.committed:
-            out.append(f"committed {fmt_entries(rd.committed)}")
-            for e in rd.committed:
-                assert e.index == node.applied + 1, ("applied out of order", node.id, e)
-                assert e.index <= node.log.durable, ("applied a non-durable entry", node.id, e)
-                seen = self.applied_at.setdefault(e.index, e)
-                assert seen == e, ("replicas applied different entries", node.id, e, seen)
-                node.applied = e.index
-            core.on_applied(node.applied)
-        for token, index in rd.reads:
-            assert index <= core.commit, (token, index, core.commit)
-            node.reads.append((token, index))
-            if index > node.applied:
-                out.append(f"read {token}@{index} waits for apply")
-        out += [f"read {token} failed" for token in rd.failed_reads]
-        answered = [(t, i) for t, i in node.reads if i <= node.applied]
-        node.reads = [(t, i) for t, i in node.reads if i > node.applied]
-        out += [f"read {t}@{i} answered" for t, i in answered]
-        if rd.became_leader is not None:
-            out.append(f"became-leader e={rd.became_leader}")
-            led = self.leaders.setdefault(rd.became_leader, node.id)
-            assert led == node.id, ("two leaders in one epoch", rd.became_leader, led, node.id)
-        if rd.lost_leadership:
-            out.append("lost-leadership")
-        return out
-
     def live(self, node_id: int) -> Node:
         node = self.nodes[node_id]
         if node.core is None:
@@ -232,22 +246,19 @@ class Env:
         return node
 
     def sync(self, node: Node) -> list[str]:
-        if not node.pending:
+        if not node.disk.pending:
             return [f"> {node.id} fsync: nothing pending"]
-        p = node.pending.pop(0)
-        node.log.make_durable(p.durable_upto)
+        p = node.disk.pending[0]
         what = f"log up to {node.log.epoch_at(p.durable_upto)}/{p.durable_upto}"
-        if p.hard is not None:
-            node.hard = p.hard
+        if p.hardstate is not None:
             what += ", hardstate"
-        out = [f"> {node.id} fsync: {what}"]
-        out += [f"{IND}send {fmt_msg(m)}" for m in p.after_sync]
-        self.net += p.after_sync
-        assert node.core is not None
-        if p.hard is not None:
-            node.core.on_hardstate_synced(p.hard)
-        node.core.on_synced(p.last, p.epoch)
-        return out + [IND + line for line in self.handle_ready(node)]
+        start = len(self.net)
+        node.take()
+        node.sent_mark = None
+        node.disk.sync_next()  # the loop sends what waited for it, then performs its Readies
+        released = self.net[start : node.sent_mark]
+        return ([f"> {node.id} fsync: {what}"] + [f"{IND}send {fmt_msg(m)}" for m in released]
+                + [IND + line for line in node.take()])
 
     def deliver(self, m: Msg) -> list[str]:
         out = [fmt_msg(m)]
@@ -256,8 +267,10 @@ class Env:
             return out + [f"{IND}dropped: {m.to} is down"]
         if self.groups is not None and self.groups[m.frm] != self.groups[m.to]:
             return out + [f"{IND}dropped: partition"]
-        target.core.step(m)
-        return out + [IND + line for line in self.handle_ready(target)]
+        assert target.loop is not None
+        target.take()
+        target.loop.step(m)
+        return out + [IND + line for line in target.take()]
 
     def select(self, pos: list[str], kw: dict[str, str]) -> list[Msg]:
         to = {int(a) for a in pos}
@@ -289,40 +302,43 @@ class Env:
         cfg = Config(noop_payload=NOOP, **{k: int(v) for k, v in kw.items()})
         members = list(range(1, int(pos[0]) + 1))
         for i in members:
-            self.nodes[i] = Node(i, members, cfg)
+            self.nodes[i] = Node(self, i, members, cfg)
             self.nodes[i].start()
         return []
 
     def cmd_campaign(self, pos: list[str], kw: dict[str, str]) -> list[str]:
         node = self.live(int(pos[0]))
-        assert node.core is not None
-        node.core.campaign(int(kw["epoch"]))
-        return self.handle_ready(node)
+        assert node.loop is not None
+        node.loop.campaign(int(kw["epoch"]))
+        return node.take()
 
     def cmd_propose(self, pos: list[str], kw: dict[str, str]) -> list[str]:
         node = self.live(int(pos[0]))
-        assert node.core is not None
+        assert node.loop is not None
         try:
-            epoch, index = node.core.propose(pos[1].encode())
+            epoch, index = node.loop.propose(pos[1].encode())
         except NotLeaderError as exc:
-            return [f"error: NotLeaderError: {exc}"] + self.handle_ready(node)
-        return [f"proposed {epoch}/{index}"] + self.handle_ready(node)
+            node.loop.process()
+            return [f"error: NotLeaderError: {exc}"] + node.take()
+        return [f"proposed {epoch}/{index}"] + node.take()
 
     def cmd_read(self, pos: list[str], kw: dict[str, str]) -> list[str]:
         node = self.live(int(pos[0]))
-        assert node.core is not None
+        assert node.loop is not None
         try:
-            node.core.read(pos[1])
+            node.loop.read(pos[1])
         except NotLeaderError as exc:
-            return [f"error: NotLeaderError: {exc}"] + self.handle_ready(node)
-        return self.handle_ready(node)
+            node.loop.process()
+            return [f"error: NotLeaderError: {exc}"] + node.take()
+        return node.take()
 
     def tick(self, node: Node, n: int) -> list[str]:
         out = []
         for _ in range(n):
-            assert node.core is not None
-            node.core.tick()
-            lines = self.handle_ready(node)
+            assert node.loop is not None and node.core is not None
+            node.take()
+            node.loop.tick()
+            lines = node.take()
             if lines:
                 out += [f"> {node.id} tick {node.core.ticks}"] + [IND + x for x in lines]
         return out
@@ -361,11 +377,11 @@ class Env:
     def cmd_stabilize(self, pos: list[str], kw: dict[str, str]) -> list[str]:
         out: list[str] = []
         for _ in range(STABILIZE_ROUNDS_MAX):
-            busy = [n for n in self.nodes.values() if n.pending]
+            busy = [n for n in self.nodes.values() if n.disk.pending]
             if not busy and not self.net:
                 return out
             for node in busy:
-                while node.pending:
+                while node.disk.pending:
                     out += self.sync(node)
             msgs, self.net = self.net, []
             for m in msgs:
@@ -386,7 +402,10 @@ class Env:
         if node.core is not None:
             raise ValueError(f"node {node.id} is up")
         node.start()
-        return self.status_line(node) + self.handle_ready(node)
+        assert node.loop is not None
+        node.take()
+        node.loop.process()
+        return self.status_line(node) + node.take()
 
     def cmd_partition(self, pos: list[str], kw: dict[str, str]) -> list[str]:
         self.groups = {n: side for side, part in enumerate(pos[0].split("/")) for n in ids(part)}

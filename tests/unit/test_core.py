@@ -1,6 +1,9 @@
 """The replication core driven by a small deterministic harness.
 
-Each node has an in-memory log whose durable prefix survives a crash; the network delivers,
+Each core runs in the shared Ready loop (``rangekv.replication.loop``, the one production runs)
+over an in-memory disk whose durable prefix survives a crash and whose fsyncs complete one at a
+time in any order with the deliveries (so a leader's appends leave before its own fsync, as in
+production, and a promise not yet durable holds back what speaks for it); the network delivers,
 drops, duplicates and reorders messages from one seeded random source. After every run the
 checks are: replicas applied identical sequences (prefixes of one another); every write the
 leader acknowledged (applied on the leader as committed) is in every later leader's log;
@@ -10,43 +13,77 @@ one leader per epoch. A failing seed is printed in the assertion message.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 import pytest
 
 from rangekv.replication.core import CANDIDATE, LEADER, Config, Core, NotLeaderError
+from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import Entry, Msg
-from rangekv.storage.memlog import MemoryLog
+from rangekv.storage.memlog import MemoryDisk, MemoryLog
 
 NOOP = b"noop"
 
 
-@dataclass
 class SimNode:
-    id: int
-    members: list[int]
-    log: MemoryLog = field(default_factory=MemoryLog)
-    hard: dict[str, int] = field(default_factory=dict)
-    applied: list[Entry] = field(default_factory=list)
-    core: Core | None = None
-    pending_syncs: list[tuple[int, int, list[Msg]]] = field(default_factory=list)
-    reads_done: list[tuple[object, int]] = field(default_factory=list)
-    up: bool = True
+    """One replica: a core in the shared Ready loop (``rangekv.replication.loop``) over an
+    in-memory disk whose fsyncs the harness completes one at a time, in any interleaving with
+    message deliveries; the node is the loop's application (a list of applied entries)."""
+
+    def __init__(self, h: Harness, node_id: int, members: list[int]) -> None:
+        self.h = h
+        self.id = node_id
+        self.members = members
+        self.disk = MemoryDisk()
+        self.applied: list[Entry] = []
+        self.loop: ReadyLoop | None = None
+        self.reads_done: list[object] = []
+        self.up = True
+
+    @property
+    def log(self) -> MemoryLog:
+        return self.disk.log
+
+    @property
+    def core(self) -> Core | None:
+        return self.loop.core if self.loop is not None else None
 
     def start(self) -> None:
-        self.log.durable = len(self.log.items)  # a restart syncs what it finds
-        self.core = Core(self.id, self.members, self.log, dict(self.hard),
-                         len(self.applied), Config(noop_payload=NOOP))
-        self.pending_syncs = []
+        assert self.log.durable == self.log.last_index  # a crash kept only what was durable
+        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate),
+                    len(self.applied), Config(noop_payload=NOOP))
+        self.loop = ReadyLoop(core, self.disk, self.h, self)
 
     def crash(self) -> None:
+        assert self.loop is not None
         self.up = False
-        self.log.crash()
-        self.core = None
-        self.pending_syncs = []
+        self.loop.close()
+        self.loop = None
+        self.disk.crash()
         # The state machine is rebuilt from the log on restart in this harness: keep only the
         # applied entries that are durable in the log.
         self.applied = self.applied[: min(len(self.applied), self.log.durable)]
+
+    # the loop's application
+    def apply(self, entries: list[Entry]) -> None:
+        core = self.core
+        assert core is not None
+        for e in entries:
+            assert e.index == len(self.applied) + 1, (self.h.seed, self.id, e, len(self.applied))
+            self.applied.append(e)
+            if core.role == LEADER and e.payload != NOOP:
+                self.h.acked.append(e)
+
+    def read_ready(self, token: object) -> None:
+        self.reads_done.append(token)
+
+    def read_failed(self, token: object) -> None:
+        pass
+
+    def became_leader(self, epoch: int) -> None:
+        assert self.h.leaders.setdefault(epoch, self.id) == self.id, self.h.seed
+
+    def lost_leadership(self) -> None:
+        pass
 
 
 class Harness:
@@ -54,47 +91,20 @@ class Harness:
         self.rng = random.Random(seed)
         self.seed = seed
         ids = list(range(1, n + 1))
-        self.nodes = {i: SimNode(i, ids) for i in ids}
-        for node in self.nodes.values():
-            node.start()
         self.net: list[Msg] = []
         self.drop, self.dup = drop, dup
         self.leaders: dict[int, int] = {}  # epoch -> node
         self.acked: list[Entry] = []
         self.epoch = 0
+        self.nodes = {i: SimNode(self, i, ids) for i in ids}
+        for node in self.nodes.values():
+            node.start()
 
-    def process(self, node: SimNode) -> None:
-        core = node.core
-        assert core is not None
-        rd = core.ready()
-        if rd.hardstate:
-            node.hard = dict(rd.hardstate)
-        if rd.truncate_from is not None:
-            node.log.truncate(rd.truncate_from)
-        node.log.append(rd.entries)
-        self.net.extend(rd.messages)
-        if rd.entries or rd.hardstate or rd.truncate_from is not None or rd.messages_after_sync:
-            last = node.log.last_index
-            node.pending_syncs.append((last, node.log.epoch_at(last), rd.messages_after_sync))
-        for e in rd.committed:
-            assert e.index == len(node.applied) + 1, (self.seed, node.id, e, len(node.applied))
-            node.applied.append(e)
-            if core.role == LEADER and e.payload != NOOP:
-                self.acked.append(e)
-        if rd.committed:
-            core.on_applied(rd.committed[-1].index)
-        node.reads_done.extend(rd.reads)
-        if rd.became_leader is not None:
-            assert self.leaders.setdefault(rd.became_leader, node.id) == node.id, self.seed
+    def send(self, msg: Msg) -> None:  # the loops' network
+        self.net.append(msg)
 
     def sync(self, node: SimNode) -> None:
-        if not node.pending_syncs:
-            return
-        last, epoch, msgs = node.pending_syncs.pop(0)
-        node.log.make_durable(last)
-        self.net.extend(msgs)
-        assert node.core is not None
-        node.core.on_synced(last, epoch)
+        node.disk.sync_next()
 
     def step(self) -> None:
         r = self.rng.random()
@@ -106,18 +116,14 @@ class Harness:
             if self.rng.random() < self.dup:
                 self.net.append(msg)
             target = self.nodes[msg.to]
-            if target.up and target.core is not None:
-                target.core.step(msg)
-                self.process(target)
+            if target.up and target.loop is not None:
+                target.loop.step(msg)
         elif r < 0.92 and live:
-            node = self.rng.choice(live)
-            self.sync(node)
-            self.process(node)
+            self.sync(self.rng.choice(live))
         else:
             for node in live:
-                assert node.core is not None
-                node.core.tick()
-                self.process(node)
+                assert node.loop is not None
+                node.loop.tick()
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -133,9 +139,8 @@ class Harness:
         """What meta does: hand out the next epoch to one node."""
         self.epoch += 1
         node = self.nodes[node_id]
-        assert node.core is not None
-        node.core.campaign(self.epoch)
-        self.process(node)
+        assert node.loop is not None
+        node.loop.campaign(self.epoch)
 
     def elect_best(self) -> None:
         """Meta's choice: the most caught-up live node."""
@@ -147,7 +152,7 @@ class Harness:
     def settle(self, steps: int = 3000, reelect_steps: int = 0) -> None:
         for i in range(steps):
             if self.leader() is not None and not self.net and all(
-                not n.pending_syncs for n in self.nodes.values()):
+                not n.disk.pending for n in self.nodes.values()):
                 return
             if reelect_steps and i % reelect_steps == reelect_steps - 1 and self.leader() is None:
                 self.elect_best()
@@ -173,9 +178,8 @@ def test_three_nodes_elect_commit_apply() -> None:
     leader = h.leader()
     assert leader is not None and leader.id == 1
     for i in range(20):
-        assert leader.core is not None
-        leader.core.propose(f"w{i}".encode())
-        h.process(leader)
+        assert leader.loop is not None
+        leader.loop.propose(f"w{i}".encode())
     h.settle()
     for _ in range(500):
         h.step()
@@ -203,14 +207,13 @@ def test_read_index_needs_a_majority() -> None:
     h.elect(1)
     h.settle()
     leader = h.nodes[1]
-    assert leader.core is not None
-    leader.core.read("r1")
-    h.process(leader)
+    assert leader.loop is not None
+    leader.loop.read("r1")
     assert leader.reads_done == []  # not before a majority confirmed the epoch
     h.settle()
     for _ in range(200):
         h.step()
-    assert [tok for tok, _ in leader.reads_done] == ["r1"]
+    assert leader.reads_done == ["r1"]
 
 
 def test_deposed_leader_cannot_commit_or_read() -> None:
@@ -226,17 +229,16 @@ def test_deposed_leader_cannot_commit_or_read() -> None:
         if h.leader() is not None and h.leader().id == 2:
             break
     assert h.leader() is not None
-    assert old.core is not None
+    assert old.core is not None and old.loop is not None
     if old.core.role == LEADER and old.core.serving:
         # It may still believe it leads, but it can neither commit nor answer a read.
-        old.core.propose(b"stale")
-        old.core.read("stale-read")
-        h.process(old)
+        old.loop.propose(b"stale")
+        old.loop.read("stale-read")
         for _ in range(500):
             h.net = [m for m in h.net if m.frm != 1 and m.to != 1]
             h.step()
         assert all(e.payload != b"stale" for e in old.applied)
-        assert all(tok != "stale-read" for tok, _ in old.reads_done)
+        assert "stale-read" not in old.reads_done
     # Heal: the old leader learns of epoch 2 and follows.
     for _ in range(3000):
         h.step()
@@ -256,10 +258,9 @@ def test_random_faults_keep_acknowledged_writes(seed: int) -> None:
             h.step()
             leader = h.leader()
             if leader is not None and rng.random() < 0.2:
-                assert leader.core is not None
-                leader.core.propose(f"w{writes}".encode())
+                assert leader.loop is not None
+                leader.loop.propose(f"w{writes}".encode())
                 writes += 1
-                h.process(leader)
         action = rng.random()
         victim = h.nodes[rng.randrange(1, 4)]
         if action < 0.3 and victim.up:
@@ -280,9 +281,8 @@ def test_random_faults_keep_acknowledged_writes(seed: int) -> None:
     h.settle(20000, reelect_steps=1500)
     leader = h.leader()
     assert leader is not None, f"seed {seed}: no leader after faults stopped"
-    assert leader.core is not None
-    leader.core.propose(b"final")
-    h.process(leader)
+    assert leader.loop is not None
+    leader.loop.propose(b"final")
     for _ in range(5000):
         h.step()
     h.check()
@@ -297,9 +297,9 @@ def test_candidate_adopts_more_up_to_date_log() -> None:
     leader = h.nodes[1]
     assert leader.core is not None
     # Node 3 is cut off while writes commit on 1 and 2.
+    assert leader.loop is not None
     for i in range(5):
-        leader.core.propose(f"a{i}".encode())
-        h.process(leader)
+        leader.loop.propose(f"a{i}".encode())
     for _ in range(2000):
         h.net = [m for m in h.net if m.to != 3 and m.frm != 3]
         h.step()

@@ -1,7 +1,7 @@
 """Membership in the replication core: learners, joint voters, and the quorums each counts in.
 
-A small synchronous network of cores over in-memory logs: messages are delivered in order
-unless a link is cut, and every write is made durable at once. Each test sets up a group the
+A small synchronous network of cores, each in the shared Ready loop over an in-memory disk:
+messages are delivered in order unless a link is cut, and every write is made durable at once. Each test sets up a group the
 way meta's records would (``set_config``) and checks one rule of the core's docstring.
 """
 
@@ -11,63 +11,48 @@ from collections.abc import Iterable
 
 import pytest
 
+from rangekv.replication.bugs import CampaignWithoutJoint, CoreFactory
 from rangekv.replication.core import CANDIDATE, FOLLOWER, IDLE, LEADER, Config, Core
-from rangekv.replication.messages import Msg
-from rangekv.sim.bugs import CampaignWithoutJoint
-from rangekv.storage.memlog import MemoryLog
+from rangekv.replication.loop import ReadyLoop
+from rangekv.replication.messages import Entry, Msg
+from rangekv.storage.memlog import MemoryDisk, MemoryLog
 
 NOOP = b"noop"
 
 
 class Net:
-    """Cores 1..n, all durable at once; ``cut`` pairs drop what they send each other."""
+    """Cores 1..n in the shared Ready loop over disks whose fsyncs complete at once; ``cut``
+    pairs drop what they send each other. The net is every loop's network and application."""
 
     def __init__(self, n: int, members: Iterable[int], learners: Iterable[int] = (),
-                 joint: Iterable[int] = (), core_class: type[Core] = Core) -> None:
-        self.logs = {i: MemoryLog() for i in range(1, n + 1)}
-        self.hard: dict[int, dict[str, int]] = {i: {} for i in self.logs}
+                 joint: Iterable[int] = (), core_class: CoreFactory = Core) -> None:
+        self.disks = {i: MemoryDisk(immediate=True) for i in range(1, n + 1)}
+        self.logs = {i: d.log for i, d in self.disks.items()}
         self.applied: dict[int, list[bytes]] = {i: [] for i in self.logs}
-        self.cores = {
-            i: core_class(i, members, self.logs[i], {}, 0, Config(noop_payload=NOOP),
-                          learners=learners, joint=joint)
+        self.reads: dict[int, list[object]] = {i: [] for i in self.logs}
+        self.loops = {
+            i: ReadyLoop(core_class(i, members, self.logs[i], {}, 0, Config(noop_payload=NOOP),
+                                    learners=learners, joint=joint),
+                         self.disks[i], self, _App(self, i))
             for i in self.logs
         }
+        self.cores = {i: loop.core for i, loop in self.loops.items()}
         self.cut: set[frozenset[int]] = set()
         self.down: set[int] = set()
         self.queue: list[Msg] = []
-        self.reads: dict[int, list[object]] = {i: [] for i in self.logs}
+
+    def send(self, msg: Msg) -> None:  # the loops' network
+        self.queue.append(msg)
 
     def configure(self, members: Iterable[int], learners: Iterable[int] = (),
                   joint: Iterable[int] = ()) -> None:
-        for i, core in self.cores.items():
+        for i, loop in self.loops.items():
             if i not in self.down:
-                core.set_config(list(members), list(learners), list(joint))
-                self.process(i)
+                loop.configure(list(members), list(learners), list(joint))
 
     def process(self, i: int) -> None:
-        core = self.cores[i]
-        while True:
-            rd = core.ready()
-            if rd.empty():
-                return
-            log = self.logs[i]
-            if rd.hardstate:
-                self.hard[i] = dict(rd.hardstate)
-            if rd.truncate_from is not None:
-                log.truncate(rd.truncate_from)
-            log.append(rd.entries)
-            log.make_durable(log.last_index)
-            self.queue.extend(rd.messages)
-            if rd.hardstate:
-                core.on_hardstate_synced(rd.hardstate)
-            self.queue.extend(rd.messages_after_sync)
-            if log.last_index:
-                core.on_synced(log.last_index, log.epoch_at(log.last_index))
-            for e in rd.committed:
-                self.applied[i].append(e.payload)
-            if rd.committed:
-                core.on_applied(rd.committed[-1].index)
-            self.reads[i].extend(token for token, _ in rd.reads)
+        """For a test that called its core directly: perform what that asks for."""
+        self.loops[i].process()
 
     def deliver(self, rounds: int = 200) -> None:
         for _ in range(rounds):
@@ -77,25 +62,21 @@ class Net:
             for m in msgs:
                 if m.to in self.down or m.frm in self.down or frozenset((m.frm, m.to)) in self.cut:
                     continue
-                self.cores[m.to].step(m)
-                self.process(m.to)
+                self.loops[m.to].step(m)
 
     def tick(self, n: int = 1) -> None:
         for _ in range(n):
-            for i, core in self.cores.items():
+            for i, loop in self.loops.items():
                 if i not in self.down:
-                    core.tick()
-                    self.process(i)
+                    loop.tick()
             self.deliver()
 
     def campaign(self, i: int, epoch: int) -> None:
-        self.cores[i].campaign(epoch)
-        self.process(i)
+        self.loops[i].campaign(epoch)
         self.deliver()
 
     def propose(self, i: int, payload: bytes) -> int:
-        _, index = self.cores[i].propose(payload)
-        self.process(i)
+        _, index = self.loops[i].propose(payload)
         self.deliver()
         return index
 
@@ -103,6 +84,28 @@ class Net:
         for o in others or self.cores:
             if o != i:
                 self.cut.add(frozenset((i, o)))
+
+
+class _App:
+    """Node ``i``'s application: what it applied and the reads it answered."""
+
+    def __init__(self, net: Net, i: int) -> None:
+        self.net, self.i = net, i
+
+    def apply(self, entries: list[Entry]) -> None:
+        self.net.applied[self.i].extend(e.payload for e in entries)
+
+    def read_ready(self, token: object) -> None:
+        self.net.reads[self.i].append(token)
+
+    def read_failed(self, token: object) -> None:
+        pass
+
+    def became_leader(self, epoch: int) -> None:
+        pass
+
+    def lost_leadership(self) -> None:
+        pass
 
 
 def leading(net: Net, i: int) -> bool:
@@ -131,13 +134,11 @@ def test_a_learner_never_campaigns_and_does_not_confirm_reads() -> None:
     net.campaign(4, 1)
     assert net.cores[4].role == FOLLOWER and net.cores[4].promised == 0
     net.campaign(1, 1)
-    net.cores[1].read("with members")
-    net.process(1)
+    net.loops[1].read("with members")
     net.deliver()
     assert net.reads[1] == ["with members"]
     net.down |= {2, 3}
-    net.cores[1].read("learner only")
-    net.process(1)
+    net.loops[1].read("learner only")
     net.tick(4)
     assert net.reads[1] == ["with members"]  # the learner's answer confirms nothing
 

@@ -6,6 +6,7 @@ a follower answers an offer by InstallSnapshot's rules (stale, have, accept), st
 installing (appends and fetches dropped, nothing applied, no campaign, NEW_EPOCH promised but
 answered after), and jumps to the snapshot's index once installed.
 
+Each core runs in the shared Ready loop (``rangekv.replication.loop``) over an in-memory disk.
 The random test is test_core.py's harness with compaction at random points and snapshots that
 take several steps to install (and may be aborted or lost in a crash), checking that replicas
 apply the same entries, that acknowledged writes survive, and that applied state never goes
@@ -15,7 +16,7 @@ backward.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from rangekv.replication.core import (
     Ready,
     SnapshotNeed,
 )
+from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import (
     APPEND,
     APPEND_RESP,
@@ -45,39 +47,104 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
-from rangekv.storage.memlog import MemoryLog
+from rangekv.storage.memlog import MemoryDisk, MemoryLog
 
 NOOP = b"noop"
 
 
-@dataclass
 class Node:
-    id: int
-    members: list[int]
-    log: MemoryLog = field(default_factory=MemoryLog)
-    hard: dict[str, int] = field(default_factory=dict)
-    applied: list[Entry] = field(default_factory=list)  # the state machine: entries 1..applied
-    core: Core | None = None
-    pending_syncs: list[tuple[int, int, list[Msg]]] = field(default_factory=list)
-    up: bool = True
-    incarnation: int = 0
+    """One replica: a core in the shared Ready loop over an in-memory disk (fsyncs completed by
+    the harness, one at a time); the node is the loop's application (its state machine is the
+    list of entries applied) and snapshot source (the harness runs the transfers)."""
+
+    def __init__(self, c: Cluster, node_id: int, members: list[int]) -> None:
+        self.c = c
+        self.id = node_id
+        self.members = members
+        self.disk = MemoryDisk()
+        self.applied: list[Entry] = []  # the state machine: entries 1..applied
+        self.loop: ReadyLoop | None = None
+        self.up = True
+        self.incarnation = 0
+        self.readies: list[Ready] = []  # performed by the loop (see ``Cluster.do``)
+
+    @property
+    def log(self) -> MemoryLog:
+        return self.disk.log
+
+    @property
+    def core(self) -> Core | None:
+        return self.loop.core if self.loop is not None else None
 
     def start(self) -> None:
-        self.log.durable = self.log.last_index  # a restart syncs what it finds
-        self.core = Core(self.id, self.members, self.log, dict(self.hard), len(self.applied),
-                         Config(noop_payload=NOOP))
-        self.pending_syncs = []
+        assert self.log.durable == self.log.last_index  # a crash kept only what was durable
+        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate),
+                    len(self.applied), Config(noop_payload=NOOP))
+        self.loop = ReadyLoop(core, self.disk, self.c, self, snapshots=self, sink=self,
+                              observe=self.readies.append)
         self.incarnation += 1
 
     def crash(self) -> None:
+        assert self.loop is not None
         self.up = False
-        self.log.crash()
-        self.core = None
-        self.pending_syncs = []
+        self.loop.close()
+        self.loop = None
+        self.disk.crash()
         # The state machine is durable up to what the log can no longer replay (the base) and
         # at most up to the durable log.
         keep = max(self.log.base_index, min(len(self.applied), self.log.durable))
         self.applied = self.applied[:keep]
+
+    # the loop's application and snapshot source
+    def apply(self, entries: list[Entry]) -> None:
+        core = self.core
+        assert core is not None
+        for e in entries:
+            assert e.index == len(self.applied) + 1, (self.c.seed, self.id, e, len(self.applied))
+            self.applied.append(e)
+            if core.role == LEADER and e.payload != NOOP:
+                self.c.acked.append(e)
+
+    def read_ready(self, token: object) -> None:
+        pass
+
+    def read_failed(self, token: object) -> None:
+        pass
+
+    def became_leader(self, epoch: int) -> None:
+        assert self.c.leaders.setdefault(epoch, self.id) == self.id, self.c.seed
+
+    def lost_leadership(self) -> None:
+        pass
+
+    def send_snapshot(self, need: SnapshotNeed, delay_s: float) -> None:
+        self.c.needs.append((self.id, need, self.incarnation))
+
+    def abort_snapshot(self, why: str) -> bool:
+        """The loop gives up the install under way (a newer epoch was promised)."""
+        for job in self.c.installs:
+            if job["target"] == self.id and job["incarnation"] == self.incarnation:
+                job["aborted"] = why
+        self.c.stats["fenced"] += 1
+        return True
+
+
+def merged(readies: list[Ready]) -> Ready:
+    """What several Readies asked for, as one."""
+    out = Ready()
+    for rd in readies:
+        out.hardstate = rd.hardstate or out.hardstate
+        if rd.truncate_from is not None:
+            out.truncate_from = rd.truncate_from
+        if rd.compact_to is not None:
+            out.compact_to = rd.compact_to
+        if rd.became_leader is not None:
+            out.became_leader = rd.became_leader
+        out.lost_leadership |= rd.lost_leadership
+        for name in ("entries", "messages", "messages_after_sync", "committed", "reads",
+                     "failed_reads", "snapshots"):
+            getattr(out, name).extend(getattr(rd, name))
+    return out
 
 
 class Cluster:
@@ -87,75 +154,54 @@ class Cluster:
         self.rng = random.Random(seed)
         self.seed = seed
         ids = list(range(1, n + 1))
-        self.nodes = {i: Node(i, ids) for i in ids}
-        for node in self.nodes.values():
-            node.start()
         self.net: list[Msg] = []
         self.drop, self.dup = drop, dup
         self.leaders: dict[int, int] = {}
         self.acked: list[Entry] = []
         self.epoch = 0
-        self.needs: list[tuple[int, SnapshotNeed]] = []  # (leader, need) not yet started
+        self.needs: list[tuple[int, SnapshotNeed, int]] = []  # (leader, need, its incarnation)
         self.installs: list[dict[str, Any]] = []  # accepted offers, installing
         self.stats = {"snapshots": 0, "installed": 0, "aborted": 0, "stale": 0, "have": 0,
-                      "compactions": 0}
+                      "compactions": 0, "fenced": 0}
+        self.nodes = {i: Node(self, i, ids) for i in ids}
+        for node in self.nodes.values():
+            node.start()
 
-    def process(self, node: Node) -> Ready:
-        core = node.core
-        assert core is not None
-        rd = core.ready()
-        if rd.hardstate:
-            node.hard = dict(rd.hardstate)
-        if rd.truncate_from is not None:
-            node.log.truncate(rd.truncate_from)
-        node.log.append(rd.entries)
-        if rd.compact_to is not None:
-            node.log.drop_prefix(rd.compact_to)
-        self.net.extend(rd.messages)
-        if rd.entries or rd.hardstate or rd.truncate_from is not None or rd.messages_after_sync:
-            last = node.log.last_index
-            node.pending_syncs.append((last, node.log.epoch_at(last), rd.messages_after_sync))
-        for e in rd.committed:
-            assert e.index == len(node.applied) + 1, (self.seed, node.id, e, len(node.applied))
-            node.applied.append(e)
-            if core.role == LEADER and e.payload != NOOP:
-                self.acked.append(e)
-        if rd.committed:
-            core.on_applied(rd.committed[-1].index)
-        for need in rd.snapshots:
-            self.needs.append((node.id, need))
-        if rd.became_leader is not None:
-            assert self.leaders.setdefault(rd.became_leader, node.id) == node.id, self.seed
+    def send(self, msg: Msg) -> None:  # the loops' network
+        self.net.append(msg)
+
+    def do(self, node: Node, action: Callable[[], object]) -> Ready:
+        """Run ``action`` (an input to the node's loop) and return what the loop performed."""
+        node.readies.clear()
+        action()
+        rd = merged(node.readies)
+        node.readies.clear()
         return rd
 
+    def process(self, node: Node) -> Ready:
+        """For a test that called the core directly: perform what that asks for."""
+        assert node.loop is not None
+        return self.do(node, node.loop.process)
+
     def sync(self, node: Node) -> None:
-        if not node.pending_syncs:
-            return
-        last, epoch, msgs = node.pending_syncs.pop(0)
-        node.log.make_durable(last)
-        assert node.core is not None
-        if node.hard:
-            node.core.on_hardstate_synced(node.hard)
-        self.net.extend(msgs)
-        node.core.on_synced(last, epoch)
+        node.disk.sync_next()
 
     # -- snapshots, as a driver does them -------------------------------------------------
     def start_snapshot(self) -> None:
-        leader_id, need = self.needs.pop(self.rng.randrange(len(self.needs)))
+        leader_id, need, incarnation = self.needs.pop(self.rng.randrange(len(self.needs)))
         source, target = self.nodes[leader_id], self.nodes[need.peer]
-        if not source.up or source.core is None:
+        if not source.up or source.loop is None or source.incarnation != incarnation:
             return
-        core = source.core
+        core = source.loop.core
         ok, index = False, 0
-        if target.up and target.core is not None and self.rng.random() > self.drop:
+        if target.up and target.loop is not None and self.rng.random() > self.drop:
             # The checkpoint is of the state machine now: at the applied index, >= the base.
             snap_index = core.applied
             assert snap_index >= need.index, (snap_index, need)
             snap_epoch = core.epoch_at(snap_index)
             self.stats["snapshots"] += 1
-            answer, index = target.core.offer_snapshot(source.id, core.promised, snap_index,
-                                                      snap_epoch)
-            self.process(target)
+            answer, index = target.loop.offer_snapshot(source.id, core.promised, snap_index,
+                                                       snap_epoch)
             if answer == SNAPSHOT_ACCEPT:
                 self.installs.append({"source": source.id, "target": target.id,
                                       "incarnation": target.incarnation,
@@ -167,38 +213,35 @@ class Cluster:
             self.stats["stale" if answer == SNAPSHOT_STALE else "have"] += answer in (
                 SNAPSHOT_STALE, SNAPSHOT_HAVE)
             ok = answer in (SNAPSHOT_STALE, SNAPSHOT_HAVE)
-        core.report_snapshot(need.peer, ok, index)
-        self.process(source)
+        source.loop.snapshot_sent(need.peer, ok, index)
 
     def finish_install(self) -> None:
         job = self.installs.pop(self.rng.randrange(len(self.installs)))
         target = self.nodes[job["target"]]
         ok = False
-        if target.up and target.incarnation == job["incarnation"] and target.core is not None:
+        if (target.up and target.incarnation == job["incarnation"] and target.loop is not None
+                and "aborted" not in job):
             if self.rng.random() < 0.15:
-                target.core.on_snapshot_aborted()
+                target.loop.snapshot_aborted()
                 self.stats["aborted"] += 1
             else:
                 before = len(target.applied)
                 assert job["index"] > before, (self.seed, "applied would go back", job, before)
                 target.log.reset(job["index"], job["epoch"])
                 target.applied = list(job["state"])
-                target.core.on_snapshot_installed(job["index"], job["epoch"])
+                target.loop.snapshot_installed(job["index"], job["epoch"])
                 self.stats["installed"] += 1
                 ok = True
-            self.process(target)
         source = self.nodes[job["source"]]
-        if source.up and source.core is not None and source.incarnation == job[
+        if source.up and source.loop is not None and source.incarnation == job[
                 "source_incarnation"]:
-            source.core.report_snapshot(target.id, ok, job["index"])
-            self.process(source)
+            source.loop.snapshot_sent(target.id, ok, job["index"])
 
     def compact(self, node: Node) -> None:
         core = node.core
-        assert core is not None
+        assert core is not None and node.loop is not None
         if core.applied > core.base_index:
-            core.compact(self.rng.randrange(core.base_index, core.applied + 1))
-            self.process(node)
+            node.loop.compact(self.rng.randrange(core.base_index, core.applied + 1))
             self.stats["compactions"] += 1
 
     # -- the loop -----------------------------------------------------------------------------
@@ -212,13 +255,10 @@ class Cluster:
             if self.rng.random() < self.dup:
                 self.net.append(msg)
             target = self.nodes[msg.to]
-            if target.up and target.core is not None:
-                target.core.step(msg)
-                self.process(target)
+            if target.up and target.loop is not None:
+                target.loop.step(msg)
         elif r < 0.85 and live:
-            node = self.rng.choice(live)
-            self.sync(node)
-            self.process(node)
+            self.sync(self.rng.choice(live))
         elif r < 0.89 and self.needs:
             self.start_snapshot()
         elif r < 0.92 and self.installs:
@@ -227,9 +267,8 @@ class Cluster:
             self.compact(self.rng.choice(live))
         else:
             for node in live:
-                assert node.core is not None
-                node.core.tick()
-                self.process(node)
+                assert node.loop is not None
+                node.loop.tick()
 
     def leader(self) -> Node | None:
         for n in self.nodes.values():
@@ -240,9 +279,8 @@ class Cluster:
     def elect(self, node_id: int) -> None:
         self.epoch += 1
         node = self.nodes[node_id]
-        assert node.core is not None
-        node.core.campaign(self.epoch)
-        self.process(node)
+        assert node.loop is not None
+        node.loop.campaign(self.epoch)
 
     def elect_best(self) -> None:
         live = [n for n in self.nodes.values() if n.up]
@@ -279,9 +317,8 @@ def settle(c: Cluster, cut: set[int] | None = None, rounds: int = 50) -> None:
     for _ in range(rounds):
         for node in c.nodes.values():
             if node.up:
-                while node.pending_syncs:
+                while node.disk.pending:
                     c.sync(node)
-                c.process(node)
         if not c.net:
             return
         msgs, c.net = c.net, []
@@ -289,17 +326,15 @@ def settle(c: Cluster, cut: set[int] | None = None, rounds: int = 50) -> None:
             if msg.frm in cut or msg.to in cut:
                 continue
             target = c.nodes[msg.to]
-            if target.up and target.core is not None:
-                target.core.step(msg)
-                c.process(target)
+            if target.up and target.loop is not None:
+                target.loop.step(msg)
     raise AssertionError("did not settle")
 
 
 def propose(c: Cluster, node: Node, count: int, tag: str = "w") -> None:
-    assert node.core is not None
+    assert node.loop is not None
     for i in range(count):
-        node.core.propose(f"{tag}{i}".encode())
-        c.process(node)
+        node.loop.propose(f"{tag}{i}".encode())
 
 
 def core_of(c: Cluster, i: int) -> Core:
@@ -308,12 +343,14 @@ def core_of(c: Cluster, i: int) -> Core:
     return core
 
 
+def loop_of(c: Cluster, i: int) -> ReadyLoop:
+    loop = c.nodes[i].loop
+    assert loop is not None
+    return loop
+
+
 def tick(c: Cluster, i: int, count: int = 1) -> list[Ready]:
-    out = []
-    for _ in range(count):
-        core_of(c, i).tick()
-        out.append(c.process(c.nodes[i]))
-    return out
+    return [c.do(c.nodes[i], loop_of(c, i).tick) for _ in range(count)]
 
 
 # -- compaction -------------------------------------------------------------------------------
@@ -327,11 +364,10 @@ def test_compact_moves_the_base_and_asks_the_driver_to_drop_the_prefix() -> None
     assert core.applied == 11 and core.first_index == 1
     with pytest.raises(AssertionError):
         core.compact(12)  # beyond applied
-    core.compact(8)
+    rd = c.do(c.nodes[1], lambda: loop_of(c, 1).compact(8))
     assert (core.base_index, core.first_index, core.epoch_at(8)) == (8, 9, 1)
-    rd = core.ready()
-    assert rd.compact_to == 8 and not rd.empty()
-    c.nodes[1].log.drop_prefix(8)
+    assert rd.compact_to == 8
+    assert c.nodes[1].log.base_index == 8  # the loop dropped the prefix from the log
     with pytest.raises(AssertionError):
         core.epoch_at(7)
     with pytest.raises(AssertionError):
@@ -339,8 +375,7 @@ def test_compact_moves_the_base_and_asks_the_driver_to_drop_the_prefix() -> None
     assert [e.index for e in core.entries(9, 12, 1 << 20)] == [9, 10, 11]
     with pytest.raises(AssertionError):
         core.compact(7)  # the base never goes back
-    core.compact(8)
-    assert core.ready().compact_to is None
+    assert c.do(c.nodes[1], lambda: loop_of(c, 1).compact(8)).compact_to is None
     # A restarted core finds the base in its log.
     c.nodes[1].crash()
     c.nodes[1].up = True
@@ -357,12 +392,10 @@ def leader_past_follower_3() -> Cluster:
     leader = c.nodes[1]
     assert leader.core is not None
     for i in range(20):
-        leader.core.propose(f"w{i}".encode())
-        c.process(leader)
+        loop_of(c, 1).propose(f"w{i}".encode())
         settle(c, cut={3})
     assert core_of(c, 1).applied == 21 and core_of(c, 3).commit == 1
-    core_of(c, 1).compact(15)
-    c.process(leader)
+    loop_of(c, 1).compact(15)
     return c
 
 
@@ -383,8 +416,7 @@ def test_leader_sends_a_snapshot_need_instead_of_appends_and_waits_for_the_repor
         assert APPEND not in to3
     assert HEARTBEAT in [m.type for rd in tick(c, 1, 2) for m in rd.messages if m.to == 3]
     # The follower installed the state up to 18: appends resume after it.
-    core.report_snapshot(3, True, 18)
-    rd = c.process(c.nodes[1])
+    rd = c.do(c.nodes[1], lambda: loop_of(c, 1).snapshot_sent(3, True, 18))
     appends = [m for m in rd.messages if m.to == 3 and m.type == APPEND]
     assert [(m.index, m.log_epoch) for m in appends] == [(18, 1)]
     assert not core.progress[3].snapshotting
@@ -395,8 +427,9 @@ def test_a_failed_snapshot_is_asked_for_again_at_a_later_heartbeat() -> None:
     core = core_of(c, 1)
     needs = [n for rd in tick(c, 1, 4) for n in rd.snapshots]
     assert len(needs) == 1
-    core.report_snapshot(3, False)
+    loop_of(c, 1).snapshot_sent(3, False)
     assert not core.progress[3].snapshotting
+    assert loop_of(c, 1).backoff_s[3] > 0  # the next attempt waits
     needs = [n for rd in tick(c, 1, 4) for n in rd.snapshots]
     assert needs == [SnapshotNeed(3, 15, 1)]
     core.report_snapshot(2, True, 5)  # not snapshotting: ignored
@@ -410,11 +443,9 @@ def test_a_new_learner_like_peer_with_an_empty_log_gets_a_snapshot() -> None:
     c.nodes[4].crash()
     propose(c, c.nodes[1], 5)
     settle(c)
-    core_of(c, 1).compact(6)
-    c.process(c.nodes[1])
-    c.nodes[4].log = MemoryLog()
+    loop_of(c, 1).compact(6)
+    c.nodes[4].disk = MemoryDisk()
     c.nodes[4].applied = []
-    c.nodes[4].hard = {}
     c.nodes[4].up = True
     c.nodes[4].start()
     needs = []
@@ -513,37 +544,35 @@ def test_append_with_prev_below_the_base_is_seen_from_the_base() -> None:
     c = leader_past_follower_3()
     # Bring node 2 to the same state, compact it past what the leader will send.
     f = core_of(c, 2)
-    f.compact(20)
-    c.process(c.nodes[2])
+    loop_of(c, 2).compact(20)
     entries = [Entry(1, i, f"w{i - 2}".encode()) for i in range(18, 23)]
     f.step(Msg(APPEND, 1, 2, 1, index=17, log_epoch=1, commit=21, entries=entries))
     rd = c.process(c.nodes[2])
     assert [e.index for e in rd.entries] == [22]  # 18..21 held; 22 is new
     c.net = []
-    c.sync(c.nodes[2])  # the acknowledgement leaves after the fsync
+    while c.nodes[2].disk.pending:
+        assert not c.net
+        c.sync(c.nodes[2])  # the acknowledgement leaves after the fsync
     assert [(m.type, m.index, m.reject) for m in c.net] == [(APPEND_RESP, 22, False)]
 
 
 def test_a_candidate_behind_a_members_base_ends_its_campaign() -> None:
     c = leader_past_follower_3()
-    core_of(c, 2).compact(20)
-    c.process(c.nodes[2])
+    loop_of(c, 2).compact(20)
     c.nodes[1].crash()
     # Node 3 (log ends at 1) campaigns; node 2's log is better but compacted past 3's end.
-    core_of(c, 3).campaign(2)
-    c.process(c.nodes[3])
+    loop_of(c, 3).campaign(2)
     settle(c, cut={1})
     assert core_of(c, 3).role == FOLLOWER  # it stepped down: it cannot adopt node 2's log
     fetches = [m for m in c.net if m.type in (FETCH, FETCH_RESP)]
     assert not fetches
     # Meta chooses node 2 next; it wins with node 3's acceptance, and needs node 3 to commit
     # its no-op: node 3 gets a snapshot first.
-    core_of(c, 2).campaign(3)
-    c.process(c.nodes[2])
+    loop_of(c, 2).campaign(3)
     settle(c, cut={1})
     leader = core_of(c, 2)
     assert leader.role == LEADER and not leader.serving
-    assert [need for _, need in c.needs] == [SnapshotNeed(3, 20, 1)]
+    assert [need for _, need, _ in c.needs] == [SnapshotNeed(3, 20, 1)]
     f = core_of(c, 3)
     at = leader.applied  # a snapshot is of the state machine: at its applied index
     assert at == 20
@@ -551,8 +580,7 @@ def test_a_candidate_behind_a_members_base_ends_its_campaign() -> None:
     c.nodes[3].log.reset(at, 1)
     c.nodes[3].applied = list(c.nodes[2].applied[:at])
     f.on_snapshot_installed(at, 1)
-    leader.report_snapshot(3, True, at)
-    c.process(c.nodes[2])
+    loop_of(c, 2).snapshot_sent(3, True, at)
     settle(c, cut={1})
     assert leader.serving and f.role == FOLLOWER
     tick(c, 2, leader.cfg.heartbeat_ticks)  # the heartbeat carries the commit index
@@ -575,10 +603,9 @@ def test_random_faults_with_compaction_and_snapshots(seed: int) -> None:
             c.step()
             leader = c.leader()
             if leader is not None and rng.random() < 0.25:
-                assert leader.core is not None
-                leader.core.propose(f"w{writes}".encode())
+                assert leader.loop is not None
+                leader.loop.propose(f"w{writes}".encode())
                 writes += 1
-                c.process(leader)
         action = rng.random()
         victim = c.nodes[rng.randrange(1, 4)]
         if action < 0.3 and victim.up:
@@ -620,9 +647,8 @@ def test_random_faults_exercise_every_snapshot_path() -> None:
             c.step()
             leader = c.leader()
             if leader is not None and rng.random() < 0.25:
-                assert leader.core is not None
-                leader.core.propose(b"w")
-                c.process(leader)
+                assert leader.loop is not None
+                leader.loop.propose(b"w")
             if rng.random() < 0.002:
                 victim = c.nodes[rng.randrange(1, 4)]
                 if victim.up:
@@ -635,5 +661,5 @@ def test_random_faults_exercise_every_snapshot_path() -> None:
         c.check()
         for k, v in c.stats.items():
             totals[k] = totals.get(k, 0) + v
-    for key in ("snapshots", "installed", "aborted", "stale", "compactions"):
+    for key in ("snapshots", "installed", "aborted", "stale", "compactions", "fenced"):
         assert totals[key] > 0, totals
