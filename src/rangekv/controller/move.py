@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from rangekv import errors
-from rangekv.metadata.model import RANGE_ACTIVE, RANGE_MOVING, Range, span_text
+from rangekv.model import RANGE_ACTIVE, RANGE_MOVING, Range, span_text
 
 EXPORT_PAGE_KEYS = 1000
 RETRY_S = 0.5

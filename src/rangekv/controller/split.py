@@ -27,7 +27,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from rangekv.metadata.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView, span_text
+from rangekv.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView, span_text
 
 REPORT_FRESH_S = 3.0  # a leader's figures older than this are not acted on
 MERGE_AFTER_SPLIT = 6  # cooldowns after a split of a table before its ranges may merge

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from rangekv.metadata import model
+from rangekv import model
 from rangekv.metrics import FuncCollector, new_registry
 
 if TYPE_CHECKING:

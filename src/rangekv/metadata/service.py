@@ -69,17 +69,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rangekv import aio, errors, limits, wire
+from rangekv import aio, errors, limits, model, wire
 from rangekv import config as rangekv_config
 from rangekv import log as rangekv_log
 from rangekv.controller.lag import LAG_ENTRIES_MIN, STUCK_AFTER_S, LagEvent, LagWatch, Report
 from rangekv.controller.move import RangeMover
 from rangekv.controller.split import MergePlan, SplitConfig, SplitPlan, plan_merge, plan_split
 from rangekv.limits import check_table_name
-from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, LeaseExpired, WatchLost
 from rangekv.metadata.metrics import MetaMetrics
-from rangekv.metadata.model import ClusterView, Group, Node, Table, key_text, span_text
 from rangekv.metadata.requests import (
     ADDRESS_BYTES_MAX,
     NODE_ID_MAX,
@@ -90,6 +88,7 @@ from rangekv.metadata.requests import (
 )
 from rangekv.metadata.store import MetaStore
 from rangekv.metrics import MetricsServer, listen_address
+from rangekv.model import ClusterView, Group, Node, Table, key_text, span_text
 
 CAS_ATTEMPTS_MAX = 8  # a compare-and-swap that lost a race on a shared counter is redone
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often

@@ -23,7 +23,7 @@ Invariants
   node's record in the same transaction, so a deletion decided on a view where the node was in
   no group cannot land after one that put it in a group.
 
-The JSON shapes and key layout are those of :mod:`rangekv.metadata.model`.
+The JSON shapes and key layout are those of :mod:`rangekv.model`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from rangekv import errors
-from rangekv.metadata import model
+from rangekv import errors, model
 from rangekv.metadata.etcd import KV, Compare, EtcdClient, Op, TxnResult
-from rangekv.metadata.model import Decision, Group, Node, Range, Table
+from rangekv.model import Decision, Group, Node, Range, Table
 
 TABLE_ID_COUNTER = model.COUNTERS + b"table_id"
 GROUP_ID_COUNTER = model.COUNTERS + b"group_id"
