@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_LOOP = "Ready-loop work"
 CONTROLLER = "controller work"
 KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    ("storage-below-replication", "rangekv.storage.memlog", "rangekv.replication.messages"):
-        f"{READY_LOOP}: memlog takes Entry from replication.messages",
     ("replication-not-sim", "rangekv.replication.driver", "rangekv.sim.bugs"):
         f"{READY_LOOP}: the driver looks planted bugs up in sim.bugs (RANGEKV_PLANTED_BUG)",
     ("production-not-test-code", "rangekv.replication.driver", "rangekv.sim.bugs"):
@@ -37,14 +35,8 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
     ("backup", "metadata"): f"{CONTROLLER}: metadata/service.py imports backup.metabackup",
     ("replication", "sim"): f"{READY_LOOP}: replication/driver.py imports sim.bugs",
-    ("replication", "storage"): f"{READY_LOOP}: storage/memlog.py imports replication",
-    ("replication", "sim", "storage"): f"{READY_LOOP}: both imports above",
     ("backup", "node", "replication", "sim", "metadata"):
         f"{READY_LOOP} (driver -> sim.bugs) and {CONTROLLER} (metadata -> backup)",
-    ("backup", "storage", "replication", "sim", "metadata"):
-        f"{READY_LOOP} (memlog, driver) and {CONTROLLER} (metadata -> backup)",
-    ("backup", "node", "storage", "replication", "sim", "metadata"):
-        f"{READY_LOOP} (memlog, driver) and {CONTROLLER} (metadata -> backup)",
 }
 
 
