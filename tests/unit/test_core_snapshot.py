@@ -120,13 +120,14 @@ class Node:
     def send_snapshot(self, need: SnapshotNeed, delay_s: float) -> None:
         self.c.needs.append((self.id, need, self.incarnation))
 
-    def abort_snapshot(self, why: str) -> bool:
+    def abort_snapshot(self, why: str) -> None:
         """The loop gives up the install under way (a newer epoch was promised)."""
         for job in self.c.installs:
             if job["target"] == self.id and job["incarnation"] == self.incarnation:
                 job["aborted"] = why
         self.c.stats["fenced"] += 1
-        return True
+        assert self.loop is not None
+        self.loop.snapshot_aborted()
 
 
 def merged(readies: list[Ready]) -> Ready:

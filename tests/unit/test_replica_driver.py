@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from rangekv import errors, sequencer
-from rangekv.replication import driver
+from rangekv.node import server
+from rangekv.replication import bugs, driver
+from rangekv.replication.core import Core
 from rangekv.testing.replicas import LoopbackGroup, wait_until
 
 
@@ -274,3 +276,41 @@ def test_overdue_waiters_are_taken_in_deadline_order_and_only_when_due() -> None
     assert _pop_overdue(deadlines, 2.0) == [5, 6] and deadlines == {7: 3.0}
     assert _pop_overdue(deadlines, 9.0) == [7] and deadlines == {}
     assert _pop_overdue(deadlines, 9.0) == []
+
+
+def test_a_planted_bug_is_a_factory_argument_not_an_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver runs the core its ``core_factory`` makes (a planted bug's only when asked),
+    and a node gets one from its hidden ``--planted-bug`` option; the variable that used to
+    choose it is ignored."""
+    monkeypatch.setenv("RANGEKV_PLANTED_BUG", "read-without-quorum")
+
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        plain = await g.open(1)
+        assert type(plain.core) is Core
+        buggy = await g.open(2, core_factory=bugs.BUGS["read-without-quorum"])
+        assert type(buggy.core) is bugs.ReadWithoutQuorum
+        assert buggy.loop.core is buggy.core  # performed by the shared Ready loop
+        await g.close_all()
+
+    asyncio.run(scenario())
+
+    made: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_node(*args: object, core_factory: object, **kwargs: object) -> None:
+        made.append(core_factory)
+        raise Stop
+
+    monkeypatch.setattr(server, "Node", fake_node)
+    monkeypatch.setattr(server, "setup_logging", lambda *a, **k: None)  # (pytest's capture)
+    argv = ["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path / "n"),
+            "--meta", "127.0.0.1:2"]
+    for extra in ([], ["--planted-bug", "skip-log-matching"]):
+        with pytest.raises(Stop):
+            server.main(argv + extra)
+    assert made == [Core, bugs.SkipLogMatching]

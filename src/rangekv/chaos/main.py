@@ -44,7 +44,6 @@ from rangekv.chaos.net import NetError, check_support
 from rangekv.chaos.netcluster import NetCluster
 from rangekv.chaos.workload import History, Workload
 from rangekv.cluster.local import NODES_MAX, ClusterError, find_free_base_port
-from rangekv.replication.driver import PLANTED_BUG_ENV
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 WARMUP_S = 3.0
@@ -77,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true",
                    help="keep the run directory of a passing run (a failing one is always kept)")
     p.add_argument("--planted-bug", default=None, metavar="NAME",
-                   help="run the nodes with a planted bug of rangekv.sim.bugs "
+                   help="run the nodes with a planted bug of rangekv.replication.bugs "
                         "(the run is expected to fail)")
     p.add_argument("--groups", type=int, default=2,
                    help="replication groups of 3 nodes at the start (default 2)")
@@ -129,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.groups or not 0 <= args.spares or nodes > NODES_MAX:
         print(f"error: --groups and --spares: at most {NODES_MAX} nodes", file=sys.stderr)
         return EXIT_INVALID
-    env = {}
+    node_flags: tuple[str, ...] = ()
     if args.planted_bug:
-        env = {f"node-{i}": {PLANTED_BUG_ENV: args.planted_bug} for i in range(1, nodes + 1)}
+        node_flags = ("--planted-bug", args.planted_bug)
         _say(f"planted bug {args.planted_bug!r} enabled in every node")
     meta_flags: tuple[str, ...] = ()
     if args.split_ops is not None:
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = NetCluster(run_dir / "cluster", find_free_base_port(nodes), nodes=nodes, rms=2,
                          prefix=prefix, subnet=subnet, skew_rms="clock-skew" in faults,
                          hostile=any(f in hostile.FAULTS for f in faults),
-                         extra_env=env, groups=args.groups, extra_args={"meta": meta_flags},
+                         groups=args.groups, extra_args={"meta": meta_flags, "node": node_flags},
                          compact_entries=args.compact_entries,
                          compact_retain=args.compact_retain)
     report: dict[str, Any] = {"seed": seed, "time_s": args.time, "nemesis": faults,

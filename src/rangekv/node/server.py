@@ -62,8 +62,8 @@ from rangekv.node import requests
 from rangekv.node.backup import BackupServer
 from rangekv.node.metrics import NodeMetrics
 from rangekv.node.stats import RangeStats
-from rangekv.replication import driver
-from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER
+from rangekv.replication import bugs, driver
+from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER, Core
 from rangekv.replication.driver import (
     COMPACT_ENTRIES_DEFAULT,
     COMPACT_RETAIN_DEFAULT,
@@ -160,8 +160,10 @@ class Node:
                  compact_entries: int = COMPACT_ENTRIES_DEFAULT,
                  compact_retain: int = COMPACT_RETAIN_DEFAULT,
                  metrics_listen: tuple[str, int] | None = None,
-                 max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX) -> None:
+                 max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX,
+                 core_factory: bugs.CoreFactory = Core) -> None:
         self.node_id = node_id
+        self.core_factory = core_factory  # Core, or a planted bug's (--planted-bug)
         self.max_clock_offset_ms = max_clock_offset_ms
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
@@ -265,7 +267,8 @@ class Node:
                                    self._send_raft, snapshot_rpc=self._snapshot_rpc,
                                    compact_entries=self.compact_entries,
                                    compact_retain=self.compact_retain, observer=self.metrics,
-                                   seq_ahead_ms_max=self.max_clock_offset_ms)
+                                   seq_ahead_ms_max=self.max_clock_offset_ms,
+                                   core_factory=self.core_factory)
             self.metrics.opened(self.replica.core.promised)
             await self.replica.start()
             self._follow_engine(engine)
@@ -880,6 +883,10 @@ def main(argv: list[str]) -> int:
                         help="as a leader, refuse a write whose proposed seq is more than this "
                              "far ahead of this node's clock (default "
                              f"{sequencer.SEQ_AHEAD_MS_MAX}; like CockroachDB's --max-offset)")
+    # Tests only (``rangekv chaos --planted-bug``): run a replication core that breaks one rule
+    # of the protocol on purpose (rangekv.replication.bugs). Hidden, and command line only.
+    config.option(parser.add_argument("--planted-bug", choices=sorted(bugs.BUGS),
+                                      help=argparse.SUPPRESS), configurable=False)
     args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
         parser.error("--compact-entries must be at least 1 and --compact-retain at least 0")
@@ -890,7 +897,8 @@ def main(argv: list[str]) -> int:
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain,
                 metrics_listen=args.metrics_listen,
-                max_clock_offset_ms=args.max_clock_offset_ms)
+                max_clock_offset_ms=args.max_clock_offset_ms,
+                core_factory=bugs.core_factory(args.planted_bug))
 
     async def run() -> None:
         stop = asyncio.Event()

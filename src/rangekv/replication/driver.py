@@ -1,15 +1,25 @@
 """The asyncio driver of one replica: all the IO around the pure replication core.
 
-It owns the core, the WAL, the hard-state file and the state machine (RocksDB index), and
-follows the core's ``Ready`` contract (see ``core.py``):
+It owns the core, the WAL, the hard-state file and the state machine (RocksDB index). The core's
+``Ready`` is performed by the shared ``ReadyLoop`` (``loop.py``: the same loop the simulator and
+the tests run, which decides the order of a Ready, what waits for an fsync, when reads are
+answered, the snapshot backoff and when an install is given up); this module is the loop's
+production side, its interfaces made real:
 
-1. persist hard state, cut and write entries — queued to the **persist task**, which does the
-   writes and one fsync for everything queued while the previous fsync ran (group commit), in
-   order: on the event loop itself, or in the persist thread (``PERSIST_MODE_ENV``);
-2. send ``messages`` at once, ``messages_after_sync`` once the batch they came with is durable;
-3. apply ``committed`` entries to the state machine (one atomic RocksDB batch, applied index
-   included), answer the proposals waiting on them;
-4. answer reads once applied reaches their read index.
+* ``Disk`` (``_Persist``): each Ready's hard state, cut, entries and prefix drop become one batch
+  for the **persist task**, which does the writes and one fsync for everything queued while the
+  previous fsync ran (group commit), in order: on the event loop itself, or in the persist
+  thread (``PERSIST_MODE_ENV``); the loop hears of it once the fsync returned;
+* ``Network``: the node's ``send`` (frames queued on the peer's connection at once);
+* ``Application`` (this class): apply committed entries to the state machine (one atomic
+  RocksDB batch, applied index included), answer the proposals waiting on them and the reads
+  the loop releases;
+* ``SnapshotSource`` / ``SnapshotSink`` (this class): checkpoints streamed over
+  ``snapshot_rpc``, received into a staging directory and installed by the persist task;
+* ``Clock``: ``time.monotonic``; ticks come from the tick task every ``TICK_MS``.
+
+Proposals, reads and messages of one turn of the event loop share one Ready (the loop's
+``soon``: asyncio's ``call_soon``).
 
 Only the persist task mutates the WAL (in the persist thread, if that is the mode); the event
 loop reads entries the core knows to be durable (below its unstable offset), by pread.
@@ -60,11 +70,12 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rangekv import errors, sequencer
+from rangekv.replication.bugs import CoreFactory
 from rangekv.replication.core import (
     LEADER,
     SNAPSHOT_ACCEPT,
@@ -74,9 +85,9 @@ from rangekv.replication.core import (
     Config,
     Core,
     NotLeaderError,
-    Ready,
     SnapshotNeed,
 )
+from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import Entry, Msg
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import (
@@ -149,15 +160,81 @@ def highest_seq(core: Core, engine: StateMachine) -> bytes:
     return best
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
-    hardstate: dict[str, int] | None
-    truncate_from: int | None
-    entries: list[Entry]
-    after_sync: list[Msg] = field(default_factory=list)
+    """One Ready's writes (or a snapshot install), in the order the persist task does them."""
+
+    hardstate: dict[str, int] | None = None
+    truncate_from: int | None = None
+    entries: list[Entry] | None = None
     compact_to: int | None = None  # drop the log's prefix up to here
     install: tuple[int, int] | None = None  # commit the staged snapshot (index, epoch)
-    done: asyncio.Future[None] | None = None  # set once the batch is durable
+    synced: Callable[[], None] | None = None  # the loop's completion, once durable
+    installed: asyncio.Future[None] | None = None  # set once the install is durable
+
+
+class _Persist:
+    """The loop's ``Disk`` in production: the writes of a Ready gather in one batch, which its
+    ``sync`` hands to the persist task (``Replica._persist_loop``, the only writer of the WAL and
+    the hard state) and wakes it. Nothing is written here: the caller goes on (and sends its
+    messages) while the persist task writes and fsyncs."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.batches: list[_Batch] = []  # closed, waiting for the persist task
+        self.wakeup = asyncio.Event()
+        self._open = _Batch()
+        self._observer = observer
+
+    def save_hardstate(self, hardstate: dict[str, int]) -> None:
+        self._observer.hardstate(hardstate.get("promised_epoch", 0))
+        self._open.hardstate = hardstate
+
+    def truncate(self, from_index: int) -> None:
+        assert self._open.entries is None and self._open.compact_to is None, self._open
+        self._open.truncate_from = from_index
+
+    def append(self, entries: list[Entry]) -> None:
+        assert self._open.entries is None and self._open.compact_to is None, self._open
+        self._open.entries = entries  # (the WAL takes an Entry as its record: no copy)
+
+    def compact(self, index: int) -> None:
+        self._open.compact_to = index
+
+    def sync(self, done: Callable[[], None]) -> None:
+        batch, self._open = self._open, _Batch()
+        batch.synced = done
+        self.batches.append(batch)
+        self.wakeup.set()
+
+    def install(self, index: int, epoch: int) -> asyncio.Future[None]:
+        """Commit the staged snapshot in order with the writes (marker, swap, log reset: all
+        durable once the future is done)."""
+        assert self._open == _Batch(), "an install between a Ready's writes and its sync"
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batches.append(_Batch(install=(index, epoch), installed=done))
+        self.wakeup.set()
+        return done
+
+
+class _Network:
+    """The loop's ``Network``: the node's send function itself (no wrapper call per message)."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Callable[[Msg], None]) -> None:
+        self.send = send
+
+
+class _MonotonicClock:
+    """The loop's ``Clock``: asyncio's own (the event loop's time is ``time.monotonic``)."""
+
+    @staticmethod
+    def now_s() -> float:
+        return time.monotonic()
+
+
+def _call_soon(callback: Callable[[], None]) -> None:
+    asyncio.get_running_loop().call_soon(callback)
 
 
 @dataclass
@@ -178,7 +255,6 @@ class _Incoming:
     epoch: int
     manifest: Manifest
     receiver: Receiver
-    last_activity: float
     committing: bool = False
 
 
@@ -260,25 +336,6 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
 # that a leader should go on answering reads meanwhile.
 PERSIST_MODE_ENV = "RANGEKV_PERSIST"
 
-PLANTED_BUG_ENV = "RANGEKV_PLANTED_BUG"
-
-
-def core_class() -> type[Core]:
-    """The replication core to run: ``Core``, unless ``RANGEKV_PLANTED_BUG`` names one of the
-    planted bugs of :mod:`rangekv.sim.bugs` (each breaks one rule of the protocol), which
-    ``rangekv chaos --planted-bug`` uses to show that the chaos run catches it."""
-    name = os.environ.get(PLANTED_BUG_ENV)
-    if not name:
-        return Core
-    from rangekv.sim.bugs import BUGS
-
-    if name not in BUGS:
-        raise SystemExit(f"{PLANTED_BUG_ENV}={name!r}: no such planted bug "
-                         f"(have {', '.join(sorted(BUGS))})")
-    log.warning("planted bug %r is enabled: this node deliberately breaks the protocol", name)
-    return BUGS[name]
-
-
 class Observer:
     """What a replica reports as it goes, for the node's ``/metrics`` (``node/metrics.py``
     counts it and outlives the replica; this default ignores it). Called on the event loop,
@@ -316,7 +373,10 @@ class Replica:
         observer: Observer | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         seq_ahead_ms_max: int = sequencer.SEQ_AHEAD_MS_MAX,
+        core_factory: CoreFactory = Core,
     ) -> None:
+        """``core_factory`` makes the replication core: ``Core``, or the class of a planted bug
+        (``bugs.py``: a node's ``--planted-bug``, to show that a chaos run catches it)."""
         assert compact_entries >= 1 and compact_retain >= 0, (compact_entries, compact_retain)
         assert seq_ahead_ms_max > 0, seq_ahead_ms_max
         self.node_id = node_id
@@ -328,28 +388,34 @@ class Replica:
         self.hardstate_path = hardstate_path
         # index/, the snapshot staging and outgoing directories live beside the hard state
         self.data_dir = data_dir if data_dir is not None else hardstate_path.parent
-        self._send_msg = send
         self._snapshot_rpc = snapshot_rpc
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
         hard = hardstate.load(hardstate_path)
         assert engine.applied_index <= wal.last_index, (
             "state machine is ahead of the log", engine.applied_index, wal.last_index)
-        self.core = core_class()(
+        if core_factory is not Core:
+            log.warning("planted bug %s is enabled: this node deliberately breaks the protocol",
+                        getattr(core_factory, "__name__", core_factory))
+        self.core = core_factory(
             node_id, [], wal, {k: int(v) for k, v in hard.items() if isinstance(v, int)},
             engine.applied_index, Config(noop_payload=encode_command({"op": "noop"})),
         )
+        self.observer = observer if observer is not None else Observer()
+        self._disk = _Persist(self.observer)
+        # (the bounds are read here, not bound as defaults: tests lower them)
+        self.loop = ReadyLoop(
+            self.core, self._disk, _Network(send), self, snapshots=self, sink=self,
+            clock=_MonotonicClock(), soon=_call_soon,
+            snapshot_backoff_s=(SNAPSHOT_BACKOFF_MIN_S, SNAPSHOT_BACKOFF_MAX_S),
+            install_idle_s=SNAPSHOT_IDLE_S)
         self.last_seq = engine.last_seq
         # index -> (epoch, waiter); in index order, so also in deadline order (see _expire)
         self._proposals: dict[int, tuple[int, asyncio.Future[dict[str, Any]]]] = {}
         self._proposal_deadlines: dict[int, float] = {}  # index -> loop time
         self._read_deadlines: dict[int, float] = {}  # read token -> loop time
-        self._reads: list[tuple[int, asyncio.Future[None]]] = []  # (read index, waiter)
         self._read_tokens = itertools.count(1)
         self._read_waiters: dict[int, asyncio.Future[None]] = {}
-        self._batches: list[_Batch] = []
-        self._process_scheduled = False  # a _process is queued for the next loop iteration
-        self._persist_wakeup = asyncio.Event()
         self._persist_thread: _PersistThread | None = None
         self.persist_mode = os.environ.get(PERSIST_MODE_ENV, "inline")
         if self.persist_mode not in ("auto", "thread", "inline"):
@@ -370,7 +436,6 @@ class Replica:
         self.on_engine_replaced: Callable[[StateMachine], None] | None = None
         # snapshots
         self._sending: dict[int, asyncio.Task[None]] = {}
-        self._backoff: dict[int, float] = {}
         self._outgoing: _Outgoing | None = None
         self._outgoing_seq = itertools.count(1)
         self._checkpoint_lock = asyncio.Lock()
@@ -380,7 +445,6 @@ class Replica:
         self.stats = {"fsyncs": 0, "entries_written": 0, "applied": 0, "leader_changes": 0,
                       "compactions": 0, "snapshots_sent": 0, "snapshots_failed": 0,
                       "snapshots_installed": 0}
-        self.observer = observer if observer is not None else Observer()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -429,7 +493,7 @@ class Replica:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._install_task), SNAPSHOT_END_TIMEOUT_S)
         self._closing = True
-        self._persist_wakeup.set()
+        self._disk.wakeup.set()
         for task in [*self._tasks, *self._sending.values()]:
             task.cancel()
         for task in [*self._tasks, *self._sending.values()]:
@@ -444,13 +508,13 @@ class Replica:
         self._fail_proposals(errors.OutcomeUnknown("node is shutting down; the write may "
                                                    "still take effect"))
         self._fail_all(errors.Unavailable("node is shutting down"))
+        self.loop.close()
 
     # ------------------------------------------------------------------ inputs
     def configure(self, members: list[int], learners: list[int] | None = None,
                   joint: list[int] | None = None) -> None:
         """Take meta's record of the group (see ``Core.set_config``)."""
-        self.core.set_config(members, learners or (), joint or ())
-        self._process()
+        self.loop.configure(members, learners or (), joint or ())
 
     def campaign(self, epoch: int) -> None:
         """Take up ``epoch`` (meta chose this node for it).
@@ -464,17 +528,14 @@ class Replica:
             log.info("campaigning for epoch %d (chosen by meta)", epoch)
         self._retaking = self.core.role == LEADER and epoch > self.core.promised
         try:
-            self.core.campaign(epoch)
-            self._process()
+            self.loop.campaign(epoch)
         finally:
             self._retaking = False
 
     def step(self, msg: Msg) -> None:
-        self.core.step(msg)
+        self.loop.step(msg)
         if self.core.last_refused is not None:
             self._log_refused()
-        self._process_soon()
-        self._abort_incoming_if_fenced()
 
     def _log_refused(self) -> None:
         """A message the core refused as one no honest peer sends: one line at most
@@ -491,10 +552,8 @@ class Replica:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_MS / 1000)
-            self.core.tick()
-            self._process()
+            self.loop.tick()
             self._expire(asyncio.get_running_loop().time())
-            self._check_incoming_idle()
             self._maybe_compact()
 
     def status(self) -> dict[str, Any]:
@@ -535,7 +594,7 @@ class Replica:
                                         node_id=self.node_id)
             self.last_seq = cmd["s"]
         try:
-            epoch, index = self.core.propose(encode_command(cmd))
+            epoch, index = self.loop.propose(encode_command(cmd))  # (performed at the turn's end)
         except NotLeaderError:
             self.observer.proposed("not_leader")
             raise self.not_leader() from None
@@ -548,7 +607,6 @@ class Replica:
         # One sweep per tick ends the overdue (``_expire``): a timer per write cost more.
         self._proposal_deadlines.pop(index, None)  # (an index reused after a log cut)
         self._proposal_deadlines[index] = loop.time() + PROPOSAL_TIMEOUT_S
-        self._process_soon()
         try:
             result = await fut
         except errors.RangeKVError as err:
@@ -571,12 +629,11 @@ class Replica:
         fut.add_done_callback(_consume)
         self._read_waiters[token] = fut
         try:
-            self.core.read(token)
+            self.loop.read(token)
         except NotLeaderError:
             self._read_waiters.pop(token, None)
             raise self.not_leader() from None
         self._read_deadlines[token] = loop.time() + READ_TIMEOUT_S
-        self._process_soon()
         try:
             await fut
         finally:
@@ -597,67 +654,10 @@ class Replica:
                 fut.set_exception(errors.Unavailable(
                     f"leadership not confirmed within {READ_TIMEOUT_S}s"))
 
-    # ------------------------------------------------------------------ the Ready loop
-    def _process_soon(self) -> None:
-        """Handle the core's output once everything that arrived in this turn of the event loop
-        has been stepped in: the proposals, reads and messages of one turn then share one
-        Ready (one WAL batch, one append per follower, one apply batch, one read round)
-        instead of paying for a Ready each. Correctness does not depend on when Ready is
-        taken (the core's contract); only batching does."""
-        if not self._process_scheduled:
-            self._process_scheduled = True
-            asyncio.get_running_loop().call_soon(self._process_scheduled_now)
-
-    def _process_scheduled_now(self) -> None:
-        self._process_scheduled = False
-        self._process()
-
-    def _process(self) -> None:
-        while True:
-            rd = self.core.ready()
-            if rd.empty():
-                return
-            self._handle(rd)
-
-    def _handle(self, rd: Ready) -> None:
-        if (rd.hardstate or rd.truncate_from is not None or rd.entries or rd.messages_after_sync
-                or rd.compact_to is not None):
-            if rd.hardstate:
-                self.observer.hardstate(rd.hardstate.get("promised_epoch", 0))
-            self._batches.append(
-                _Batch(rd.hardstate, rd.truncate_from, rd.entries, rd.messages_after_sync,
-                       compact_to=rd.compact_to)
-            )
-        # Messages first: their frames are queued for sending before the persist task wakes,
-        # so a leader's appends leave before its own fsync starts, whichever way it is done.
-        for msg in rd.messages:
-            self._send_msg(msg)
-        if self._batches:
-            self._persist_wakeup.set()
-        for need in rd.snapshots:
-            self._start_sending(need)
-        if rd.committed:
-            self._apply(rd.committed)
-        for token, read_index in rd.reads:
-            fut = self._read_waiters.get(token)
-            if fut is not None and not fut.done():
-                self._reads.append((read_index, fut))
-        for token in rd.failed_reads:
-            fut = self._read_waiters.get(token)
-            if fut is not None and not fut.done():
-                fut.set_exception(self.not_leader())
-        if rd.became_leader is not None:
-            self._on_became_leader(rd.became_leader)
-        if rd.lost_leadership and self._retaking:
-            log.info("taking up epoch %d after leading the one before; keeping %d pending "
-                     "writes", self.core.promised, len(self._proposals))
-        elif rd.lost_leadership:
-            log.warning("lost leadership of epoch %d", self.core.promised)
-            self._fail_proposals(errors.OutcomeUnknown(
-                "leadership lost before the write was acknowledged; it may still take effect"))
-        self._release_reads()
-
-    def _apply(self, entries: list[Entry]) -> None:
+    # ------------------------------------------------------------------ the loop's Application
+    def apply(self, entries: list[Entry]) -> None:
+        """Apply committed entries to the state machine and answer the proposals waiting on
+        them (the loop then tells the core)."""
         engine = self._engine
         assert engine is not None, "applying while a snapshot install has the engine closed"
         results = engine.apply([(e.index, e.payload) for e in entries])
@@ -678,30 +678,33 @@ class Replica:
                 # Another leader's entry took this index: ours will never commit.
                 fut.set_exception(errors.Unavailable(
                     "write was replaced by a new leader's log and not applied"))
-        self.core.on_applied(entries[-1].index)
         self.stats["applied"] += len(entries)
         self.observer.applied(len(entries))
-        self._maybe_compact()
+        self._maybe_compact(entries[-1].index)
 
-    def _release_reads(self) -> None:
-        if not self._reads:
-            return
-        applied = self.core.applied
-        keep = []
-        for read_index, fut in self._reads:
-            if fut.done():
-                continue
-            if read_index <= applied:
-                fut.set_result(None)
-            else:
-                keep.append((read_index, fut))
-        self._reads = keep
+    def read_ready(self, token: Any) -> None:
+        fut = self._read_waiters.get(token)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
-    def _on_became_leader(self, epoch: int) -> None:
+    def read_failed(self, token: Any) -> None:
+        fut = self._read_waiters.get(token)
+        if fut is not None and not fut.done():
+            fut.set_exception(self.not_leader())
+
+    def became_leader(self, epoch: int) -> None:
         self._count("leader_changes")
         self.last_seq = max(self.last_seq, highest_seq(self.core, self.engine))
-        self._backoff.clear()  # a new term: peers get their snapshots without waiting
         log.info("leading epoch %d (last index %d)", epoch, self.core.last_index)
+
+    def lost_leadership(self) -> None:
+        if self._retaking:
+            log.info("taking up epoch %d after leading the one before; keeping %d pending "
+                     "writes", self.core.promised, len(self._proposals))
+            return
+        log.warning("lost leadership of epoch %d", self.core.promised)
+        self._fail_proposals(errors.OutcomeUnknown(
+            "leadership lost before the write was acknowledged; it may still take effect"))
 
     def _fail_proposals(self, err: errors.RangeKVError) -> None:
         proposals, self._proposals = self._proposals, {}
@@ -712,10 +715,6 @@ class Replica:
 
     def _fail_all(self, err: errors.RangeKVError) -> None:
         self._fail_proposals(err)
-        for _, fut in self._reads:
-            if not fut.done():
-                fut.set_exception(err)
-        self._reads = []
         for fut in self._read_waiters.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -740,7 +739,7 @@ class Replica:
                 if batch.truncate_from is not None:
                     self.wal.truncate_suffix(batch.truncate_from)
                 if batch.entries:
-                    self.wal.append([(e.epoch, e.index, e.payload) for e in batch.entries])
+                    self.wal.append(batch.entries)
                 if batch.compact_to is not None:
                     self.wal.drop_prefix(batch.compact_to)
                 if batch.install is not None:
@@ -751,7 +750,7 @@ class Replica:
                 "disk failure, stopping the node: %s (entries written since the last successful "
                 "sync: %d, none of them acknowledged; after a failed fsync the page cache cannot "
                 "be trusted, so nothing is retried: the log is recovered on restart)",
-                err, sum(len(b.entries) for b in batches),
+                err, sum(len(b.entries or ()) for b in batches),
             )
             _exit_process(EXIT_DISK_FAILURE)
 
@@ -762,12 +761,13 @@ class Replica:
         return self.persist_mode == "inline"
 
     async def _persist_loop(self) -> None:
+        disk = self._disk
         while not self._closing:
-            await self._persist_wakeup.wait()
-            self._persist_wakeup.clear()
-            if not self._batches:
+            await disk.wakeup.wait()
+            disk.wakeup.clear()
+            if not disk.batches:
                 continue
-            batches, self._batches = self._batches, []
+            batches, disk.batches = disk.batches, []
             try:
                 if self._persist_thread is None or self._persist_inline():
                     self._write_batches(batches)
@@ -782,19 +782,15 @@ class Replica:
                 log.critical("persisting a batch failed; stopping the node", exc_info=True)
                 _exit_process(EXIT_BUG)
             self.stats["fsyncs"] += 1
-            self.stats["entries_written"] += sum(len(b.entries) for b in batches)
-            hard = [b.hardstate for b in batches if b.hardstate]
-            if hard:
-                self.core.on_hardstate_synced(hard[-1])
+            self.stats["entries_written"] += sum(len(b.entries or ()) for b in batches)
+            synced = None
             for batch in batches:
-                for msg in batch.after_sync:
-                    self._send_msg(msg)
-                if batch.done is not None and not batch.done.done():
-                    batch.done.set_result(None)
-            last = self.wal.last_index
-            if last:
-                self.core.on_synced(last, self.wal.epoch_at(last))
-            self._process()
+                if batch.synced is not None:
+                    synced = batch.synced  # (the last one implies the ones before)
+                if batch.installed is not None and not batch.installed.done():
+                    batch.installed.set_result(None)
+            if synced is not None:
+                synced()  # the loop releases what waited for these writes
 
     # ------------------------------------------------------------------ compaction
     def compaction_target(self) -> int:
@@ -812,10 +808,13 @@ class Replica:
             target = min(target, pin)
         return max(target, core.base_index)
 
-    def _maybe_compact(self) -> None:
+    def _maybe_compact(self, applied: int | None = None) -> None:
+        """Start a compaction if one is due (``applied``: the index just applied, which the
+        core hears of right after)."""
         if self._compacting or self._closing or self.core.installing is not None:
             return
-        due = (self.core.applied - self._compacted_at >= self.compact_entries
+        applied = self.core.applied if applied is None else applied
+        due = (applied - self._compacted_at >= self.compact_entries
                or self.wal.bytes_written - self._compact_bytes_mark >= COMPACT_WAL_BYTES)
         if not due:
             return
@@ -839,26 +838,25 @@ class Replica:
             self.durable_applied = max(self.durable_applied, flushed)
             target = min(self.compaction_target(), flushed)
             if target > self.core.base_index and self.core.installing is None:
-                self.core.compact(target)
+                self.loop.compact(target)
                 self._count("compactions")
-                self._process()
         finally:
             self._compacting = False
 
     # ------------------------------------------------------------------ snapshots: leader side
-    def _start_sending(self, need: SnapshotNeed) -> None:
+    def send_snapshot(self, need: SnapshotNeed, delay_s: float) -> None:
+        """The loop's ``SnapshotSource``: one task per attempt (the loop starts one per peer at
+        a time, after that peer's backoff)."""
         task = self._sending.get(need.peer)
-        if task is not None and not task.done():
-            return  # one snapshot in flight per peer (the core asks only once per attempt)
-        task = asyncio.get_running_loop().create_task(self._send_snapshot(need),
+        assert task is None or task.done(), ("two snapshots in flight to one peer", need)
+        task = asyncio.get_running_loop().create_task(self._send_snapshot(need, delay_s),
                                                       name=f"snapshot-to-{need.peer}")
         task.add_done_callback(_crash_on_error)
         self._sending[need.peer] = task
 
-    async def _send_snapshot(self, need: SnapshotNeed) -> None:
-        """One attempt to bring ``need.peer`` a snapshot; always ends with report_snapshot."""
+    async def _send_snapshot(self, need: SnapshotNeed, delay: float) -> None:
+        """One attempt to bring ``need.peer`` a snapshot; always ends with snapshot_sent."""
         peer = need.peer
-        delay = self._backoff.get(peer, 0.0)
         ok, index, failed = False, 0, False
         try:
             if delay:
@@ -874,16 +872,11 @@ class Replica:
             if self._sending.get(peer) is asyncio.current_task():
                 del self._sending[peer]
         if ok:
-            self._backoff[peer] = 0.0
             self._count("snapshots_sent")
         elif failed:
-            self._backoff[peer] = min(max(SNAPSHOT_BACKOFF_MIN_S, 2 * delay),
-                                      SNAPSHOT_BACKOFF_MAX_S)
             self._count("snapshots_failed")
-        else:  # not tried (peer silent, or no longer leading): nothing was spent
-            self._backoff[peer] = SNAPSHOT_BACKOFF_MIN_S
-        self.core.report_snapshot(peer, ok, index)
-        self._process()
+        # (not tried: the peer was silent or we no longer lead; nothing was spent)
+        self.loop.snapshot_sent(peer, ok, index, tried=ok or failed)
 
     async def _try_snapshot(self, need: SnapshotNeed) -> tuple[bool, int, bool]:
         """(ok, index the peer holds, whether a transfer was tried and failed)."""
@@ -1012,7 +1005,7 @@ class Replica:
             return {}
         if inc.committing:
             raise errors.Unavailable("the snapshot is being installed")
-        inc.last_activity = asyncio.get_running_loop().time()
+        self.loop.snapshot_progress()
         if op == "snapshot_chunk":
             chunk = Chunk(_uint_field(body, "file"), _uint_field(body, "offset"),
                           body.get("data"), _uint_field(body, "crc"))  # type: ignore[arg-type]
@@ -1021,7 +1014,7 @@ class Replica:
             except SnapshotInvalid as err:
                 await self._abort_incoming(f"bad chunk: {err}")
                 raise
-            inc.last_activity = asyncio.get_running_loop().time()
+            self.loop.snapshot_progress()
             return {}
         if op == "snapshot_end":
             self._install_task = asyncio.get_running_loop().create_task(self._install(inc))
@@ -1036,17 +1029,15 @@ class Replica:
                 return {"answer": SNAPSHOT_BUSY, "index": 0}
             same = (inc.frm, inc.epoch, inc.manifest) == (frm, epoch, manifest)
             await self._abort_incoming("the leader started over" if same else "a newer offer")
-        answer, index = self.core.offer_snapshot(frm, epoch, manifest.index, manifest.epoch)
-        self._process()
+        answer, index = self.loop.offer_snapshot(frm, epoch, manifest.index, manifest.epoch)
         if answer == SNAPSHOT_ACCEPT:
             try:
                 receiver = await asyncio.to_thread(Receiver, self.data_dir, manifest)
             except BaseException:  # (a disk error, or the request cancelled): never stay frozen
-                self.core.on_snapshot_aborted()
-                self._process()
+                self.loop.snapshot_aborted()
                 raise
-            self._incoming = _Incoming(frm, epoch, manifest, receiver,
-                                       asyncio.get_running_loop().time())
+            self._incoming = _Incoming(frm, epoch, manifest, receiver)
+            self.loop.snapshot_progress()
             log.info("receiving a snapshot at index %d from node %d (%d bytes)",
                      manifest.index, frm, manifest.total_bytes)
         return {"answer": answer, "index": index}
@@ -1058,35 +1049,27 @@ class Replica:
         if inc is None or inc.committing:
             return
         self._incoming = None
+        await self._give_up(inc, why)
+
+    async def _give_up(self, inc: _Incoming, why: str) -> None:
+        """Remove the staged files (in a worker thread), then unfreeze the core: a new offer
+        must not meet the old files, which the removal could take from under it."""
         log.warning("snapshot at index %d from node %d aborted: %s", inc.manifest.index,
                     inc.frm, why)
-        self.core.on_snapshot_aborted()  # (first: whatever happens to the files, unfreeze)
-        self._process()
-        await asyncio.to_thread(inc.receiver.abort)
+        try:
+            await asyncio.to_thread(inc.receiver.abort)
+        finally:
+            self.loop.snapshot_aborted()  # (whatever happened to the files: never stay frozen)
 
-    def _abort_incoming_if_fenced(self) -> None:
-        """A newer epoch was promised during the install: abort it unless it is past its point
-        of no return. The snapshot is still good, but the core answers the candidate only once
-        the install ends, and a group should not wait for a deposed leader's transfer."""
-        inc, installing = self._incoming, self.core.installing
-        if (inc is not None and not inc.committing and installing is not None
-                and self.core.promised > installing[1]):
-            self._incoming = None  # (at once: the next step must not schedule a second abort)
-            self.core.on_snapshot_aborted()
-            self._process()
-            log.warning("snapshot at index %d from node %d aborted: epoch %d was promised",
-                        inc.manifest.index, inc.frm, self.core.promised)
-            task = asyncio.get_running_loop().create_task(asyncio.to_thread(inc.receiver.abort))
-            task.add_done_callback(_crash_on_error)
-
-    def _check_incoming_idle(self) -> None:
+    def abort_snapshot(self, why: str) -> None:
+        """The loop's ``SnapshotSink``: give up the snapshot being received (a newer epoch was
+        promised, or it went quiet), unless its install is past the point of no return."""
         inc = self._incoming
         if inc is None or inc.committing:
             return
-        if asyncio.get_running_loop().time() - inc.last_activity > SNAPSHOT_IDLE_S:
-            task = asyncio.get_running_loop().create_task(
-                self._abort_incoming(f"nothing received for {SNAPSHOT_IDLE_S:.0f} s"))
-            task.add_done_callback(_crash_on_error)
+        self._incoming = None  # (at once: the next step must not schedule a second abort)
+        task = asyncio.get_running_loop().create_task(self._give_up(inc, why))
+        task.add_done_callback(_crash_on_error)
 
     async def _install(self, inc: _Incoming) -> dict[str, Any]:
         """Verify the staged snapshot, then install it (the persist task commits it)."""
@@ -1118,11 +1101,8 @@ class Replica:
             engine, self._engine = self._engine, None
             assert engine is not None
             await asyncio.to_thread(engine.close)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._batches.append(_Batch(None, None, [], install=(manifest.index, manifest.epoch),
-                                        done=done))
-            self._persist_wakeup.set()
-            await done  # durable: marker, swap, log reset (a disk error stopped the process)
+            # durable: marker, swap, log reset (a disk error stopped the process)
+            await self._disk.install(manifest.index, manifest.epoch)
             engine = await asyncio.to_thread(open_rocks, self.data_dir / snapshot.INDEX_NAME)
             if engine.applied_index != manifest.index:
                 raise AssertionError(f"installed snapshot applied {engine.applied_index}, "
@@ -1134,8 +1114,7 @@ class Replica:
         self.durable_applied = self._compacted_at = manifest.index
         self.last_seq = max(self.last_seq, engine.last_seq)
         self._count("snapshots_installed")
-        self.core.on_snapshot_installed(manifest.index, manifest.epoch)
-        self._process()
+        self.loop.snapshot_installed(manifest.index, manifest.epoch)
         log.info("installed a snapshot at index %d (epoch %d) from node %d", manifest.index,
                  manifest.epoch, inc.frm)
         return {"answer": "installed", "index": manifest.index}

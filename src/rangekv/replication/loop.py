@@ -48,8 +48,8 @@ loop; correctness never depends on when a Ready is taken, only batching does.
 
 The follower's side of a snapshot: an install accepted (``offer_snapshot``) is given up when a
 newer epoch is promised meanwhile (its leader is deposed: the candidate should not wait for
-the transfer) or when nothing arrived for ``install_idle_s``; the sink refuses once the install
-is past its point of no return.
+the transfer) or when nothing arrived for ``install_idle_s``: the loop asks the sink, which
+refuses once the install is past its point of no return.
 """
 
 from __future__ import annotations
@@ -124,9 +124,12 @@ class SnapshotSource(Protocol):
 
 
 class SnapshotSink(Protocol):
-    def abort_snapshot(self, why: str) -> bool:
-        """Drop the snapshot being received; False if there is none yet or its install is past
-        its point of no return (it then ends by itself, installed)."""
+    def abort_snapshot(self, why: str) -> None:
+        """Give up the snapshot being received, unless its install is past its point of no
+        return (it then ends by itself) or nothing is being received yet (the loop asks again
+        later); once given up, report ``ReadyLoop.snapshot_aborted`` (at once, or once the
+        staged files are gone, so that a new offer never meets them). Called again meanwhile,
+        it does nothing."""
         ...
 
 
@@ -402,9 +405,10 @@ class ReadyLoop:
             self._abort_install(f"epoch {self.core.promised} was promised")
 
     def _abort_install(self, why: str) -> None:
-        if self.sink is None or self.sink.abort_snapshot(why):
-            self.core.on_snapshot_aborted()
-            self.process()
+        if self.sink is None:
+            self.snapshot_aborted()
+        else:
+            self.sink.abort_snapshot(why)  # (it reports snapshot_aborted once it gave up)
 
     def _now_s(self) -> float:
         return self.clock.now_s() if self.clock is not None else 0.0
