@@ -33,10 +33,7 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
 # cycles between top-level parts, as the checker names them (ring order from the least) -> who.
 # The longer ones are made of the same imports and go with them.
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("backup", "metadata"): f"{CONTROLLER}: metadata/service.py imports backup.metabackup",
     ("replication", "sim"): f"{READY_LOOP}: replication/driver.py imports sim.bugs",
-    ("backup", "node", "replication", "sim", "metadata"):
-        f"{READY_LOOP} (driver -> sim.bugs) and {CONTROLLER} (metadata -> backup)",
 }
 
 

@@ -54,9 +54,10 @@ Layout of a backup directory::
                                 group's record, the ranges its state machine held, the leader
     groups/G/index/...          the RocksDB checkpoint of group G
 
-The meta can also keep rolling metadata backups by itself (``--backup-dir``, ``metabackup.py``):
-the logical dump on every metadata change (at most once per ``--backup-min-interval-s``) and
-every ``--backup-interval-s``, the last ``--backup-keep`` of them.
+The meta can also keep rolling metadata backups by itself (``--backup-dir``,
+``rangekv.metadata.backups``): the logical dump on every metadata change (at most once per
+``--backup-min-interval-s``) and every ``--backup-interval-s``, the last ``--backup-keep`` of
+them.
 """
 
 PAUSE_TIMEOUT_S_DEFAULT = 120.0  # for the meta to finish the range changes in flight

@@ -17,9 +17,7 @@ Order of work (each step's failure ends the backup with an error and no ``backup
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -33,8 +31,10 @@ from typing import Any
 from rangekv import __version__, errors, perms, wire
 from rangekv.backup import PAUSE_TIMEOUT_S_DEFAULT
 from rangekv.backup import manifest as mf
+from rangekv.metadata import backups as metadata_backups
 from rangekv.metadata import model
-from rangekv.metadata.etcd import Compare, EtcdClient, Op, _json_lines
+from rangekv.metadata.backups import dump_items, dump_kvs  # noqa: F401  (named here too)
+from rangekv.metadata.etcd import Compare, EtcdClient, Op
 from rangekv.storage import snapshot
 from rangekv.storage.snapshot import Chunk, Manifest, Receiver
 from rangekv.storage.wal import fsync_dir
@@ -46,7 +46,6 @@ GROUP_RETRY_S = 0.5
 GROUPS_AT_ONCE = 4
 BEGIN_TIMEOUT_S = 600.0  # barrier, checkpoint, and the manifest's read of every byte of it
 REQUEST_TIMEOUT_S = 30.0  # one chunk
-SNAPSHOT_LINE_BYTES_MAX = 8 * 1024 * 1024
 _CHANGED_PREFIXES = (model.TABLES, model.RANGES, model.COUNTERS)
 
 
@@ -56,33 +55,6 @@ class BackupFailed(errors.RangeKVError):
 
 
 Report = Callable[[str, int, int], None]  # (what, done bytes, total bytes estimate)
-
-
-def dump_kvs(kvs: list[Any], revision: int) -> dict[str, Any]:
-    """The logical dump of ``/rangekv/``: each value byte for byte, as text (every rangekv
-    value is JSON text) or, if it is not UTF-8, as base64."""
-    items = []
-    for kv in kvs:
-        item: dict[str, Any] = {"key": kv.key.decode("utf-8", "surrogateescape")}
-        try:
-            item["value"] = kv.value.decode("utf-8")
-        except UnicodeDecodeError:
-            item["value_base64"] = base64.b64encode(kv.value).decode()
-        items.append(item)
-    return {"format": 1, "revision": revision, "kvs": items}
-
-
-def dump_items(dump: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every entry of a logical dump, exactly as they were in etcd."""
-    out = []
-    for item in dump["kvs"]:
-        key = item["key"].encode("utf-8", "surrogateescape")
-        if "value_base64" in item:
-            value = base64.b64decode(item["value_base64"])
-        else:
-            value = item["value"].encode("utf-8")
-        out.append((key, value))
-    return out
 
 
 def _fingerprint(kvs: list[Any]) -> dict[bytes, int]:
@@ -254,40 +226,12 @@ async def _copy_group(root: Path, gid: int, etcd: EtcdClient, pause: _Pause,
 
 
 async def etcd_snapshot(etcd: EtcdClient, path: Path) -> int:
-    """etcd's own snapshot (maintenance API), streamed into ``path``, durably; checks the
-    sha256 that etcd appends to it (what `etcdutl snapshot restore` checks), so that a
-    snapshot cut short or altered on the way is refused here and now."""
-    resp = await etcd._open_stream("/v3/maintenance/snapshot", {})
-    digest = hashlib.sha256()
-    tail = b""  # the last 32 bytes so far: the checksum, once the stream ends
-    size = 0
-    f = await asyncio.to_thread(perms.open_private, path)
+    """etcd's own snapshot, streamed into ``path`` durably and checked against the sha256 etcd
+    appends (``rangekv.metadata.backups.etcd_snapshot``); ``BackupFailed`` if it is not whole."""
     try:
-        async for message in _json_lines(resp, SNAPSHOT_LINE_BYTES_MAX):
-            if "error" in message:
-                raise BackupFailed(f"etcd snapshot failed: {message['error']}")
-            blob = (message.get("result") or {}).get("blob")
-            if blob:
-                data = base64.b64decode(blob)
-                await asyncio.to_thread(f.write, data)
-                size += len(data)
-                window = tail + data
-                digest.update(window[:-32])
-                tail = window[-32:]
-        await asyncio.to_thread(_sync_close, f)
-    finally:
-        resp.close()
-        f.close()
-    if size < 32 or digest.digest() != tail:
-        raise BackupFailed(f"etcd's snapshot ({size} bytes) fails its own sha256 check")
-    fsync_dir(str(path.parent))
-    return size
-
-
-def _sync_close(f: Any) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
+        return await metadata_backups.etcd_snapshot(etcd, path)
+    except metadata_backups.SnapshotFailed as exc:
+        raise BackupFailed(exc.message) from None
 
 
 async def take(root: Path, etcd_endpoints: list[str], **kwargs: Any) -> dict[str, Any]:

@@ -24,197 +24,91 @@ next after a failover) can always finish it from what etcd says:
 
 If D cannot take R (step 3 fails within the budget), the move is abandoned: S unfences R and
 the record goes back to active on S. After step 4 it only goes forward.
+
+This module is the plan, pure: which step a range's record calls for next (``next_step``) and
+the record each step writes. ``rangekv.metadata.mover`` performs the steps against the groups
+and etcd; the planner resumes every move etcd shows unfinished on each tick (``ResumeMove``).
 """
+
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import Any, Protocol
 
-from rangekv import errors
-from rangekv.model import RANGE_ACTIVE, RANGE_MOVING, Range, span_text
+from rangekv.model import RANGE_ACTIVE, RANGE_MOVING, ClusterView, Range
 
-EXPORT_PAGE_KEYS = 1000
-RETRY_S = 0.5
+EXPORT_PAGE_KEYS = 1000  # records per page copied from S to D (step 5)
 
-
-class RangeStore(Protocol):
-    async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None: ...
-
-    async def table_ranges(self, table_id: int) -> list[Range]: ...
-
-    async def put_range(self, new: Range, mod_revision: int) -> int | None: ...
+# The steps, as ``next_step`` names them.
+FENCE_AND_SWITCH = "fence_and_switch"  # steps 2-4
+COPY_AND_FINISH = "copy_and_finish"  # steps 5-6
+CLEANUP = "cleanup"  # step 7
 
 
-Tell = Callable[..., Awaitable[dict[str, Any]]]  # (group, op, **fields) -> the leader's reply
-Record = Callable[..., Awaitable[None]]  # (kind, reason, **details): a controller decision
+def moving(rng: Range) -> bool:
+    """The range's move is unfinished (any phase, cleanup included)."""
+    return rng.state == RANGE_MOVING or rng.source is not None
 
 
-class RangeMover:
-    """Runs moves to completion (one task per range), resumable from etcd at any step."""
+def next_step(rng: Range) -> str | None:
+    """The step the range's record calls for next; None once the move is done (or none)."""
+    if rng.state == RANGE_MOVING and rng.target is not None:
+        return FENCE_AND_SWITCH
+    if rng.state == RANGE_MOVING:
+        return COPY_AND_FINISH
+    if rng.source is not None:
+        return CLEANUP
+    return None
 
-    def __init__(self, store: RangeStore, tell: Tell, record: Record,
-                 catch_up: Callable[[int], Awaitable[Any]], log: logging.Logger,
-                 clock: Callable[[], float],
-                 table_name: Callable[[int], str] = str) -> None:
-        self.store = store
-        self.table_name = table_name  # for the decisions' text
-        self.tell = tell
-        self.record = record
-        self.catch_up = catch_up
-        self.log = log
-        self.clock = clock
-        self.tasks: dict[tuple[int, bytes], asyncio.Task[None]] = {}
-        self._failed_at: dict[tuple[int, bytes], float] = {}
 
-    def running(self, table_id: int, start: bytes) -> asyncio.Task[None] | None:
-        task = self.tasks.get((table_id, start))
-        return task if task is not None and not task.done() else None
+def unfinished(view: ClusterView) -> Iterator[Range]:
+    """Every range whose move etcd shows unfinished, in table and key order."""
+    for tid in sorted(view.ranges):
+        for rng in view.ranges[tid]:
+            if moving(rng):
+                yield rng
 
-    def ensure(self, rng: Range, why: str) -> asyncio.Task[None] | None:
-        """Start (or find) the task that finishes the move of ``rng``; None while a failed
-        attempt is less than ``RETRY_S`` old."""
-        key = (rng.table_id, rng.start)
-        task = self.running(*key)
-        if task is None:
-            failed_at = self._failed_at.get(key)
-            if failed_at is not None and self.clock() - failed_at < RETRY_S:
-                return None
-            task = asyncio.ensure_future(self._run(rng.table_id, rng.start, why))
-            task.set_name(f"move-{rng.table_id}-{rng.start.hex()}")
-            self.tasks[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-        return task
 
-    def _done(self, key: tuple[int, bytes], task: asyncio.Task[None]) -> None:
-        if self.tasks.get(key) is task:
-            del self.tasks[key]
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self._failed_at[key] = self.clock()
-            if isinstance(exc, errors.RangeKVError):
-                self.log.warning("move of table %d range %r stopped, to be resumed: %s: %s",
-                                 key[0], key[1], exc.code, exc.message)
-            else:
-                self.log.error("move of table %d range %r failed on a bug", key[0], key[1],
-                               exc_info=exc)
+def started(rng: Range, to: int) -> Range:
+    """Step 1: the record of a range about to move to group ``to``."""
+    assert not moving(rng) and rng.group != to, (rng, to)
+    return replace(rng, state=RANGE_MOVING, target=to, version=rng.version + 1)
 
-    async def cancel_all(self) -> None:
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.tasks.clear()
 
-    async def _run(self, table_id: int, start: bytes, why: str) -> None:
-        while True:
-            found = await self.store.range_record(table_id, start)
-            if found is None:
-                self.log.info("move of table %d range %r: the range is gone (dropped or "
-                              "split meanwhile); nothing left to do", table_id, start)
-                return
-            rng, rev = found
-            if rng.state == RANGE_MOVING and rng.target is not None:
-                await self._fence_and_switch(rng, rev, why)
-            elif rng.state == RANGE_MOVING:
-                await self._copy_and_finish(rng, rev)
-            elif rng.source is not None:
-                await self._cleanup(rng, rev)
-            else:
-                return
+def switched(rng: Range) -> Range:
+    """Step 4: writes go to the target, reads fall back to the source."""
+    assert next_step(rng) == FENCE_AND_SWITCH and rng.target != rng.group, rng
+    return replace(rng, group=rng.target, source=rng.group, target=None, version=rng.version + 1)
 
-    async def _put(self, new: Range, rev: int) -> int:
-        revision = await self.store.put_range(new, rev)
-        if revision is None:
-            raise errors.Unavailable("the range's record changed meanwhile; re-reading it")
-        await self.catch_up(revision)
-        return revision
 
-    async def _fence_and_switch(self, rng: Range, rev: int, why: str) -> None:
-        src, dst = rng.group, rng.target
-        assert dst is not None and dst != src, rng
-        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
-        # the source may have missed a split recorded in etcd (a meta crashed in between):
-        # cut its range where etcd says a neighbour of this range is also on the source
-        # (idempotent), so that the fence names a range the source has
-        for neighbour in await self.store.table_ranges(rng.table_id):
-            if neighbour.group == src and neighbour.end == rng.start:
-                await self.tell(src, "split_range", table_id=rng.table_id, at=rng.start)
-            elif neighbour.group == src and neighbour.start == rng.end and rng.end is not None:
-                await self.tell(src, "split_range", table_id=rng.table_id, at=rng.end)
-        fenced_at = self.clock()
-        reply = await self.tell(src, "fence_range", **span)
-        high = reply.get("seq")
-        if not isinstance(high, bytes) or len(high) != 16:
-            raise errors.ProtocolError(f"fence_range answered {reply!r}")
-        try:
-            await self.tell(dst, "add_range", importing=True, seq=high, **span)
-        except errors.Unavailable as exc:
-            await self._abandon(rng, rev, f"group {dst} could not take the range: "
-                                          f"{exc.message}")
-            return
-        switched = replace(rng, group=dst, source=src, target=None, version=rng.version + 1)
-        revision = await self._put(switched, rev)
-        pause_ms = (self.clock() - fenced_at) * 1000
-        await self.record(
-            "move_switch",
-            f"writes to table {self.table_name(rng.table_id)} range "
-            f"{span_text(rng.start, rng.end)} now go to group {dst} (from {src}); writes were "
-            f"refused for {pause_ms:.0f} ms; copying",
-            table_id=rng.table_id, group=dst, source=src, pause_ms=round(pause_ms, 1),
-            revision=revision)
+def abandoned(rng: Range) -> Range:
+    """The target could not take the range (before step 4): it stays where it was."""
+    assert next_step(rng) == FENCE_AND_SWITCH, rng
+    return replace(rng, state=RANGE_ACTIVE, target=None, version=rng.version + 1)
 
-    async def _abandon(self, rng: Range, rev: int, reason: str) -> None:
-        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
-        await self.tell(rng.group, "unfence_range", **span)
-        back = replace(rng, state=RANGE_ACTIVE, target=None, version=rng.version + 1)
-        await self._put(back, rev)
-        await self.record("move_abandoned", f"move of table {self.table_name(rng.table_id)} range "
-                          f"{span_text(rng.start, rng.end)} to group {rng.target} abandoned: "
-                          f"{reason}; it stays on group {rng.group}",
-                          table_id=rng.table_id, group=rng.group, target=rng.target)
-        if rng.target is not None:  # whatever D prepared (an empty importing range)
-            try:
-                await self.tell(rng.target, "drop_range", **span)
-            except errors.RangeKVError as exc:
-                self.log.warning("group %d keeps an empty importing range: %s", rng.target,
-                                 exc.message)
 
-    async def _copy_and_finish(self, rng: Range, rev: int) -> None:
-        src, dst = rng.source, rng.group
-        assert src is not None, rng
-        span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
-        began = self.clock()
-        after: bytes | None = None
-        copied = pages = 0
-        while True:
-            page = await self.tell(src, "export", after=after, limit=EXPORT_PAGE_KEYS, **span)
-            items = page.get("items") or []
-            if items:
-                await self.tell(dst, "import", table_id=rng.table_id, items=items)
-                copied += len(items)
-                pages += 1
-                after = bytes(items[-1][0])
-            if not page.get("more"):
-                break
-        await self.tell(dst, "finish_import", **span)
-        done = replace(rng, state=RANGE_ACTIVE, version=rng.version + 1)
-        revision = await self._put(done, rev)
-        await self.record(
-            "move_copied",
-            f"table {self.table_name(rng.table_id)} range {span_text(rng.start, rng.end)}: "
-            f"{copied} records copied from group {src} to group {dst} in {pages} pages, "
-            f"{(self.clock() - began) * 1000:.0f} ms; group {dst} alone serves it",
-            table_id=rng.table_id, group=dst, source=src, records=copied, revision=revision)
+def copied(rng: Range) -> Range:
+    """Step 6: the target alone serves the range; the source still holds its copy."""
+    assert next_step(rng) == COPY_AND_FINISH, rng
+    return replace(rng, state=RANGE_ACTIVE, version=rng.version + 1)
 
-    async def _cleanup(self, rng: Range, rev: int) -> None:
-        src = rng.source
-        assert src is not None, rng
-        await self.tell(src, "drop_range", table_id=rng.table_id, start=rng.start, end=rng.end)
-        await self._put(replace(rng, source=None, version=rng.version + 1), rev)
-        self.log.info("move of table %d range [%r, %r) done: group %d dropped its copy",
-                      rng.table_id, rng.start, rng.end, src)
+
+def cleaned(rng: Range) -> Range:
+    """Step 7: the source dropped its copy; the move is done."""
+    assert next_step(rng) == CLEANUP, rng
+    return replace(rng, source=None, version=rng.version + 1)
+
+
+def missed_splits(rng: Range, table_ranges: Iterable[Range]) -> list[bytes]:
+    """Where the source must cut its range before it is fenced: it may have missed a split
+    that etcd records (a meta crashed in between), so the fence would name a range the source
+    does not have. A cut where a neighbour of ``rng`` is also on the source (idempotent)."""
+    src = rng.group
+    cuts = []
+    for neighbour in table_ranges:
+        if neighbour.group == src and neighbour.end == rng.start:
+            cuts.append(rng.start)
+        elif neighbour.group == src and neighbour.start == rng.end and rng.end is not None:
+            cuts.append(rng.end)
+    return cuts

@@ -24,6 +24,7 @@ within ``MERGE_AFTER_SPLIT`` cooldowns of a split of that table (no split/merge 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,10 @@ class SplitPlan:
 
 def plan_split(
     view: ClusterView,
-    reports: dict[int, tuple[float, list[dict[str, Any]]]],
+    reports: Mapping[int, tuple[float, list[dict[str, Any]]]],
     now_s: float,
     cfg: SplitConfig,
-    last_split_s: dict[int, float],
+    last_split_s: Mapping[int, float],
     live_spares: int,
     group_size: int,
 ) -> tuple[SplitPlan | None, str]:
@@ -150,10 +151,10 @@ class MergePlan:
 
 def plan_merge(
     view: ClusterView,
-    reports: dict[int, tuple[float, list[dict[str, Any]]]],
+    reports: Mapping[int, tuple[float, list[dict[str, Any]]]],
     now_s: float,
     cfg: SplitConfig,
-    last_split_s: dict[int, float],
+    last_split_s: Mapping[int, float],
 ) -> MergePlan | None:
     """Two neighbouring ranges to merge now (see the module docstring), or None."""
     if not cfg.enabled:

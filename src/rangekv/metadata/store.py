@@ -40,6 +40,21 @@ TABLE_ID_COUNTER = model.COUNTERS + b"table_id"
 GROUP_ID_COUNTER = model.COUNTERS + b"group_id"
 
 
+DECISIONS_TRIMMED_MAX = 50  # oldest decisions deleted per txn (etcd caps ops per txn)
+
+
+def decision_entry(view: model.ClusterView, wall_ns: int, kind: str, group: int | None,
+                   reason: str, details: dict[str, Any]) -> tuple[Decision, list[int]]:
+    """A new decision record, keyed after every one ``view`` holds (its wall time, or one ns
+    past the newest), and the keys of the oldest to delete in the same transaction so that at
+    most about ``model.DECISIONS_KEPT`` are kept."""
+    log_keys = sorted(view.decision_log)
+    at_ns = max(wall_ns, (log_keys[-1] + 1) if log_keys else 0)
+    excess = len(log_keys) + 1 - model.DECISIONS_KEPT
+    return (Decision(at_ns, kind, group, reason, details),
+            log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))])
+
+
 def table_ranges_prefix(table_id: int) -> bytes:
     return model.RANGES + f"{table_id:08x}/".encode()
 
@@ -78,6 +93,12 @@ class MetaStore:
             return True, res.revision, None
         kvs: list[KV] = res.responses[0]
         return False, res.revision, (json.loads(kvs[0].value) if kvs else None)
+
+    async def answer_backup_pause(self, token: Any, lease: int) -> None:
+        """Tell the backup holding ``lease`` that no range change is in flight (the answer
+        lives under the backup's lease, so it goes with the backup; not fenced: it changes no
+        record the controller decides on)."""
+        await self.etcd.put(model.BACKUP_PAUSED, model.dumps({"token": token}), lease=lease)
 
     # -- loading -----------------------------------------------------------------------------
 
