@@ -1,9 +1,12 @@
-"""The meta process against a real etcd, with fake nodes speaking the wire protocol.
+"""The meta process against etcd, with fake nodes speaking the wire protocol.
 
 A ``FakeNode`` heartbeats the meta like a real node would, takes up an epoch the moment it is
 told to campaign (if ``lead``), and answers ``add_range`` / ``drop_table`` when it leads and
 ``answer`` is set. The meta runs in-process (``MetaService``) so the tests can stop it, crash it
 (``stop(revoke=False)``) and look at its view.
+
+Most tests run twice (``backend``): against a real etcd, and against etcd in memory
+(``rangekv.metadata.memory``, what the simulator uses), which must behave the same for the meta.
 """
 
 from __future__ import annotations
@@ -21,22 +24,28 @@ from typing import Any
 
 import pytest
 
-from rangekv import errors, wire
-from rangekv.metadata import model
+from rangekv import errors, model, wire
+from rangekv.controller.health import Beat
+from rangekv.controller.leader import choose_leader
 from rangekv.metadata.etcd import EtcdClient
-from rangekv.metadata.model import Group
-from rangekv.metadata.service import (
-    Beat,
-    MetaConfig,
-    MetaService,
-    NodeStatus,
-    choose_leader,
-    parse_args,
-)
+from rangekv.metadata.memory import MemoryEtcd, MemoryKV
+from rangekv.metadata.service import MetaConfig, MetaService, parse_args
 from rangekv.metadata.store import MetaStore
+from rangekv.model import Group
+from rangekv.model.status import NodeStatus
 from rangekv.testing.procs import free_port, start_etcd, wait_until
 
 pytestmark = pytest.mark.integration
+
+Backend = str | MemoryKV  # a real etcd's URL, or etcd in memory
+
+
+@pytest.fixture(params=["etcd", "memory"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "etcd":
+        url: str = request.getfixturevalue("etcd_endpoint")
+        return url
+    return MemoryKV()
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -178,19 +187,21 @@ class FakeNode:
 class Cluster:
     """Metas and fake nodes of one test; everything is stopped by ``close``."""
 
-    def __init__(self, etcd: str, **config: Any) -> None:
+    def __init__(self, etcd: Backend, **config: Any) -> None:
         self.etcd = etcd
         self.config = config
         self.metas: list[MetaService] = []
         self.nodes: dict[int, FakeNode] = {}
-        self.client = EtcdClient([etcd])
+        self.client: EtcdClient | MemoryEtcd = (
+            EtcdClient([etcd]) if isinstance(etcd, str) else MemoryEtcd(etcd))
         self.store = MetaStore(self.client)
 
     async def meta(self, meta_id: int = 1, **config: Any) -> MetaService:
+        endpoint = self.etcd if isinstance(self.etcd, str) else "memory"
         cfg = MetaConfig(
-            id=meta_id, listen="127.0.0.1:0", etcd=(self.etcd,), **{**self.config, **config}
+            id=meta_id, listen="127.0.0.1:0", etcd=(endpoint,), **{**self.config, **config}
         )
-        svc = MetaService(cfg)
+        svc = MetaService(cfg, etcd=None if isinstance(self.etcd, str) else MemoryEtcd(self.etcd))
         await svc.start()
         self.metas.append(svc)
         return svc
@@ -219,7 +230,7 @@ class Cluster:
         return next(iter(view.groups.values()), None)
 
 
-def scenario(etcd: str, body: Callable[[Cluster], Awaitable[None]], **config: Any) -> None:
+def scenario(etcd: Backend, body: Callable[[Cluster], Awaitable[None]], **config: Any) -> None:
     async def main() -> None:
         cluster = Cluster(etcd, **config)
         try:
@@ -336,7 +347,7 @@ def test_parse_args() -> None:
 # -- against etcd -------------------------------------------------------------------------------
 
 
-def test_group_forms_from_the_three_lowest_live_spares(etcd_endpoint: str) -> None:
+def test_group_forms_from_the_three_lowest_live_spares(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         for i in (5, 4, 3, 2, 1):
@@ -378,10 +389,10 @@ def test_group_forms_from_the_three_lowest_live_spares(etcd_endpoint: str) -> No
         assert meta.view.nodes[5].state == model.NODE_SPARE
         n5.address = old
 
-    scenario(etcd_endpoint, body)
+    scenario(backend, body)
 
 
-def test_most_caught_up_member_leads_and_only_it_is_told(etcd_endpoint: str) -> None:
+def test_most_caught_up_member_leads_and_only_it_is_told(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         for i, index in ((1, 5), (2, 9), (3, 7)):
@@ -395,10 +406,10 @@ def test_most_caught_up_member_leads_and_only_it_is_told(etcd_endpoint: str) -> 
         await asyncio.sleep(0.5)
         assert (await c.group()) == group  # stable
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500)
+    scenario(backend, body, heartbeat_timeout_ms=500)
 
 
-def test_new_epoch_when_the_leader_stops_heartbeating(etcd_endpoint: str) -> None:
+def test_new_epoch_when_the_leader_stops_heartbeating(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         for i, index in ((1, 5), (2, 9), (3, 7)):
@@ -413,10 +424,10 @@ def test_new_epoch_when_the_leader_stops_heartbeating(etcd_endpoint: str) -> Non
         assert took_s < 3.0, took_s
         assert c.nodes[3].campaigns == [second.epoch] and c.nodes[1].campaigns == []
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500)
+    scenario(backend, body, heartbeat_timeout_ms=500)
 
 
-def test_a_chosen_leader_that_never_serves_is_replaced(etcd_endpoint: str) -> None:
+def test_a_chosen_leader_that_never_serves_is_replaced(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         await c.node(1, last_index=5)
@@ -426,11 +437,11 @@ def test_a_chosen_leader_that_never_serves_is_replaced(etcd_endpoint: str) -> No
         assert (group.leader, group.epoch) == (3, 2)
         assert c.nodes[2].campaigns and set(c.nodes[2].campaigns) == {1}
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500, campaign_timeout_ms=1000)
+    scenario(backend, body, heartbeat_timeout_ms=500, campaign_timeout_ms=1000)
 
 
 def test_no_election_without_a_live_majority(
-    etcd_endpoint: str, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
@@ -451,10 +462,10 @@ def test_no_election_without_a_live_majority(
         assert (after.leader, after.epoch) == (2, group.epoch + 1)
 
     caplog.set_level(logging.INFO, logger="rangekv")
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500)
+    scenario(backend, body, heartbeat_timeout_ms=500)
 
 
-def test_standby_answers_not_active_and_takes_over(etcd_endpoint: str) -> None:
+def test_standby_answers_not_active_and_takes_over(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         m1 = await c.meta(1)
         await eventually(lambda: m1.is_active, 5, "meta 1 active")
@@ -486,10 +497,10 @@ def test_standby_answers_not_active_and_takes_over(etcd_endpoint: str) -> None:
         await eventually(lambda: other.is_active, 6, "the last standby to take over")
         assert time.monotonic() - crashed > 1.0  # it waited for the lease
 
-    scenario(etcd_endpoint, body)
+    scenario(backend, body)
 
 
-def test_active_steps_down_when_its_key_is_gone(etcd_endpoint: str) -> None:
+def test_active_steps_down_when_its_key_is_gone(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         await eventually(lambda: meta.is_active, 5, "meta active")
@@ -502,7 +513,7 @@ def test_active_steps_down_when_its_key_is_gone(etcd_endpoint: str) -> None:
             "meta active again under a new key",
         )
 
-    scenario(etcd_endpoint, body)
+    scenario(backend, body)
 
 
 def test_active_steps_down_when_etcd_stops_answering(tmp_path: Path) -> None:
@@ -533,7 +544,30 @@ def test_active_steps_down_when_etcd_stops_answering(tmp_path: Path) -> None:
         etcd.kill()
 
 
-def test_create_table_waits_for_add_range_and_resumes(etcd_endpoint: str) -> None:
+def test_active_steps_down_when_etcd_in_memory_stops_answering() -> None:
+    """The same as above against etcd in memory: every call fails while ``down``."""
+
+    async def body(c: Cluster) -> None:
+        meta = await c.meta()
+        await eventually(lambda: meta.is_active, 5, "meta active")
+        await asyncio.sleep(0.6)  # at least one renewal
+        assert isinstance(meta.etcd, MemoryEtcd)
+        meta.etcd.down = True
+        meta.etcd.wake_watches()
+        cut = time.monotonic()
+        await eventually(lambda: not meta.is_active, 3, "meta to stop acting")
+        assert time.monotonic() - cut <= 2.0  # never past the lease TTL
+        with pytest.raises(errors.NotActive):
+            await request(meta, "heartbeat", node_id=1, address="127.0.0.1:1")
+        meta.etcd.down = False
+        await eventually(lambda: meta.is_active, 15, "meta active again once etcd answers")
+        reply = await request(meta, "heartbeat", node_id=1, address="127.0.0.1:1")
+        assert reply["group"] is None
+
+    scenario(MemoryKV(), body)
+
+
+def test_create_table_waits_for_add_range_and_resumes(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         for i in (1, 2, 3):
@@ -562,10 +596,10 @@ def test_create_table_waits_for_add_range_and_resumes(etcd_endpoint: str) -> Non
         await eventually(lambda: meta.view.table("stocks") is not None, 3, "table in the view")
         assert [r.group for r in meta.view.ranges[found[0].id]] == [group.id]
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500, node_request_budget_ms=1500)
+    scenario(backend, body, heartbeat_timeout_ms=500, node_request_budget_ms=1500)
 
 
-def test_create_and_drop_table(etcd_endpoint: str) -> None:
+def test_create_and_drop_table(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         with pytest.raises(errors.Unavailable):  # no group yet
@@ -616,10 +650,10 @@ def test_create_and_drop_table(etcd_endpoint: str) -> None:
         ids = [r["table"]["id"] for r in replies]
         assert len(set(ids)) == 6 and min(ids) > again["table"]["id"]
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500)
+    scenario(backend, body, heartbeat_timeout_ms=500)
 
 
-def test_a_stuck_drop_is_finished_by_a_retried_drop(etcd_endpoint: str) -> None:
+def test_a_stuck_drop_is_finished_by_a_retried_drop(backend: Backend) -> None:
     async def body(c: Cluster) -> None:
         meta = await c.meta()
         for i in (1, 2, 3):
@@ -639,7 +673,7 @@ def test_a_stuck_drop_is_finished_by_a_retried_drop(etcd_endpoint: str) -> None:
         await request(meta, "drop_table", name="t1")
         assert await c.store.get_table("t1") is None
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=500, node_request_budget_ms=1000)
+    scenario(backend, body, heartbeat_timeout_ms=500, node_request_budget_ms=1000)
 
 
 def test_meta_process_runs_and_exits_cleanly_on_sigterm(etcd_endpoint: str, tmp_path: Path) -> None:
@@ -686,7 +720,7 @@ def test_meta_process_runs_and_exits_cleanly_on_sigterm(etcd_endpoint: str, tmp_
     assert "Traceback" not in text, text
 
 
-def test_a_replacement_survives_a_meta_crash_and_is_explained_once(etcd_endpoint: str) -> None:
+def test_a_replacement_survives_a_meta_crash_and_is_explained_once(backend: Backend) -> None:
     """A follower stops heartbeating: the active meta adds the lowest spare as a learner, then
     crashes; the standby takes over and finishes the replacement (swap in a new epoch with the
     old members as joint voters, then joint cleared once the leader serves it). Each step is
@@ -725,11 +759,11 @@ def test_a_replacement_survives_a_meta_crash_and_is_explained_once(etcd_endpoint
         assert c.nodes[2].group is None
         assert (await c.store.load())[0].nodes[2] == node2
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=300, replace_grace_ms=800)
+    scenario(backend, body, heartbeat_timeout_ms=300, replace_grace_ms=800)
 
 
 def test_remove_node_refuses_members_and_live_nodes_and_removes_dead_ones(
-        etcd_endpoint: str) -> None:
+        backend: Backend) -> None:
     """``remove_node`` (``rangekv nodes remove``): typed errors for bad fields, refusals for a
     member and a live spare, a dead spare's record gone with its decision; it comes back as a
     new spare when it heartbeats again. A record that no node stands behind (a forged
@@ -786,4 +820,4 @@ def test_remove_node_refuses_members_and_live_nodes_and_removes_dead_ones(
         assert 77 not in (await c.store.load())[0].nodes
         assert (await c.group()) == group  # the group never noticed
 
-    scenario(etcd_endpoint, body, heartbeat_timeout_ms=int(hb_s * 1000))
+    scenario(backend, body, heartbeat_timeout_ms=int(hb_s * 1000))

@@ -39,12 +39,24 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from rangekv import errors, wire
+from rangekv.metadata.kv import (  # noqa: F401  (the vocabulary, also named here)
+    KV,
+    Compare,
+    EtcdError,
+    Event,
+    LeaseExpired,
+    Op,
+    TxnResult,
+    WatchCompacted,
+    WatchLost,
+    _b64,
+    prefix_end,
+)
 
 log = logging.getLogger("rangekv.etcd")
 
@@ -69,132 +81,8 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 )
 
 
-class EtcdError(errors.Internal):
-    """etcd refused a request in a way that retrying will not fix (carries ``grpc_code``)."""
-
-
-class LeaseExpired(errors.Unavailable):
-    """The lease no longer exists: it expired or was revoked, and its keys are gone."""
-
-
-class WatchLost(errors.Unavailable):
-    """A watch stream ended or broke: events after the last batch yielded may be missing."""
-
-
-class WatchCompacted(WatchLost):
-    """The watch's start revision has been compacted away (``compact_revision`` in details)."""
-
-
 class _Compacted(errors.Unavailable):
     """A read at a pinned revision found that revision compacted (internal to get_prefix)."""
-
-
-@dataclass(frozen=True)
-class KV:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class Event:
-    """One change: ``type`` is ``"put"`` or ``"delete"``; a delete has ``kv.value == b""``."""
-
-    type: str
-    kv: KV
-
-
-_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", ">": "GREATER", "<": "LESS"}
-
-
-@dataclass(frozen=True, eq=False)
-class Compare:
-    """One txn condition; build it with the static methods (``op`` is ``= != > <``)."""
-
-    body: dict[str, Any]
-
-    @staticmethod
-    def _make(key: bytes, op: str, target: str, field_name: str, operand: Any) -> Compare:
-        if op not in _RESULTS:
-            raise ValueError(f"compare op must be one of {sorted(_RESULTS)}, not {op!r}")
-        return Compare(
-            {"key": _b64(key), "target": target, "result": _RESULTS[op], field_name: operand}
-        )
-
-    @staticmethod
-    def mod_revision(key: bytes, op: str, rev: int) -> Compare:
-        """A missing key has mod_revision 0, so ``("=", 0)`` means "does not exist"."""
-        return Compare._make(key, op, "MOD", "mod_revision", str(int(rev)))
-
-    @staticmethod
-    def create_revision(key: bytes, op: str, rev: int) -> Compare:
-        return Compare._make(key, op, "CREATE", "create_revision", str(int(rev)))
-
-    @staticmethod
-    def version(key: bytes, op: str, n: int) -> Compare:
-        return Compare._make(key, op, "VERSION", "version", str(int(n)))
-
-    @staticmethod
-    def value(key: bytes, op: str, v: bytes) -> Compare:
-        """Note: etcd fails every value comparison on a key that does not exist."""
-        return Compare._make(key, op, "VALUE", "value", _b64(v))
-
-
-@dataclass(frozen=True, eq=False)
-class Op:
-    """One txn operation; build it with the static methods."""
-
-    kind: str  # "get" | "put" | "delete"
-    body: dict[str, Any]
-
-    @staticmethod
-    def put(key: bytes, value: bytes, lease: int = 0) -> Op:
-        req: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-        if lease:
-            req["lease"] = str(int(lease))
-        return Op("put", {"request_put": req})
-
-    @staticmethod
-    def delete(key: bytes, prefix: bool = False) -> Op:
-        req = {"key": _b64(key)}
-        if prefix:
-            req["range_end"] = _b64(prefix_end(key))
-        return Op("delete", {"request_delete_range": req})
-
-    @staticmethod
-    def get(key: bytes, prefix: bool = False) -> Op:
-        req = {"key": _b64(key)}
-        if prefix:
-            req["range_end"] = _b64(prefix_end(key))
-        return Op("get", {"request_range": req})
-
-
-@dataclass
-class TxnResult:
-    """``responses`` follow the branch that ran: a get gives ``list[KV]``, a delete the number
-    of keys deleted, a put ``None``."""
-
-    succeeded: bool
-    revision: int
-    responses: list[Any] = field(default_factory=list)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with ``prefix`` (etcd's range_end)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\x00"  # etcd: range_end "\0" means "to the end of the keyspace"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _unb64(text: str | None) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rangekv import errors, model
@@ -50,14 +51,92 @@ from rangekv.controller.decisions import (
 )
 from rangekv.controller.planner import Seen
 from rangekv.controller.split import MergePlan, SplitPlan
-from rangekv.metadata.store import decision_entry
-from rangekv.model import Group, Node, key_text
+from rangekv.metadata.store import Store, decision_entry
+from rangekv.model import ClusterView, Group, Node, key_text
 
 if TYPE_CHECKING:
     from rangekv.metadata.election import Term
     from rangekv.metadata.service import MetaService
 
 LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
+
+
+# -- how a decision's records land in the store (the meta's loop below; a simulator too) ---------
+
+
+async def land(store: Store, view: ClusterView, revs: Mapping[bytes, int], decision: Decision,
+               wall_ns: int) -> int | None:
+    """Write what ``decision`` changes in the metadata, if ``view`` (with ``revs``, each key's
+    mod revision, as current as the caller can make it) still shows the records it was decided
+    on: one compare-and-swap transaction, with the decision's record where it has one in the
+    same transaction (replacement steps, "no spare"). The revision written; None if a premise
+    changed (the planner decides again) or the decision changes no record (splits, merges,
+    moves and lag notes are performed otherwise: ``ControlLoop.perform``)."""
+    if isinstance(decision, ElectLeader):
+        gid = decision.group.id
+        if view.groups.get(gid) != decision.group:
+            return None
+        mod_revision = revs.get(model.group_key(gid))
+        assert mod_revision, ("a group in the view has no revision", gid)
+        return await store.set_group_leader(decision.group, mod_revision, decision.epoch,
+                                            decision.leader)
+    if isinstance(decision, FormGroup):
+        formed = await form_group(store, view, revs, decision)
+        return None if formed is None else formed[1]
+    if isinstance(decision, ReplacementStep):
+        gid = decision.group_id
+        if view.groups.get(gid) != decision.before or any(
+                view.nodes.get(n.id) != before for before, n in decision.nodes):
+            return None
+        mod_revision = revs.get(model.group_key(gid))
+        assert mod_revision, ("a group in the view has no revision", gid)
+        nodes = [(n, revs.get(model.node_key(n.id), 0)) for _, n in decision.nodes]
+        details: dict[str, Any] = {"old": decision.old, "new": decision.new,
+                                   "epoch": decision.after.epoch,
+                                   "members": list(decision.after.members)}
+        if decision.why:
+            details["why"] = decision.why
+        return await _write_step(store, view, (decision.after, mod_revision), nodes,
+                                 decision.kind, gid, decision.reason, details, wall_ns)
+    if isinstance(decision, NoSpare) and decision.record:
+        return await _write_step(store, view, None, [], decision.kind, decision.group_id,
+                                 decision.reason, {"old": decision.old, "why": decision.why},
+                                 wall_ns)
+    return None
+
+
+async def form_group(store: Store, view: ClusterView, revs: Mapping[bytes, int],
+                     decision: FormGroup) -> tuple[Group, int] | None:
+    """``land`` for a ``FormGroup``: the new group (its id issued by the store) and the
+    revision, or None if a spare's record moved on."""
+    chosen: list[tuple[Node, int]] = []
+    for node in decision.members:
+        if view.nodes.get(node.id) != node:
+            return None
+        rev = revs.get(model.node_key(node.id))
+        assert rev, ("a node in the view has no revision", node.id)
+        chosen.append((node, rev))
+    return await store.create_group(chosen)
+
+
+async def _write_step(store: Store, view: ClusterView, group: tuple[Group, int] | None,
+                      nodes: list[tuple[Node, int]], kind: str, gid: int, reason: str,
+                      details: dict[str, Any], wall_ns: int) -> int | None:
+    """A reconfiguration step (or none) with its decision record, trimming the log of
+    decisions to ``model.DECISIONS_KEPT``; the revision, or None on a conflict."""
+    decision, trim = decision_entry(view, wall_ns, kind, gid, reason,
+                                    {k: v for k, v in details.items() if v is not None})
+    return await store.reconfigure(group, nodes, decision, trim)
+
+
+async def record(store: Store, view: ClusterView, kind: str, reason: str, wall_ns: int,
+                 group: int | None = None, **details: Any) -> int | None:
+    """A decision record alone (an election, a split, a move, lag), after the step it
+    explains; the revision, or None if the log moved on meanwhile."""
+    decision, trim = decision_entry(view, wall_ns, kind, group, reason,
+                                    {k: v for k, v in details.items() if v is not None})
+    return await store.reconfigure(None, [], decision, trim)
+
 
 
 class ControlLoop:
@@ -123,9 +202,7 @@ class ControlLoop:
         elif isinstance(decision, NoSpare):
             meta.log.warning("%s", decision.reason)
             if decision.record:
-                await self._write_step(decision.group_id, None, [], decision.kind,
-                                       decision.reason, {"old": decision.old,
-                                                         "why": decision.why})
+                await self._replacement_step(decision)
         elif isinstance(decision, NoteLag):
             event = decision.event
             if event.kind == "stuck":
@@ -154,11 +231,7 @@ class ControlLoop:
     async def _elect(self, d: ElectLeader) -> None:
         meta = self.meta
         gid = d.group.id
-        written = None
-        if meta.view.groups.get(gid) == d.group:
-            mod_revision = meta.revs.get(model.group_key(gid))
-            assert mod_revision, ("a group in the view has no revision", gid)
-            written = await meta.store.set_group_leader(d.group, mod_revision, d.epoch, d.leader)
+        written = await land(meta.store, meta.view, meta.revs, d, meta.wall_ns())
         if written is None:
             meta.log.info("group %d changed while choosing its leader; deciding again", gid)
             meta.planner.done(d, False, meta.clock() * 1000)
@@ -176,63 +249,34 @@ class ControlLoop:
 
     async def _form_group(self, d: FormGroup) -> None:
         meta = self.meta
-        ids = [n.id for n in d.members]
-        chosen: list[tuple[Node, int]] = []
-        for node in d.members:
-            if meta.view.nodes.get(node.id) != node:
-                meta.log.info("spares %s changed while forming a group; deciding again", ids)
-                return
-            rev = meta.revs.get(model.node_key(node.id))
-            assert rev, ("a node in the view has no revision", node.id)
-            chosen.append((node, rev))
-        created = await meta.store.create_group(chosen)
-        if created is None:
-            meta.log.info("spares %s changed while forming a group; deciding again", ids)
+        formed = await form_group(meta.store, meta.view, meta.revs, d)
+        if formed is None:
+            meta.log.info("spares %s changed while forming a group; deciding again",
+                          [n.id for n in d.members])
             return
-        group, written = created
+        group, written = formed
         meta.metrics.groups_formed += 1
         meta.log.info("formed group %d with members %s: %s", group.id, list(group.members),
                       d.reason)
         await self._caught_up(written)
 
-    async def _replacement_step(self, d: ReplacementStep) -> None:
-        """One step of follower replacement: one fenced CAS transaction with the decision
-        that explains it."""
+    async def _replacement_step(self, d: ReplacementStep | NoSpare) -> None:
+        """One step of follower replacement (or a "no spare" said): one fenced CAS
+        transaction with the decision that explains it."""
         meta = self.meta
-        gid = d.group_id
-        view = meta.view
-        written = None
-        if view.groups.get(gid) == d.before and all(view.nodes.get(n.id) == before
-                                                    for before, n in d.nodes):
-            mod_revision = meta.revs.get(model.group_key(gid))
-            assert mod_revision, ("a group in the view has no revision", gid)
-            nodes = [(n, meta.revs.get(model.node_key(n.id), 0)) for _, n in d.nodes]
-            details: dict[str, Any] = {"old": d.old, "new": d.new, "epoch": d.after.epoch,
-                                       "members": list(d.after.members)}
-            if d.why:
-                details["why"] = d.why
-            written = await self._write_step(gid, (d.after, mod_revision), nodes, d.kind,
-                                             d.reason, details)
+        written = await land(meta.store, meta.view, meta.revs, d, meta.wall_ns())
+        if written is not None:
+            meta.metrics.decisions[d.kind] += 1
+        if isinstance(d, NoSpare):
+            return
         if written is None:
-            meta.log.info("group %d changed while reconfiguring it; deciding again", gid)
+            meta.log.info("group %d changed while reconfiguring it; deciding again",
+                          d.group_id)
             meta.planner.done(d, False, meta.clock() * 1000)
             return
         meta.log.warning("%s", d.reason)
         meta.planner.done(d, True, meta.clock() * 1000)
         await self._caught_up(written)
-
-    async def _write_step(self, gid: int, group: tuple[Group, int] | None,
-                          nodes: list[tuple[Node, int]], kind: str, reason: str,
-                          details: dict[str, Any]) -> int | None:
-        """Write a reconfiguration step (or none) with its decision record, trimming the log of
-        decisions to ``model.DECISIONS_KEPT``; the revision, or None on a conflict."""
-        meta = self.meta
-        decision, trim = decision_entry(meta.view, meta.wall_ns(), kind, gid, reason,
-                                        {k: v for k, v in details.items() if v is not None})
-        written = await meta.store.reconfigure(group, nodes, decision, trim)
-        if written is not None:
-            meta.metrics.decisions[kind] += 1
-        return written
 
     async def record_decision(self, kind: str, reason: str, **details: Any) -> None:
         """A controller decision (a leader elected, a split, move, merge, a group formed) and
@@ -242,11 +286,9 @@ class ControlLoop:
         meta.log.info("decision %s: %s", kind, reason)
         meta.metrics.decisions[kind] += 1
         group = details.pop("group", None)
-        decision, trim = decision_entry(meta.view, meta.wall_ns(), kind,
-                                        group if isinstance(group, int) else None, reason,
-                                        {k: v for k, v in details.items() if v is not None})
         try:
-            await meta.store.reconfigure(None, [], decision, trim)
+            await record(meta.store, meta.view, kind, reason, meta.wall_ns(),
+                         group if isinstance(group, int) else None, **details)
         except errors.NotActive:
             raise
         except errors.RangeKVError as exc:

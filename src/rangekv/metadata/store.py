@@ -1,5 +1,12 @@
 """Typed metadata operations on etcd: every change is one compare-and-swap transaction.
 
+``Store`` is the interface: what the meta (its handlers, its control loop, its election) asks
+of the metadata, and what a simulator performing the controller's decisions needs. ``MetaStore``
+implements it over any ``kv.KVClient``: a real etcd (``etcd.EtcdClient``) or etcd in memory
+(``memory.MemoryEtcd``; ``memory.MemoryStore`` is the pair), so the two share every line below
+and differ only in the key-value engine, whose semantics ``kv.py`` states and the tests hold
+both to.
+
 Invariants
 ----------
 * **Every write is a CAS on what was read**: the caller passes the ``mod_revision`` it based its
@@ -29,12 +36,13 @@ The JSON shapes and key layout are those of :mod:`rangekv.model`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from rangekv import errors, model
-from rangekv.metadata.etcd import KV, Compare, EtcdClient, Op, TxnResult
-from rangekv.model import Decision, Group, Node, Range, Table
+from rangekv.metadata.kv import KV, Compare, Event, KVClient, Op, TxnResult
+from rangekv.model import ClusterView, Decision, Group, Node, Range, Table
 
 TABLE_ID_COUNTER = model.COUNTERS + b"table_id"
 GROUP_ID_COUNTER = model.COUNTERS + b"group_id"
@@ -55,6 +63,23 @@ def decision_entry(view: model.ClusterView, wall_ns: int, kind: str, group: int 
             log_keys[:max(0, min(excess, DECISIONS_TRIMMED_MAX))])
 
 
+def apply_events(view: ClusterView, revs: dict[bytes, int], events: Sequence[Event]) -> None:
+    """Bring ``view`` (and ``revs``, each key's mod revision) forward by watch events newer
+    than it, in revision order (the meta's view follower; a simulator over
+    ``memory.MemoryKV.events_since``)."""
+    for event in events:
+        rev = event.kv.mod_revision
+        assert rev > view.revision, ("watch events out of order", rev, view.revision)
+        if event.type == "put":
+            view.apply(event.kv.key, event.kv.value)
+            revs[event.kv.key] = rev
+        else:
+            view.apply(event.kv.key, None)
+            revs.pop(event.kv.key, None)
+    if events:
+        view.revision = max(view.revision, events[-1].kv.mod_revision)
+
+
 def table_ranges_prefix(table_id: int) -> bytes:
     return model.RANGES + f"{table_id:08x}/".encode()
 
@@ -63,10 +88,71 @@ def _group_json(group: Group) -> bytes:
     return model.dumps(group.to_json())
 
 
-class MetaStore:
-    """The metadata manager's reads and CAS writes (see the module docstring)."""
+class Store(Protocol):
+    """The metadata store the meta and a simulator work against (see the module docstring):
+    reads, and writes that are each one compare-and-swap, fenced once ``fence_revision`` is
+    set. A write answers the revision it made, or None when its premise changed (decide
+    again); a fenced write after the fence moved raises ``NotActive``."""
 
-    def __init__(self, etcd: EtcdClient) -> None:
+    fence_revision: int | None
+    txn_conflicts: int  # fenced transactions whose compare failed (for /metrics)
+    txn_errors: int  # ... and that failed
+
+    # the election (not fenced: it creates the fence)
+    async def try_become_active(self, meta_id: int, address: str, lease_id: int
+                                ) -> tuple[bool, int, dict[str, Any] | None]: ...
+
+    async def answer_backup_pause(self, token: Any, lease: int) -> None: ...
+
+    # reads
+    async def load(self) -> tuple[ClusterView, dict[bytes, int]]: ...
+
+    async def get_table(self, name: str) -> tuple[Table, int] | None: ...
+
+    async def table_ranges(self, table_id: int) -> list[Range]: ...
+
+    async def table_ranges_revs(self, table_id: int) -> list[tuple[Range, int]]: ...
+
+    async def range_record(self, table_id: int, start: bytes) -> tuple[Range, int] | None: ...
+
+    # nodes and groups (the controller's decisions land through these)
+    async def put_node(self, node: Node, mod_revision: int) -> int | None: ...
+
+    async def remove_node(self, node_id: int, mod_revision: int, decision: Decision,
+                          trim: list[int]) -> int | None: ...
+
+    async def create_group(self, members: list[tuple[Node, int]]
+                           ) -> tuple[Group, int] | None: ...
+
+    async def set_group_leader(self, group: Group, mod_revision: int, epoch: int,
+                               leader: int) -> int | None: ...
+
+    async def reconfigure(self, group: tuple[Group, int] | None,
+                          nodes: list[tuple[Node, int]], decision: Decision | None,
+                          trim: list[int]) -> int | None: ...
+
+    # tables and ranges
+    async def create_table(self, name: str, group_id: int,
+                           created_ns: int) -> tuple[Table, int] | None: ...
+
+    async def set_table_state(self, table: Table, mod_revision: int,
+                              state: str) -> tuple[Table, int] | None: ...
+
+    async def delete_table(self, table: Table, mod_revision: int) -> int | None: ...
+
+    async def split_range(self, rng: Range, mod_revision: int, at: bytes) -> int | None: ...
+
+    async def merge_ranges(self, lower: Range, lower_rev: int, upper: Range,
+                           upper_rev: int) -> int | None: ...
+
+    async def put_range(self, new: Range, mod_revision: int) -> int | None: ...
+
+
+class MetaStore:
+    """The metadata manager's reads and CAS writes (see the module docstring): ``Store``
+    over a ``KVClient``."""
+
+    def __init__(self, etcd: KVClient) -> None:
         self.etcd = etcd
         self.fence_revision: int | None = None
         # fenced transactions whose compare failed, and that failed (for /metrics)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rangekv import errors, model
-from rangekv.metadata.etcd import WatchLost
+from rangekv.metadata.kv import WatchLost
+from rangekv.metadata.store import apply_events
 from rangekv.model import ClusterView
 
 if TYPE_CHECKING:
@@ -121,16 +122,7 @@ class ViewFollower:
         watch = self.meta.etcd.watch_prefix(model.PREFIX, view.revision + 1)
         async with contextlib.aclosing(watch) as batches:
             async for batch in batches:
-                for event in batch:
-                    rev = event.kv.mod_revision
-                    assert rev > view.revision, ("watch events out of order", rev, view.revision)
-                    if event.type == "put":
-                        view.apply(event.kv.key, event.kv.value)
-                        revs[event.kv.key] = rev
-                    else:
-                        view.apply(event.kv.key, None)
-                        revs.pop(event.kv.key, None)
-                view.revision = max(view.revision, batch[-1].kv.mod_revision)
+                apply_events(view, revs, batch)
                 self._notify()
                 self.meta.clear("view-watch")
                 backoff.reset()
