@@ -132,7 +132,7 @@ def test_hostile_actors_sent_everything_and_nothing_was_taken(scratch: Path) -> 
 def test_planted_bug_is_caught(bug: str, scratch: Path) -> None:
     for seed in range(BUG_SEEDS_MAX[bug]):
         try:
-            run_seed(seed, scratch, core_class=BUGS[bug])
+            run_seed(seed, scratch, core_factory=BUGS[bug])
         except SimFailure:
             return
     pytest.fail(f"planted bug {bug!r} not caught in {BUG_SEEDS_MAX[bug]} seeds")

@@ -517,10 +517,9 @@ def test_an_installing_follower_is_frozen_then_jumps_to_the_snapshot() -> None:
     # The driver installed it: the log is empty at base 18, commit and applied jump there.
     c.nodes[3].log.reset(18, 1)
     c.nodes[3].applied = list(c.nodes[1].applied[:18])
-    f.on_snapshot_installed(18, 1)
+    rd = c.do(c.nodes[3], lambda: loop_of(c, 3).snapshot_installed(18, 1))
     assert (f.base_index, f.last_index, f.commit, f.applied, f.stable) == (18, 18, 18, 18, 18)
     assert f.installing is None
-    rd = c.process(c.nodes[3])
     # The deferred promise answer describes the log as it now is (after the promise's fsync).
     assert not rd.messages
     assert [(m.type, m.to, m.index, m.log_epoch) for m in rd.messages_after_sync] == [
@@ -580,7 +579,7 @@ def test_a_candidate_behind_a_members_base_ends_its_campaign() -> None:
     assert f.offer_snapshot(2, 3, at, 1) == (SNAPSHOT_ACCEPT, at)
     c.nodes[3].log.reset(at, 1)
     c.nodes[3].applied = list(c.nodes[2].applied[:at])
-    f.on_snapshot_installed(at, 1)
+    loop_of(c, 3).snapshot_installed(at, 1)
     loop_of(c, 2).snapshot_sent(3, True, at)
     settle(c, cut={1})
     assert leader.serving and f.role == FOLLOWER

@@ -1,11 +1,15 @@
 """Deterministic simulation of one replication group, its metadata manager and its clients.
 
-What runs is the production code for every decision: the replication ``Core``, the WAL (real
-segment files under a scratch directory, so CRCs, torn tails and recovery are the real ones),
-the hard-state file, the state machine (over an in-memory backend that loses what was not
-flushed, as RocksDB without its own WAL does), and meta's ``choose_leader``. Only time, the
-network, the disk's durability and the clients are simulated, all from one seeded random source
-on a virtual clock, so a seed replays exactly (the trace hash proves it).
+What runs is the production code for every decision: each node is the replication ``Core`` run
+by production's own Ready loop (``rangekv.replication.loop.ReadyLoop``, the one the driver
+runs), over the WAL (real segment files under a scratch directory, so CRCs, torn tails and
+recovery are the real ones), the hard-state file and the state machine (over an in-memory
+backend that loses what was not flushed, as RocksDB without its own WAL does): see
+``sim/node.py``, which gives the loop its simulated disk, network, clock and snapshot
+transfer. Meta runs the production ``choose_leader``. Only time, the network, the disk's
+durability and the clients are simulated, all from one seeded random source on a virtual
+clock, so a seed replays exactly (the trace hash proves it). This module holds the rest: the
+group's meta, the clients, the faults and the checkers across nodes.
 
 Faults: messages dropped, duplicated, delayed and so reordered; partitions (one node, the
 leader, a majority/minority split, a bridge) that also cut nodes off from meta; crashes that lose
@@ -54,11 +58,10 @@ import hashlib
 import heapq
 import itertools
 import math
-import os
 import random
 import shutil
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,36 +78,18 @@ from rangekv.metadata.service import (
     plan_replacement,
     track_lag,
 )
-from rangekv.replication.core import (
-    LEADER,
-    SNAPSHOT_ACCEPT,
-    SNAPSHOT_HAVE,
-    SNAPSHOT_STALE,
-    Config,
-    Core,
-    NotLeaderError,
-    SnapshotNeed,
-)
-from rangekv.replication.driver import highest_seq
+from rangekv.replication.bugs import CoreFactory
+from rangekv.replication.core import LEADER, Core, NotLeaderError
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
-from rangekv.storage import hardstate, snapshot
-from rangekv.storage.engine import StateMachine, checkpoint_applied_index, encode_command
-from rangekv.storage.memory import MemoryBackend
-from rangekv.storage.snapshot import Chunk, Manifest, Receiver, SnapshotInvalid
-from rangekv.storage.wal import WAL, StorageCorrupt
+from rangekv.sim.node import TABLE, SimNode
+from rangekv.storage.engine import encode_command
 
 META = 0  # the metadata manager's network address in the simulation
-TABLE = 1
-NOOP = encode_command({"op": "noop"})
 
 
 class SimFailure(AssertionError):
     """A checker found a violation (or the code under test asserted)."""
-
-
-class _InstallCrash(Exception):
-    """The simulated crash of a node at one of a snapshot install's durable steps."""
 
 
 @dataclass
@@ -172,41 +157,12 @@ class ClientOp:
     hostile: str | None = None  # sent by the bad rm: how its seq is bad (``hostile.RM_KINDS``)
 
 
-@dataclass
-class SimNode:
-    id: int
-    dir: Path
-    backend: MemoryBackend = field(default_factory=MemoryBackend)
-    wal: WAL | None = None
-    engine: StateMachine | None = None
-    core: Core | None = None
-    up: bool = False
-    broken: str | None = None
-    pending: list[tuple[dict[str, int] | None, list[Msg]]] = field(default_factory=list)
-    sync_scheduled: bool = False
-    durable_sizes: dict[str, int] = field(default_factory=dict)
-    last_seq: bytes = sequencer.ZERO
-    proposals: dict[int, tuple[int, ClientOp]] = field(default_factory=dict)
-    reads: list[tuple[int, ClientOp]] = field(default_factory=list)
-    read_waiting: dict[int, ClientOp] = field(default_factory=dict)
-    incarnation: int = 0
-    flipped: bool = False  # a bit was flipped in its log while it was down
-    paused_until: float = 0.0  # SIGSTOP: events for it wait until then, then arrive in any order
-    deferred: list[tuple[str, Any]] = field(default_factory=list)
-    sending: dict[int, dict[str, Any]] = field(default_factory=dict)  # peer -> transfer
-    backoff: dict[int, float] = field(default_factory=dict)
-    incoming: dict[str, Any] | None = None  # the snapshot being received
-    high_commit: int = 0  # the highest commit and applied index seen in this run of the node
-    high_applied: int = 0
-    gone: bool = False  # crashed for good: never restarts
-
-
 class Simulation:
     def __init__(self, seed: int, root: Path, config: SimConfig | None = None,
-                 core_class: type[Core] = Core) -> None:
+                 core_factory: CoreFactory = Core) -> None:
         self.seed = seed
         self.cfg = config or SimConfig()
-        self.core_class = core_class
+        self.core_factory = core_factory  # Core, or a planted bug's subclass
         self.rng = random.Random(seed)
         # Appends of one entry at a time in some runs, batches in others: an old epoch's entry
         # and a new leader's no-op then reach a follower together or apart.
@@ -228,7 +184,7 @@ class Simulation:
         self.hostile = self.hrng.random() < self.cfg.hostile
         spare_count = self.cfg.spares if self.membership else 0
         spares = list(range(self.cfg.nodes + 1, self.cfg.nodes + spare_count + 1))
-        self.nodes = {i: SimNode(i, root / f"n{i}") for i in ids + spares}
+        self.nodes = {i: SimNode(self, i, root / f"n{i}") for i in ids + spares}
         self.cut: set[frozenset[int]] = set()  # pairs that cannot talk (META = 0)
         # meta: its view of the group and the nodes, changed only by the same transitions as
         # the real meta's (choose_leader, plan_replacement)
@@ -321,208 +277,17 @@ class Simulation:
     def uniform(self, bounds: tuple[float, float]) -> float:
         return self.rng.uniform(*bounds)
 
-    # ------------------------------------------------------------------ nodes
-    def _record_durable(self, node: SimNode) -> None:
-        wal_dir = node.dir / "wal"
-        node.durable_sizes = {
-            name: os.path.getsize(wal_dir / name)
-            for name in sorted(os.listdir(wal_dir)) if name.endswith(".wal")
-        }
+    # ------------------------------------------------------------------ checks the nodes call
+    def check_appended(self, node: SimNode, entries: list[Entry]) -> None:
+        """Log matching, cheaply at every append: one entry per (epoch, index)."""
+        for e in entries:
+            seen = self.entry_at.setdefault((e.epoch, e.index), e.payload)
+            if seen != e.payload:
+                self.fail(f"n{node.id} holds a different entry {e.epoch}/{e.index} "
+                          f"than another replica (two entries for one epoch and index)")
 
-    def start_node(self, node: SimNode) -> None:
-        node.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            wal = WAL.open(node.dir / "wal", segment_bytes_max=self.cfg.segment_bytes_max)
-        except StorageCorrupt as err:
-            if not node.flipped:
-                self.fail(f"n{node.id}: WAL refused after a plain crash: {err}")
-            node.broken = str(err)
-            self.broken_nodes.add(node.id)
-            self.log(f"n{node.id} refuses to serve: {err}")
-            if self.membership:
-                # It stays up without a replica and reports itself in its heartbeats (and so
-                # is replaced at once).
-                node.incarnation += 1
-                self.at(self.cfg.heartbeat_ms * self.rng.random(), "beat",
-                        (node.id, node.incarnation))
-            return
-        wal.sync()
-        installed = snapshot.recover(node.dir, wal)
-        if installed is not None:
-            # The index directory is now the snapshot's: the state machine is its content.
-            node.backend = MemoryBackend.load(node.dir / snapshot.INDEX_NAME)
-            self.log(f"n{node.id} finished installing the snapshot at {installed[0]}")
-        self._record_durable(node)
-        engine = StateMachine(node.backend)
-        if engine.applied_index > wal.last_index:
-            self.fail(f"n{node.id}: state machine applied {engine.applied_index} "
-                      f"but the log ends at {wal.last_index}")
-        if engine.applied_index < wal.first_index - 1:
-            self.fail(f"n{node.id}: state machine applied {engine.applied_index} but the log "
-                      f"starts after {wal.first_index - 1}: entries lost")
-        node.wal, node.engine = wal, engine
-        members, learners, joint = self.config_of(node.id)
-        node.core = self.core_class(
-            node.id, members, wal,
-            {k: int(v) for k, v in hardstate.load(node.dir / "hardstate").items()},
-            engine.applied_index,
-            Config(noop_payload=NOOP, append_bytes_max=self.append_bytes_max),
-            learners=learners, joint=joint)
-        node.last_seq = engine.last_seq
-        node.up = True
-        node.incarnation += 1
-        node.high_commit = node.high_applied = engine.applied_index
-        node.sending, node.incoming = {}, None
-        self.log(f"n{node.id} up: log {wal.first_index - 1}+{wal.last_epoch}/{wal.last_index} "
-                 f"applied {engine.applied_index} promised {node.core.promised}")
-        self.at(self.cfg.tick_ms * self.rng.random(), "tick", (node.id, node.incarnation))
-        self.at(self.cfg.heartbeat_ms * self.rng.random(), "beat", (node.id, node.incarnation))
-
-    def crash(self, node: SimNode, flip: bool = False) -> None:
-        if not node.up:
-            return
-        assert node.wal is not None
-        node.wal._close_fds()  # no fsync: what was not synced is at the mercy of the crash
-        wal_dir = node.dir / "wal"
-        names = sorted(n for n in os.listdir(wal_dir) if n.endswith(".wal"))
-        for name in names:
-            path = wal_dir / name
-            size = os.path.getsize(path)
-            durable = node.durable_sizes.get(name)
-            if durable is None:
-                os.remove(path)
-                continue
-            keep = durable
-            if size > durable and name == names[-1] and self.rng.random() < 0.5:
-                keep = durable + self.rng.randrange(0, size - durable + 1)  # a torn tail
-                self.stats["torn_bytes"] += keep - durable
-            with open(path, "r+b") as f:
-                f.truncate(keep)
-        node.backend.crash()
-        self._fail_node_ops(node, "crash")
-        node.up, node.core, node.wal, node.engine = False, None, None, None
-        node.pending, node.sync_scheduled = [], False
-        node.sending, node.incoming = {}, None
-        self.stats["crashes"] += 1
-        self.log(f"n{node.id} crashed")
-        if flip:
-            self._flip_bit(node)
-
-    def _flip_bit(self, node: SimNode) -> None:
-        """Flip one bit inside a record that has a valid record after it: the CRC must catch
-        it and the node must refuse to serve that log."""
-        wal_dir = node.dir / "wal"
-        names = sorted(n for n in os.listdir(wal_dir) if n.endswith(".wal"))
-        sized = [(n, os.path.getsize(wal_dir / n)) for n in names]
-        total = sum(s for _, s in sized)
-        if total < 400:
-            return
-        # Anywhere but the last 200 bytes of the log, so that valid records follow it.
-        pos = self.rng.randrange(0, total - 200)
-        for name, size in sized:
-            if pos < size:
-                with open(wal_dir / name, "r+b") as f:
-                    f.seek(pos)
-                    byte = f.read(1)[0]
-                    f.seek(pos)
-                    f.write(bytes([byte ^ (1 << self.rng.randrange(8))]))
-                self.stats["flips"] += 1
-                self.log(f"n{node.id} bit flipped in {name} at {pos}")
-                node.flipped = True
-                return
-            pos -= size
-
-    def process(self, node: SimNode) -> None:
-        core = node.core
-        while core is not None and node.up:
-            rd = core.ready()
-            if rd.empty():
-                return
-            assert node.wal is not None and node.engine is not None
-            if rd.truncate_from is not None:
-                node.wal.truncate_suffix(rd.truncate_from)  # fsyncs before returning
-                self._record_durable(node)
-            if rd.compact_to is not None:
-                node.wal.drop_prefix(rd.compact_to)  # durable when it returns
-                self._forget_removed_segments(node)
-            if rd.entries:
-                node.wal.append([(e.epoch, e.index, e.payload) for e in rd.entries])
-                for e in rd.entries:
-                    # Log matching, cheaply at every append: one entry per (epoch, index).
-                    seen = self.entry_at.setdefault((e.epoch, e.index), e.payload)
-                    if seen != e.payload:
-                        self.fail(f"n{node.id} holds a different entry {e.epoch}/{e.index} "
-                                  f"than another replica (two entries for one epoch and index)")
-            for msg in rd.messages:
-                self.send(msg)
-            if rd.hardstate or rd.entries or rd.truncate_from is not None \
-                    or rd.messages_after_sync:
-                node.pending.append((rd.hardstate, rd.messages_after_sync))
-                if not node.sync_scheduled:
-                    node.sync_scheduled = True
-                    disk_ms = self.uniform(self.cfg.disk_ms)
-                    if self.faults_on and self.rng.random() < self.cfg.slow_fsync:
-                        disk_ms = self.uniform(self.cfg.slow_fsync_ms)  # a disk hiccup
-                    self.at(disk_ms, "sync", (node.id, node.incarnation))
-            if rd.committed:
-                self._apply(node, rd.committed)
-            for token, read_index in rd.reads:
-                cop = node.read_waiting.pop(token, None)
-                if cop is not None:
-                    node.reads.append((read_index, cop))
-            for token in rd.failed_reads:
-                cop = node.read_waiting.pop(token, None)
-                if cop is not None:
-                    self._complete(cop, None)
-            if rd.became_leader is not None:
-                self._became_leader(node, rd.became_leader)
-            if rd.lost_leadership:
-                self.log(f"n{node.id} lost leadership")
-                for _, cop in list(node.proposals.values()):
-                    self._complete(cop, None)  # unknown: may still commit
-                node.proposals.clear()
-            for need in rd.snapshots:
-                self._snapshot_needed(node, need)
-            self._release_reads(node)
-            self._check_monotonic(node)
-
-    def _check_monotonic(self, node: SimNode) -> None:
-        """Commit and applied never go backward within one run of a node."""
-        assert node.core is not None and node.engine is not None
-        commit, applied = node.core.commit, node.engine.applied_index
-        if commit < node.high_commit or applied < node.high_applied:
-            self.fail(f"n{node.id}: commit {node.high_commit} -> {commit}, applied "
-                      f"{node.high_applied} -> {applied}: went backward")
-        node.high_commit, node.high_applied = commit, applied
-
-    def _forget_removed_segments(self, node: SimNode) -> None:
-        wal_dir = node.dir / "wal"
-        node.durable_sizes = {name: size for name, size in node.durable_sizes.items()
-                              if (wal_dir / name).exists()}
-
-    def _sync(self, node: SimNode) -> None:
-        node.sync_scheduled = False
-        if not node.up or not node.pending:
-            return
-        assert node.wal is not None and node.core is not None
-        batches, node.pending = node.pending, []
-        hard = [h for h, _ in batches if h]
-        if hard:
-            hardstate.save(node.dir / "hardstate", hard[-1])
-        node.wal.sync()
-        self._record_durable(node)
-        if hard:
-            node.core.on_hardstate_synced(hard[-1])
-        for _, msgs in batches:
-            for msg in msgs:
-                self.send(msg)
-        last = node.wal.last_index
-        if last:
-            node.core.on_synced(last, node.wal.epoch_at(last))
-        self.process(node)
-
-    def _apply(self, node: SimNode, entries: list[Entry]) -> None:
-        assert node.engine is not None and node.core is not None
+    def check_applied(self, node: SimNode, entries: list[Entry]) -> None:
+        """Every replica applies the same entry at an index."""
         for e in entries:
             seen = self.applied_at.get(e.index)
             if seen is None:
@@ -531,22 +296,8 @@ class Simulation:
                 self.fail(f"n{node.id} applied {e.epoch}/{e.index} but another replica applied "
                           f"{seen[0]}/{e.index} there (replicas diverged)")
             self.committed.setdefault(e.index, e)
-        results = node.engine.apply([(e.index, e.payload) for e in entries])
-        self._check_state(node, "applied")
-        if not self.table_ready and node.engine.has_table(TABLE):
-            self.table_ready = True
-        node.core.on_applied(entries[-1].index)
-        for e, result in zip(entries, results, strict=True):
-            waiting = node.proposals.pop(e.index, None)
-            if waiting is None:
-                continue
-            epoch, cop = waiting
-            if e.epoch != epoch:
-                self._complete(cop, None)
-                continue
-            self._complete(cop, result)
 
-    def _check_state(self, node: SimNode, how: str) -> None:
+    def check_state(self, node: SimNode, how: str) -> None:
         """Replicas at the same applied index hold the same state."""
         assert node.engine is not None
         index, digest = node.engine.applied_index, node.engine.content_hash()
@@ -555,22 +306,10 @@ class Simulation:
             self.fail(f"n{node.id} {how} up to {index} but its state differs from another "
                       f"replica's at that index")
 
-    def _release_reads(self, node: SimNode) -> None:
-        if not node.reads:
-            return
-        assert node.engine is not None
-        keep = []
-        for read_index, cop in node.reads:
-            if read_index <= node.engine.applied_index:
-                found = node.engine.get(TABLE, cop.op.key.encode())
-                self._complete(cop, {"value": None if found is None else found[0],
-                                     "seq": None if found is None else found[1]})
-            else:
-                keep.append((read_index, cop))
-        node.reads = keep
-
-    def _became_leader(self, node: SimNode, epoch: int) -> None:
-        assert node.core is not None and node.engine is not None
+    def check_new_leader(self, node: SimNode, epoch: int) -> None:
+        """One leader per epoch, and it holds every committed entry."""
+        core = node.core
+        assert core is not None
         prior = self.leader_of_epoch.setdefault(epoch, node.id)
         if prior != node.id:
             self.fail(f"two leaders in epoch {epoch}: n{prior} and n{node.id}")
@@ -580,28 +319,15 @@ class Simulation:
         # neither commit nor confirm a read any more: a majority promised the newer epoch.
         newest = epoch > self.newest_serving_epoch
         self.newest_serving_epoch = max(self.newest_serving_epoch, epoch)
-        # (entries up to its base are in its state machine, checked by _check_state)
+        # (entries up to its base are in its state machine, checked by check_state)
         missing = [i for i, e in self.committed.items()
-                   if i > node.core.last_index
-                   or (i >= node.core.base_index and node.core.epoch_at(i) != e.epoch)]
+                   if i > core.last_index
+                   or (i >= core.base_index and core.epoch_at(i) != e.epoch)]
         if missing and newest:
             self.fail(f"n{node.id} leads epoch {epoch} without committed entries {missing[:5]}")
-        node.last_seq = max(node.last_seq, highest_seq(node.core, node.engine))
-        self.stats["leader_changes"] += 1
-        self.log(f"n{node.id} leads epoch {epoch}")
-        if not self.table_ready:
-            # What meta's create_table does: replicate the table's range (idempotent).
-            node.core.propose(encode_command({"op": "add_range", "t": TABLE, "start": b"",
-                                              "end": None, "s": sequencer.ZERO}))
 
-    def _fail_node_ops(self, node: SimNode, why: str) -> None:
-        for _, cop in list(node.proposals.values()):
-            self._complete(cop, None)
-        for _, cop in node.reads:
-            self._complete(cop, None)
-        for cop in node.read_waiting.values():
-            self._complete(cop, None)
-        node.proposals, node.reads, node.read_waiting = {}, [], {}
+    def next_transfer(self) -> int:
+        return next(self._transfers)
 
     # ------------------------------------------------------------------ network
     def send(self, msg: Msg) -> None:
@@ -619,24 +345,19 @@ class Simulation:
         node = self.nodes.get(msg.to)
         if node is None:
             return  # an answer to the bad node (to a message it forged in its own name)
-        if not node.up or node.core is None or not self.linked(msg.frm, msg.to):
+        if not node.up or node.loop is None or not self.linked(msg.frm, msg.to):
             return
-        refused = sum(node.core.refused.values())
-        node.core.step(msg)
-        if sum(node.core.refused.values()) > refused:
+        core = node.loop.core
+        refused = sum(core.refused.values())
+        node.loop.step(msg)  # (a newer epoch fences an install under way: the loop's rule)
+        if sum(core.refused.values()) > refused:
             # Every simulated node but the bad one (whose messages come as ``hostile_msg``)
             # is honest: a message the core refuses as implausible is a bug in the sender
             # (or in the rule that refused it).
-            assert node.core.last_refused is not None
-            why, refused_msg = node.core.last_refused
+            assert core.last_refused is not None
+            why, refused_msg = core.last_refused
             raise SimFailure(f"node {msg.to} refused a message no honest peer sends ({why}): "
                              f"{refused_msg}")
-        self.process(node)
-        installing = node.core.installing if node.core is not None else None
-        if installing is not None and node.core is not None and \
-                node.core.promised > installing[1]:
-            # What the driver does: a newer epoch fences the transfer (see driver.py).
-            self._snapshot_abort_incoming(node, f"epoch {node.core.promised} was promised")
 
     # ------------------------------------------------------------------ the bad node
     def _hostile_node(self) -> None:
@@ -661,7 +382,7 @@ class Simulation:
         it and change nothing of its state."""
         node = self.nodes[forgery.target]
         core = node.core
-        if not node.up or core is None:
+        if not node.up or node.loop is None or core is None:
             self.stats["hostile_node_dropped"] += 1  # nobody listens
             return
         try:
@@ -678,7 +399,7 @@ class Simulation:
             self.stats["hostile_node_dropped"] += 1
             return
         before, refused = hostile.core_state(core), sum(core.refused.values())
-        core.step(msg)
+        node.loop.step(msg)  # (its answers, if any: a stale epoch is answered with ours)
         after = hostile.core_state(core)
         if after != before:
             self.fail(f"n{node.id} took the bad node's {forgery.kind} message {msg}: its state "
@@ -687,7 +408,6 @@ class Simulation:
             self.stats["hostile_node_refused"] += 1
         else:
             self.stats["hostile_node_ignored"] += 1
-        self.process(node)  # answers (a stale epoch is answered with ours)
 
     # ------------------------------------------------------------------ meta
     def _beat(self, node: SimNode) -> None:
@@ -825,7 +545,7 @@ class Simulation:
         leader = self.nodes[cop.node]
         if op.closed:
             return  # the client gave up before it arrived
-        if not leader.up or leader.core is None:
+        if not leader.up or leader.loop is None:
             self.history.remove(op)  # connection refused: surely not applied
             self.rm_cache[cop.rm] = self.group.leader  # fall back to the watched view
             self._refuse(cop)
@@ -835,7 +555,7 @@ class Simulation:
             if kind == "get":
                 cop.token = next(self._tokens)
                 leader.read_waiting[cop.token] = cop
-                leader.core.read(cop.token)
+                leader.loop.read(cop.token)
             else:
                 cmd: dict[str, Any] = {"op": "put" if kind in ("put", "cas") else "del",
                                        "t": TABLE, "k": key.encode(), "c": op.expect}
@@ -846,7 +566,7 @@ class Simulation:
                     return  # refused: surely not applied
                 leader.last_seq = seq
                 cmd["s"] = seq
-                epoch, index = leader.core.propose(encode_command(cmd))
+                epoch, index = leader.loop.propose(encode_command(cmd))
                 leader.proposals[index] = (epoch, cop)
         except NotLeaderError as err:
             leader.read_waiting.pop(cop.token, None)
@@ -855,7 +575,6 @@ class Simulation:
                 self.rm_cache[cop.rm] = err.leader  # the node's hint
             self._refuse(cop)
             return
-        self.process(leader)
 
     def _assign_seq(self, leader: SimNode, cop: ClientOp) -> bytes | None:
         """The seq the leader gives a client's write, decided as the driver does
@@ -899,7 +618,7 @@ class Simulation:
         self._in_flight -= 1
         self.stats["ops_failed"] += 1
 
-    def _complete(self, cop: ClientOp, result: dict[str, Any] | None) -> None:
+    def complete(self, cop: ClientOp, result: dict[str, Any] | None) -> None:
         op = cop.op
         if op.closed:
             return
@@ -944,7 +663,7 @@ class Simulation:
             self.log(f"power loss of {victims}")
             for v in victims:
                 if self.nodes[v].up:
-                    self.crash(self.nodes[v])
+                    self.nodes[v].crash()
                     self.at(self.rng.uniform(100, 3_000), "restart", v)
         elif r < 0.30:
             node = self.nodes[self.rng.choice(ids)]
@@ -955,7 +674,7 @@ class Simulation:
                     and not any(self.nodes[m].gone for m in (*self.members, *self.group.joint))
                     and self.rng.random() < 0.15)
             if node.up:
-                self.crash(node, flip=flip)
+                node.crash(flip=flip)
                 self.at(self.rng.uniform(100, 2_000), "restart", node.id)
         elif r < 0.55:
             self.cut = set()
@@ -1007,64 +726,21 @@ class Simulation:
         at most up to what the flush made durable."""
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
         node = self.nodes[self.rng.choice(self.members)]
-        if not node.up or node.core is None or node.engine is None or node.paused_until > self.now:
+        if not node.up or node.loop is None or node.engine is None \
+                or node.paused_until > self.now:
             return
-        core = node.core
+        core = node.loop.core
         if core.installing is not None:
             return
         node.engine.flush()
         target = max(core.base_index, core.applied - self.rng.choice(self.cfg.compact_retain))
         if target > core.base_index:
-            core.compact(target)
             self.stats["compactions"] += 1
             self.log(f"n{node.id} compacts its log to {target}")
-            self.process(node)
+            node.loop.compact(target)
 
-    def _snapshot_needed(self, node: SimNode, need: SnapshotNeed) -> None:
-        if need.peer in node.sending:
-            return  # one in flight per peer
-        tid = next(self._transfers)
-        node.sending[need.peer] = {"tid": tid, "seq": 0, "need": need}
-        delay = node.backoff.get(need.peer, 0.0)
-        self.at(delay, "snap_start", (node.id, node.incarnation, need.peer, tid))
-
-    def _transfer(self, node_id: int, inc: int, peer: int, tid: int) -> dict[str, Any] | None:
-        node = self.nodes[node_id]
-        if not node.up or node.incarnation != inc:
-            return None
-        t = node.sending.get(peer)
-        return t if t is not None and t["tid"] == tid else None
-
-    def _snapshot_start(self, node_id: int, inc: int, peer: int, tid: int) -> None:
-        t = self._transfer(node_id, inc, peer, tid)
-        if t is None:
-            return
-        node = self.nodes[node_id]
-        core, engine = node.core, node.engine
-        assert core is not None and engine is not None
-        if core.role != LEADER:
-            self._snapshot_done(node, peer, False, 0, "no longer the leader")
-            return
-        directory, index = snapshot.create(engine.checkpoint, node.dir, tid)
-        manifest = snapshot.describe(directory, index, core.epoch_at(index))
-        chunk_bytes = self.rng.choice(self.cfg.snapshot_chunk_bytes)
-        t.update(epoch=core.promised, manifest=manifest,
-                 chunks=list(snapshot.chunks(directory, manifest, chunk_bytes)), next_chunk=0)
-        snapshot.remove_outgoing(directory)
-        self.log(f"n{node.id} offers n{peer} a snapshot at {index} ({len(t['chunks'])} chunks)")
-        self._snapshot_request(node, peer, t, "snapshot_begin",
-                               {"manifest": manifest.to_wire()})
-
-    def _snapshot_request(self, node: SimNode, peer: int, t: dict[str, Any], op: str,
-                          fields: dict[str, Any]) -> None:
-        t["seq"] += 1
-        fields = {"frm": node.id, "epoch": t["epoch"], "index": t["manifest"].index, **fields}
-        self._snapshot_net(node.id, peer, "req", t["tid"], t["seq"], op, fields)
-        self.at(self.cfg.snapshot_timeout_ms, "snap_timeout",
-                (node.id, node.incarnation, peer, t["tid"], t["seq"]))
-
-    def _snapshot_net(self, frm: int, to: int, direction: str, tid: int, seq: int, op: str,
-                      fields: dict[str, Any]) -> None:
+    def snapshot_net(self, frm: int, to: int, direction: str, tid: int, seq: int, op: str,
+                     fields: dict[str, Any]) -> None:
         """A snapshot request or answer on the network: lost, late, or (a chunk) damaged."""
         if not self.linked(frm, to) or (self.faults_on and self.rng.random() < self.cfg.drop):
             return
@@ -1082,152 +758,14 @@ class Simulation:
     def _snapshot_arrived(self, frm: int, to: int, direction: str, tid: int, seq: int, op: str,
                           fields: dict[str, Any]) -> None:
         node = self.nodes[to]
-        if not node.up or node.core is None or not self.linked(frm, to):
+        if not node.up or node.loop is None or not self.linked(frm, to):
             return
         if direction == "req":
-            reply = self._snapshot_serve(node, op, fields)
-            self._snapshot_net(to, frm, "rep", tid, seq, op, reply)
-            return
-        t = node.sending.get(frm)
-        if t is None or t["tid"] != tid or t["seq"] != seq:
-            return  # an answer to a request this leader already gave up on
-        if "error" in fields:
-            self._snapshot_done(node, frm, False, 0, fields["error"])
-        elif op == "snapshot_begin":
-            answer, index = fields["answer"], fields["index"]
-            if answer == SNAPSHOT_ACCEPT:
-                self._snapshot_next_chunk(node, frm, t)
-            else:
-                self._snapshot_done(node, frm, answer in (SNAPSHOT_STALE, SNAPSHOT_HAVE), index,
-                                    answer)
-        elif op == "snapshot_chunk":
-            self._snapshot_next_chunk(node, frm, t)
-        elif op == "snapshot_end":
-            self._snapshot_done(node, frm, True, fields["index"], "installed")
+            reply = node.snapshot_serve(op, fields)
+            self.snapshot_net(to, frm, "rep", tid, seq, op, reply)
+        else:
+            node.snapshot_answer(frm, tid, seq, op, fields)
 
-    def _snapshot_next_chunk(self, node: SimNode, peer: int, t: dict[str, Any]) -> None:
-        assert node.core is not None
-        if node.core.role != LEADER or node.core.promised != t["epoch"]:
-            self._snapshot_done(node, peer, False, 0, "lost leadership")
-            return
-        if t["next_chunk"] == len(t["chunks"]):
-            self._snapshot_request(node, peer, t, "snapshot_end", {})
-            return
-        chunk: Chunk = t["chunks"][t["next_chunk"]]
-        t["next_chunk"] += 1
-        self._snapshot_request(node, peer, t, "snapshot_chunk", {
-            "file": chunk.file, "offset": chunk.offset, "data": chunk.data, "crc": chunk.crc})
-
-    def _snapshot_timeout(self, node_id: int, inc: int, peer: int, tid: int, seq: int) -> None:
-        t = self._transfer(node_id, inc, peer, tid)
-        if t is not None and t["seq"] == seq:
-            node = self.nodes[node_id]
-            if "manifest" in t:  # tell the follower (best effort) so that it unfreezes now
-                self._snapshot_net(node_id, peer, "req", tid, seq + 1, "snapshot_abort", {
-                    "frm": node_id, "epoch": t["epoch"], "index": t["manifest"].index})
-            self._snapshot_done(node, peer, False, 0, "timed out")
-
-    def _snapshot_done(self, node: SimNode, peer: int, ok: bool, index: int, why: str) -> None:
-        assert node.core is not None
-        node.sending.pop(peer, None)
-        low, high = self.cfg.snapshot_backoff_ms
-        node.backoff[peer] = 0.0 if ok else min(max(low, 2 * node.backoff.get(peer, 0.0)), high)
-        if not ok:
-            self.stats["snapshots_failed"] += 1
-        self.log(f"n{node.id} snapshot to n{peer}: {'ok' if ok else 'failed'} ({why}, {index})")
-        node.core.report_snapshot(peer, ok, index)
-        self.process(node)
-
-    # the follower's side (what Replica.on_snapshot_request does)
-    def _snapshot_serve(self, node: SimNode, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        core = node.core
-        assert core is not None
-        frm, epoch, index = fields["frm"], fields["epoch"], fields["index"]
-        if op == "snapshot_begin":
-            manifest = Manifest.from_wire(fields["manifest"])
-            if node.incoming is not None:
-                self._snapshot_abort_incoming(node, "a new offer")
-            answer, at = core.offer_snapshot(frm, epoch, manifest.index, manifest.epoch)
-            if answer == SNAPSHOT_STALE:
-                self.stats["snapshot_answers_stale"] += 1
-            if answer == SNAPSHOT_ACCEPT:
-                node.incoming = {"frm": frm, "epoch": epoch, "manifest": manifest,
-                                 "receiver": Receiver(node.dir, manifest), "last": self.now}
-            self.process(node)
-            return {"answer": answer, "index": at}
-        inc = node.incoming
-        if inc is None or (inc["frm"], inc["epoch"], inc["manifest"].index) != (frm, epoch,
-                                                                                index):
-            return {"error": "no such snapshot being received"}
-        if op == "snapshot_abort":
-            self._snapshot_abort_incoming(node, "the leader gave up")
-            return {}
-        inc["last"] = self.now
-        try:
-            if op == "snapshot_chunk":
-                inc["receiver"].write(Chunk(fields["file"], fields["offset"], fields["data"],
-                                            fields["crc"]))
-                return {}
-            inc["receiver"].finish()
-            held = checkpoint_applied_index(inc["receiver"].staging)
-            if held != inc["manifest"].index:
-                raise SnapshotInvalid(f"holds {held}")
-        except SnapshotInvalid as err:
-            self._snapshot_abort_incoming(node, str(err))
-            return {"error": str(err)}
-        self._snapshot_install(node, inc["manifest"])
-        return {"index": index} if node.up else {"error": "crashed"}
-
-    def _snapshot_install(self, node: SimNode, manifest: Manifest) -> None:
-        assert node.core is not None and node.engine is not None and node.wal is not None
-        index, epoch = manifest.index, manifest.epoch
-        if index <= node.engine.applied_index:
-            self.fail(f"n{node.id} installs a snapshot at {index}, at or below its applied "
-                      f"index {node.engine.applied_index}: applied state would go backward")
-        crash_at = None
-        if self.faults_on and self.rng.random() < self.cfg.install_crash:
-            crash_at = self.rng.choice(["marker", "swapped", "log reset", "done"])
-
-        def step(name: str) -> None:
-            # Each step is durable when this is called (see storage/snapshot.py).
-            if name == "swapped":  # the index directory is the snapshot's from here on
-                node.backend = MemoryBackend.load(node.dir / snapshot.INDEX_NAME)
-            if name in ("log reset", "done"):
-                self._record_durable(node)
-            if name == crash_at:
-                raise _InstallCrash(name)
-
-        node.incoming = None
-        try:
-            snapshot.install(node.dir, index, epoch, node.wal, step)
-        except _InstallCrash as crash:
-            self.stats["install_crashes"] += 1
-            self.log(f"n{node.id} crashes while installing the snapshot at {index} "
-                     f"(after {crash})")
-            self.crash(node)
-            self.at(self.rng.uniform(50, 1_000), "restart", node.id)
-            return
-        node.engine = StateMachine(node.backend)
-        self._check_state(node, "installed a snapshot")
-        node.core.on_snapshot_installed(index, epoch)
-        self.stats["snapshots_installed"] += 1
-        self.log(f"n{node.id} installed the snapshot at {index}")
-        self.process(node)
-
-    def _snapshot_abort_incoming(self, node: SimNode, why: str) -> None:
-        inc, node.incoming = node.incoming, None
-        if node.core is None or (inc is None and node.core.installing is None):
-            return
-        if inc is not None:
-            inc["receiver"].abort()
-        self.log(f"n{node.id} aborts the snapshot it was receiving: {why}")
-        node.core.on_snapshot_aborted()
-        self.process(node)
-
-    def _snapshot_idle(self, node: SimNode) -> None:
-        if node.incoming is not None and self.now - node.incoming["last"] > \
-                self.cfg.snapshot_idle_ms:
-            self._snapshot_abort_incoming(node, "nothing received for a while")
     def _fault_targets(self) -> list[int]:
         """The nodes faults hit: the group's members and learners that still exist."""
         g = self.group
@@ -1249,7 +787,7 @@ class Simulation:
         node = self.nodes[victim]
         self.log(f"n{victim} crashes for good")
         if node.up:
-            self.crash(node)
+            node.crash()
         node.gone = True
         self.stats["gone"] += 1
 
@@ -1278,7 +816,7 @@ class Simulation:
         self.cut = set()
         x = self.mrng.choice(followers)
         self.log(f"race: n{x} down until it is being replaced")
-        self.crash(self.nodes[x])
+        self.nodes[x].crash()
         self.race_x = x
         self.at(self.cfg.replace_grace_ms + 2_000, "race_back", x)  # if meta never replaces it
 
@@ -1288,7 +826,7 @@ class Simulation:
         self.race_x = 0
         node = self.nodes[x]
         if not node.up and node.broken is None and not node.gone:
-            self.start_node(node)
+            node.start()
         g = self.group
         others = [m for m in g.members if m not in (x, g.leader)]
         if not self.racing or g.leader is None or not others:
@@ -1338,7 +876,7 @@ class Simulation:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         for node in self.nodes.values():
-            self.start_node(node)
+            node.start()
         if not self.membership:
             pass
         elif self.mrng.random() < self.cfg.race:
@@ -1437,15 +975,13 @@ class Simulation:
         elif kind == "sync":
             node_id, inc = payload
             node = self.nodes[node_id]
-            if node.up and node.incarnation == inc:
-                self._sync(node)
+            if node.up and node.incarnation == inc and node.disk is not None:
+                node.disk.fsync()
         elif kind == "tick":
             node_id, inc = payload
             node = self.nodes[node_id]
-            if node.up and node.incarnation == inc and node.core is not None:
-                node.core.tick()
-                self.process(node)
-                self._snapshot_idle(node)
+            if node.up and node.incarnation == inc and node.loop is not None:
+                node.loop.tick()  # (and gives up an install that went quiet)
                 self.at(self.cfg.tick_ms, "tick", payload)
         elif kind == "beat":
             node_id, inc = payload
@@ -1457,11 +993,10 @@ class Simulation:
         elif kind == "assign":
             node_id, config, epoch = payload
             node = self.nodes[node_id]
-            if node.up and node.core is not None and self.linked(node_id, META):
-                node.core.set_config(*config)
+            if node.up and node.loop is not None and self.linked(node_id, META):
+                node.loop.configure(*config)
                 if epoch is not None:
-                    node.core.campaign(epoch)
-                self.process(node)
+                    node.loop.campaign(epoch)
         elif kind == "crash_for_good":
             self._crash_for_good()
         elif kind == "race":
@@ -1502,8 +1037,7 @@ class Simulation:
             node = self.nodes.get(cop.node)
             if node is not None:
                 node.read_waiting.pop(cop.token, None)
-                node.reads = [(i, c) for i, c in node.reads if c is not cop]
-            self._complete(cop, None)
+            self.complete(cop, None)
         elif kind == "fault":
             self._fault()
         elif kind == "hostile_node":
@@ -1513,15 +1047,17 @@ class Simulation:
         elif kind == "compact":
             self._compact()
         elif kind == "snap_start":
-            self._snapshot_start(*payload)
+            node_id, *rest = payload
+            self.nodes[node_id].snapshot_start(*rest)
         elif kind == "snap_net":
             self._snapshot_arrived(*payload)
         elif kind == "snap_timeout":
-            self._snapshot_timeout(*payload)
+            node_id, *rest = payload
+            self.nodes[node_id].snapshot_timeout(*rest)
         elif kind == "restart":
             node = self.nodes[payload]
             if not node.up and node.broken is None and not node.gone:
-                self.start_node(node)
+                node.start()
                 if node.flipped and node.broken is None:
                     self.fail(f"n{node.id}: a bit flipped in the middle of its log and the "
                               f"WAL did not notice")
@@ -1540,7 +1076,7 @@ class Simulation:
                 self.at(0, "resume", node.id)
         for node in self.nodes.values():
             if not node.up and node.broken is None and not node.gone:
-                self.start_node(node)
+                node.start()
 
     def _liveness(self) -> None:
         """With faults stopped, a leader must commit a new entry within the bound."""
@@ -1567,11 +1103,10 @@ class Simulation:
             op = Op(next(self._op_ids), -1, f"k{k}", "get", invoke_t=self.now)
             cop = ClientOp(op, leader.id)
             self.history.append(op)
-            assert leader.core is not None
+            assert leader.loop is not None
             cop.token = next(self._tokens)
             leader.read_waiting[cop.token] = cop
-            leader.core.read(cop.token)
-            self.process(leader)
+            leader.loop.read(cop.token)
         self._run_until(self.now + self.cfg.client_timeout_ms,
                         lambda: all(o.known for o in self.history if o.client == -1))
         if not all(o.known for o in self.history if o.client == -1):
@@ -1579,5 +1114,5 @@ class Simulation:
 
 
 def run_seed(seed: int, root: Path, config: SimConfig | None = None,
-             core_class: type[Core] = Core) -> dict[str, Any]:
-    return Simulation(seed, root, config, core_class).run()
+             core_factory: CoreFactory = Core) -> dict[str, Any]:
+    return Simulation(seed, root, config, core_factory).run()

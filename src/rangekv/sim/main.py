@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from rangekv.replication.core import Core
-from rangekv.sim.bugs import BUGS
+from rangekv.sim.bugs import BUGS, CoreFactory
 from rangekv.sim.cluster import SimConfig, SimFailure, Simulation
 
 
@@ -59,22 +59,22 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.hostile <= 1.0:
         parser.error("--hostile: a share in 0..1")
-    core_class: type[Core] = BUGS[args.bug] if args.bug else Core
+    core_factory: CoreFactory = BUGS[args.bug] if args.bug else Core
     root = _scratch(args.root)
     try:
-        return _run(args, core_class, root)
+        return _run(args, core_factory, root)
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, core_class: type[Core], root: Path) -> int:
+def _run(args: argparse.Namespace, core_factory: CoreFactory, root: Path) -> int:
     cfg = SimConfig(nodes=args.nodes, hostile=args.hostile)
     t0 = time.monotonic()
     events = 0
     hostile: dict[str, int] = {}  # what the hostile actors sent and what became of it
     for seed in range(args.start, args.start + args.seeds):
-        sim = Simulation(seed, root / "run", cfg, core_class)
+        sim = Simulation(seed, root / "run", cfg, core_factory)
         try:
             result = sim.run()
         except SimFailure as failure:
