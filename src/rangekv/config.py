@@ -40,7 +40,8 @@ so that command-line items replace, not extend, the configured list.
 Other environment variables, read directly by the code that uses them (no TOML key):
 ``RANGEKV_EVENT_LOOP=asyncio`` (the standard loop instead of uvloop, :mod:`rangekv.aio`),
 ``RANGEKV_PERSIST=inline|thread|auto`` (where a node writes its log,
-:mod:`rangekv.replication.driver`), ``RANGEKV_PLANTED_BUG`` (tests only).
+:mod:`rangekv.replication.driver`). (A planted bug is the node's hidden command-line option
+``--planted-bug``, never a variable.)
 
 Use in a process's ``main``::
 

@@ -1,12 +1,13 @@
 """Replicas of one group in one event loop, for tests of the asyncio driver.
 
 Each replica has a real WAL and RocksDB index under ``root/n<ID>``; messages are delivered in
-process (``loop.call_soon``), so a test covers the driver's Ready handling, group commit,
-apply and read-index without sockets. Messages from or to a node in ``cut`` are dropped.
+process (``loop.call_soon``), so a test covers the driver (the shared Ready loop over its
+persist task: group commit, apply, read-index) without sockets. Messages from or to a node in
+``cut`` are dropped.
 
-Tests that need more (snapshot RPCs, compaction, an observer) pass ``Replica`` options
-through :meth:`LoopbackGroup.open`, or override :meth:`storage` or :meth:`open`, building on
-:meth:`new_replica` and :meth:`start`.
+Tests that need more (snapshot RPCs, compaction, an observer, a planted bug's
+``core_factory``) pass ``Replica`` options through :meth:`LoopbackGroup.open`, or override
+:meth:`storage` or :meth:`open`, building on :meth:`new_replica` and :meth:`start`.
 """
 
 from __future__ import annotations
