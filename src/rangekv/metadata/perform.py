@@ -69,9 +69,11 @@ async def land(store: Store, view: ClusterView, revs: Mapping[bytes, int], decis
     """Write what ``decision`` changes in the metadata, if ``view`` (with ``revs``, each key's
     mod revision, as current as the caller can make it) still shows the records it was decided
     on: one compare-and-swap transaction, with the decision's record where it has one in the
-    same transaction (replacement steps, "no spare"). The revision written; None if a premise
-    changed (the planner decides again) or the decision changes no record (splits, merges,
-    moves and lag notes are performed otherwise: ``ControlLoop.perform``)."""
+    same transaction (replacement steps, "no spare"); a decision that is only a record (lag,
+    a group wanted) writes that. The revision written; None if a premise changed (the planner
+    decides again) or there is nothing to write (splits, merges and moves talk to the groups
+    first: ``ControlLoop.perform``; the meta also records elections once the view shows
+    them, with ``record``)."""
     if isinstance(decision, ElectLeader):
         gid = decision.group.id
         if view.groups.get(gid) != decision.group:
@@ -102,7 +104,19 @@ async def land(store: Store, view: ClusterView, revs: Mapping[bytes, int], decis
         return await _write_step(store, view, None, [], decision.kind, decision.group_id,
                                  decision.reason, {"old": decision.old, "why": decision.why},
                                  wall_ns)
+    if isinstance(decision, WantGroup) or isinstance(decision, NoteLag) and decision.record:
+        kind, reason, group, details = record_fields(decision)
+        return await record(store, view, kind, reason, wall_ns, group, **details)
     return None
+
+
+def record_fields(decision: NoteLag | WantGroup) -> tuple[str, str, int | None, dict[str, Any]]:
+    """The decision record a lag note or a group wanted leaves: kind, reason, group, details."""
+    if isinstance(decision, NoteLag):
+        event = decision.event
+        return (decision.kind, event.reason(), event.group,
+                {"node": event.node, "role": event.role, "lag": event.lag})
+    return decision.kind, decision.reason, decision.group, {"table": decision.table}
 
 
 async def form_group(store: Store, view: ClusterView, revs: Mapping[bytes, int],
@@ -211,11 +225,11 @@ class ControlLoop:
             else:
                 meta.log.info("%s", event.reason())
             if decision.record:
-                await self.record_decision(decision.kind, event.reason(), group=event.group,
-                                           node=event.node, role=event.role, lag=event.lag)
+                kind, reason, group, details = record_fields(decision)
+                await self.record_decision(kind, reason, group=group, **details)
         elif isinstance(decision, WantGroup):
-            await self.record_decision(decision.kind, decision.reason, table=decision.table,
-                                       group=decision.group)
+            kind, reason, group, details = record_fields(decision)
+            await self.record_decision(kind, reason, group=group, **details)
         elif isinstance(decision, SplitRange):
             self.split_task = asyncio.ensure_future(self._split(decision.plan))
         elif isinstance(decision, MergeRanges):
