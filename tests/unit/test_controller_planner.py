@@ -496,3 +496,34 @@ def test_invariants_hold_under_random_failures(schedule: tuple[int, list[Any]]) 
             check_decision(w, d, seen, written)
         check_view(w, epochs)
         w.now_ms += 100
+
+
+class HastyPlanner(Planner):
+    """A planted bug, in the one method of its rule: a learner counts as caught up at once."""
+
+    def plan_replacement(self, group: Group, view: ClusterView, beats: Any, now_s: float,
+                         lag_since: dict[int, float], learner_since_s: float,
+                         learner_target: int) -> Any:
+        from rangekv.controller.replace import plan_replacement
+
+        policy = replace(self.config.replacement, catch_up_slack=10**9)
+        return plan_replacement(group, view, beats, now_s, policy=policy,
+                                judge_from_s=self.judge_from_s(), lag_since=lag_since,
+                                learner_since_s=learner_since_s, learner_target=0)
+
+
+def test_the_invariants_catch_a_member_replaced_before_its_successor_caught_up() -> None:
+    w = world(6)
+    w.planner = HastyPlanner(w.config)
+    w.planner.begin_term(w.now_ms)
+    group = only_group(w)
+    w.nodes[next(m for m in group.members if m != group.leader)].up = False
+    w.nodes[4].learn_rate = 1
+    with pytest.raises(AssertionError, match="PromoteLearner"):
+        for _ in range(60):
+            w.step_nodes(10)
+            start = len(w.performed)
+            w.tick()
+            for d, seen, written in w.performed[start:]:
+                check_decision(w, d, seen, written)
+            w.now_ms += 100

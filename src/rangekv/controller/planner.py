@@ -66,12 +66,13 @@ from rangekv.controller.decisions import (
 )
 from rangekv.controller.health import Beat, is_live, live_spares, serving_leader
 from rangekv.controller.lag import LAG_ENTRIES_MIN, STUCK_AFTER_S, LagWatch, Report
-from rangekv.controller.leader import choose_leader
+from rangekv.controller.leader import LeaderChoice, choose_leader
 from rangekv.controller.replace import (
     CATCH_UP_SLACK_DEFAULT,
     LEARNER_TIMEOUT_MS_DEFAULT,
     REPLACE_GRACE_MS_DEFAULT,
     REPLACE_LAG_ENTRIES_DEFAULT,
+    ReplacementPlan,
     ReplacementPolicy,
     plan_group,
     plan_replacement,
@@ -264,6 +265,25 @@ class Planner:
         notes, self.notes = self.notes, []
         return notes
 
+    # -- the rules (one method each: a planted bug overrides one, as the core's do) -------------
+
+    def choose_leader(self, group: Group, beats: Mapping[int, Beat], now_s: float,
+                      campaign_since_s: float) -> LeaderChoice:
+        """``leader.choose_leader`` with this planner's thresholds."""
+        cfg = self.config
+        return choose_leader(group, beats, now_s,
+                             heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
+                             campaign_timeout_s=cfg.campaign_timeout_ms / 1000,
+                             judge_from_s=self.judge_from_s(), campaign_since_s=campaign_since_s)
+
+    def plan_replacement(self, group: Group, view: ClusterView, beats: Mapping[int, Beat],
+                         now_s: float, lag_since: dict[int, float], learner_since_s: float,
+                         learner_target: int) -> ReplacementPlan:
+        """``replace.plan_replacement`` with this planner's policy."""
+        return plan_replacement(group, view, beats, now_s, policy=self.config.replacement,
+                                judge_from_s=self.judge_from_s(), lag_since=lag_since,
+                                learner_since_s=learner_since_s, learner_target=learner_target)
+
     # -- the steps of a tick ----------------------------------------------------------------------
 
     def _say(self, key: str, level: str, text: str) -> None:
@@ -274,20 +294,14 @@ class Planner:
 
     def _elect(self, gid: int, work: _Working, seen: Seen, now_s: float,
                out: list[Decision]) -> None:
-        cfg = self.config
         group = work.view.groups[gid]
         first = self._epoch_seen.get(gid)
         if first is None or first[0] != group.epoch:
             assert first is None or group.epoch > first[0], ("epoch went back", gid, first,
                                                               group)
             first = self._epoch_seen[gid] = (group.epoch, now_s)
-        choice = choose_leader(
-            group, seen.beats, now_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_ms / 1000,
-            campaign_timeout_s=cfg.campaign_timeout_ms / 1000,
-            judge_from_s=self.judge_from_s(),
-            campaign_since_s=max(first[1], self._term_since_s),
-        )
+        choice = self.choose_leader(group, seen.beats, now_s,
+                                    max(first[1], self._term_since_s))
         key = f"group-{gid}"
         if choice.action in ("keep", "wait"):
             self._quiet(key)
@@ -358,10 +372,8 @@ class Planner:
                 learner = self._learner_seen[gid] = (group.learners[0], since_s, target)
         else:
             self._learner_seen.pop(gid, None)
-        plan = plan_replacement(
-            group, work.view, seen.beats, now_s, policy=cfg.replacement,
-            judge_from_s=self.judge_from_s(), lag_since=lag_since,
-            learner_since_s=learner[1], learner_target=learner[2])
+        plan = self.plan_replacement(group, work.view, seen.beats, now_s, lag_since,
+                                     learner[1], learner[2])
         key = f"replace-{gid}"
         if plan.action == "keep":
             self._quiet(key)

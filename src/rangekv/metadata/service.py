@@ -88,6 +88,7 @@ from rangekv.controller.split import SplitConfig
 from rangekv.metadata.election import Election, Term
 from rangekv.metadata.etcd import EtcdClient
 from rangekv.metadata.handlers import Handlers
+from rangekv.metadata.kv import KVClient
 from rangekv.metadata.leaders import Leaders
 from rangekv.metadata.metrics import MetaMetrics
 from rangekv.metadata.mover import RangeMover
@@ -188,15 +189,16 @@ class MetaService:
     def __init__(
         self,
         config: MetaConfig,
-        etcd: Any = None,
+        etcd: KVClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
         self.log = logging.getLogger(f"rangekv.meta.{config.id}")
         self._owns_etcd = etcd is None
-        # an EtcdClient, or anything with its methods (rangekv.metadata.memory.MemoryEtcd)
-        self.etcd = etcd or EtcdClient(list(config.etcd), timeout_s=config.etcd_timeout_ms / 1000)
+        # an EtcdClient, or etcd in memory (rangekv.metadata.memory.MemoryEtcd)
+        self.etcd: KVClient = etcd or EtcdClient(list(config.etcd),
+                                                 timeout_s=config.etcd_timeout_ms / 1000)
         self.store = MetaStore(self.etcd)
         self.clock = clock
         self.wall_ns = wall_ns
