@@ -893,6 +893,9 @@ def main(argv: list[str]) -> int:
     if args.max_clock_offset_ms < 1:
         parser.error("--max-clock-offset-ms must be at least 1")
     setup_logging(f"node-{args.id}", args.log_level, args.log_format)
+    if args.planted_bug:
+        log.warning("planted bug %r: this node's replication core breaks the protocol on "
+                    "purpose (rangekv chaos --planted-bug)", args.planted_bug)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain,
