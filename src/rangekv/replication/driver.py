@@ -87,7 +87,7 @@ from rangekv.replication.core import (
     NotLeaderError,
     SnapshotNeed,
 )
-from rangekv.replication.loop import ReadyLoop
+from rangekv.replication.loop import ReadyLoop, compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import (
@@ -794,19 +794,8 @@ class Replica:
 
     # ------------------------------------------------------------------ compaction
     def compaction_target(self) -> int:
-        """The highest index the log may be compacted to now (see the module docstring)."""
-        core = self.core
-        target = core.applied - self.compact_retain
-        if core.role == LEADER:
-            for pr in core.progress.values():
-                live = core.ticks - pr.heard_tick <= core.cfg.quorum_ticks
-                # A live peer within one more retain window keeps what it needs (appends are
-                # cheaper than a snapshot); one further behind gets a snapshot.
-                if live and not pr.snapshotting and pr.match >= target - self.compact_retain:
-                    target = min(target, pr.match)
-        for pin in self._pins:
-            target = min(target, pin)
-        return max(target, core.base_index)
+        """The highest index the log may be compacted to now (``loop.compaction_target``)."""
+        return compaction_target(self.core, self.compact_retain, self._pins)
 
     def _maybe_compact(self, applied: int | None = None) -> None:
         """Start a compaction if one is due (``applied``: the index just applied, which the

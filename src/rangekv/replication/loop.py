@@ -56,11 +56,11 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rangekv.replication.core import SNAPSHOT_ACCEPT, Core, Ready, SnapshotNeed
+from rangekv.replication.core import LEADER, SNAPSHOT_ACCEPT, Core, Ready, SnapshotNeed
 from rangekv.replication.messages import Entry, Msg
 
 # Production's bounds (the simulator passes its own, in simulated time).
@@ -137,6 +137,24 @@ class Clock(Protocol):
     def now_s(self) -> float:
         """Seconds, monotonic."""
         ...
+
+
+def compaction_target(core: Core, retain: int, pins: Iterable[int] = ()) -> int:
+    """The highest index ``core``'s log may be compacted to now (the caller has made the state
+    machine durable that far): ``retain`` entries below the applied index; on a leader, never
+    past what a live peer within one more retain window still needs (appends are cheaper than
+    a snapshot; a peer further behind, silent or being sent a snapshot gets a snapshot); never
+    past a snapshot being sent (``pins``: its peer goes on with appends after it)."""
+    assert retain >= 0, retain
+    target = core.applied - retain
+    if core.role == LEADER:
+        for pr in core.progress.values():
+            live = core.ticks - pr.heard_tick <= core.cfg.quorum_ticks
+            if live and not pr.snapshotting and pr.match >= target - retain:
+                target = min(target, pr.match)
+    for pin in pins:
+        target = min(target, pin)
+    return max(target, core.base_index)
 
 
 @dataclass(slots=True)

@@ -80,6 +80,7 @@ from rangekv.metadata.service import (
 )
 from rangekv.replication.bugs import CoreFactory
 from rangekv.replication.core import LEADER, Core, NotLeaderError
+from rangekv.replication.loop import compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
 from rangekv.sim.node import TABLE, SimNode
@@ -723,7 +724,9 @@ class Simulation:
     # ------------------------------------------------------------------ compaction, snapshots
     def _compact(self) -> None:
         """A node compacts its log, as the driver does: flush the state machine, then compact
-        at most up to what the flush made durable."""
+        up to production's target (``loop.compaction_target``: a live peer close behind keeps
+        its entries, a snapshot being sent pins its index) with a retain drawn per compaction,
+        never past what the flush made durable (all of it here)."""
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
         node = self.nodes[self.rng.choice(self.members)]
         if not node.up or node.loop is None or node.engine is None \
@@ -733,7 +736,8 @@ class Simulation:
         if core.installing is not None:
             return
         node.engine.flush()
-        target = max(core.base_index, core.applied - self.rng.choice(self.cfg.compact_retain))
+        pins = [t["manifest"].index for t in node.sending.values() if "manifest" in t]
+        target = compaction_target(core, self.rng.choice(self.cfg.compact_retain), pins)
         if target > core.base_index:
             self.stats["compactions"] += 1
             self.log(f"n{node.id} compacts its log to {target}")
