@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from rangekv.replication.core import Core, Ready
 
 from .env import run_file
 
@@ -51,3 +55,19 @@ def test_script(path: Path) -> None:
 
 def test_every_known_bug_has_a_script() -> None:
     assert set(KNOWN_BUGS) <= {p.name for p in SCRIPTS}
+
+
+def test_the_scripts_run_the_shared_ready_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the golden files show is what production's Ready loop does: the env's cores hand
+    every Ready to ``ReadyLoop.process`` and nothing else."""
+    takers: Counter[str] = Counter()
+    ready = Core.ready
+
+    def spy(core: Core) -> Ready:
+        takers[sys._getframe(1).f_code.co_qualname] += 1
+        return ready(core)
+
+    monkeypatch.setattr(Core, "ready", spy)
+    for path in SCRIPTS:
+        run_file(path.read_text())
+    assert set(takers) == {"ReadyLoop.process"}, takers

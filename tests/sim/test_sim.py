@@ -11,15 +11,20 @@
 * Each planted bug is caught within a bounded number of seeds: the simulator can fail.
 * The hostile actors (a bad rm, a bad node; ``rangekv.sim.hostile``) sent every kind of bad
   message and every one was refused, ignored or dropped, none taken.
+* Every Ready of every simulated node is taken and performed by production's Ready loop
+  (``rangekv.replication.loop``), checked on the code path itself.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from rangekv.replication.core import Core, Ready
+from rangekv.replication.loop import ReadyLoop
 from rangekv.sim import hostile
 from rangekv.sim.bugs import BUGS
 from rangekv.sim.cluster import SimConfig, SimFailure, Simulation, run_seed
@@ -136,3 +141,23 @@ def test_planted_bug_is_caught(bug: str, scratch: Path) -> None:
         except SimFailure:
             return
     pytest.fail(f"planted bug {bug!r} not caught in {BUG_SEEDS_MAX[bug]} seeds")
+
+
+def test_the_simulator_runs_the_shared_ready_loop(scratch: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code path, not a flag: every Ready a simulated node takes from its core is taken by
+    production's ``ReadyLoop.process`` (``sim/node.py`` gives that loop its disk, network,
+    clock and snapshots), and the loop performs them all."""
+    takers: Counter[str] = Counter()
+    ready = Core.ready
+
+    def spy(core: Core) -> Ready:
+        takers[sys._getframe(1).f_code.co_qualname] += 1
+        return ready(core)
+
+    monkeypatch.setattr(Core, "ready", spy)
+    sim = Simulation(7, scratch)
+    sim.run()
+    assert set(takers) == {"ReadyLoop.process"}, takers
+    assert takers["ReadyLoop.process"] > 1000, takers
+    assert all(type(n.loop) is ReadyLoop for n in sim.nodes.values() if n.up)

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import logging
 import os
+import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 from rangekv import errors, sequencer
 from rangekv.node import server
 from rangekv.replication import bugs, driver
-from rangekv.replication.core import Core
+from rangekv.replication.core import Core, Ready
 from rangekv.testing.replicas import LoopbackGroup, wait_until
 
 
@@ -314,3 +316,29 @@ def test_a_planted_bug_is_a_factory_argument_not_an_environment_variable(
         with pytest.raises(Stop):
             server.main(argv + extra)
     assert made == [Core, bugs.SkipLogMatching]
+
+
+def test_the_driver_takes_every_ready_through_the_shared_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code path: the driver's cores hand their Readies to ``ReadyLoop.process`` only, the
+    loop the simulator and the tests run too."""
+    takers: Counter[str] = Counter()
+    ready = Core.ready
+
+    def spy(core: Core) -> Ready:
+        takers[sys._getframe(1).f_code.co_qualname] += 1
+        return ready(core)
+
+    monkeypatch.setattr(Core, "ready", spy)
+
+    async def scenario() -> None:
+        g = Group(tmp_path)
+        leader = await g.serve_table()
+        for i in range(20):
+            await leader.propose(put(f"k{i}".encode(), b"v", 10 + i))
+        await leader.linearizable()
+        await g.close_all()
+
+    asyncio.run(scenario())
+    assert set(takers) == {"ReadyLoop.process"} and takers["ReadyLoop.process"] > 20, takers
