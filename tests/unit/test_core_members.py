@@ -25,14 +25,14 @@ class Net:
     pairs drop what they send each other. The net is every loop's network and application."""
 
     def __init__(self, n: int, members: Iterable[int], learners: Iterable[int] = (),
-                 joint: Iterable[int] = (), core_class: CoreFactory = Core) -> None:
+                 joint: Iterable[int] = (), core_factory: CoreFactory = Core) -> None:
         self.disks = {i: MemoryDisk(immediate=True) for i in range(1, n + 1)}
         self.logs = {i: d.log for i, d in self.disks.items()}
         self.applied: dict[int, list[bytes]] = {i: [] for i in self.logs}
         self.reads: dict[int, list[object]] = {i: [] for i in self.logs}
         self.loops = {
-            i: ReadyLoop(core_class(i, members, self.logs[i], {}, 0, Config(noop_payload=NOOP),
-                                    learners=learners, joint=joint),
+            i: ReadyLoop(core_factory(i, members, self.logs[i], {}, 0,
+                                      Config(noop_payload=NOOP), learners=learners, joint=joint),
                          self.disks[i], self, _App(self, i))
             for i in self.logs
         }
@@ -167,7 +167,7 @@ def test_a_campaign_with_joint_needs_a_majority_of_both() -> None:
 
 
 def test_the_planted_bug_wins_with_the_new_members_alone() -> None:
-    net = Net(4, members=(1, 3, 4), joint=(1, 2, 3), core_class=CampaignWithoutJoint)
+    net = Net(4, members=(1, 3, 4), joint=(1, 2, 3), core_factory=CampaignWithoutJoint)
     net.isolate(1, 2, 3)
     net.campaign(1, 1)
     assert leading(net, 1)
@@ -194,7 +194,7 @@ def test_nothing_committed_under_the_old_members_is_lost() -> None:
 
 
 def test_without_the_joint_rule_the_same_race_loses_them() -> None:
-    net = Net(4, members=(1, 2, 3), learners=(4,), core_class=CampaignWithoutJoint)
+    net = Net(4, members=(1, 2, 3), learners=(4,), core_factory=CampaignWithoutJoint)
     net.campaign(1, 1)
     net.propose(1, b"early")
     net.tick(2)
