@@ -250,6 +250,11 @@ class Planner:
         self._planned_ms = now_ms + delay_ms
         return delay_ms
 
+    def membership_due(self, now_ms: float) -> bool:
+        """A tick at ``now_ms`` runs the membership steps (formation, replacement, the lag
+        watch): for a driver that reports on its ticks."""
+        return now_ms / 1000 >= self._next_formation_s
+
     def judge_from_s(self) -> float:
         """Since when a node's silence counts against it (a heartbeat timeout is waited from
         there): this meta's becoming active, or the end of a stall's grace."""
