@@ -84,8 +84,14 @@ class LagWatch:
     # (group, node) -> (role, lag) as of the last update, for metrics
     lags: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
 
+    # group -> the nodes it has in ``lags`` (kept with it)
+    _lag_nodes: dict[int, set[int]] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         assert self.lag_entries_min >= 0 and self.after_s > 0
+        self._lag_nodes = {}
+        for g, n in self.lags:
+            self._lag_nodes.setdefault(g, set()).add(n)
 
     def stuck(self) -> list[tuple[int, int]]:
         return sorted(k for k, ep in self.episodes.items() if ep.stuck)
@@ -128,8 +134,11 @@ class LagWatch:
             if ep.stuck:
                 events.append(LagEvent("gone", group, key[1], ep.role, ep.lag, ep.since_s,
                                        now_s - ep.since_s))
-        for key in [k for k in self.lags if k[0] == group and k[1] not in seen]:
-            del self.lags[key]
+        # the group's keys of ``lags`` from its index, not a scan of every group's: a thousand
+        # groups are updated every formation tick
+        for node in self._lag_nodes.get(group, set()) - seen:
+            del self.lags[(group, node)]
+        self._lag_nodes[group] = seen
         return events
 
     def forget_groups(self, groups: Iterable[int]) -> None:
@@ -137,3 +146,4 @@ class LagWatch:
         keep = set(groups)
         self.episodes = {k: v for k, v in self.episodes.items() if k[0] in keep}
         self.lags = {k: v for k, v in self.lags.items() if k[0] in keep}
+        self._lag_nodes = {g: n for g, n in self._lag_nodes.items() if g in keep}

@@ -64,9 +64,11 @@ def next_step(rng: Range) -> str | None:
 
 def unfinished(view: ClusterView) -> Iterator[Range]:
     """Every range whose move etcd shows unfinished, in table and key order."""
+    # ``moving`` inlined: every range is read on every tick
+    state = RANGE_MOVING
     for tid in sorted(view.ranges):
         for rng in view.ranges[tid]:
-            if moving(rng):
+            if rng.state == state or rng.source is not None:
                 yield rng
 
 

@@ -24,11 +24,11 @@ within ``MERGE_AFTER_SPLIT`` cooldowns of a split of that table (no split/merge 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rangekv.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView, span_text
+from rangekv.model import RANGE_ACTIVE, TABLE_ACTIVE, ClusterView, Range, RangeMap, span_text
 
 REPORT_FRESH_S = 3.0  # a leader's figures older than this are not acted on
 MERGE_AFTER_SPLIT = 6  # cooldowns after a split of a table before its ranges may merge
@@ -80,39 +80,37 @@ def plan_split(
         for r in ranges:
             if r.state != RANGE_ACTIVE or r.source is not None:
                 return None, f"a move of table {names.get(r.table_id, r.table_id)} is unfinished"
-    worst: tuple[float, str, str, Any] | None = None
+    # Leaders report every range they lead (100,000 figures at scale): a figure's range is
+    # found by its start in the table's map, and only the worst figure's reason is written.
+    worst: tuple[float, int, dict[str, Any], Range] | None = None
+    bytes_max, ops_max, bps_max = cfg.bytes_max, cfg.ops_max, cfg.bytes_per_s_max
     for gid, (at_s, figures) in reports.items():
         group = view.groups.get(gid)
         if group is None or group.leader is None or now_s - at_s > REPORT_FRESH_S:
             continue
         for fig in figures:
-            tid, start = fig.get("t"), fig.get("start")
+            # the figure's worst ratio first (its numbers were checked by NodeStatus.parse):
+            # nearly every figure stops here
+            get = fig.get
+            ratio = max(int(get("bytes", 0)) / bytes_max if get("counted") else 0.0,
+                        (float(get("rps", 0)) + float(get("wps", 0))) / ops_max,
+                        (float(get("rbps", 0)) + float(get("wbps", 0))) / bps_max)
+            if ratio <= 1.0 or (worst is not None and ratio <= worst[0]):
+                continue
+            tid, start = get("t"), get("start")
             if tid not in names or not isinstance(start, bytes):
                 continue
-            rng = next((r for r in view.ranges.get(tid, []) if r.start == start), None)
+            rng = _range_at(view.ranges.get(tid), start)
             if rng is None or rng.group != gid:
                 continue  # a report older than the map
             if now_s - last_split_s.get(tid, -1e18) < cfg.cooldown_s:
                 continue
-            ops = float(fig.get("rps", 0)) + float(fig.get("wps", 0))
-            bps = float(fig.get("rbps", 0)) + float(fig.get("wbps", 0))
-            size = int(fig.get("bytes", 0)) if fig.get("counted") else 0
-            candidates = [
-                (size / cfg.bytes_max, "size",
-                 (f"it stores {size:,} bytes in {int(fig.get('keys', 0)):,} keys "
-                  f"(threshold {cfg.bytes_max:,})")),
-                (ops / cfg.ops_max, "load",
-                 (f"it serves {ops:.0f} ops/s ({float(fig.get('rps', 0)):.0f} reads, "
-                  f"{float(fig.get('wps', 0)):.0f} writes; threshold {cfg.ops_max:.0f})")),
-                (bps / cfg.bytes_per_s_max, "load",
-                 f"it moves {bps:,.0f} bytes/s (threshold {cfg.bytes_per_s_max:,.0f})"),
-            ]
-            ratio, by, why = max(candidates, key=lambda c: c[0])
-            if ratio > 1.0 and (worst is None or ratio > worst[0]):
-                worst = (ratio, by, why, rng)
+            ratios = _ratios(fig, cfg)
+            worst = (ratio, ratios.index(ratio), fig, rng)  # the first of equal ratios
     if worst is None:
         return None, "no range is over a threshold"
-    _, by, why, rng = worst
+    _, which, fig, rng = worst
+    by, why = _why(fig, cfg, which)
     counts = {gid: 0 for gid, g in view.groups.items() if g.leader is not None}
     for ranges in view.ranges.values():
         for r in ranges:
@@ -140,6 +138,37 @@ def plan_split(
                      f"spares (a group needs {group_size}): split in place"), "split in place"
 
 
+def _range_at(ranges: Sequence[Range] | None, start: bytes) -> Range | None:
+    """The range of a table's that starts at ``start`` (a ``RangeMap`` finds it by bisection)."""
+    if ranges is None:
+        return None
+    if isinstance(ranges, RangeMap):
+        return ranges.get(start)
+    return next((r for r in ranges if r.start == start), None)
+
+
+def _ratios(fig: Mapping[str, Any], cfg: SplitConfig) -> tuple[float, float, float]:
+    """A figure's size, operations and bytes per second, each over its threshold."""
+    ops = float(fig.get("rps", 0)) + float(fig.get("wps", 0))
+    bps = float(fig.get("rbps", 0)) + float(fig.get("wbps", 0))
+    size = int(fig.get("bytes", 0)) if fig.get("counted") else 0
+    return size / cfg.bytes_max, ops / cfg.ops_max, bps / cfg.bytes_per_s_max
+
+
+def _why(fig: Mapping[str, Any], cfg: SplitConfig, which: int) -> tuple[str, str]:
+    """What a figure's ratio ``which`` (of ``_ratios``) is over, and by how much, for people."""
+    if which == 0:
+        size = int(fig.get("bytes", 0)) if fig.get("counted") else 0
+        return "size", (f"it stores {size:,} bytes in {int(fig.get('keys', 0)):,} keys "
+                        f"(threshold {cfg.bytes_max:,})")
+    if which == 1:
+        ops = float(fig.get("rps", 0)) + float(fig.get("wps", 0))
+        return "load", (f"it serves {ops:.0f} ops/s ({float(fig.get('rps', 0)):.0f} reads, "
+                        f"{float(fig.get('wps', 0)):.0f} writes; threshold {cfg.ops_max:.0f})")
+    bps = float(fig.get("rbps", 0)) + float(fig.get("wbps", 0))
+    return "load", f"it moves {bps:,.0f} bytes/s (threshold {cfg.bytes_per_s_max:,.0f})"
+
+
 @dataclass(frozen=True)
 class MergePlan:
     table: str
@@ -160,13 +189,10 @@ def plan_merge(
     if not cfg.enabled:
         return None
     names = {t.id: t.name for t in view.tables.values() if t.state == TABLE_ACTIVE}
-    figures: dict[tuple[int, bytes], dict[str, Any]] = {}
-    for gid, (at_s, figs) in reports.items():
-        if now_s - at_s > REPORT_FRESH_S:
-            continue
-        for fig in figs:
-            if isinstance(fig.get("start"), bytes) and fig.get("counted"):
-                figures[(fig.get("t"), fig["start"])] = {**fig, "group": gid}
+    # The pairs that may merge, in the order they are judged: neighbours on one group, both
+    # settled. Few (a table's ranges are spread over the groups), so only their figures are
+    # looked for among the 100,000 that leaders report at scale.
+    pairs: list[tuple[int, Range, Range]] = []
     for tid, ranges in view.ranges.items():
         if tid not in names or now_s - last_split_s.get(tid, -1e18) < \
                 MERGE_AFTER_SPLIT * cfg.cooldown_s:
@@ -175,16 +201,33 @@ def plan_merge(
             if lower.group != upper.group or any(
                     r.state != RANGE_ACTIVE or r.source is not None for r in (lower, upper)):
                 continue
-            a, b = figures.get((tid, lower.start)), figures.get((tid, upper.start))
-            if a is None or b is None or a["group"] != lower.group or b["group"] != lower.group:
-                continue
-            size = int(a.get("bytes", 0)) + int(b.get("bytes", 0))
-            ops = sum(float(f.get(n, 0)) for f in (a, b) for n in ("rps", "wps"))
-            if size < cfg.bytes_max / 4 and ops < cfg.ops_max / 4:
-                return MergePlan(
-                    names[tid], tid, upper.start, lower.group,
-                    f"table {names[tid]} ranges {span_text(lower.start, upper.start)} and "
-                    f"{span_text(upper.start, upper.end)} on group {lower.group} together store "
-                    f"{size:,} bytes and serve {ops:.0f} ops/s (under a quarter of the split "
-                    f"thresholds): merged into one")
+            pairs.append((tid, lower, upper))
+    if not pairs:
+        return None
+    wanted = {(tid, r.start) for tid, lower, upper in pairs for r in (lower, upper)}
+    # (table, start) -> (the reporting group, its figure): the latest fresh report's
+    figures: dict[tuple[int, bytes], tuple[int, Mapping[str, Any]]] = {}
+    for gid, (at_s, figs) in reports.items():
+        if now_s - at_s > REPORT_FRESH_S:
+            continue
+        for fig in figs:
+            start = fig.get("start")
+            if isinstance(start, bytes) and fig.get("counted"):
+                key = (fig.get("t"), start)
+                if key in wanted:
+                    figures[key] = (gid, fig)  # type: ignore[index]
+    for tid, lower, upper in pairs:
+        fa, fb = figures.get((tid, lower.start)), figures.get((tid, upper.start))
+        if fa is None or fb is None or fa[0] != lower.group or fb[0] != lower.group:
+            continue
+        a, b = fa[1], fb[1]
+        size = int(a.get("bytes", 0)) + int(b.get("bytes", 0))
+        ops = sum(float(f.get(n, 0)) for f in (a, b) for n in ("rps", "wps"))
+        if size < cfg.bytes_max / 4 and ops < cfg.ops_max / 4:
+            return MergePlan(
+                names[tid], tid, upper.start, lower.group,
+                f"table {names[tid]} ranges {span_text(lower.start, upper.start)} and "
+                f"{span_text(upper.start, upper.end)} on group {lower.group} together store "
+                f"{size:,} bytes and serve {ops:.0f} ops/s (under a quarter of the split "
+                f"thresholds): merged into one")
     return None
