@@ -39,6 +39,8 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
     "meta": ("rangekv.metadata.service.main", "the metadata manager and controller"),
     "rm": ("rangekv.request_manager.app.main", "a request manager (the HTTP API)"),
     "sim": ("rangekv.sim.main.main", "the deterministic simulation (--seeds N, --bug NAME)"),
+    "sim-scale": ("rangekv.sim.scale.main",
+                  "the real controller at 1,000 groups and 100,000 ranges, its ticks timed"),
     "chaos": ("rangekv.chaos.main.main",
               ("a real cluster in network namespaces under attack by faults, and check the history "
                "(--time S, --nemesis LIST, --seed N)")),
