@@ -157,6 +157,11 @@ def compaction_target(core: Core, retain: int, pins: Iterable[int] = ()) -> int:
     return max(target, core.base_index)
 
 
+# What makes a replica's loop: ``ReadyLoop`` itself, or a planted bug's subclass (same
+# arguments; ``replication/loop_bugs.py``).
+LoopFactory = Callable[..., "ReadyLoop"]
+
+
 @dataclass(slots=True)
 class Unsynced:
     """A Ready's writes, until the disk reports them durable."""

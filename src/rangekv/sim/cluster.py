@@ -80,7 +80,7 @@ from rangekv.metadata.service import (
 )
 from rangekv.replication.bugs import CoreFactory
 from rangekv.replication.core import LEADER, Core, NotLeaderError
-from rangekv.replication.loop import compaction_target
+from rangekv.replication.loop import LoopFactory, ReadyLoop, compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
 from rangekv.sim.node import TABLE, SimNode
@@ -160,10 +160,12 @@ class ClientOp:
 
 class Simulation:
     def __init__(self, seed: int, root: Path, config: SimConfig | None = None,
-                 core_factory: CoreFactory = Core) -> None:
+                 core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop
+                 ) -> None:
         self.seed = seed
         self.cfg = config or SimConfig()
         self.core_factory = core_factory  # Core, or a planted bug's subclass
+        self.loop_factory = loop_factory  # ReadyLoop, or a planted bug's subclass
         self.rng = random.Random(seed)
         # Appends of one entry at a time in some runs, batches in others: an old epoch's entry
         # and a new leader's no-op then reach a follower together or apart.
@@ -1118,5 +1120,6 @@ class Simulation:
 
 
 def run_seed(seed: int, root: Path, config: SimConfig | None = None,
-             core_factory: CoreFactory = Core) -> dict[str, Any]:
-    return Simulation(seed, root, config, core_factory).run()
+             core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop
+             ) -> dict[str, Any]:
+    return Simulation(seed, root, config, core_factory, loop_factory).run()

@@ -207,10 +207,10 @@ class SimNode:
             learners=learners, joint=joint)
         self.disk = SimDisk(self, wal)
         low_ms, high_ms = sim.cfg.snapshot_backoff_ms
-        self.loop = ReadyLoop(core, self.disk, self, self, snapshots=self, sink=self, clock=self,
-                              observe=self._observe,
-                              snapshot_backoff_s=(low_ms / 1000, high_ms / 1000),
-                              install_idle_s=sim.cfg.snapshot_idle_ms / 1000)
+        self.loop = sim.loop_factory(core, self.disk, self, self, snapshots=self, sink=self,
+                                     clock=self, observe=self._observe,
+                                     snapshot_backoff_s=(low_ms / 1000, high_ms / 1000),
+                                     install_idle_s=sim.cfg.snapshot_idle_ms / 1000)
         self.last_seq = engine.last_seq
         self.up = True
         self.incarnation += 1
