@@ -70,6 +70,7 @@ from rangekv.replication.driver import (
     EXIT_DISK_FAILURE,
     Replica,
 )
+from rangekv.replication.loop import LoopFactory, ReadyLoop
 from rangekv.replication.messages import APPEND, HEARTBEAT, NEW_EPOCH, Msg
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import StateMachine, open_rocks
@@ -161,9 +162,11 @@ class Node:
                  compact_retain: int = COMPACT_RETAIN_DEFAULT,
                  metrics_listen: tuple[str, int] | None = None,
                  max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX,
-                 core_factory: bugs.CoreFactory = Core) -> None:
+                 core_factory: bugs.CoreFactory = Core,
+                 loop_factory: LoopFactory = ReadyLoop) -> None:
         self.node_id = node_id
         self.core_factory = core_factory  # Core, or a planted bug's (--planted-bug)
+        self.loop_factory = loop_factory  # ReadyLoop, or a planted bug's (--planted-bug)
         self.max_clock_offset_ms = max_clock_offset_ms
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
@@ -268,7 +271,8 @@ class Node:
                                    compact_entries=self.compact_entries,
                                    compact_retain=self.compact_retain, observer=self.metrics,
                                    seq_ahead_ms_max=self.max_clock_offset_ms,
-                                   core_factory=self.core_factory)
+                                   core_factory=self.core_factory,
+                                   loop_factory=self.loop_factory)
             self.metrics.opened(self.replica.core.promised)
             await self.replica.start()
             self._follow_engine(engine)
@@ -883,9 +887,9 @@ def main(argv: list[str]) -> int:
                         help="as a leader, refuse a write whose proposed seq is more than this "
                              "far ahead of this node's clock (default "
                              f"{sequencer.SEQ_AHEAD_MS_MAX}; like CockroachDB's --max-offset)")
-    # Tests only (``rangekv chaos --planted-bug``): run a replication core that breaks one rule
-    # of the protocol on purpose (rangekv.replication.bugs). Hidden, and command line only.
-    config.option(parser.add_argument("--planted-bug", choices=sorted(bugs.BUGS),
+    # Tests only (``rangekv chaos --planted-bug``): run a replication core or Ready loop that
+    # breaks one rule on purpose (rangekv.replication.bugs, loop_bugs). Hidden, command line only.
+    config.option(parser.add_argument("--planted-bug", choices=bugs.NODE_BUGS,
                                       help=argparse.SUPPRESS), configurable=False)
     args = config.parse(parser, "node", argv)
     if args.compact_entries < 1 or args.compact_retain < 0:
@@ -893,15 +897,16 @@ def main(argv: list[str]) -> int:
     if args.max_clock_offset_ms < 1:
         parser.error("--max-clock-offset-ms must be at least 1")
     setup_logging(f"node-{args.id}", args.log_level, args.log_format)
+    core_factory, loop_factory = bugs.factories(args.planted_bug)
     if args.planted_bug:
-        log.warning("planted bug %r: this node's replication core breaks the protocol on "
+        log.warning("planted bug %r: this node's replication breaks the protocol on "
                     "purpose (rangekv chaos --planted-bug)", args.planted_bug)
     node = Node(args.id, args.listen, args.data_dir,
                 [m.strip() for m in args.meta.split(",") if m.strip()], args.advertise,
                 compact_entries=args.compact_entries, compact_retain=args.compact_retain,
                 metrics_listen=args.metrics_listen,
                 max_clock_offset_ms=args.max_clock_offset_ms,
-                core_factory=bugs.core_factory(args.planted_bug))
+                core_factory=core_factory, loop_factory=loop_factory)
 
     async def run() -> None:
         stop = asyncio.Event()

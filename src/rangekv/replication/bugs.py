@@ -9,6 +9,7 @@ the driver's ``Replica`` (a node's hidden ``--planted-bug NAME`` option) and of 
 Production code never picks one by itself: there is no environment variable for it.
 
 They live here, beside the core, so that a node may run one without importing the simulator.
+The Ready loop's planted bugs are in ``loop_bugs.py``; ``factories`` picks either kind by name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rangekv.replication.core import SNAPSHOT_ACCEPT, SNAPSHOT_STALE, Core
+from rangekv.replication.loop import LoopFactory, ReadyLoop
+from rangekv.replication.loop_bugs import LOOP_BUGS
 from rangekv.replication.messages import Msg
 
 # What makes a replica's core: ``Core`` itself, or a planted bug's subclass (same arguments).
@@ -102,6 +105,19 @@ BUGS: dict[str, type[Core]] = {
     "install-stale-snapshot": InstallStaleSnapshot,
     "campaign-without-joint": CampaignWithoutJoint,
 }
+
+
+def factories(name: str | None) -> tuple[CoreFactory, LoopFactory]:
+    """The core and the Ready loop a node runs for planted bug ``name`` (the node's
+    ``--planted-bug``): one of them is the bug's, the other the real one. KeyError names the
+    known ones."""
+    if name is not None and name in LOOP_BUGS:
+        return Core, LOOP_BUGS[name]
+    return core_factory(name), ReadyLoop
+
+
+# Every planted bug a node can run, the core's and the loop's.
+NODE_BUGS: tuple[str, ...] = tuple(sorted({*BUGS, *LOOP_BUGS}))
 
 
 def core_factory(name: str | None) -> CoreFactory:

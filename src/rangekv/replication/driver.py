@@ -87,7 +87,7 @@ from rangekv.replication.core import (
     NotLeaderError,
     SnapshotNeed,
 )
-from rangekv.replication.loop import ReadyLoop, compaction_target
+from rangekv.replication.loop import LoopFactory, ReadyLoop, compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import (
@@ -374,9 +374,11 @@ class Replica:
         clock_ns: Callable[[], int] = time.time_ns,
         seq_ahead_ms_max: int = sequencer.SEQ_AHEAD_MS_MAX,
         core_factory: CoreFactory = Core,
+        loop_factory: LoopFactory = ReadyLoop,
     ) -> None:
         """``core_factory`` makes the replication core: ``Core``, or the class of a planted bug
-        (``bugs.py``: a node's ``--planted-bug``, to show that a chaos run catches it)."""
+        (``bugs.py``: a node's ``--planted-bug``, to show that a chaos run catches it);
+        ``loop_factory`` its Ready loop: ``ReadyLoop``, or a planted bug's (``loop_bugs.py``)."""
         assert compact_entries >= 1 and compact_retain >= 0, (compact_entries, compact_retain)
         assert seq_ahead_ms_max > 0, seq_ahead_ms_max
         self.node_id = node_id
@@ -394,9 +396,10 @@ class Replica:
         hard = hardstate.load(hardstate_path)
         assert engine.applied_index <= wal.last_index, (
             "state machine is ahead of the log", engine.applied_index, wal.last_index)
-        if core_factory is not Core:
-            log.warning("planted bug %s is enabled: this node deliberately breaks the protocol",
-                        getattr(core_factory, "__name__", core_factory))
+        for factory, real in ((core_factory, Core), (loop_factory, ReadyLoop)):
+            if factory is not real:
+                log.warning("planted bug %s is enabled: this node deliberately breaks the "
+                            "protocol", getattr(factory, "__name__", factory))
         self.core = core_factory(
             node_id, [], wal, {k: int(v) for k, v in hard.items() if isinstance(v, int)},
             engine.applied_index, Config(noop_payload=encode_command({"op": "noop"})),
@@ -404,7 +407,7 @@ class Replica:
         self.observer = observer if observer is not None else Observer()
         self._disk = _Persist(self.observer)
         # (the bounds are read here, not bound as defaults: tests lower them)
-        self.loop = ReadyLoop(
+        self.loop = loop_factory(
             self.core, self._disk, _Network(send), self, snapshots=self, sink=self,
             clock=_MonotonicClock(), soon=_call_soon,
             snapshot_backoff_s=(SNAPSHOT_BACKOFF_MIN_S, SNAPSHOT_BACKOFF_MAX_S),

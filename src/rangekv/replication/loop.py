@@ -345,16 +345,9 @@ class ReadyLoop:
         self.readies += 1
         if self._observe is not None:
             self._observe(rd)
-        core, disk = self.core, self.disk
+        core = self.core
         # 1. writes
-        if rd.hardstate:
-            disk.save_hardstate(rd.hardstate)
-        if rd.truncate_from is not None:
-            disk.truncate(rd.truncate_from)
-        if rd.entries:
-            disk.append(rd.entries)
-        if rd.compact_to is not None:
-            disk.compact(rd.compact_to)
+        self._write(rd)
         # 2. messages that need no fsync of ours
         send = self._send
         for msg in rd.messages:
@@ -362,10 +355,7 @@ class ReadyLoop:
         # 3. the fsync, and what waits for it
         if (rd.hardstate or rd.truncate_from is not None or rd.entries
                 or rd.compact_to is not None or rd.messages_after_sync):
-            self._tokens += 1
-            self._unsynced.append(Unsynced(self._tokens, rd.hardstate, rd.messages_after_sync,
-                                           core.last_index, core.last_epoch))
-            disk.sync(functools.partial(self._synced, self._tokens))
+            self._await_sync(rd)
         # 4. snapshots
         for need in rd.snapshots:
             self._start_snapshot(need)
@@ -386,6 +376,26 @@ class ReadyLoop:
             self.app.became_leader(rd.became_leader)
         if rd.lost_leadership:
             self.app.lost_leadership()
+
+    def _write(self, rd: Ready) -> None:
+        """Rule 1: the Ready's writes, in this order, after every earlier Ready's."""
+        disk = self.disk
+        if rd.hardstate:
+            disk.save_hardstate(rd.hardstate)
+        if rd.truncate_from is not None:
+            disk.truncate(rd.truncate_from)
+        if rd.entries:
+            disk.append(rd.entries)
+        if rd.compact_to is not None:
+            disk.compact(rd.compact_to)
+
+    def _await_sync(self, rd: Ready) -> None:
+        """Rule 3: this Ready's hard state, acknowledgements and entries count only once the
+        disk reports the sync asked for here (``_synced``)."""
+        self._tokens += 1
+        self._unsynced.append(Unsynced(self._tokens, rd.hardstate, rd.messages_after_sync,
+                                       self.core.last_index, self.core.last_epoch))
+        self.disk.sync(functools.partial(self._synced, self._tokens))
 
     def _finish_syncs(self) -> None:
         """Everything up to the reported sync is durable: release what waited for it."""
@@ -414,6 +424,7 @@ class ReadyLoop:
         self._reads = waiting
 
     def _start_snapshot(self, need: SnapshotNeed) -> None:
+        """Rule 4: every peer the core asks for gets its snapshot (a learner as a voter)."""
         if need.peer in self._sending:
             return  # one in flight per peer (the core asks again only after a report)
         if self.snapshots is None:
