@@ -6,10 +6,13 @@ runs), over the WAL (real segment files under a scratch directory, so CRCs, torn
 recovery are the real ones), the hard-state file and the state machine (over an in-memory
 backend that loses what was not flushed, as RocksDB without its own WAL does): see
 ``sim/node.py``, which gives the loop its simulated disk, network, clock and snapshot
-transfer. Meta runs the production ``choose_leader``. Only time, the network, the disk's
-durability and the clients are simulated, all from one seeded random source on a virtual
-clock, so a seed replays exactly (the trace hash proves it). This module holds the rest: the
-group's meta, the clients, the faults and the checkers across nodes.
+transfer. The meta is the real controller (``sim/meta.py``): production's ``Planner`` ticking
+over the in-memory store, its decisions landed by ``perform.land``, the nodes told their group
+and when to campaign by the heartbeat's answer made from the store's records, and the active
+meta failing over to a new one in some seeds. Only time, the network, the disk's durability and
+the clients are simulated, all from seeded random sources on a virtual clock, so a seed replays
+exactly (the trace hash proves it). This module holds the rest: the clients, the faults and the
+checkers across nodes.
 
 Faults: messages dropped, duplicated, delayed and so reordered; partitions (one node, the
 leader, a majority/minority split, a bridge) that also cut nodes off from meta; crashes that lose
@@ -17,14 +20,14 @@ every byte not fsynced and may keep a torn part of the unsynced tail; bit flips 
 a log, which the CRC must catch (that node then refuses to serve, reports it and stays out);
 state-machine flushes at random; crashes for good (the node never comes back).
 
-Membership: the group starts with ``nodes`` members and ``spares`` idle spares. Meta runs the
-production ``plan_replacement`` on every check, with the same record transitions as the real
-meta (``Group.with_learner``, ``swapped``, ``joint_cleared``, ``without_learner``): a member
-dead, broken or lagging for longer than the grace is replaced by a spare that first catches up
-as a learner, while the faults go on; and a staged race shows what the joint majority is for
-(``_race``). Nodes learn the group's members, learners and joint voters from meta's heartbeat
-replies, as real nodes do. Half the seeds (``SimConfig.membership``) do all this; the others run
-exactly as the simulation did before membership changes existed.
+Membership: the group starts with ``nodes`` members and ``spares`` idle spares. The planner
+replaces a member dead, broken or lagging for longer than the grace by a spare that first
+catches up as a learner (often by a snapshot: ``snapshots_to_learners``), while the faults go
+on; and a staged race shows what the joint majority is for (``_race``; the controller's planted
+bugs, ``controller/bugs.py``, are caught there). Nodes learn the group's members, learners and
+joint voters from meta's heartbeat replies, as real nodes do. Half the seeds
+(``SimConfig.membership``) have spares, crashes for good and the race; in the others a member
+down too long is only a "no spare" decision.
 
 After every event the checkers run: at most one leader per epoch, every replica applies the
 same entry at each index, a new leader holds every committed entry, the state machine never
@@ -61,28 +64,30 @@ import math
 import random
 import shutil
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rangekv import errors, sequencer
 from rangekv.check.history import check_ops as check
 from rangekv.check.keys import Op
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Group, Node
-from rangekv.metadata.service import (
-    Beat,
-    NodeStatus,
-    ReplacementPolicy,
-    choose_leader,
-    plan_replacement,
-    track_lag,
+from rangekv.controller.decisions import (
+    AddLearner,
+    Decision,
+    DropLearner,
+    ElectLeader,
+    NoSpare,
+    PromoteLearner,
 )
+from rangekv.controller.planner import Planner, PlannerConfig
+from rangekv.model import Group
+from rangekv.model.status import NodeStatus
 from rangekv.replication.bugs import CoreFactory
 from rangekv.replication.core import LEADER, Core, NotLeaderError
 from rangekv.replication.loop import LoopFactory, ReadyLoop, compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
+from rangekv.sim.meta import PlannerFactory, SimMeta, decision_line
 from rangekv.sim.node import TABLE, SimNode
 from rangekv.storage.engine import encode_command
 
@@ -147,6 +152,11 @@ class SimConfig:
     hostile: float = 0.3
     hostile_rm: float = 0.15  # share of the writes the bad rm sends, in those seeds
     hostile_node_every_ms: tuple[float, float] = (5, 120)  # between the bad node's messages
+    # Meta failover (``sim/meta.py``): in this share of the seeds the active meta dies once or
+    # twice during the faults, and a new one takes over after a lease-like delay.
+    meta_failover: float = 0.3
+    meta_failover_again: float = 0.3
+    meta_lease_ms: tuple[float, float] = (200, 2_000)
 
 
 @dataclass
@@ -160,9 +170,10 @@ class ClientOp:
 
 class Simulation:
     def __init__(self, seed: int, root: Path, config: SimConfig | None = None,
-                 core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop
-                 ) -> None:
+                 core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop,
+                 planner_factory: PlannerFactory = Planner) -> None:
         self.seed = seed
+        self.planner_factory = planner_factory  # Planner, or a planted bug's subclass
         self.cfg = config or SimConfig()
         self.core_factory = core_factory  # Core, or a planted bug's subclass
         self.loop_factory = loop_factory  # ReadyLoop, or a planted bug's subclass
@@ -189,26 +200,23 @@ class Simulation:
         spares = list(range(self.cfg.nodes + 1, self.cfg.nodes + spare_count + 1))
         self.nodes = {i: SimNode(self, i, root / f"n{i}") for i in ids + spares}
         self.cut: set[frozenset[int]] = set()  # pairs that cannot talk (META = 0)
-        # meta: its view of the group and the nodes, changed only by the same transitions as
-        # the real meta's (choose_leader, plan_replacement)
-        self.view = ClusterView()
-        self.view.groups[1] = Group(1, 0, None, tuple(ids))
-        for i in ids:
-            self.view.nodes[i] = Node(i, f"n{i}", model.NODE_MEMBER, 1)
-        for i in spares:
-            self.view.nodes[i] = Node(i, f"n{i}", model.NODE_SPARE, None)
-        self.beats: dict[int, Beat] = {}
-        self.campaign_since_ms = 0.0
-        self.policy = ReplacementPolicy(
-            heartbeat_timeout_s=self.cfg.heartbeat_timeout_ms / 1000,
-            grace_s=self.cfg.replace_grace_ms / 1000,
-            lag_entries=self.cfg.replace_lag_entries,
-            catch_up_slack=self.mrng.choice(self.cfg.catch_up_slack),
-            learner_timeout_s=self.cfg.learner_timeout_ms / 1000,
-        )
-        self.lag_since: dict[int, float] = {}
-        self.learner_seen: tuple[int, float, int] = (0, 0.0, 0)  # (learner, since s, target)
-        self.no_spare_for: int | None = None
+        # meta: the real controller over the in-memory store (``sim/meta.py``); the group's
+        # records, and so everything the nodes are told, are the store's
+        cfg = self.cfg
+        planner_config = PlannerConfig(
+            groups_min=1, group_size=cfg.nodes,
+            heartbeat_timeout_ms=int(cfg.heartbeat_timeout_ms),
+            campaign_timeout_ms=int(cfg.campaign_timeout_ms),
+            election_interval_ms=int(cfg.meta_check_ms),
+            formation_interval_ms=int(cfg.meta_check_ms),
+            replace_grace_ms=int(cfg.replace_grace_ms),
+            replace_lag_entries=cfg.replace_lag_entries,
+            catch_up_slack_entries=self.mrng.choice(cfg.catch_up_slack),
+            learner_timeout_ms=int(cfg.learner_timeout_ms))
+        self.meta = SimMeta(self, planner_config, planner_factory, ids, spares)
+        # Meta failovers and their times: a random source of their own too.
+        self.frng = random.Random(seed * 1_000_003 + 41)
+        self.meta_failover = self.frng.random() < cfg.meta_failover
         self.race_cut: set[frozenset[int]] = set()  # the race's partition, beside ``cut``
         self.racing = False
         self.race_x = 0  # the follower the race took down, until it is back
@@ -235,7 +243,8 @@ class Simulation:
                       "compactions": 0, "snapshots_installed": 0, "snapshots_failed": 0,
                       "snapshot_answers_stale": 0, "chunks_damaged": 0, "install_crashes": 0,
                       "gone": 0, "learners": 0, "swaps": 0, "learners_dropped": 0,
-                      "no_spare": 0,
+                      "no_spare": 0, "snapshots_to_learners": 0, "meta_failovers": 0,
+                      "meta_decisions": 0,
                       # the bad rm: writes that reached a node, refused by the seq bound
                       "hostile_rm_sent": 0, "hostile_rm_refused": 0,
                       # the bad node: messages sent; refused by the core (``core.refused``),
@@ -246,11 +255,8 @@ class Simulation:
 
     @property
     def group(self) -> Group:
-        return self.view.groups[1]
-
-    @group.setter
-    def group(self, value: Group) -> None:
-        self.view.groups[1] = value
+        """The group's record in the store, as the active meta's view shows it."""
+        return self.meta.group
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -258,8 +264,7 @@ class Simulation:
 
     def config_of(self, node_id: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """What meta tells the node about its group: (members, learners, joint)."""
-        g = self.group
-        return (g.members, g.learners, g.joint) if g.involves(node_id) else ((), (), ())
+        return self.meta.config_of(node_id)
 
     # ------------------------------------------------------------------ plumbing
     def log(self, line: str) -> None:
@@ -305,6 +310,8 @@ class Simulation:
         assert node.engine is not None
         index, digest = node.engine.applied_index, node.engine.content_hash()
         seen = self.state_at.setdefault(index, digest)
+        if how.startswith("installed") and node.id in self.group.learners:
+            self.stats["snapshots_to_learners"] += 1
         if seen != digest:
             self.fail(f"n{node.id} {how} up to {index} but its state differs from another "
                       f"replica's at that index")
@@ -429,85 +436,46 @@ class Simulation:
         self.at(self.cfg.heartbeat_ms, "beat", (node.id, node.incarnation))
 
     def _meta_beat(self, node_id: int, status: NodeStatus) -> None:
-        self.beats[node_id] = Beat(self.now / 1000, f"n{node_id}", status)
-        g = self.group
-        campaign = None
-        if g.leader == node_id and not (status.role == LEADER and status.leader_epoch == g.epoch):
-            campaign = g.epoch
+        """The heartbeat reaches the meta; its answer (``SimMeta.heartbeat``: the group's
+        config in the store, and whether to campaign) goes back to the node."""
+        answer = self.meta.heartbeat(node_id, status)
+        if answer is None:
+            return  # no active meta: nobody answers
+        config, campaign = answer
         # The reply carries the group's config; it is only worth an event when it changes
         # something (a real node gets it with every reply and ignores what it already has).
-        config = self.config_of(node_id)
         core = self.nodes[node_id].core
         stale = core is not None and (core.members, core.learners, core.joint) != config
         if (campaign is not None or stale) and self.linked(node_id, META):
             self.at(self.uniform(self.cfg.delay_ms), "assign", (node_id, config, campaign))
 
-    def _meta_check(self) -> None:
-        choice = choose_leader(
-            self.group, self.beats, self.now / 1000,
-            heartbeat_timeout_s=self.cfg.heartbeat_timeout_ms / 1000,
-            campaign_timeout_s=self.cfg.campaign_timeout_ms / 1000,
-            judge_from_s=0.0, campaign_since_s=self.campaign_since_ms / 1000,
-        )
-        if choice.action == "elect":
-            assert choice.epoch > self.group.epoch and choice.leader is not None
-            self.group = replace(self.group, epoch=choice.epoch, leader=choice.leader)
-            self.campaign_since_ms = self.now
+    def meta_decided(self, d: Decision) -> None:
+        """A decision of the planner landed in the store (or, "no spare", was said)."""
+        self.stats["meta_decisions"] += 1
+        self.log(decision_line(d))
+        if isinstance(d, ElectLeader):
             for rm in range(self.cfg.rms):  # each rm's etcd watch delivers it after a lag
-                self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch", (rm, choice.leader))
-            self.log(f"meta: epoch {choice.epoch} -> n{choice.leader} ({choice.reason})")
-        if self.membership:
-            self._meta_reconfigure()
-        self.at(self.cfg.meta_check_ms, "meta_check")
-
-    def _meta_reconfigure(self) -> None:
-        """What the real meta's ``_reconfigure`` does, on the simulated clock."""
-        now_s = self.now / 1000
-        g = self.group
-        hb_s = self.policy.heartbeat_timeout_s
-        self.lag_since = track_lag(g, self.beats, now_s, self.lag_since, heartbeat_timeout_s=hb_s,
-                                   lag_entries=self.policy.lag_entries)
-        if g.learners:
-            learner, since_s, target = self.learner_seen
-            if learner != g.learners[0] or not target:
-                lead = self.beats.get(g.leader or 0)
-                serving = (lead is not None and now_s - lead.at_s <= hb_s
-                           and lead.status.role == LEADER and lead.status.leader_epoch == g.epoch)
-                since_s = now_s if learner != g.learners[0] else since_s
-                self.learner_seen = (g.learners[0], since_s,
-                                     lead.status.commit_index if serving and lead else 0)
-        else:
-            self.learner_seen = (0, now_s, 0)
-        plan = plan_replacement(g, self.view, self.beats, now_s, policy=self.policy,
-                                judge_from_s=0.0, lag_since=self.lag_since,
-                                learner_since_s=self.learner_seen[1],
-                                learner_target=self.learner_seen[2])
-        if plan.action != "no_spare":
-            self.no_spare_for = None
-        if plan.action in ("keep", "wait"):
-            return
-        if plan.action == "no_spare":
-            if self.no_spare_for != plan.old:  # once per episode, as meta's warning
-                self.no_spare_for = plan.old
-                self.log(f"meta: {plan.reason}")
-                self.stats["no_spare"] += 1
-            return
-        assert plan.group is not None
-        self.group = plan.group
-        for record in plan.nodes:
-            self.view.nodes[record.id] = record
-        self.log(f"meta: {plan.reason}")
-        if plan.action == "add_learner":
+                self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch", (rm, d.leader))
+        elif isinstance(d, AddLearner):
             self.stats["learners"] += 1
-            if self.racing and plan.old == self.race_x:
-                self.at(self.mrng.uniform(0, 100), "race_back", plan.old)
-        elif plan.action == "drop_learner":
+            if self.racing and d.old == self.race_x:
+                self.at(self.mrng.uniform(0, 100), "race_back", d.old)
+        elif isinstance(d, DropLearner):
             self.stats["learners_dropped"] += 1
-        elif plan.action == "swap":
+        elif isinstance(d, PromoteLearner):
             self.stats["swaps"] += 1
-            self.campaign_since_ms = self.now  # the leader takes up the new epoch
             if self.racing:
-                self._race_swapped(g)
+                self._race_swapped(d.before)
+        elif isinstance(d, NoSpare):
+            self.stats["no_spare"] += 1
+
+    def _meta_die(self) -> None:
+        """The active meta dies; another takes over once the lease runs out."""
+        if not self.faults_on or not self.meta.active:
+            return
+        self.meta.die()
+        self.stats["meta_failovers"] += 1
+        self.at(self.frng.uniform(*self.cfg.meta_lease_ms), "meta_take_over")
 
     # ------------------------------------------------------------------ clients
     def _arrival(self) -> None:
@@ -808,7 +776,7 @@ class Simulation:
         them; one that also needs a majority of the old members hears from x and adopts its
         log. Random faults pause while the race is on (a few seconds), so that it plays out."""
         g = self.group
-        lead = self.beats.get(g.leader or 0)
+        lead = self.meta.beats.get(g.leader or 0)
         calm = (lead is not None and lead.status.role == LEADER
                 and lead.status.leader_epoch == g.epoch and not g.changing
                 and all(self.nodes[m].up for m in g.members))
@@ -892,7 +860,11 @@ class Simulation:
             if self.mrng.random() < self.cfg.crash_for_good_again:
                 self.at(self.mrng.uniform(self.cfg.crash_for_good_ms[1], self.cfg.fault_ms),
                         "crash_for_good")
-        self.at(0, "meta_check")
+        self.meta.take_over()
+        if self.meta_failover:
+            self.at(self.frng.uniform(500, self.cfg.fault_ms - 1_000), "meta_die")
+            if self.frng.random() < self.cfg.meta_failover_again:
+                self.at(self.frng.uniform(500, self.cfg.fault_ms - 1_000), "meta_die")
         self.at(self.uniform(self.cfg.fault_every_ms), "fault")
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
         self.at(self.uniform((200, 600)), "client")
@@ -1012,7 +984,11 @@ class Simulation:
         elif kind == "race_end":
             self._race_end()
         elif kind == "meta_check":
-            self._meta_check()
+            self.meta.tick(payload)
+        elif kind == "meta_die":
+            self._meta_die()
+        elif kind == "meta_take_over":
+            self.meta.take_over()
         elif kind == "client":
             self._arrival()
         elif kind == "request":
@@ -1120,6 +1096,6 @@ class Simulation:
 
 
 def run_seed(seed: int, root: Path, config: SimConfig | None = None,
-             core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop
-             ) -> dict[str, Any]:
-    return Simulation(seed, root, config, core_factory, loop_factory).run()
+             core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop,
+             planner_factory: PlannerFactory = Planner) -> dict[str, Any]:
+    return Simulation(seed, root, config, core_factory, loop_factory, planner_factory).run()
