@@ -2,7 +2,8 @@
 
     rangekv sim --seeds 500 [--start 0]        exit 1 on the first failing seed
     rangekv sim --seeds 1 --start 4242 -v      replay one seed, print its trace
-    rangekv sim --bug read-without-quorum      show that a planted bug is caught
+    rangekv sim --bug read-without-quorum      show that a planted bug is caught (the core's,
+    rangekv sim --bug snapshot-voters-only     the Ready loop's: sim/bugs.py's PLANTED)
     rangekv sim --seeds 200 --hostile 1        a bad rm and a bad node in every seed
 
 A failure prints the seed, what was violated, and the end of the trace; the same seed replays
@@ -19,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rangekv.replication.core import Core
-from rangekv.sim.bugs import BUGS, CoreFactory
+from rangekv.sim.bugs import PLANTED, Plant
 from rangekv.sim.cluster import SimConfig, SimFailure, Simulation
 
 
@@ -46,7 +46,8 @@ def _main(argv: list[str]) -> int:
                                      epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--bug", choices=sorted(BUGS), help="plant a bug; succeed if caught")
+    parser.add_argument("--bug", choices=sorted(PLANTED),
+                        help="plant a bug (in the core, the Ready loop, ...); succeed if caught")
     parser.add_argument("--nodes", type=int, default=3, choices=[3, 5])
     parser.add_argument("--trace-lines", type=int, default=60,
                         help="trace lines printed for a failure (default 60)")
@@ -59,22 +60,22 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.hostile <= 1.0:
         parser.error("--hostile: a share in 0..1")
-    core_factory: CoreFactory = BUGS[args.bug] if args.bug else Core
+    plant = PLANTED[args.bug] if args.bug else None
     root = _scratch(args.root)
     try:
-        return _run(args, core_factory, root)
+        return _run(args, plant, root)
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, core_factory: CoreFactory, root: Path) -> int:
+def _run(args: argparse.Namespace, plant: Plant | None, root: Path) -> int:
     cfg = SimConfig(nodes=args.nodes, hostile=args.hostile)
     t0 = time.monotonic()
     events = 0
     hostile: dict[str, int] = {}  # what the hostile actors sent and what became of it
     for seed in range(args.start, args.start + args.seeds):
-        sim = Simulation(seed, root / "run", cfg, core_factory)
+        sim = Simulation(seed, root / "run", cfg, **(plant.kwargs() if plant else {}))
         try:
             result = sim.run()
         except SimFailure as failure:

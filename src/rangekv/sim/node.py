@@ -62,6 +62,10 @@ if TYPE_CHECKING:
     from rangekv.sim.cluster import ClientOp, Simulation
 
 TABLE = 1
+# Once faults stop, a live learner reaches its leader's commit index within this (simulated)
+# time: the appends or the snapshot it needs take well under a second with no faults, after the
+# longest snapshot backoff (800 ms); the controller gives up a learner after 4 s.
+LEARNER_CATCH_UP_MS = 2_500.0
 NOOP = encode_command({"op": "noop"})
 
 
@@ -147,6 +151,8 @@ class SimNode:
     high_commit: int = 0  # the highest commit and applied index seen in this run of the node
     high_applied: int = 0
     gone: bool = False  # crashed for good: never restarts
+    # Leading with faults stopped: learner -> (first seen behind ms, commit index to reach).
+    learners_seen: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def core(self) -> Core | None:
@@ -290,6 +296,35 @@ class SimNode:
     # ------------------------------------------------------------------ checks
     def _observe(self, rd: Ready) -> None:
         self.check_monotonic()
+        if not self.sim.faults_on:
+            self.check_learners_catch_up()
+
+    def check_learners_catch_up(self) -> None:
+        """Once faults stopped, a leader's learner that is up reaches the leader's commit index
+        of when it was first seen within ``LEARNER_CATCH_UP_MS`` (by appends, or by a snapshot
+        if the leader compacted past it): a replacement then completes. A learner the leader
+        never brings up (a snapshot never sent to it, issue 16) is caught here rather than by
+        the controller's silent timeout."""
+        assert self.loop is not None
+        core, now = self.loop.core, self.sim.now
+        if core.role != LEADER or not core.serving:
+            self.learners_seen = {}
+            return
+        seen: dict[int, tuple[float, int]] = {}
+        for peer in core.learners:
+            node = self.sim.nodes.get(peer)
+            if node is None or node.core is None or node.broken is not None:
+                continue
+            since, target = self.learners_seen.get(peer, (now, core.commit))
+            if node.core.commit >= target:
+                continue  # caught up (watched again only if it falls behind anew)
+            if now - since > LEARNER_CATCH_UP_MS:
+                self.sim.fail(f"n{self.id} leads learner n{peer}, up since faults stopped, but "
+                              f"it is still at commit index {node.core.commit} after "
+                              f"{now - since:.0f} ms (target {target}, leader's base index "
+                              f"{core.base_index}): the learner never catches up")
+            seen[peer] = (since, target)
+        self.learners_seen = seen
 
     def check_monotonic(self) -> None:
         """Commit and applied never go backward within one run of a node."""
