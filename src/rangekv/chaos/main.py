@@ -44,6 +44,7 @@ from rangekv.chaos.net import NetError, check_support
 from rangekv.chaos.netcluster import NetCluster
 from rangekv.chaos.workload import History, Workload
 from rangekv.cluster.local import NODES_MAX, ClusterError, find_free_base_port
+from rangekv.controller import bugs as controller_bugs
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 WARMUP_S = 3.0
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true",
                    help="keep the run directory of a passing run (a failing one is always kept)")
     p.add_argument("--planted-bug", default=None, metavar="NAME",
-                   help="run the nodes with a planted bug of rangekv.replication.bugs "
+                   help="run the nodes with a planted bug of rangekv.replication.bugs, or "
+                        "the metas with one of rangekv.controller.bugs "
                         "(the run is expected to fail)")
     p.add_argument("--groups", type=int, default=2,
                    help="replication groups of 3 nodes at the start (default 2)")
@@ -129,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --groups and --spares: at most {NODES_MAX} nodes", file=sys.stderr)
         return EXIT_INVALID
     node_flags: tuple[str, ...] = ()
-    if args.planted_bug:
+    meta_flags: tuple[str, ...] = ()
+    if args.planted_bug in controller_bugs.BUGS:  # a bug of the controller: in the metas
+        meta_flags = ("--planted-bug", args.planted_bug)
+        _say(f"planted bug {args.planted_bug!r} enabled in every meta")
+    elif args.planted_bug:
         node_flags = ("--planted-bug", args.planted_bug)
         _say(f"planted bug {args.planted_bug!r} enabled in every node")
-    meta_flags: tuple[str, ...] = ()
     if args.split_ops is not None:
         meta_flags += ("--split-ops", str(args.split_ops), "--split-cooldown-s", "3")
     if args.group_ranges_max is not None:

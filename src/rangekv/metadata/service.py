@@ -57,6 +57,7 @@ from typing import Any
 from rangekv import aio, errors, wire
 from rangekv import config as rangekv_config
 from rangekv import log as rangekv_log
+from rangekv.controller import bugs as planted
 from rangekv.controller.decisions import (  # noqa: F401
     DECISION_JOINT_CLEARED,
     DECISION_LAG_RECOVERED,
@@ -150,6 +151,7 @@ class MetaConfig:
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics here
     log_format: str = "text"  # how the process logs (rangekv.log): text or json
     log_level: str = "INFO"
+    planted_bug: str | None = None  # tests only: a controller bug (rangekv.controller.bugs)
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -192,6 +194,7 @@ class MetaService:
         etcd: KVClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        planner_factory: planted.PlannerFactory = Planner,
     ) -> None:
         self.config = config
         self.log = logging.getLogger(f"rangekv.meta.{config.id}")
@@ -208,7 +211,7 @@ class MetaService:
         self.range_reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self.term: Term | None = None
         self.active_hint: str | None = None
-        self.planner = Planner(config.planner_config())
+        self.planner = planner_factory(config.planner_config())  # or a planted bug's
         self.follower = ViewFollower(self)
         self.election = Election(self)
         self.handlers = Handlers(self)
@@ -476,6 +479,10 @@ def parse_args(argv: list[str]) -> MetaConfig:
         "--lag-stuck-after-ms", type=int, default=int(STUCK_AFTER_S * 1000),
         help="... once its lag has not shrunk for this long (default "
         f"{int(STUCK_AFTER_S * 1000)})")
+    # Tests only (``rangekv chaos --planted-bug``): a controller that breaks one rule on
+    # purpose (rangekv.controller.bugs). Hidden, command line only.
+    rangekv_config.option(parser.add_argument("--planted-bug", choices=sorted(planted.BUGS),
+                                              help=argparse.SUPPRESS), configurable=False)
     ns = rangekv_config.parse(parser, "meta", argv)
     if ns.lag_stuck_entries < 0 or ns.lag_stuck_after_ms <= 0:
         parser.error("--lag-stuck-entries must be >= 0 and --lag-stuck-after-ms > 0")
@@ -521,6 +528,7 @@ def parse_args(argv: list[str]) -> MetaConfig:
         metrics_listen=ns.metrics_listen,
         log_format=ns.log_format,
         log_level=ns.log_level,
+        planted_bug=ns.planted_bug,
     )
 
 
@@ -534,7 +542,11 @@ def _setup_logging(config: MetaConfig) -> None:
 
 async def run(config: MetaConfig) -> int:
     """Run one meta until SIGTERM/SIGINT; the exit code."""
-    service = MetaService(config)
+    factory = planted.BUGS[config.planted_bug] if config.planted_bug else Planner
+    service = MetaService(config, planner_factory=factory)
+    if config.planted_bug:
+        service.log.warning("planted bug %r: this meta's controller breaks a rule on purpose "
+                            "(rangekv chaos --planted-bug)", config.planted_bug)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop, f"got {sig.name}")
