@@ -26,6 +26,7 @@ import pytest
 from rangekv.controller.bugs import BUGS
 from rangekv.controller.planner import Planner, Seen
 from rangekv.metadata.memory import MemoryStore, run_now
+from rangekv.sim.bugs import PLANTED
 from rangekv.sim.cluster import SimFailure, Simulation, run_seed
 from rangekv.sim.meta import SimMeta
 
@@ -89,6 +90,12 @@ def test_a_seed_with_failovers_replays(scratch: Path) -> None:
     a = run_seed(SEED_WITH_SWAPS_AND_FAILOVERS, scratch)
     b = run_seed(SEED_WITH_SWAPS_AND_FAILOVERS, scratch)
     assert a["meta_failovers"] > 0 and a == b
+
+
+def test_rangekv_sim_plants_them_in_the_meta() -> None:
+    assert set(BUG_SEEDS_MAX) == set(BUGS)
+    for name, cls in BUGS.items():
+        assert PLANTED[name].kwargs() == {"planner_factory": cls}  # rangekv sim --bug NAME
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

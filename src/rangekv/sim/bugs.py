@@ -8,6 +8,7 @@ component          ``Simulation`` keyword  where the bugs live
 =================  =====================  ==========================================
 replication core   ``core_factory``        ``rangekv.replication.bugs`` (``BUGS``)
 Ready loop         ``loop_factory``        ``rangekv.replication.loop_bugs`` (``LOOP_BUGS``)
+controller         ``planner_factory``     ``rangekv.controller.bugs`` (``CONTROLLER_BUGS``)
 =================  =====================  ==========================================
 
 The core's and the loop's live beside the code they break (a node may run one without importing
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rangekv.controller.bugs import BUGS as CONTROLLER_BUGS
 from rangekv.replication.bugs import (
     BUGS,
     AcceptLowerEpoch,
@@ -59,11 +61,14 @@ def plants(keyword: str, bugs: Mapping[str, Callable[..., Any]]) -> dict[str, Pl
 PLANTED: dict[str, Plant] = {
     **plants("core_factory", BUGS),
     **plants("loop_factory", LOOP_BUGS),
+    **plants("planner_factory", CONTROLLER_BUGS),
 }
-assert len(PLANTED) == len(BUGS) + len(LOOP_BUGS), "a planted bug's name is used twice"
+assert len(PLANTED) == len(BUGS) + len(LOOP_BUGS) + len(CONTROLLER_BUGS), (
+    "a planted bug's name is used twice")
 
 __all__ = [
     "BUGS",
+    "CONTROLLER_BUGS",
     "LOOP_BUGS",
     "PLANTED",
     "AcceptLowerEpoch",
