@@ -40,6 +40,10 @@ Rules (the core's contract, ``core.py``), in the order a Ready is performed
    failed ones.
 7. Report a new term served (``became_leader``) and a lost one (``lost_leadership``).
 
+Rules 1, 3 and 4 are the methods ``_write``, ``_await_sync`` and ``_start_snapshot``: a planted
+bug (``loop_bugs.py``, handed in as a ``loop_factory``) overrides one of them, as the core's
+planted bugs override one of its decisions.
+
 The loop never re-enters itself: an input that arrives while a Ready is being performed (a sync
 that completes at once, the application proposing as it becomes leader) is taken by the next
 turn of the same ``process``. With ``soon`` (production: asyncio's ``call_soon``), the inputs
