@@ -11,6 +11,7 @@ The honest loop passes the same seeds: ``test_sim.py`` runs seeds 0-499 with it.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,8 @@ LOOP_BUG_CAUGHT_BY = {
 def scratch(tmp_path: Path) -> Iterator[Path]:
     shm = Path("/dev/shm")
     if shm.is_dir():
-        path = shm / f"rangekv-test-sim-loop-{tmp_path.name}"
+        # A directory of its own (mkdtemp): two test runs at once never share a simulated disk.
+        path = Path(tempfile.mkdtemp(prefix="rangekv-test-sim-loop-", dir=shm))
         yield path
         shutil.rmtree(path, ignore_errors=True)
     else:
