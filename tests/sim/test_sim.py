@@ -13,6 +13,9 @@
   message and every one was refused, ignored or dropped, none taken.
 * Every Ready of every simulated node is taken and performed by production's Ready loop
   (``rangekv.replication.loop``), checked on the code path itself.
+* The meta is the real controller (``rangekv.sim.meta``: the ``Planner`` over the in-memory
+  store, failing over in some seeds); ``test_sim_controller.py`` checks that code path and
+  catches the controller's planted bugs.
 """
 
 from __future__ import annotations
