@@ -49,18 +49,6 @@ BUG_SEEDS_MAX = {
 _totals: Counter[str] = Counter()
 
 
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        path = shm / f"rangekv-test-sim-{tmp_path.name}"
-        yield path
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        yield tmp_path / "sim"
-
 
 @pytest.mark.parametrize("start", range(0, SEEDS, CHUNK))
 def test_seeds(start: int, scratch: Path) -> None:

@@ -14,10 +14,8 @@ the seeds where a learner caught up by a snapshot and where the active meta fail
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +35,6 @@ BUG_SEEDS_MAX = {
 }
 SEED_WITH_SWAPS_AND_FAILOVERS = 3
 
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        path = shm / f"rangekv-test-simctl-{tmp_path.name}"
-        yield path
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        yield tmp_path / "sim"
 
 
 def test_the_simulator_runs_the_real_controller(scratch: Path,

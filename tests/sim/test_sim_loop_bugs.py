@@ -10,9 +10,6 @@ The honest loop passes the same seeds: ``test_sim.py`` runs seeds 0-499 with it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,17 +39,6 @@ LOOP_BUG_CAUGHT_BY = {
     "cut-not-written": "append of index",  # the WAL: an append that does not follow
 }
 
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        # A directory of its own (mkdtemp): two test runs at once never share a simulated disk.
-        path = Path(tempfile.mkdtemp(prefix="rangekv-test-sim-loop-", dir=shm))
-        yield path
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        yield tmp_path / "sim"
 
 
 def test_every_loop_bug_has_a_bound() -> None:
