@@ -133,7 +133,8 @@ def test_planted_bug_is_caught(bug: str, scratch: Path) -> None:
     for seed in range(BUG_SEEDS_MAX[bug]):
         try:
             run_seed(seed, scratch, core_factory=BUGS[bug])
-        except SimFailure:
+        except SimFailure as failure:
+            print(f"planted bug {bug!r} caught at seed {seed}: {str(failure)[:200]}")
             return
     pytest.fail(f"planted bug {bug!r} not caught in {BUG_SEEDS_MAX[bug]} seeds")
 

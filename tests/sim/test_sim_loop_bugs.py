@@ -55,6 +55,7 @@ def test_planted_loop_bug_is_caught(bug: str, scratch: Path) -> None:
             run_seed(seed, scratch, loop_factory=LOOP_BUGS[bug])
         except SimFailure as failure:
             assert LOOP_BUG_CAUGHT_BY[bug] in str(failure), failure
+            print(f"planted bug {bug!r} caught at seed {seed}: {str(failure)[:200]}")
             return
     pytest.fail(f"planted bug {bug!r} not caught in {LOOP_BUG_SEEDS_MAX[bug]} seeds")
 
