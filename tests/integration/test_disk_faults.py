@@ -12,7 +12,7 @@
   the heartbeat report it broken, naming the file and offset, and meta records it (``flagged``
   in ``/v1/cluster`` and ``rangekv cluster``); the group goes on serving writes with its other
   two members (and replaces it by a spare), and every acknowledged put reads back. (The last test checks the pure decision
-  behind the flag, ``metadata.service.node_record``, without processes.)
+  behind the flag, ``controller.nodes.node_record``, without processes.)
 
 The waits below are generous upper bounds that only turn a hang into a failure (with every log
 printed); nothing here times how fast anything is.
@@ -38,8 +38,9 @@ import pytest
 from rangekv import errors, wire
 from rangekv.cli.ops import format_cluster
 from rangekv.cluster.local import LocalCluster, find_free_base_port, running_cluster
+from rangekv.controller.nodes import node_record
 from rangekv.metadata.model import NODE_FLAGGED, NODE_MEMBER, NODE_SPARE, Node
-from rangekv.metadata.service import NodeStatus, node_record
+from rangekv.model.status import NodeStatus
 from rangekv.replication.driver import EXIT_DISK_FAILURE
 from rangekv.storage.wal import RECORD_HEADER_BYTES, segment_name
 from rangekv.testing.load import (

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 
 from rangekv import errors
+from rangekv.controller.health import Beat
+from rangekv.controller.nodes import plan_node_removal
 from rangekv.metadata import model
 from rangekv.metadata.model import ClusterView, Group, Node
-from rangekv.metadata.service import Beat, NodeStatus, plan_node_removal
+from rangekv.model.status import NodeStatus
 
 HB_S = 0.6
 NOW_S = 100.0

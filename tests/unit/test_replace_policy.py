@@ -10,18 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv.controller.decisions import DECISION_REPLACE_STARTED
+from rangekv.controller.health import Beat
+from rangekv.controller.leader import choose_leader
+from rangekv.controller.nodes import node_record
+from rangekv.controller.replace import ReplacementPolicy, plan_replacement, track_lag
 from rangekv.metadata import model
 from rangekv.metadata.model import ClusterView, Decision, Group, Node
-from rangekv.metadata.service import (
-    DECISION_REPLACE_STARTED,
-    Beat,
-    NodeStatus,
-    ReplacementPolicy,
-    choose_leader,
-    node_record,
-    plan_replacement,
-    track_lag,
-)
+from rangekv.model.status import NodeStatus
 
 HB = 0.6
 POLICY = ReplacementPolicy(heartbeat_timeout_s=HB, grace_s=10.0, lag_entries=100,

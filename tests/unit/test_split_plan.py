@@ -92,7 +92,7 @@ def test_small_neighbours_on_one_group_merge_unless_split_lately() -> None:
 
 
 def test_heartbeat_range_figures_keep_only_well_formed_entries() -> None:
-    from rangekv.metadata.service import NodeStatus
+    from rangekv.model.status import NodeStatus
 
     good = fig(b"a", bytes=5, rps=1.5)
     st = NodeStatus.parse({"role": "leader", "ranges": [

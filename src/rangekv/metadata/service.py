@@ -58,32 +58,14 @@ from rangekv import aio, errors, wire
 from rangekv import config as rangekv_config
 from rangekv import log as rangekv_log
 from rangekv.controller import bugs as planted
-from rangekv.controller.decisions import (  # noqa: F401
-    DECISION_JOINT_CLEARED,
-    DECISION_LAG_RECOVERED,
-    DECISION_LAG_STUCK,
-    DECISION_LEADER_ELECTED,
-    DECISION_NO_SPARE,
-    DECISION_NODE_REMOVED,
-    DECISION_REPLACE_ABANDONED,
-    DECISION_REPLACE_STARTED,
-    DECISION_REPLACE_SWAPPED,
-)
-from rangekv.controller.health import Beat, is_live, live_spares  # noqa: F401
+from rangekv.controller.health import Beat
 from rangekv.controller.lag import LAG_ENTRIES_MIN, STUCK_AFTER_S, LagWatch
-from rangekv.controller.leader import LeaderChoice, choose_leader  # noqa: F401
-from rangekv.controller.nodes import node_record, plan_node_removal  # noqa: F401
 from rangekv.controller.planner import HEARTBEAT_TIMEOUT_MS_DEFAULT, Planner, PlannerConfig
-from rangekv.controller.replace import (  # noqa: F401
+from rangekv.controller.replace import (
     CATCH_UP_SLACK_DEFAULT,
     LEARNER_TIMEOUT_MS_DEFAULT,
     REPLACE_GRACE_MS_DEFAULT,
     REPLACE_LAG_ENTRIES_DEFAULT,
-    ReplacementPlan,
-    ReplacementPolicy,
-    plan_group,
-    plan_replacement,
-    track_lag,
 )
 from rangekv.controller.split import SplitConfig
 from rangekv.metadata.election import Election, Term
@@ -99,11 +81,6 @@ from rangekv.metadata.store import MetaStore
 from rangekv.metadata.view import ViewFollower
 from rangekv.metrics import MetricsServer, listen_address
 from rangekv.model import ClusterView
-from rangekv.model.status import NodeStatus  # noqa: F401
-
-# The names imported above with "noqa: F401" lived here before the controller moved to
-# rangekv.controller; they stay for the code that still imports them from here (the
-# simulator, some tests). New code imports them from their own modules.
 
 LOG_REPEAT_S = 5.0  # a repeated warning (no majority, etcd down) is logged at most this often
 
