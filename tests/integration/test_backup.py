@@ -33,12 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from rangekv import errors, wire
+from rangekv import errors, model, wire
 from rangekv.backup import manifest as mf
-from rangekv.backup.metabackup import MetaBackups, existing_dumps, snapshot_path
 from rangekv.client import AsyncClient
 from rangekv.cluster.local import LocalCluster, find_free_base_port
-from rangekv.metadata import model
+from rangekv.metadata.backups import MetaBackups, existing_dumps, snapshot_path
 from rangekv.metadata.etcd import EtcdClient
 
 SEED = int(os.environ.get("RANGEKV_TEST_SEED", "7"))

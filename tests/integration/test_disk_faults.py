@@ -39,7 +39,7 @@ from rangekv import errors, wire
 from rangekv.cli.ops import format_cluster
 from rangekv.cluster.local import LocalCluster, find_free_base_port, running_cluster
 from rangekv.controller.nodes import node_record
-from rangekv.metadata.model import NODE_FLAGGED, NODE_MEMBER, NODE_SPARE, Node
+from rangekv.model import NODE_FLAGGED, NODE_MEMBER, NODE_SPARE, Node
 from rangekv.model.status import NodeStatus
 from rangekv.replication.driver import EXIT_DISK_FAILURE
 from rangekv.storage.wal import RECORD_HEADER_BYTES, segment_name

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from rangekv import model
 from rangekv.backup.restore import restored_metadata
 from rangekv.backup.take import dump_items
 from rangekv.cli import Context
 from rangekv.cli.main import run
-from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient
 from rangekv.testing.backups import make_backup
 

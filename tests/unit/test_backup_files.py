@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rangekv import errors
+from rangekv import errors, model
 from rangekv.backup import manifest as mf
 from rangekv.backup.restore import (
     RestoreRefused,
@@ -28,7 +28,6 @@ from rangekv.backup.restore import (
 )
 from rangekv.backup.take import check_empty_target, dump_items, dump_kvs, shape_from_metadata
 from rangekv.cluster.local import ClusterError, LocalCluster, node_port_offset
-from rangekv.metadata import model
 from rangekv.metadata.etcd import KV
 from rangekv.node.server import GROUP_FILE
 from rangekv.storage import hardstate

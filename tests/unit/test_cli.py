@@ -21,14 +21,13 @@ from urllib.parse import unquote_to_bytes
 import httpx
 import pytest
 
-from rangekv import errors, limits
+from rangekv import errors, limits, model
 from rangekv.cli import Context, ops, up
 from rangekv.cli import main as cli
 from rangekv.client import Backoff, Client, Item
 from rangekv.cluster import local
 from rangekv.cluster.local import ClusterError, LocalCluster
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.model import ClusterView, Group, Node, Range, Table
 from rangekv.request_manager import live
 from rangekv.testing.procs import free_port, wait_until
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from rangekv.cli.ops import format_status
 from rangekv.controller.lag import LagWatch, Report
-from rangekv.metadata.model import ClusterView, Decision, Group
+from rangekv.model import ClusterView, Decision, Group
 from rangekv.request_manager.live import summarize
 
 

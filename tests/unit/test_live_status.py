@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rangekv import errors
-from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.model import ClusterView, Group, Node, Range, Table
 from rangekv.request_manager import live
 
 

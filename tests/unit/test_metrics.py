@@ -20,8 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Histogram as ClientHistogram
 
 import rangekv
-from rangekv import metrics, sequencer
-from rangekv.metadata import model
+from rangekv import metrics, model, sequencer
 from rangekv.metadata.etcd import EtcdClient
 from rangekv.metadata.service import MetaConfig, MetaService
 from rangekv.node.metrics import NodeMetrics

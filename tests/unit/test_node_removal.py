@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from rangekv import errors
+from rangekv import errors, model
 from rangekv.controller.health import Beat
 from rangekv.controller.nodes import plan_node_removal
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Group, Node
+from rangekv.model import ClusterView, Group, Node
 from rangekv.model.status import NodeStatus
 
 HB_S = 0.6

@@ -1,4 +1,4 @@
-"""The routing map (``rangekv.metadata.rangemap``) against a plain sorted list, and
+"""The routing map (``rangekv.model.rangemap``) against a plain sorted list, and
 ``ClusterView.apply``/``range_for`` against the list-rebuilding implementation they replace."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv import model
 from rangekv.bench.main import main as bench_main
-from rangekv.metadata import model
-from rangekv.metadata.model import RANGE_MOVING, ClusterView, Range
-from rangekv.metadata.rangemap import RangeMap, TableRanges
+from rangekv.model import RANGE_MOVING, ClusterView, Range
+from rangekv.model.rangemap import RangeMap, TableRanges
 
 KEYS = [b"", b"a", b"ab", b"b", b"c", b"cz", b"d", b"m", b"m\x00", b"x", b"\xff"]
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv import model
 from rangekv.controller.decisions import DECISION_REPLACE_STARTED
 from rangekv.controller.health import Beat
 from rangekv.controller.leader import choose_leader
 from rangekv.controller.nodes import node_record
 from rangekv.controller.replace import ReplacementPolicy, plan_replacement, track_lag
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Decision, Group, Node
+from rangekv.model import ClusterView, Decision, Group, Node
 from rangekv.model.status import NodeStatus
 
 HB = 0.6

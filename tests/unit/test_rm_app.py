@@ -19,7 +19,7 @@ from urllib.parse import quote_from_bytes
 import aiohttp
 
 from rangekv import errors, limits, sequencer, wire
-from rangekv.metadata.model import ClusterView, Group, Node, Range, Table
+from rangekv.model import ClusterView, Group, Node, Range, Table
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.app import RequestManager

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rangekv.metadata import model
+from rangekv import model
 from rangekv.metadata.etcd import EtcdClient
-from rangekv.metadata.model import Group, Node, Range, Table
+from rangekv.model import Group, Node, Range, Table
 from rangekv.testing.procs import free_port, spawn, wait_until
 
 pytestmark = pytest.mark.integration

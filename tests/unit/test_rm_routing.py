@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from rangekv import errors
-from rangekv.metadata import model
-from rangekv.metadata.model import Group, Node, Range, Table
+from rangekv import errors, model
+from rangekv.model import Group, Node, Range, Table
 from rangekv.request_manager import routing
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import EtcdViewSource

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rangekv.controller.split import SplitConfig, plan_split
-from rangekv.metadata.model import ClusterView, Group, Range, Table
+from rangekv.model import ClusterView, Group, Range, Table
 
 CFG = SplitConfig(bytes_max=1000, ops_max=100, bytes_per_s_max=10_000, cooldown_s=5,
                   group_ranges_max=3)

@@ -56,11 +56,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rangekv import errors, perms
+from rangekv import errors, model, perms
 from rangekv.backup import manifest as mf
 from rangekv.backup.take import PREFIX_BACKUP, dump_items
 from rangekv.cluster.local import METAS, NODES_MAX, ClusterError, LocalCluster
-from rangekv.metadata import model
 from rangekv.metadata.etcd import EtcdClient, Op
 from rangekv.node.server import GROUP_FILE
 from rangekv.storage import hardstate

@@ -28,11 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rangekv import __version__, errors, perms, wire
+from rangekv import __version__, errors, model, perms, wire
 from rangekv.backup import PAUSE_TIMEOUT_S_DEFAULT
 from rangekv.backup import manifest as mf
 from rangekv.metadata import backups as metadata_backups
-from rangekv.metadata import model
 from rangekv.metadata.backups import dump_items, dump_kvs  # noqa: F401  (named here too)
 from rangekv.metadata.etcd import Compare, EtcdClient, Op
 from rangekv.storage import snapshot

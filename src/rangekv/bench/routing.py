@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Range, Table
+from rangekv import model
+from rangekv.model import ClusterView, Range, Table
 from rangekv.request_manager.routing import EtcdViewSource
 
 STEPS = 4

@@ -619,7 +619,7 @@ class LocalCluster:
                 self.meta_addresses[i],
                 "--etcd",
                 self.etcd_endpoint,
-                # rolling metadata backups (rangekv.backup.metabackup), by the active meta
+                # rolling metadata backups (rangekv.metadata.backups), by the active meta
                 "--backup-dir",
                 str(self.data_dir / "backups" / "meta"),
                 "--metrics-listen",

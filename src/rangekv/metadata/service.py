@@ -75,6 +75,7 @@ from rangekv.metadata.kv import KVClient
 from rangekv.metadata.leaders import Leaders
 from rangekv.metadata.metrics import MetaMetrics
 from rangekv.metadata.mover import RangeMover
+from rangekv.metadata.mover_bugs import MOVER_BUGS, MoverFactory
 from rangekv.metadata.perform import ControlLoop
 from rangekv.metadata.requests import split_host_port
 from rangekv.metadata.store import MetaStore
@@ -120,7 +121,7 @@ class MetaConfig:
     etcd_timeout_ms: int = 2000
     split: SplitConfig = field(default_factory=SplitConfig)  # automatic splits
     split_interval_ms: int = 1000  # how often the controller looks for a range to split
-    # rolling metadata backups (rangekv.backup.metabackup); off without a directory
+    # rolling metadata backups (rangekv.metadata.backups); off without a directory
     backup_dir: str | None = None
     backup_min_interval_s: float = 5.0
     backup_interval_s: float = 300.0
@@ -128,7 +129,7 @@ class MetaConfig:
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics here
     log_format: str = "text"  # how the process logs (rangekv.log): text or json
     log_level: str = "INFO"
-    planted_bug: str | None = None  # tests only: a controller bug (rangekv.controller.bugs)
+    planted_bug: str | None = None  # tests only: a controller or mover bug (--planted-bug)
 
     def __post_init__(self) -> None:
         assert self.id > 0, self.id
@@ -172,6 +173,7 @@ class MetaService:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         planner_factory: planted.PlannerFactory = Planner,
+        mover_factory: MoverFactory = RangeMover,
     ) -> None:
         self.config = config
         self.log = logging.getLogger(f"rangekv.meta.{config.id}")
@@ -194,7 +196,7 @@ class MetaService:
         self.handlers = Handlers(self)
         self.leaders = Leaders(self)
         self.control = ControlLoop(self)
-        self.mover = RangeMover(
+        self.mover = mover_factory(  # RangeMover, or a planted bug's
             self.store, self.leaders.tell, self.control.record_decision,
             lambda revision: self.follower.catch_up(revision,
                                                     self.config.view_catch_up_ms / 1000),
@@ -456,9 +458,11 @@ def parse_args(argv: list[str]) -> MetaConfig:
         "--lag-stuck-after-ms", type=int, default=int(STUCK_AFTER_S * 1000),
         help="... once its lag has not shrunk for this long (default "
         f"{int(STUCK_AFTER_S * 1000)})")
-    # Tests only (``rangekv chaos --planted-bug``): a controller that breaks one rule on
-    # purpose (rangekv.controller.bugs). Hidden, command line only.
-    rangekv_config.option(parser.add_argument("--planted-bug", choices=sorted(planted.BUGS),
+    # Tests only (``rangekv chaos --planted-bug``): a controller or a range mover that breaks
+    # one rule on purpose (rangekv.controller.bugs, rangekv.metadata.mover_bugs). Hidden,
+    # command line only.
+    rangekv_config.option(parser.add_argument("--planted-bug",
+                                              choices=sorted({**planted.BUGS, **MOVER_BUGS}),
                                               help=argparse.SUPPRESS), configurable=False)
     ns = rangekv_config.parse(parser, "meta", argv)
     if ns.lag_stuck_entries < 0 or ns.lag_stuck_after_ms <= 0:
@@ -519,8 +523,10 @@ def _setup_logging(config: MetaConfig) -> None:
 
 async def run(config: MetaConfig) -> int:
     """Run one meta until SIGTERM/SIGINT; the exit code."""
-    factory = planted.BUGS[config.planted_bug] if config.planted_bug else Planner
-    service = MetaService(config, planner_factory=factory)
+    bug = config.planted_bug
+    service = MetaService(
+        config, planner_factory=planted.BUGS[bug] if bug in planted.BUGS else Planner,
+        mover_factory=MOVER_BUGS[bug] if bug in MOVER_BUGS else RangeMover)
     if config.planted_bug:
         service.log.warning("planted bug %r: this meta's controller breaks a rule on purpose "
                             "(rangekv chaos --planted-bug)", config.planted_bug)

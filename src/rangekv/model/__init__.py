@@ -2,8 +2,7 @@
 
 This part sits below every other that reads the cluster's description: the meta process and its
 stores (``rangekv.metadata``), the pure planners (``rangekv.controller``), the rm's routing, the
-backups and the simulator. It imports nothing of them (pyproject.toml [tool.rangekv.layers]);
-``rangekv.metadata.model`` is the same module under its older name.
+backups and the simulator. It imports nothing of them (pyproject.toml [tool.rangekv.layers]).
 
 etcd layout (every value is JSON; every change is a compare-and-swap on what was read):
 

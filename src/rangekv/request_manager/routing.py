@@ -66,9 +66,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rangekv import errors, limits, sequencer, wire
-from rangekv.metadata import model
-from rangekv.metadata.model import ClusterView, Range, Table
+from rangekv import errors, limits, model, sequencer, wire
+from rangekv.model import ClusterView, Range, Table
 from rangekv.request_manager.http_codec import Cursor
 from rangekv.request_manager.metrics import Metrics, RouterStats
 

@@ -11,9 +11,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from rangekv import model
 from rangekv.backup import manifest as mf
 from rangekv.backup.take import dump_kvs
-from rangekv.metadata import model
 from rangekv.metadata.etcd import KV
 from rangekv.storage import snapshot
 
