@@ -75,8 +75,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rangekv.replication.core import LEADER, Config, Core, NotLeaderError, Ready
-from rangekv.replication.loop import ReadyLoop
+from rangekv.replication.core import LEADER, Config, NotLeaderError, Ready
 from rangekv.replication.messages import (
     APPEND,
     APPEND_RESP,
@@ -90,9 +89,8 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
-from rangekv.storage.memlog import MemoryDisk, MemoryLog
+from rangekv.testing.harness import NOOP, HarnessNode
 
-NOOP = b"noop"
 STABILIZE_ROUNDS_MAX = 50
 IND = "  "
 
@@ -129,49 +127,18 @@ def fmt_msg(m: Msg) -> str:
 
 
 # ---------------------------------------------------------------------------------- one node
-class Node:
-    """One replica: a core run by the shared Ready loop (``rangekv.replication.loop``) over an
-    in-memory disk whose fsyncs complete when the script says (``sync``). The node is the
-    loop's network (into ``Env.net``) and application, and it prints what the loop does."""
+class Node(HarnessNode):
+    """One replica (``rangekv.testing.harness``): a core run by the shared Ready loop over an
+    in-memory disk whose fsyncs complete when the script says (``sync``), on ``Env.net``. It
+    prints what the loop does (``take`` collects it)."""
 
     def __init__(self, env: Env, node_id: int, members: list[int], cfg: Config) -> None:
+        super().__init__(node_id, members, env, cfg, leaders=env.leaders,
+                         applied_at=env.applied_at, observe=self.print_ready)
         self.env = env
-        self.id = node_id
-        self.members = members
-        self.cfg = cfg
-        self.disk = MemoryDisk()
-        self.applied = 0  # durable with the state machine (same batch as the data)
-        self.loop: ReadyLoop | None = None
         self.out: list[str] = []  # what the loop did since the last ``take``
         self.sent_mark: int | None = None  # len(env.net) when the first Ready was printed
         self.confirmed: list[tuple[Any, int]] = []  # reads confirmed, waiting for apply
-
-    @property
-    def log(self) -> MemoryLog:
-        return self.disk.log
-
-    @property
-    def core(self) -> Core | None:
-        return self.loop.core if self.loop is not None else None
-
-    def start(self) -> None:
-        assert self.log.durable == self.log.last_index
-        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate), self.applied,
-                    self.cfg)
-        self.loop = ReadyLoop(core, self.disk, self, self, observe=self.print_ready)
-
-    def crash(self) -> list[str]:
-        assert self.loop is not None
-        held = sum(len(u.after_sync) for u in self.loop.unsynced)
-        self.loop.close()
-        self.loop = None
-        lost, hard_lost = self.disk.crash()
-        out = [f"lost entries {fmt_entries(lost)}"] if lost else []
-        if hard_lost:
-            out.append("lost hardstate not yet synced")
-        if held:
-            out.append(f"lost {held} after-sync message(s)")
-        return out
 
     def take(self) -> list[str]:
         out, self.out = self.out, []
@@ -193,7 +160,7 @@ class Node:
         out += [f"after-sync {fmt_msg(m)}" for m in rd.messages_after_sync]
         if rd.committed:
             out.append(f"committed {fmt_entries(rd.committed)}")
-        applied = rd.committed[-1].index if rd.committed else self.applied
+        applied = rd.committed[-1].index if rd.committed else self.applied_index
         assert self.core is not None
         for token, index in rd.reads:
             assert index <= self.core.commit, (token, index, self.core.commit)
@@ -202,32 +169,19 @@ class Node:
         out += [f"read {token} failed" for token in rd.failed_reads]
         self.confirmed += rd.reads
 
-    def send(self, msg: Msg) -> None:
-        self.env.net.append(msg)
-
-    def apply(self, entries: list[Entry]) -> None:
-        for e in entries:
-            assert e.index == self.applied + 1, ("applied out of order", self.id, e)
-            assert e.index <= self.log.durable, ("applied a non-durable entry", self.id, e)
-            seen = self.env.applied_at.setdefault(e.index, e)
-            assert seen == e, ("replicas applied different entries", self.id, e, seen)
-            self.applied = e.index
-
     def read_ready(self, token: Any) -> None:
+        super().read_ready(token)
         at = next(i for i, (t, _) in enumerate(self.confirmed) if t == token)
         _, index = self.confirmed.pop(at)
         self.out.append(f"read {token}@{index} answered")
 
-    def read_failed(self, token: Any) -> None:
-        pass  # (printed with its Ready)
-
     def became_leader(self, epoch: int) -> None:
         self.out.append(f"became-leader e={epoch}")
-        led = self.env.leaders.setdefault(epoch, self.id)
-        assert led == self.id, ("two leaders in one epoch", epoch, led, self.id)
+        super().became_leader(epoch)  # (one leader per epoch)
 
     def lost_leadership(self) -> None:
         self.out.append("lost-leadership")
+        super().lost_leadership()
 
 
 # ---------------------------------------------------------------------------------- the env
@@ -238,6 +192,9 @@ class Env:
         self.groups: dict[int, int] | None = None  # node -> side of the partition
         self.leaders: dict[int, int] = {}  # epoch -> node that led it
         self.applied_at: dict[int, Entry] = {}  # index -> the entry every node applies there
+
+    def send(self, msg: Msg) -> None:  # the loops' network
+        self.net.append(msg)
 
     def live(self, node_id: int) -> Node:
         node = self.nodes[node_id]
@@ -392,7 +349,12 @@ class Env:
         node = self.live(int(pos[0]))
         inbox = [m for m in self.net if m.to == node.id]
         self.take(inbox)
-        out = node.crash()
+        lost = node.crash()
+        out = [f"lost entries {fmt_entries(lost.entries)}"] if lost.entries else []
+        if lost.hardstate:
+            out.append("lost hardstate not yet synced")
+        if lost.after_sync:
+            out.append(f"lost {lost.after_sync} after-sync message(s)")
         if inbox:
             out.append(f"lost {len(inbox)} message(s) addressed to {node.id}")
         return out or ["lost nothing: everything was durable"]
@@ -421,7 +383,7 @@ class Env:
         if node.core is None:
             last = node.log.last_index
             durable = f"{node.log.epoch_at(last)}/{last}"
-            return [f"{node.id}: down, durable last={durable} applied={node.applied}"]
+            return [f"{node.id}: down, durable last={durable} applied={node.applied_index}"]
         s = node.core.status()
         line = (f"{node.id}: {s['role']} e={s['epoch']} leader={s['leader'] or '-'} "
                 f"last={s['last_epoch']}/{s['last_index']} commit={s['commit_index']} "

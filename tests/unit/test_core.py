@@ -1,7 +1,7 @@
 """The replication core driven by a small deterministic harness.
 
-Each core runs in the shared Ready loop (``rangekv.replication.loop``, the one production runs)
-over an in-memory disk whose durable prefix survives a crash and whose fsyncs complete one at a
+Each core is a ``HarnessNode`` (``rangekv.testing.harness``): it runs in the shared Ready loop
+(``rangekv.replication.loop``, the one production runs) over an in-memory disk whose durable prefix survives a crash and whose fsyncs complete one at a
 time in any order with the deliveries (so a leader's appends leave before its own fsync, as in
 production, and a promise not yet durable holds back what speaks for it); the network delivers,
 drops, duplicates and reorders messages from one seeded random source. After every run the
@@ -16,74 +16,9 @@ import random
 
 import pytest
 
-from rangekv.replication.core import CANDIDATE, LEADER, Config, Core, NotLeaderError
-from rangekv.replication.loop import ReadyLoop
+from rangekv.replication.core import CANDIDATE, LEADER, NotLeaderError
 from rangekv.replication.messages import Entry, Msg
-from rangekv.storage.memlog import MemoryDisk, MemoryLog
-
-NOOP = b"noop"
-
-
-class SimNode:
-    """One replica: a core in the shared Ready loop (``rangekv.replication.loop``) over an
-    in-memory disk whose fsyncs the harness completes one at a time, in any interleaving with
-    message deliveries; the node is the loop's application (a list of applied entries)."""
-
-    def __init__(self, h: Harness, node_id: int, members: list[int]) -> None:
-        self.h = h
-        self.id = node_id
-        self.members = members
-        self.disk = MemoryDisk()
-        self.applied: list[Entry] = []
-        self.loop: ReadyLoop | None = None
-        self.reads_done: list[object] = []
-        self.up = True
-
-    @property
-    def log(self) -> MemoryLog:
-        return self.disk.log
-
-    @property
-    def core(self) -> Core | None:
-        return self.loop.core if self.loop is not None else None
-
-    def start(self) -> None:
-        assert self.log.durable == self.log.last_index  # a crash kept only what was durable
-        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate),
-                    len(self.applied), Config(noop_payload=NOOP))
-        self.loop = ReadyLoop(core, self.disk, self.h, self)
-
-    def crash(self) -> None:
-        assert self.loop is not None
-        self.up = False
-        self.loop.close()
-        self.loop = None
-        self.disk.crash()
-        # The state machine is rebuilt from the log on restart in this harness: keep only the
-        # applied entries that are durable in the log.
-        self.applied = self.applied[: min(len(self.applied), self.log.durable)]
-
-    # the loop's application
-    def apply(self, entries: list[Entry]) -> None:
-        core = self.core
-        assert core is not None
-        for e in entries:
-            assert e.index == len(self.applied) + 1, (self.h.seed, self.id, e, len(self.applied))
-            self.applied.append(e)
-            if core.role == LEADER and e.payload != NOOP:
-                self.h.acked.append(e)
-
-    def read_ready(self, token: object) -> None:
-        self.reads_done.append(token)
-
-    def read_failed(self, token: object) -> None:
-        pass
-
-    def became_leader(self, epoch: int) -> None:
-        assert self.h.leaders.setdefault(epoch, self.id) == self.id, self.h.seed
-
-    def lost_leadership(self) -> None:
-        pass
+from rangekv.testing.harness import NOOP, HarnessNode
 
 
 class Harness:
@@ -96,14 +31,17 @@ class Harness:
         self.leaders: dict[int, int] = {}  # epoch -> node
         self.acked: list[Entry] = []
         self.epoch = 0
-        self.nodes = {i: SimNode(self, i, ids) for i in ids}
+        # Each replica: a core in the shared Ready loop over an in-memory disk whose fsyncs
+        # ``sync`` completes one at a time, in any interleaving with message deliveries.
+        self.nodes = {i: HarnessNode(i, ids, self, leaders=self.leaders, acked=self.acked,
+                                     label=seed) for i in ids}
         for node in self.nodes.values():
             node.start()
 
     def send(self, msg: Msg) -> None:  # the loops' network
         self.net.append(msg)
 
-    def sync(self, node: SimNode) -> None:
+    def sync(self, node: HarnessNode) -> None:
         node.disk.sync_next()
 
     def step(self) -> None:
@@ -129,7 +67,7 @@ class Harness:
         for _ in range(steps):
             self.step()
 
-    def leader(self) -> SimNode | None:
+    def leader(self) -> HarnessNode | None:
         for n in self.nodes.values():
             if n.up and n.core is not None and n.core.role == LEADER and n.core.serving:
                 return n

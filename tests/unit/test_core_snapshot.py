@@ -6,7 +6,8 @@ a follower answers an offer by InstallSnapshot's rules (stale, have, accept), st
 installing (appends and fetches dropped, nothing applied, no campaign, NEW_EPOCH promised but
 answered after), and jumps to the snapshot's index once installed.
 
-Each core runs in the shared Ready loop (``rangekv.replication.loop``) over an in-memory disk.
+Each core is a ``HarnessNode`` (``rangekv.testing.harness``): the shared Ready loop
+(``rangekv.replication.loop``) over an in-memory disk.
 The random test is test_core.py's harness with compaction at random points and snapshots that
 take several steps to install (and may be aborted or lost in a crash), checking that replicas
 apply the same entries, that acknowledged writes survive, and that applied state never goes
@@ -29,7 +30,6 @@ from rangekv.replication.core import (
     SNAPSHOT_HAVE,
     SNAPSHOT_REFUSE,
     SNAPSHOT_STALE,
-    Config,
     Core,
     Ready,
     SnapshotNeed,
@@ -47,87 +47,8 @@ from rangekv.replication.messages import (
     Entry,
     Msg,
 )
-from rangekv.storage.memlog import MemoryDisk, MemoryLog
-
-NOOP = b"noop"
-
-
-class Node:
-    """One replica: a core in the shared Ready loop over an in-memory disk (fsyncs completed by
-    the harness, one at a time); the node is the loop's application (its state machine is the
-    list of entries applied) and snapshot source (the harness runs the transfers)."""
-
-    def __init__(self, c: Cluster, node_id: int, members: list[int]) -> None:
-        self.c = c
-        self.id = node_id
-        self.members = members
-        self.disk = MemoryDisk()
-        self.applied: list[Entry] = []  # the state machine: entries 1..applied
-        self.loop: ReadyLoop | None = None
-        self.up = True
-        self.incarnation = 0
-        self.readies: list[Ready] = []  # performed by the loop (see ``Cluster.do``)
-
-    @property
-    def log(self) -> MemoryLog:
-        return self.disk.log
-
-    @property
-    def core(self) -> Core | None:
-        return self.loop.core if self.loop is not None else None
-
-    def start(self) -> None:
-        assert self.log.durable == self.log.last_index  # a crash kept only what was durable
-        core = Core(self.id, self.members, self.log, dict(self.disk.hardstate),
-                    len(self.applied), Config(noop_payload=NOOP))
-        self.loop = ReadyLoop(core, self.disk, self.c, self, snapshots=self, sink=self,
-                              observe=self.readies.append)
-        self.incarnation += 1
-
-    def crash(self) -> None:
-        assert self.loop is not None
-        self.up = False
-        self.loop.close()
-        self.loop = None
-        self.disk.crash()
-        # The state machine is durable up to what the log can no longer replay (the base) and
-        # at most up to the durable log.
-        keep = max(self.log.base_index, min(len(self.applied), self.log.durable))
-        self.applied = self.applied[:keep]
-
-    # the loop's application and snapshot source
-    def apply(self, entries: list[Entry]) -> None:
-        core = self.core
-        assert core is not None
-        for e in entries:
-            assert e.index == len(self.applied) + 1, (self.c.seed, self.id, e, len(self.applied))
-            self.applied.append(e)
-            if core.role == LEADER and e.payload != NOOP:
-                self.c.acked.append(e)
-
-    def read_ready(self, token: object) -> None:
-        pass
-
-    def read_failed(self, token: object) -> None:
-        pass
-
-    def became_leader(self, epoch: int) -> None:
-        assert self.c.leaders.setdefault(epoch, self.id) == self.id, self.c.seed
-
-    def lost_leadership(self) -> None:
-        pass
-
-    def send_snapshot(self, need: SnapshotNeed, delay_s: float) -> None:
-        self.c.needs.append((self.id, need, self.incarnation))
-
-    def abort_snapshot(self, why: str) -> None:
-        """The loop gives up the install under way (a newer epoch was promised)."""
-        for job in self.c.installs:
-            if job["target"] == self.id and job["incarnation"] == self.incarnation:
-                job["aborted"] = why
-        self.c.stats["fenced"] += 1
-        assert self.loop is not None
-        self.loop.snapshot_aborted()
+from rangekv.storage.memlog import MemoryDisk
+from rangekv.testing.harness import HarnessNode
 
 
 def merged(readies: list[Ready]) -> Ready:
@@ -164,30 +85,51 @@ class Cluster:
         self.installs: list[dict[str, Any]] = []  # accepted offers, installing
         self.stats = {"snapshots": 0, "installed": 0, "aborted": 0, "stale": 0, "have": 0,
                       "compactions": 0, "fenced": 0}
-        self.nodes = {i: Node(self, i, ids) for i in ids}
+        # Each replica's loop: the node is its snapshot source and sink (the transfers are
+        # ``start_snapshot`` and ``finish_install``); what it performs is kept for ``do``.
+        self.readies: dict[int, list[Ready]] = {i: [] for i in ids}
+        self.nodes = {i: HarnessNode(i, ids, self, leaders=self.leaders, acked=self.acked,
+                                     send_snapshot=self.snapshot_needed,
+                                     abort_snapshot=self.abort_install,
+                                     observe=self.readies[i].append, label=seed)
+                      for i in ids}
         for node in self.nodes.values():
             node.start()
 
     def send(self, msg: Msg) -> None:  # the loops' network
         self.net.append(msg)
 
-    def do(self, node: Node, action: Callable[[], object]) -> Ready:
+    def do(self, node: HarnessNode, action: Callable[[], object]) -> Ready:
         """Run ``action`` (an input to the node's loop) and return what the loop performed."""
-        node.readies.clear()
+        readies = self.readies[node.id]
+        readies.clear()
         action()
-        rd = merged(node.readies)
-        node.readies.clear()
+        rd = merged(readies)
+        readies.clear()
         return rd
 
-    def process(self, node: Node) -> Ready:
+    def process(self, node: HarnessNode) -> Ready:
         """For a test that called the core directly: perform what that asks for."""
         assert node.loop is not None
         return self.do(node, node.loop.process)
 
-    def sync(self, node: Node) -> None:
+    def sync(self, node: HarnessNode) -> None:
         node.disk.sync_next()
 
     # -- snapshots, as a driver does them -------------------------------------------------
+    def snapshot_needed(self, node: HarnessNode, need: SnapshotNeed) -> None:
+        """``node``'s loop asks for a snapshot (``start_snapshot`` begins it later)."""
+        self.needs.append((node.id, need, node.incarnation))
+
+    def abort_install(self, node: HarnessNode, why: str) -> None:
+        """``node``'s loop gives up the install under way (a newer epoch was promised)."""
+        for job in self.installs:
+            if job["target"] == node.id and job["incarnation"] == node.incarnation:
+                job["aborted"] = why
+        self.stats["fenced"] += 1
+        assert node.loop is not None
+        node.loop.snapshot_aborted()
+
     def start_snapshot(self) -> None:
         leader_id, need, incarnation = self.needs.pop(self.rng.randrange(len(self.needs)))
         source, target = self.nodes[leader_id], self.nodes[need.peer]
@@ -238,7 +180,7 @@ class Cluster:
                 "source_incarnation"]:
             source.loop.snapshot_sent(target.id, ok, job["index"])
 
-    def compact(self, node: Node) -> None:
+    def compact(self, node: HarnessNode) -> None:
         core = node.core
         assert core is not None and node.loop is not None
         if core.applied > core.base_index:
@@ -271,7 +213,7 @@ class Cluster:
                 assert node.loop is not None
                 node.loop.tick()
 
-    def leader(self) -> Node | None:
+    def leader(self) -> HarnessNode | None:
         for n in self.nodes.values():
             if n.up and n.core is not None and n.core.role == LEADER and n.core.serving:
                 return n
@@ -332,7 +274,7 @@ def settle(c: Cluster, cut: set[int] | None = None, rounds: int = 50) -> None:
     raise AssertionError("did not settle")
 
 
-def propose(c: Cluster, node: Node, count: int, tag: str = "w") -> None:
+def propose(c: Cluster, node: HarnessNode, count: int, tag: str = "w") -> None:
     assert node.loop is not None
     for i in range(count):
         node.loop.propose(f"{tag}{i}".encode())
