@@ -9,6 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangekv import errors
+from rangekv.node.ownership import check_current
 from rangekv.storage.engine import FENCED, IMPORTING, StateMachine, encode_command, open_memory
 
 T = 7
@@ -20,6 +22,10 @@ class M:
 
     def __init__(self) -> None:
         self.sm: StateMachine = open_memory()
+
+    @property
+    def engine(self) -> StateMachine:  # (as a node's replica has it, for node/ownership.py)
+        return self.sm
 
     def one(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if "s" in cmd and cmd["s"] is None:
@@ -80,6 +86,29 @@ def test_fence_refuses_writes_keeps_reads_and_hands_over_the_highest_seq() -> No
     assert bad["error"]["code"] == "range_not_here"
     src.one({"op": "unfence_range", "t": T, "start": b"m", "end": None, "s": None})
     assert src.sm.mark(T, b"m") is None and src.put(b"y", b"5")["seq"]
+
+
+def test_a_fenced_source_serves_reads_only_as_the_source() -> None:
+    """A read routed by a map older than the switch must not read the fenced source as if it
+    were the live copy: the target may already hold a newer acknowledged write (the stale
+    read the simulator found). Read as the source (the rm asked the target first), it is
+    served; the range staying here, and an unfenced one, are served as before."""
+    src, _ = setup_pair()
+    src.one({"op": "split_range", "t": T, "at": b"m", "s": None})
+    src.put(b"x", b"1")
+    check_current(src, T, b"x", as_source=False)  # not fenced: served
+    src.one({"op": "fence_range", "t": T, "start": b"m", "end": None, "s": None})
+    assert src.sm.fenced(T, b"x") and not src.sm.fenced(T, b"a")
+    try:
+        check_current(src, T, b"x", as_source=False)
+    except errors.RangeNotHere as err:
+        assert err.details["moving"] is True
+    else:
+        raise AssertionError("a fenced range served a read that did not come as the source's")
+    check_current(src, T, b"x", as_source=True)
+    check_current(src, T, b"a", as_source=False)  # the range staying here
+    src.one({"op": "unfence_range", "t": T, "start": b"m", "end": None, "s": None})
+    check_current(src, T, b"x", as_source=False)
 
 
 def test_import_merges_by_seq_and_target_writes_win() -> None:

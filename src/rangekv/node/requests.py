@@ -27,9 +27,12 @@ def _manifest(name: str, raw: Any) -> Manifest:
 
 TABLE = f.uint()
 ROUTED = {"rv": f.optional(f.uint())}  # the range version an rm routed by (echoed on errors)
+# a read of a moving range's source, by an rm whose map shows the switch (``check_current``)
+AS_SOURCE = {"as_source": f.optional(f.boolean())}
 SPAN = {"table_id": TABLE, "start": f.optional(f.bound()), "end": f.optional(f.bound())}
 PAGE = {**SPAN, "after": f.optional(f.bound()),
-        "limit": f.optional(f.uint(2**31 - 1, 1)), "versions": f.optional(f.boolean()), **ROUTED}
+        "limit": f.optional(f.uint(2**31 - 1, 1)), "versions": f.optional(f.boolean()), **ROUTED,
+        **AS_SOURCE}
 SNAPSHOT = {"frm": f.uint(f.ID_MAX, 1), "epoch": f.uint(), "index": f.uint()}
 
 OPS = f.registry(
@@ -42,9 +45,13 @@ OPS = f.registry(
                     "if_seq": f.optional(f.condition()), "base": f.optional(f.version()),
                     **ROUTED}, RM, "`clock_offset` as `put`"),
     f.Op("get", {"table_id": TABLE, "key": f.key(), "versions": f.optional(f.boolean()),
-                 **ROUTED}, RM),
-    f.Op("list", PAGE, RM, f"a `limit` above {LIST_LIMIT_MAX} is taken as {LIST_LIMIT_MAX}"),
-    f.Op("export", PAGE, META),
+                 **ROUTED, **AS_SOURCE}, RM,
+         "a read of a range fenced here (moving away) without `as_source`: "
+         "`range_not_here` (`moving`)"),
+    f.Op("list", PAGE, RM, f"a `limit` above {LIST_LIMIT_MAX} is taken as {LIST_LIMIT_MAX}; "
+         "a span fenced here (moving away) without `as_source`: `range_not_here` (`moving`)"),
+    f.Op("export", {**SPAN, "after": f.optional(f.bound()),
+                    "limit": f.optional(f.uint(2**31 - 1, 1))}, META),
     f.Op("import", {"table_id": TABLE, "items": f.items(IMPORT_ITEMS_MAX)}, META,
          "every item's seq at or below the seq the range was handed over at, else "
          "`invalid_argument`"),

@@ -60,7 +60,15 @@ from rangekv.log import setup as setup_logging
 from rangekv.metrics import MetricsServer, listen_address
 from rangekv.node import requests
 from rangekv.node.backup import BackupServer
+from rangekv.node.commands import RANGE_OPS, export_page, range_command, range_reply
 from rangekv.node.metrics import NodeMetrics
+from rangekv.node.ownership import (
+    check_base,
+    check_complete,
+    check_current,
+    check_owned,
+    check_writable,
+)
 from rangekv.node.stats import RangeStats
 from rangekv.replication import bugs, driver
 from rangekv.replication.core import CANDIDATE, FOLLOWER, LEADER, Core
@@ -86,7 +94,6 @@ SERVE_WAIT_S = 1.0  # a data op at a node taking up its epoch waits this long fo
 SERVE_POLL_S = 0.005
 COMPACT_CHECK_S = 1.0  # how often a node looks for deleted data to reclaim
 RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range figures
-EXPORT_BYTES_MAX = 512 * 1024  # keys and values in one page of a moving range's copy
 SNAPSHOT_OPS = frozenset({"snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"})
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
                       "drop_table", "fence_range", "unfence_range", "import", "finish_import",
@@ -696,9 +703,9 @@ class Node:
         base = {"b": req["base"]} if has_base else {}
         if op == "put":
             table_id, key = req["table_id"], req["key"]
-            _check_writable(replica, table_id, key)  # the log decides; this saves an entry
+            check_writable(replica, table_id, key)  # the log decides; this saves an entry
             if req["if_seq"] is not None:
-                _check_base(replica, table_id, key, has_base)
+                check_base(replica, table_id, key, has_base)
             result = await replica.propose({
                 "op": "put", "t": table_id, "k": key, "v": req["value"], "s": req["seq"],
                 "c": req["if_seq"], **base,
@@ -706,8 +713,8 @@ class Node:
             return {"seq": result["seq"]}
         if op == "delete":
             table_id, key = req["table_id"], req["key"]
-            _check_writable(replica, table_id, key)
-            _check_base(replica, table_id, key, has_base)
+            check_writable(replica, table_id, key)
+            check_base(replica, table_id, key, has_base)
             result = await replica.propose({
                 "op": "del", "t": table_id, "k": key, "s": req["seq"], "c": req["if_seq"],
                 **base,
@@ -716,9 +723,10 @@ class Node:
         if op == "get":
             table_id, key = req["table_id"], req["key"]
             await replica.linearizable()
-            _check_owned(replica, table_id, key)
+            check_owned(replica, table_id, key)
+            check_current(replica, table_id, key, bool(req["as_source"]))
             if not req["versions"]:
-                _check_complete(replica, table_id, key)
+                check_complete(replica, table_id, key)
             if req["versions"]:
                 # a read during a move: the record even if it is a tombstone (its seq counts)
                 version = replica.engine.get_version(table_id, key)
@@ -735,11 +743,12 @@ class Node:
             return {"found": True, "value": found[0], "seq": found[1]}
         if op == "list":
             table_id, start, end, after, limit = await _span_read(replica, req)
+            check_current(replica, table_id, start, bool(req["as_source"]))
             if req["versions"]:
                 versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
                                                               limits.LIST_BYTES_MAX)
                 return {"items": versions, "more": more}  # (tuples travel as msgpack arrays)
-            _check_complete(replica, table_id, start)
+            check_complete(replica, table_id, start)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
             self._count_read(table_id, items[0][0] if items else start, len(items),
@@ -755,39 +764,10 @@ class Node:
         if op == "export":
             # a page of a moving range for the copy: every record, tombstones included
             table_id, start, end, after, limit = await _span_read(replica, req)
-            versions, more = replica.engine.scan_versions(table_id, start, end, after, limit,
-                                                          EXPORT_BYTES_MAX)
-            return {"items": [[k, seq, tomb, v] for k, v, seq, tomb in versions], "more": more}
-        if op == "add_range":
-            cmd = {"op": "add_range", "t": req["table_id"], "start": req["start"] or b"",
-                   "end": req["end"], "s": sequencer.ZERO}
-            if req["importing"]:
-                # a range moving here: every seq this group gives from now on is above the
-                # source's highest (``seq``, from its fence_range)
-                if req["seq"] is None:
-                    raise errors.InvalidArgument("an importing range needs the seq it was "
-                                                 "handed over at", field="seq")
-                cmd.update(st="importing", s=req["seq"])
-            await replica.propose(cmd)
-            return {}
-        if op in ("fence_range", "unfence_range", "finish_import", "drop_range"):
-            result = await replica.propose({
-                "op": op, "t": req["table_id"], "start": req["start"] or b"",
-                "end": req["end"], "s": sequencer.ZERO})
-            return {"seq": result["seq"]} if op == "fence_range" else {}
-        if op == "import":
-            copied = [[k, *version] for k, version in req["items"]]
-            result = await replica.propose({"op": "import", "t": req["table_id"],
-                                            "items": copied, "s": sequencer.ZERO})
-            return {"imported": result["imported"]}
-        if op in ("split_range", "merge_range"):
-            await replica.propose({"op": op, "t": req["table_id"], "at": req["at"],
-                                   "s": sequencer.ZERO})  # raises the apply error
-            return {}
-        if op == "drop_table":
-            await replica.propose({"op": "drop_table", "t": req["table_id"],
-                                   "s": sequencer.ZERO})
-            return {}
+            return export_page(replica.engine, table_id, start, end, after, limit)
+        if op in RANGE_OPS:
+            # one replicated command each (``commands.py``); an apply error is raised
+            return range_reply(op, await replica.propose(range_command(op, req)))
         raise AssertionError(f"op {op!r} is declared but not served")
 
 
@@ -833,37 +813,8 @@ async def _span_read(replica: Replica, req: dict[str, Any]
     return table_id, start, end, req["after"], limit
 
 
-def _check_writable(replica: Replica, table_id: int, key: bytes) -> None:
-    """As :func:`_check_owned`, and refuse a key whose range is fenced (moving away)."""
-    if not replica.engine.writable(table_id, key):
-        raise replica.engine.not_here(table_id, moving=replica.engine.owns(table_id, key))
 
 
-def _check_complete(replica: Replica, table_id: int, key: bytes) -> None:
-    """Refuse a plain read of a range still being copied here: alone it would miss what the
-    source holds. The caller's map is older than the move (``range_not_here``, ``moving``):
-    with the current one it reads both groups."""
-    if replica.engine.importing(table_id, key):
-        raise errors.RangeNotHere(
-            "the range holding that key is being moved here: read it with versions, "
-            "together with its source group", table_id=table_id, moving=True)
-
-
-def _check_base(replica: Replica, table_id: int, key: bytes, has_base: bool) -> None:
-    """A delete or conditional put of a key not yet copied into a range being moved here
-    needs the source's version (``base``); a caller without it routes by an older map."""
-    if (not has_base and replica.engine.importing(table_id, key)
-            and replica.engine.get_version(table_id, key) is None):
-        raise errors.RangeNotHere(
-            "the range holding that key is being moved here and the key is not copied yet: "
-            "send the source group's version of it along", table_id=table_id, moving=True)
-
-
-def _check_owned(replica: Replica, table_id: int, key: bytes) -> None:
-    """Raise ``table_not_found`` or ``range_not_here`` (with this group's ranges) unless a range
-    of the table here holds ``key``."""
-    if not replica.engine.owns(table_id, key):
-        raise replica.engine.not_here(table_id)
 
 
 def main(argv: list[str]) -> int:

@@ -910,6 +910,8 @@ class Router:
                 continue
             send = dict(fields)
             send["rv"] = rng.version
+            if to_source:
+                send["as_source"] = True  # (a fenced source serves only such reads)
             if clip:
                 send["start"] = max(fields["start"], rng.start)
                 send["end"] = _min_end(fields["end"], rng.end)

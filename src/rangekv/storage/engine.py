@@ -728,6 +728,11 @@ class StateMachine:
         state = self._state_of(table_id, key)
         return state is not None and state != FENCED
 
+    def fenced(self, table_id: int, key: bytes) -> bool:
+        """Whether the range here holding ``key`` is fenced: it is moving away, and a write
+        taken by the target may already be newer than anything here."""
+        return self._state_of(table_id, key) == FENCED
+
     def importing(self, table_id: int, key: bytes) -> bool:
         """Whether the range here holding ``key`` is being moved here (copy unfinished): its
         reads must go with the source's (``versions``)."""
