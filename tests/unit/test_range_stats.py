@@ -42,7 +42,7 @@ def recount(sm: StateMachine, clock: Clock) -> RangeStats:
 
     async def count() -> None:
         for key in list(fresh.ranges):
-            await fresh._count(key)
+            await fresh.count(key)
 
     asyncio.run(count())
     return fresh
@@ -53,7 +53,7 @@ def test_sizes_follow_writes_and_agree_with_a_recount() -> None:
     apply(sm, {"op": "add_range", "t": T, "start": b"", "end": None, "s": seq(1)})
     stats = RangeStats(sm, clock)
     stats.attach()
-    asyncio.run(stats._count((T, b"")))
+    asyncio.run(stats.count((T, b"")))
     assert fig(stats)["counted"] and fig(stats)["keys"] == 0
     n = 2
     for i in range(100):

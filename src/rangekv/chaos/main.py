@@ -45,6 +45,7 @@ from rangekv.chaos.netcluster import NetCluster
 from rangekv.chaos.workload import History, Workload
 from rangekv.cluster.local import NODES_MAX, ClusterError, find_free_base_port
 from rangekv.controller import bugs as controller_bugs
+from rangekv.metadata.mover_bugs import MOVER_BUGS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 WARMUP_S = 3.0
@@ -78,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the run directory of a passing run (a failing one is always kept)")
     p.add_argument("--planted-bug", default=None, metavar="NAME",
                    help="run the nodes with a planted bug of rangekv.replication.bugs, or "
-                        "the metas with one of rangekv.controller.bugs "
-                        "(the run is expected to fail)")
+                        "the metas with one of rangekv.controller.bugs or "
+                        "rangekv.metadata.mover_bugs (the run is expected to fail)")
     p.add_argument("--groups", type=int, default=2,
                    help="replication groups of 3 nodes at the start (default 2)")
     p.add_argument("--spares", type=int, default=2,
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     node_flags: tuple[str, ...] = ()
     meta_flags: tuple[str, ...] = ()
-    if args.planted_bug in controller_bugs.BUGS:  # a bug of the controller: in the metas
+    if args.planted_bug in {**controller_bugs.BUGS, **MOVER_BUGS}:  # the metas run it
         meta_flags = ("--planted-bug", args.planted_bug)
         _say(f"planted bug {args.planted_bug!r} enabled in every meta")
     elif args.planted_bug:

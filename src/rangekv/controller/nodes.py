@@ -1,10 +1,13 @@
-"""The node registry's rules: what a heartbeat does to a node's record, and when an operator
-may remove one (``rangekv nodes remove``). Pure decisions on the records and heartbeats.
+"""The node registry's rules: what a heartbeat does to a node's record, what its answer tells
+the node, and when an operator may remove one (``rangekv nodes remove``). Pure decisions on the
+records and heartbeats.
 
 * a new node registers as a spare; a moved one gets its new address;
 * a node reporting a broken log is flagged (it keeps its group: it is still a member whose
   vote the group lacks, and the replacement policy replaces it); a sound log again lifts that
   flag, and only that one (``Node.sticky_flag``);
+* the answer names the node's group (members, learners, joint voters) and, if the group's
+  record names it leader and it does not serve that epoch yet, the epoch to campaign for;
 * a record is removed only if it takes part in no group and its node is dead or flagged.
 """
 
@@ -15,7 +18,18 @@ from dataclasses import replace
 from rangekv import errors, model
 from rangekv.controller.health import Beat, is_live
 from rangekv.model import ClusterView, Group, Node
-from rangekv.model.status import NodeStatus
+from rangekv.model.status import ROLE_LEADER, NodeStatus
+
+
+def campaign_epoch(group: Group, node_id: int, status: NodeStatus) -> int | None:
+    """The epoch the heartbeat's answer tells ``node_id`` to campaign for: its group's record
+    names it leader (of an epoch the controller chose) and it does not serve that epoch yet.
+    None otherwise: the only way a node is told to lead."""
+    if group.leader != node_id or group.epoch <= 0:
+        return None
+    if status.role == ROLE_LEADER and status.leader_epoch == group.epoch:
+        return None
+    return group.epoch
 
 
 def node_record(

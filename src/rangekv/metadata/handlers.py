@@ -27,9 +27,10 @@ from rangekv import errors, limits, model, wire
 from rangekv.controller import move
 from rangekv.controller.decisions import DECISION_MOVE, DECISION_NODE_REMOVED, DECISION_SPLIT
 from rangekv.controller.health import Beat
-from rangekv.controller.nodes import node_record, plan_node_removal
+from rangekv.controller.nodes import campaign_epoch, node_record, plan_node_removal
 from rangekv.controller.placement import pick_group
 from rangekv.limits import check_table_name
+from rangekv.metadata import rangeops
 from rangekv.metadata.requests import (
     ADDRESS_BYTES_MAX,
     NODE_ID_MAX,
@@ -193,12 +194,7 @@ class Handlers:
         group = view.group_of(node_id)
         if group is None:
             return {"group": None, "campaign": None}
-        campaign = None
-        if group.leader == node_id and not (
-            status.role == ROLE_LEADER and status.leader_epoch == group.epoch
-        ):
-            assert group.epoch > 0, group
-            campaign = group.epoch
+        campaign = campaign_epoch(group, node_id, status)
 
         def refs(ids: tuple[int, ...]) -> list[dict[str, Any]]:
             return [{"id": m, "address": view.nodes[m].address if m in view.nodes else None}
@@ -400,34 +396,22 @@ class Handlers:
             self._check_group(to)
         async with self._name_lock(name):
             table = await self._active_table(name)
-            for _ in range(CAS_ATTEMPTS_MAX):
-                ranges = await self.meta.store.table_ranges_revs(table.id)
-                holder = [(r, rev) for r, rev in ranges if r.contains(at)]
-                assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)
-                rng, rev = holder[0]
-                if rng.state != model.RANGE_ACTIVE or rng.source is not None:
-                    raise errors.Unavailable(
-                        f"the range of {name!r} holding that key is being moved; split it "
-                        "once the move is done", table=name)
-                if rng.start == at:
-                    self.meta.log.info("split_range %s at %r: a range already starts there",
-                                  name, at)
-                    break
-                revision = await self.meta.store.split_range(rng, rev, at)
-                if revision is not None:
-                    self.meta.metrics.splits += 1
-                    self.meta.planner.note_split(table.id, self.meta.clock() * 1000)  # no merge
-                    # back at once
-                    self.meta.log.info(
-                        "split_range %s at %r: range [%r, %r) of group %d cut in two, both "
-                        "on group %d (asked by an operator) at revision %d",
-                        name, at, rng.start, rng.end, rng.group, rng.group, revision)
-                    break
+            try:
+                rng, revision = await rangeops.cut_range(self.meta.store, self.meta.leaders.tell,
+                                                         table.id, at)
+            except errors.Unavailable as exc:
+                raise errors.Unavailable(f"table {name!r}: {exc.message}", table=name) from None
+            if revision is None:
+                self.meta.log.info("split_range %s at %r: a range already starts there",
+                                   name, at)
             else:
-                raise errors.Unavailable(
-                    f"the ranges of {name!r} kept changing ({CAS_ATTEMPTS_MAX} attempts); retry",
-                    table=name)
-            await self.meta.leaders.tell(rng.group, "split_range", table_id=table.id, at=at)
+                self.meta.metrics.splits += 1
+                # no merge back at once
+                self.meta.planner.note_split(table.id, self.meta.clock() * 1000)
+                self.meta.log.info(
+                    "split_range %s at %r: range [%r, %r) of group %d cut in two, both on "
+                    "group %d at revision %d", name, at, rng.start, rng.end, rng.group,
+                    rng.group, revision)
         if to is None:
             return await self._ranges_reply(table.id)
         if to == "auto":
@@ -477,30 +461,19 @@ class Handlers:
         self._check_group(to)
         async with self._name_lock(name):
             table = await self._active_table(name)
-            ranges = await self.meta.store.table_ranges_revs(table.id)
-            holder = [(r, rev) for r, rev in ranges if r.contains(at)]
-            assert len(holder) == 1, ("ranges of a table must tile its keys", ranges, at)
-            rng, rev = holder[0]
-            if move.moving(rng):
-                heading = rng.target if rng.target is not None else rng.group
-                if heading != to:
-                    raise errors.Unavailable(
-                        f"that range of {name!r} is already moving to group {heading}; move it "
-                        "again once that is done", table=name)
-            elif rng.group == to:
+            try:
+                rng, started = await rangeops.begin_move(self.meta.store, table.id, at, to)
+            except errors.Unavailable as exc:
+                raise errors.Unavailable(f"table {name!r}: {exc.message}", table=name) from None
+            if rng.group == to and not move.moving(rng):
                 return await self._ranges_reply(table.id, done=True)
-            else:
-                moving = move.started(rng, to)
-                revision = await self.meta.store.put_range(moving, rev)
-                if revision is None:
-                    raise errors.Unavailable(f"the ranges of {name!r} changed meanwhile; retry",
-                                             table=name)
+            if started:
+                assert rng.source is None and rng.target == to, rng
                 await self.meta.control.record_decision(
                     DECISION_MOVE, f"table {name} range {span_text(rng.start, rng.end)} moves "
                     f"from group {rng.group} to group {to}: "
                     f"{req.get('why') or 'asked by an operator'}",
                     table=name, group=rng.group, target=to)
-                rng = moving
         task = self.meta.mover.ensure(rng, "asked")
         done = False
         if task is not None:

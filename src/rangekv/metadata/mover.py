@@ -43,8 +43,10 @@ class RangeMover:
     def __init__(self, store: RangeStore, tell: Tell, record: Record,
                  catch_up: Callable[[int], Awaitable[Any]], log: logging.Logger,
                  clock: Callable[[], float],
-                 table_name: Callable[[int], str] = str) -> None:
+                 table_name: Callable[[int], str] = str,
+                 page_keys: int = EXPORT_PAGE_KEYS) -> None:
         self.store = store
+        self.page_keys = page_keys  # records per page copied (a simulation uses small pages)
         self.table_name = table_name  # for the decisions' text
         self.tell = tell
         self.record = record
@@ -92,6 +94,12 @@ class RangeMover:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
+
+    async def run(self, table_id: int, start: bytes, why: str) -> None:
+        """Finish the move of the range at (``table_id``, ``start``) from what the store says,
+        step by step: the body of each task ``ensure`` starts (a simulation runs it as it
+        is, in simulated time)."""
+        await self._run(table_id, start, why)
 
     async def _run(self, table_id: int, start: bytes, why: str) -> None:
         while True:
@@ -170,10 +178,10 @@ class RangeMover:
         after: bytes | None = None
         copied = pages = 0
         while True:
-            page = await self.tell(src, "export", after=after, limit=EXPORT_PAGE_KEYS, **span)
+            page = await self.tell(src, "export", after=after, limit=self.page_keys, **span)
             items = page.get("items") or []
             if items:
-                await self.tell(dst, "import", table_id=rng.table_id, items=items)
+                await self.import_page(dst, rng.table_id, items, last=not page.get("more"))
                 copied += len(items)
                 pages += 1
                 after = bytes(items[-1][0])
@@ -187,6 +195,11 @@ class RangeMover:
             f"{copied} records copied from group {src} to group {dst} in {pages} pages, "
             f"{(self.clock() - began) * 1000:.0f} ms; group {dst} alone serves it",
             table_id=rng.table_id, group=dst, source=src, records=copied, revision=revision)
+
+    async def import_page(self, dst: int, table_id: int, items: list[Any], last: bool) -> None:
+        """Step 5 for one page: ``items`` copied into the target group (``last``: the page
+        that ends the range; a planted bug overrides this)."""
+        await self.tell(dst, "import", table_id=table_id, items=items)
 
     async def _cleanup(self, rng: Range, rev: int) -> None:
         src = rng.source

@@ -51,6 +51,7 @@ from rangekv.controller.decisions import (
 )
 from rangekv.controller.planner import Seen
 from rangekv.controller.split import MergePlan, SplitPlan
+from rangekv.metadata import rangeops
 from rangekv.metadata.store import Store, decision_entry
 from rangekv.model import ClusterView, Group, Node, key_text
 
@@ -336,15 +337,7 @@ class ControlLoop:
         routed by either range, or by both, is served), then etcd."""
         meta = self.meta
         try:
-            ranges = await meta.store.table_ranges_revs(plan.table_id)
-            pair = [(r, rev) for r, rev in ranges if r.end == plan.at or r.start == plan.at]
-            if len(pair) != 2 or any(r.group != plan.group or r.state != model.RANGE_ACTIVE
-                                     or r.source is not None for r, _ in pair):
-                return  # the ranges changed meanwhile
-            (lower, lower_rev), (upper, upper_rev) = pair
-            await meta.leaders.tell(plan.group, "merge_range", table_id=plan.table_id,
-                                    at=plan.at)
-            revision = await meta.store.merge_ranges(lower, lower_rev, upper, upper_rev)
+            revision = await rangeops.merge_ranges(meta.store, meta.leaders.tell, plan)
             if revision is None:
                 return  # retried at a later tick: the group's merge is idempotent
             meta.metrics.merges += 1

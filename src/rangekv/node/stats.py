@@ -134,13 +134,14 @@ class RangeStats:
         """Count the size of every range not counted yet; again after each range change."""
         while True:
             for key in [k for k, st in self.ranges.items() if not st.counted]:
-                await self._count(key)
+                await self.count(key)
             self._rescan.clear()
             if any(not st.counted for st in self.ranges.values()):
                 continue
             await self._rescan.wait()
 
-    async def _count(self, key: tuple[int, bytes]) -> None:
+    async def count(self, key: tuple[int, bytes]) -> None:
+        """Count the size of the range at ``key`` (by a scan in slices)."""
         table_id, start = key
         st = self.ranges.get(key)
         if st is None:
@@ -192,7 +193,7 @@ class RangeStats:
             return at if at > start else candidates[0]
         total = st.size if st.counted else None
         if total is None or total <= 0:
-            await self._count((table_id, start))
+            await self.count((table_id, start))
             total = st.size
         goal = total * fraction
         seen = 0
