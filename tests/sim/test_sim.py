@@ -13,6 +13,8 @@
   message and every one was refused, ignored or dropped, none taken.
 * Every Ready of every simulated node is taken and performed by production's Ready loop
   (``rangekv.replication.loop``), checked on the code path itself.
+* Range seeds (``SimConfig.ranges``, ``test_sim_ranges.py``): two groups, and the controller
+  splits, moves and merges a table's ranges while the faults go on.
 * The meta is the real controller (``rangekv.sim.meta``: the ``Planner`` over the in-memory
   store, failing over in some seeds); ``test_sim_controller.py`` checks that code path and
   catches the controller's planted bugs.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,7 +70,8 @@ def test_seeds(start: int, scratch: Path) -> None:
                     "snapshots_failed", "snapshot_answers_stale", "chunks_damaged",
                     "install_crashes", "gone", "learners", "swaps", "learners_dropped",
                     "no_spare", "hostile", "hostile_rm_refused", "hostile_node_refused",
-                    "snapshots_to_learners", "meta_failovers"):
+                    "snapshots_to_learners", "meta_failovers", "splits", "moves", "merges",
+                    "source_reads"):
             _totals[key] += int(result[key] > 0)
 
 
@@ -86,7 +90,10 @@ def test_faults_were_injected() -> None:
                           ("hostile_rm_refused", 100), ("hostile_node_refused", 100),
                           # the real controller (sim/meta.py): a learner caught up by a
                           # snapshot (172 of 500 today), the active meta failed over (152)
-                          ("snapshots_to_learners", 100), ("meta_failovers", 100)):
+                          ("snapshots_to_learners", 100), ("meta_failovers", 100),
+                          # range seeds (test_sim_ranges.py): the controller split ranges and
+                          # moved them, merged some; reads crossed a move's copy
+                          ("splits", 80), ("moves", 80), ("merges", 5), ("source_reads", 10)):
         assert _totals[key] >= at_least, (key, _totals)
 
 
@@ -134,15 +141,8 @@ def test_hostile_actors_sent_everything_and_nothing_was_taken(scratch: Path) -> 
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
-def test_planted_bug_is_caught(bug: str, scratch: Path) -> None:
-    for seed in range(BUG_SEEDS_FROM.get(bug, 0), BUG_SEEDS_MAX[bug]):
-        try:
-            run_seed(seed, scratch, core_factory=BUGS[bug])
-        except SimFailure as failure:
-            print(f"planted bug {bug!r} caught at seed {seed}: {str(failure)[:200]}")
-            return
-    pytest.fail(f"planted bug {bug!r} not caught in seeds "
-                f"{BUG_SEEDS_FROM.get(bug, 0)}..{BUG_SEEDS_MAX[bug] - 1}")
+def test_planted_bug_is_caught(bug: str, catch_planted: Callable[..., int]) -> None:
+    catch_planted(bug, range(BUG_SEEDS_FROM.get(bug, 0), BUG_SEEDS_MAX[bug]))
 
 
 def test_the_simulator_runs_the_shared_ready_loop(scratch: Path,

@@ -9,6 +9,7 @@ component          ``Simulation`` keyword  where the bugs live
 replication core   ``core_factory``        ``rangekv.replication.bugs`` (``BUGS``)
 Ready loop         ``loop_factory``        ``rangekv.replication.loop_bugs`` (``LOOP_BUGS``)
 controller         ``planner_factory``     ``rangekv.controller.bugs`` (``CONTROLLER_BUGS``)
+range mover        ``mover_factory``       ``rangekv.metadata.mover_bugs`` (``MOVER_BUGS``)
 =================  =====================  ==========================================
 
 The core's and the loop's live beside the code they break (a node may run one without importing
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rangekv.controller.bugs import BUGS as CONTROLLER_BUGS
+from rangekv.metadata.mover_bugs import MOVER_BUGS
 from rangekv.replication.bugs import (
     BUGS,
     AcceptLowerEpoch,
@@ -62,14 +64,16 @@ PLANTED: dict[str, Plant] = {
     **plants("core_factory", BUGS),
     **plants("loop_factory", LOOP_BUGS),
     **plants("planner_factory", CONTROLLER_BUGS),
+    **plants("mover_factory", MOVER_BUGS),
 }
-assert len(PLANTED) == len(BUGS) + len(LOOP_BUGS) + len(CONTROLLER_BUGS), (
+assert len(PLANTED) == len(BUGS) + len(LOOP_BUGS) + len(CONTROLLER_BUGS) + len(MOVER_BUGS), (
     "a planted bug's name is used twice")
 
 __all__ = [
     "BUGS",
     "CONTROLLER_BUGS",
     "LOOP_BUGS",
+    "MOVER_BUGS",
     "PLANTED",
     "AcceptLowerEpoch",
     "AckBeforeFsync",

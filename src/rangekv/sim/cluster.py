@@ -48,6 +48,23 @@ same state-machine content (which also checks every installed snapshot), commit 
 never go backward within a run of a node, and a snapshot is only installed above the applied
 index.
 
+Ranges (``SimConfig.ranges`` of the seeds, with a random source of their own, so the other
+seeds run as before): a second group, and a table of a few more keys whose one range starts on
+the first. The leaders report their ranges' figures with their heartbeats (production's
+``node/stats.py`` over the real state machine); the planner splits a busy range by load against
+small thresholds and moves its upper part to the other group, or splits in place when that one
+is full, and merges cold small neighbours once the load cools. Each change runs as production's
+coroutine in simulated time (``sim/meta.py``, ``sim/tasks.py``): the cut and merge of
+``metadata/rangeops.py`` and the whole move of ``metadata/mover.py`` (fence, prepare, switch,
+copy in pages, finish, cleanup), every request to a leader crossing the simulated network,
+retried, and served by the node with the server's commands and checks (``node/commands.py``,
+``node/ownership.py``); meta failovers stop them midway and the next meta resumes them. Each rm
+routes by its own copy of the range map, delivered by its watch after a lag, so requests reach
+groups by stale maps (refused as ``range_not_here``: not applied); during a move's copy a read
+asks the target, then the source, and a delete or conditional put carries the source's version
+(``base``), as ``request_manager/routing.py`` does. Once faults stop, every change must finish,
+and the final reads go to the group the final map names.
+
 Hostile actors (``sim/hostile.py``), in a share of the seeds (``SimConfig.hostile``): a bad rm
 whose writes propose seqs no honest rm does (``ff...ff``, an hour ahead, just past the maximum
 clock offset), which the leader's ``sequencer.assign`` must refuse; and a bad node that sends
@@ -64,7 +81,7 @@ import math
 import random
 import shutil
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +97,38 @@ from rangekv.controller.decisions import (
     PromoteLearner,
 )
 from rangekv.controller.planner import Planner, PlannerConfig
-from rangekv.model import Group
+from rangekv.controller.split import SplitConfig
+from rangekv.metadata.mover import RangeMover
+from rangekv.metadata.mover_bugs import MoverFactory
+from rangekv.model import Group, Range
 from rangekv.model.status import NodeStatus
+from rangekv.node.ownership import check_base, check_current, check_owned, check_writable
 from rangekv.replication.bugs import CoreFactory
 from rangekv.replication.core import LEADER, Core, NotLeaderError
 from rangekv.replication.loop import LoopFactory, ReadyLoop, compaction_target
 from rangekv.replication.messages import Entry, Msg
 from rangekv.sim import hostile
-from rangekv.sim.meta import PlannerFactory, SimMeta, decision_line
+from rangekv.sim.meta import GROUP, NO_CONFIG, PlannerFactory, SimMeta, decision_line
 from rangekv.sim.node import TABLE, SimNode
+from rangekv.sim.tasks import Wait
 from rangekv.storage.engine import encode_command
 
 META = 0  # the metadata manager's network address in the simulation
+
+
+NO_BASE = object()  # a write that carries no source version (``ClientOp.base``)
+
+
+@dataclass
+class GroupChecks:
+    """What the checkers remember of one group's replicas."""
+
+    leader_of_epoch: dict[int, int] = field(default_factory=dict)
+    newest_serving_epoch: int = 0
+    applied_at: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    committed: dict[int, Entry] = field(default_factory=dict)
+    entry_at: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    state_at: dict[int, str] = field(default_factory=dict)  # applied index -> content hash
 
 
 class SimFailure(AssertionError):
@@ -157,6 +194,26 @@ class SimConfig:
     meta_failover: float = 0.3
     meta_failover_again: float = 0.3
     meta_lease_ms: tuple[float, float] = (200, 2_000)
+    # Ranges (``SimConfig.ranges`` of the seeds, a random source of their own): a second group
+    # and a table of ``range_keys`` keys, one range on the first group at the start, whose
+    # ranges the real controller splits (by the leaders' figures, ``node/stats.py``, against
+    # these small thresholds), moves to the other group and merges, while the faults go on.
+    # The load is hot for ``range_hot_ms`` (splits by load), then cools (clients arrive every
+    # ``range_cool_arrival_ms``): cold small neighbours on one group merge. The figures' rates
+    # react within about ``range_tau_s`` (production: 10 s); a group takes at most
+    # ``group_ranges_max`` ranges from a split, so later splits stay in place.
+    ranges: float = 0.3
+    range_keys: int = 8
+    split: SplitConfig = field(default_factory=lambda: SplitConfig(
+        bytes_max=400, ops_max=4.0, bytes_per_s_max=1e9, cooldown_s=0.4, group_ranges_max=3))
+    split_interval_ms: int = 300
+    range_tau_s: float = 1.0
+    range_hot_ms: float = 5_000
+    range_cool_arrival_ms: float = 500
+    move_page_keys: tuple[int, ...] = (1, 3, 1000)  # records per copied page, one per seed
+    node_request_budget_ms: float = 3_000  # meta's requests to a group leader (``tell``) ...
+    node_request_attempt_ms: float = 400  # ... and each attempt's timeout
+    range_events_max: int = 300_000
 
 
 @dataclass
@@ -166,12 +223,19 @@ class ClientOp:
     token: Any = None
     rm: int = 0
     hostile: str | None = None  # sent by the bad rm: how its seq is bad (``hostile.RM_KINDS``)
+    gid: int = 1  # the group the rm routed it to
+    # range seeds, a range being copied (``Range.copying_from``): a get asks the target and then
+    # this source group if the target has no record; a delete or conditional put first reads
+    # this source group's version of the key and sends it along (``base``)
+    source: int | None = None
+    base: Any = NO_BASE
 
 
 class Simulation:
     def __init__(self, seed: int, root: Path, config: SimConfig | None = None,
                  core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop,
-                 planner_factory: PlannerFactory = Planner) -> None:
+                 planner_factory: PlannerFactory = Planner,
+                 mover_factory: MoverFactory = RangeMover) -> None:
         self.seed = seed
         self.planner_factory = planner_factory  # Planner, or a planted bug's subclass
         self.cfg = config or SimConfig()
@@ -198,7 +262,17 @@ class Simulation:
         self.hostile = self.hrng.random() < self.cfg.hostile
         spare_count = self.cfg.spares if self.membership else 0
         spares = list(range(self.cfg.nodes + 1, self.cfg.nodes + spare_count + 1))
-        self.nodes = {i: SimNode(self, i, root / f"n{i}") for i in ids + spares}
+        # Ranges, and every choice about them: a random source of their own too.
+        self.grng = random.Random(seed * 1_000_003 + 53)
+        self.ranges = self.grng.random() < self.cfg.ranges
+        first = self.cfg.nodes + spare_count + 1
+        second = list(range(first, first + self.cfg.nodes)) if self.ranges else []
+        groups = {GROUP: ids, **({2: second} if second else {})}
+        self.keys = self.cfg.range_keys if self.ranges else self.cfg.keys
+        self.nodes = {i: SimNode(self, i, root / f"n{i}") for i in ids + spares + second}
+        for gid, members in groups.items():
+            for i in members:
+                self.nodes[i].group_id = gid
         self.cut: set[frozenset[int]] = set()  # pairs that cannot talk (META = 0)
         # meta: the real controller over the in-memory store (``sim/meta.py``); the group's
         # records, and so everything the nodes are told, are the store's
@@ -212,8 +286,12 @@ class Simulation:
             replace_grace_ms=int(cfg.replace_grace_ms),
             replace_lag_entries=cfg.replace_lag_entries,
             catch_up_slack_entries=self.mrng.choice(cfg.catch_up_slack),
-            learner_timeout_ms=int(cfg.learner_timeout_ms))
-        self.meta = SimMeta(self, planner_config, planner_factory, ids, spares)
+            learner_timeout_ms=int(cfg.learner_timeout_ms),
+            **({"split": cfg.split, "split_interval_ms": cfg.split_interval_ms}
+               if self.ranges else {}))
+        self.meta = SimMeta(self, planner_config, planner_factory, groups, spares,
+                            table=self.ranges, mover_factory=mover_factory,
+                            page_keys=self.grng.choice(cfg.move_page_keys))
         # Meta failovers and their times: a random source of their own too.
         self.frng = random.Random(seed * 1_000_003 + 41)
         self.meta_failover = self.frng.random() < cfg.meta_failover
@@ -221,11 +299,7 @@ class Simulation:
         self.racing = False
         self.race_x = 0  # the follower the race took down, until it is back
         # checkers
-        self.leader_of_epoch: dict[int, int] = {}
-        self.newest_serving_epoch = 0
-        self.applied_at: dict[int, tuple[int, bytes]] = {}
-        self.committed: dict[int, Entry] = {}
-        self.entry_at: dict[tuple[int, int], bytes] = {}
+        self.checks = {gid: GroupChecks() for gid in groups}
         self.broken_nodes: set[int] = set()
         # clients
         self.history: list[Op] = []
@@ -233,10 +307,14 @@ class Simulation:
         self._tokens = itertools.count(1)
         self.faults_on = True
         self.seen_seqs: dict[str, bytes] = {}  # last seq a client saw per key, for cas
-        self.rm_cache: dict[int, int] = {}  # each rm's cached leader for the group
+        # each rm's cached leader of each group, and (range seeds) its copy of the table's
+        # ranges, as its etcd watch last delivered them: (revision, ranges)
+        self.rm_cache: dict[tuple[int, int], int] = {}
+        initial = (self.meta.view.revision, self.meta.table_ranges())
+        self.rm_ranges: dict[int, tuple[int, tuple[Range, ...]]] = {
+            rm: initial for rm in range(self.cfg.rms)}
         self._in_flight = 0
         self.table_ready = False
-        self.state_at: dict[int, str] = {}  # applied index -> content hash of the state
         self._transfers = itertools.count(1)
         self.stats = {"ops_ok": 0, "ops_failed": 0, "ops_unknown": 0, "crashes": 0,
                       "partitions": 0, "flips": 0, "leader_changes": 0, "torn_bytes": 0,
@@ -245,6 +323,10 @@ class Simulation:
                       "gone": 0, "learners": 0, "swaps": 0, "learners_dropped": 0,
                       "no_spare": 0, "snapshots_to_learners": 0, "meta_failovers": 0,
                       "meta_decisions": 0,
+                      # range seeds: the controller's range changes, meta's requests to group
+                      # leaders, client requests a group refused (its range is elsewhere)
+                      "splits": 0, "merges": 0, "moves": 0, "range_tasks_failed": 0,
+                      "meta_calls": 0, "ops_not_here": 0, "source_reads": 0,
                       # the bad rm: writes that reached a node, refused by the seq bound
                       "hostile_rm_sent": 0, "hostile_rm_refused": 0,
                       # the bad node: messages sent; refused by the core (``core.refused``),
@@ -286,31 +368,38 @@ class Simulation:
         return self.rng.uniform(*bounds)
 
     # ------------------------------------------------------------------ checks the nodes call
+    def checks_of(self, node: SimNode) -> GroupChecks:
+        """The checkers' memory of the node's group (a spare has no entries before it joins)."""
+        return self.checks[node.group_id or GROUP]
+
     def check_appended(self, node: SimNode, entries: list[Entry]) -> None:
         """Log matching, cheaply at every append: one entry per (epoch, index)."""
+        entry_at = self.checks_of(node).entry_at
         for e in entries:
-            seen = self.entry_at.setdefault((e.epoch, e.index), e.payload)
+            seen = entry_at.setdefault((e.epoch, e.index), e.payload)
             if seen != e.payload:
                 self.fail(f"n{node.id} holds a different entry {e.epoch}/{e.index} "
                           f"than another replica (two entries for one epoch and index)")
 
     def check_applied(self, node: SimNode, entries: list[Entry]) -> None:
         """Every replica applies the same entry at an index."""
+        checks = self.checks_of(node)
         for e in entries:
-            seen = self.applied_at.get(e.index)
+            seen = checks.applied_at.get(e.index)
             if seen is None:
-                self.applied_at[e.index] = (e.epoch, e.payload)
+                checks.applied_at[e.index] = (e.epoch, e.payload)
             elif seen != (e.epoch, e.payload):
                 self.fail(f"n{node.id} applied {e.epoch}/{e.index} but another replica applied "
                           f"{seen[0]}/{e.index} there (replicas diverged)")
-            self.committed.setdefault(e.index, e)
+            checks.committed.setdefault(e.index, e)
 
     def check_state(self, node: SimNode, how: str) -> None:
         """Replicas at the same applied index hold the same state."""
         assert node.engine is not None
         index, digest = node.engine.applied_index, node.engine.content_hash()
-        seen = self.state_at.setdefault(index, digest)
-        if how.startswith("installed") and node.id in self.group.learners:
+        seen = self.checks_of(node).state_at.setdefault(index, digest)
+        group = self.meta.view.group_of(node.id)
+        if how.startswith("installed") and group is not None and node.id in group.learners:
             self.stats["snapshots_to_learners"] += 1
         if seen != digest:
             self.fail(f"n{node.id} {how} up to {index} but its state differs from another "
@@ -320,17 +409,18 @@ class Simulation:
         """One leader per epoch, and it holds every committed entry."""
         core = node.core
         assert core is not None
-        prior = self.leader_of_epoch.setdefault(epoch, node.id)
+        checks = self.checks_of(node)
+        prior = checks.leader_of_epoch.setdefault(epoch, node.id)
         if prior != node.id:
             self.fail(f"two leaders in epoch {epoch}: n{prior} and n{node.id}")
         # Leader completeness: what was committed before must be in the log of the leader of
         # any later epoch. A leader of an older epoch may finish taking office late (it was
         # paused); entries a newer epoch committed meanwhile need not be in its log, and it can
         # neither commit nor confirm a read any more: a majority promised the newer epoch.
-        newest = epoch > self.newest_serving_epoch
-        self.newest_serving_epoch = max(self.newest_serving_epoch, epoch)
+        newest = epoch > checks.newest_serving_epoch
+        checks.newest_serving_epoch = max(checks.newest_serving_epoch, epoch)
         # (entries up to its base are in its state machine, checked by check_state)
-        missing = [i for i, e in self.committed.items()
+        missing = [i for i, e in checks.committed.items()
                    if i > core.last_index
                    or (i >= core.base_index and core.epoch_at(i) != e.epoch)]
         if missing and newest:
@@ -338,6 +428,9 @@ class Simulation:
 
     def next_transfer(self) -> int:
         return next(self._transfers)
+
+    def next_token(self) -> int:
+        return next(self._tokens)
 
     # ------------------------------------------------------------------ network
     def send(self, msg: Msg) -> None:
@@ -426,11 +519,13 @@ class Simulation:
             status = NodeStatus(broken=True, broken_reason=node.broken)
         else:
             st = node.core.status()
-            status = NodeStatus(group=1 if self.group.involves(node.id) else None,
+            group = self.meta.view.group_of(node.id)
+            status = NodeStatus(group=group.id if group is not None else None,
                                 epoch=st["epoch"], role=st["role"],
                                 leader_epoch=st["leader_epoch"], last_epoch=st["last_epoch"],
                                 last_index=st["last_index"], commit_index=st["commit_index"],
-                                applied_index=st["applied_index"])
+                                applied_index=st["applied_index"],
+                                ranges=node.range_figures() if st["role"] == LEADER else None)
         if self.linked(node.id, META) and not (self.faults_on and self.rng.random() < 0.02):
             self.at(self.uniform(self.cfg.delay_ms), "meta_beat", (node.id, status))
         self.at(self.cfg.heartbeat_ms, "beat", (node.id, node.incarnation))
@@ -442,6 +537,9 @@ class Simulation:
         if answer is None:
             return  # no active meta: nobody answers
         config, campaign = answer
+        node = self.nodes[node_id]
+        if config != NO_CONFIG:
+            node.group_id = self.meta.group_id_of(node_id)
         # The reply carries the group's config; it is only worth an event when it changes
         # something (a real node gets it with every reply and ignores what it already has).
         core = self.nodes[node_id].core
@@ -455,7 +553,8 @@ class Simulation:
         self.log(decision_line(d))
         if isinstance(d, ElectLeader):
             for rm in range(self.cfg.rms):  # each rm's etcd watch delivers it after a lag
-                self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch", (rm, d.leader))
+                self.at(self.uniform(self.cfg.watch_lag_ms), "rm_watch",
+                        (rm, d.group.id, d.leader))
         elif isinstance(d, AddLearner):
             self.stats["learners"] += 1
             if self.racing and d.old == self.race_x:
@@ -468,6 +567,29 @@ class Simulation:
                 self._race_swapped(d.before)
         elif isinstance(d, NoSpare):
             self.stats["no_spare"] += 1
+
+    def meta_call(self, wait: Wait, node_id: int, op: str, fields: dict[str, Any],
+                  attempt_ms: float) -> None:
+        """A request of the meta's to a group leader (``SimMeta.tell``), over the network; no
+        answer within ``attempt_ms``: outcome unknown (the meta retries)."""
+        self.stats["meta_calls"] += 1
+        self.at(attempt_ms, "meta_timeout", wait)
+        if self.linked(META, node_id) and not (self.faults_on
+                                               and self.rng.random() < self.cfg.drop):
+            self.at(self.uniform(self.cfg.delay_ms), "meta_req", (wait, node_id, op, fields))
+
+    def meta_reply(self, node_id: int, wait: Wait, reply: dict[str, Any] | None,
+                   error: errors.RangeKVError | None) -> None:
+        """A node's answer to the meta, over the network."""
+        if self.linked(META, node_id) and not (self.faults_on
+                                               and self.rng.random() < self.cfg.drop):
+            self.at(self.uniform(self.cfg.delay_ms), "meta_rep", (wait, reply, error))
+
+    def ranges_changed(self, revision: int, ranges: tuple[Range, ...]) -> None:
+        """The table's ranges changed in the store: each rm's watch delivers them after a lag."""
+        for rm in range(self.cfg.rms):
+            self.at(self.grng.uniform(*self.cfg.watch_lag_ms), "rm_ranges",
+                    (rm, revision, ranges))
 
     def _meta_die(self) -> None:
         """The active meta dies; another takes over once the lease runs out."""
@@ -482,11 +604,14 @@ class Simulation:
         """Open-loop client arrivals, each through one of the rms' routing caches."""
         if not self.faults_on and self.now > self._liveness_deadline:
             return
-        self.at(self.rng.expovariate(1 / self.cfg.arrival_ms), "client")
+        mean_ms = self.cfg.arrival_ms
+        if self.ranges and self.now > self.cfg.range_hot_ms:
+            mean_ms = self.cfg.range_cool_arrival_ms
+        self.at(self.rng.expovariate(1 / mean_ms), "client")
         if not self.table_ready or self._in_flight >= self.cfg.in_flight_max:
             return
         op_id = next(self._op_ids)
-        key = f"k{self.rng.randrange(self.cfg.keys)}"
+        key = f"k{self.rng.randrange(self.keys)}"
         r = self.rng.random()
         kind = "put" if r < 0.4 else "get" if r < 0.7 else "cas" if r < 0.85 else "del"
         op = Op(op_id, op_id, key, kind, invoke_t=self.now)
@@ -497,19 +622,42 @@ class Simulation:
             op.expect = seen if seen and self.rng.random() < 0.8 else sequencer.make(
                 1, self.rng.randrange(1000), 0)
         rm = self.rng.randrange(self.cfg.rms)
-        target = self.rm_cache.get(rm)
+        cop = ClientOp(op, 0, rm=rm)
+        if self.ranges and not self._route(cop):
+            self.stats["ops_failed"] += 1  # the rm's map has no range for it: refused
+            return
+        group = self._asked(cop)  # (a delete or conditional put reads the source's first)
+        members = self.members if group == GROUP else self.meta.view.groups[group].members
+        target = self.rm_cache.get((rm, group))
         if self.faults_on and self.rng.random() < self.cfg.misroute:
-            target = self.rng.choice(self.members)  # a cache stale since long ago
+            target = self.rng.choice(members)  # a cache stale since long ago
         if target is None:
             self.stats["ops_failed"] += 1  # no leader known: refused at the rm
             return
-        cop = ClientOp(op, target, rm=rm)
+        cop.node = target
         if self.hostile and kind != "get" and self.hrng.random() < self.cfg.hostile_rm:
             cop.hostile = self.hrng.choice(hostile.RM_KINDS)  # the bad rm sends this one
         self._in_flight += 1
         self.history.append(op)
         self.at(self.cfg.client_timeout_ms, "client_timeout", cop)
         self.at(self.uniform(self.cfg.delay_ms), "request", cop)
+
+    def _route(self, cop: ClientOp) -> bool:
+        """Range seeds: the group the rm's copy of the map sends ``cop`` to (False: no range
+        of the table holds its key there, as before the table's creation reached it)."""
+        _, ranges = self.rm_ranges[cop.rm]
+        key = cop.op.key.encode()
+        rng = next((r for r in ranges if r.contains(key)), None)
+        if rng is None:
+            return False
+        cop.gid = rng.group
+        # a plain put needs nothing of the source: the target's seqs are above all of its
+        cop.source = rng.copying_from if cop.op.kind != "put" else None
+        return True
+
+    def _group_leader(self, gid: int) -> int | None:
+        group = self.meta.view.groups.get(gid)
+        return group.leader if group is not None else None
 
     def _request(self, cop: ClientOp) -> None:
         op = cop.op
@@ -518,12 +666,23 @@ class Simulation:
             return  # the client gave up before it arrived
         if not leader.up or leader.loop is None:
             self.history.remove(op)  # connection refused: surely not applied
-            self.rm_cache[cop.rm] = self.group.leader  # fall back to the watched view
+            self._fall_back(cop)
             self._refuse(cop)
             return
         kind, key = op.kind, op.key
+        reading = kind == "get" or (cop.source is not None and cop.base is NO_BASE)
         try:
-            if kind == "get":
+            if self.ranges and leader.loop.core.serving:
+                # the node server's checks before it proposes or reads (``node/ownership.py``),
+                # once it serves as leader (else the loop says not_leader)
+                if reading:
+                    check_owned(leader, TABLE, key.encode())
+                    check_current(leader, TABLE, key.encode(), self._as_source(cop))
+                else:
+                    check_writable(leader, TABLE, key.encode())
+                    if kind != "put" or op.expect is not None:
+                        check_base(leader, TABLE, key.encode(), cop.base is not NO_BASE)
+            if reading:
                 cop.token = next(self._tokens)
                 leader.read_waiting[cop.token] = cop
                 leader.loop.read(cop.token)
@@ -532,6 +691,8 @@ class Simulation:
                                        "t": TABLE, "k": key.encode(), "c": op.expect}
                 if kind in ("put", "cas"):
                     cmd["v"] = op.value
+                if cop.base is not NO_BASE:
+                    cmd["b"] = cop.base
                 seq = self._assign_seq(leader, cop)
                 if seq is None:
                     return  # refused: surely not applied
@@ -543,9 +704,79 @@ class Simulation:
             leader.read_waiting.pop(cop.token, None)
             self.history.remove(op)
             if err.leader is not None:
-                self.rm_cache[cop.rm] = err.leader  # the node's hint
+                self.rm_cache[(cop.rm, self._asked(cop))] = err.leader  # the node's hint
             self._refuse(cop)
             return
+        except (errors.RangeNotHere, errors.TableNotFound):
+            self.stats["ops_not_here"] += 1  # the rm's map is stale: surely not applied
+            self.history.remove(op)
+            self._refuse(cop)
+
+    def _asked(self, cop: ClientOp) -> int:
+        """The group ``cop`` is at now: its source's while it reads the source."""
+        if cop.source is not None and (cop.op.kind == "get" and cop.base is not NO_BASE
+                                       or cop.op.kind != "get" and cop.base is NO_BASE):
+            return cop.source
+        return cop.gid
+
+    def _as_source(self, cop: ClientOp) -> bool:
+        """``cop`` reads the source of a range being copied (the rm's map shows the switch)."""
+        return cop.source is not None and self._asked(cop) == cop.source
+
+    def _fall_back(self, cop: ClientOp) -> None:
+        """The rm falls back to the watched view for the group it asked."""
+        group = self._asked(cop)
+        self.rm_cache[(cop.rm, group)] = self._group_leader(group)  # type: ignore[assignment]
+
+    def read_done(self, node: SimNode, cop: ClientOp) -> None:
+        """A linearizable read on ``node`` is ready (its read index applied): answer it, or go
+        on to the next step of a read across a move (``Router.get``, ``_source_version``)."""
+        assert node.engine is not None
+        key = cop.op.key.encode()
+        if not self.ranges:
+            found = node.engine.get(TABLE, key)
+            self.complete(cop, {"value": None if found is None else found[0],
+                                "seq": None if found is None else found[1]})
+            return
+        try:
+            check_owned(node, TABLE, key)  # (the range may have moved away meanwhile)
+            check_current(node, TABLE, key, self._as_source(cop))
+        except (errors.RangeNotHere, errors.TableNotFound):
+            self.stats["ops_not_here"] += 1
+            if not cop.op.closed:
+                self.history.remove(cop.op)
+            self._refuse(cop)
+            return
+        if node.stats is not None:
+            node.stats.read(TABLE, key, 1, 0)
+        version = node.engine.get_version(TABLE, key)
+        op = cop.op
+        if op.kind == "get" and version is None and cop.source is not None \
+                and cop.base is NO_BASE:
+            # the target has no record of it: the source's copy (final since its fence) is
+            # the newest
+            cop.base = None  # (marks the second step: the source is asked)
+            self._next_step(cop, cop.source)
+            return
+        if op.kind != "get":
+            # the source's version of the key, for the write to the target (``base``)
+            cop.base = None if version is None else [version[0], version[1], version[2]]
+            self._next_step(cop, cop.gid)
+            return
+        live = version is not None and not version[1]
+        self.complete(cop, {"value": version[2] if live else None,
+                            "seq": version[0] if live else None})
+
+    def _next_step(self, cop: ClientOp, group: int) -> None:
+        """The rm sends the next request of a read across a move to ``group``'s leader."""
+        self.stats["source_reads"] += 1
+        target = self.rm_cache.get((cop.rm, group)) or self._group_leader(group)
+        if target is None:
+            self.history.remove(cop.op)
+            self._refuse(cop)
+            return
+        cop.node = target
+        self.at(self.uniform(self.cfg.delay_ms), "request", cop)
 
     def _assign_seq(self, leader: SimNode, cop: ClientOp) -> bytes | None:
         """The seq the leader gives a client's write, decided as the driver does
@@ -602,6 +833,14 @@ class Simulation:
             if err is not None:
                 if err.get("code") == errors.PreconditionFailed.code and op.kind == "cas":
                     op.result = ("failed",)
+                elif self.ranges and err.get("code") in (errors.RangeNotHere.code,
+                                                         errors.TableNotFound.code):
+                    # refused when applied: its range moved away meanwhile (not applied)
+                    self.stats["ops_not_here"] += 1
+                    self.stats["ops_failed"] += 1
+                    self.history.remove(op)
+                    self.log(f"client {op.describe()}: range_not_here")
+                    return
                 else:
                     self.fail(f"unexpected error result {err} for {op.describe()}")
             elif op.kind in ("put", "cas"):
@@ -698,7 +937,9 @@ class Simulation:
         its entries, a snapshot being sent pins its index) with a retain drawn per compaction,
         never past what the flush made durable (all of it here)."""
         self.at(self.uniform(self.cfg.compact_every_ms), "compact")
-        node = self.nodes[self.rng.choice(self.members)]
+        pool = self.members if not self.ranges else [
+            m for _, g in sorted(self.meta.view.groups.items()) for m in g.members]
+        node = self.nodes[self.rng.choice(pool)]
         if not node.up or node.loop is None or node.engine is None \
                 or node.paused_until > self.now:
             return
@@ -742,8 +983,9 @@ class Simulation:
 
     def _fault_targets(self) -> list[int]:
         """The nodes faults hit: the group's members and learners that still exist."""
-        g = self.group
-        return [i for i in (*g.members, *g.learners) if not self.nodes[i].gone]
+        groups = [self.group] if not self.ranges else [
+            g for _, g in sorted(self.meta.view.groups.items())]
+        return [i for g in groups for i in (*g.members, *g.learners) if not self.nodes[i].gone]
 
     def _crash_for_good(self) -> None:
         """A member or learner dies and never comes back, unless a member or a voter of
@@ -830,6 +1072,8 @@ class Simulation:
         cores = [n.core for n in self.nodes.values() if n.up and n.core is not None]
         for i, a in enumerate(cores):
             for b in cores[i + 1:]:
+                if self.nodes[a.id].group_id != self.nodes[b.id].group_id:
+                    continue  # two groups' logs have nothing in common
                 # (compared where both still hold entries: below, they hold snapshots)
                 lo = max(a.first_index, b.first_index)
                 top = min(a.last_index, b.last_index)
@@ -916,7 +1160,8 @@ class Simulation:
             heapq.heappop(self._events)
             self.now = t
             self.events_run += 1
-            if self.events_run > self.cfg.events_max:
+            if self.events_run > (self.cfg.range_events_max if self.ranges
+                                  else self.cfg.events_max):
                 self.fail(f"more than {self.cfg.events_max} events: the group is stuck "
                           f"(epoch {self.group.epoch}, leader {self.group.leader})")
             target = self._target(kind, payload)
@@ -943,6 +1188,8 @@ class Simulation:
             return int(payload[0])
         if kind == "hostile_msg":
             return int(payload.target)
+        if kind == "meta_req":
+            return int(payload[1])
         if kind == "snap_net":
             return int(payload[1])
         return None
@@ -994,8 +1241,24 @@ class Simulation:
         elif kind == "request":
             self._request(payload)
         elif kind == "rm_watch":
-            rm, leader = payload
-            self.rm_cache[rm] = leader
+            rm, gid, leader = payload
+            self.rm_cache[(rm, gid)] = leader
+        elif kind == "rm_ranges":
+            rm, revision, ranges = payload
+            if revision > self.rm_ranges[rm][0]:  # (a watch delivers in revision order)
+                self.rm_ranges[rm] = (revision, ranges)
+        elif kind == "meta_req":
+            wait, node_id, op, fields = payload
+            node = self.nodes[node_id]
+            if node.up and node.loop is not None and self.linked(META, node_id):
+                node.serve_meta(wait, op, fields)
+        elif kind == "meta_rep":
+            wait, reply, error = payload
+            self.meta.answer(wait, reply, error)
+        elif kind == "meta_timeout":
+            self.meta.answer(payload, None, errors.OutcomeUnknown("no answer in time"))
+        elif kind == "meta_wake":
+            self.meta.answer(payload, None, None)
         elif kind == "resume":
             node = self.nodes[payload]
             node.paused_until = 0.0
@@ -1015,7 +1278,7 @@ class Simulation:
         elif kind == "client_timeout":
             cop: ClientOp = payload
             if not cop.op.closed:
-                self.rm_cache[cop.rm] = self.group.leader  # fall back to the watched view
+                self._fall_back(cop)
             node = self.nodes.get(cop.node)
             if node is not None:
                 node.read_waiting.pop(cop.token, None)
@@ -1060,15 +1323,24 @@ class Simulation:
             if not node.up and node.broken is None and not node.gone:
                 node.start()
 
+    def _serving(self, gid: int) -> bool:
+        leader = self.nodes.get(self._group_leader(gid) or 0)
+        return leader is not None and leader.core is not None and leader.core.serving
+
     def _liveness(self) -> None:
-        """With faults stopped, a leader must commit a new entry within the bound."""
+        """With faults stopped, a leader must commit a new entry within the bound (range
+        seeds: a leader of either group, the clients' keys may all be on one; and every group
+        has a serving leader, and every split, merge and move the controller started is
+        finished)."""
         start = self.now
-        target = max(self.committed, default=0)
+        targets = {g: max(c.committed, default=0) for g, c in self.checks.items()}
 
         def committed_new() -> bool:
-            leader = self.nodes.get(self.group.leader or 0)
-            return (leader is not None and leader.core is not None and leader.core.serving
-                    and max(self.committed, default=0) > target)
+            if not any(self._serving(g) and max(c.committed, default=0) > targets[g]
+                       for g, c in self.checks.items()):
+                return False
+            return not self.ranges or (self.meta.active and not self.meta.busy
+                                       and all(self._serving(g) for g in self.meta.view.groups))
 
         self._liveness_deadline = start + self.cfg.liveness_ms
         if not self._run_until(start + self.cfg.liveness_ms, committed_new):
@@ -1080,10 +1352,14 @@ class Simulation:
         """Let the clients' last operations settle, then read every key."""
         self._liveness_deadline = self.now  # no new client operations
         self._run_until(self.now + 3 * self.cfg.client_timeout_ms)
-        leader = self.nodes[self.group.leader or 0]
-        for k in range(self.cfg.keys):
+        ranges = self.meta.table_ranges()
+        for k in range(self.keys):
             op = Op(next(self._op_ids), -1, f"k{k}", "get", invoke_t=self.now)
-            cop = ClientOp(op, leader.id)
+            gid = GROUP
+            if self.ranges:  # the store's final map: every range active on one group
+                gid = next(r.group for r in ranges if r.contains(op.key.encode()))
+            leader = self.nodes[self._group_leader(gid) or 0]
+            cop = ClientOp(op, leader.id, gid=gid)
             self.history.append(op)
             assert leader.loop is not None
             cop.token = next(self._tokens)
@@ -1091,11 +1367,15 @@ class Simulation:
             leader.loop.read(cop.token)
         self._run_until(self.now + self.cfg.client_timeout_ms,
                         lambda: all(o.known for o in self.history if o.client == -1))
-        if not all(o.known for o in self.history if o.client == -1):
-            self.fail("final reads did not complete")
+        final = [o for o in self.history if o.client == -1]
+        if len(final) != self.keys or not all(o.known for o in final):
+            self.fail(f"final reads did not complete ({sum(o.known for o in final)} of "
+                      f"{self.keys})")
 
 
 def run_seed(seed: int, root: Path, config: SimConfig | None = None,
              core_factory: CoreFactory = Core, loop_factory: LoopFactory = ReadyLoop,
-             planner_factory: PlannerFactory = Planner) -> dict[str, Any]:
-    return Simulation(seed, root, config, core_factory, loop_factory, planner_factory).run()
+             planner_factory: PlannerFactory = Planner,
+             mover_factory: MoverFactory = RangeMover) -> dict[str, Any]:
+    return Simulation(seed, root, config, core_factory, loop_factory, planner_factory,
+                      mover_factory).run()

@@ -5,6 +5,7 @@
     rangekv sim --bug read-without-quorum      show that a planted bug is caught (the core's,
     rangekv sim --bug snapshot-voters-only     the Ready loop's: sim/bugs.py's PLANTED)
     rangekv sim --seeds 200 --hostile 1        a bad rm and a bad node in every seed
+    rangekv sim --seeds 200 --ranges 1         two groups, splits, merges and moves in every seed
 
 A failure prints the seed, what was violated, and the end of the trace; the same seed replays
 the same run (the trace hash printed for each seed proves it).
@@ -57,9 +58,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--hostile", type=float, default=SimConfig.hostile, metavar="SHARE",
                         help="share of the seeds with a bad rm and a bad node (0..1, default "
                              f"{SimConfig.hostile})")
+    parser.add_argument("--ranges", type=float, default=SimConfig.ranges, metavar="SHARE",
+                        help="share of the seeds with two groups and a table whose ranges the "
+                             f"controller splits, merges and moves (0..1, default "
+                             f"{SimConfig.ranges})")
     args = parser.parse_args(argv)
     if not 0.0 <= args.hostile <= 1.0:
         parser.error("--hostile: a share in 0..1")
+    if not 0.0 <= args.ranges <= 1.0:
+        parser.error("--ranges: a share in 0..1")
     plant = PLANTED[args.bug] if args.bug else None
     root = _scratch(args.root)
     try:
@@ -70,10 +77,11 @@ def _main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, plant: Plant | None, root: Path) -> int:
-    cfg = SimConfig(nodes=args.nodes, hostile=args.hostile)
+    cfg = SimConfig(nodes=args.nodes, hostile=args.hostile, ranges=args.ranges)
     t0 = time.monotonic()
     events = 0
     hostile: dict[str, int] = {}  # what the hostile actors sent and what became of it
+    ranges: dict[str, int] = {}  # range seeds: what the controller changed
     for seed in range(args.start, args.start + args.seeds):
         sim = Simulation(seed, root / "run", cfg, **(plant.kwargs() if plant else {}))
         try:
@@ -95,6 +103,10 @@ def _run(args: argparse.Namespace, plant: Plant | None, root: Path) -> int:
         for key, value in result.items():
             if key.startswith("hostile_"):
                 hostile[key] = hostile.get(key, 0) + value
+        if sim.ranges:
+            ranges["seeds"] = ranges.get("seeds", 0) + 1
+            for key in ("splits", "merges", "moves", "source_reads", "ops_not_here"):
+                ranges[key] = ranges.get(key, 0) + result[key]
         if args.verbose:
             print(" ".join(f"{k}={v}" for k, v in result.items()))
             if args.seeds == 1:
@@ -112,6 +124,11 @@ def _run(args: argparse.Namespace, plant: Plant | None, root: Path) -> int:
               f"{h['hostile_node_sent']} messages refused {h['hostile_node_refused']}, "
               f"ignored {h['hostile_node_ignored']}, dropped {h['hostile_node_dropped']} "
               "(malformed, or by the address check), none taken")
+    if ranges.get("seeds"):
+        r = ranges
+        print(f"ranges in {r['seeds']} seeds: {r['splits']} splits, {r['moves']} moves, "
+              f"{r['merges']} merges by the controller; {r['source_reads']} reads across a "
+              f"move's copy, {r['ops_not_here']} requests refused by a group for a stale map")
     return 0
 
 

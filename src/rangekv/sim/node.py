@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rangekv import sequencer
+from rangekv import errors, sequencer
+from rangekv.node import requests
+from rangekv.node.commands import RANGE_OPS, export_page, range_command, range_reply
+from rangekv.node.stats import RangeStats
 from rangekv.replication.core import (
     LEADER,
     SNAPSHOT_ACCEPT,
@@ -50,6 +53,8 @@ from rangekv.replication.core import (
 from rangekv.replication.driver import highest_seq
 from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import Entry, Msg
+from rangekv.sim.meta import GROUP
+from rangekv.sim.tasks import Wait, drive
 from rangekv.storage import hardstate, snapshot
 from rangekv.storage.engine import StateMachine, checkpoint_applied_index, encode_command
 from rangekv.storage.memory import MemoryBackend
@@ -153,6 +158,13 @@ class SimNode:
     gone: bool = False  # crashed for good: never restarts
     # Leading with faults stopped: learner -> (first seen behind ms, commit index to reach).
     learners_seen: dict[int, tuple[float, int]] = field(default_factory=dict)
+    group_id: int | None = None  # the group meta last told it it takes part in
+    # range seeds: the size and load of its ranges (``node/stats.py``, as a real node keeps
+    # them), the meta's requests waiting for their entry's apply (index -> (epoch, op, wait))
+    # or their read (token -> (wait, fields))
+    stats: RangeStats | None = None
+    calls: dict[int, tuple[int, str, Wait]] = field(default_factory=dict)
+    meta_reads: dict[int, tuple[Wait, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def core(self) -> Core | None:
@@ -204,6 +216,9 @@ class SimNode:
             sim.fail(f"n{self.id}: state machine applied {engine.applied_index} but the log "
                      f"starts after {wal.first_index - 1}: entries lost")
         self.wal, self.engine = wal, engine
+        if sim.ranges:
+            self.stats = RangeStats(engine, clock=self.now_s, tau_s=sim.cfg.range_tau_s)
+            self.stats.attach()
         members, learners, joint = sim.config_of(self.id)
         core = sim.core_factory(
             self.id, members, wal,
@@ -253,6 +268,7 @@ class SimNode:
                 f.truncate(keep)
         self.backend.crash()
         self.fail_ops()
+        self.calls, self.meta_reads, self.stats = {}, {}, None  # (the meta times out)
         self.up, self.loop, self.disk, self.wal, self.engine = False, None, None, None, None
         self.sending, self.incoming = {}, None
         sim.stats["crashes"] += 1
@@ -352,6 +368,11 @@ class SimNode:
         if not sim.table_ready and self.engine.has_table(TABLE):
             sim.table_ready = True
         for e, result in zip(entries, results, strict=True):
+            call = self.calls.pop(e.index, None)
+            if call is not None:
+                if e.epoch == call[0]:  # (else another leader's entry took its index)
+                    self._answer_meta(call[2], call[1], result)
+                continue
             waiting = self.proposals.pop(e.index, None)
             if waiting is None:
                 continue
@@ -360,15 +381,25 @@ class SimNode:
         self.check_monotonic()
 
     def read_ready(self, token: Any) -> None:
+        export = self.meta_reads.pop(token, None)
+        if export is not None:
+            wait, f = export
+            assert self.engine is not None
+            try:
+                page = export_page(self.engine, f["table_id"], f["start"] or b"", f["end"],
+                                   f.get("after"), f["limit"])
+            except errors.RangeKVError as exc:
+                self.sim.meta_reply(self.id, wait, None, exc)
+                return
+            self.sim.meta_reply(self.id, wait, page, None)
+            return
         cop = self.read_waiting.pop(token, None)
         if cop is None:
             return  # the client gave up
-        assert self.engine is not None
-        found = self.engine.get(TABLE, cop.op.key.encode())
-        self.sim.complete(cop, {"value": None if found is None else found[0],
-                                "seq": None if found is None else found[1]})
+        self.sim.read_done(self, cop)
 
     def read_failed(self, token: Any) -> None:
+        self.meta_reads.pop(token, None)  # (the meta times out and asks again)
         cop = self.read_waiting.pop(token, None)
         if cop is not None:
             self.sim.complete(cop, None)
@@ -380,16 +411,72 @@ class SimNode:
         self.last_seq = max(self.last_seq, highest_seq(self.loop.core, self.engine))
         sim.stats["leader_changes"] += 1
         sim.log(f"n{self.id} leads epoch {epoch}")
-        if not sim.table_ready:
+        if not sim.table_ready and self.group_id in (GROUP, None):
             # What meta's create_table does: replicate the table's range (idempotent).
             self.loop.propose(encode_command({"op": "add_range", "t": TABLE, "start": b"",
                                               "end": None, "s": sequencer.ZERO}))
 
     def lost_leadership(self) -> None:
         self.sim.log(f"n{self.id} lost leadership")
+        self.calls, self.meta_reads = {}, {}  # unknown: the meta asks again
         for _, cop in list(self.proposals.values()):
             self.sim.complete(cop, None)  # unknown: may still commit
         self.proposals.clear()
+
+    # ------------------------------------------------------------------ meta's requests
+    def range_figures(self) -> tuple[dict[str, Any], ...] | None:
+        """A leader's range figures for its heartbeat (range seeds): the sizes not counted yet
+        are counted first, as the node's background scan would have by now."""
+        if self.stats is None:
+            return None
+        for key in [k for k, st in self.stats.ranges.items() if not st.counted]:
+            drive(self.stats.count(key))
+        return tuple(self.stats.report())
+
+    def serve_meta(self, wait: Wait, op: str, fields: dict[str, Any]) -> None:
+        """One of meta's requests to a group leader, served as the node server serves it: a
+        range command proposed (``node/commands.py``) and answered once applied, an export
+        page once a linearizable read is ready, a split key from the range figures."""
+        sim = self.sim
+        assert self.loop is not None and self.engine is not None
+        core = self.loop.core
+        if core.role != LEADER or not core.serving:
+            leader = core.leader if core.leader != self.id else None
+            sim.meta_reply(self.id, wait, None, errors.NotLeader(
+                f"node {self.id} is not the leader", leader_hint=leader))
+            return
+        try:
+            fields = requests.OPS[op].parse(fields)  # checked as the node server checks them
+            if op in RANGE_OPS:
+                cmd = range_command(op, fields)
+                now_ns = int(sim.now * 1e6)
+                cmd["s"] = sequencer.assign(cmd["s"], self.last_seq, now_ns, from_client=False,
+                                            ahead_ms_max=sequencer.SEQ_AHEAD_MS_MAX,
+                                            node_id=self.id)
+                self.last_seq = cmd["s"]
+                epoch, index = self.loop.propose(encode_command(cmd))
+                self.calls[index] = (epoch, op, wait)
+            elif op == "export":
+                token = sim.next_token()
+                self.meta_reads[token] = (wait, fields)
+                self.loop.read(token)
+            elif op == "split_key":
+                if self.stats is None:
+                    raise errors.Unavailable("no range statistics yet")
+                at = drive(self.stats.split_key(fields["table_id"], fields["start"] or b"",
+                                                fields["by"], fields["fraction"]))
+                sim.meta_reply(self.id, wait, {"at": at}, None)
+            else:
+                raise AssertionError(f"the meta asked {op!r} of a node")
+        except errors.RangeKVError as exc:
+            sim.meta_reply(self.id, wait, None, exc)
+
+    def _answer_meta(self, wait: Wait, op: str, result: dict[str, Any]) -> None:
+        err = result.get("error")
+        if err is not None:
+            self.sim.meta_reply(self.id, wait, None, errors.from_dict(err))
+        else:
+            self.sim.meta_reply(self.id, wait, range_reply(op, result), None)
 
     # ------------------------------------------------------------------ snapshots: leader side
     def send_snapshot(self, need: SnapshotNeed, delay_s: float) -> None:
