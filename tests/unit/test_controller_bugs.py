@@ -11,7 +11,9 @@ from rangekv.chaos.main import build_parser
 from rangekv.controller.bugs import BUGS, ClearJointEarly
 from rangekv.controller.planner import Planner
 from rangekv.metadata.memory import MemoryEtcd
-from rangekv.metadata.service import MetaService, parse_args
+from rangekv.metadata.mover import RangeMover
+from rangekv.metadata.mover_bugs import MOVER_BUGS, DropLastBatch
+from rangekv.metadata.service import MetaService, factories, parse_args
 
 META = ["--id", "1", "--listen", "127.0.0.1:7001", "--etcd", "http://127.0.0.1:2379"]
 
@@ -29,6 +31,20 @@ def test_a_meta_runs_a_planted_planner_only_when_asked(capsys: pytest.CaptureFix
     assert "planted" not in capsys.readouterr().out  # hidden
 
 
-def test_chaos_takes_a_controller_bug_by_name() -> None:
-    args = build_parser().parse_args(["--planted-bug", "swap-without-joint"])
-    assert args.planted_bug in BUGS
+def test_a_meta_runs_a_planted_mover_only_when_asked() -> None:
+    """The range mover's bug (``metadata/mover_bugs.py``) the same way, as a ``mover_factory``;
+    each option plants one bug in one component only."""
+    plain = MetaService(parse_args(META), etcd=MemoryEtcd(), **factories(parse_args(META)))
+    assert type(plain.mover) is RangeMover and type(plain.planner) is Planner
+    config = parse_args([*META, "--planted-bug", "move-drops-last-batch"])
+    service = MetaService(config, etcd=MemoryEtcd(), **factories(config))
+    assert type(service.mover) is DropLastBatch and type(service.planner) is Planner
+    config = parse_args([*META, "--planted-bug", "swap-without-joint"])
+    service = MetaService(config, etcd=MemoryEtcd(), **factories(config))
+    assert type(service.mover) is RangeMover and type(service.planner) is BUGS["swap-without-joint"]
+
+
+def test_chaos_takes_a_controller_or_mover_bug_by_name() -> None:
+    for name in ("swap-without-joint", "move-drops-last-batch"):
+        args = build_parser().parse_args(["--planted-bug", name])
+        assert args.planted_bug in {**BUGS, **MOVER_BUGS}

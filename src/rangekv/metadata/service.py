@@ -521,12 +521,17 @@ def _setup_logging(config: MetaConfig) -> None:
     rangekv_log.setup(f"meta-{config.id}", config.log_level, config.log_format, _TEXT_FORMAT)
 
 
+def factories(config: MetaConfig) -> dict[str, Any]:
+    """The controller and the range mover a meta runs: the real ones, or a planted bug's in
+    the one its ``--planted-bug`` names (tests only)."""
+    bug = config.planted_bug
+    return {"planner_factory": planted.BUGS[bug] if bug in planted.BUGS else Planner,
+            "mover_factory": MOVER_BUGS[bug] if bug in MOVER_BUGS else RangeMover}
+
+
 async def run(config: MetaConfig) -> int:
     """Run one meta until SIGTERM/SIGINT; the exit code."""
-    bug = config.planted_bug
-    service = MetaService(
-        config, planner_factory=planted.BUGS[bug] if bug in planted.BUGS else Planner,
-        mover_factory=MOVER_BUGS[bug] if bug in MOVER_BUGS else RangeMover)
+    service = MetaService(config, **factories(config))
     if config.planted_bug:
         service.log.warning("planted bug %r: this meta's controller breaks a rule on purpose "
                             "(rangekv chaos --planted-bug)", config.planted_bug)
