@@ -735,15 +735,84 @@ def test_async_sleeps_between_rounds() -> None:
 def test_retrier_rounds() -> None:
     refused = _common.Failure(errors.Unavailable("x"), not_sent=True, failover=True)
     unknown = _common.Failure(errors.OutcomeUnknown("x"), not_sent=False, failover=True)
-    r = _common.Retrier(retries=1, endpoints_n=2, backoff=NO_WAIT, write=True)
+    def retrier(retries: int, write: bool) -> _common.Retrier:
+        return _common.Retrier(retries=retries, endpoints_n=2, backoff=NO_WAIT, write=write,
+                               timeout_s=10.0, connect_timeout_s=3.0)
+
+    r = retrier(1, True)
     assert r.next_delay_s(refused) == 0.0  # the second endpoint, at once
     assert r.next_delay_s(refused) == 0.0  # round 1 over: back off (no wait with NO_WAIT)
     assert r.next_delay_s(refused) == 0.0
     assert r.next_delay_s(refused) is None  # round 2 over: retries used up
-    r = _common.Retrier(retries=9, endpoints_n=2, backoff=NO_WAIT, write=True)
+    r = retrier(9, True)
     assert r.next_delay_s(unknown) is None
-    r = _common.Retrier(retries=9, endpoints_n=2, backoff=NO_WAIT, write=False)
+    r = retrier(9, False)
     assert r.next_delay_s(unknown) == 0.0
+
+
+class SlowRM:
+    """An rm on a simulated clock that answers each attempt 503 after 10 ms ("busy") or never
+    (it times out after the read timeout the client gave it); the client's waits advance the
+    clock too."""
+
+    def __init__(self, busy: int = 0) -> None:
+        self.now = 100.0
+        self.busy = busy  # attempts answered 503 before the ones never answered
+        self.attempts: list[tuple[float, float]] = []  # (started at, its read timeout)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        read_s = request.extensions["timeout"]["read"]
+        self.attempts.append((self.now, read_s))
+        if len(self.attempts) <= self.busy:
+            self.now += 0.01
+            return error_response(503, "unavailable", headers={"Retry-After": "0.2"})
+        self.now += read_s
+        raise httpx.ReadTimeout("no answer", request=request)
+
+
+def check_one_deadline(rm: SlowRM, start: float, timeout_s: float) -> None:
+    assert len(rm.attempts) > 1, rm.attempts  # it did retry, within the deadline
+    assert rm.attempts[-1][1] < timeout_s  # the last attempt had only what remained
+    for at, read_s in rm.attempts:
+        assert at + read_s <= start + timeout_s + 0.002, (at, read_s)  # what remained, at most
+    assert rm.now <= start + timeout_s + 0.002, rm.now
+
+
+def test_a_call_has_one_deadline_whatever_its_retries() -> None:
+    """``timeout_s=1`` against an rm that never answers: the call ends within 1 s of the
+    client's clock, retries and waits included (it took 4.3 s when each attempt had 1 s)."""
+    rm = SlowRM(busy=3)
+    db = Client("http://a:1,http://b:2", transport=httpx.MockTransport(rm), timeout_s=1.0,
+                retries=50, backoff=Backoff(delay_s_min=0.05, delay_s_max=0.2))
+    db._clock, db._sleep = rm.clock, rm.sleep
+    start = rm.now
+    with db, pytest.raises(errors.RangeKVError):
+        db.get("T", "k")
+    check_one_deadline(rm, start, 1.0)
+
+    async def main() -> None:
+        rm = SlowRM(busy=3)
+
+        async def sleep(s: float) -> None:
+            rm.sleep(s)
+
+        db = AsyncClient("http://a:1,http://b:2", transport=httpx.MockTransport(rm),
+                         timeout_s=1.0, retries=50,
+                         backoff=Backoff(delay_s_min=0.05, delay_s_max=0.2))
+        db._clock, db._sleep = rm.clock, sleep
+        start = rm.now
+        async with db:
+            with pytest.raises(errors.RangeKVError):
+                await db.get("T", "k")
+        check_one_deadline(rm, start, 1.0)
+
+    asyncio.run(main())
 
 
 # --- the contract with the rm's decoder -------------------------------------------------------

@@ -12,6 +12,7 @@ Every method raises only :mod:`rangekv.errors` exceptions. See ``_common`` for t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -40,7 +41,9 @@ class AsyncClient:
         _common.check_client_config(timeout_s, connect_timeout_s, retries)
         self.endpoints = _common.normalize_endpoints(endpoints)
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.retries = retries
+        self._clock: Callable[[], float] = time.monotonic  # (a test's clock)
         self._backoff = backoff or Backoff()
         self._current = 0
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -202,12 +205,16 @@ class AsyncClient:
             endpoints_n=len(self.endpoints),
             backoff=self._backoff,
             write=call.write,
+            timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+            clock=self._clock,
         )
         while True:
             endpoint = self.endpoints[self._current]
             try:
                 resp = await self._http.request(
-                    call.method, endpoint + call.path, headers=call.headers, content=call.content
+                    call.method, endpoint + call.path, headers=call.headers, content=call.content,
+                    timeout=retrier.attempt_timeout(),
                 )
             except httpx.TransportError as exc:
                 outcome: Any = _common.failure_of_exception(exc, call, endpoint)

@@ -22,6 +22,10 @@ Retry rules (the contract users rely on; ``tests/unit/test_client.py`` pins each
 * Between rounds we back off: equal jitter over ``min(delay_s_max, delay_s_min * 2**(n-1))``,
   and at least ``Retry-After`` when the server sent one (bounded by ``retry_after_s_max``).
 * At most ``retries + 1`` rounds; then the last error is raised.
+* **One deadline per call**: ``timeout_s`` bounds the whole call, every attempt and every wait
+  between them. Each attempt gets what remains (its connection part at most
+  ``connect_timeout_s``); no wait is started that would end past the deadline, and once it has
+  passed the last error is raised (for a write whose outcome is unknown: that one).
 
 Errors raised are always from :mod:`rangekv.errors`:
 
@@ -534,16 +538,28 @@ class Backoff:
 
 
 class Retrier:
-    """Decides, failure by failure, whether one call is tried again and after how long."""
+    """Decides, failure by failure, whether one call is tried again and after how long, within
+    the call's deadline (``timeout_s`` from now on ``clock``)."""
 
-    def __init__(self, *, retries: int, endpoints_n: int, backoff: Backoff, write: bool) -> None:
-        assert retries >= 0 and endpoints_n >= 1
+    def __init__(self, *, retries: int, endpoints_n: int, backoff: Backoff, write: bool,
+                 timeout_s: float, connect_timeout_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert retries >= 0 and endpoints_n >= 1 and timeout_s > 0
+        self._clock = clock
+        self._deadline_s = clock() + timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._retries = retries
         self._endpoints_n = endpoints_n
         self._backoff = backoff
         self._write = write
         self._rounds = 0  # rounds that ended in failure
         self._failed_in_round = 0  # endpoints that refused connections in this round
+
+    def attempt_timeout(self) -> httpx.Timeout:
+        """The next attempt's timeouts: what remains of the call's deadline (a little at least,
+        so that an attempt started just before the deadline fails as a timeout)."""
+        remaining_s = max(0.001, self._deadline_s - self._clock())
+        return http_timeout(remaining_s, self._connect_timeout_s)
 
     def may_retry(self, failure: Failure) -> bool:
         if self._write:
@@ -562,4 +578,7 @@ class Retrier:
         self._rounds += 1
         if self._rounds > self._retries:
             return None
-        return self._backoff.delay_s(self._rounds, failure.retry_after_s)
+        delay_s = self._backoff.delay_s(self._rounds, failure.retry_after_s)
+        if self._clock() + delay_s >= self._deadline_s:
+            return None  # the call's deadline would pass before the next attempt
+        return delay_s

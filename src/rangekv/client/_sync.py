@@ -28,8 +28,9 @@ class Client:
     """A rangekv client over HTTP: thread-safe, keeps connections alive, times out by default.
 
     ``endpoints``: one URL, a comma-separated list, or a sequence; used in order, failing over
-    to the next on connection errors. ``timeout_s`` bounds each attempt (``connect_timeout_s``
-    the connection part of it); ``retries`` bounds the extra rounds after a retryable failure.
+    to the next on connection errors. ``timeout_s`` bounds each call, its retries and the waits
+    between them included (``connect_timeout_s`` bounds the connection part of an attempt);
+    ``retries`` bounds the extra rounds after a retryable failure.
     ``transport`` is the test seam (``httpx.MockTransport``).
     """
 
@@ -47,7 +48,9 @@ class Client:
         _common.check_client_config(timeout_s, connect_timeout_s, retries)
         self.endpoints = _common.normalize_endpoints(endpoints)
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.retries = retries
+        self._clock: Callable[[], float] = time.monotonic  # (a test's clock)
         self._backoff = backoff or Backoff()
         self._current = 0
         self._sleep: Callable[[float], None] = time.sleep
@@ -207,12 +210,16 @@ class Client:
             endpoints_n=len(self.endpoints),
             backoff=self._backoff,
             write=call.write,
+            timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+            clock=self._clock,
         )
         while True:
             endpoint = self.endpoints[self._current]
             try:
                 resp = self._http.request(
-                    call.method, endpoint + call.path, headers=call.headers, content=call.content
+                    call.method, endpoint + call.path, headers=call.headers, content=call.content,
+                    timeout=retrier.attempt_timeout(),
                 )
             except httpx.TransportError as exc:
                 outcome: Any = _common.failure_of_exception(exc, call, endpoint)
