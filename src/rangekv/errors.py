@@ -113,8 +113,19 @@ class NodeInUse(RangeKVError):
 
 
 class PreconditionFailed(RangeKVError):
+    """A conditional write's condition did not hold; ``current_seq`` says what it met."""
+
     code = "precondition_failed"
     status = 412
+
+    @property
+    def current_seq(self) -> str | None:
+        """The key's seq when the condition was checked (32 hex digits); None if the key did
+        not exist."""
+        value = self.details.get("current_seq")
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).hex() if any(value) else None
+        return value if isinstance(value, str) and value else None
 
 
 class RequestTimeout(RangeKVError):

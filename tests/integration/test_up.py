@@ -82,6 +82,13 @@ def test_stocks_example_through_haproxy_with_the_client(cluster: LocalCluster) -
         second = db.put(table, "D", "160")
         assert second > first  # the later write has the higher seq, and wins
         assert db.get(table, "D") == Item(b"D", b"160", second)
+        with pytest.raises(errors.PreconditionFailed) as failed:
+            db.put(table, "D", "170", if_seq=first)
+        assert failed.value.current_seq == second  # what the condition met, typed
+        with pytest.raises(errors.PreconditionFailed) as failed:
+            db.delete(table, "E", if_seq=first)
+        assert failed.value.current_seq is None  # no such key
+        assert db.exists(table, "D") and not db.exists(table, "E")
         assert db.delete(table, "D") is True
         assert db.get(table, "D") is None
         assert db.delete(table, "D") is False

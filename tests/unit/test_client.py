@@ -77,10 +77,11 @@ class FakeRM:
         current = rows.get(key)
         if_match = request.headers.get("if-match")
         if request.method == "PUT":
+            now = current[1] if current is not None else None
             if request.headers.get("if-none-match") == "*" and current is not None:
-                return error_response(412, "precondition_failed")
+                return error_response(412, "precondition_failed", current_seq=now)
             if if_match is not None and (current is None or current[1] != if_match):
-                return error_response(412, "precondition_failed")
+                return error_response(412, "precondition_failed", current_seq=now)
             seq = self.next_seq()
             rows[key] = (request.content, seq)
             return httpx.Response(200, json={"seq": seq})
@@ -189,6 +190,13 @@ def test_stocks_example() -> None:
         first, second = db.put("Stocks", "D", "140"), db.put("Stocks", "D", "160")
         assert second > first
         assert db.get("Stocks", "D") == Item(b"D", b"160", second)
+        with pytest.raises(errors.PreconditionFailed) as failed:
+            db.put("Stocks", "D", "170", if_seq=first)
+        assert failed.value.current_seq == second  # what the condition met, typed
+        with pytest.raises(errors.PreconditionFailed) as failed:
+            db.put("Stocks", "E", "1", if_seq=first)
+        assert failed.value.current_seq is None  # no such key
+        assert db.exists("Stocks", "D") and not db.exists("Stocks", "E")
         assert db.delete("Stocks", "D") is True
         assert db.get("Stocks", "D") is None
         assert db.delete("Stocks", "D") is False
@@ -674,7 +682,9 @@ def test_async_stocks_example_and_scan() -> None:
                 await db.put("Stocks", "D", "999", if_seq=first)
             with pytest.raises(errors.PreconditionFailed):
                 await db.put("Stocks", "D", "999", if_absent=True)
+            assert await db.exists("Stocks", "D")
             assert await db.delete("Stocks", "D", if_seq=second) is True
+            assert not await db.exists("Stocks", "D")
             assert (await db.list("Stocks")).next is None
             assert await db.tables() == ["Stocks"]
             assert (await db.cluster())["groups"]

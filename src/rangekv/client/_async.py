@@ -114,6 +114,10 @@ class AsyncClient:
         item: Item | None = await self._send(_common.call_get(table, key))
         return item
 
+    async def exists(self, table: str, key: str | bytes) -> bool:
+        """Whether the key exists now (a linearizable read, as :meth:`get`)."""
+        return (await self.get(table, key)) is not None
+
     async def delete(self, table: str, key: str | bytes, *, if_seq: str | None = None) -> bool:
         """Delete the key; False if it did not exist."""
         deleted: bool = await self._send(_common.call_delete(table, key, if_seq=if_seq))

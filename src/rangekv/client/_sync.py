@@ -125,6 +125,10 @@ class Client:
         item: Item | None = self._send(_common.call_get(table, key))
         return item
 
+    def exists(self, table: str, key: str | bytes) -> bool:
+        """Whether the key exists now (a linearizable read, as :meth:`get`)."""
+        return (self.get(table, key)) is not None
+
     def delete(self, table: str, key: str | bytes, *, if_seq: str | None = None) -> bool:
         """Delete the key; False if it did not exist."""
         deleted: bool = self._send(_common.call_delete(table, key, if_seq=if_seq))
