@@ -77,6 +77,14 @@ def test_the_simulator_runs_productions_range_code(scratch: Path,
         == {1, 2}
 
 
+def test_a_spare_joining_the_second_group_is_checked_against_it(scratch: Path) -> None:
+    """Seed 3992 of the swarm: a spare joins group 2 as a learner and crashes before any
+    heartbeat answer reached it; restarted, it installs group 2's snapshot, which the checkers
+    must compare with group 2's replicas (they compared it with group 1's)."""
+    result = run_seed(3992, scratch)
+    assert result["learners"] > 0 and result["snapshots_installed"] > 0, result
+
+
 def test_a_range_seed_replays(scratch: Path) -> None:
     a = run_seed(SEED_WITH_THE_STALE_READ, scratch)
     b = run_seed(SEED_WITH_THE_STALE_READ, scratch)

@@ -368,9 +368,18 @@ class Simulation:
         return self.rng.uniform(*bounds)
 
     # ------------------------------------------------------------------ checks the nodes call
+    def group_of(self, node: SimNode) -> int:
+        """The group whose entries the node holds: the one the store names it in (a learner
+        from the moment the store adds it: only that group's leader sends it anything), else
+        the last one it was in (replaced), else the first (a spare holds no entries)."""
+        gid = self.meta.group_id_of(node.id)
+        if gid is not None:
+            node.group_id = gid
+        return node.group_id or GROUP
+
     def checks_of(self, node: SimNode) -> GroupChecks:
-        """The checkers' memory of the node's group (a spare has no entries before it joins)."""
-        return self.checks[node.group_id or GROUP]
+        """The checkers' memory of the node's group."""
+        return self.checks[self.group_of(node)]
 
     def check_appended(self, node: SimNode, entries: list[Entry]) -> None:
         """Log matching, cheaply at every append: one entry per (epoch, index)."""
@@ -1072,7 +1081,7 @@ class Simulation:
         cores = [n.core for n in self.nodes.values() if n.up and n.core is not None]
         for i, a in enumerate(cores):
             for b in cores[i + 1:]:
-                if self.nodes[a.id].group_id != self.nodes[b.id].group_id:
+                if self.group_of(self.nodes[a.id]) != self.group_of(self.nodes[b.id]):
                     continue  # two groups' logs have nothing in common
                 # (compared where both still hold entries: below, they hold snapshots)
                 lo = max(a.first_index, b.first_index)

@@ -68,6 +68,7 @@ TABLE_NAME = "sim"
 Config = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 NO_CONFIG: Config = ((), (), ())
 LOG = logging.getLogger("rangekv.sim.meta")  # the mover's own lines (quiet in a simulation)
+LOG.addHandler(logging.NullHandler())
 
 
 def address(node_id: int) -> str:
