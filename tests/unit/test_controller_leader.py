@@ -79,8 +79,13 @@ def oracle(group: Group, beats: dict[int, Beat], judge_from: float,
         sound.remove(failed)
     if not sound:
         return "stuck", None, 0
-    ranked = sorted(sound, key=lambda m: (-beats[m].status.last_epoch,
-                                          -beats[m].status.last_index, m))
+    def ours(m: int) -> bool:  # its heartbeat is about this group's log
+        return beats[m].status.group == group.id
+
+    # a member whose log is another group's (or none yet) holds none of this group's
+    ranked = sorted(sound, key=lambda m: (not ours(m),
+                                          -beats[m].status.last_epoch if ours(m) else 0,
+                                          -beats[m].status.last_index if ours(m) else 0, m))
     promised = [beats[m].status.epoch for m in up if beats[m].status.group == group.id]
     return "elect", ranked[0], max([group.epoch, *promised]) + 1
 

@@ -218,6 +218,18 @@ def test_caught_up_means_the_target_and_within_the_slack(commit: int, target: in
     assert p.action == action
 
 
+@pytest.mark.parametrize("reported_group", [None, 2])
+def test_a_learner_reporting_another_groups_log_has_not_caught_up(
+        reported_group: int | None) -> None:
+    """A spare that was a learner of another group reports that group's commit index (or no
+    group yet) until it hears it is in this one and discards that log: that index says nothing
+    of this group's entries. (The simulator with two groups promoted such a spare at once:
+    "learner 5 caught up (commit index 36, the leader's 19)".)"""
+    p = plan(LEARNING, learning(group=reported_group, commit=5000, last=5000),
+             view=started_view())
+    assert p.action == "wait" and p.new == 4, p
+
+
 def test_a_learner_not_caught_up_in_time_is_dropped_and_flagged() -> None:
     p = plan(LEARNING, learning(commit=10), view=started_view(), learner_since=NOW - 61)
     assert p.action == "drop_learner" and p.group == GROUP

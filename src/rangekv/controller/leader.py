@@ -129,6 +129,8 @@ def choose_leader(
 
     def progress(m: int) -> tuple[int, int, int]:
         st = beats[m].status
+        if st.group != group.id:
+            return (-1, -1, -m)  # its log is not this group's (yet): it holds none of it
         return (st.last_epoch, st.last_index, -m)
 
     best = max(candidates, key=progress)

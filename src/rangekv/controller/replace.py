@@ -258,7 +258,10 @@ def plan_replacement(
             return ReplacementPlan("wait", f"group {gid}: learner {y} waits for a serving "
                                            f"leader", old=x, new=y)
         lc = lead.status.commit_index
-        yc = ybeat.status.commit_index if ybeat is not None and down is None else 0
+        # (only a beat about this group's log counts: a spare that was in another group still
+        # reports that group's commit index until it hears of this one and discards that log)
+        yc = (ybeat.status.commit_index
+              if ybeat is not None and down is None and ybeat.status.group == gid else 0)
         if (ybeat is None or down is not None or yc < learner_target
                 or yc + policy.catch_up_slack < lc):
             if now_s - learner_since_s > policy.learner_timeout_s:

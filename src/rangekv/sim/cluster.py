@@ -326,7 +326,7 @@ class Simulation:
                       # range seeds: the controller's range changes, meta's requests to group
                       # leaders, client requests a group refused (its range is elsewhere)
                       "splits": 0, "merges": 0, "moves": 0, "range_tasks_failed": 0,
-                      "meta_calls": 0, "ops_not_here": 0, "source_reads": 0,
+                      "meta_calls": 0, "ops_not_here": 0, "source_reads": 0, "discards": 0,
                       # the bad rm: writes that reached a node, refused by the seq bound
                       "hostile_rm_sent": 0, "hostile_rm_refused": 0,
                       # the bad node: messages sent; refused by the core (``core.refused``),
@@ -528,8 +528,8 @@ class Simulation:
             status = NodeStatus(broken=True, broken_reason=node.broken)
         else:
             st = node.core.status()
-            group = self.meta.view.group_of(node.id)
-            status = NodeStatus(group=group.id if group is not None else None,
+            # (the group the node was last told of, as a real node reports it)
+            status = NodeStatus(group=node.assigned_group,
                                 epoch=st["epoch"], role=st["role"],
                                 leader_epoch=st["leader_epoch"], last_epoch=st["last_epoch"],
                                 last_index=st["last_index"], commit_index=st["commit_index"],
@@ -547,14 +547,14 @@ class Simulation:
             return  # no active meta: nobody answers
         config, campaign = answer
         node = self.nodes[node_id]
-        if config != NO_CONFIG:
-            node.group_id = self.meta.group_id_of(node_id)
+        gid = self.meta.group_id_of(node_id) if config != NO_CONFIG else None
         # The reply carries the group's config; it is only worth an event when it changes
         # something (a real node gets it with every reply and ignores what it already has).
-        core = self.nodes[node_id].core
-        stale = core is not None and (core.members, core.learners, core.joint) != config
+        core = node.core
+        stale = core is not None and ((core.members, core.learners, core.joint) != config
+                                      or node.assigned_group != gid)
         if (campaign is not None or stale) and self.linked(node_id, META):
-            self.at(self.uniform(self.cfg.delay_ms), "assign", (node_id, config, campaign))
+            self.at(self.uniform(self.cfg.delay_ms), "assign", (node_id, gid, config, campaign))
 
     def meta_decided(self, d: Decision) -> None:
         """A decision of the planner landed in the store (or, "no spare", was said)."""
@@ -1225,9 +1225,17 @@ class Simulation:
         elif kind == "meta_beat":
             self._meta_beat(*payload)
         elif kind == "assign":
-            node_id, config, epoch = payload
+            node_id, gid, config, epoch = payload
             node = self.nodes[node_id]
             if node.up and node.loop is not None and self.linked(node_id, META):
+                if gid is not None and node.data_group not in (None, gid):
+                    # the node server's rule: another group's data is discarded first, and
+                    # the node starts empty (it hears of its group again at its next beat)
+                    node.discard(gid)
+                    return
+                if gid is not None:
+                    node.data_group = gid
+                node.assigned_group = gid
                 node.loop.configure(*config)
                 if epoch is not None:
                     node.loop.campaign(epoch)

@@ -32,6 +32,7 @@ module calls back.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,9 @@ class SimNode:
     gone: bool = False  # crashed for good: never restarts
     # Leading with faults stopped: learner -> (first seen behind ms, commit index to reach).
     learners_seen: dict[int, tuple[float, int]] = field(default_factory=dict)
-    group_id: int | None = None  # the group meta last told it it takes part in
+    group_id: int | None = None  # the group whose entries it holds (the checkers' view)
+    assigned_group: int | None = None  # the group meta last told it of (its heartbeats say)
+    data_group: int | None = None  # whose data is on its disk (the node server's node.group)
     # range seeds: the size and load of its ranges (``node/stats.py``, as a real node keeps
     # them), the meta's requests waiting for their entry's apply (index -> (epoch, op, wait))
     # or their read (token -> (wait, fields))
@@ -220,6 +223,11 @@ class SimNode:
             self.stats = RangeStats(engine, clock=self.now_s, tau_s=sim.cfg.range_tau_s)
             self.stats.attach()
         members, learners, joint = sim.config_of(self.id)
+        if members or learners or joint:  # (told at start, as a first heartbeat answer)
+            self.assigned_group = sim.meta.group_id_of(self.id)
+            self.data_group = self.data_group or self.assigned_group
+        else:
+            self.assigned_group = None
         core = sim.core_factory(
             self.id, members, wal,
             {k: int(v) for k, v in hardstate.load(self.dir / "hardstate").items()},
@@ -275,6 +283,28 @@ class SimNode:
         sim.log(f"n{self.id} crashed")
         if flip:
             self._flip_bit()
+
+    def discard(self, gid: int) -> None:
+        """Told to join group ``gid`` while its data is another group's: discard the log, the
+        hard state and the state machine and start empty for ``gid`` (the node server's
+        ``_discard_data``), so that two groups' logs never mix."""
+        sim = self.sim
+        assert self.loop is not None
+        sim.log(f"n{self.id} discards group {self.data_group}'s data to join group {gid}")
+        self.loop.close()
+        if self.wal is not None:
+            self.wal._close_fds()
+        self.fail_ops()
+        self.calls, self.meta_reads, self.stats = {}, {}, None
+        self.up, self.loop, self.disk, self.wal, self.engine = False, None, None, None, None
+        self.sending, self.incoming = {}, None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.backend = MemoryBackend()
+        self.durable_sizes = {}
+        self.data_group = gid
+        self.group_id = gid
+        sim.stats["discards"] += 1
+        self.start()
 
     def _flip_bit(self) -> None:
         """Flip one bit inside a record that has a valid record after it: the CRC must catch
