@@ -368,13 +368,19 @@ class Simulation:
         return self.rng.uniform(*bounds)
 
     # ------------------------------------------------------------------ checks the nodes call
+    def groups_changed(self, groups: dict[int, Group]) -> None:
+        """The store's groups changed: each node involved in one is that group's, from now on
+        (a learner from the moment the store adds it: only that group's leader sends it
+        anything), until another group takes it (it then discards this one's data first)."""
+        for gid, group in groups.items():
+            for n in (*group.members, *group.learners, *group.joint):
+                node = self.nodes.get(n)
+                if node is not None:
+                    node.group_id = gid
+
     def group_of(self, node: SimNode) -> int:
-        """The group whose entries the node holds: the one the store names it in (a learner
-        from the moment the store adds it: only that group's leader sends it anything), else
-        the last one it was in (replaced), else the first (a spare holds no entries)."""
-        gid = self.meta.group_id_of(node.id)
-        if gid is not None:
-            node.group_id = gid
+        """The group whose entries the node holds: the last one the store named it in (a node
+        dropped or replaced keeps that group's log), else the first (a spare holds none)."""
         return node.group_id or GROUP
 
     def checks_of(self, node: SimNode) -> GroupChecks:

@@ -130,6 +130,7 @@ class SimMeta:
             return
         apply_events(self.view, self.revs, events)
         assert self.view.revision >= before, (before, self.view.revision)
+        self.sim.groups_changed(self.view.groups)
         if any(e.kv.key.startswith(model.RANGES) for e in events):
             self.sim.ranges_changed(self.view.revision, self.table_ranges())
 
