@@ -272,9 +272,12 @@ async def request(meta: MetaService, op: str, **fields: Any) -> dict[str, Any]:
 # -- pure decisions -----------------------------------------------------------------------------
 
 
-def _beat(at_s: float, last_epoch: int = 0, last_index: int = 0, **status: Any) -> Beat:
+def _beat(at_s: float, last_epoch: int = 0, last_index: int = 0, group: int | None = 7,
+          **status: Any) -> Beat:
+    """A heartbeat (by default of a member of group 7, about that group's log)."""
     return Beat(
-        at_s, "127.0.0.1:1", NodeStatus(last_epoch=last_epoch, last_index=last_index, **status)
+        at_s, "127.0.0.1:1",
+        NodeStatus(last_epoch=last_epoch, last_index=last_index, group=group, **status),
     )
 
 
@@ -283,7 +286,7 @@ def test_choose_leader_rules() -> None:
     timing = dict(
         heartbeat_timeout_s=1.0, campaign_timeout_s=3.0, judge_from_s=0.0, campaign_since_s=0.0
     )
-    serving = dict(group=7, role="leader", leader_epoch=3)
+    serving = dict(role="leader", leader_epoch=3)
     now = 100.0
     # a serving, live leader is kept
     beats = {1: _beat(now, 3, 10, **serving), 2: _beat(now, 3, 10), 3: _beat(now, 3, 10)}
@@ -309,15 +312,19 @@ def test_choose_leader_rules() -> None:
     assert stuck.action == "stuck" and "majority" in stuck.reason
     # a leader that does not take up its epoch is replaced after the campaign timeout, by
     # someone else, and the epoch clears every epoch a live member promised
-    beats = {1: _beat(now, 3, 50, group=7, epoch=5), 2: _beat(now, 3, 12), 3: _beat(now, 3, 11)}
+    beats = {1: _beat(now, 3, 50, epoch=5), 2: _beat(now, 3, 12), 3: _beat(now, 3, 11)}
     assert choose_leader(g, beats, now, **{**timing, "campaign_since_s": now - 1}).action == "keep"
     late = choose_leader(g, beats, now, **{**timing, "campaign_since_s": now - 4})
     assert (late.action, late.leader, late.epoch) == ("elect", 2, 6)
     # a group without a leader gets its first one
     fresh = Group(8, members=(4, 5, 6))
-    beats = {4: _beat(now), 5: _beat(now, 0, 1), 6: _beat(now)}
+    beats = {4: _beat(now, group=8), 5: _beat(now, 0, 1, group=8), 6: _beat(now, group=8)}
     first = choose_leader(fresh, beats, now, **timing)
     assert (first.action, first.leader, first.epoch) == ("elect", 5, 1)
+    # a member whose heartbeat is about another group's log (a spare that was there, not told
+    # of this one yet) holds none of this group's entries, however long its log
+    beats = {1: _beat(now - 5), 2: _beat(now, 3, 12), 3: _beat(now, 9, 99, group=None)}
+    assert choose_leader(g, beats, now, **timing).leader == 2
 
 
 def test_parse_args() -> None:
