@@ -741,7 +741,11 @@ class Simulation:
     def _fall_back(self, cop: ClientOp) -> None:
         """The rm falls back to the watched view for the group it asked."""
         group = self._asked(cop)
-        self.rm_cache[(cop.rm, group)] = self._group_leader(group)  # type: ignore[assignment]
+        leader = self._group_leader(group)
+        if leader is None:
+            self.rm_cache.pop((cop.rm, group), None)  # (no leader known: the same as none)
+        else:
+            self.rm_cache[(cop.rm, group)] = leader
 
     def read_done(self, node: SimNode, cop: ClientOp) -> None:
         """A linearizable read on ``node`` is ready (its read index applied): answer it, or go
