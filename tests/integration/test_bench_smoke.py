@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rangekv.bench import suite
-from rangekv.bench.main import main
+from rangekv.bench import pyclient, suite
+from rangekv.bench.main import client_data, main
 from rangekv.bench.systems import redis_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -62,3 +62,47 @@ def test_closed_loop_scan_and_report(tmp_path: Path) -> None:
         return
     png = tmp_path / "docs" / "benchmarks-throughput-p99.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_python_client_suite_and_report(tmp_path: Path) -> None:
+    """``rangekv bench client`` tiny, on rangekv (and etcd when its Python client is installed):
+    every figure is there and positive, no operation failed, the report shows them."""
+    systems = ("rangekv",) + (("etcd",) if pyclient.available("etcd") is None else ())
+    config = pyclient.Config(systems=systems, seconds=1.0, warmup_s=0.3, runs=1, tasks=4,
+                             threads=2, records=300, load_batch=100, load_inflight=2,
+                             etcd_txn_ops=50, scan_page=100, dir=str(tmp_path))
+    steps: list[str] = []
+    client = pyclient.run_client(config, steps.append)
+    assert not client["failed"], client["failed"]
+    assert steps and len(steps) <= config.steps()
+    sync_etcd = pyclient.sync_etcd_missing() is None
+    for system in systems:
+        for api, op, conc in config.timed():
+            r = pyclient.find(client, system, f"{api} {op} x{conc}")
+            if api == "sync" and system == "etcd" and not sync_etcd:
+                assert r is None
+                continue
+            assert r is not None, (system, api, op, conc)
+            assert r["ops"] > 0 and r["ops_per_s"] > 0 and not r["errors"], r
+            assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+            assert r["client_cpu_ms_per_op"] > 0 and r["server_cpu_ms_per_op"] > 0
+            assert r["servers"] and r["runs"] == [round(r["ops_per_s"], 4)]
+        for what in ("load", "scan"):
+            r = pyclient.find(client, system, what)
+            assert r is not None and not r["errors"], (system, what, r)
+            assert r["keys"] == config.records and r["keys_per_s"] > 0
+    assert pyclient.find(client, "rangekv", "load")["path"].startswith("AsyncClient.")
+    put = pyclient.find(client, "rangekv", "async put x4")
+    assert {"haproxy", "rm-1", "node-1"} <= set(put["servers"])
+    assert put["fsync_per_write"] > 0  # the busiest replica synced for the puts
+    command = pyclient.find(client, "rangekv", "rangekv load")
+    assert command["keys"] == config.records and command["keys_per_s"] > 0
+
+    out = tmp_path / "client.json"
+    out.write_text(json.dumps(client_data(client)))
+    assert main(["report", str(out), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "benchmarks.md").read_text()
+    for heading in ("## Python clients, one process", "### Targets",
+                    "### Throughput and CPU per operation", "### One task: latency",
+                    "### Batch loading and full scans"):
+        assert heading in md, heading

@@ -22,6 +22,15 @@ bar goes to stderr; the figures (markdown tables) to stdout.
 
 ``routing``: the rm's routing map with N ranges of one table (``rangekv.bench.routing``): bytes
 per range, lookup time, the cost of one watch event, the full load.
+
+    rangekv bench client [--systems rangekv,etcd] [--seconds S] [--runs N] [--records N]
+                         [--tasks N] [--threads N] [--json F] [...]
+
+``client``: rangekv against etcd through their own Python clients (``rangekv.bench.pyclient``),
+one generator process per measurement: 64 asyncio tasks (puts/s, linearizable gets/s, client
+and server CPU per operation), one task (latency), the sync clients from threads, batch loading
+(the client's ``put_many``, and the ``rangekv load`` command) and a full scan. ``all`` runs it
+too (``--client-records 0`` leaves it out).
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rangekv.bench import report, suite
+from rangekv.bench import pyclient, report, suite
 from rangekv.bench.calibrate import calibrate
 from rangekv.bench.drivers import SYSTEMS
 from rangekv.progress import Progress
@@ -60,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "open": "open-loop puts and gets at fixed rates (latency from the intended time)",
         "ycsb": "YCSB workloads A-F (1 KB records, zipfian 0.99)",
         "scan": "whole-table pagination: keys per second",
-        "all": "calibrate, then closed, open, ycsb and scan on every system",
+        "all": "calibrate, then closed, open, ycsb and scan on every system, then client",
     }
     for name, text in helps.items():
         _suite_args(sub.add_parser(name, help=text), name)
@@ -80,7 +90,90 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the figures as JSON")
     rt.set_defaults(run=_run_routing)
+    _client_args(sub.add_parser("client", help="rangekv against etcd through their Python "
+                                               "clients, in one process: async, sync, one "
+                                               "task, batch load, full scan"))
     return p
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    d = pyclient.Config()
+    p.add_argument("--systems", default=",".join(pyclient.SYSTEMS),
+                   help=f"comma-separated, of {', '.join(pyclient.SYSTEMS)} (default: both)")
+    p.add_argument("--seconds", type=float, default=d.seconds,
+                   help=f"measurement window per timed run (default {d.seconds:g})")
+    p.add_argument("--warmup", type=float, default=d.warmup_s,
+                   help=f"warm-up before each window, excluded (default {d.warmup_s:g})")
+    p.add_argument("--runs", type=int, default=d.runs,
+                   help=f"runs per figure; each figure is their median (default {d.runs})")
+    p.add_argument("--tasks", type=int, default=d.tasks,
+                   help=f"concurrent asyncio tasks of the throughput runs (default {d.tasks})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"threads of the sync clients (default {d.threads})")
+    p.add_argument("--records", type=int, default=d.records,
+                   help=f"items loaded, then scanned and read (default {d.records:,}; the "
+                        "issue's load target is at 1,000,000)")
+    p.add_argument("--load-batch", type=int, default=d.load_batch,
+                   help=f"rangekv put_many: items per call (default {d.load_batch})")
+    p.add_argument("--load-inflight", type=int, default=d.load_inflight,
+                   help="batch calls (etcd: transactions) in flight at once (default "
+                        f"{d.load_inflight})")
+    p.add_argument("--load-tasks", type=int, default=d.load_tasks,
+                   help=f"tasks of a load by single puts, without put_many (default "
+                        f"{d.load_tasks})")
+    p.add_argument("--etcd-txn-ops", type=int, default=d.etcd_txn_ops,
+                   help=f"puts per etcd transaction (default and most: {d.etcd_txn_ops}, "
+                        "etcd's --max-txn-ops)")
+    p.add_argument("--scan-page", type=int, default=d.scan_page,
+                   help=f"keys per page of the scans (default {d.scan_page}, rangekv's client "
+                        "default)")
+    p.add_argument("--no-cli-load", action="store_true",
+                   help="leave out the `rangekv load` command's runs")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help=f"each client call's timeout, seconds (default {d.timeout_s:g})")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="where the systems keep their data (default: the temporary directory)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE",
+                   help="also write the figures as JSON (for `rangekv bench report`)")
+    p.set_defaults(run=_run_client)
+
+
+def _client_config(args: argparse.Namespace) -> pyclient.Config:
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = set(systems) - set(pyclient.SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown system(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(pyclient.SYSTEMS)}")
+    return pyclient.Config(
+        systems=systems, seconds=args.seconds, warmup_s=args.warmup, runs=args.runs,
+        tasks=args.tasks, threads=args.threads, records=args.records,
+        load_batch=args.load_batch, load_inflight=args.load_inflight,
+        load_tasks=args.load_tasks, etcd_txn_ops=args.etcd_txn_ops, scan_page=args.scan_page,
+        cli_load=not args.no_cli_load, timeout_s=args.timeout,
+        dir=str(args.dir) if args.dir else None)
+
+
+def client_data(client: dict[str, Any]) -> dict[str, Any]:
+    """What ``rangekv bench client`` writes: the shape of a suite run (for ``report``), with the
+    Python-client figures under ``client`` and no suite results."""
+    return {"meta": {"started": client["started"], "finished": client["finished"],
+                     "machine": suite.machine(), "config": {}, "versions": {}, "labels": {}},
+            "calibration": None, "skipped": {}, "failed": {}, "results": [], "client": client}
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    try:
+        config = _client_config(args)
+    except (ValueError, AssertionError) as exc:
+        print(f"error: bad arguments: {exc or 'out of range'}", file=sys.stderr)
+        return 2
+    bar = Progress(config.steps())
+    data = client_data(pyclient.run_client(config, bar.step))
+    bar.close()
+    print(report.markdown(data, plot_name=None))
+    if args.json is not None:
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    return 1 if data["client"]["failed"] else 0
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -137,6 +230,10 @@ def _suite_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--routing-ranges", type=int, default=1_000_000,
                        help="ranges of the routing-map measurement (default 1,000,000; 0 skips "
                             "it)")
+        p.add_argument("--client-records", type=int, default=pyclient.Config.records,
+                       help="items loaded and scanned by the Python-client comparison "
+                            f"(`rangekv bench client`; default {pyclient.Config.records:,}; 0 "
+                            "skips it); it takes --seconds, --warmup and --runs from here")
 
 
 def _config(args: argparse.Namespace) -> suite.Config:
@@ -164,10 +261,20 @@ def _run_suites(args: argparse.Namespace) -> int:
         return 2
     calibrating = args.suite == "all" and args.calibrate_seconds > 0
     routing_ranges = args.routing_ranges if args.suite == "all" else 0
+    client = None
+    # the Python-client comparison follows --systems: rangekv, and etcd if any etcd-* is there
+    client_systems = tuple(s for s in pyclient.SYSTEMS
+                           if any(c == s or c.startswith(s + "-") for c in config.systems))
+    if args.suite == "all" and args.client_records > 0 and client_systems:
+        client = pyclient.Config(systems=client_systems, seconds=args.seconds,
+                                 warmup_s=args.warmup, runs=args.runs,
+                                 records=args.client_records,
+                                 dir=str(args.dir) if args.dir else None)
     from rangekv.bench import routing
 
     bar = Progress(config.steps() + (CALIBRATE_STEPS if calibrating else 0)
-                   + (routing.STEPS if routing_ranges else 0))
+                   + (routing.STEPS if routing_ranges else 0)
+                   + (client.steps() if client else 0))
     cal = None
     if calibrating:
         cal = calibrate(args.dir, args.calibrate_seconds, progress=bar.step).to_json()
@@ -178,11 +285,13 @@ def _run_suites(args: argparse.Namespace) -> int:
     data = suite.run_suites(config, bar.step, cal)
     if routing_figures is not None:
         data["routing"] = routing_figures
+    if client is not None:
+        data["client"] = pyclient.run_client(client, bar.step)
     bar.close()
     print(report.markdown(data, plot_name=None))
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=1) + "\n")
-    return 1 if data["failed"] else 0
+    return 1 if data["failed"] or (data.get("client") or {}).get("failed") else 0
 
 
 def _report(args: argparse.Namespace) -> int:

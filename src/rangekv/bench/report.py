@@ -272,6 +272,206 @@ def calibration_section(data: dict[str, Any]) -> list[str]:
             *(f"- note: {n}" for n in cal.get("notes", [])), ""]
 
 
+# The Python-client targets (`rangekv bench client`)
+CLIENT_RATIO_MIN = 1.5  # rangekv / etcd via aetcd, 64 tasks, puts and linearizable gets
+CLIENT_RATIO_GOAL = 2.0
+CLIENT_CPU_PUT_MS_MAX = 0.1  # the generator's CPU per put, 64 tasks
+ONE_TASK_PUT_P50_GOAL_MS = 0.75  # and at most etcd's
+LOAD_KEYS_S_MIN = 50_000
+LOAD_RECORDS_TARGET = 1_000_000
+CLIENT_SCAN_KEYS_S_MIN = 300_000
+
+
+def _ratio(mine: Any, theirs: Any) -> float | None:
+    if mine is None or theirs is None or not theirs:
+        return None
+    return float(mine) / float(theirs)
+
+
+def _x(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def _client_index(cl: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["system"], r["what"]): r for r in cl.get("results", [])}
+
+
+def _runs(r: dict[str, Any]) -> str:
+    return " ".join("n/a" if v is None else f"{v:,.0f}" for v in r.get("runs", []))
+
+
+def client_targets(cl: dict[str, Any]) -> list[list[Any]]:
+    """The Python-client targets: [what, rangekv, etcd via aetcd, verdict]."""
+    idx = _client_index(cl)
+    tasks = cl["config"]["tasks"]
+    out: list[list[Any]] = []
+    for op, what in (("put", "puts/s"), ("get", "linearizable gets/s")):
+        mine, ref = idx.get(("rangekv", f"async {op} x{tasks}")), idx.get(
+            ("etcd", f"async {op} x{tasks}"))
+        if mine and ref:
+            r = _ratio(mine["ops_per_s"], ref["ops_per_s"])
+            verdict = ("n/a" if r is None else
+                       f"{r:.2f}x: met, goal met" if r >= CLIENT_RATIO_GOAL else
+                       f"{r:.2f}x: met, goal not met" if r >= CLIENT_RATIO_MIN else
+                       f"{r:.2f}x: not met")
+            out.append([f"{what}, {tasks} tasks, >= {CLIENT_RATIO_MIN:g}x etcd (goal "
+                        f"{CLIENT_RATIO_GOAL:g}x)", _f(mine["ops_per_s"]), _f(ref["ops_per_s"]),
+                        verdict])
+    mine = idx.get(("rangekv", f"async put x{tasks}"))
+    if mine and mine.get("client_cpu_ms_per_op") is not None:
+        ref = idx.get(("etcd", f"async put x{tasks}"))
+        cpu = mine["client_cpu_ms_per_op"]
+        out.append([f"client CPU per put, {tasks} tasks, <= {CLIENT_CPU_PUT_MS_MAX} ms",
+                    f"{cpu:.3f} ms", f"{ref['client_cpu_ms_per_op']:.3f} ms" if ref and
+                    ref.get("client_cpu_ms_per_op") is not None else "",
+                    "met" if cpu <= CLIENT_CPU_PUT_MS_MAX else "not met"])
+    mine, ref = idx.get(("rangekv", "async put x1")), idx.get(("etcd", "async put x1"))
+    if mine:
+        p50 = mine["p50_ms"]
+        verdict = ("met" if ref and p50 <= ref["p50_ms"] else "not met" if ref else "n/a")
+        verdict += (", goal met" if p50 <= ONE_TASK_PUT_P50_GOAL_MS else ", goal not met")
+        out.append([f"one task: put p50 <= etcd's (goal {ONE_TASK_PUT_P50_GOAL_MS} ms)",
+                    f"{p50:.2f} ms", f"{ref['p50_ms']:.2f} ms" if ref else "", verdict])
+    loaded = idx.get(("rangekv", "rangekv load")) or idx.get(("rangekv", "load"))
+    if loaded:
+        n = cl["config"]["records"]
+        how = "`rangekv load`" if loaded["what"] == "rangekv load" else "the client's batches"
+        ref = idx.get(("etcd", "load"))
+        scale = "" if n >= LOAD_RECORDS_TARGET else f" (measured at {n:,}, the target's is " \
+                                                    f"{LOAD_RECORDS_TARGET:,})"
+        out.append([f"{how} of {LOAD_RECORDS_TARGET:,} 256-byte items >= {LOAD_KEYS_S_MIN:,} "
+                    f"keys/s{scale}", f"{loaded['keys_per_s']:,.0f} keys/s",
+                    f"{ref['keys_per_s']:,.0f} keys/s" if ref else "",
+                    "met" if loaded["keys_per_s"] >= LOAD_KEYS_S_MIN else "not met"])
+    mine, ref = idx.get(("rangekv", "scan")), idx.get(("etcd", "scan"))
+    if mine:
+        out.append([f"full scan through the Python client >= {CLIENT_SCAN_KEYS_S_MIN:,} keys/s",
+                    f"{mine['keys_per_s']:,.0f} keys/s",
+                    f"{ref['keys_per_s']:,.0f} keys/s" if ref else "",
+                    "met" if mine["keys_per_s"] >= CLIENT_SCAN_KEYS_S_MIN else "not met"])
+    return out
+
+
+def client_section(data: dict[str, Any]) -> list[str]:
+    """The Python-client comparison (``rangekv bench client``): rangekv's ``AsyncClient`` and
+    ``Client`` against etcd's aetcd and etcd3, in one generator process each."""
+    cl = data.get("client")
+    if not cl:
+        return []
+    cfg = cl["config"]
+    idx = _client_index(cl)
+    lines = [
+        "## Python clients, one process (`rangekv bench client`)", "",
+        ("Each system's own Python client in one generator process, as an application uses "
+         "it: rangekv's `AsyncClient` (and `Client` from threads) against etcd's `aetcd` "
+         "(and `etcd3` from threads); a fresh process per measurement. 256-byte values; gets "
+         "are linearizable on both and read loaded keys. etcd's clients hold one gRPC channel "
+         "per member, task *i* on member *i* mod 3 (one task: the leader, etcd's best case); "
+         "rangekv's go to the client endpoint (HAProxy). *client CPU*: the generator "
+         "process's CPU (all its threads) over the window per operation; *server CPU*: every "
+         "server process's CPU over the window per operation, added up."), "",
+        (f"- run: {cl.get('started', '?')} to {cl.get('finished', '?')}; each figure the "
+         f"median of {cfg['runs']} run(s) of {cfg['seconds']:g} s after {cfg['warmup_s']:g} s "
+         f"of warm-up ({cfg['tasks']} tasks, {cfg['threads']} threads; {cfg['records']:,} "
+         "items loaded and scanned)"),
+    ]
+    for name, version in cl.get("versions", {}).items():
+        lines.append(f"- {cl.get('labels', {}).get(name, name)}: {version}")
+    for name, why in cl.get("skipped", {}).items():
+        lines.append(f"- {name}: skipped, {why}")
+    for name, why in cl.get("failed", {}).items():
+        lines.append(f"- {name}: FAILED, {why}")
+    lines += [f"- note: {n}" for n in cl.get("notes", [])]
+    lines.append("")
+    tg = client_targets(cl)
+    if tg:
+        lines += ["### Targets", "", *_table(["target", "rangekv", "etcd (aetcd)", "verdict"],
+                                              tg), ""]
+    timed = [r for r in cl.get("results", []) if r["kind"] == "ops" and r["system"] == "rangekv"]
+    timed += [r for r in cl.get("results", []) if r["kind"] == "ops" and r["system"] == "etcd"
+              and ("rangekv", r["what"]) not in idx]
+    many = [r for r in timed if r["concurrency"] > 1]
+    if many:
+        rows = []
+        for r in many:
+            mine, ref = idx.get(("rangekv", r["what"])), idx.get(("etcd", r["what"]))
+            client = (f"async, {r['concurrency']} tasks" if r["api"] == "async"
+                      else f"sync, {r['concurrency']} threads")
+            rows.append([r["op"], client,
+                         mine["ops_per_s"] if mine else None, ref["ops_per_s"] if ref else None,
+                         _x(_ratio(mine and mine["ops_per_s"], ref and ref["ops_per_s"])),
+                         mine["p99_ms"] if mine else None, ref["p99_ms"] if ref else None,
+                         mine["client_cpu_ms_per_op"] if mine else None,
+                         ref["client_cpu_ms_per_op"] if ref else None,
+                         mine.get("server_cpu_ms_per_op") if mine else None,
+                         ref.get("server_cpu_ms_per_op") if ref else None,
+                         _errors(mine) if mine else "", _errors(ref) if ref else ""])
+        lines += ["### Throughput and CPU per operation", "",
+                  ("ops/s over the window; p99 in ms; CPU in ms per operation. Ratio: rangekv / "
+                   "etcd, above 1 is better for rangekv."), "",
+                  *_table(["op", "clients", "rangekv ops/s", "etcd ops/s", "ratio",
+                           "rangekv p99", "etcd p99", "rangekv client CPU", "etcd client CPU",
+                           "rangekv server CPU", "etcd server CPU", "rangekv errors",
+                           "etcd errors"], rows), ""]
+    one = [r for r in timed if r["concurrency"] == 1]
+    if one:
+        rows = []
+        for r in one:
+            mine, ref = idx.get(("rangekv", r["what"])), idx.get(("etcd", r["what"]))
+            rows.append([r["op"], mine["p50_ms"] if mine else None,
+                         mine["p99_ms"] if mine else None, ref["p50_ms"] if ref else None,
+                         ref["p99_ms"] if ref else None,
+                         _x(_ratio(mine and mine["p50_ms"], ref and ref["p50_ms"])),
+                         mine["client_cpu_ms_per_op"] if mine else None,
+                         ref["client_cpu_ms_per_op"] if ref else None,
+                         mine.get("server_cpu_ms_per_op") if mine else None,
+                         ref.get("server_cpu_ms_per_op") if ref else None])
+        lines += ["### One task: latency", "",
+                  ("One asyncio task calling back to back; latency in ms from the call to its "
+                   "return. Ratio: rangekv p50 / etcd p50, below 1 is better for rangekv."), "",
+                  *_table(["op", "rangekv p50", "rangekv p99", "etcd p50", "etcd p99",
+                           "p50 ratio", "rangekv client CPU", "etcd client CPU",
+                           "rangekv server CPU", "etcd server CPU"], rows), ""]
+    counted = []
+    for what, title in (("load", "batch load"), ("rangekv load", "`rangekv load` command"),
+                        ("scan", "full scan")):
+        ref = idx.get(("etcd", "scan" if what == "scan" else "load"))
+        for system in ("rangekv", "etcd"):
+            r = idx.get((system, what))
+            if r is None:
+                continue
+            counted.append([title, system, r.get("path", f"page of {r.get('page', '?')}"),
+                            r.get("keys"), r["keys_per_s"],
+                            _x(_ratio(r["keys_per_s"], ref and ref["keys_per_s"]))
+                            if system == "rangekv" else "",
+                            r.get("client_cpu_ms_per_op"), r.get("server_cpu_ms_per_op"),
+                            _errors(r), _runs(r)])
+    if counted:
+        lines += ["### Batch loading and full scans", "",
+                  (f"A load puts {cfg['records']:,} items once (a fresh table each run) and the "
+                   "scan then reads that whole table through the client; keys/s from the first "
+                   "request to the last answer. `rangekv load` is the command on a JSON Lines "
+                   "file of the same items, timed from its start to its exit (reading the file "
+                   "included; what it reports itself is in the JSON), its CPU the command's "
+                   "own. Ratio: rangekv / etcd. CPU in ms per key."), "",
+                  *_table(["what", "system", "how", "keys", "keys/s", "ratio", "client CPU",
+                           "server CPU", "errors", "runs (keys/s)"], counted), ""]
+    per_proc = []
+    for r in cl.get("results", []):
+        if r["kind"] == "ops" and r.get("concurrency") == cfg["tasks"] and r.get("servers"):
+            per_proc.append([r["system"], r["what"], "; ".join(
+                f"{n} {_f(v['cpu_ms_per_op'], 3)}" for n, v in r["servers"].items()
+                if v["cpu_ms_per_op"] is not None), _f(r.get("fsync_per_write"), 3)])
+    if per_proc:
+        lines += [f"### Server CPU per operation, per process ({cfg['tasks']} tasks)", "",
+                  ("ms of CPU per operation of each server process over the window (user + "
+                   "system, `/proc/PID/stat`); *fsyncs/write*: the busiest replica's syncs per "
+                   "acknowledged put."), "",
+                  *_table(["system", "what", "per process (ms/op)", "fsyncs/write"], per_proc),
+                  ""]
+    return lines
+
+
 def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME,
              note: str | None = None) -> str:
     meta = data["meta"]
@@ -284,23 +484,28 @@ def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME,
         "report results.json --out docs/`). Figures from one machine, on loopback; the servers "
         "and the load generator share its cores, so read them against the machine's floor "
         "below and the generator's own CPU in each table."), "",
-        (f"- run: {meta['started']} to {meta.get('finished', '?')}; median of {cfg['runs']} "
-        f"run(s) of {cfg['seconds']:g} s after {cfg['warmup_s']:g} s of warm-up; "
-        f"{cfg['processes']} generator processes"),
-        (f"- machine: {m['cores']} cores, Python {m['python']}, {m['platform']}, load average "
-        f"at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}"),
     ]
+    if data.get("results"):
+        lines.append(
+            f"- run: {meta['started']} to {meta.get('finished', '?')}; median of {cfg['runs']} "
+            f"run(s) of {cfg['seconds']:g} s after {cfg['warmup_s']:g} s of warm-up; "
+            f"{cfg['processes']} generator processes")
+    lines.append(
+        f"- machine: {m['cores']} cores, Python {m['python']}, {m['platform']}, load average "
+        f"at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}")
     for name, version in meta["versions"].items():
         lines.append(f"- {meta['labels'].get(name, name)}: {version}")
     for name, why in data.get("skipped", {}).items():
         lines.append(f"- {name}: skipped, {why}")
     for name, why in data.get("failed", {}).items():
         lines.append(f"- {name}: FAILED, {why}")
-    lines += ["", ("Redis is an upper reference only: a single node, not replicated, with "
-              "`appendfsync always`. etcd runs 3 members with its defaults (fsync on); "
-              "`etcd-http` is its v3 JSON gateway, `etcd-py` the `aetcd` client (asyncio gRPC). "
-              "rangekv is one group of 3 replicas (plus 2 spares) behind HAProxy with 2 request "
-              "managers."), ""]
+    lines.append("")
+    if data.get("results"):
+        lines += [("Redis is an upper reference only: a single node, not replicated, with "
+                  "`appendfsync always`. etcd runs 3 members with its defaults (fsync on); "
+                  "`etcd-http` is its v3 JSON gateway, `etcd-py` the `aetcd` client (asyncio "
+                  "gRPC). rangekv is one group of 3 replicas (plus 2 spares) behind HAProxy with "
+                  "2 request managers."), ""]
     tg = targets(data)
     if tg:
         lines += ["## Targets of issue 6", "",
@@ -308,7 +513,7 @@ def markdown(data: dict[str, Any], plot_name: str | None = PLOT_NAME,
     if plot_name:
         lines += [f"![throughput against p99 latency]({plot_name})", ""]
     for section in (closed_section, ratio_section, open_section, fsync_section, cpu_section,
-                    ycsb_section, scan_section, calibration_section):
+                    ycsb_section, scan_section, client_section, calibration_section):
         lines += section(data)
     return "\n".join(lines).rstrip() + "\n"
 

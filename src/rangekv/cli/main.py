@@ -45,7 +45,8 @@ PROCESS_COMMANDS: dict[str, tuple[str, str]] = {
               ("a real cluster in network namespaces under attack by faults, and check the history "
                "(--time S, --nemesis LIST, --seed N)")),
     "bench": ("rangekv.bench.main.main",
-              "benchmarks that print figures: calibrate, closed, open, ycsb, scan, all, report"),
+              ("benchmarks that print figures: calibrate, closed, open, ycsb, scan, client, "
+               "routing, all, report")),
     "check-history": ("rangekv.check.main.main",
                       ("the linearizability checker on a recorded history "
                        "(--model register|kv|rangekv FILE)")),
