@@ -129,6 +129,10 @@ def _client_args(p: argparse.ArgumentParser) -> None:
                         "default)")
     p.add_argument("--no-cli-load", action="store_true",
                    help="leave out the `rangekv load` command's runs")
+    p.add_argument("--rangekv-endpoint", choices=("client", "http"), default=d.rangekv_endpoint,
+                   help="which endpoint rangekv's clients get: the one the cluster hands out "
+                        "for clients (default; its native rangekv:// endpoint where it has one) "
+                        "or HAProxy's HTTP endpoint")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"each client call's timeout, seconds (default {d.timeout_s:g})")
     p.add_argument("--dir", type=Path, default=None,
@@ -149,7 +153,8 @@ def _client_config(args: argparse.Namespace) -> pyclient.Config:
         tasks=args.tasks, threads=args.threads, records=args.records,
         load_batch=args.load_batch, load_inflight=args.load_inflight,
         load_tasks=args.load_tasks, etcd_txn_ops=args.etcd_txn_ops, scan_page=args.scan_page,
-        cli_load=not args.no_cli_load, timeout_s=args.timeout,
+        cli_load=not args.no_cli_load, rangekv_endpoint=args.rangekv_endpoint,
+        timeout_s=args.timeout,
         dir=str(args.dir) if args.dir else None)
 
 

@@ -96,6 +96,7 @@ class Config:
     etcd_txn_ops: int = ETCD_TXN_OPS_DEFAULT
     scan_page: int = SCAN_PAGE_DEFAULT
     cli_load: bool = True  # also time the `rangekv load` command
+    rangekv_endpoint: str = "client"  # client: the launcher's client endpoint; http: HAProxy's
     timeout_s: float = 10.0  # each client call
     dir: str | None = None
 
@@ -106,6 +107,7 @@ class Config:
         assert self.records >= 1 and self.value_bytes >= 1 and self.scan_page >= 1
         assert 1 <= self.load_batch and 1 <= self.load_inflight
         assert 1 <= self.etcd_txn_ops <= ETCD_TXN_OPS_DEFAULT, "etcd refuses bigger transactions"
+        assert self.rangekv_endpoint in ("client", "http"), self.rangekv_endpoint
 
     def ordered_systems(self) -> list[str]:
         return [s for s in SYSTEMS if s in self.systems]
@@ -661,17 +663,19 @@ def _b64(b: bytes) -> str:
 
 
 class Admin:
-    """Tables before and after the measurements, outside every window: rangekv's through its
-    sync client, etcd's (key prefixes) through its JSON gateway."""
+    """The clients' endpoints, and tables before and after the measurements, outside every
+    window: rangekv's through its sync client over HTTP, etcd's (key prefixes) through its JSON
+    gateway."""
 
-    def __init__(self, name: str, system: System) -> None:
+    def __init__(self, name: str, system: System, rangekv_endpoint: str = "client") -> None:
         self.name = name
         self.system = system
+        self.rangekv_endpoint = rangekv_endpoint
         self.endpoints = self._endpoints()
 
     def _endpoints(self) -> tuple[str, ...]:
         if self.name == "rangekv":
-            return (self.system.cluster.endpoint,)  # type: ignore[attr-defined]
+            return (self.system.client_endpoint(self.rangekv_endpoint),)  # type: ignore[attr-defined]
         urls = list(self.system.endpoints)  # type: ignore[attr-defined]
         leader = None
         for url in urls:
@@ -686,7 +690,7 @@ class Admin:
             return  # a table is a key prefix
         import rangekv
 
-        with rangekv.Client(list(self.endpoints)) as db:
+        with rangekv.Client(self.system.client_endpoint("http")) as db:  # type: ignore[attr-defined]
             if table not in db.tables():
                 db.create_table(table)
 
@@ -694,7 +698,8 @@ class Admin:
         if self.name == "rangekv":
             import rangekv
 
-            with rangekv.Client(list(self.endpoints), timeout_s=120) as db:
+            http = self.system.client_endpoint("http")  # type: ignore[attr-defined]
+            with rangekv.Client(http, timeout_s=120) as db:
                 db.drop_table(table)
             return
         # etcd: delete the prefix, then compact and defragment, so that the runs' loads do not
@@ -727,7 +732,7 @@ def sync_etcd_missing() -> str | None:
     return None
 
 
-def versions(name: str, system: System) -> str:
+def versions(name: str, system: System, form: str = "client") -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     def v(dist: str) -> str:
@@ -737,7 +742,8 @@ def versions(name: str, system: System) -> str:
             return "absent"
 
     if name == "rangekv":
-        return f"{system.version()}, httpx {v('httpx')}"
+        endpoint = system.client_endpoint(form)  # type: ignore[attr-defined]
+        return f"{system.version()}, httpx {v('httpx')}; client endpoint {endpoint}"
     etcd = system.version().split(",")[0]
     return (f"{etcd}, aetcd {v('aetcd')}, etcd3-fc {v('etcd3-fc')}, grpcio {v('grpcio')}, "
             f"protobuf {v('protobuf')}")
@@ -777,7 +783,7 @@ class ClientBench:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.admin = Admin(self.name, self.system)
+        self.admin = Admin(self.name, self.system, self.config.rangekv_endpoint)
 
     def spec(self, **kw: Any) -> Spec:
         c = self.config
@@ -920,7 +926,7 @@ def run_client(config: Config, progress: Callable[[str], None] = lambda _: None
             bench: ClientBench | None = None
             try:
                 system.start(Path(tmp))
-                out["versions"][name] = versions(name, system)
+                out["versions"][name] = versions(name, system, config.rangekv_endpoint)
                 out["labels"][name] = LABELS[name]
                 bench = ClientBench(name, system, config, progress, Path(tmp))
                 table = bench.load_and_scan()

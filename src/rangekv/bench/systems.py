@@ -103,6 +103,14 @@ class RangeKV(System):
     def target(self) -> Target:
         return Target("rangekv", ((HOST, self.cluster.base_port),))
 
+    def client_endpoint(self, form: str = "client") -> str:
+        """The endpoint rangekv's Python client is given: ``client``, the one the cluster hands
+        out for clients (its native endpoint, ``rangekv://``, where it has one), or ``http``,
+        HAProxy's HTTP endpoint."""
+        assert form in ("client", "http"), form
+        native = getattr(self.cluster, "native_endpoint", None)
+        return native if form == "client" and native else str(self.cluster.endpoint)
+
     def create_table(self, table: str) -> None:
         req = urllib.request.Request(f"{self.cluster.endpoint}/v1/tables/{table}", method="PUT")
         with urllib.request.urlopen(req, timeout=30) as r:
