@@ -26,7 +26,9 @@ where to go next carry the hint (``NotLeader.leader_hint``).
     │   └── ClockOffset        503  retryable elsewhere: a proposed seq further ahead of the
     │                               leader's clock than the maximum offset (the rm's clock)
     ├── OutcomeUnknown         504  the write may or may not have taken effect
-    ├── Timeout                504  (client side) no answer in time; outcome unknown for writes
+    │   ├── Timeout            504  (client side) no answer in time; outcome unknown for writes
+    │   └── SessionExpired     504  a retried write whose first attempt's result the group no
+    │                               longer holds (its client session is gone): nothing done
     ├── ProtocolError          502  a peer sent something we cannot decode
     └── Internal               500  a bug: please report
 
@@ -189,6 +191,18 @@ class Timeout(OutcomeUnknown):
     code = "timeout"
 
 
+class SessionExpired(OutcomeUnknown):
+    """A retried write (``retry``) of a client session that the group no longer holds the
+    result of: the session was dropped (no write of the client for an hour of seq time, or
+    evicted as the least recently writing of too many clients) or the write's cseq is at or
+    below what the session has forgotten. The earlier attempt may or may not have been applied,
+    and applying this one could apply it twice, so nothing was done: the outcome stays unknown
+    (read before writing again). Not retryable: every retry would get the same answer."""
+
+    code = "session_expired"
+    retryable = False
+
+
 class ProtocolError(RangeKVError):
     code = "protocol_error"
     status = 502
@@ -198,6 +212,25 @@ class ProtocolError(RangeKVError):
 class Internal(RangeKVError):
     code = "internal"
     status = 500
+
+
+class BatchFailed(RangeKVError):
+    """(client side) Some items of a batch (``put_many``, ``get_many``, ``delete_many``) failed.
+    ``results`` holds one entry per item, in order: its result, or the error it got (a batch
+    is not a transaction: the items that succeeded stay done)."""
+
+    code = "batch_failed"
+    status = 207
+
+    def __init__(self, message: str = "", results: list[Any] | None = None,
+                 **details: Any) -> None:
+        super().__init__(message, **details)
+        self.results: list[Any] = list(results or [])
+
+    @property
+    def errors(self) -> list[tuple[int, RangeKVError]]:
+        """(index, error) of each item that failed."""
+        return [(i, r) for i, r in enumerate(self.results) if isinstance(r, RangeKVError)]
 
 
 _BY_CODE: dict[str, type[RangeKVError]] = {}

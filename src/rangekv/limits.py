@@ -17,6 +17,9 @@ LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 LIST_BYTES_MAX = 4 * 1024 * 1024  # a list page stops early once it carries this much
 CURSOR_BYTES_MAX = 4096
+# put_many / get_many / delete_many: items in one call, and the keys and values they carry
+BATCH_ITEMS_MAX = 10_000
+BATCH_BYTES_MAX = 4 * 1024 * 1024
 
 # Internal frames: a frame announces its length first; anything above this is refused before a
 # byte of its body is read. Large enough for an append batch carrying one maximal value.
@@ -75,3 +78,14 @@ def check_list_limit(limit: int | None) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise InvalidArgument("limit must be a positive integer", field="limit")
     return min(limit, LIST_LIMIT_MAX)
+
+
+def check_batch(n_items: int, n_bytes: int) -> None:
+    """A batch call's size: at most ``BATCH_ITEMS_MAX`` items and ``BATCH_BYTES_MAX`` bytes of
+    keys and values (one maximal value always fits)."""
+    if n_items > BATCH_ITEMS_MAX:
+        raise InvalidArgument(f"a batch holds at most {BATCH_ITEMS_MAX} items, not {n_items}",
+                              field="items", limit=BATCH_ITEMS_MAX)
+    if n_bytes > max(BATCH_BYTES_MAX, VALUE_BYTES_MAX + KEY_BYTES_MAX):
+        raise TooLarge(f"a batch carries at most {BATCH_BYTES_MAX} bytes of keys and values, "
+                       f"not {n_bytes}", field="items", limit=BATCH_BYTES_MAX)

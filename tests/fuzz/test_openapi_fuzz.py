@@ -278,6 +278,19 @@ def _inexpressible(case: Any, response: Any) -> str | None:
             return "the bound limit is in bytes; a schema would count characters"
     if field == "If-None-Match" and "if-match" in headers and "if-none-match" in headers:
         return "If-Match and If-None-Match exclude each other"
+    body = case.body if isinstance(case.body, dict) else {}
+    ops = [op for op in body.get("ops") or () if isinstance(op, dict)]
+    if field in ("key", "value") and body.get("encoding") == "base64":
+        return "with encoding=base64 a batch's keys and values must be standard base64"
+    if field in ("key", "value") and any(
+            len(str(op.get(field, "")).encode()) > limits.KEY_BYTES_MAX for op in ops):
+        return "the limits are in bytes; a schema would count characters"
+    if field == "if_absent" and any(op.get("if_absent") and (
+            op.get("if_seq") is not None or op.get("op") != "put") for op in ops):
+        return "if_absent is for puts without if_seq: a dependency between fields"
+    if field == "X-Rangekv-Session" and not re.fullmatch(
+            openapi.SESSION_PATTERN, str(headers.get("x-rangekv-session", "")).lower()):
+        return "not schema-valid: the coverage phase sent a session that misses its pattern"
     return None
 
 

@@ -490,7 +490,9 @@ def test_describe_lines() -> None:
 def test_port_layout_follows_the_internals_doc() -> None:
     c = LocalCluster("/tmp/x")
     assert c.endpoint == "http://127.0.0.1:8400"
+    assert c.native_endpoint == "rangekv://127.0.0.1:8401"
     assert c.rm_endpoints == ["http://127.0.0.1:8411", "http://127.0.0.1:8412"]
+    assert c.rm_native_endpoints == ["rangekv://127.0.0.1:8402", "rangekv://127.0.0.1:8403"]
     assert c.meta_addresses == {1: "127.0.0.1:8420", 2: "127.0.0.1:8421"}
     assert list(c.node_addresses.values()) == [f"127.0.0.1:843{i}" for i in range(1, 6)]
     assert c.etcd_endpoint == "http://127.0.0.1:8441"
@@ -529,6 +531,8 @@ def test_port_layout_follows_the_internals_doc() -> None:
         "1",
         "--listen",
         "127.0.0.1:8411",
+        "--native-listen",
+        "127.0.0.1:8402",
         "--etcd",
         "http://127.0.0.1:8441",
     )
@@ -556,6 +560,9 @@ def test_port_layout_follows_the_internals_doc() -> None:
         LocalCluster("/tmp/x", nodes=30)
     assert sorted(local.cluster_ports(8400)) == [
         8400,
+        8401,
+        8402,
+        8403,
         8411,
         8412,
         8420,

@@ -480,16 +480,58 @@ def test_writes_are_retried_when_surely_not_processed(first: Any) -> None:
     ],
 )
 def test_writes_are_never_retried_when_they_may_have_happened(first: Any) -> None:
+    """Without a client session (``sessions=False``) a write that may have been applied is
+    never sent again."""
     handler, seen = scripted([first, OK_PUT])
-    with make_client(handler, retries=5) as db:
+    with make_client(handler, retries=5, sessions=False) as db:
         with pytest.raises(errors.OutcomeUnknown):
             db.put("T", "k", "v")
     assert len(seen) == 1
     handler, seen = scripted([first, httpx.Response(200, json={"deleted": True})])
-    with make_client(handler, retries=5) as db:
+    with make_client(handler, retries=5, sessions=False) as db:
         with pytest.raises(errors.OutcomeUnknown):
             db.delete("T", "k")
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("server disconnected"),
+        error_response(504, "outcome_unknown"),
+        httpx.Response(502, text="bad gateway"),
+    ],
+)
+def test_a_session_write_of_unknown_outcome_is_resent_as_a_retry_of_the_same_cseq(
+        first: Any) -> None:
+    """With a session (the default) the write is resent with the same client id and cseq,
+    marked as a retry: the group applies it at most once and answers the first result."""
+    handler, seen = scripted([first, OK_PUT])
+    with make_client(handler, retries=5) as db:
+        assert db.put("T", "k", "v") == OK_PUT.json()["seq"]
+    assert len(seen) == 2
+    a, b = seen
+    client, cseq, floor = a.headers["x-rangekv-session"].split(":")
+    assert len(bytes.fromhex(client)) == 16 and cseq == floor == "1"
+    assert a.headers["x-rangekv-session"] == b.headers["x-rangekv-session"]
+    assert "x-rangekv-retry" not in a.headers and b.headers["x-rangekv-retry"] == "1"
+    # the next write takes the next number, and the floor follows the answered ones
+    handler2, seen2 = scripted([OK_PUT])
+    db2 = make_client(handler2)
+    db2.session = db.session
+    db2.put("T", "k", "v")
+    assert seen2[0].headers["x-rangekv-session"] == f"{client}:2:2"
+
+
+def test_a_session_write_that_runs_out_of_time_after_an_unknown_outcome_is_unknown() -> None:
+    """Unavailable after an attempt of unknown outcome is not "nothing happened"."""
+    handler, seen = scripted([httpx.ReadTimeout("slow")] + [
+        error_response(503, "unavailable")] * 10)
+    with make_client(handler, retries=3) as db:
+        with pytest.raises(errors.OutcomeUnknown):
+            db.put("T", "k", "v")
+    assert len(seen) == 4
 
 
 @pytest.mark.parametrize(
@@ -633,18 +675,25 @@ def test_a_write_timeout_does_not_fail_over_into_a_second_write() -> None:
         seen.append(request.url.host)
         raise httpx.ReadTimeout("slow")
 
-    with make_client(handler, endpoints=["http://rm1:1", "http://rm2:2"]) as db:
+    with make_client(handler, endpoints=["http://rm1:1", "http://rm2:2"],
+                     sessions=False) as db:
         with pytest.raises(errors.Timeout):
             db.put("T", "k", "v")
     assert seen == ["rm1"]
+    # with a session the same write goes on to the other rm, as a retry, until it gives up
+    seen.clear()
+    with make_client(handler, endpoints=["http://rm1:1", "http://rm2:2"], retries=1) as db:
+        with pytest.raises(errors.Timeout):
+            db.put("T", "k", "v")
+    assert seen == ["rm1", "rm2"]
 
 
 def test_timeouts_are_on_by_default() -> None:
-    with Client() as db:
+    with Client("http://127.0.0.1:8400") as db:
         timeout = db._http.timeout
         assert db.timeout_s == 10.0
         assert timeout.read == 10.0 and timeout.write == 10.0 and timeout.connect == 3.0
-    with Client(timeout_s=1.5) as db:
+    with Client("http://127.0.0.1:8400", timeout_s=1.5) as db:
         assert db._http.timeout.connect == 1.5
 
 
@@ -704,10 +753,15 @@ def test_async_retry_rules_and_failover() -> None:
         assert [r.url.host for r in seen] == ["a", "b"]
 
         handler, seen = scripted([httpx.ReadTimeout("slow"), OK_PUT])
-        async with make_async_client(handler) as db:
+        async with make_async_client(handler, sessions=False) as db:
             with pytest.raises(errors.Timeout):
                 await db.put("T", "k", "v")
         assert len(seen) == 1
+
+        handler, seen = scripted([httpx.ReadTimeout("slow"), OK_PUT])
+        async with make_async_client(handler) as db:
+            assert await db.put("T", "k", "v") == "f" * 32
+        assert len(seen) == 2 and seen[1].headers["x-rangekv-retry"] == "1"
 
         handler, seen = scripted([httpx.ReadTimeout("slow"), OK_GET])
         async with make_async_client(handler) as db:

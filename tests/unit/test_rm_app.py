@@ -875,7 +875,7 @@ def test_routes_health_cluster_metrics_openapi() -> None:
                 "/v1/tables/{table}",
                 "/v1/tables/{table}/keys",
                 "/v1/tables/{table}/keys/{key}",
-                "/v1/tables/{table}/ranges",
+                "/v1/tables/{table}/ranges", "/v1/tables/{table}/batch",
                 "/v1/tables/{table}/move/{key}",
                 "/v1/tables/{table}/split/{key}",
                 "/v1/cluster",

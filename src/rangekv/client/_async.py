@@ -1,6 +1,7 @@
-"""The asyncio client: :class:`AsyncClient`, the twin of ``_sync.Client``; keep the two in step.
+"""The asyncio client: :class:`AsyncClient`. Its methods are ``_api.Api``'s, shared with the
+sync client (each returns a coroutine here); this module holds the driver and ``scan``.
 
-    async with rangekv.AsyncClient("http://127.0.0.1:8400") as db:
+    async with rangekv.AsyncClient() as db:   # rangekv://127.0.0.1:8401, the native protocol
         await db.create_table("Stocks")
         seq = await db.put("Stocks", "B", "100")
         async for item in db.scan("Stocks"):
@@ -19,13 +20,16 @@ from typing import Any
 
 import httpx
 
-from rangekv import errors, limits
-from rangekv.client import _common
-from rangekv.client._common import Backoff, Call, Failure, Item, Page, Retrier
+from rangekv import errors
+from rangekv.client import _common, _native
+from rangekv.client._api import Api
+from rangekv.client._common import Backoff, Call, Failure, Item, Retrier, Session
 
 
-class AsyncClient:
-    """The same API as :class:`rangekv.Client`, with coroutines and an async ``scan``."""
+class AsyncClient(Api):
+    """The same API as :class:`rangekv.Client`, with coroutines and an async ``scan``.
+    ``connections``: native connections per endpoint, each carrying any number of requests
+    at once."""
 
     def __init__(
         self,
@@ -37,9 +41,12 @@ class AsyncClient:
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        sessions: bool = True,
+        connections: int = _native.CONNECTIONS_DEFAULT,
     ) -> None:
         _common.check_client_config(timeout_s, connect_timeout_s, retries)
         self.endpoints = _common.normalize_endpoints(endpoints)
+        self.native = _common.is_native(self.endpoints)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retries = retries
@@ -47,7 +54,9 @@ class AsyncClient:
         self._backoff = backoff or Backoff()
         self._current = 0
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-        self._http = httpx.AsyncClient(
+        self.session: Session | None = Session() if sessions else None
+        self._native = _native.AsyncNative(connections) if self.native else None
+        self._http = None if self.native else httpx.AsyncClient(
             timeout=_common.http_timeout(timeout_s, connect_timeout_s),
             transport=transport,
             headers={"User-Agent": _common.USER_AGENT, **(headers or {})},
@@ -59,84 +68,6 @@ class AsyncClient:
     def endpoint(self) -> str:
         """The endpoint the next request goes to."""
         return self.endpoints[self._current]
-
-    # --- tables -------------------------------------------------------------------------------
-
-    async def create_table(self, name: str) -> None:
-        await self._send(_common.call_create_table(name))
-
-    async def drop_table(self, name: str) -> None:
-        await self._send(_common.call_drop_table(name))
-
-    async def ranges(self, table: str) -> list[dict[str, Any]]:
-        """The table's ranges in key order: start, end (None: unbounded), group, version."""
-        result: list[dict[str, Any]] = await self._send(_common.call_ranges(table))
-        return result
-
-    async def split(self, table: str, at: str | bytes,
-              to: int | str | None = None) -> list[dict[str, Any]]:
-        """Cut the range of ``table`` holding ``at`` in two at ``at`` (both halves on the same
-        group; with ``to``, a group id or "auto", the upper part then moves there, live); the
-        table's ranges afterwards. Idempotent."""
-        result: list[dict[str, Any]] = await self._send(_common.call_split(table, at, to))
-        return result
-
-    async def move(self, table: str, at: str | bytes, to: int) -> dict[str, Any]:
-        """Move the range of ``table`` holding ``at`` to group ``to``, live (docs/internals.md,
-        "Moving a range"): ``{"ranges": [...], "done": bool}``; not done means the copy goes
-        on in the background (watch :meth:`ranges`)."""
-        result: dict[str, Any] = await self._send(_common.call_move(table, at, to))
-        return result
-
-    async def tables(self) -> list[str]:
-        result: list[str] = await self._send(_common.call_tables())
-        return result
-
-    # --- keys ---------------------------------------------------------------------------------
-
-    async def put(
-        self,
-        table: str,
-        key: str | bytes,
-        value: str | bytes,
-        *,
-        if_seq: str | None = None,
-        if_absent: bool = False,
-    ) -> str:
-        """Store ``value`` under ``key``; returns the seq (32 hex digits) of the new version."""
-        seq: str = await self._send(
-            _common.call_put(table, key, value, if_seq=if_seq, if_absent=if_absent)
-        )
-        return seq
-
-    async def get(self, table: str, key: str | bytes) -> Item | None:
-        """The key's current version, or None if it does not exist."""
-        item: Item | None = await self._send(_common.call_get(table, key))
-        return item
-
-    async def exists(self, table: str, key: str | bytes) -> bool:
-        """Whether the key exists now (a linearizable read, as :meth:`get`)."""
-        return (await self.get(table, key)) is not None
-
-    async def delete(self, table: str, key: str | bytes, *, if_seq: str | None = None) -> bool:
-        """Delete the key; False if it did not exist."""
-        deleted: bool = await self._send(_common.call_delete(table, key, if_seq=if_seq))
-        return deleted
-
-    async def list(
-        self,
-        table: str,
-        *,
-        start: str | bytes | None = None,
-        end: str | bytes | None = None,
-        limit: int = limits.LIST_LIMIT_DEFAULT,
-        after: str | None = None,
-    ) -> Page:
-        """One page of keys ``start <= key < end`` in key order; ``after`` is ``Page.next``."""
-        page: Page = await self._send(
-            _common.call_list(table, start=start, end=end, limit=limit, after=after)
-        )
-        return page
 
     async def scan(
         self,
@@ -158,32 +89,16 @@ class AsyncClient:
                 raise errors.ProtocolError("list returned the same cursor twice")
             after = page.next
 
-    async def cluster(self) -> dict[str, Any]:
-        """The topology: groups, their leaders and members, ranges, nodes, tables."""
-        info: dict[str, Any] = await self._send(_common.call_cluster())
-        return info
-
-    async def cluster_status(self, table: str | None = None) -> dict[str, Any]:
-        """The live status (``GET /v1/cluster/status``): the topology joined with what each
-        node reports now: roles, log indexes, lag, each range's size and load. ``table``: only
-        that table's ranges."""
-        status: dict[str, Any] = await self._send(_common.call_cluster_status(table))
-        return status
-
-    async def remove_node(self, node_id: int) -> dict[str, Any]:
-        """Remove the record of a dead or flagged node that takes part in no group:
-        ``{"node": the record removed, "live": bool}``. Raises ``NodeInUse`` while the node is
-        in a group, or live and not flagged; ``NodeNotFound`` if there is no such node."""
-        removed: dict[str, Any] = await self._send(_common.call_remove_node(node_id))
-        return removed
-
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._native is not None:
+            await self._native.close()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -203,7 +118,11 @@ class AsyncClient:
 
     # --- the driver ---------------------------------------------------------------------------
 
+    async def _then(self, result: Awaitable[Any], fn: Callable[[Any], Any]) -> Any:
+        return fn(await result)
+
     async def _send(self, call: Call) -> Any:
+        session = self.session if call.session else None
         retrier = Retrier(
             retries=self.retries,
             endpoints_n=len(self.endpoints),
@@ -212,24 +131,47 @@ class AsyncClient:
             timeout_s=self.timeout_s,
             connect_timeout_s=self.connect_timeout_s,
             clock=self._clock,
+            session=session is not None,
         )
-        while True:
-            endpoint = self.endpoints[self._current]
-            try:
-                resp = await self._http.request(
-                    call.method, endpoint + call.path, headers=call.headers, content=call.content,
-                    timeout=retrier.attempt_timeout(),
-                )
-            except httpx.TransportError as exc:
-                outcome: Any = _common.failure_of_exception(exc, call, endpoint)
-            else:
-                outcome = _common.settle(call, resp)
-            if not isinstance(outcome, Failure):
-                return outcome
-            if outcome.failover:
-                self._current = (self._current + 1) % len(self.endpoints)
-            delay_s = retrier.next_delay_s(outcome)
-            if delay_s is None:
-                raise outcome.error from outcome.cause
-            if delay_s > 0:
-                await self._sleep(delay_s)
+        cseq = session.begin(call.cseqs) if session is not None else 0
+        maybe_applied = False
+        try:
+            while True:
+                endpoint = self.endpoints[self._current]
+                outcome = await self._attempt(endpoint, call, retrier, session, cseq,
+                                              maybe_applied)
+                if not isinstance(outcome, Failure):
+                    return outcome
+                maybe_applied = maybe_applied or (call.write and not outcome.not_sent)
+                if outcome.failover:
+                    self._current = (self._current + 1) % len(self.endpoints)
+                    if self._native is not None and outcome.error.details.get(
+                            "retry_elsewhere"):
+                        self._native.drop(endpoint)
+                delay_s = retrier.next_delay_s(outcome)
+                if delay_s is None:
+                    raise _common.final_error(outcome, maybe_applied) from outcome.cause
+                if delay_s > 0:
+                    await self._sleep(delay_s)
+        finally:
+            if session is not None:
+                session.end(cseq)
+
+    async def _attempt(self, endpoint: str, call: Call, retrier: Retrier,
+                       session: Session | None, cseq: int, retry: bool) -> Any:
+        if self._native is not None:
+            extra = session.fields(cseq, retry) if session is not None else None
+            return await self._native.attempt(endpoint, call, extra, retrier.remaining_s(),
+                                              self.connect_timeout_s)
+        assert self._http is not None
+        headers = call.headers
+        if session is not None:
+            headers = {**headers, **session.headers(cseq, retry)}
+        try:
+            resp = await self._http.request(
+                call.method, endpoint + call.path, headers=headers, content=call.content,
+                timeout=retrier.attempt_timeout(),
+            )
+        except httpx.TransportError as exc:
+            return _common.failure_of_exception(exc, call, endpoint)
+        return _common.settle(call, resp)

@@ -33,6 +33,7 @@ Errors raised are always from :mod:`rangekv.errors`:
     read/write timeout                        Timeout          (outcome unknown for writes)
     connection lost mid-request, 502, 504     OutcomeUnknown   for writes, Unavailable for reads
     JSON error body {"error": {...}}          errors.from_dict(body["error"])
+    native error answer                       errors.from_dict(answer["error"])
     any other status without a JSON body      by status (400, 404, 409, 412, 413, 5xx)
 """
 
@@ -42,7 +43,9 @@ import base64
 import binascii
 import email.utils
 import json
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +56,8 @@ import httpx
 
 from rangekv import __version__, errors, limits
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:8400"
+DEFAULT_ENDPOINT = "rangekv://127.0.0.1:8401"  # HAProxy's native port of `rangekv up`
+NATIVE_SCHEME = "rangekv://"
 USER_AGENT = f"rangekv-python/{__version__}"
 
 TIMEOUT_S_DEFAULT = 10.0
@@ -103,7 +107,8 @@ def check_seq(seq: str) -> str:
 
 
 def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
-    """``"a:1,b:2"`` or ``["http://a:1/", ...]`` → ``["http://a:1", ...]``."""
+    """``"a:1,b:2"`` or ``["http://a:1/", ...]`` → ``["http://a:1", ...]``; ``rangekv://``
+    endpoints (the native protocol) stay as they are. One protocol for all."""
     raw = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out: list[str] = []
     for item in raw:
@@ -114,12 +119,30 @@ def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
             continue
         if "://" not in url:
             url = "http://" + url
-        if not url.startswith(("http://", "https://")):
-            raise errors.InvalidArgument(f"endpoint {item!r} is not an http(s) URL")
+        if not url.startswith(("http://", "https://", NATIVE_SCHEME)):
+            raise errors.InvalidArgument(
+                f"endpoint {item!r} is not rangekv://HOST:PORT or an http(s) URL")
         out.append(url)
     if not out:
         raise errors.InvalidArgument("at least one endpoint is needed")
+    if len({u.startswith(NATIVE_SCHEME) for u in out}) > 1:
+        raise errors.InvalidArgument("endpoints are all rangekv:// or all http(s)://")
     return out
+
+
+def is_native(endpoints: Sequence[str]) -> bool:
+    return endpoints[0].startswith(NATIVE_SCHEME)
+
+
+def final_error(failure: Failure, maybe_applied: bool) -> errors.RangeKVError:
+    """The error a call raises when it stops retrying: after a write that may have been
+    applied, "unavailable" would say nothing happened; it is ``OutcomeUnknown``."""
+    err = failure.error
+    if maybe_applied and isinstance(err, errors.Unavailable):
+        return errors.OutcomeUnknown(
+            f"the write may or may not have taken effect (an earlier attempt's outcome is "
+            f"unknown; the last attempt: {err.message})", **err.details)
+    return err
 
 
 def check_client_config(timeout_s: float, connect_timeout_s: float, retries: int) -> None:
@@ -156,19 +179,32 @@ def _query(params: Sequence[tuple[str, bytes | str | int]]) -> str:
 _MISSING: Any = object()
 
 
-@dataclass(frozen=True)
+def _no_reply(reply: dict[str, Any]) -> Any:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
-    """One API request as data; ``parse`` turns a 2xx answer into the method's result."""
+    """One API request as data, in both protocols: HTTP (``method``, ``path``, ``headers``,
+    ``content``; ``parse`` turns a 2xx answer into the method's result) and native (``op``,
+    ``fields``; ``reply`` turns the answer's fields into the same result)."""
 
     method: str
     path: str  # percent-encoded, with its query string
     write: bool
     parse: Callable[[httpx.Response], Any]
+    op: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    reply: Callable[[dict[str, Any]], Any] = _no_reply
     headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes | None = None
     # When the answer is KeyNotFound, return this instead of raising (get → None, delete →
     # False). _MISSING: raise.
     if_key_not_found: Any = _MISSING
+    # a write that carries the client's session (applied at most once, so retried when its
+    # outcome is unknown); ``cseqs``: how many session numbers it takes (one per batch item)
+    session: bool = False
+    cseqs: int = 1
 
 
 def _table_path(table: str) -> str:
@@ -180,6 +216,19 @@ def _key_path(table: str, key: str | bytes) -> tuple[bytes, str]:
     return raw, _table_path(table) + "/keys/" + quote_segment(raw)
 
 
+def _native_field(reply: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = reply.get(name)
+    if not isinstance(value, kind):
+        raise errors.ProtocolError(f"unexpected answer: {name} is {type(value).__name__}")
+    return value
+
+
+def _hex_seq(value: Any) -> str:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise errors.ProtocolError("unexpected answer: a seq is 16 bytes")
+    return value.hex()
+
+
 def call_tables() -> Call:
     def parse(resp: httpx.Response) -> list[str]:
         body = json_body(resp)
@@ -188,15 +237,23 @@ def call_tables() -> Call:
         except (KeyError, TypeError) as exc:
             raise _bad_shape(resp, "tables", exc) from None
 
-    return Call("GET", "/v1/tables", write=False, parse=parse)
+    def reply(body: dict[str, Any]) -> list[str]:
+        try:
+            return [str(t["name"]) for t in _native_field(body, "tables", list)]
+        except (KeyError, TypeError) as exc:
+            raise errors.ProtocolError(f"unexpected tables answer: {exc}") from None
+
+    return Call("GET", "/v1/tables", write=False, parse=parse, op="tables", reply=reply)
 
 
 def call_create_table(name: str) -> Call:
-    return Call("PUT", _table_path(name), write=True, parse=lambda resp: None)
+    return Call("PUT", _table_path(name), write=True, parse=lambda resp: None,
+                op="create_table", fields={"table": name})
 
 
 def call_drop_table(name: str) -> Call:
-    return Call("DELETE", _table_path(name), write=True, parse=lambda resp: None)
+    return Call("DELETE", _table_path(name), write=True, parse=lambda resp: None,
+                op="drop_table", fields={"table": name})
 
 
 def _parse_ranges(resp: httpx.Response) -> list[dict[str, Any]]:
@@ -207,8 +264,13 @@ def _parse_ranges(resp: httpx.Response) -> list[dict[str, Any]]:
         raise _bad_shape(resp, "ranges", exc) from None
 
 
+def _reply_ranges(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(_native_field(body, "ranges", list))
+
+
 def call_ranges(table: str) -> Call:
-    return Call("GET", _table_path(table) + "/ranges", write=False, parse=_parse_ranges)
+    return Call("GET", _table_path(table) + "/ranges", write=False, parse=_parse_ranges,
+                op="ranges", fields={"table": table}, reply=_reply_ranges)
 
 
 def call_split(table: str, at: str | bytes, to: int | str | None = None) -> Call:
@@ -218,7 +280,8 @@ def call_split(table: str, at: str | bytes, to: int | str | None = None) -> Call
         if to != "auto" and (not isinstance(to, int) or isinstance(to, bool) or to <= 0):
             raise errors.InvalidArgument("to must be a group id or 'auto'", field="to")
         path += f"?to={to}"
-    return Call("POST", path, write=True, parse=_parse_ranges)
+    return Call("POST", path, write=True, parse=_parse_ranges, op="split",
+                fields={"table": table, "at": raw, "to": to}, reply=_reply_ranges)
 
 
 def _parse_move(resp: httpx.Response) -> dict[str, Any]:
@@ -234,7 +297,24 @@ def call_move(table: str, at: str | bytes, to: int) -> Call:
     if not isinstance(to, int) or isinstance(to, bool) or to <= 0:
         raise errors.InvalidArgument("to must be a group id", field="to")
     path = _table_path(table) + "/move/" + quote_segment(raw) + f"?to={to}"
-    return Call("POST", path, write=True, parse=_parse_move)
+
+    def reply(body: dict[str, Any]) -> dict[str, Any]:
+        return {"ranges": _reply_ranges(body), "done": bool(body.get("done"))}
+
+    return Call("POST", path, write=True, parse=_parse_move, op="move",
+                fields={"table": table, "at": raw, "to": to}, reply=reply)
+
+
+def _condition(if_seq: str | None, if_absent: bool) -> bytes | None:
+    if if_seq is not None and if_absent:
+        raise errors.InvalidArgument("if_seq and if_absent exclude each other")
+    if if_seq is not None:
+        return bytes.fromhex(check_seq(if_seq))
+    return bytes(16) if if_absent else None
+
+
+def _reply_put(body: dict[str, Any]) -> str:
+    return _hex_seq(body.get("seq"))
 
 
 def call_put(
@@ -245,11 +325,10 @@ def call_put(
     if_seq: str | None = None,
     if_absent: bool = False,
 ) -> Call:
-    _, path = _key_path(table, key)
+    raw, path = _key_path(table, key)
     content = limits.check_value(to_bytes(value, "value"))
+    condition = _condition(if_seq, if_absent)
     headers = {"Content-Type": "application/octet-stream"}
-    if if_seq is not None and if_absent:
-        raise errors.InvalidArgument("if_seq and if_absent exclude each other")
     if if_seq is not None:
         headers["If-Match"] = check_seq(if_seq)
     if if_absent:
@@ -262,7 +341,9 @@ def call_put(
             raise _bad_shape(resp, "put", None)
         return seq
 
-    return Call("PUT", path, write=True, parse=parse, headers=headers, content=content)
+    return Call("PUT", path, write=True, parse=parse, op="put",
+                fields={"table": table, "key": raw, "value": content, "if_seq": condition},
+                reply=_reply_put, headers=headers, content=content, session=True)
 
 
 def seq_of(resp: httpx.Response) -> str:
@@ -278,17 +359,28 @@ def seq_of(resp: httpx.Response) -> str:
     return seq
 
 
+def _reply_item(key: bytes, body: dict[str, Any]) -> Item | None:
+    if not body.get("found"):
+        return None
+    value = body.get("value")
+    if not isinstance(value, bytes):
+        raise errors.ProtocolError("unexpected get answer: value is not bytes")
+    return Item(key, value, _hex_seq(body.get("seq")))
+
+
 def call_get(table: str, key: str | bytes) -> Call:
     raw, path = _key_path(table, key)
 
     def parse(resp: httpx.Response) -> Item:
         return Item(raw, resp.content, seq_of(resp))
 
-    return Call("GET", path, write=False, parse=parse, if_key_not_found=None)
+    return Call("GET", path, write=False, parse=parse, op="get",
+                fields={"table": table, "key": raw},
+                reply=lambda body: _reply_item(raw, body), if_key_not_found=None)
 
 
 def call_delete(table: str, key: str | bytes, *, if_seq: str | None = None) -> Call:
-    _, path = _key_path(table, key)
+    raw, path = _key_path(table, key)
     headers = {} if if_seq is None else {"If-Match": check_seq(if_seq)}
 
     def parse(resp: httpx.Response) -> bool:
@@ -298,7 +390,11 @@ def call_delete(table: str, key: str | bytes, *, if_seq: str | None = None) -> C
             raise _bad_shape(resp, "delete", None)
         return deleted
 
-    return Call("DELETE", path, write=True, parse=parse, headers=headers, if_key_not_found=False)
+    return Call("DELETE", path, write=True, parse=parse, op="delete",
+                fields={"table": table, "key": raw,
+                        "if_seq": None if if_seq is None else bytes.fromhex(if_seq)},
+                reply=lambda body: bool(_native_field(body, "deleted", bool)),
+                headers=headers, if_key_not_found=False, session=True)
 
 
 def b64decode(text: str) -> bytes:
@@ -307,6 +403,18 @@ def b64decode(text: str) -> bytes:
     if "-" in text or "_" in text:
         return base64.urlsafe_b64decode(padded)
     return base64.b64decode(padded, validate=True)
+
+
+def _reply_page(body: dict[str, Any]) -> Page:
+    raw = _native_field(body, "items", list)
+    nxt = body.get("next")
+    if nxt is not None and not isinstance(nxt, str):
+        raise errors.ProtocolError("unexpected list answer: next is not a string")
+    try:
+        items = [Item(k, v, s.hex()) for k, v, s in raw]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise errors.ProtocolError(f"unexpected list answer: {exc}") from None
+    return Page(items, nxt or None)
 
 
 def call_list(
@@ -320,15 +428,18 @@ def call_list(
     # With encoding=base64 the rm reads start and end as standard base64 too: binary-safe both
     # ways, whatever a proxy or form decoder would make of "+", "%" or bytes that are not UTF-8.
     params: list[tuple[str, bytes | str | int]] = []
-    if start is not None:
-        params.append(("start", base64.b64encode(to_bytes(start, "start")).decode()))
-    if end is not None:
-        params.append(("end", base64.b64encode(to_bytes(end, "end")).decode()))
+    start_raw = None if start is None else to_bytes(start, "start")
+    end_raw = None if end is None else to_bytes(end, "end")
+    if start_raw is not None:
+        params.append(("start", base64.b64encode(start_raw).decode()))
+    if end_raw is not None:
+        params.append(("end", base64.b64encode(end_raw).decode()))
     if after is not None:
         if not isinstance(after, str):
             raise TypeError("after is the cursor string of Page.next")
         params.append(("after", after))
-    params.append(("limit", limits.check_list_limit(limit)))
+    limit = limits.check_list_limit(limit)
+    params.append(("limit", limit))
     params.append(("encoding", "base64"))
 
     def parse(resp: httpx.Response) -> Page:
@@ -346,7 +457,137 @@ def call_list(
         return Page(items, nxt or None)
 
     path = _table_path(table) + "/keys" + _query(params)
-    return Call("GET", path, write=False, parse=parse)
+    return Call("GET", path, write=False, parse=parse, op="list",
+                fields={"table": table, "start": start_raw, "end": end_raw, "after": after,
+                        "limit": limit}, reply=_reply_page)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def _batch_error(results: list[Any], what: str) -> errors.BatchFailed:
+    failed = [r for r in results if isinstance(r, errors.RangeKVError)]
+    codes = sorted({e.code for e in failed})
+    return errors.BatchFailed(
+        f"{len(failed)} of {len(results)} {what} failed ({', '.join(codes)}); the others "
+        "succeeded (a batch is not a transaction): see .results", results=results)
+
+
+def _settle_batch(results: list[Any], what: str) -> list[Any]:
+    if any(isinstance(r, errors.RangeKVError) for r in results):
+        raise _batch_error(results, what)
+    return results
+
+
+def _batch_results(body: dict[str, Any], n: int,
+                   one: Callable[[int, dict[str, Any]], Any]) -> list[Any]:
+    raw = _native_field(body, "results", list)
+    if len(raw) != n:
+        raise errors.ProtocolError(f"a batch of {n} answered with {len(raw)} results")
+    out: list[Any] = []
+    for i, res in enumerate(raw):
+        if not isinstance(res, dict):
+            raise errors.ProtocolError("unexpected batch answer: a result is not a map")
+        err = res.get("error")
+        out.append(errors.from_dict(err) if isinstance(err, dict) else one(i, res))
+    return out
+
+
+def _batch_http(table: str, ops: list[dict[str, Any]], n: int, write: bool,
+                one: Callable[[int, dict[str, Any]], Any], what: str,
+                reply: Callable[[dict[str, Any]], Any], op: str,
+                fields: dict[str, Any]) -> Call:
+    content = json.dumps({"encoding": "base64", "ops": ops}).encode()
+
+    def parse(resp: httpx.Response) -> list[Any]:
+        body = json_body(resp)
+        try:
+            results = _batch_results(body, n, one)
+        except (KeyError, TypeError, ValueError, binascii.Error, AttributeError) as exc:
+            raise _bad_shape(resp, "batch", exc) from None
+        return _settle_batch(results, what)
+
+    return Call("POST", _table_path(table) + "/batch", write=write, parse=parse, op=op,
+                fields=fields, reply=reply, headers={"Content-Type": "application/json"},
+                content=content, session=write, cseqs=n)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def call_put_many(table: str, items: Any, *, if_absent: bool = False) -> Call:
+    """``items``: a mapping or (key, value) pairs."""
+    pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+    keys = [limits.check_key(to_bytes(k, "key")) for k, _ in pairs]
+    values = [limits.check_value(to_bytes(v, "value")) for _, v in pairs]
+    limits.check_batch(len(keys), sum(map(len, keys)) + sum(map(len, values)))
+    limits.check_table_name(table)
+    cond = bytes(16) if if_absent else None
+    wire_items = [[k, v, cond] if cond is not None else [k, v]
+                  for k, v in zip(keys, values, strict=True)]
+
+    def one_native(i: int, res: dict[str, Any]) -> str:
+        return _hex_seq(res.get("seq"))
+
+    def one_http(i: int, res: dict[str, Any]) -> str:
+        seq = res.get("seq")
+        if not isinstance(seq, str):
+            raise errors.ProtocolError("unexpected put_many answer")
+        return seq
+
+    def reply(body: dict[str, Any]) -> list[Any]:
+        return _settle_batch(_batch_results(body, len(keys), one_native), "puts")
+
+    ops = [{"op": "put", "key": _b64(k), "value": _b64(v), **({"if_absent": True}
+                                                                if if_absent else {})}
+           for k, v in zip(keys, values, strict=True)]
+    return _batch_http(table, ops, len(keys), True, one_http, "puts", reply, "put_many",
+                       {"table": table, "items": wire_items})
+
+
+def call_get_many(table: str, keys: Any) -> Call:
+    raw_keys = [limits.check_key(to_bytes(k, "key")) for k in keys]
+    limits.check_batch(len(raw_keys), sum(map(len, raw_keys)))
+    limits.check_table_name(table)
+
+    def one_native(i: int, res: dict[str, Any]) -> Item | None:
+        return _reply_item(raw_keys[i], res)
+
+    def one_http(i: int, res: dict[str, Any]) -> Item | None:
+        if not res.get("found"):
+            return None
+        return Item(raw_keys[i], b64decode(res["value"]), str(res["seq"]))
+
+    def reply(body: dict[str, Any]) -> list[Any]:
+        return _settle_batch(_batch_results(body, len(raw_keys), one_native), "gets")
+
+    ops = [{"op": "get", "key": _b64(k)} for k in raw_keys]
+    return _batch_http(table, ops, len(raw_keys), False, one_http, "gets", reply, "get_many",
+                       {"table": table, "keys": raw_keys})
+
+
+def call_delete_many(table: str, keys: Any) -> Call:
+    raw_keys = [limits.check_key(to_bytes(k, "key")) for k in keys]
+    limits.check_batch(len(raw_keys), sum(map(len, raw_keys)))
+    limits.check_table_name(table)
+
+    def one(i: int, res: dict[str, Any]) -> bool:
+        deleted = res.get("deleted")
+        if not isinstance(deleted, bool):
+            raise errors.ProtocolError("unexpected delete_many answer")
+        return deleted
+
+    def reply(body: dict[str, Any]) -> list[Any]:
+        return _settle_batch(_batch_results(body, len(raw_keys), one), "deletes")
+
+    ops = [{"op": "delete", "key": _b64(k)} for k in raw_keys]
+    return _batch_http(table, ops, len(raw_keys), True, one, "deletes", reply, "delete_many",
+                       {"table": table, "keys": raw_keys})
+
+
+def _reply_map(body: dict[str, Any]) -> dict[str, Any]:
+    return dict(body)
 
 
 def call_cluster() -> Call:
@@ -356,7 +597,11 @@ def call_cluster() -> Call:
             raise _bad_shape(resp, "cluster", None)
         return body
 
-    return Call("GET", "/v1/cluster", write=False, parse=parse)
+    return Call("GET", "/v1/cluster", write=False, parse=parse, op="cluster",
+                reply=lambda body: {k: v for k, v in body.items() if k not in _FRAME_KEYS})
+
+
+_FRAME_KEYS = frozenset({"t", "id", "ok"})
 
 
 def call_cluster_status(table: str | None = None) -> Call:
@@ -367,7 +612,9 @@ def call_cluster_status(table: str | None = None) -> Call:
         return body
 
     path = "/v1/cluster/status" + (_query([("table", table)]) if table is not None else "")
-    return Call("GET", path, write=False, parse=parse)
+    return Call("GET", path, write=False, parse=parse, op="cluster_status",
+                fields={"table": table},
+                reply=lambda body: {k: v for k, v in body.items() if k not in _FRAME_KEYS})
 
 
 NODE_ID_MAX = 2**32 - 1
@@ -384,7 +631,9 @@ def call_remove_node(node_id: int) -> Call:
             raise _bad_shape(resp, "remove node", None)
         return body
 
-    return Call("DELETE", f"/v1/cluster/nodes/{node_id}", write=True, parse=parse)
+    return Call("DELETE", f"/v1/cluster/nodes/{node_id}", write=True, parse=parse,
+                op="remove_node", fields={"node_id": node_id},
+                reply=lambda body: {"node": body.get("node"), "live": bool(body.get("live"))})
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -537,13 +786,67 @@ class Backoff:
         return delay_s
 
 
+class Session:
+    """The client's session for exactly-once writes: a random 16-byte id, and a number for
+    each write (``cseq``, a block of them for a batch). A write's number stays the same
+    through its retries; the group keeps each (id, cseq)'s result and applies a resent write
+    at most once. ``floor`` (the lowest number still awaiting its answer) lets the group forget
+    the results below it. Thread-safe."""
+
+    __slots__ = ("client", "_next", "_in_flight", "_lock")
+
+    def __init__(self, client: bytes | None = None) -> None:
+        self.client = client if client is not None else os.urandom(16)
+        self._next = 1
+        self._in_flight: dict[int, None] = {}  # cseqs awaiting answers, in increasing order
+        self._lock = threading.Lock()
+
+    def begin(self, n: int = 1) -> int:
+        with self._lock:
+            cseq = self._next
+            self._next += n
+            self._in_flight[cseq] = None
+        return cseq
+
+    def end(self, cseq: int) -> None:
+        with self._lock:
+            self._in_flight.pop(cseq, None)
+
+    def floor(self) -> int:
+        with self._lock:
+            return next(iter(self._in_flight), self._next)
+
+    def fields(self, cseq: int, retry: bool) -> dict[str, Any]:
+        """What a native request carries."""
+        out: dict[str, Any] = {"client": self.client, "cseq": cseq, "floor": self.floor()}
+        if retry:
+            out["retry"] = True
+        return out
+
+    def headers(self, cseq: int, retry: bool) -> dict[str, str]:
+        """What an HTTP request carries (``X-Rangekv-Session``, docs/api.md)."""
+        out = {"X-Rangekv-Session": f"{self.client.hex()}:{cseq}:{self.floor()}"}
+        if retry:
+            out["X-Rangekv-Retry"] = "1"
+        return out
+
+
+# One attempt's share of the call's deadline: an rm that is connected but does not answer
+# (hung, or cut off behind a proxy) is left for another before the call's time is all spent.
+# Above the rm's own deadline for a data operation (5 s), which it spends retrying for us.
+ATTEMPT_TIMEOUT_S_MAX = 6.0
+
+
 class Retrier:
     """Decides, failure by failure, whether one call is tried again and after how long, within
-    the call's deadline (``timeout_s`` from now on ``clock``)."""
+    the call's deadline (``timeout_s`` from now on ``clock``).
+
+    A write of a session (``session``) is retried like a read: whatever became of an earlier
+    attempt, the group applies it at most once."""
 
     def __init__(self, *, retries: int, endpoints_n: int, backoff: Backoff, write: bool,
                  timeout_s: float, connect_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, session: bool = False) -> None:
         assert retries >= 0 and endpoints_n >= 1 and timeout_s > 0
         self._clock = clock
         self._deadline_s = clock() + timeout_s
@@ -551,7 +854,7 @@ class Retrier:
         self._retries = retries
         self._endpoints_n = endpoints_n
         self._backoff = backoff
-        self._write = write
+        self._write = write and not session
         self._rounds = 0  # rounds that ended in failure
         self._failed_in_round = 0  # endpoints that refused connections in this round
 
@@ -560,6 +863,11 @@ class Retrier:
         so that an attempt started just before the deadline fails as a timeout)."""
         remaining_s = max(0.001, self._deadline_s - self._clock())
         return http_timeout(remaining_s, self._connect_timeout_s)
+
+    def remaining_s(self) -> float:
+        """The next attempt's time: what remains of the deadline, at most
+        ``ATTEMPT_TIMEOUT_S_MAX`` (and a little at least)."""
+        return min(ATTEMPT_TIMEOUT_S_MAX, max(0.001, self._deadline_s - self._clock()))
 
     def may_retry(self, failure: Failure) -> bool:
         if self._write:

@@ -4,7 +4,9 @@
 
 Ports (``docs/internals.md``), from ``base_port`` (default 8400):
 
-    haproxy  base          the client endpoint
+    haproxy  base          the client endpoint (HTTP)
+    haproxy  base+1        the native client endpoint (``rangekv://``: TCP, to the rms' below)
+    rm i     base+1+i      i = 1..9: its native client protocol (``--native-listen``)
     rm i     base+10+i     i = 1..9
     meta i   base+19+i     i = 1..2: meta-1 on base+20, meta-2 on base+21
     node i   base+30+i     i = 1..9
@@ -148,6 +150,7 @@ def haproxy_config(
     *,
     errorfiles_dir: Path | str = haproxy_errors.ERRORFILES_DIR,
     timeouts: HaproxyTimeouts | None = None,
+    rm_native_ports: Iterable[int] | None = None,
 ) -> str:
     """HAProxy in front of the rms: health-checked, retrying only what is safe to retry.
 
@@ -177,6 +180,14 @@ def haproxy_config(
     There is no ``maxconn`` per server: an rm bounds its own connections and requests in
     flight and answers 503 with ``Retry-After`` at once; HAProxy queueing in front of it would
     only add up to ``timeout queue`` of waiting to every request beyond the bound.
+
+    With ``rm_native_ports``, a second frontend on ``base_port + 1`` passes the native client
+    protocol's connections (TCP mode: HAProxy balances connections, a client multiplexes many
+    requests on each) to the rms that are ready, checked on their HTTP port as above. Nothing
+    is retried there: a connection that fails is the client's to re-open (its writes carry a
+    session, and the group applies a resent one at most once). Idle native connections are
+    kept (``timeout client``/``server`` 1 h: a client with nothing to do holds its few
+    connections open; TCP keepalive notices dead peers).
     """
     t = timeouts if timeouts is not None else HaproxyTimeouts()
     ports = list(rm_ports)
@@ -185,6 +196,29 @@ def haproxy_config(
         f"    server rm{i} {host}:{port} check inter 500ms fall 2 rise 1"
         for i, (host, port) in enumerate(zip(hosts, ports, strict=True), start=1)
     )
+    native = ""
+    if rm_native_ports is not None:
+        native_servers = "\n".join(
+            f"    server rm{i} {host}:{nport} check port {port} inter 500ms fall 2 rise 1"
+            for i, (host, nport, port) in enumerate(
+                zip(hosts, list(rm_native_ports), ports, strict=True), start=1))
+        native = f"""
+frontend rangekv_native
+    mode tcp
+    bind {HOST}:{base_port + 1}
+    option tcpka
+    timeout client 1h
+    default_backend rms_native
+
+backend rms_native
+    mode tcp
+    balance roundrobin
+    option tcpka
+    timeout server 1h
+    option httpchk GET /healthz
+    http-check expect status 200
+{native_servers}
+"""
     errorfiles = "\n".join(
         f"    errorfile {status} {_haproxy_path(haproxy_errors.errorfile(status, errorfiles_dir))}"
         for status in haproxy_errors.STATUSES
@@ -235,7 +269,7 @@ backend rms_holding_map
     http-check expect status 200
     http-request disable-l7-retry unless METH_GET
 {servers}
-"""
+{native}"""
 
 
 def ports_free(ports: Iterable[int], host: str = HOST) -> bool:
@@ -277,7 +311,8 @@ def _node_ids(nodes: int, given: Sequence[int] | None) -> tuple[int, ...]:
 
 def cluster_ports(base_port: int, nodes: int = 5, rms: int = 2) -> list[int]:
     return (
-        [base_port]
+        [base_port, base_port + 1]
+        + [base_port + 1 + i for i in range(1, rms + 1)]
         + [base_port + 10 + i for i in range(1, rms + 1)]
         + [base_port + 19 + i for i in range(1, METAS + 1)]
         + [base_port + node_port_offset(i) for i in range(1, nodes + 1)]
@@ -476,6 +511,19 @@ class LocalCluster:
     def rm_port(self, i: int) -> int:
         return self.base_port + 10 + i
 
+    def rm_native_port(self, i: int) -> int:
+        return self.base_port + 1 + i
+
+    @property
+    def native_endpoint(self) -> str:
+        """HAProxy's native client endpoint (``rangekv://``), what the Python client uses."""
+        return f"rangekv://{HOST}:{self.base_port + 1}"
+
+    @property
+    def rm_native_endpoints(self) -> list[str]:
+        return [f"rangekv://{self.host_of(f'rm-{i}')}:{self.rm_native_port(i)}"
+                for i in range(1, self.rms + 1)]
+
     def meta_port(self, i: int) -> int:
         return self.base_port + 19 + i
 
@@ -568,6 +616,7 @@ class LocalCluster:
         """Every address, for printing (``rangekv up``)."""
         return {
             "endpoint": self.endpoint,
+            "native_endpoint": self.native_endpoint,
             "rms": self.rm_endpoints,
             "metas": list(self.meta_addresses.values()),
             "nodes": list(self.node_addresses.values()),
@@ -632,7 +681,7 @@ class LocalCluster:
             return ProcSpec(name, argv, (self.meta_port(i), self.meta_metrics_port(i)))
         if name == "haproxy":
             argv = (haproxy_binary(), "-f", str(self.haproxy_cfg), "-db")
-            return ProcSpec(name, argv, (self.base_port,))
+            return ProcSpec(name, argv, (self.base_port, self.base_port + 1))
         if kind == "node" and i in self._node_places:
             argv = (
                 *our,
@@ -663,12 +712,14 @@ class LocalCluster:
                 str(i),
                 "--listen",
                 f"{self.host_of(name)}:{self.rm_port(i)}",
+                "--native-listen",
+                f"{self.host_of(name)}:{self.rm_native_port(i)}",
                 "--etcd",
                 self.etcd_endpoint,
                 *self._common_args(),
                 *self.extra_args.get("rm", ()),
             )
-            return ProcSpec(name, argv, (self.rm_port(i),))
+            return ProcSpec(name, argv, (self.rm_port(i), self.rm_native_port(i)))
         raise KeyError(f"no process {name!r} in this cluster (have {', '.join(self.names)})")
 
     def _common_args(self) -> tuple[str, ...]:
@@ -810,7 +861,8 @@ class LocalCluster:
         ports = [self.rm_port(i) for i in range(1, self.rms + 1)]
         hosts = [self.host_of(f"rm-{i}") for i in range(1, self.rms + 1)]
         perms.write_private(self.haproxy_cfg, haproxy_config(
-            self.base_port, ports, hosts, timeouts=self.haproxy_timeouts))
+            self.base_port, ports, hosts, timeouts=self.haproxy_timeouts,
+            rm_native_ports=[self.rm_native_port(i) for i in range(1, self.rms + 1)]))
         check = subprocess.run(
             [haproxy_binary(), "-c", "-f", str(self.haproxy_cfg)],
             stdin=subprocess.DEVNULL,

@@ -68,6 +68,11 @@ EXAMPLES: tuple[Example, ...] = (
             "-i -X PUT $E/v1/tables/Stocks/keys/D -d 160 -H 'If-None-Match: *'", 412),
     Example("putKey", "a value over 1 MiB: 413 too_large, nothing stored",
             "-i -X PUT $E/v1/tables/Stocks/keys/big --data-binary @/tmp/big.bin", 413),
+    Example("batch", "many keys in one request: one result per op, in order (not a "
+            "transaction)", "-X POST $E/v1/tables/Stocks/batch -H 'Content-Type: "
+            "application/json' -d '{\"ops\": [{\"op\": \"put\", \"key\": \"E\", "
+            "\"value\": \"150\"}, {\"op\": \"get\", \"key\": \"B\"}, {\"op\": "
+            "\"delete\", \"key\": \"E\"}]}'", 200),
     Example("listKeys", "a sorted page of at most 2 items and a cursor",
             '"$E/v1/tables/Stocks/keys?limit=2"', 200),
     Example("listKeys", "keys A <= k < C", '"$E/v1/tables/Stocks/keys?start=A&end=C"', 200),
@@ -276,6 +281,11 @@ ERROR_MEANINGS: dict[str, str] = {
     "outcome_unknown": "the write was sent but no answer came: it may or may not have taken "
                        "effect. Read before retrying a conditional write",
     "timeout": "client side (Python client): no answer in time; for a write, outcome unknown",
+    "session_expired": "a write resent with X-Rangekv-Retry whose first attempt's result the "
+                       "group no longer holds (its client session expired or was evicted): "
+                       "nothing was done, and the first attempt's outcome stays unknown",
+    "batch_failed": "client side (Python client): some items of a batch failed; `results` "
+                    "holds each item's result or error (the others stay done)",
     "protocol_error": "a node or meta sent something the rm cannot decode",
 }
 

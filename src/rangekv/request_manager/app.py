@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -48,10 +49,11 @@ from rangekv.http_server import (
     Request,
     Response,
 )
+from rangekv.request_manager import batches, live, openapi, ui
 from rangekv.request_manager import http_codec as codec
-from rangekv.request_manager import live, openapi, ui
 from rangekv.request_manager.metrics import Metrics
-from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
+from rangekv.request_manager.native import NativeServer
+from rangekv.request_manager.routing import EtcdViewSource, Router, Session, ViewSource
 
 log = logging.getLogger("rangekv.rm")
 
@@ -245,6 +247,10 @@ class RequestManager:
                 if method == "GET":
                     return "ranges", lambda: self.table_ranges(table_raw)
                 raise _BadMethod(("GET", "HEAD"))
+            if tail == "batch":
+                if method == "POST":
+                    return "batch", lambda: self.batch(request, table_raw)
+                raise _BadMethod(("POST",))
             if tail.startswith("split/"):
                 key_raw = tail[len("split/") :]
                 if method == "POST":
@@ -322,7 +328,7 @@ class RequestManager:
             request.headers.get("If-Match"), request.headers.get("If-None-Match")
         )
         value = await read_value(request)
-        seq = await self.router.put(table, key, value, if_seq)
+        seq = await self.router.put(table, key, value, if_seq, session_of(request.headers))
         return _json_response({"seq": seq.hex()}, headers={"ETag": codec.etag(seq)})
 
     async def delete_key(
@@ -335,7 +341,7 @@ class RequestManager:
                 "If-None-Match is not supported on delete; use If-Match", field="If-None-Match"
             )
         if_seq = codec.parse_conditions(request.headers.get("If-Match"), None)
-        seq = await self.router.delete(table, key, if_seq)
+        seq = await self.router.delete(table, key, if_seq, session_of(request.headers))
         return _json_response(
             {"deleted": seq is not None, "seq": None if seq is None else seq.hex()}
         )
@@ -350,6 +356,32 @@ class RequestManager:
                 "next": None if page.next is None else codec.encode_cursor(page.next),
             }
         )
+
+    async def batch(self, request: Request, table_raw: str) -> Response:
+        """``POST /v1/tables/{table}/batch``: puts, gets and deletes of many keys, one result
+        each in order (``http_codec.parse_batch``; not a transaction)."""
+        table = codec.decode_table_segment(table_raw)
+        if (request.headers.get("Content-Type") or "").split(";")[0].strip() not in (
+                "application/json", ""):
+            raise errors.InvalidArgument("a batch is a JSON body (application/json)",
+                                         field="Content-Type")
+        body = await read_value(request, codec.BATCH_BODY_BYTES_MAX)
+        ops, encoding = codec.parse_batch(body)
+        session = session_of(request.headers)
+        writes = [i for i, op in enumerate(ops) if op.kind != "get"]
+        reads = [i for i, op in enumerate(ops) if op.kind == "get"]
+        results: list[dict[str, Any]] = [{}] * len(ops)
+        if writes:
+            items = [batches.Write(ops[i].kind, ops[i].key, ops[i].value, ops[i].if_seq)
+                     for i in writes]
+            out = await batches.write_many(self.router, table, items, session)
+            for i, o in zip(writes, out, strict=True):
+                results[i] = codec.batch_write_result(ops[i].kind, o)
+        if reads:
+            got = await batches.get_many(self.router, table, [ops[i].key for i in reads])
+            for i, g in zip(reads, got, strict=True):
+                results[i] = codec.batch_get_result(g, encoding)
+        return _json_response({"results": results})
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -470,9 +502,8 @@ class RequestManager:
                         {"X-Prometheus-Format": "0.0.4"})
 
 
-async def read_value(request: Request) -> bytes:
-    """The request body, at most ``VALUE_BYTES_MAX`` bytes; 413 without reading past the limit."""
-    limit = limits.VALUE_BYTES_MAX
+async def read_value(request: Request, limit: int = limits.VALUE_BYTES_MAX) -> bytes:
+    """The request body, at most ``limit`` bytes; 413 without reading past the limit."""
     length = request.content_length
     if length is not None and length > limit:
         raise errors.TooLarge(
@@ -500,6 +531,27 @@ async def read_value(request: Request) -> bytes:
     return body
 
 
+SESSION_HEADER = "X-Rangekv-Session"
+_SESSION_RE = re.compile(openapi.SESSION_PATTERN)
+
+
+def session_of(headers: Any) -> Session | None:
+    """The client session a write's headers carry (``X-Rangekv-Session: CLIENT:CSEQ:FLOOR``,
+    and ``X-Rangekv-Retry: 1`` on a resend), or None."""
+    retry = headers.get("X-Rangekv-Retry")
+    if retry is not None and retry != "1":
+        raise errors.InvalidArgument("X-Rangekv-Retry is 1 when present",
+                                     field="X-Rangekv-Retry")
+    raw = headers.get(SESSION_HEADER)
+    if raw is None:
+        return None
+    if not _SESSION_RE.fullmatch(raw.lower()):
+        raise errors.InvalidArgument(f"{SESSION_HEADER} is CLIENT:CSEQ:FLOOR (32 hex digits, "
+                                     "a number from 1, a number)", field=SESSION_HEADER)
+    client, cseq, floor = raw.lower().split(":")
+    return Session(bytes.fromhex(client), int(cseq), int(floor), retry == "1")
+
+
 # ---------------------------------------------------------------------------------------------
 # The process
 
@@ -516,6 +568,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--id", type=int, required=True, help="rm id (0..2^32-1), part of every seq")
     p.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT",
                    help="where the HTTP API listens (HOST empty: every address)")
+    p.add_argument("--native-listen", type=parse_address, default=None, metavar="HOST:PORT",
+                   help="where the native client protocol listens (binary frames: "
+                        "request_manager/native.py); default: not served")
     p.add_argument("--etcd", required=True, metavar="URL[,URL]", help="etcd client endpoints")
     p.add_argument("--head-timeout-s", type=_positive_float,
                    default=limits.HTTP_HEAD_TIMEOUT_S, metavar="SECONDS",
@@ -563,6 +618,7 @@ async def _serve(args: argparse.Namespace) -> int:
                             body_timeout_s=args.body_timeout_s,
                             connections_max=_connections_within_fd_limit(args.connections_max),
                             requests_in_flight_max=args.requests_in_flight_max)
+    native = NativeServer(router, source, args.id, metrics, live_status=manager.live.get)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -570,16 +626,22 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         try:
             await server.start(host, port)
+            if args.native_listen is not None:
+                await native.start(*args.native_listen)
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            log.error("cannot listen on %s:%d (or the native port %s): %s", host, port,
+                      args.native_listen, exc)
             return 1
         await source.start()
-        log.info("rm %d listening on %s:%d, etcd %s", args.id, host, port, ",".join(args.etcd))
+        log.info("rm %d listening on %s:%d (native: %s), etcd %s", args.id, host, port,
+                 "{}:{}".format(*args.native_listen) if args.native_listen else "off",
+                 ",".join(args.etcd))
         await stop.wait()
         log.info("stopping")
         return 0
     finally:
         await server.close(SHUTDOWN_TIMEOUT_S)
+        await native.close()
         await manager.close()
         await source.close()
         await router.close()

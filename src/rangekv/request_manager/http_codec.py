@@ -399,3 +399,86 @@ def error_body(err: errors.RangeKVError) -> dict[str, Any]:
 def raw_error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """An error body for a code with no class in ``rangekv.errors`` (405)."""
     return {"error": {"code": code, "message": message, "retryable": False, **details}}
+
+
+# --- batches (POST /v1/tables/{table}/batch) ---------------------------------------------------
+
+# a batch's JSON body: its keys and values (base64 makes them a third larger) and the syntax
+BATCH_BODY_BYTES_MAX = 2 * limits.BATCH_BYTES_MAX
+BATCH_KINDS = ("put", "get", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOp:
+    kind: str
+    key: bytes
+    value: bytes = b""
+    if_seq: bytes | None = None
+
+
+def parse_batch(body: bytes) -> tuple[list[BatchOp], str]:
+    """``{"encoding": "utf8"|"base64", "ops": [{"op": "put"|"get"|"delete", "key", "value",
+    "if_seq", "if_absent"}, ...]}`` → the ops, checked, and the encoding of keys and values."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.InvalidArgument("a batch is a JSON object", field="body") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ops"), list):
+        raise errors.InvalidArgument('a batch is {"ops": [...]}', field="ops")
+    encoding = doc.get("encoding", ENCODING_UTF8)
+    if encoding not in ENCODINGS:
+        raise errors.InvalidArgument("encoding must be utf8 or base64", field="encoding")
+    raw_ops = doc["ops"]
+    limits.check_batch(len(raw_ops), 0)
+
+    def data(item: dict[str, Any], name: str) -> bytes:
+        text = item.get(name, "" if name == "value" else None)
+        if not isinstance(text, str):
+            raise errors.InvalidArgument(f"ops[].{name} must be a string", field=name)
+        if encoding == ENCODING_BASE64:
+            return b64_decode(text.encode("ascii", "replace"), field=name)
+        return text.encode("utf-8", "surrogatepass")
+
+    ops = []
+    nbytes = 0
+    for item in raw_ops:
+        if not isinstance(item, dict) or item.get("op") not in BATCH_KINDS:
+            raise errors.InvalidArgument('each op is {"op": "put"|"get"|"delete", "key": ...}',
+                                         field="op")
+        kind = item["op"]
+        key = limits.check_key(data(item, "key"))
+        value = limits.check_value(data(item, "value")) if kind == "put" else b""
+        if_seq = None
+        if kind != "get":
+            tag = item.get("if_seq")
+            if tag is not None:
+                if not isinstance(tag, str):
+                    raise errors.InvalidArgument("if_seq is 32 hex digits", field="if_seq")
+                if_seq = parse_seq_tag(tag, "if_seq")
+            if item.get("if_absent") is True:
+                if kind != "put" or if_seq is not None:
+                    raise errors.InvalidArgument("if_absent is for puts without if_seq",
+                                                 field="if_absent")
+                if_seq = bytes(16)
+        nbytes += len(key) + len(value)
+        ops.append(BatchOp(kind, key, value, if_seq))
+    limits.check_batch(len(ops), nbytes)
+    return ops, encoding
+
+
+def batch_write_result(kind: str, outcome: Any) -> dict[str, Any]:
+    if isinstance(outcome, errors.RangeKVError):
+        return {"error": _json_safe(outcome.to_dict())}
+    if kind == "put":
+        return {"seq": outcome.seq.hex()}
+    return {"deleted": outcome.deleted, "seq": outcome.seq.hex() if outcome.deleted else None}
+
+
+def batch_get_result(outcome: Any, encoding: str) -> dict[str, Any]:
+    if isinstance(outcome, errors.RangeKVError):
+        return {"error": _json_safe(outcome.to_dict())}
+    if not outcome.found:
+        return {"found": False}
+    value = (b64_encode(outcome.value) if encoding == ENCODING_BASE64
+             else outcome.value.decode("utf-8", "replace"))
+    return {"found": True, "value": value, "seq": outcome.seq.hex()}

@@ -13,6 +13,8 @@ from rangekv import limits
 from rangekv.request_manager.live import RANGES_PER_TABLE_MAX
 
 SEQ_PATTERN = "^[0-9a-f]{32}$"
+NONZERO_SEQ_PATTERN = "^(?!0{32}$)[0-9a-fA-F]{32}$"
+SESSION_PATTERN = "^[0-9a-f]{32}:[1-9][0-9]{0,17}:[0-9]{1,18}$"
 # What If-Match accepts: one seq (either case), in double quotes or bare; the zero seq is no
 # version of anything and is refused (If-None-Match: * asks for "absent").
 IF_MATCH_PATTERN = '^(?!"?0{32}"?$)("[0-9a-fA-F]{32}"|[0-9a-fA-F]{32})$'
@@ -125,6 +127,22 @@ def document() -> dict[str, Any]:
         "description": "'*': only if the key does not exist (create). Not with If-Match.",
         "schema": {"type": "string", "enum": ["*"]},
     }
+    session_params = [
+        {"name": "X-Rangekv-Session", "in": "header", "required": False,
+         "description": ("Exactly-once writes: CLIENT:CSEQ:FLOOR, the client's session id (32 "
+                         "hex digits, 16 random bytes), this write's number in the session (a "
+                         "batch's items take this and the next ones) and the lowest number the "
+                         "client still awaits an answer to (results below it may be "
+                         "forgotten). The group keeps the write's result by (client, cseq): a "
+                         "resend marked X-Rangekv-Retry: 1 returns the first attempt's result "
+                         "instead of applying it again."),
+         "schema": {"type": "string", "pattern": SESSION_PATTERN}},
+        {"name": "X-Rangekv-Retry", "in": "header", "required": False,
+         "description": "1: an earlier attempt of this write may have been applied (its "
+                        "outcome was unknown). If the group no longer holds its result: 504 "
+                        "session_expired, nothing done.",
+         "schema": {"type": "string", "enum": ["1"]}},
+    ]
     e412 = {
         "description": (
             "Precondition failed: the key's current seq is not the one given (error code "
@@ -344,6 +362,30 @@ def document() -> dict[str, Any]:
                     ),
                 }
             },
+            "/v1/tables/{table}/batch": {
+                "parameters": [table_param],
+                "post": {
+                    "operationId": "batch",
+                    "summary": ("Puts, gets and deletes of many keys in one request, one result "
+                                "each in order; not a transaction"),
+                    "parameters": session_params,
+                    "requestBody": {
+                        "required": True,
+                        "description": (
+                            f"At most {limits.BATCH_ITEMS_MAX} ops and "
+                            f"{limits.BATCH_BYTES_MAX} bytes of keys and values. Keys and "
+                            "values are UTF-8 text, or base64 with encoding=base64. Each op "
+                            "succeeds or fails alone (its result is then an error object); "
+                            "gets are linearizable."),
+                        "content": {"application/json": {"schema": _ref("Batch")}},
+                    },
+                    "responses": _common(
+                        ("200", _json("One result per op, in order", _ref("BatchResults"))),
+                        ("404", _E404_TABLE),
+                        ("413", _error("Too many ops or bytes", ["too_large"])),
+                    ),
+                },
+            },
             "/v1/tables/{table}/ranges": {
                 "parameters": [table_param],
                 "get": {
@@ -429,7 +471,7 @@ def document() -> dict[str, Any]:
                 "put": {
                     "operationId": "putKey",
                     "summary": "Set a key; the body is the raw value (any content type)",
-                    "parameters": [if_match, if_none_match],
+                    "parameters": [if_match, if_none_match, *session_params],
                     "requestBody": {
                         "required": False,
                         "description": (
@@ -462,7 +504,7 @@ def document() -> dict[str, Any]:
                 "delete": {
                     "operationId": "deleteKey",
                     "summary": "Delete a key (writes a tombstone with a seq)",
-                    "parameters": [if_match],
+                    "parameters": [if_match, *session_params],
                     "responses": _common(
                         (
                             "200",
@@ -659,6 +701,46 @@ def document() -> dict[str, Any]:
                     "properties": {"seq": {"type": "string", "pattern": SEQ_PATTERN}},
                 },
                 "Item": item_schema,
+                "Batch": {
+                    "type": "object",
+                    "required": ["ops"],
+                    "properties": {
+                        "encoding": {"type": "string", "enum": ["utf8", "base64"],
+                                     "default": "utf8"},
+                        "ops": {"type": "array", "maxItems": limits.BATCH_ITEMS_MAX, "items": {
+                            "type": "object",
+                            "required": ["op", "key"],
+                            "properties": {
+                                "op": {"type": "string", "enum": ["put", "get", "delete"]},
+                                "key": {"type": "string", "minLength": 1},
+                                "value": {"type": "string",
+                                          "description": "puts only (absent: empty)"},
+                                "if_seq": {"type": "string", "pattern": NONZERO_SEQ_PATTERN,
+                                           "description": "puts and deletes: only if the "
+                                                          "key's seq is this one"},
+                                "if_absent": {"type": "boolean",
+                                              "description": "puts: only if absent"},
+                            },
+                        }},
+                    },
+                },
+                "BatchResults": {
+                    "type": "object",
+                    "required": ["results"],
+                    "properties": {"results": {"type": "array", "items": {
+                        "type": "object",
+                        "description": ("put: {seq}; get: {found, value, seq}; delete: "
+                                        "{deleted, seq}; a failed op: {error: {code, "
+                                        "message, retryable, ...}}"),
+                        "properties": {
+                            "seq": {"type": ["string", "null"], "pattern": SEQ_PATTERN},
+                            "found": {"type": "boolean"},
+                            "value": {"type": "string"},
+                            "deleted": {"type": "boolean"},
+                            "error": {"type": "object"},
+                        },
+                    }}},
+                },
                 "ListPage": {
                     "type": "object",
                     "required": ["items", "next"],

@@ -33,7 +33,9 @@ table unknown, or ``table_not_found``      re-read that table's keys from etcd o
 own the key or span: split or moved)       wait for the watch or a backoff, retry; 503 at
                                            the deadline
 ``outcome_unknown`` / ``timeout`` on a     never retried: the write may have happened; 504
-write (put, delete, create/drop table)     ``outcome_unknown``
+write (put, delete, create/drop table)     ``outcome_unknown``; except a write of a client
+                                           session: retried with ``retry`` (the group applies
+                                           it at most once: ``storage/sessions``)
 the same on a read                         retried
 =========================================  ===================================================
 
@@ -41,7 +43,9 @@ Invariants:
 
 * A write is sent again only if the previous attempt surely did not take effect: the node
   refused it (``not_leader``, ``unavailable``, ``table_not_found``) or it was never sent
-  (``Unavailable`` from connecting). Anything else ends the request.
+  (``Unavailable`` from connecting). Anything else ends the request, unless the write carries
+  a client session (``Session``): the group then keeps its result by (client, cseq) and a
+  resend marked ``retry`` returns the first attempt's result instead of applying it again.
 * An rm that cannot follow the map (not ``ready``) does not wait out a request that needs a
   retry: the retry fails at once with 503 ``retry_elsewhere`` (and ``Retry-After: 0``), so the
   client retries through another rm instead of waiting on one that is cut off.
@@ -91,6 +95,7 @@ LIST_RANGES_PER_PAGE_MAX = 64  # ranges one list page may walk (empty ranges inc
 # answers 503 this long, so that the load balancer sends the writes to rms with sound clocks
 CLOCK_OFFSET_UNHEALTHY_S = 10.0
 LIST_MOVING_ROUNDS_MAX = 16  # sub-pages of tombstones only, in a range being moved, per page
+SESSION_EXPIRED = "session_expired"  # a retry the group can no longer match to its first try
 
 
 def backoff_s(attempt: int, rand: Callable[[], float]) -> float:
@@ -499,6 +504,26 @@ class ConnectionPool:
 # The router
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A write's place in its client's session (exactly-once writes): the client's 16-byte
+    id, this write's number, the lowest number the client still awaits an answer to (results
+    below it may be forgotten) and whether an earlier attempt may have been applied."""
+
+    client: bytes
+    cseq: int
+    floor: int
+    retry: bool = False
+
+    def fields(self, cseq: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"client": self.client,
+                               "cseq": self.cseq if cseq is None else cseq,
+                               "floor": self.floor}
+        if self.retry:
+            out["retry"] = True
+        return out
+
+
 @dataclass(frozen=True)
 class GetResult:
     found: bool
@@ -522,7 +547,7 @@ class _Attempt:
     recoveries (following a hint at once, re-reading the table) were used."""
 
     __slots__ = ("deadline", "n", "refreshed", "hint_followed", "override", "since", "last",
-                 "ranges_reread")
+                 "ranges_reread", "maybe_applied")
 
     def __init__(self, now: float, deadline_s: float) -> None:
         self.since = now
@@ -533,6 +558,7 @@ class _Attempt:
         self.override: str | None = None
         self.last: errors.RangeKVError | None = None
         self.ranges_reread = False
+        self.maybe_applied = False  # a write of a session sent, its outcome unknown
 
 
 class Router:
@@ -605,12 +631,14 @@ class Router:
             key=lambda t: t.name,
         )
 
-    async def put(self, table: str, key: bytes, value: bytes, if_seq: bytes | None) -> bytes:
+    async def put(self, table: str, key: bytes, value: bytes, if_seq: bytes | None,
+                  session: Session | None = None) -> bytes:
         # a conditional put into a moving range needs the source's version of the key
-        reply = await self._data_op(
-            "put", table, key, write=True, fields={"key": key, "value": value, "if_seq": if_seq},
-            needs_base=if_seq is not None,
-        )
+        fields = {"key": key, "value": value, "if_seq": if_seq}
+        if session is not None:
+            fields.update(session.fields())
+        reply = await self._data_op("put", table, key, write=True, fields=fields,
+                                    needs_base=if_seq is not None)
         seq = _seq(reply.get("seq"))
         self._observe(seq)
         return seq
@@ -636,12 +664,14 @@ class Router:
         self._observe(seq)
         return GetResult(True, bytes(reply.get("value") or b""), seq)
 
-    async def delete(self, table: str, key: bytes, if_seq: bytes | None) -> bytes | None:
+    async def delete(self, table: str, key: bytes, if_seq: bytes | None,
+                     session: Session | None = None) -> bytes | None:
         """The tombstone's seq, or None if there was nothing to delete."""
-        reply = await self._data_op(
-            "delete", table, key, write=True, fields={"key": key, "if_seq": if_seq},
-            needs_base=True,
-        )
+        fields = {"key": key, "if_seq": if_seq}
+        if session is not None:
+            fields.update(session.fields())
+        reply = await self._data_op("delete", table, key, write=True, fields=fields,
+                                    needs_base=True)
         seq = _seq(reply.get("seq") or sequencer.ZERO)
         if not reply.get("deleted"):
             return None
@@ -845,8 +875,17 @@ class Router:
         async def base(rng: Range) -> dict[str, Any]:
             return await self._source_version(st, table, key, rng)
 
-        reply, _ = await self._route(op, table, key, fields, write=write, st=st,
-                                     prepare=base if needs_base else None)
+        try:
+            reply, _ = await self._route(op, table, key, fields, write=write, st=st,
+                                         prepare=base if needs_base else None)
+        except errors.Unavailable as err:
+            if not st.maybe_applied:
+                raise
+            # an earlier attempt may have been applied: "nothing happened" would be a lie
+            self.stats.outcome_unknown += 1
+            raise errors.OutcomeUnknown(
+                f"{op} may or may not have taken effect (retried until: {err.message})"
+            ) from None
         return reply
 
     async def _resolve(self, st: _Attempt, table: str) -> Table:
@@ -919,6 +958,8 @@ class Router:
                 send.update(await prepare(rng))
             if write:
                 send["seq"] = self.sequencer.next()
+                if st.maybe_applied:
+                    send["retry"] = True
             timeout_s = st.deadline - self._monotonic()
             if not write:
                 timeout_s = min(timeout_s, READ_ATTEMPT_TIMEOUT_S_MAX)
@@ -950,6 +991,12 @@ class Router:
             except errors.TableNotFound:
                 await self._refresh_once(st, table)
             except (errors.OutcomeUnknown, errors.ProtocolError) as err:  # incl. Timeout
+                if write and "client" in fields and err.code != SESSION_EXPIRED:
+                    # the group keeps this write's result: resend it, marked as a retry (an
+                    # rm giving up from here on answers outcome_unknown: see _data_op)
+                    st.maybe_applied = True
+                    await self._backoff(st, err)
+                    continue
                 if write:
                     self.stats.outcome_unknown += 1
                     raise errors.OutcomeUnknown(

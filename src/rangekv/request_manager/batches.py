@@ -1,0 +1,289 @@
+"""Batches: many keys of one table in one call, split by range, one frame per group leader.
+
+``write_many`` (puts and deletes) and ``get_many`` answer one result per item, in item order:
+a batch is not a transaction. Items succeed or fail one by one, and a batch whose call fails
+midway may have applied some of its items (with a client session, a retry applies none twice).
+
+How a batch travels:
+
+1. Each item's range is looked up in the rm's map. Items whose range has a leader and is not
+   being moved are grouped by that leader; the rest (no leader known, a range being copied to
+   another group, which needs the source's version of a key) take the single-key path of
+   ``Router`` with all of its recovery.
+2. Each leader gets one ``batch_write`` / ``batch_get`` frame per ``FRAME_ITEMS_MAX`` items or
+   ``FRAME_BYTES_MAX`` bytes, all sent at once; the node proposes a frame's writes together
+   (one log entry) and reads a frame's keys after one linearizable-read barrier.
+3. Whatever a frame could not settle (the node is no longer the leader, a range moved or split
+   since the map was read, the node could not be reached) goes the single-key way, item by
+   item, as if the batch had never been. Nothing else is retried here: a write whose frame was
+   lost is ``outcome_unknown`` unless it belongs to a client session, whose writes the group
+   applies at most once (then it is resent, marked ``retry``).
+
+Every write gets a fresh seq of this rm's sequencer, and with a session its own cseq: the
+session's ``cseq`` plus the item's place in the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rangekv import errors, limits, sequencer
+from rangekv.request_manager.routing import GetResult, Router, Session, _Attempt, _seq
+
+log = logging.getLogger("rangekv.rm.batches")
+
+FRAME_ITEMS_MAX = 1000  # items in one frame to a leader
+FRAME_BYTES_MAX = 1024 * 1024  # keys and values in one frame (a bigger item goes alone)
+SINGLE_CONCURRENCY_MAX = 64  # items sent the single-key way at once
+
+# per-item answers of a node that mean "not settled here, route it again"
+_REROUTE = frozenset({errors.NotLeader.code, errors.RangeNotHere.code, errors.Unavailable.code,
+                      errors.TableNotFound.code})
+
+PUT = "put"
+DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One item of a write batch: a put (``value``) or a delete; ``if_seq`` as for put/delete
+    (16 zero bytes: only if absent)."""
+
+    kind: str
+    key: bytes
+    value: bytes = b""
+    if_seq: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A put's seq, or a delete's (``deleted`` False and a zero seq when nothing was there)."""
+
+    seq: bytes
+    deleted: bool = False
+
+
+WriteOutcome = WriteResult | errors.RangeKVError
+GetOutcome = GetResult | errors.RangeKVError
+
+
+def _chunks(indexes: list[int], size_of: Callable[[int], int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    cur: list[int] = []
+    nbytes = 0
+    for i in indexes:
+        n = size_of(i)
+        if cur and (len(cur) >= FRAME_ITEMS_MAX or nbytes + n > FRAME_BYTES_MAX):
+            out.append(cur)
+            cur, nbytes = [], 0
+        cur.append(i)
+        nbytes += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+async def _bounded(coros: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    sem = asyncio.Semaphore(SINGLE_CONCURRENCY_MAX)
+
+    async def one(fn: Callable[[], Awaitable[None]]) -> None:
+        async with sem:
+            await fn()
+
+    await asyncio.gather(*(one(fn) for fn in coros))
+
+
+async def _plan(router: Router, table: str, keys: Sequence[bytes]
+                ) -> tuple[int, dict[str, list[int]], list[int]]:
+    """(table id, leader address -> item indexes, indexes for the single-key path)."""
+    st = _Attempt(router._monotonic(), router.request_deadline_s)
+    t = await router._resolve(st, table)
+    view = router.source.view
+    by_leader: dict[str, list[int]] = {}
+    single: list[int] = []
+    leaders: dict[int, str | None] = {}
+    for i, key in enumerate(keys):
+        rng = view.range_for(t.id, key)
+        if rng is None or rng.copying_from is not None:
+            single.append(i)
+            continue
+        if rng.group not in leaders:
+            leaders[rng.group] = router._leader_address(view, rng.group)
+        address = leaders[rng.group]
+        if address is None:
+            single.append(i)
+        else:
+            by_leader.setdefault(address, []).append(i)
+    return t.id, by_leader, single
+
+
+async def write_many(router: Router, table: str, items: Sequence[Write],
+                     session: Session | None = None) -> list[WriteOutcome]:
+    """One outcome per item, in order (see the module docstring)."""
+    limits.check_table_name(table)
+    out: list[WriteOutcome | None] = [None] * len(items)
+    if not items:
+        return []
+    table_id, by_leader, single = await _plan(router, table, [w.key for w in items])
+    retry_single: set[int] = set()  # items whose frame may have been applied
+
+    def cseq_of(i: int) -> int | None:
+        return None if session is None else session.cseq + i
+
+    async def frame(address: str, idx: list[int]) -> None:
+        wire_items = [[items[i].kind, items[i].key,
+                       items[i].value if items[i].kind == PUT else None, items[i].if_seq,
+                       router.sequencer.next(), cseq_of(i)] for i in idx]
+        fields: dict[str, Any] = {"table_id": table_id, "items": wire_items}
+        if session is not None:
+            fields.update(client=session.client, floor=session.floor)
+            if session.retry:
+                fields["retry"] = True
+        try:
+            reply = await router.pool.get(address).request(
+                "batch_write", timeout_s=router.request_deadline_s, **fields)
+        except (errors.OutcomeUnknown, errors.ProtocolError) as err:  # incl. Timeout
+            if session is not None and err.code != "session_expired":
+                single.extend(idx)
+                retry_single.update(idx)
+                return
+            router.stats.outcome_unknown += len(idx)
+            for i in idx:
+                out[i] = errors.OutcomeUnknown(
+                    f"batch write to {address} may or may not have taken effect: "
+                    f"{err.message}")
+            return
+        except errors.RangeKVError as err:
+            if err.retryable or err.code in _REROUTE:
+                single.extend(idx)
+                return
+            for i in idx:
+                out[i] = err
+            return
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(idx):
+            raise errors.ProtocolError(f"{address} answered a batch of {len(idx)} with "
+                                       f"{str(results)[:100]}")
+        top = sequencer.ZERO
+        for i, res in zip(idx, results, strict=True):
+            outcome = _write_outcome(res)
+            if isinstance(outcome, errors.RangeKVError) and outcome.code in _REROUTE:
+                single.append(i)
+                continue
+            out[i] = outcome
+            if isinstance(outcome, WriteResult) and outcome.seq > top:
+                top = outcome.seq
+        if top != sequencer.ZERO:
+            router._observe(top)
+
+    def size_of(i: int) -> int:
+        return len(items[i].key) + len(items[i].value) + 48
+
+    await asyncio.gather(*(frame(address, chunk) for address, idx in by_leader.items()
+                           for chunk in _chunks(idx, size_of)))
+
+    async def alone(i: int) -> None:
+        w = items[i]
+        s = None
+        if session is not None:
+            s = replace(session, cseq=session.cseq + i,
+                        retry=session.retry or i in retry_single)
+        try:
+            if w.kind == PUT:
+                out[i] = WriteResult(await router.put(table, w.key, w.value, w.if_seq, s))
+            else:
+                seq = await router.delete(table, w.key, w.if_seq, s)
+                out[i] = WriteResult(sequencer.ZERO if seq is None else seq, seq is not None)
+        except errors.RangeKVError as err:
+            out[i] = err
+
+    await _bounded([lambda i=i: alone(i) for i in sorted(set(single))])
+    assert all(o is not None for o in out)
+    return out  # type: ignore[return-value]
+
+
+def _error_of(res: dict[str, Any]) -> errors.RangeKVError | None:
+    err = res.get("error")
+    if err is None:
+        return None
+    if not isinstance(err, dict):
+        raise errors.ProtocolError(f"a node sent a malformed error: {str(err)[:100]}")
+    return errors.from_dict(err)
+
+
+def _write_outcome(res: Any) -> WriteOutcome:
+    if not isinstance(res, dict):
+        raise errors.ProtocolError(f"a node sent a malformed batch result: {str(res)[:100]}")
+    err = _error_of(res)
+    if err is not None:
+        if isinstance(err, errors.PreconditionFailed):
+            cur = err.details.get("current_seq")
+            if isinstance(cur, (bytes, bytearray)):
+                err.details["current_seq"] = bytes(cur).hex() if any(cur) else None
+        return err
+    seq = _seq(res.get("seq"))
+    return WriteResult(seq, bool(res.get("deleted")))
+
+
+async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[GetOutcome]:
+    """The live version of each key (``found`` False for none), in order."""
+    limits.check_table_name(table)
+    out: list[GetOutcome | None] = [None] * len(keys)
+    if not keys:
+        return []
+    table_id, by_leader, single = await _plan(router, table, keys)
+
+    async def frame(address: str, idx: list[int]) -> None:
+        try:
+            reply = await router.pool.get(address).request(
+                "batch_get", timeout_s=router.request_deadline_s, table_id=table_id,
+                keys=[keys[i] for i in idx])
+        except errors.RangeKVError as err:
+            if err.retryable or err.code in _REROUTE or isinstance(
+                    err, (errors.OutcomeUnknown, errors.ProtocolError)):
+                single.extend(idx)  # a read is always safe to send again
+                return
+            for i in idx:
+                out[i] = err
+            return
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(idx):
+            raise errors.ProtocolError(f"{address} answered a batch of {len(idx)} with "
+                                       f"{str(results)[:100]}")
+        top = sequencer.ZERO
+        for i, res in zip(idx, results, strict=True):
+            if not isinstance(res, dict):
+                raise errors.ProtocolError(f"a node sent a malformed batch result: "
+                                           f"{str(res)[:100]}")
+            err = _error_of(res)
+            if err is not None:
+                if err.code in _REROUTE:
+                    single.append(i)
+                else:
+                    out[i] = err
+                continue
+            if not res.get("found") or res.get("tombstone"):
+                out[i] = GetResult(False, b"", sequencer.ZERO)
+                continue
+            seq = _seq(res.get("seq"))
+            top = max(top, seq)
+            out[i] = GetResult(True, bytes(res.get("value") or b""), seq)
+        if top != sequencer.ZERO:
+            router._observe(top)
+
+    await asyncio.gather(*(frame(address, chunk) for address, idx in by_leader.items()
+                           for chunk in _chunks(idx, lambda i: len(keys[i]) + 16)))
+
+    async def alone(i: int) -> None:
+        try:
+            out[i] = await router.get(table, keys[i])
+        except errors.RangeKVError as err:
+            out[i] = err
+
+    await _bounded([lambda i=i: alone(i) for i in sorted(set(single))])
+    assert all(o is not None for o in out)
+    return out  # type: ignore[return-value]
