@@ -20,6 +20,8 @@ Commands are msgpack maps (see docs/internals.md, "Log entries and the state mac
                                                                 -> {"seq": s} | {"error": ...}
     {"op": "del", "t": table_id, "k": key, "s": seq, "c": if_seq|None}
                                                 -> {"deleted": bool, "seq": s|zero} | {"error"}
+    {"op": "batch", "t": table_id, "items": [[kind "put"|"del", key, value|None, if_seq|None,
+     seq, cseq|None], ...], "s": seq}                 -> {"results": [one result per item]}
     {"op": "add_range", "t": table_id, "start": bytes, "end": bytes|None, "s": seq} -> {}
     {"op": "split_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
     {"op": "merge_range", "t": table_id, "at": bytes, "s": seq}   -> {} | {"error": ...}
@@ -33,6 +35,17 @@ Moving a range [a, b) from group S to group D (docs/internals.md, "Moving a rang
     {"op": "import", "t", "items": [[k, seq, tomb, v], ...], "s"} on D -> {"imported": n}
     {"op": "finish_import", "t", "start", "end", "s"}    on D  -> {}
     {"op": "drop_range", "t", "start", "end", "s"}       on S  -> {}   (its data deleted)
+
+A put or del (and a batch, for all its items) may carry its client's session: ``"ci"``
+client id (16 bytes), ``"cn"`` cseq (a batch: each item's), ``"cf"`` floor, ``"cr"`` retry.
+A (client, cseq) applied before answers its first result again and applies nothing; a retry
+whose first result is no longer held answers ``session_expired`` (``storage/sessions.py`` has
+the rules and bounds). A range moving here takes the source's sessions before finish_import::
+
+    {"op": "import_sessions", "t", "start", "end", "items": [[client, mark, top, last_seq,
+     [[cseq, result], ...]], ...], "done": bool, "s"}  on D  -> {"imported": n}
+
+Until one with ``done``, a retried write to the importing range answers ``unavailable``.
 
 A *fenced* range refuses writes (``range_not_here`` with ``moving``) and still serves reads:
 its content is final, H is above every seq in it. An *importing* range takes writes whose seqs
@@ -51,10 +64,16 @@ upstream, but one that every replica answers the same way instead of crash-loopi
 
 Storage layout in the backend (bytewise key order)::
 
+    b"\\x00c" .. b"\\x00e"                  -> client sessions (storage/sessions.py)
     b"\\x00m" + name                      -> metadata: format, applied_index (u64), last_seq (16)
     b"\\x00q" + table_id u64 + start      -> state (1 byte: 1 fenced, 2 importing) | H (16)
+                                           [| 1 (1 byte): importing, the sessions copied]
     b"\\x00r" + table_id u64 + start      -> b"\\x00" (end = None) | b"\\x01" + end
     b"\\x01"  + table_id u64 + key        -> seq (16) | flags (1; bit 0 = tombstone) | value
+
+State written before client sessions existed has no session records and no 18-byte range
+state: it opens as it is (FORMAT_VERSION stays 1; only a binary older than sessions fails on
+the flag, and only mid-move).
 
 Ranges are keyed by (table, start): adding a range with a start already present replaces its
 end. Tombstones are kept (they carry the seq that must win when versions meet: docs/architecture.md,
@@ -63,6 +82,7 @@ end. Tombstones are kept (they carry the seq that must win when versions meet: d
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -70,6 +90,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import msgpack
 
 from rangekv import errors, sequencer
+from rangekv.storage import sessions
 from rangekv.storage.wal import StorageCorrupt
 
 if TYPE_CHECKING:
@@ -197,14 +218,16 @@ def _mark_key(table_id: int, start: bytes) -> bytes:
     return _MARK + table_id.to_bytes(8, "big") + start
 
 
-def _encode_mark(state: str, seq: bytes) -> bytes:
-    return bytes([_MARK_CODES[state]]) + seq
+def _encode_mark(state: str, seq: bytes, copied: bool = False) -> bytes:
+    return bytes([_MARK_CODES[state]]) + seq + (b"\x01" if copied else b"")
 
 
-def _decode_mark(raw: bytes) -> tuple[str, bytes]:
-    if len(raw) != 1 + SEQ_BYTES or raw[0] not in _MARK_NAMES:
+def _decode_mark(raw: bytes) -> tuple[str, bytes, bool]:
+    """(state, H, sessions copied) of a range state record (17 bytes, or 18 with the flag)."""
+    if (len(raw) not in (1 + SEQ_BYTES, 2 + SEQ_BYTES) or raw[0] not in _MARK_NAMES
+            or raw[1 + SEQ_BYTES:] not in (b"", b"\x01")):
         raise StorageCorrupt("malformed range state record")
-    return _MARK_NAMES[raw[0]], raw[1:]
+    return _MARK_NAMES[raw[0]], raw[1:1 + SEQ_BYTES], len(raw) == 2 + SEQ_BYTES
 
 
 def _range_contains(start: bytes, end: bytes | None, key: bytes) -> bool:
@@ -254,17 +277,24 @@ def _field_version(raw: Any) -> tuple[bytes, bool, bytes] | None:
 
 class _Tx:
     """The writes of one ``apply`` call: an ordered op list plus an overlay so that later
-    commands in the same call read what earlier ones wrote."""
+    commands in the same call read what earlier ones wrote (``sessions.Writes``)."""
 
-    def __init__(self, backend: Backend, ranges: Ranges, marks: Marks) -> None:
+    def __init__(self, backend: Backend, ranges: Ranges, marks: Marks,
+                 copied: frozenset[tuple[int, bytes]], session_count: int) -> None:
         self._backend = backend
         self.ops: list[Op] = []
         self._overlay: dict[bytes, bytes | None] = {}
         self._cleared: list[tuple[bytes, bytes]] = []
+        # keys written with put_ordered/delete_ordered (the session records), sorted: what
+        # ``scan`` merges with the backend's items
+        self._ordered: list[bytes] = []
+        self._ordered_keys: set[bytes] = set()
         self.ranges = ranges
         self.ranges_copied = False
         self.marks = marks
         self.marks_copied = False
+        self.copied = copied  # importing ranges whose client sessions are copied here
+        self.session_count = session_count
         self.data_deltas: list[tuple[bytes, int, int]] = []  # (data key, +keys, +bytes)
 
     def get(self, key: bytes) -> bytes | None:
@@ -282,6 +312,57 @@ class _Tx:
     def delete(self, key: bytes) -> None:
         self.ops.append(("del", key, b""))
         self._overlay[key] = None
+
+    def _note_ordered(self, key: bytes) -> None:
+        if key not in self._ordered_keys:
+            self._ordered_keys.add(key)
+            bisect.insort(self._ordered, key)
+
+    def put_ordered(self, key: bytes, value: bytes) -> None:
+        """``put``, and ``scan`` sees it."""
+        self._note_ordered(key)
+        self.put(key, value)
+
+    def delete_ordered(self, key: bytes) -> None:
+        """``delete``, and ``scan`` sees it."""
+        self._note_ordered(key)
+        self.delete(key)
+
+    def scan(self, lo: bytes, hi: bytes, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Items with lo <= key < hi in key order, as this batch sees them: the backend's,
+        with the batch's own ``put_ordered``/``delete_ordered`` writes over them (only those:
+        a plain ``put`` in the span is not seen). At most ``limit`` items."""
+        assert lo <= hi and (limit is None or limit >= 1), (lo, hi, limit)
+        assert not any(c_lo < hi and lo < c_hi for c_lo, c_hi in self._cleared), \
+            "scan of a span this batch deleted with delete-range"
+        mine = self._ordered[bisect.bisect_left(self._ordered, lo):
+                             bisect.bisect_left(self._ordered, hi)]
+        out: list[tuple[bytes, bytes]] = []
+        j = 0
+        for key, value in self._backend.iterate(lo, hi):
+            while j < len(mine) and mine[j] <= key:
+                if mine[j] < key:
+                    written = self._overlay.get(mine[j])
+                    if written is not None:
+                        out.append((mine[j], written))
+                j += 1
+                if limit is not None and len(out) >= limit:
+                    return out
+            if key in self._overlay:
+                written = self._overlay[key]
+                if written is None:
+                    continue
+                value = written
+            out.append((key, value))
+            if limit is not None and len(out) >= limit:
+                return out
+        for key in mine[j:]:
+            written = self._overlay.get(key)
+            if written is not None:
+                out.append((key, written))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     def put_data(self, dkey: bytes, value: bytes, old: bytes | None) -> None:
         """Write a data record over ``old`` (the record it replaces), noting the change in
@@ -307,8 +388,11 @@ class _Tx:
             self.ranges_copied = True
         return self.ranges
 
-    def set_mark(self, table_id: int, start: bytes, mark: tuple[str, bytes] | None) -> None:
-        """Set (or clear, None) the move state of a range, in memory and in the batch."""
+    def set_mark(self, table_id: int, start: bytes, mark: tuple[str, bytes] | None,
+                 copied: bool = False) -> None:
+        """Set (or clear, None) the move state of a range, in memory and in the batch;
+        ``copied``: an importing range that has its source's client sessions."""
+        assert not copied or (mark is not None and mark[0] == IMPORTING), mark
         if not self.marks_copied:
             self.marks = dict(self.marks)
             self.marks_copied = True
@@ -317,7 +401,11 @@ class _Tx:
             self.delete(_mark_key(table_id, start))
         else:
             self.marks[(table_id, start)] = mark
-            self.put(_mark_key(table_id, start), _encode_mark(*mark))
+            self.put(_mark_key(table_id, start), _encode_mark(*mark, copied=copied))
+        if copied:
+            self.copied = self.copied | {(table_id, start)}
+        elif (table_id, start) in self.copied:
+            self.copied = self.copied - {(table_id, start)}
 
 
 class Observer(Protocol):
@@ -353,8 +441,16 @@ class StateMachine:
             table_id = int.from_bytes(key[2:10], "big")
             self._ranges.setdefault(table_id, {})[key[10:]] = _decode_range_end(raw)
         self._marks: Marks = {}
+        copied = set()
         for key, raw in backend.iterate(_MARK, _MARK_END):
-            self._marks[(int.from_bytes(key[2:10], "big"), key[10:])] = _decode_mark(raw)
+            state, high, sessions_copied = _decode_mark(raw)
+            where = (int.from_bytes(key[2:10], "big"), key[10:])
+            self._marks[where] = (state, high)
+            if sessions_copied:
+                copied.add(where)
+        self._copied: frozenset[tuple[int, bytes]] = frozenset(copied)
+        # (state written before sessions existed has none: it opens as it did)
+        self._session_count = sessions.count(backend.iterate)
 
     # -- applying -----------------------------------------------------------------------------
 
@@ -363,7 +459,7 @@ class StateMachine:
         assert not self.closed, "state machine used after close"
         if not entries:
             return []
-        tx = _Tx(self._backend, self._ranges, self._marks)
+        tx = _Tx(self._backend, self._ranges, self._marks, self._copied, self._session_count)
         applied_index, last_seq = self.applied_index, self.last_seq
         results: list[dict[str, Any]] = []
         for index, payload in entries:
@@ -384,6 +480,8 @@ class StateMachine:
             self._ranges = tx.ranges
         if tx.marks_copied:
             self._marks = tx.marks
+        self._copied = tx.copied
+        self._session_count = tx.session_count
         self.to_compact.extend(tx.cleared_data())
         if self.observer is not None and (tx.data_deltas or tx.ranges_copied):
             prefix = len(_DATA) + 8
@@ -400,9 +498,55 @@ class StateMachine:
             apply = self._APPLY.get(op) if isinstance(op, str) else None
             if apply is not None:
                 return apply(self, tx, cmd)
-        except _Malformed as exc:
+        except (_Malformed, sessions.Malformed) as exc:
             return {"error": errors.InvalidArgument(f"malformed {op} command: {exc}").to_dict()}
         raise AssertionError(f"unknown command op {op!r}")
+
+    # -- client sessions (storage/sessions.py) --------------------------------------------------
+
+    def _write(self, tx: _Tx, cmd: dict[str, Any],
+               apply: Callable[[_Tx, dict[str, Any]], dict[str, Any]],
+               expire: bool = True) -> dict[str, Any]:
+        """A put or del (``apply``), with the rules of its client session if it has one
+        (``sessions.py``); ``expire``: drop expired sessions first (a batch does it once)."""
+        req = sessions.parse(cmd)
+        if req is None:
+            return apply(tx, cmd)
+        seq = _field_seq(cmd, "s")
+        assert seq is not None
+        if expire:
+            sessions.expire(tx, seq)
+        head = sessions.head(tx, req.client)
+        if head is not None:
+            first = sessions.stored(tx, req.client, req.cseq)
+            if first is not None:  # rule 1: applied before, answered as then
+                sessions.record(tx, req, head, seq, None)
+                return {**first, "dup": True}
+        if req.retry and self._sessions_pending(tx, cmd):
+            # the first attempt may have been applied by the source group before the range
+            # moved here: its result arrives with the source's sessions, before finish_import
+            err = errors.Unavailable(
+                "the range is being moved here and its client sessions are not copied yet: a "
+                "retried write waits for them; retry", table_id=cmd.get("t"))
+            return {"error": err.to_dict()}
+        if sessions.refuses(req, head):  # rule 2
+            return sessions.expired_error()
+        result = apply(tx, cmd)
+        if sessions.decided(result):  # rule 3
+            sessions.record(tx, req, head, seq, result)
+        return result
+
+    def _sessions_pending(self, tx: _Tx, cmd: dict[str, Any]) -> bool:
+        """Whether the key of a write is in a range being moved here whose source's client
+        sessions are not copied yet."""
+        table_id = _field_table(cmd)
+        key = _field_bytes(cmd, "k")
+        assert key is not None
+        start = self._holder(tx.ranges, table_id, key)
+        if start is None:
+            return False
+        mark = tx.marks.get((table_id, start))
+        return mark is not None and mark[0] == IMPORTING and (table_id, start) not in tx.copied
 
     def _check_write(
         self, tx: _Tx, cmd: dict[str, Any]
@@ -475,6 +619,12 @@ class StateMachine:
         return merged
 
     def _apply_put(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        return self._write(tx, cmd, self._put)
+
+    def _apply_del(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        return self._write(tx, cmd, self._del)
+
+    def _put(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         value = _field_bytes(cmd, "v")
         assert value is not None
         table_id, key, seq, _, error, raw = self._check_write(tx, cmd)
@@ -483,7 +633,7 @@ class StateMachine:
         tx.put_data(_data_key(table_id, key), _encode_value(seq, False, value), raw)
         return {"seq": seq}
 
-    def _apply_del(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+    def _del(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         table_id, key, seq, live_seq, error, raw = self._check_write(tx, cmd)
         if error is not None:
             return error
@@ -491,6 +641,68 @@ class StateMachine:
             return {"deleted": False, "seq": ZERO_SEQ}
         tx.put_data(_data_key(table_id, key), _encode_value(seq, True, b""), raw)
         return {"deleted": True, "seq": seq}
+
+    def _apply_batch(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Writes to one table proposed together (the node's ``batch_write``): each item a put
+        or del applied as it would be alone, in item order, all in this one entry; one result
+        per item. Not a transaction: an item's error leaves the others as they are."""
+        table_id = _field_table(cmd)
+        seq = _field_seq(cmd, "s")
+        assert seq is not None
+        items = cmd.get("items")
+        if not isinstance(items, list):
+            raise _Malformed("items must be a list")
+        session = {name: cmd[name] for name in ("ci", "cf", "cr") if cmd.get(name) is not None}
+        if session:
+            sessions.expire(tx, seq)  # once for the whole batch, by its own seq
+        results = []
+        for item in items:
+            try:
+                results.append(self._batch_item(tx, table_id, seq, item, session))
+            except (_Malformed, sessions.Malformed) as exc:
+                err = errors.InvalidArgument(f"malformed batch item: {exc}", table_id=table_id)
+                results.append({"error": err.to_dict()})
+        return {"results": results}
+
+    def _batch_item(self, tx: _Tx, table_id: int, batch_seq: bytes, item: Any,
+                    session: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(item, (list, tuple)) or len(item) != 6:
+            raise _Malformed("an item is [kind, key, value, if_seq, seq, cseq]")
+        kind, key, value, if_seq, seq, cseq = item
+        if kind not in ("put", "del"):
+            raise _Malformed("an item's kind is 'put' or 'del'")
+        sub = {"op": kind, "t": table_id, "k": key, "v": value, "s": seq, "c": if_seq}
+        item_seq = _field_seq(sub, "s")
+        assert item_seq is not None
+        if item_seq >= batch_seq:
+            # the leader gives the items seqs below the batch's own, which raises last_seq
+            # above all of them
+            raise _Malformed("an item's seq must be below its batch's")
+        if session:
+            sub.update(session, cn=cseq)
+        elif cseq is not None:
+            raise _Malformed("an item's cseq needs the batch's client (ci)")
+        return self._write(tx, sub, self._put if kind == "put" else self._del, expire=False)
+
+    def _apply_import_sessions(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Merge client sessions copied from the source group of a range moving here
+        (``sessions.merge``: idempotent). With ``done``, the importing range [start, end) has
+        them all: from then on a retried write to it applies (it waits until then)."""
+        table_id, start, _, present = self._exact_range(tx, cmd)
+        items = cmd.get("items")
+        if not isinstance(items, list):
+            raise _Malformed("items must be a list")
+        done = cmd.get("done")
+        if done is not None and not isinstance(done, bool):
+            raise _Malformed("done must be a bool")
+        copies = [sessions.parse_export_item(item) for item in items]  # all checked first
+        for client, head, results in copies:
+            sessions.merge(tx, client, head, results)
+        mark = tx.marks.get((table_id, start))
+        if (done and present and mark is not None and mark[0] == IMPORTING
+                and (table_id, start) not in tx.copied):
+            tx.set_mark(table_id, start, mark, copied=True)
+        return {"imported": len(copies)}
 
     def _apply_add_range(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         """Add a range (a new table's, or with ``"st": "importing"`` one moving here: its
@@ -686,6 +898,7 @@ class StateMachine:
         "drop_table": _apply_drop_table, "fence_range": _apply_fence_range,
         "unfence_range": _apply_unfence_range, "import": _apply_import,
         "finish_import": _apply_finish_import, "drop_range": _apply_drop_range,
+        "batch": _apply_batch, "import_sessions": _apply_import_sessions,
     }
 
     # -- reading ------------------------------------------------------------------------------
@@ -857,11 +1070,13 @@ class StateMachine:
         return items, False
 
     def content_hash(self) -> str:
-        """A digest of every range and every data record (key, seq, tombstone flag, value) in
-        key order. Replicas that applied the same entries agree; the metadata is left out."""
+        """A digest of every client session, range and data record (key, seq, tombstone flag,
+        value) in key order. Replicas that applied the same entries agree; the metadata is left
+        out."""
         assert not self.closed, "state machine used after close"
         digest = hashlib.sha256()
-        for lo, hi in ((_MARK, _MARK_END), (_RANGE, _RANGE_END), (_DATA, _DATA_END)):
+        for lo, hi in (sessions.SPAN, (_MARK, _MARK_END), (_RANGE, _RANGE_END),
+                       (_DATA, _DATA_END)):
             digest.update(lo)
             for key, raw in self._backend.iterate(lo, hi):
                 digest.update(len(key).to_bytes(4, "big"))
@@ -869,6 +1084,23 @@ class StateMachine:
                 digest.update(len(raw).to_bytes(4, "big"))
                 digest.update(raw)
         return digest.hexdigest()
+
+    @property
+    def session_count(self) -> int:
+        """Client sessions held (at most ``sessions.CLIENTS_MAX``)."""
+        return self._session_count
+
+    def sessions_copied(self, table_id: int, start: bytes) -> bool:
+        """Whether the importing range starting at ``start`` has its source's client
+        sessions (``import_sessions`` with ``done``)."""
+        return (table_id, start) in self._copied
+
+    def export_sessions(self, after: bytes | None,
+                        limit: int = sessions.EXPORT_CLIENTS_MAX) -> tuple[list[Any], bool]:
+        """A page of this group's client sessions for a move's copy (``sessions.export_page``):
+        read once a read here is linearizable, after the range's fence."""
+        assert not self.closed, "state machine used after close"
+        return sessions.export_page(self._backend.iterate, after, limit)
 
     def compact_pending(self) -> int:
         """Reclaim the space of data deleted by ``drop_table``/``drop_range`` since the last
