@@ -89,6 +89,9 @@ def test_config_steps_and_timed_measurements() -> None:
                          ("async", "get", 1), ("sync", "put", 16), ("sync", "get", 16)]
     # per system: start + runs x (load, scan, 6 timed); rangekv's command loads: runs more
     assert c.steps() == 2 * (1 + 2 * 8) + 2
+    # etcd's loads keep as many items in flight as rangekv's batches: 4 x 1000 / 128, rounded up
+    assert pyclient.Config().etcd_inflight() == 32
+    assert pyclient.Config(load_batch=256, load_inflight=1).etcd_inflight() == 2
     assert pyclient.Config(tasks=1).timed()[:2] == [("async", "put", 1), ("async", "get", 1)]
     assert len(pyclient.Config(tasks=1).timed()) == 4
     with pytest.raises(AssertionError):

@@ -116,8 +116,8 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-batch", type=int, default=d.load_batch,
                    help=f"rangekv put_many: items per call (default {d.load_batch})")
     p.add_argument("--load-inflight", type=int, default=d.load_inflight,
-                   help="batch calls (etcd: transactions) in flight at once (default "
-                        f"{d.load_inflight})")
+                   help=f"put_many calls in flight at once (default {d.load_inflight}); etcd "
+                        "gets as many transactions in flight as make as many items in flight")
     p.add_argument("--load-tasks", type=int, default=d.load_tasks,
                    help=f"tasks of a load by single puts, without put_many (default "
                         f"{d.load_tasks})")

@@ -26,7 +26,8 @@ Theory of operation:
   new keys; gets read random keys of the table loaded before (no misses).
 * Count-based measurements: ``load`` puts ``records`` items (rangekv: ``put_many`` batches
   when the client has it, else single puts; etcd: transactions of ``etcd_txn_ops`` puts, etcd's
-  default ``--max-txn-ops``), ``scan`` reads the whole loaded table once (rangekv: ``async for
+  default ``--max-txn-ops``, as many in flight as it takes to have as many items in flight as
+  rangekv's batches), ``scan`` reads the whole loaded table once (rangekv: ``async for
   item in db.scan(table)``; etcd: ranges with a limit, page after page). The window runs from
   the first request to the last answer. ``cli_load`` (rangekv only) runs the ``rangekv load``
   command on a JSON Lines file of the same items, timed from its start to its exit.
@@ -90,8 +91,8 @@ class Config:
     threads: int = 16  # the sync clients' threads
     value_bytes: int = 256
     records: int = 200_000  # loaded (and then scanned, and read by the gets)
-    load_batch: int = 1000  # rangekv put_many: items per call
-    load_inflight: int = 8  # batch calls (or etcd transactions) in flight at once
+    load_batch: int = 1000  # rangekv put_many: items per call (as `rangekv load` sends them)
+    load_inflight: int = 4  # rangekv put_many calls in flight at once (as `rangekv load`)
     load_tasks: int = 64  # without put_many: single puts by this many tasks
     etcd_txn_ops: int = ETCD_TXN_OPS_DEFAULT
     scan_page: int = SCAN_PAGE_DEFAULT
@@ -111,6 +112,11 @@ class Config:
 
     def ordered_systems(self) -> list[str]:
         return [s for s in SYSTEMS if s in self.systems]
+
+    def etcd_inflight(self) -> int:
+        """etcd's transactions in flight during a load: as many items in flight as rangekv's
+        batches carry (etcd's transactions are smaller)."""
+        return -(-self.load_batch * self.load_inflight // self.etcd_txn_ops)
 
     def timed(self) -> list[tuple[str, str, int]]:
         """The timed measurements of each system, in order: (api, op, concurrency)."""
@@ -834,9 +840,11 @@ class ClientBench:
             table = f"load{i}"
             self.admin.create(table)
             self.progress(f"{self.name}: load {c.records:,} keys, run {i}/{c.runs}")
-            batch = c.load_batch if self.name == "rangekv" else c.etcd_txn_ops
-            r = self.run(self.spec(kind="load", table=table, records=c.records, batch=batch,
-                                   inflight=c.load_inflight, tasks=c.load_tasks))
+            rangekv = self.name == "rangekv"
+            r = self.run(self.spec(kind="load", table=table, records=c.records,
+                                   batch=c.load_batch if rangekv else c.etcd_txn_ops,
+                                   inflight=c.load_inflight if rangekv else c.etcd_inflight(),
+                                   tasks=c.load_tasks))
             loads.append(r)
             self.progress(f"{self.name}: scan {r['keys']:,} keys, run {i}/{c.runs}")
             scans.append(self.run(self.spec(kind="scan", table=table, op="get",
