@@ -182,8 +182,10 @@ def _attack_and_check(args: argparse.Namespace, cluster: NetCluster, run_dir: Pa
                       faults: list[str], interval: tuple[float, float],
                       report: dict[str, Any]) -> int:
     history = History(run_dir / "history.jsonl")
-    workload = Workload(cluster.endpoint, history, seed=seed, clients=args.clients,
-                        set_clients=args.set_clients, direct_endpoints=cluster.rm_endpoints,
+    # the native protocol, with exactly-once writes: what the Python client uses by default
+    workload = Workload(cluster.native_endpoint, history, seed=seed, clients=args.clients,
+                        set_clients=args.set_clients,
+                        direct_endpoints=cluster.rm_native_endpoints,
                         direct_clients=min(args.direct_clients, args.clients))
     t0 = time.monotonic()
     nemesis = Nemesis(cluster, faults, seed, t0, interval_s=interval,

@@ -1,7 +1,8 @@
 """The load a chaos run applies, and the history it records.
 
-Two workloads run side by side through the client endpoint (HAProxy), with the real
-:class:`rangekv.AsyncClient` (its retries included: what users run is what is tested):
+Two workloads run side by side through the client endpoint (HAProxy's native port), with the
+real :class:`rangekv.AsyncClient` (its native protocol, its retries and its exactly-once
+writes included: what users run is what is tested):
 
 * **register** (table ``chaos_reg``): independent keys, each worked on by several clients at
   once with get / put (a value never written before) / conditional put (``If-Match`` the last

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 ENV_ENDPOINT = "RANGEKV_ENDPOINT"
-DEFAULT_ENDPOINT = "http://127.0.0.1:8400"
+DEFAULT_ENDPOINT = "rangekv://127.0.0.1:8401"  # the native port of `rangekv up`'s HAProxy
 
 
 @dataclass

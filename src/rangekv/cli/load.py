@@ -6,10 +6,11 @@ for bytes that are not UTF-8 and win over ``key``/``value``; any other field (``
 ignored. Blank lines are skipped. ``-`` reads standard input.
 
 The whole file is checked first (JSON, the fields, the key and value limits): a bad line is
-reported with its number and nothing is written. Then the puts go out ``--concurrency`` at a
-time; the first failure stops the load and says how many were acknowledged. A put that is
-sent again stores the same value, so loading a file again after a failure is safe (the keys
-get new seqs).
+reported with its number and nothing is written. Then the items go out in batches of
+``--batch`` (``put_many``: the rm splits each by range and sends one frame per group leader,
+whose items are proposed together), ``--concurrency`` batches at a time; the first failure
+stops the load and says how many were acknowledged. A put that is sent again stores the same
+value, so loading a file again after a failure is safe (the keys get new seqs).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import binascii
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -27,7 +29,8 @@ from rangekv import errors, limits
 from rangekv.cli import Context
 from rangekv.progress import Progress
 
-CONCURRENCY_DEFAULT = 16
+CONCURRENCY_DEFAULT = 4
+BATCH_DEFAULT = 1000
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,7 +40,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("table", help="the table to put into (it must exist)")
     p.add_argument("file", help='a JSON Lines file of {"key": ..., "value": ...}; - for stdin')
     p.add_argument("--concurrency", type=int, default=CONCURRENCY_DEFAULT, metavar="N",
-                   help=f"puts in flight at once (default {CONCURRENCY_DEFAULT})")
+                   help=f"batches in flight at once (default {CONCURRENCY_DEFAULT})")
+    p.add_argument("--batch", type=int, default=BATCH_DEFAULT, metavar="N",
+                   help=f"items per put_many (default {BATCH_DEFAULT}, at most "
+                        f"{limits.BATCH_ITEMS_MAX}; a batch also stops at "
+                        f"{limits.BATCH_BYTES_MAX} bytes)")
     p.add_argument("--create", action="store_true", help="create the table first if missing")
     p.set_defaults(func=cmd_load)
 
@@ -80,9 +87,26 @@ def parse_lines(data: bytes) -> list[tuple[bytes, bytes]]:
     return items
 
 
+def _batches(items: list[tuple[bytes, bytes]], size: int
+             ) -> Iterator[list[tuple[bytes, bytes]]]:
+    """``items`` in runs of at most ``size`` items and ``limits.BATCH_BYTES_MAX`` bytes."""
+    batch: list[tuple[bytes, bytes]] = []
+    nbytes = 0
+    for k, v in items:
+        if batch and (len(batch) >= size or nbytes + len(k) + len(v) > limits.BATCH_BYTES_MAX):
+            yield batch
+            batch, nbytes = [], 0
+        batch.append((k, v))
+        nbytes += len(k) + len(v)
+    if batch:
+        yield batch
+
+
 def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     if args.concurrency < 1:
         raise errors.InvalidArgument("--concurrency must be at least 1")
+    if not 1 <= args.batch <= limits.BATCH_ITEMS_MAX:
+        raise errors.InvalidArgument(f"--batch must be in 1..{limits.BATCH_ITEMS_MAX}")
     limits.check_table_name(args.table)
     if args.file == "-":
         data = ctx.stdin.read()
@@ -115,22 +139,23 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
             pass
     stop = threading.Event()  # set by the first failure: what is queued is not sent
 
-    def put(item: tuple[bytes, bytes]) -> None:
+    def put(batch: list[tuple[bytes, bytes]]) -> None:
         nonlocal done
         if stop.is_set():
             return
         try:
-            client().put(args.table, item[0], item[1])
+            client().put_many(args.table, batch)
         except BaseException:
             stop.set()
             raise
         with lock:
-            done += 1
+            done += len(batch)
             bar.update(done, f"keys  {done / max(1e-9, time.monotonic() - t0):,.0f}/s")
 
+    batches = list(_batches(items, args.batch))
     try:
-        with ThreadPoolExecutor(max_workers=min(args.concurrency, max(1, len(items)))) as pool:
-            futures = [pool.submit(put, item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(args.concurrency, max(1, len(batches)))) as pool:
+            futures = [pool.submit(put, batch) for batch in batches]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in finished if f.exception() is not None), None)
             if failed is not None:

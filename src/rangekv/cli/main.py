@@ -9,7 +9,8 @@
         --metadata --etcd URLS           (one machine; one node or the metadata of several)
 
 Global options (before or after the subcommand): ``--endpoint URL`` (repeatable; default
-``$RANGEKV_ENDPOINT`` or http://127.0.0.1:8400), ``--json``, ``--timeout SECONDS``,
+``$RANGEKV_ENDPOINT`` or rangekv://127.0.0.1:8401, the native port; http:// URLs work too),
+``--json``, ``--timeout SECONDS``,
 ``--config FILE`` (its ``[client]`` table sets ``endpoint`` and ``timeout``, ``[up]`` the
 options of ``up`` and ``down``; see :mod:`rangekv.config`).
 

@@ -184,7 +184,10 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def describe_lines(info: dict[str, Any]) -> list[str]:
-    rows = [("endpoint", f"{info['endpoint']}   (HAProxy: clients use this)")]
+    rows = [("endpoint", f"{info['endpoint']}   (HAProxy, HTTP: curl and other languages)")]
+    if info.get("native_endpoint"):
+        rows.append(("native", f"{info['native_endpoint']}   (HAProxy, the native protocol: "
+                               "the Python client and the CLI)"))
     rows += [(f"rm-{i}", url) for i, url in enumerate(info["rms"], start=1)]
     rows += [(f"meta-{i}", addr) for i, addr in enumerate(info["metas"], start=1)]
     rows += [(f"node-{i}", addr) for i, addr in enumerate(info["nodes"], start=1)]
@@ -241,11 +244,12 @@ def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
             ctx.out(f"rangekv is up ({len(cluster.names)} processes, {len(started)} started now)")
             for line in describe_lines(info):
                 ctx.out(line)
-            hint = "" if cluster.endpoint == DEFAULT_ENDPOINT else f"--endpoint {cluster.endpoint} "
+            hint = ("" if cluster.native_endpoint == DEFAULT_ENDPOINT
+                    else f"--endpoint {cluster.native_endpoint} ")
             ctx.out(f"try: {_own_command()} {hint}tables")
 
         if args.demo:
-            with Client(cluster.endpoint) as db:
+            with Client(cluster.native_endpoint) as db:
                 if _demo(ctx, db, say) != 0:
                     if args.detach:
                         cluster.release()

@@ -935,9 +935,9 @@ class LocalCluster:
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S_DEFAULT) -> dict[str, Any]:
         """Return the topology once the cluster serves writes; raise ClusterError after timeout_s.
 
-        Ready means: every process runs, HAProxy and every rm answer ``/healthz`` with 200, and
+        Ready means: every process runs, HAProxy and every rm answer ``/healthz`` with 200,
         every rm's ``/v1/cluster`` shows at least ``groups`` groups, each with a leader of
-        epoch > 0.
+        epoch > 0, and HAProxy's native port answers.
         """
         deadline = time.monotonic() + timeout_s
         reason = "not checked yet"
@@ -979,6 +979,15 @@ class LocalCluster:
             ok, why = cluster_ready(info, self.groups)
             if not ok:
                 return False, f"{url}: {why}", info
+        # the native port through HAProxy, which checks the rms on its own schedule
+        from rangekv import errors
+        from rangekv.client import Client
+
+        with Client(self.native_endpoint, timeout_s=PROBE_TIMEOUT_S, retries=0) as db:
+            try:
+                db.tables()
+            except errors.RangeKVError as exc:
+                return False, f"{self.native_endpoint}: {exc}", info
         return True, "ready", info
 
     def _exit_code(self, name: str) -> int | None:

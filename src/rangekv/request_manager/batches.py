@@ -158,7 +158,7 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
                     f"{err.message}")
             return
         except errors.RangeKVError as err:
-            if err.retryable or err.code in _REROUTE:
+            if err.retryable or err.code in _REROUTE or _unknown_op(err):
                 single.extend(idx)
                 return
             for i in idx:
@@ -206,6 +206,12 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
     return out  # type: ignore[return-value]
 
 
+def _unknown_op(err: errors.RangeKVError) -> bool:
+    """A node of an older version, without the batch ops (a rolling upgrade): its items go
+    the single-key way."""
+    return isinstance(err, errors.InvalidArgument) and err.details.get("field") == "op"
+
+
 def _error_of(res: dict[str, Any]) -> errors.RangeKVError | None:
     err = res.get("error")
     if err is None:
@@ -243,7 +249,7 @@ async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[Ge
                 "batch_get", timeout_s=router.request_deadline_s, table_id=table_id,
                 keys=[keys[i] for i in idx])
         except errors.RangeKVError as err:
-            if err.retryable or err.code in _REROUTE or isinstance(
+            if err.retryable or err.code in _REROUTE or _unknown_op(err) or isinstance(
                     err, (errors.OutcomeUnknown, errors.ProtocolError)):
                 single.extend(idx)  # a read is always safe to send again
                 return

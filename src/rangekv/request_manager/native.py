@@ -79,7 +79,17 @@ def _group_or_auto(name: str, raw: Any) -> int | str:
     return int(f.uint(GROUP_ID_MAX, 1).check(name, raw))
 
 
+def _nonzero_seq(name: str, raw: Any) -> bytes:
+    value: bytes = f.condition().check(name, raw)
+    if value == sequencer.ZERO:
+        raise errors.InvalidArgument(f"{name}: a delete's condition is a seq, not zero "
+                                     "(only a put can be made if absent)", field=name)
+    return value
+
+
 TABLE = f.text(128)
+IF_SEQ_DELETE = f.any_of("seq (16 bytes, not zero)", _nonzero_seq,
+                         ((bytes(16), f.INVALID), (b"\x01", f.INVALID)))
 GROUP_OR_AUTO = f.any_of("group id or 'auto'", _group_or_auto, (("x", f.INVALID),
                                                                (0, f.INVALID)))
 SESSION = {"client": f.optional(f.blob(CLIENT_ID_BYTES, CLIENT_ID_BYTES, kind="client id")),
@@ -95,7 +105,8 @@ OPS = f.registry(
     f.Op("put", {"table": TABLE, "key": f.key(), "value": f.value(),
                  "if_seq": f.optional(f.condition()), **SESSION}, CLIENT),
     f.Op("get", {"table": TABLE, "key": f.key()}, CLIENT),
-    f.Op("delete", {"table": TABLE, "key": f.key(), "if_seq": f.optional(f.seq()), **SESSION},
+    f.Op("delete", {"table": TABLE, "key": f.key(), "if_seq": f.optional(IF_SEQ_DELETE),
+                    **SESSION},
          CLIENT),
     f.Op("list", {"table": TABLE, "start": f.optional(f.bound()), "end": f.optional(f.bound()),
                   "after": f.optional(f.text(limits.CURSOR_BYTES_MAX)),
@@ -156,6 +167,7 @@ class NativeServer:
         self._live_status = live_status
         self.guard = wire.ServerGuard(f"rm-{rm_id} native", limits_)
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "put": self._put, "get": self._get, "delete": self._delete, "list": self._list,
             "put_many": self._put_many, "get_many": self._get_many,
@@ -179,13 +191,18 @@ class NativeServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            self._server.close_clients()
+            for writer in list(self._writers):  # (Server.close_clients is Python 3.13's)
+                writer.transport.abort()
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await wire.serve_connection(reader, writer, self.on_request, self._on_message,
-                                    self.guard)
+        self._writers.add(writer)
+        try:
+            await wire.serve_connection(reader, writer, self.on_request, self._on_message,
+                                        self.guard)
+        finally:
+            self._writers.discard(writer)
 
     def _on_message(self, body: dict[str, Any], conn: wire.ServerConnection) -> None:
         self.guard.refuse("message", conn.peer, "a one-way message on the client port")
