@@ -190,7 +190,7 @@ class Call:
     ``fields``; ``reply`` turns the answer's fields into the same result)."""
 
     method: str
-    path: str  # percent-encoded, with its query string
+    route: str | Callable[[], str]  # the path (or how to make it: only HTTP needs it)
     write: bool
     parse: Callable[[httpx.Response], Any]
     op: str = ""
@@ -206,14 +206,22 @@ class Call:
     session: bool = False
     cseqs: int = 1
 
+    @property
+    def path(self) -> str:
+        """The HTTP path, percent-encoded, with its query string."""
+        route = self.route
+        return route if isinstance(route, str) else route()
+
 
 def _table_path(table: str) -> str:
     return "/v1/tables/" + quote_segment(limits.check_table_name(table))
 
 
-def _key_path(table: str, key: str | bytes) -> tuple[bytes, str]:
+def _key_path(table: str, key: str | bytes) -> tuple[bytes, Callable[[], str]]:
+    """The key, checked, and how to make its HTTP path (not made for the native protocol)."""
     raw = limits.check_key(to_bytes(key, "key"))
-    return raw, _table_path(table) + "/keys/" + quote_segment(raw)
+    limits.check_table_name(table)
+    return raw, lambda: _table_path(table) + "/keys/" + quote_segment(raw)
 
 
 def _native_field(reply: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

@@ -26,6 +26,7 @@ from rangekv import errors, wire
 from rangekv.client._common import _MISSING, Call, Failure
 
 CONNECTIONS_DEFAULT = 2
+SWEEP_S = 0.05  # how often requests past their time are ended (a timeout is late by at most this)
 SCHEME = "rangekv://"
 
 
@@ -144,6 +145,8 @@ class AsyncNative:
         self._conns: dict[str, list[_Conn | None]] = {}
         self._turn = itertools.count()
         self._connecting: dict[tuple[str, int], asyncio.Future[_Conn]] = {}
+        self._deadlines: list[tuple[float, asyncio.Future[dict[str, Any]]]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def _conn(self, endpoint: str, connect_timeout_s: float) -> _Conn:
         slots = self._conns.get(endpoint)
@@ -188,7 +191,7 @@ class AsyncNative:
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         conn.pending[req_id] = fut
         conn.send(_frame(req_id, call, extra))
-        timer = loop.call_later(timeout_s, _expire, fut)
+        self._expire_at(fut, loop.time() + timeout_s)
         try:
             body = await fut
         except ConnectionResetError:
@@ -196,9 +199,30 @@ class AsyncNative:
         except TimeoutError:
             conn.pending.pop(req_id, None)
             return _timed_out(endpoint, timeout_s)
-        finally:
-            timer.cancel()
         return settle_reply(call, body)
+
+    def _expire_at(self, fut: asyncio.Future[dict[str, Any]], when: float) -> None:
+        """Time ``fut`` out at loop time ``when``. One sweep every ``SWEEP_S`` ends what is
+        due, instead of a timer per request (arming and cancelling a timer for each of many
+        requests in flight was a tenth of the client's CPU)."""
+        self._deadlines.append((when, fut))
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        keep = []
+        for when, fut in self._deadlines:
+            if fut.done():
+                continue
+            if when <= now:
+                fut.set_exception(TimeoutError())
+            else:
+                keep.append((when, fut))
+        self._deadlines = keep
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep) if keep else None
 
     def drop(self, endpoint: str) -> None:
         """Close the endpoint's connections (the next request opens new ones, which HAProxy
@@ -210,11 +234,9 @@ class AsyncNative:
     async def close(self) -> None:
         for endpoint in list(self._conns):
             self.drop(endpoint)
-
-
-def _expire(fut: asyncio.Future[dict[str, Any]]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 # --- blocking sockets ---------------------------------------------------------------------------
