@@ -77,17 +77,29 @@ class AsyncClient(Api):
         end: str | bytes | None = None,
         page_size: int = _common.SCAN_PAGE_SIZE_DEFAULT,
     ) -> AsyncIterator[Item]:
-        """Every item ``start <= key < end`` in key order, fetched a page at a time."""
+        """Every item ``start <= key < end`` in key order, fetched a page at a time; the next
+        page is asked for while this one is being read (each page is a consistent read; the
+        scan as a whole is not a snapshot)."""
+        page = await self.list(table, start=start, end=end, limit=page_size)
         after: str | None = None
         while True:
-            page = await self.list(table, start=start, end=end, limit=page_size, after=after)
-            for item in page.items:
-                yield item
-            if page.next is None:
+            nxt = None
+            if page.next is not None:
+                if page.next == after:
+                    raise errors.ProtocolError("list returned the same cursor twice")
+                after = page.next
+                nxt = asyncio.ensure_future(
+                    self.list(table, start=start, end=end, limit=page_size, after=after))
+            try:
+                for item in page.items:
+                    yield item
+            except BaseException:
+                if nxt is not None:
+                    nxt.cancel()  # the caller stopped early (or failed)
+                raise
+            if nxt is None:
                 return
-            if page.next == after:
-                raise errors.ProtocolError("list returned the same cursor twice")
-            after = page.next
+            page = await nxt
 
     # --- lifecycle ----------------------------------------------------------------------------
 
