@@ -60,7 +60,20 @@ from rangekv.log import setup as setup_logging
 from rangekv.metrics import MetricsServer, listen_address
 from rangekv.node import requests
 from rangekv.node.backup import BackupServer
-from rangekv.node.commands import RANGE_OPS, export_page, range_command, range_reply
+from rangekv.node.commands import (
+    META_READ_OPS,
+    RANGE_OPS,
+    batch_command,
+    batch_seqs,
+    check_batch_session,
+    export_page,
+    meta_read,
+    range_command,
+    range_reply,
+    session_fields,
+    version_reply,
+    write_reply,
+)
 from rangekv.node.metrics import NodeMetrics
 from rangekv.node.ownership import (
     check_base,
@@ -97,7 +110,8 @@ RANGE_STATS_INTERVAL_S = 1.0  # how often a leader's heartbeat carries its range
 SNAPSHOT_OPS = frozenset({"snapshot_begin", "snapshot_chunk", "snapshot_end", "snapshot_abort"})
 DATA_OPS = frozenset({"put", "delete", "get", "list", "export", "add_range", "split_range",
                       "drop_table", "fence_range", "unfence_range", "import", "finish_import",
-                      "drop_range", "split_key", "merge_range"})
+                      "drop_range", "split_key", "merge_range", "batch_write", "batch_get",
+                      "export_sessions", "import_sessions"})
 # A replication message of an epoch further above every epoch this node has promised or heard
 # of from meta is dropped: epochs grow by one per election or reconfiguration, and a forged one
 # near the top of the range, once promised, would leave no higher epoch for the group's next
@@ -175,6 +189,9 @@ class Node:
         self.core_factory = core_factory  # Core, or a planted bug's (--planted-bug)
         self.loop_factory = loop_factory  # ReadyLoop, or a planted bug's (--planted-bug)
         self.max_clock_offset_ms = max_clock_offset_ms
+        # the clock this node's leader checks proposed seqs against (its replica's, and a
+        # batch's items here)
+        self.clock_ns = time.time_ns
         self.compact_entries = compact_entries
         self.compact_retain = compact_retain
         self.listen = listen
@@ -278,6 +295,7 @@ class Node:
                                    compact_entries=self.compact_entries,
                                    compact_retain=self.compact_retain, observer=self.metrics,
                                    seq_ahead_ms_max=self.max_clock_offset_ms,
+                                   clock_ns=self.clock_ns,
                                    core_factory=self.core_factory,
                                    loop_factory=self.loop_factory)
             self.metrics.opened(self.replica.core.promised)
@@ -703,23 +721,29 @@ class Node:
         base = {"b": req["base"]} if has_base else {}
         if op == "put":
             table_id, key = req["table_id"], req["key"]
+            session = session_fields(req["client"], req["cseq"], req["floor"], req["retry"])
             check_writable(replica, table_id, key)  # the log decides; this saves an entry
             if req["if_seq"] is not None:
                 check_base(replica, table_id, key, has_base)
             result = await replica.propose({
                 "op": "put", "t": table_id, "k": key, "v": req["value"], "s": req["seq"],
-                "c": req["if_seq"], **base,
+                "c": req["if_seq"], **base, **session,
             })
-            return {"seq": result["seq"]}
+            return write_reply("put", result)
         if op == "delete":
             table_id, key = req["table_id"], req["key"]
+            session = session_fields(req["client"], req["cseq"], req["floor"], req["retry"])
             check_writable(replica, table_id, key)
             check_base(replica, table_id, key, has_base)
             result = await replica.propose({
                 "op": "del", "t": table_id, "k": key, "s": req["seq"], "c": req["if_seq"],
-                **base,
+                **base, **session,
             })
-            return {"deleted": bool(result["deleted"]), "seq": result["seq"]}
+            return write_reply("delete", result)
+        if op == "batch_write":
+            return await self._batch_write(replica, req)
+        if op == "batch_get":
+            return await self._batch_get(replica, req)
         if op == "get":
             table_id, key = req["table_id"], req["key"]
             await replica.linearizable()
@@ -765,10 +789,92 @@ class Node:
             # a page of a moving range for the copy: every record, tombstones included
             table_id, start, end, after, limit = await _span_read(replica, req)
             return export_page(replica.engine, table_id, start, end, after, limit)
+        if op in META_READ_OPS:
+            await replica.linearizable()
+            return meta_read(replica.engine, op, req)
         if op in RANGE_OPS:
             # one replicated command each (``commands.py``); an apply error is raised
             return range_reply(op, await replica.propose(range_command(op, req)))
         raise AssertionError(f"op {op!r} is declared but not served")
+
+    async def _batch_write(self, replica: Replica, req: dict[str, Any]) -> dict[str, Any]:
+        """Writes to one table, from an rm (one frame per group leader): each item checked as
+        a single put or delete is, and every item that passes proposed TOGETHER, as one
+        ``batch`` command (one log entry, one apply; its items get consecutive seqs). Not a
+        transaction: one result per item, in item order, each its own success or error."""
+        table_id, items, client = req["table_id"], req["items"], req["client"]
+        check_batch_session(client, req["floor"], items)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        core = replica.core
+        if core.role != LEADER or not core.serving:
+            raise replica.not_leader()
+        # From here to the proposal nothing awaits: the seqs given below are the group's next.
+        take = []
+        for i, (kind, key, _, if_seq, _, _) in enumerate(items):
+            try:
+                check_writable(replica, table_id, key)
+                if kind == "delete" or if_seq is not None:
+                    # an item of a range being moved here that needs the source's version of
+                    # its key: the rm sends such items one by one, with that version
+                    check_base(replica, table_id, key, False)
+            except errors.RangeKVError as err:
+                results[i] = {"error": self._item_error(err, req)}
+                continue
+            take.append(i)
+        seqs = batch_seqs([items[i][4] for i in take], replica.last_seq, self.clock_ns(),
+                          self.max_clock_offset_ms, self.node_id)
+        proposed, final = [], []
+        for i, seq in zip(take, seqs, strict=True):
+            if isinstance(seq, errors.RangeKVError):
+                results[i] = {"error": seq.to_dict()}
+            else:
+                proposed.append(i)
+                final.append(seq)
+        if proposed:
+            replica.last_seq = final[-1]  # the batch's own seq comes after all of its items'
+            result = await replica.propose(batch_command(
+                table_id, [items[i] for i in proposed], final, client, req["floor"],
+                req["retry"]))
+            applied = result["results"]
+            assert len(applied) == len(proposed), (len(applied), len(proposed))
+            for i, one in zip(proposed, applied, strict=True):
+                results[i] = (write_reply(items[i][0], one) if "error" not in one else
+                              {"error": self._item_error(errors.from_dict(one["error"]), req)})
+        return {"results": results}
+
+    async def _batch_get(self, replica: Replica, req: dict[str, Any]) -> dict[str, Any]:
+        """Versioned reads of many keys of one table after ONE linearizable-read barrier: each
+        key's record (tombstones too, as the rm's single get asks), or its own error."""
+        table_id, as_source = req["table_id"], bool(req["as_source"])
+        await replica.linearizable()
+        results = []
+        nbytes = 0
+        for key in req["keys"]:
+            if nbytes >= limits.LIST_BYTES_MAX:
+                # the answer must fit in a frame: the rest are read again, one by one
+                err = errors.Unavailable(f"the answer already carries {nbytes} bytes of "
+                                         "values: read this key alone")
+                results.append({"error": err.to_dict()})
+                continue
+            try:
+                check_owned(replica, table_id, key)
+                check_current(replica, table_id, key, as_source)
+            except errors.RangeKVError as err:
+                results.append({"error": self._item_error(err, req)})
+                continue
+            version = replica.engine.get_version(table_id, key)
+            self._count_read(table_id, key, 1, len(version[2]) if version else 0)
+            nbytes += len(key) + (len(version[2]) if version else 0)
+            results.append(version_reply(version))
+        return {"results": results}
+
+    @staticmethod
+    def _item_error(err: errors.RangeKVError, req: dict[str, Any]) -> dict[str, Any]:
+        """A batch item's error as sent; a routing error names the range version the rm used,
+        as a single op's does."""
+        if isinstance(err, errors.RangeNotHere) and req.get("rv") is not None:
+            err.details["your_version"] = req["rv"]
+        return err.to_dict()
 
 
 GROUP_REFS_MAX = 16  # members, learners or joint voters in one group (3 or 5 in practice)
