@@ -29,7 +29,7 @@ from rangekv.sim import cluster
 from rangekv.sim.bugs import PLANTED
 from rangekv.sim.cluster import SimFailure, Simulation, run_seed
 
-SEED_WITH_A_MERGE = 8  # splits, moves and a merge
+SEED_WITH_A_MERGE = 7  # splits, moves and a merge (8 until moves copied client sessions)
 SEED_WITH_THE_STALE_READ = 39  # the meta dies in a move's copy while an rm's map lags
 # Range seeds catch the move's bug at once (the first, seed 1, today): the bound leaves room.
 MOVER_BUG_SEEDS_MAX = {"move-drops-last-batch": 30}
@@ -69,8 +69,8 @@ def test_the_simulator_runs_productions_range_code(scratch: Path,
     assert calls["merge_ranges from SimMeta._merge"] == result["merges"], calls
     assert calls["run from SimMeta.ensure_move"] >= result["moves"], calls
     assert calls["import_page from RangeMover._copy_and_finish"] > 0, calls
-    for op in ("split_range", "fence_range", "add_range", "import", "finish_import",
-               "drop_range", "merge_range"):
+    for op in ("split_range", "fence_range", "add_range", "import", "import_sessions",
+               "finish_import", "drop_range", "merge_range"):
         assert ops[op] > 0, ops
     assert type(sim.meta.mover) is RangeMover
     assert len(sim.meta.table_ranges()) > 1 and {r.group for r in sim.meta.table_ranges()} \

@@ -14,9 +14,11 @@ next after a failover) can always finish it from what etcd says:
    record of the key (not copied yet), S, whose copy is final; a delete or a conditional put
    carries S's version of its key (``base``). Writes to R were refused only between 2 and 4:
    that is the write pause, measured and logged here.
-5. **copy**: pages of every record of R on S, tombstones included, are imported into D, which
-   merges them by seq (the higher wins), so the copy may race with D's writes and may be
-   repeated from the start after a failover.
+5. **copy**: S's client sessions are merged into D's (a write S applied before the fence and
+   retried now finds its result on D; D holds retries to R back until then), then pages of
+   every record of R on S, tombstones included, are imported into D, which merges them by seq
+   (the higher wins), so the copy may race with D's writes and may be repeated from the start
+   after a failover.
 6. **finish**: D replicates ``finish_import``; etcd: state active, group D, source S (rms
    route to D only).
 7. **cleanup**: S replicates ``drop_range`` (its copy of R deleted: RocksDB delete-range); etcd:

@@ -175,6 +175,7 @@ class RangeMover:
         assert src is not None, rng
         span = {"table_id": rng.table_id, "start": rng.start, "end": rng.end}
         began = self.clock()
+        sessions = await self.copy_sessions(src, dst, span)
         after: bytes | None = None
         copied = pages = 0
         while True:
@@ -193,8 +194,31 @@ class RangeMover:
             DECISION_MOVE_COPIED,
             f"table {self.table_name(rng.table_id)} range {span_text(rng.start, rng.end)}: "
             f"{copied} records copied from group {src} to group {dst} in {pages} pages, "
-            f"{(self.clock() - began) * 1000:.0f} ms; group {dst} alone serves it",
+            f"{(self.clock() - began) * 1000:.0f} ms, with {sessions} client sessions; group "
+            f"{dst} alone serves it",
             table_id=rng.table_id, group=dst, source=src, records=copied, revision=revision)
+
+    async def copy_sessions(self, src: int, dst: int, span: dict[str, Any]) -> int:
+        """Step 5's first part: every client session of the source (read after its fence, so
+        every write the source applied to the range has its result there) merged into the
+        target's, the last page marking the range's sessions copied. Until then the target
+        refuses retried writes to the range (``unavailable``): the first attempt of one may
+        have been applied by the source, and applied again it would be twice. Idempotent (a
+        merge), so a resumed move simply copies them again. Returns the sessions copied."""
+        after: bytes | None = None
+        copied = 0
+        while True:
+            page = await self.tell(src, "export_sessions", after=after)
+            items = page.get("items") or []
+            more = bool(page.get("more"))
+            if more and not items:
+                raise errors.ProtocolError(f"group {src} answered export_sessions with more "
+                                           "to come and nothing in the page")
+            await self.tell(dst, "import_sessions", items=items, done=not more, **span)
+            copied += len(items)
+            if not more:
+                return copied
+            after = bytes(items[-1][0])
 
     async def import_page(self, dst: int, table_id: int, items: list[Any], last: bool) -> None:
         """Step 5 for one page: ``items`` copied into the target group (``last``: the page

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from rangekv import errors, sequencer
 from rangekv.node import requests
-from rangekv.node.commands import RANGE_OPS, export_page, range_command, range_reply
+from rangekv.node.commands import META_READ_OPS, RANGE_OPS, meta_read, range_command, range_reply
 from rangekv.node.stats import RangeStats
 from rangekv.replication.core import (
     LEADER,
@@ -167,7 +167,7 @@ class SimNode:
     # or their read (token -> (wait, fields))
     stats: RangeStats | None = None
     calls: dict[int, tuple[int, str, Wait]] = field(default_factory=dict)
-    meta_reads: dict[int, tuple[Wait, dict[str, Any]]] = field(default_factory=dict)
+    meta_reads: dict[int, tuple[Wait, str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def core(self) -> Core | None:
@@ -413,11 +413,10 @@ class SimNode:
     def read_ready(self, token: Any) -> None:
         export = self.meta_reads.pop(token, None)
         if export is not None:
-            wait, f = export
+            wait, op, f = export
             assert self.engine is not None
             try:
-                page = export_page(self.engine, f["table_id"], f["start"] or b"", f["end"],
-                                   f.get("after"), f["limit"])
+                page = meta_read(self.engine, op, f)
             except errors.RangeKVError as exc:
                 self.sim.meta_reply(self.id, wait, None, exc)
                 return
@@ -486,9 +485,9 @@ class SimNode:
                 self.last_seq = cmd["s"]
                 epoch, index = self.loop.propose(encode_command(cmd))
                 self.calls[index] = (epoch, op, wait)
-            elif op == "export":
+            elif op in META_READ_OPS:
                 token = sim.next_token()
-                self.meta_reads[token] = (wait, fields)
+                self.meta_reads[token] = (wait, op, fields)
                 self.loop.read(token)
             elif op == "split_key":
                 if self.stats is None:
