@@ -300,6 +300,13 @@ def _runs(r: dict[str, Any]) -> str:
     return " ".join("n/a" if v is None else f"{v:,.0f}" for v in r.get("runs", []))
 
 
+def _cpu(mine: dict[str, Any] | None, ref: dict[str, Any] | None, digits: int) -> list[str]:
+    """Client CPU of rangekv and etcd, then server CPU of both, ms per operation."""
+    return [_f(r.get(k) if r else None, digits) for k in ("client_cpu_ms_per_op",
+                                                          "server_cpu_ms_per_op")
+            for r in (mine, ref)]
+
+
 def client_targets(cl: dict[str, Any]) -> list[list[Any]]:
     """The Python-client targets: [what, rangekv, etcd via aetcd, verdict]."""
     idx = _client_index(cl)
@@ -401,11 +408,8 @@ def client_section(data: dict[str, Any]) -> list[str]:
                          mine["ops_per_s"] if mine else None, ref["ops_per_s"] if ref else None,
                          _x(_ratio(mine and mine["ops_per_s"], ref and ref["ops_per_s"])),
                          mine["p99_ms"] if mine else None, ref["p99_ms"] if ref else None,
-                         mine["client_cpu_ms_per_op"] if mine else None,
-                         ref["client_cpu_ms_per_op"] if ref else None,
-                         mine.get("server_cpu_ms_per_op") if mine else None,
-                         ref.get("server_cpu_ms_per_op") if ref else None,
-                         _errors(mine) if mine else "", _errors(ref) if ref else ""])
+                         *_cpu(mine, ref, 3), _errors(mine) if mine else "",
+                         _errors(ref) if ref else ""])
         lines += ["### Throughput and CPU per operation", "",
                   ("ops/s over the window; p99 in ms; CPU in ms per operation. Ratio: rangekv / "
                    "etcd, above 1 is better for rangekv."), "",
@@ -422,10 +426,7 @@ def client_section(data: dict[str, Any]) -> list[str]:
                          mine["p99_ms"] if mine else None, ref["p50_ms"] if ref else None,
                          ref["p99_ms"] if ref else None,
                          _x(_ratio(mine and mine["p50_ms"], ref and ref["p50_ms"])),
-                         mine["client_cpu_ms_per_op"] if mine else None,
-                         ref["client_cpu_ms_per_op"] if ref else None,
-                         mine.get("server_cpu_ms_per_op") if mine else None,
-                         ref.get("server_cpu_ms_per_op") if ref else None])
+                         *_cpu(mine, ref, 3)])
         lines += ["### One task: latency", "",
                   ("One asyncio task calling back to back; latency in ms from the call to its "
                    "return. Ratio: rangekv p50 / etcd p50, below 1 is better for rangekv."), "",
@@ -444,8 +445,8 @@ def client_section(data: dict[str, Any]) -> list[str]:
                             r.get("keys"), r["keys_per_s"],
                             _x(_ratio(r["keys_per_s"], ref and ref["keys_per_s"]))
                             if system == "rangekv" else "",
-                            r.get("client_cpu_ms_per_op"), r.get("server_cpu_ms_per_op"),
-                            _errors(r), _runs(r)])
+                            _f(r.get("client_cpu_ms_per_op"), 4),
+                            _f(r.get("server_cpu_ms_per_op"), 4), _errors(r), _runs(r)])
     if counted:
         lines += ["### Batch loading and full scans", "",
                   (f"A load puts {cfg['records']:,} items once (a fresh table each run) and the "
