@@ -270,6 +270,20 @@ def test_report_command_writes_the_client_sections(tmp_path: Path) -> None:
     assert "## Python clients, one process" in (tmp_path / "docs" / "benchmarks.md").read_text()
 
 
+def test_report_takes_the_client_figures_from_another_file(tmp_path: Path) -> None:
+    suites = client_data(client_figures())
+    suites["client"] = None  # an `all` run with --client-records 0
+    (tmp_path / "all.json").write_text(json.dumps(suites))
+    (tmp_path / "client.json").write_text(json.dumps(client_data(client_figures())))
+    assert main(["report", str(tmp_path / "all.json"), "--out", str(tmp_path / "a")]) == 0
+    assert "## Python clients" not in (tmp_path / "a" / "benchmarks.md").read_text()
+    assert main(["report", str(tmp_path / "all.json"), "--client", str(tmp_path / "client.json"),
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "## Python clients" in (tmp_path / "b" / "benchmarks.md").read_text()
+    assert main(["report", str(tmp_path / "all.json"), "--client", str(tmp_path / "all.json"),
+                 "--out", str(tmp_path / "c")]) == 2
+
+
 def test_bad_client_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["client", "--systems", "rangekv,redis"]) == 2
     assert "unknown system" in capsys.readouterr().err

@@ -10,7 +10,7 @@ them the floor of one replicated write. Run it where the cluster keeps its data 
     rangekv bench closed|open|ycsb|scan [--systems rangekv,etcd-http,etcd-py,redis]
                   [--seconds S] [--runs N] [--processes P] [--json F] [...]
     rangekv bench all --json results.json      # calibrate, then every suite on every system
-    rangekv bench report results.json --out docs/
+    rangekv bench report results.json --out docs/ [--client client.json]
 
 The suites (``rangekv.bench.suite``) start each system fresh, one at a time, and drive it with
 the same multi-process load generator (``rangekv.bench.load``): closed-loop puts and gets at
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for benchmarks.md and the PNG (default docs/)")
     r.add_argument("--note", default=None,
                    help="a line to put under the title (e.g. how preliminary the figures are)")
+    r.add_argument("--client", type=Path, default=None, metavar="FILE",
+                   help="take the Python-client figures from this JSON of `rangekv bench "
+                        "client` (or of another `all`) instead of those in RESULTS")
     # -- routing (rangekv.bench.routing): the rm's routing map at scale --
     rt = sub.add_parser("routing", help="the rm's routing map: bytes per range, lookup, apply, "
                                         "load at N ranges")
@@ -301,6 +304,12 @@ def _run_suites(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     data = json.loads(args.results.read_text())
+    if args.client is not None:
+        client = json.loads(args.client.read_text()).get("client")
+        if not client:
+            print(f"error: {args.client} holds no Python-client figures", file=sys.stderr)
+            return 2
+        data["client"] = client
     md, png = report.write_report(data, args.out, args.note)
     print(f"wrote {md}" + (f" and {png}" if png else " (no plot: matplotlib is missing or "
                                                      "there is nothing to plot)"))
