@@ -217,8 +217,9 @@ def version() -> Field:
                   ([b"\x01" * 16, 1, b""], INVALID)))
 
 
-def items(max_items: int) -> Field:
-    """An import's copied records ``[[key, seq, tombstone, value], ...]``."""
+def items(max_items: int, max_bytes: int) -> Field:
+    """An import's copied records ``[[key, seq, tombstone, value], ...]``: at most
+    ``max_items`` of them and ``max_bytes`` of keys and values (what one log entry holds)."""
     key_check, version_check = key().check, version().check
 
     def check(name: str, raw: Any) -> list[tuple[bytes, list[Any]]]:
@@ -227,18 +228,27 @@ def items(max_items: int) -> Field:
         if len(raw) > max_items:
             raise _invalid(name, f"{len(raw)} items; the limit is {max_items}", limit=max_items)
         out = []
+        nbytes = 0
         for item in raw:
             if not isinstance(item, list) or len(item) != 4:
                 raise _invalid(name, "an item is [key, seq, tombstone, value]")
             got = version_check(name, item[1:])
-            out.append((key_check(name, item[0]), got))
+            k = key_check(name, item[0])
+            nbytes += len(k) + len(got[2])
+            if nbytes > max_bytes:
+                raise errors.TooLarge(f"{name}: over {max_bytes} bytes of keys and values",
+                                      field=name, limit=max_bytes)
+            out.append((k, got))
         return out
 
-    return Field(f"list of ≤ {max_items} [key, seq, bool, value]", check,
+    return Field(f"list of ≤ {max_items} [key, seq, bool, value], ≤ {max_bytes} bytes", check,
                  (({}, INVALID), ([[b"k", b"\x01" * 16, False]], INVALID),
                   ([[b"", b"\x01" * 16, False, b""]], INVALID),
                   ([[b"k", sequencer.MAX, False, b""]], INVALID),
-                  ([[b"k", b"\x01" * 16, False, b""]] * (max_items + 1), INVALID)))
+                  ([[b"k", b"\x01" * 16, False, b""]] * (max_items + 1), INVALID),
+                  # an entry bigger than the log takes crashed the node on an assertion
+                  ([[b"k", b"\x01" * 16, False, b"v" * limits.VALUE_BYTES_MAX]]
+                   * (max_bytes // limits.VALUE_BYTES_MAX + 1), TOO_LARGE)))
 
 
 def optional(f: Field) -> Field:

@@ -167,7 +167,8 @@ OPS = f.registry(
          "a span fenced here (moving away) without `as_source`: `range_not_here` (`moving`)"),
     f.Op("export", {**SPAN, "after": f.optional(f.bound()),
                     "limit": f.optional(f.uint(2**31 - 1, 1))}, META),
-    f.Op("import", {"table_id": TABLE, "items": f.items(IMPORT_ITEMS_MAX)}, META,
+    f.Op("import", {"table_id": TABLE, "items": f.items(IMPORT_ITEMS_MAX, BATCH_BYTES_MAX)},
+         META,
          "every item's seq at or below the seq the range was handed over at, else "
          "`invalid_argument`"),
     f.Op("export_sessions", {"after": f.optional(f.blob(sessions.CLIENT_BYTES,

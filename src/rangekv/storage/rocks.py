@@ -52,11 +52,16 @@ class RocksBackend:
         # rocksdict's own item iterator: one call per item instead of valid/key/value/next
         # (a list page of 1,000 keys spent more in those calls than in RocksDB). It holds the
         # RocksDB iterator until the caller drops it, which must happen before ``close``.
+        #
+        # A generator, so that ``hi`` and the read options live as long as the iteration:
+        # RocksDB keeps a pointer to the upper bound's bytes, not a copy, and an iterator that
+        # outlived them read past the bound into the metadata and range records (seen when a
+        # caller passed a temporary bound).
         read_options = ReadOptions()
         read_options.set_iterate_upper_bound(hi)
         items: Iterator[tuple[bytes, bytes]] = self._open_db().items(
             from_key=lo, read_opt=read_options)
-        return items
+        return _bounded(items, hi, read_options)
 
     def write(self, ops: Sequence[Op]) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -93,3 +98,13 @@ class RocksBackend:
         if not self.read_only:
             db.flush(True)
         db.close()
+
+
+def _bounded(items: Iterator[tuple[bytes, bytes]], hi: bytes,
+             read_options: ReadOptions) -> Iterator[tuple[bytes, bytes]]:
+    """``items``, holding ``hi`` and ``read_options`` (which RocksDB reads from) while they
+    are iterated; stops at ``hi`` itself too."""
+    for item in items:
+        if item[0] >= hi:
+            return
+        yield item
