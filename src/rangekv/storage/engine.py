@@ -280,7 +280,8 @@ class _Tx:
     commands in the same call read what earlier ones wrote (``sessions.Writes``)."""
 
     def __init__(self, backend: Backend, ranges: Ranges, marks: Marks,
-                 copied: frozenset[tuple[int, bytes]], session_count: int) -> None:
+                 copied: frozenset[tuple[int, bytes]], session_count: int,
+                 session_oldest_ns: int = 0) -> None:
         self._backend = backend
         self.ops: list[Op] = []
         self._overlay: dict[bytes, bytes | None] = {}
@@ -295,6 +296,7 @@ class _Tx:
         self.marks_copied = False
         self.copied = copied  # importing ranges whose client sessions are copied here
         self.session_count = session_count
+        self.session_oldest_ns = session_oldest_ns  # (sessions.expire's shortcut)
         self.data_deltas: list[tuple[bytes, int, int]] = []  # (data key, +keys, +bytes)
 
     def get(self, key: bytes) -> bytes | None:
@@ -451,6 +453,7 @@ class StateMachine:
         self._copied: frozenset[tuple[int, bytes]] = frozenset(copied)
         # (state written before sessions existed has none: it opens as it did)
         self._session_count = sessions.count(backend.iterate)
+        self._session_oldest_ns = 0  # unknown until the first expiry scan
 
     # -- applying -----------------------------------------------------------------------------
 
@@ -459,7 +462,8 @@ class StateMachine:
         assert not self.closed, "state machine used after close"
         if not entries:
             return []
-        tx = _Tx(self._backend, self._ranges, self._marks, self._copied, self._session_count)
+        tx = _Tx(self._backend, self._ranges, self._marks, self._copied, self._session_count,
+                 self._session_oldest_ns)
         applied_index, last_seq = self.applied_index, self.last_seq
         results: list[dict[str, Any]] = []
         for index, payload in entries:
@@ -482,6 +486,7 @@ class StateMachine:
             self._marks = tx.marks
         self._copied = tx.copied
         self._session_count = tx.session_count
+        self._session_oldest_ns = tx.session_oldest_ns
         self.to_compact.extend(tx.cleared_data())
         if self.observer is not None and (tx.data_deltas or tx.ranges_copied):
             prefix = len(_DATA) + 8

@@ -106,9 +106,11 @@ class Malformed(Exception):
 
 class Writes(Protocol):
     """What this module needs of the engine's batch (``engine._Tx``): reads that see the batch's
-    own writes, ordered scans of the session records, and the number of sessions."""
+    own writes, ordered scans of the session records, the number of sessions, and a lower bound
+    on the seq time (ns) of every session's latest write (``expire``'s shortcut; 0: unknown)."""
 
     session_count: int
+    session_oldest_ns: int
 
     def get(self, key: bytes) -> bytes | None: ...
 
@@ -284,14 +286,28 @@ def expired_error() -> dict[str, Any]:
 
 def expire(tx: Writes, seq: bytes) -> int:
     """Drop the sessions not written for ``SESSION_TTL_MS`` of seq time before ``seq``, oldest
-    first, at most ``EXPIRE_PER_WRITE_MAX``. Returns how many were dropped."""
+    first, at most ``EXPIRE_PER_WRITE_MAX``. Returns how many were dropped.
+
+    Scanning the time index costs a backend iterator; every session write calls this. So the
+    batch carries ``session_oldest_ns``, a lower bound on every session's latest write: while
+    the cut-off is below it there is nothing to drop and nothing is read. A scan sets it to the
+    oldest session it leaves (new sessions and writes are newer; a merge resets it). It only
+    saves reads: what is dropped is the same with or without it, on every replica."""
     ts_ns = sequencer.parts(seq)[0] - SESSION_TTL_MS * 1_000_000
-    if ts_ns <= 0:
+    if ts_ns <= 0 or ts_ns <= tx.session_oldest_ns:
         return 0
-    old = tx.scan(BY_TIME, BY_TIME + sequencer.make(ts_ns, 0, 0), EXPIRE_PER_WRITE_MAX)
-    for key, _ in old:
+    oldest = tx.scan(BY_TIME, END, EXPIRE_PER_WRITE_MAX + 1)
+    cut = BY_TIME + sequencer.make(ts_ns, 0, 0)
+    dropped = 0
+    for key, _ in oldest:
+        if key >= cut or dropped == EXPIRE_PER_WRITE_MAX:
+            tx.session_oldest_ns = sequencer.parts(key[len(BY_TIME):len(BY_TIME) + _SEQ_BYTES])[0]
+            return dropped
         drop(tx, key[len(BY_TIME) + _SEQ_BYTES:])
-    return len(old)
+        dropped += 1
+    if len(oldest) <= EXPIRE_PER_WRITE_MAX:
+        tx.session_oldest_ns = ts_ns  # every session left (none) is newer than the cut
+    return dropped
 
 
 def drop(tx: Writes, client: bytes) -> None:
@@ -317,10 +333,27 @@ def _make_room(tx: Writes) -> None:
         drop(tx, oldest[0][0][len(BY_TIME) + _SEQ_BYTES:])
 
 
+FORGET_BY_KEY_MAX = 64  # a mark moving up by at most this deletes by key, without a scan
+
+
 def _forget_below(tx: Writes, client: bytes, cseq: int) -> None:
     """Delete ``client``'s results with a cseq below ``cseq``."""
     for key, _ in tx.scan(*_results_below(client, cseq)):
         tx.delete_ordered(key)
+
+
+def _forget_between(tx: Writes, client: bytes, old_mark: int, mark: int) -> None:
+    """Delete ``client``'s results in (old_mark, mark]: the mark moved up. Every write moves it
+    (the floor follows the client's answers), and a scan costs a backend iterator: a short move
+    deletes those cseqs by key. (Results at or below the old mark are only ever held after a
+    merge; they are still their writes' results, and go with the session.)"""
+    if mark - old_mark > FORGET_BY_KEY_MAX:
+        _forget_below(tx, client, mark + 1)
+        return
+    for cseq in range(old_mark + 1, mark + 1):
+        key = result_key(client, cseq)
+        if tx.get(key) is not None:
+            tx.delete_ordered(key)
 
 
 def _store(tx: Writes, client: bytes, old: Head | None, new: Head) -> None:
@@ -345,7 +378,7 @@ def record(tx: Writes, req: Request, h: Head | None, seq: bytes,
         base = Head(h.mark, max(h.top, req.cseq), max(h.last_seq, seq))
     mark = max(base.mark, req.floor - 1, base.top - RESULTS_PER_CLIENT_MAX)
     if h is not None and mark > h.mark:
-        _forget_below(tx, req.client, mark + 1)
+        _forget_between(tx, req.client, h.mark, mark)
     new = Head(mark, base.top, base.last_seq)
     _store(tx, req.client, h, new)
     if result is not None and req.cseq > mark:
@@ -412,6 +445,7 @@ def merge(tx: Writes, client: bytes, theirs: Head, results: list[tuple[int, byte
     latest seq, the union of the results (those the bound on results keeps). Idempotent.
     Returns the results added."""
     mine = head(tx, client)
+    tx.session_oldest_ns = 0  # a copied session may be older than every one here
     if mine is None:
         merged = theirs
     else:
