@@ -78,6 +78,9 @@ class FakeNode(FakeServer):
 
     async def handle(self, body: dict[str, Any]) -> dict[str, Any]:
         op, tid = body["op"], body["table_id"]
+        if op not in ("get", "list", "put", "delete"):
+            # as a node of a version without the op answers (the rm then sends single ops)
+            raise errors.InvalidArgument(f"unknown op {op!r}", field="op")
         if tid not in self.tables:
             raise errors.TableNotFound("no such table", table_id=tid)
         rows = self.data.setdefault(tid, {})
@@ -688,6 +691,8 @@ def test_a_seq_refused_as_too_far_ahead_sends_the_client_elsewhere_and_the_rm_st
         calls = []
 
         def ahead(body: dict[str, Any]) -> None:
+            if body["op"] == "batch_write":
+                return  # (this fake knows no batch ops: the rm then sends the put alone)
             calls.append(body["op"])
             sequencer.check_proposal(body["seq"], time.time_ns() - 3_600 * 10**9, 500)
 

@@ -53,7 +53,8 @@ from rangekv.request_manager import batches, live, openapi, ui
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.native import NativeServer
-from rangekv.request_manager.routing import EtcdViewSource, Router, Session, ViewSource
+from rangekv.request_manager.ops import Session
+from rangekv.request_manager.routing import EtcdViewSource, Router, ViewSource
 
 log = logging.getLogger("rangekv.rm")
 

@@ -32,20 +32,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rangekv import errors, limits, sequencer
-from rangekv.request_manager.routing import GetResult, Router, Session, _Attempt, _seq
+from rangekv.request_manager import ops
+from rangekv.request_manager.ops import GetResult, Session
+from rangekv.request_manager.routing import Router, _Attempt, _seq
 
 log = logging.getLogger("rangekv.rm.batches")
 
-FRAME_ITEMS_MAX = 1000  # items in one frame to a leader
-FRAME_BYTES_MAX = 1024 * 1024  # keys and values in one frame (a bigger item goes alone)
 SINGLE_CONCURRENCY_MAX = 64  # items sent the single-key way at once
-
-# per-item answers of a node that mean "not settled here, route it again"
-_REROUTE = frozenset({errors.NotLeader.code, errors.RangeNotHere.code, errors.Unavailable.code,
-                      errors.TableNotFound.code})
-
-PUT = "put"
-DELETE = "delete"
+FRAME_ITEMS_MAX, FRAME_BYTES_MAX, PUT, DELETE = (ops.FRAME_ITEMS_MAX, ops.FRAME_BYTES_MAX,
+                                                 ops.PUT, ops.DELETE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +153,7 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
                     f"{err.message}")
             return
         except errors.RangeKVError as err:
-            if err.retryable or err.code in _REROUTE or _unknown_op(err):
+            if err.retryable or ops.reroute(err) or ops.unknown_op(err):
                 single.extend(idx)
                 return
             for i in idx:
@@ -171,7 +166,7 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
         top = sequencer.ZERO
         for i, res in zip(idx, results, strict=True):
             outcome = _write_outcome(res)
-            if isinstance(outcome, errors.RangeKVError) and outcome.code in _REROUTE:
+            if isinstance(outcome, errors.RangeKVError) and ops.reroute(outcome):
                 single.append(i)
                 continue
             out[i] = outcome
@@ -206,31 +201,12 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
     return out  # type: ignore[return-value]
 
 
-def _unknown_op(err: errors.RangeKVError) -> bool:
-    """A node of an older version, without the batch ops (a rolling upgrade): its items go
-    the single-key way."""
-    return isinstance(err, errors.InvalidArgument) and err.details.get("field") == "op"
-
-
-def _error_of(res: dict[str, Any]) -> errors.RangeKVError | None:
-    err = res.get("error")
-    if err is None:
-        return None
-    if not isinstance(err, dict):
-        raise errors.ProtocolError(f"a node sent a malformed error: {str(err)[:100]}")
-    return errors.from_dict(err)
-
-
 def _write_outcome(res: Any) -> WriteOutcome:
     if not isinstance(res, dict):
         raise errors.ProtocolError(f"a node sent a malformed batch result: {str(res)[:100]}")
-    err = _error_of(res)
+    err = ops.error_of(res)
     if err is not None:
-        if isinstance(err, errors.PreconditionFailed):
-            cur = err.details.get("current_seq")
-            if isinstance(cur, (bytes, bytearray)):
-                err.details["current_seq"] = bytes(cur).hex() if any(cur) else None
-        return err
+        return ops.client_error(err)
     seq = _seq(res.get("seq"))
     return WriteResult(seq, bool(res.get("deleted")))
 
@@ -249,7 +225,7 @@ async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[Ge
                 "batch_get", timeout_s=router.request_deadline_s, table_id=table_id,
                 keys=[keys[i] for i in idx])
         except errors.RangeKVError as err:
-            if err.retryable or err.code in _REROUTE or _unknown_op(err) or isinstance(
+            if err.retryable or ops.reroute(err) or ops.unknown_op(err) or isinstance(
                     err, (errors.OutcomeUnknown, errors.ProtocolError)):
                 single.extend(idx)  # a read is always safe to send again
                 return
@@ -265,9 +241,9 @@ async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[Ge
             if not isinstance(res, dict):
                 raise errors.ProtocolError(f"a node sent a malformed batch result: "
                                            f"{str(res)[:100]}")
-            err = _error_of(res)
+            err = ops.error_of(res)
             if err is not None:
-                if err.code in _REROUTE:
+                if ops.reroute(err):
                     single.append(i)
                 else:
                     out[i] = err

@@ -11,7 +11,7 @@ Every request's fields are declared below (``OPS``) and checked before any is us
 the HTTP API checks its own (the same limits, the same errors). The semantics are the HTTP
 API's: a ``get`` is linearizable, a ``put`` answers the new seq, ``if_seq`` of 16 zero bytes is
 If-None-Match: *, ``list`` pages take and give the HTTP API's cursors. Writes may carry a
-client session (``client``, ``cseq``, ``floor``, ``retry``: ``routing.Session``); the group then
+client session (``client``, ``cseq``, ``floor``, ``retry``: ``ops.Session``); the group then
 applies each (client, cseq) at most once.
 
 Batches (``put_many``, ``get_many``, ``delete_many``) answer ``{"results": [...]}``, one per
@@ -34,7 +34,8 @@ from rangekv import fields as f
 from rangekv.request_manager import batches
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager.metrics import Metrics
-from rangekv.request_manager.routing import GetResult, Router, Session, ViewSource
+from rangekv.request_manager.ops import GetResult, Session
+from rangekv.request_manager.routing import Router, ViewSource
 
 log = logging.getLogger("rangekv.rm.native")
 

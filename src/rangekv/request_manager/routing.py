@@ -63,6 +63,7 @@ Bounds (units last) are the module constants below.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -72,8 +73,10 @@ from typing import Any, Protocol
 
 from rangekv import errors, limits, model, sequencer, wire
 from rangekv.model import ClusterView, Range, Table
+from rangekv.request_manager.coalesce import Coalescer, SendAlone
 from rangekv.request_manager.http_codec import Cursor
 from rangekv.request_manager.metrics import Metrics, RouterStats
+from rangekv.request_manager.ops import GetResult, Session, check_seq
 
 log = logging.getLogger("rangekv.rm.routing")
 
@@ -504,33 +507,6 @@ class ConnectionPool:
 # The router
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """A write's place in its client's session (exactly-once writes): the client's 16-byte
-    id, this write's number, the lowest number the client still awaits an answer to (results
-    below it may be forgotten) and whether an earlier attempt may have been applied."""
-
-    client: bytes
-    cseq: int
-    floor: int
-    retry: bool = False
-
-    def fields(self, cseq: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"client": self.client,
-                               "cseq": self.cseq if cseq is None else cseq,
-                               "floor": self.floor}
-        if self.retry:
-            out["retry"] = True
-        return out
-
-
-@dataclass(frozen=True)
-class GetResult:
-    found: bool
-    value: bytes
-    seq: bytes
-
-
 @dataclass(frozen=True)
 class ListPage:
     table_id: int
@@ -577,6 +553,7 @@ class Router:
         request_deadline_s: float = REQUEST_DEADLINE_S,
         meta_deadline_s: float = META_DEADLINE_S,
         max_clock_offset_ms: int = sequencer.SEQ_AHEAD_MS_MAX,
+        coalesce: bool = True,
     ) -> None:
         self.source = source
         self.rm_id = rm_id
@@ -593,6 +570,8 @@ class Router:
         self._hints: dict[int, tuple[str, int]] = {}
         # group id -> (epoch, leader address) as of the last view change (see _leaders_changed)
         self._leaders: dict[int, tuple[int, str | None]] = {}
+        # single-key operations to the same leader travel together (``coalesce``)
+        self.coalescer: Coalescer | None = Coalescer(self) if coalesce else None
         self._leaders_changed()
         source.add_listener(self._leaders_changed)
 
@@ -633,6 +612,11 @@ class Router:
 
     async def put(self, table: str, key: bytes, value: bytes, if_seq: bytes | None,
                   session: Session | None = None) -> bytes:
+        if self.coalescer is not None:
+            reply, session = await self._coalesced(
+                self.coalescer.write(table, "put", key, value, if_seq, session), session)
+            if reply is not None:
+                return _seq(reply.get("seq"))
         # a conditional put into a moving range needs the source's version of the key
         fields = {"key": key, "value": value, "if_seq": if_seq}
         if session is not None:
@@ -647,6 +631,13 @@ class Router:
         """The live version of ``key``. While its range is being copied to another group, the
         target's record (written there, or already copied) is the newest; without one, the
         source's (final since its fence) is."""
+        if self.coalescer is not None:
+            try:
+                got = await self.coalescer.get(table, key)
+            except SendAlone:
+                got = None
+            if got is not None:
+                return got
         st = _Attempt(self._monotonic(), self.request_deadline_s)
         fields = {"key": key, "versions": True}
         while True:
@@ -667,6 +658,11 @@ class Router:
     async def delete(self, table: str, key: bytes, if_seq: bytes | None,
                      session: Session | None = None) -> bytes | None:
         """The tombstone's seq, or None if there was nothing to delete."""
+        if self.coalescer is not None:
+            reply, session = await self._coalesced(
+                self.coalescer.write(table, "delete", key, b"", if_seq, session), session)
+            if reply is not None:
+                return _seq(reply.get("seq")) if reply.get("deleted") else None
         fields = {"key": key, "if_seq": if_seq}
         if session is not None:
             fields.update(session.fields())
@@ -677,6 +673,17 @@ class Router:
             return None
         self._observe(seq)
         return seq
+
+    async def _coalesced(self, pending: Awaitable[Any], session: Session | None
+                         ) -> tuple[dict[str, Any] | None, Session | None]:
+        """A coalesced write's reply, or (None, the session to send it alone with: marked
+        retry if its frame's outcome is unknown)."""
+        try:
+            return await pending, session
+        except SendAlone as alone:
+            if alone.retry and session is not None and not session.retry:
+                session = dataclasses.replace(session, retry=True)
+            return None, session
 
     def _nested(self, st: _Attempt) -> _Attempt:
         """A sub-request's retry state, within what remains of the request's deadline."""
@@ -871,6 +878,7 @@ class Router:
         needs_base: bool = False,
     ) -> dict[str, Any]:
         st = _Attempt(self._monotonic(), self.request_deadline_s)
+        st.maybe_applied = bool(fields.get("retry"))  # an earlier attempt's outcome is unknown
 
         async def base(rng: Range) -> dict[str, Any]:
             return await self._source_version(st, table, key, rng)
@@ -1164,10 +1172,7 @@ def _items(raw: Any) -> list[tuple[bytes, bytes, bytes]]:
     return items
 
 
-def _seq(value: Any) -> bytes:
-    if not isinstance(value, (bytes, bytearray)) or len(value) != sequencer.SEQ_BYTES:
-        raise errors.ProtocolError(f"a node sent a malformed seq: {value!r}"[:200])
-    return bytes(value)
+_seq = check_seq
 
 
 def _min_end(a: bytes | None, b: bytes | None) -> bytes | None:
