@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import rangekv.replication.loop as loop_module
 from rangekv.replication.core import Ready, SnapshotNeed
 from rangekv.replication.loop import ReadyLoop
 from rangekv.replication.messages import APPEND, APPEND_RESP, Entry, Msg
@@ -280,6 +281,29 @@ def test_soon_batches_the_inputs_of_a_turn_into_one_process() -> None:
     assert loop.readies == 1
     loop.tick()  # (a tick, like fsyncs and snapshots, is performed at once)
     assert not scheduled
+
+
+def test_a_turn_applies_a_bounded_amount_and_leaves_the_rest_to_the_next() -> None:
+    """Committed entries past APPLY_BYTES_PER_TURN wait for the next turn of the event loop
+    (heartbeats and timers run in between); without ``soon`` everything goes at once."""
+    big = loop_module.APPLY_BYTES_PER_TURN // 2 + 1
+    entries = [Entry(1, i, b"x" * big) for i in range(1, 6)]
+    scheduled: list[Callable[[], None]] = []
+    loop, core, fakes = make(soon=scheduled.append)
+    core.readies = [Ready(committed=[e]) for e in entries]
+    loop.propose(b"p")
+    scheduled.pop()()
+    applied = [x for x in fakes.log if x[0] == "apply"]
+    assert applied == [("apply", [1]), ("apply", [2])] and len(scheduled) == 1
+    while scheduled:
+        scheduled.pop()()
+    applied = [x for x in fakes.log if x[0] == "apply"]
+    assert [x[1][0] for x in applied] == [1, 2, 3, 4, 5]
+    # without soon (a test harness stepping by hand): one process applies everything
+    loop, core, fakes = make()
+    core.readies = [Ready(committed=[e]) for e in entries]
+    loop.process()
+    assert [x[1][0] for x in fakes.log if x[0] == "apply"] == [1, 2, 3, 4, 5]
 
 
 def test_a_closed_loop_ignores_what_completes_later() -> None:
