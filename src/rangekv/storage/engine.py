@@ -522,7 +522,9 @@ class StateMachine:
         if expire:
             sessions.expire(tx, seq)
         head = sessions.head(tx, req.client)
-        if head is not None:
+        # (a result is only ever stored for a cseq at or below the session's top: a write above
+        # it is new, and its lookup, a backend read per write, is skipped)
+        if head is not None and req.cseq <= head.top:
             first = sessions.stored(tx, req.client, req.cseq)
             if first is not None:  # rule 1: applied before, answered as then
                 sessions.record(tx, req, head, seq, None)
