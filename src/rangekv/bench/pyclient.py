@@ -68,7 +68,7 @@ LABELS = {
     "etcd": "etcd 3.4 (3 members; aetcd async, etcd3 sync)",
 }
 ETCD_TXN_OPS_DEFAULT = 128  # etcd's --max-txn-ops default: the most puts one transaction holds
-SCAN_PAGE_DEFAULT = 500  # rangekv's client scans in pages of 500 by default; etcd gets the same
+SCAN_PAGE_DEFAULT = 1000  # rangekv's client scans in pages of 1000 by default; etcd gets the same
 LOAD_RETRIES = 3  # a failed load request is sent again (puts are idempotent) at most this often
 ERROR_PAUSE_S = 0.01  # after a failed operation, so that a dead server is not spun on
 TIMED_SLACK_S = 90.0  # how long past its window a timed generator may take to report

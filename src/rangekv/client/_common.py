@@ -64,7 +64,7 @@ TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 3.0
 RETRIES_DEFAULT = 3
 RETRIES_MAX = 100
-SCAN_PAGE_SIZE_DEFAULT = 500
+SCAN_PAGE_SIZE_DEFAULT = 1000  # the largest page (limits.LIST_LIMIT_MAX): a scan is page round trips
 
 
 @dataclass(frozen=True, slots=True)
