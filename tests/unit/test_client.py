@@ -137,7 +137,16 @@ def make_client(handler: Callable[[httpx.Request], httpx.Response], **kw: Any) -
         kw.pop("endpoints", "http://rm1:8400"), transport=httpx.MockTransport(handler), **kw
     )
     client._sleep = lambda s: None
+    client._clock = ticking()
     return client
+
+
+def ticking(step_s: float = 0.05) -> Callable[[], float]:
+    """A clock that moves ``step_s`` each time it is read: with no waits between attempts
+    (``NO_WAIT``), a call that retries until its deadline ends in a few hundred attempts
+    instead of busy-looping through seconds of real time."""
+    ticks = iter(range(10**9))
+    return lambda: next(ticks) * step_s
 
 
 def scripted(
@@ -525,13 +534,16 @@ def test_a_session_write_of_unknown_outcome_is_resent_as_a_retry_of_the_same_cse
 
 
 def test_a_session_write_that_runs_out_of_time_after_an_unknown_outcome_is_unknown() -> None:
-    """Unavailable after an attempt of unknown outcome is not "nothing happened"."""
+    """Unavailable after an attempt of unknown outcome is not "nothing happened"; and such a
+    write is retried until the deadline, beyond ``retries``."""
     handler, seen = scripted([httpx.ReadTimeout("slow")] + [
-        error_response(503, "unavailable")] * 10)
-    with make_client(handler, retries=3) as db:
+        error_response(503, "unavailable")] * 100)
+    with make_client(handler, retries=3, timeout_s=10) as db:
+        ticks = iter(range(10**6))
+        db._clock = lambda: next(ticks) * 0.25  # time passes as the client looks at it
         with pytest.raises(errors.OutcomeUnknown):
             db.put("T", "k", "v")
-    assert len(seen) == 4
+    assert 4 < len(seen) <= 40  # more rounds than retries=3 allows, within the 10 s
 
 
 @pytest.mark.parametrize(
@@ -680,12 +692,15 @@ def test_a_write_timeout_does_not_fail_over_into_a_second_write() -> None:
         with pytest.raises(errors.Timeout):
             db.put("T", "k", "v")
     assert seen == ["rm1"]
-    # with a session the same write goes on to the other rm, as a retry, until it gives up
+    # with a session the same write goes on to the other rm, as a retry, until the deadline
     seen.clear()
-    with make_client(handler, endpoints=["http://rm1:1", "http://rm2:2"], retries=1) as db:
+    with make_client(handler, endpoints=["http://rm1:1", "http://rm2:2"], retries=1,
+                     timeout_s=5) as db:
+        ticks = iter(range(10**6))
+        db._clock = lambda: next(ticks) * 0.5  # time passes as the client looks at it
         with pytest.raises(errors.Timeout):
             db.put("T", "k", "v")
-    assert seen == ["rm1", "rm2"]
+    assert seen[:2] == ["rm1", "rm2"] and 2 < len(seen) <= 10
 
 
 def test_timeouts_are_on_by_default() -> None:
@@ -705,6 +720,7 @@ def make_async_client(handler: Callable[[httpx.Request], httpx.Response], **kw: 
     client = AsyncClient(
         kw.pop("endpoints", "http://rm1:8400"), transport=httpx.MockTransport(handler), **kw
     )
+    client._clock = ticking()
 
     async def no_sleep(s: float) -> None:
         return None

@@ -64,7 +64,7 @@ TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 3.0
 RETRIES_DEFAULT = 3
 RETRIES_MAX = 100
-SCAN_PAGE_SIZE_DEFAULT = 1000  # the largest page (limits.LIST_LIMIT_MAX): a scan is page round trips
+SCAN_PAGE_SIZE_DEFAULT = 1000  # the largest page (limits.LIST_LIMIT_MAX): a scan is round trips
 
 
 @dataclass(frozen=True, slots=True)
@@ -850,7 +850,9 @@ class Retrier:
     the call's deadline (``timeout_s`` from now on ``clock``).
 
     A write of a session (``session``) is retried like a read: whatever became of an earlier
-    attempt, the group applies it at most once."""
+    attempt, the group applies it at most once; and once an attempt's outcome is unknown it is
+    retried until the deadline, whatever ``retries`` says, so that ``OutcomeUnknown`` reaches
+    the caller only when there is no time left to learn the outcome."""
 
     def __init__(self, *, retries: int, endpoints_n: int, backoff: Backoff, write: bool,
                  timeout_s: float, connect_timeout_s: float,
@@ -863,6 +865,8 @@ class Retrier:
         self._endpoints_n = endpoints_n
         self._backoff = backoff
         self._write = write and not session
+        self._session = write and session
+        self._unknown = False  # an attempt of this session write may have been applied
         self._rounds = 0  # rounds that ended in failure
         self._failed_in_round = 0  # endpoints that refused connections in this round
 
@@ -892,8 +896,12 @@ class Retrier:
                 return 0.0  # another endpoint has not been tried in this round yet
         self._failed_in_round = 0
         self._rounds += 1
-        if self._rounds > self._retries:
+        if self._session and not failure.not_sent:
+            self._unknown = True
+        if self._rounds > self._retries and not self._unknown:
             return None
+        # (a session write whose outcome is unknown goes on until the deadline: the group
+        # applies it at most once, and "unknown" is the answer of last resort)
         delay_s = self._backoff.delay_s(self._rounds, failure.retry_after_s)
         if self._clock() + delay_s >= self._deadline_s:
             return None  # the call's deadline would pass before the next attempt

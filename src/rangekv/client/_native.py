@@ -93,6 +93,7 @@ class _Conn(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ids = itertools.count(1)
         self.closed = False
+        self.retired = False
         self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +112,8 @@ class _Conn(asyncio.Protocol):
             fut = pending.pop(body.get("id"), None)  # type: ignore[arg-type]
             if fut is not None and not fut.done():
                 fut.set_result(body)
+        if self.retired and not pending and self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -123,6 +126,12 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def retire(self) -> None:
+        """Close once the requests in flight are answered (none new are sent here)."""
+        self.retired = True
+        if not self.pending and self.transport is not None:
+            self.transport.close()
 
     def send(self, frame: bytes) -> None:
         if not self._out:
@@ -199,7 +208,21 @@ class AsyncNative:
         except TimeoutError:
             conn.pending.pop(req_id, None)
             return _timed_out(endpoint, timeout_s)
-        return settle_reply(call, body)
+        outcome = settle_reply(call, body)
+        if isinstance(outcome, Failure) and outcome.error.details.get("retry_elsewhere"):
+            self._retire(endpoint, conn)
+        return outcome
+
+    def _retire(self, endpoint: str, conn: _Conn) -> None:
+        """The rm behind ``conn`` asks to be left (it cannot follow the map, or its clock is
+        off): new requests take a new connection, which the balancer may send to another rm;
+        the requests in flight on this one finish (aborting it would lose them all, most of
+        them through a healthy rm's turn of the slot)."""
+        slots = self._conns.get(endpoint, [])
+        for i, c in enumerate(slots):
+            if c is conn:
+                slots[i] = None
+        conn.retire()
 
     def _expire_at(self, fut: asyncio.Future[dict[str, Any]], when: float) -> None:
         """Time ``fut`` out at loop time ``when``. One sweep every ``SWEEP_S`` ends what is
@@ -300,11 +323,15 @@ class SyncNative:
         except (OSError, errors.ProtocolError) as exc:
             sock.close()
             return _lost(endpoint, call, f"failed during the request: {exc}")
-        if decoder.buffered:
-            sock.close()  # a stray partial frame: the connection's state is unknown
+        outcome = settle_reply(call, body)
+        if decoder.buffered or (isinstance(outcome, Failure)
+                                and outcome.error.details.get("retry_elsewhere")):
+            # a stray partial frame (the connection's state is unknown), or an rm that asks to
+            # be left: a new connection may reach another rm
+            sock.close()
         else:
             self._give_back(endpoint, sock)
-        return settle_reply(call, body)
+        return outcome
 
     def drop(self, endpoint: str) -> None:
         with self._lock:

@@ -148,9 +148,6 @@ class Client(Api):
                 maybe_applied = maybe_applied or (call.write and not outcome.not_sent)
                 if outcome.failover:
                     self._current = (self._current + 1) % len(self.endpoints)
-                    if self._native is not None and outcome.error.details.get(
-                            "retry_elsewhere"):
-                        self._native.drop(endpoint)
                 delay_s = retrier.next_delay_s(outcome)
                 if delay_s is None:
                     raise _common.final_error(outcome, maybe_applied) from outcome.cause
