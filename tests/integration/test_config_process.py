@@ -57,7 +57,7 @@ def test_rm_from_a_toml_file_and_env_logs_json_lines(etcd_endpoint: str, tmp_pat
         assert r["component"] == "rm-3" and r["pid"] == proc.pid, r
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["ts"]), r
     msgs = [r["msg"] for r in records]
-    assert f"rm 3 listening on 127.0.0.1:{port}, etcd {etcd_endpoint}" in msgs, msgs
+    assert f"rm 3 listening on 127.0.0.1:{port} (native: off), etcd {etcd_endpoint}" in msgs, msgs
     assert "stopped" in msgs, msgs
 
 

@@ -277,7 +277,8 @@ def test_bit_flip_in_the_middle_of_a_follower_wal(tmp_path: Path) -> None:
 
         segment = cluster.data_dir / name / "wal" / segment_name(1)
         offsets = record_offsets(segment)
-        assert len(offsets) > 2 * ACKED_BEFORE_FAULT, len(offsets)
+        # (the rm coalesces concurrent puts into batch entries: fewer records than puts)
+        assert len(offsets) > 20, len(offsets)
         damaged = offsets[len(offsets) // 2]  # many valid records follow: not a torn tail
         flip_bit(segment, damaged + RECORD_HEADER_BYTES + 1)  # in its payload
         assert cluster.start() == [name]

@@ -8,8 +8,8 @@ peer up among the members only ("node N is not a member of this group", every 5 
 A real cluster (etcd, two metas with a 2 s replacement grace, one group of three plus two
 spares, two rms, HAProxy) at the size that shows it:
 
-1. ``rangekv load`` puts 15,000 keys (the real CLI, through HAProxy): the leader's log is
-   compacted (its first index is above 1);
+1. ``rangekv load --batch 1`` puts 15,000 keys (the real CLI, through HAProxy), a log entry
+   each: the leader's log is compacted (its first index is above 1);
 2. a follower is killed for good: the lowest spare joins as a learner, catches up by a
    snapshot (it installed one) and is swapped in;
 3. a second original member is killed: the leader and the replacement, two of three, still
@@ -155,7 +155,10 @@ def test_replacement_past_compaction_and_after_restore(tmp_path: Path) -> None:
             cluster.start()
             cluster.wait_ready(READY_TIMEOUT_S)
             began = time.monotonic()
-            done = cli("load", TABLE, str(items), "--create", "--endpoint", cluster.endpoint)
+            # one item a batch: a log entry per key (batches of 1,000 would be 15 entries,
+            # never a compaction)
+            done = cli("load", TABLE, str(items), "--create", "--endpoint", cluster.endpoint,
+                       "--batch", "1", "--concurrency", "16")
             assert done.returncode == 0, done.stderr
             print(f"loaded {KEYS} keys with rangekv load in {time.monotonic() - began:.1f} s")
             done = cli("backup", str(backup), "--data-dir", str(data), "--json")

@@ -288,7 +288,7 @@ def test_up_detach_demo_then_down(tmp_path: Path) -> None:
             for line in out.splitlines()
             if line.startswith("  ") and not line.startswith("   ")
         ]
-        assert listed[:3] == ["endpoint", "rm-1", "rm-2"]  # HAProxy first
+        assert listed[:4] == ["endpoint", "native", "rm-1", "rm-2"]  # HAProxy first
         assert f"endpoint  {endpoint}" in out
         assert f"rm-2      http://127.0.0.1:{base + 12}" in out
         assert f"etcd      http://127.0.0.1:{base + 41}" in out

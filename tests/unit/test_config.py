@@ -352,7 +352,7 @@ def test_cli_connection_options(tmp_path: Path) -> None:
     assert (endpoints(args), args.timeout) == (["http://e:1", "e:2"], 4.0)
     # nothing configured: the built-in defaults
     args = args_of("tables")
-    assert (endpoints(args), args.timeout, args.config) == (["http://127.0.0.1:8400"], 10.0, None)
+    assert (endpoints(args), args.timeout, args.config) == (["rangekv://127.0.0.1:8401"], 10.0, None)
     # [up] reaches up and down
     path.write_text("[up]\ndata_dir = '/tmp/x'\nbase_port = 15000\n[log]\nformat = 'json'\n")
     up = args_of("up", "--config", str(path))

@@ -559,3 +559,19 @@ def test_expiry_skips_its_scan_only_when_nothing_is_due() -> None:
         counts.append(kept.session_count)
     assert kept.content_hash() == reopened.content_hash()
     assert max(counts) > min(counts[50:])  # sessions did expire along the way
+
+
+def test_merging_a_session_with_a_higher_top_below_the_results_bound_does_not_crash() -> None:
+    """Found by chaos (seed 77): the source's session had the higher top, both tops below
+    RESULTS_PER_CLIENT_MAX; the merge asked to forget results below a negative cseq and every
+    replica of the target crashed applying the import."""
+    s, d = Group(), Group()
+    s.table()
+    d.table()
+    d.put(b"a", b"1", client=A, cseq=3, floor=3)
+    for n in range(5, 9):
+        s.put(b"a", b"%d" % n, client=A, cseq=n, floor=5)
+    items, _ = s.sm.export_sessions(None)
+    assert d.one({"op": "import_sessions", "t": T, "start": b"", "end": None, "items": items,
+                  "done": True}) == {"imported": 1}
+    assert d.put(b"a", b"x", client=A, cseq=7, floor=5, retry=True)["dup"] is True

@@ -20,6 +20,7 @@ import itertools
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from rangekv import errors, wire
@@ -155,6 +156,7 @@ class AsyncNative:
         self._turn = itertools.count()
         self._connecting: dict[tuple[str, int], asyncio.Future[_Conn]] = {}
         self._deadlines: list[tuple[float, asyncio.Future[dict[str, Any]]]] = []
+        self._opened: weakref.WeakSet[_Conn] = weakref.WeakSet()  # retired ones too
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def _conn(self, endpoint: str, connect_timeout_s: float) -> _Conn:
@@ -177,6 +179,7 @@ class AsyncNative:
                 _, conn = await asyncio.get_running_loop().create_connection(
                     lambda: _Conn(endpoint), host, port)
             slots[i] = conn
+            self._opened.add(conn)
             fut.set_result(conn)
             return conn
         except BaseException as exc:
@@ -257,6 +260,8 @@ class AsyncNative:
     async def close(self) -> None:
         for endpoint in list(self._conns):
             self.drop(endpoint)
+        for conn in list(self._opened):  # (retired connections still finishing)
+            conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -197,7 +197,7 @@ def _results_below(client: bytes, cseq: int | None) -> tuple[bytes, bytes]:
     lo = RESULT + client
     if cseq is None or cseq > CSEQ_MAX:
         return lo, lo + _PAST_CSEQS
-    return lo, lo + cseq.to_bytes(8, "big")
+    return lo, lo + max(0, cseq).to_bytes(8, "big")
 
 
 def encode_head(head: Head) -> bytes:
@@ -453,7 +453,7 @@ def merge(tx: Writes, client: bytes, theirs: Head, results: list[tuple[int, byte
                       max(mine.last_seq, theirs.last_seq))
     window = merged.top - RESULTS_PER_CLIENT_MAX  # results at or below it are not kept
     merged = Head(max(merged.mark, window), merged.top, merged.last_seq)
-    if mine is not None and window > mine.top - RESULTS_PER_CLIENT_MAX:
+    if mine is not None and window > max(0, mine.top - RESULTS_PER_CLIENT_MAX):
         _forget_below(tx, client, window + 1)
     _store(tx, client, mine, merged)
     added = 0
