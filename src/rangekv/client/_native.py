@@ -157,6 +157,7 @@ class AsyncNative:
         self._connecting: dict[tuple[str, int], asyncio.Future[_Conn]] = {}
         self._deadlines: list[tuple[float, asyncio.Future[dict[str, Any]]]] = []
         self._opened: weakref.WeakSet[_Conn] = weakref.WeakSet()  # retired ones too
+        self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def _conn(self, endpoint: str, connect_timeout_s: float) -> _Conn:
@@ -178,6 +179,9 @@ class AsyncNative:
             async with asyncio.timeout(connect_timeout_s):
                 _, conn = await asyncio.get_running_loop().create_connection(
                     lambda: _Conn(endpoint), host, port)
+            if self._closed:  # the client was closed while this connection was being made
+                conn.abort()
+                raise errors.Unavailable("the client is closed")
             slots[i] = conn
             self._opened.add(conn)
             fut.set_result(conn)
@@ -260,11 +264,15 @@ class AsyncNative:
     async def close(self) -> None:
         for endpoint in list(self._conns):
             self.drop(endpoint)
+        self._closed = True
         for conn in list(self._opened):  # (retired connections still finishing)
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        # an aborted transport closes its socket in a callback of the next turn: let it run
+        # (a loop that stops first leaves the socket open)
+        await asyncio.sleep(0)
 
 
 # --- blocking sockets ---------------------------------------------------------------------------
@@ -328,15 +336,14 @@ class SyncNative:
         except (OSError, errors.ProtocolError) as exc:
             sock.close()
             return _lost(endpoint, call, f"failed during the request: {exc}")
-        outcome = settle_reply(call, body)
-        if decoder.buffered or (isinstance(outcome, Failure)
-                                and outcome.error.details.get("retry_elsewhere")):
+        err = body.get("error") if body.get("ok") is not True else None
+        if decoder.buffered or (isinstance(err, dict) and err.get("retry_elsewhere")):
             # a stray partial frame (the connection's state is unknown), or an rm that asks to
             # be left: a new connection may reach another rm
             sock.close()
         else:
             self._give_back(endpoint, sock)
-        return outcome
+        return settle_reply(call, body)  # (may raise BatchFailed: the socket is settled first)
 
     def drop(self, endpoint: str) -> None:
         with self._lock:
