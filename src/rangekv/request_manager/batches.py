@@ -153,16 +153,13 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
                     f"{err.message}")
             return
         except errors.RangeKVError as err:
-            if err.retryable or ops.reroute(err) or ops.unknown_op(err):
+            if err.retryable or ops.reroute(err):
                 single.extend(idx)
                 return
             for i in idx:
                 out[i] = err
             return
-        results = reply.get("results")
-        if not isinstance(results, list) or len(results) != len(idx):
-            raise errors.ProtocolError(f"{address} answered a batch of {len(idx)} with "
-                                       f"{str(results)[:100]}")
+        results = ops.frame_results(reply, len(idx), address)
         top = sequencer.ZERO
         for i, res in zip(idx, results, strict=True):
             outcome = _write_outcome(res)
@@ -225,22 +222,16 @@ async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[Ge
                 "batch_get", timeout_s=router.request_deadline_s, table_id=table_id,
                 keys=[keys[i] for i in idx])
         except errors.RangeKVError as err:
-            if err.retryable or ops.reroute(err) or ops.unknown_op(err) or isinstance(
+            if err.retryable or ops.reroute(err) or isinstance(
                     err, (errors.OutcomeUnknown, errors.ProtocolError)):
                 single.extend(idx)  # a read is always safe to send again
                 return
             for i in idx:
                 out[i] = err
             return
-        results = reply.get("results")
-        if not isinstance(results, list) or len(results) != len(idx):
-            raise errors.ProtocolError(f"{address} answered a batch of {len(idx)} with "
-                                       f"{str(results)[:100]}")
+        results = ops.frame_results(reply, len(idx), address)
         top = sequencer.ZERO
         for i, res in zip(idx, results, strict=True):
-            if not isinstance(res, dict):
-                raise errors.ProtocolError(f"a node sent a malformed batch result: "
-                                           f"{str(res)[:100]}")
             err = ops.error_of(res)
             if err is not None:
                 if ops.reroute(err):

@@ -149,7 +149,7 @@ class Coalescer:
         try:
             reply = await self.router.pool.get(address).request(
                 "batch_write", timeout_s=self.router.request_deadline_s, tag=group, **fields)
-            results = _results(reply, len(slots), address)
+            results = ops.frame_results(reply, len(slots), address)
         except (errors.OutcomeUnknown, errors.ProtocolError) as err:  # incl. Timeout
             if client is not None and err.code != errors.SessionExpired.code:
                 _settle_all(slots, SendAlone(retry=True))
@@ -188,7 +188,7 @@ class Coalescer:
             reply = await self.router.pool.get(address).request(
                 "batch_get", timeout_s=self.router.request_deadline_s, tag=group,
                 table_id=table_id, keys=[s.item for s in slots])
-            results = _results(reply, len(slots), address)
+            results = ops.frame_results(reply, len(slots), address)
         except errors.RangeKVError:
             _settle_all(slots, SendAlone())  # a read is always safe to send again
             return
@@ -211,15 +211,6 @@ class Coalescer:
                 slot.fut.set_result(GetResult(True, bytes(res.get("value") or b""), seq))
         if top != sequencer.ZERO:
             self.router._observe(top)
-
-
-def _results(reply: dict[str, Any], n: int, address: str) -> list[dict[str, Any]]:
-    results = reply.get("results")
-    if not isinstance(results, list) or len(results) != n or not all(
-            isinstance(r, dict) for r in results):
-        raise errors.ProtocolError(f"{address} answered a batch of {n} with "
-                                   f"{str(results)[:100]}")
-    return results
 
 
 def _settle_all(slots: list[_Slot], exc: BaseException) -> None:

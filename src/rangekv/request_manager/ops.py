@@ -83,3 +83,14 @@ def error_of(res: dict[str, Any]) -> errors.RangeKVError | None:
     if not isinstance(err, dict):
         raise errors.ProtocolError(f"a node sent a malformed error: {str(err)[:100]}")
     return errors.from_dict(err)
+
+
+def frame_results(reply: dict[str, Any], n: int, address: str) -> list[dict[str, Any]]:
+    """The per-item answers of a ``batch_write`` / ``batch_get`` frame of ``n`` items, checked:
+    one map per item, in order."""
+    results = reply.get("results")
+    if not isinstance(results, list) or len(results) != n or not all(
+            isinstance(r, dict) for r in results):
+        raise errors.ProtocolError(f"{address} answered a batch of {n} with "
+                                   f"{str(results)[:100]}")
+    return results
