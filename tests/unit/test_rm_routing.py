@@ -143,6 +143,50 @@ def test_load_then_follow_the_watch() -> None:
     run(main())
 
 
+class SlowWatchEtcd(FakeEtcd):
+    """Its watch delivers nothing while ``held`` is set: another rm's change the watch has not
+    brought yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = asyncio.Event()
+        self.released.set()
+
+    async def watch_prefix(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncGenerator[list[Event], None]:
+        async for batch in super().watch_prefix(prefix, start_revision):
+            await self.released.wait()
+            yield batch
+
+
+def test_catch_up_waits_for_the_watch_to_reach_what_etcd_had_committed() -> None:
+    """A table another rm just created is listed by the next ``tables`` here: the view catches
+    up with etcd's revision first (CI saw ``create_table`` then ``tables() == []`` through
+    HAProxy, the two calls on different rms)."""
+    async def main() -> None:
+        etcd = SlowWatchEtcd()
+        seed(etcd)
+        source = EtcdViewSource(etcd)
+        await source.start()
+        await until(lambda: source.ready)
+        etcd.released.clear()
+        etcd.put(model.table_key("u"), model.dumps(Table(2, "u")))
+        assert not await source.catch_up(0.05)  # the watch is held: not caught up in time
+        waiting = asyncio.ensure_future(source.catch_up(2.0))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and source.view.table("u") is None
+        etcd.released.set()
+        assert await waiting
+        assert source.view.table("u") == Table(2, "u")
+        etcd.down = True
+        with pytest.raises(errors.Unavailable):
+            await source.catch_up(1.0)
+        await source.close()
+
+    run(main())
+
+
 def test_watch_lost_reloads() -> None:
     async def main() -> None:
         etcd = FakeEtcd()

@@ -256,7 +256,9 @@ class EtcdClient:
             data = await self._call("/v3/kv/range", body, idempotent=True)
             if not revision:
                 revision = _revision(data)
-                assert revision > 0, data
+                if revision <= 0:
+                    raise errors.Unavailable(f"etcd answered a read without a revision: "
+                                             f"{str(data)[:200]}")
             page = [_kv(d) for d in data.get("kvs") or []]
             out.extend(page)
             if not data.get("more") or not page:

@@ -388,7 +388,7 @@ class RequestManager:
 
     async def list_tables(self) -> Response:
         return _json_response(
-            {"tables": [{"name": t.name, "id": t.id} for t in self.router.tables()]}
+            {"tables": [{"name": t.name, "id": t.id} for t in await self.router.tables()]}
         )
 
     async def create_table(self, table_raw: str) -> Response:

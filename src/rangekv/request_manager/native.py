@@ -278,7 +278,7 @@ class NativeServer:
     # -- tables and the cluster ------------------------------------------------------------------
 
     async def _tables(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"tables": [{"name": t.name, "id": t.id} for t in self.router.tables()]}
+        return {"tables": [{"name": t.name, "id": t.id} for t in await self.router.tables()]}
 
     async def _create_table(self, req: dict[str, Any]) -> dict[str, Any]:
         table = await self.router.create_table(req["table"])

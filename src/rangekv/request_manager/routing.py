@@ -138,6 +138,12 @@ class ViewSource(Protocol):
         """Wait until the view reflects ``revision`` (True) or ``timeout_s`` passes (False)."""
         ...
 
+    async def catch_up(self, timeout_s: float) -> bool:
+        """Wait until the view reflects everything the store of record had committed when the
+        call began (True), or ``timeout_s`` passes (False): what a linearizable read of the
+        view needs, since another rm may have just changed it."""
+        ...
+
     async def refresh_table(self, name: str, since: float) -> None:
         """Re-read one table's keys (table and ranges) from the store of record.
 
@@ -202,6 +208,9 @@ class StaticViewSource(_Notifier):
     @property
     def ready(self) -> bool:
         return True
+
+    async def catch_up(self, timeout_s: float) -> bool:
+        return True  # built by hand: nothing is committed that it does not show
 
     async def start(self) -> None:
         pass
@@ -290,6 +299,13 @@ class EtcdViewSource(_Notifier):
     @property
     def ready(self) -> bool:
         return self._ready
+
+    async def catch_up(self, timeout_s: float) -> bool:
+        try:
+            _, revision = await asyncio.wait_for(self._client.get_prefix(PROBE_PREFIX), timeout_s)
+        except TimeoutError:
+            return False
+        return await self.wait_revision(revision, timeout_s)
 
     async def start(self) -> None:
         assert self._task is None, "started twice"
@@ -603,7 +619,12 @@ class Router:
 
     # -- public operations -------------------------------------------------------------------
 
-    def tables(self) -> list[Table]:
+    async def tables(self) -> list[Table]:
+        """The active tables, as of now: another rm may have just created or dropped one, so
+        the view first catches up with etcd (one read of its revision)."""
+        if not await self.source.catch_up(TABLE_VISIBLE_TIMEOUT_S):
+            raise errors.Unavailable("the routing map could not catch up with the metadata "
+                                     "store; retry")
         view = self.source.view
         return sorted(
             (t for t in view.tables.values() if t.state == model.TABLE_ACTIVE),
