@@ -397,7 +397,7 @@ class RequestManager:
         return _json_response({"table": {"name": table.name, "id": table.id}}, 201)
 
     async def table_ranges(self, table_raw: str) -> Response:
-        table, ranges = self.router.ranges(codec.decode_table_segment(table_raw))
+        table, ranges = await self.router.current_ranges(codec.decode_table_segment(table_raw))
         return _json_response({"table": table.name, "ranges": [r.describe() for r in ranges]})
 
     async def split(self, table_raw: str, key_raw: str, raw_query: str) -> Response:
@@ -451,7 +451,7 @@ class RequestManager:
         if raw_query:
             table = codec.query_text(codec.parse_query(raw_query), "table")
         if table is not None:
-            self.router.ranges(table)  # 400 for a bad name, 404 for an unknown table
+            await self.router.current_ranges(table)  # 400 for a bad name, 404 for an unknown table
         body = await self.live.get(table)
         # always fresh: the rm caches for about a second itself; caches between must not
         return _json_response(body, headers={"Cache-Control": "no-store"})

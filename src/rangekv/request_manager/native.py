@@ -289,7 +289,7 @@ class NativeServer:
         return {"dropped": req["table"]}
 
     async def _ranges(self, req: dict[str, Any]) -> dict[str, Any]:
-        table, ranges = self.router.ranges(req["table"])
+        table, ranges = await self.router.current_ranges(req["table"])
         return {"table": table.name, "ranges": [r.describe() for r in ranges]}
 
     async def _split(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +304,7 @@ class NativeServer:
         if self._live_status is None:
             raise errors.Unavailable("this server has no live status")
         if req["table"] is not None:
-            self.router.ranges(req["table"])  # invalid_argument, table_not_found
+            await self.router.current_ranges(req["table"])  # invalid_argument, table_not_found
         return await self._live_status(req["table"])
 
     async def _remove_node(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -619,12 +619,16 @@ class Router:
 
     # -- public operations -------------------------------------------------------------------
 
-    async def tables(self) -> list[Table]:
-        """The active tables, as of now: another rm may have just created or dropped one, so
-        the view first catches up with etcd (one read of its revision)."""
+    async def _caught_up(self) -> None:
+        """Another rm may have just created, dropped, split or moved: a listing answered from
+        this rm's view first catches up with etcd (one read of its revision)."""
         if not await self.source.catch_up(TABLE_VISIBLE_TIMEOUT_S):
             raise errors.Unavailable("the routing map could not catch up with the metadata "
                                      "store; retry")
+
+    async def tables(self) -> list[Table]:
+        """The active tables, as of now."""
+        await self._caught_up()
         view = self.source.view
         return sorted(
             (t for t in view.tables.values() if t.state == model.TABLE_ACTIVE),
@@ -842,6 +846,12 @@ class Router:
         limits.check_table_name(name)
         reply = await self._meta_op("drop_table", name=name)
         await self._await_table_change(name, int(reply.get("revision", 0)), present=False)
+
+    async def current_ranges(self, name: str) -> tuple[Table, list[Range]]:
+        """The table's ranges in key order, as of now."""
+        limits.check_table_name(name)
+        await self._caught_up()
+        return self.ranges(name)
 
     def ranges(self, name: str) -> tuple[Table, list[Range]]:
         """The table's ranges in key order, as this rm's map has them."""
