@@ -286,10 +286,11 @@ class _Tx:
         self.ops: list[Op] = []
         self._overlay: dict[bytes, bytes | None] = {}
         self._cleared: list[tuple[bytes, bytes]] = []
-        # keys written with put_ordered/delete_ordered (the session records), sorted: what
-        # ``scan`` merges with the backend's items
+        # keys written with put_ordered/delete_ordered (the session records): what ``scan``
+        # merges with the backend's items (sorted when a scan needs them: few do)
         self._ordered: list[bytes] = []
         self._ordered_keys: set[bytes] = set()
+        self._ordered_sorted = True
         self.ranges = ranges
         self.ranges_copied = False
         self.marks = marks
@@ -297,6 +298,7 @@ class _Tx:
         self.copied = copied  # importing ranges whose client sessions are copied here
         self.session_count = session_count
         self.session_oldest_ns = session_oldest_ns  # (sessions.expire's shortcut)
+        self.session_heads: dict[bytes, tuple[bytes | None, sessions.Head]] = {}
         self.data_deltas: list[tuple[bytes, int, int]] = []  # (data key, +keys, +bytes)
 
     def get(self, key: bytes) -> bytes | None:
@@ -318,7 +320,9 @@ class _Tx:
     def _note_ordered(self, key: bytes) -> None:
         if key not in self._ordered_keys:
             self._ordered_keys.add(key)
-            bisect.insort(self._ordered, key)
+            if self._ordered_sorted and self._ordered and key < self._ordered[-1]:
+                self._ordered_sorted = False
+            self._ordered.append(key)
 
     def put_ordered(self, key: bytes, value: bytes) -> None:
         """``put``, and ``scan`` sees it."""
@@ -337,6 +341,9 @@ class _Tx:
         assert lo <= hi and (limit is None or limit >= 1), (lo, hi, limit)
         assert not any(c_lo < hi and lo < c_hi for c_lo, c_hi in self._cleared), \
             "scan of a span this batch deleted with delete-range"
+        if not self._ordered_sorted:
+            self._ordered.sort()
+            self._ordered_sorted = True
         mine = self._ordered[bisect.bisect_left(self._ordered, lo):
                              bisect.bisect_left(self._ordered, hi)]
         out: list[tuple[bytes, bytes]] = []
@@ -474,6 +481,7 @@ class StateMachine:
                 last_seq = seq
             results.append(self._apply_one(tx, cmd))
             applied_index = index
+        sessions.flush(tx)
         tx.put(KEY_APPLIED_INDEX, applied_index.to_bytes(8, "big"))
         tx.put(KEY_LAST_SEQ, last_seq)
         self._backend.write(tx.ops)

@@ -111,6 +111,9 @@ class Writes(Protocol):
 
     session_count: int
     session_oldest_ns: int
+    # heads written in this batch and not yet put (``flush``): client -> (the latest write's
+    # seq of the head the backend holds, None for a new session; the head now)
+    session_heads: dict[bytes, tuple[bytes | None, Head]]
 
     def get(self, key: bytes) -> bytes | None: ...
 
@@ -211,7 +214,13 @@ def decode_head(raw: bytes) -> Head:
     return Head(mark, top, last_seq)
 
 
+_SEQ_RESULT = b"\x81\xa3seq\xc4\x10"  # msgpack of {"seq": <16 bytes>} before the bytes
+
+
 def encode_result(result: dict[str, Any]) -> bytes:
+    seq = result.get("seq")
+    if len(result) == 1 and isinstance(seq, bytes) and len(seq) == _SEQ_BYTES:
+        return _SEQ_RESULT + seq  # a put's result, most of them: no packer call
     raw: bytes = msgpack.packb(result, use_bin_type=True)
     return raw
 
@@ -256,8 +265,30 @@ def count(iterate: Callable[[bytes, bytes], Iterator[tuple[bytes, bytes]]]) -> i
 
 
 def head(tx: Writes, client: bytes) -> Head | None:
+    pending = tx.session_heads.get(client)
+    if pending is not None:
+        return pending[1]
     raw = tx.get(head_key(client))
     return None if raw is None else decode_head(raw)
+
+
+def flush(tx: Writes) -> None:
+    """Put the heads written since the last flush, with their places in the time index.
+
+    A session's head and time-index entry change with each of its writes; a batch of a
+    thousand writes of one client would put and delete them a thousand times. So ``_store``
+    keeps the head in ``tx.session_heads`` and this writes it once: before any scan of the
+    session records (whose results must not depend on it) and before the batch is written.
+    What is stored at the end is the same as with a write per store."""
+    if not tx.session_heads:
+        return
+    heads, tx.session_heads = tx.session_heads, {}
+    for client, (stored_last, new) in heads.items():
+        if stored_last != new.last_seq:
+            if stored_last is not None:
+                tx.delete_ordered(time_key(stored_last, client))
+            tx.put_ordered(time_key(new.last_seq, client), b"")
+        tx.put_ordered(head_key(client), encode_head(new))
 
 
 def stored(tx: Writes, client: bytes, cseq: int) -> dict[str, Any] | None:
@@ -296,6 +327,7 @@ def expire(tx: Writes, seq: bytes) -> int:
     ts_ns = sequencer.parts(seq)[0] - SESSION_TTL_MS * 1_000_000
     if ts_ns <= 0 or ts_ns <= tx.session_oldest_ns:
         return 0
+    flush(tx)
     oldest = tx.scan(BY_TIME, END, EXPIRE_PER_WRITE_MAX + 1)
     cut = BY_TIME + sequencer.make(ts_ns, 0, 0)
     dropped = 0
@@ -312,6 +344,7 @@ def expire(tx: Writes, seq: bytes) -> int:
 
 def drop(tx: Writes, client: bytes) -> None:
     """Delete a session: its record, its place in the time index and every result."""
+    flush(tx)
     h = head(tx, client)
     if h is None:
         raise StorageCorrupt(f"the session index names client {client.hex()}, which has no "
@@ -327,6 +360,7 @@ def drop(tx: Writes, client: bytes) -> None:
 def _make_room(tx: Writes) -> None:
     """Before a new session: evict the least recently written one if ``CLIENTS_MAX`` exist."""
     while tx.session_count >= CLIENTS_MAX:
+        flush(tx)
         oldest = tx.scan(BY_TIME, END, 1)
         if not oldest:
             raise StorageCorrupt(f"{tx.session_count} sessions counted, none in the time index")
@@ -357,14 +391,17 @@ def _forget_between(tx: Writes, client: bytes, old_mark: int, mark: int) -> None
 
 
 def _store(tx: Writes, client: bytes, old: Head | None, new: Head) -> None:
-    """Write a session's record and its place in the time index."""
-    if old is None:
+    """Write a session's record and its place in the time index (at the next ``flush``)."""
+    pending = tx.session_heads.get(client)
+    if pending is not None:
+        stored_last = pending[0]
+    elif old is None:
         _make_room(tx)
         tx.session_count += 1
-    elif old.last_seq != new.last_seq:
-        tx.delete_ordered(time_key(old.last_seq, client))
-    tx.put_ordered(head_key(client), encode_head(new))
-    tx.put_ordered(time_key(new.last_seq, client), b"")
+        stored_last = None
+    else:
+        stored_last = old.last_seq
+    tx.session_heads[client] = (stored_last, new)
 
 
 def record(tx: Writes, req: Request, h: Head | None, seq: bytes,
