@@ -449,6 +449,11 @@ def test_malformed_session_fields_are_invalid_not_a_crash(g: Group) -> None:
                   [[A, 0, 1, ZERO, [[2, sessions.encode_result({"seq": ZERO})]]]]):
         assert code(g.one({"op": "import_sessions", "t": T, "start": b"", "end": None,
                            "items": items, "s": None})) == "invalid_argument"
+    for bad in ({"ci": b"short"}, {"ci": A, "cr": 1}, {"ci": A, "cf": -1}):
+        results = g.one({"op": "batch", "t": T, "s": g.seq(), **bad, "items": [
+            ["put", b"k", b"v", None, sequencer.make(BASE_NS, 1, 1), 1],
+            ["put", b"j", b"v", None, sequencer.make(BASE_NS, 2, 1), 2]]})["results"]
+        assert [code(r) for r in results] == ["invalid_argument"] * 2, bad
     assert g.sm.session_count == 0 and g.sm.get(T, b"k") is None
 
 

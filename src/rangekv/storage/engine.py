@@ -519,15 +519,16 @@ class StateMachine:
 
     def _write(self, tx: _Tx, cmd: dict[str, Any],
                apply: Callable[[_Tx, dict[str, Any]], dict[str, Any]],
-               expire: bool = True) -> dict[str, Any]:
+               batched: sessions.Request | None = None) -> dict[str, Any]:
         """A put or del (``apply``), with the rules of its client session if it has one
-        (``sessions.py``); ``expire``: drop expired sessions first (a batch does it once)."""
-        req = sessions.parse(cmd)
+        (``sessions.py``). ``batched``: the item of a batch whose session is this (parsed
+        once, and its expired sessions dropped once, by the batch)."""
+        req = sessions.parse(cmd) if batched is None else batched
         if req is None:
             return apply(tx, cmd)
         seq = _field_seq(cmd, "s")
         assert seq is not None
-        if expire:
+        if batched is None:
             sessions.expire(tx, seq)
         head = sessions.head(tx, req.client)
         # (a result is only ever stored for a cseq at or below the session's top: a write above
@@ -667,8 +668,13 @@ class StateMachine:
         items = cmd.get("items")
         if not isinstance(items, list):
             raise _Malformed("items must be a list")
-        session = {name: cmd[name] for name in ("ci", "cf", "cr") if cmd.get(name) is not None}
-        if session:
+        # the batch's session, checked once (its items' cseqs one by one)
+        try:
+            session = sessions.parse_batch(cmd)
+        except sessions.Malformed as exc:  # each item answers it, as a write of it alone would
+            err = errors.InvalidArgument(f"malformed batch item: {exc}", table_id=table_id)
+            return {"results": [{"error": err.to_dict()} for _ in items]}
+        if session is not None:
             sessions.expire(tx, seq)  # once for the whole batch, by its own seq
         results = []
         for item in items:
@@ -680,7 +686,7 @@ class StateMachine:
         return {"results": results}
 
     def _batch_item(self, tx: _Tx, table_id: int, batch_seq: bytes, item: Any,
-                    session: dict[str, Any]) -> dict[str, Any]:
+                    session: sessions.Request | None) -> dict[str, Any]:
         if not isinstance(item, (list, tuple)) or len(item) != 6:
             raise _Malformed("an item is [kind, key, value, if_seq, seq, cseq]")
         kind, key, value, if_seq, seq, cseq = item
@@ -693,11 +699,12 @@ class StateMachine:
             # the leader gives the items seqs below the batch's own, which raises last_seq
             # above all of them
             raise _Malformed("an item's seq must be below its batch's")
-        if session:
-            sub.update(session, cn=cseq)
+        req = None
+        if session is not None:
+            req = session.for_cseq(cseq)
         elif cseq is not None:
             raise _Malformed("an item's cseq needs the batch's client (ci)")
-        return self._write(tx, sub, self._put if kind == "put" else self._del, expire=False)
+        return self._write(tx, sub, self._put if kind == "put" else self._del, req)
 
     def _apply_import_sessions(self, tx: _Tx, cmd: dict[str, Any]) -> dict[str, Any]:
         """Merge client sessions copied from the source group of a range moving here

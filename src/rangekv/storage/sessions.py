@@ -134,6 +134,14 @@ class Request:
     floor: int
     retry: bool
 
+    def for_cseq(self, cseq: Any) -> Request:
+        """The same session's write ``cseq`` (a batch's item; raises Malformed)."""
+        cseq = _uint(cseq, "cn (cseq)", 1)
+        # the write itself awaits its answer: a floor above it would forget it (the node
+        # refuses such a request; clamped here too, so a bad command cannot lose more than it
+        # says)
+        return Request(self.client, cseq, min(self.floor, cseq), self.retry)
+
 
 @dataclass(frozen=True, slots=True)
 class Head:
@@ -165,19 +173,23 @@ def _client(value: Any, name: str = "ci") -> bytes:
     return value
 
 
-def parse(cmd: dict[str, Any]) -> Request | None:
-    """The session of a put or del command; None for a write without one."""
+def parse_batch(cmd: dict[str, Any]) -> Request | None:
+    """The session of a command (None without one), its cseq 0: a batch's, whose items'
+    cseqs come with ``Request.for_cseq``."""
     if cmd.get("ci") is None:
         return None
     client = _client(cmd["ci"])
-    cseq = _uint(cmd.get("cn"), "cn (cseq)", 1)
     floor = _uint(cmd.get("cf") or 0, "cf (floor)")
     retry = cmd.get("cr") or False
     if not isinstance(retry, bool):
         raise Malformed("cr (retry) must be a bool")
-    # the write itself awaits its answer: a floor above it would forget it (the node refuses
-    # such a request; clamped here too, so a bad command cannot lose more than it says)
-    return Request(client, cseq, min(floor, cseq), retry)
+    return Request(client, 0, floor, retry)
+
+
+def parse(cmd: dict[str, Any]) -> Request | None:
+    """The session of a put or del command; None for a write without one."""
+    session = parse_batch(cmd)
+    return None if session is None else session.for_cseq(cmd.get("cn"))
 
 
 # -- records ---------------------------------------------------------------------------------
