@@ -99,6 +99,40 @@ def decode_body(payload: bytes) -> dict[str, Any]:
     return body
 
 
+# -- packed lists: a page of items that travels node -> rm -> client without being decoded and
+# encoded again in the rm. ``pack_elements`` gives the msgpack encodings of the elements one
+# after the other, without the array header: pieces from several nodes join by concatenation,
+# and ``unpack_elements`` decodes n of them at once (in C) with the header put in front.
+
+
+def _array_header_bytes(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
+def pack_elements(items: list[Any]) -> bytes:
+    """The msgpack encodings of ``items``, concatenated (bytes as bin)."""
+    packed: bytes = msgpack.packb(items, use_bin_type=True)
+    return packed[_array_header_bytes(len(items)):]
+
+
+_HEADER_PACKER = msgpack.Packer()
+
+
+def unpack_elements(blob: bytes, n: int) -> list[Any]:
+    """The ``n`` elements of a ``pack_elements`` blob (or of several joined); raises
+    ProtocolError unless the blob holds exactly ``n`` well-formed elements."""
+    if not 0 <= n <= len(blob):  # every element takes at least one byte
+        raise errors.ProtocolError(f"a packed list of {len(blob)} bytes cannot hold {n} items")
+    try:
+        items = msgpack.unpackb(_HEADER_PACKER.pack_array_header(n) + blob, raw=False,
+                                strict_map_key=False, max_map_len=MAP_LEN_MAX)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.ProtocolError(f"undecodable packed list: {type(exc).__name__}") from None
+    if not isinstance(items, list):  # (the header makes it one)
+        raise errors.ProtocolError("a packed list did not decode to a list")
+    return items
+
+
 def check_header(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int]:
     """(length, checksum) of the frame header at ``buf[pos:]``; refuses an oversized frame."""
     length, checksum = HEADER.unpack_from(buf, pos)

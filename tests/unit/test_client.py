@@ -916,3 +916,25 @@ def test_the_rm_decodes_what_the_client_encodes(key: str | bytes) -> None:
     assert codec.parse_conditions(
         _common.call_put("T", key, "v", if_seq="ab" * 16).headers["If-Match"], None
     ) == bytes.fromhex("ab" * 16)
+
+
+def test_a_packed_list_page_is_decoded_and_checked() -> None:
+    """The native list answer carries the items as the nodes packed them; the client decodes
+    them in one call and refuses anything but (key, value, 16-byte seq) bytes."""
+    from rangekv import wire
+    from rangekv.client import _common
+
+    seq = bytes(range(16))
+    page = _common._reply_page({"packed": wire.pack_elements([(b"a", b"1", seq)]), "n": 1,
+                                "next": "c"})
+    assert page.items == [_common.Item(b"a", b"1", seq.hex())] and page.next == "c"
+    key, value, hexseq = page.items[0]
+    assert (key, value, hexseq) == (b"a", b"1", seq.hex())
+    for bad in ({"packed": wire.pack_elements([(b"a", b"1", seq)]), "n": 2},
+                {"packed": wire.pack_elements([(b"a", "text", seq)]), "n": 1},
+                {"packed": wire.pack_elements([(b"a", b"1", seq[:8])]), "n": 1},
+                {"packed": wire.pack_elements([(b"a", b"1")]), "n": 1},
+                {"packed": b"\xc1", "n": 1}, {"packed": "x", "n": 0},
+                {"packed": b"", "n": "0"}):
+        with pytest.raises(errors.ProtocolError):
+            _common._reply_page(bad)

@@ -20,6 +20,7 @@ import aiohttp
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.model import ClusterView, Group, Node, Range, Table
+from rangekv.node.commands import packed_page
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.app import RequestManager
@@ -95,6 +96,8 @@ class FakeNode(FakeServer):
                 if k >= start and (end is None or k < end) and (after is None or k > after)
             )
             page = keys[:limit]
+            if body.get("packed"):  # as a node packs a page (the rm passes it on undecoded)
+                return packed_page([(k, *rows[k]) for k in page], len(keys) > limit)
             return {"items": [[k, *rows[k]] for k in page], "more": len(keys) > limit}
         assert op in ("put", "delete"), op
         key, if_seq = body["key"], body["if_seq"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rangekv import errors, model
+from rangekv import errors, model, sequencer, wire
 from rangekv.model import Group, Node, Range, Table
 from rangekv.request_manager import routing
 from rangekv.request_manager.metrics import Metrics
@@ -330,3 +330,22 @@ def test_a_probe_etcd_does_not_answer_makes_the_source_unready_until_a_reload() 
         await source.close()
 
     run(main())
+
+
+def test_a_packed_list_page_from_a_node_is_checked_before_the_rm_pages_on() -> None:
+    """The rm passes a node's packed items on undecoded, but what it pages on (the count, the
+    last key, the highest seq) it checks: a hostile or broken node gets ProtocolError."""
+    from rangekv.node.commands import packed_page
+
+    seq = sequencer.make(1_000_000, 0, 1)
+    good = packed_page([(b"b", b"1", seq), (b"c", b"2", seq)], True)
+    piece = routing._piece(good, b"a", b"z", 10)
+    assert (piece.n, piece.last, piece.top, piece.nbytes, piece.more) == (2, b"c", seq, 4, True)
+    plain = routing._piece({"items": [[b"b", b"1", seq]], "more": False}, b"a", None, 10)
+    assert plain.packed == wire.pack_elements([(b"b", b"1", seq)]) and plain.last == b"b"
+    for bad in ({**good, "n": 11}, {**good, "n": -1}, {**good, "n": True}, {**good, "last": None},
+                {**good, "last": "c"}, {**good, "last": b"zz"}, {**good, "last": b"0"},
+                {**good, "packed": "x"}, {**good, "nbytes": -1}, {**good, "top": b"short"},
+                {**good, "n": 0}):
+        with pytest.raises(errors.ProtocolError):
+            routing._piece(bad, b"a", b"z", 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 
 import msgpack
@@ -124,3 +125,34 @@ def test_error_codes_defined_elsewhere_round_trip() -> None:
 
     back = errors.from_dict(WALCorrupt("bad record", path="x").to_dict())
     assert type(back) is WALCorrupt
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300),
+                                st.binary(min_size=16, max_size=16)), max_size=70),
+       cuts=st.lists(st.integers(0, 70), max_size=4))
+def test_packed_pieces_join_into_the_whole_list(items: list, cuts: list[int]) -> None:
+    """Pages from several nodes, each packed alone, decode as one list when joined: what the
+    rm does with a page that spans ranges."""
+    bounds = sorted({0, len(items), *(min(c, len(items)) for c in cuts)})
+    blob = b"".join(wire.pack_elements(items[a:b]) for a, b in itertools.pairwise(bounds))
+    assert wire.unpack_elements(blob, len(items)) == [list(i) for i in items]
+
+
+@given(blob=st.binary(max_size=64), n=st.integers(-2, 70))
+def test_a_packed_list_that_does_not_hold_n_items_is_a_protocol_error(blob: bytes,
+                                                                         n: int) -> None:
+    """Garbage from a node never crashes the decoder: n items exactly, or ProtocolError."""
+    try:
+        items = wire.unpack_elements(blob, n)
+    except errors.ProtocolError:
+        return
+    assert len(items) == n
+
+
+def test_a_packed_list_with_one_item_too_many_or_too_few_is_refused() -> None:
+    blob = wire.pack_elements([[b"a", b"1"], [b"b", b"2"]])
+    assert wire.unpack_elements(blob, 2) == [[b"a", b"1"], [b"b", b"2"]]
+    for n in (1, 3, -1):
+        with pytest.raises(errors.ProtocolError):
+            wire.unpack_elements(blob, n)

@@ -163,8 +163,11 @@ OPS = f.registry(
                  **ROUTED, **AS_SOURCE}, RM,
          "a read of a range fenced here (moving away) without `as_source`: "
          "`range_not_here` (`moving`)"),
-    f.Op("list", PAGE, RM, f"a `limit` above {LIST_LIMIT_MAX} is taken as {LIST_LIMIT_MAX}; "
-         "a span fenced here (moving away) without `as_source`: `range_not_here` (`moving`)"),
+    f.Op("list", {**PAGE, "packed": f.optional(f.boolean())}, RM,
+         f"a `limit` above {LIST_LIMIT_MAX} is taken as {LIST_LIMIT_MAX}; a span fenced here "
+         "(moving away) without `as_source`: `range_not_here` (`moving`); with `packed` (and "
+         "without `versions`) the items come as one blob (`packed`, `n`, `last`, `top`, "
+         "`nbytes`) that the rm passes on undecoded"),
     f.Op("export", {**SPAN, "after": f.optional(f.bound()),
                     "limit": f.optional(f.uint(2**31 - 1, 1))}, META),
     f.Op("import", {"table_id": TABLE, "items": f.items(IMPORT_ITEMS_MAX, BATCH_BYTES_MAX)},

@@ -68,6 +68,7 @@ from rangekv.node.commands import (
     check_batch_session,
     export_page,
     meta_read,
+    packed_page,
     range_command,
     range_reply,
     session_fields,
@@ -775,9 +776,10 @@ class Node:
             check_complete(replica, table_id, start)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
+            page = packed_page(items, more) if req["packed"] else {"items": items, "more": more}
             self._count_read(table_id, items[0][0] if items else start, len(items),
-                             sum(len(k) + len(v) for k, v, _ in items))
-            return {"items": items, "more": more}
+                             page.get("nbytes") or sum(len(k) + len(v) for k, v, _ in items))
+            return page
         if op == "split_key":
             # where to split a range: by its stored bytes or by its recent load
             if self.stats is None:

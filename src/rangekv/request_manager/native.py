@@ -111,8 +111,11 @@ OPS = f.registry(
          CLIENT),
     f.Op("list", {"table": TABLE, "start": f.optional(f.bound()), "end": f.optional(f.bound()),
                   "after": f.optional(f.text(limits.CURSOR_BYTES_MAX)),
-                  "limit": f.optional(f.uint(2**31 - 1, 1))}, CLIENT,
-         f"a `limit` above {limits.LIST_LIMIT_MAX} is taken as {limits.LIST_LIMIT_MAX}"),
+                  "limit": f.optional(f.uint(2**31 - 1, 1)), "packed": f.optional(f.boolean())},
+         CLIENT,
+         f"a `limit` above {limits.LIST_LIMIT_MAX} is taken as {limits.LIST_LIMIT_MAX}; with "
+         "`packed` the items come as `packed` (their msgpack encodings joined, as the nodes "
+         "sent them) and `n` (how many) instead of `items`"),
     f.Op("put_many", {"table": TABLE, "items": PUTS, **SESSION}, CLIENT),
     f.Op("get_many", {"table": TABLE, "keys": KEYS}, CLIENT),
     f.Op("delete_many", {"table": TABLE, "keys": KEYS, **SESSION}, CLIENT),
@@ -257,8 +260,10 @@ class NativeServer:
             end = cursor.end
         limit = min(req["limit"] or limits.LIST_LIMIT_DEFAULT, limits.LIST_LIMIT_MAX)
         page = await self.router.list(req["table"], req["start"] or b"", end, cursor, limit)
-        return {"items": page.items,
-                "next": None if page.next is None else codec.encode_cursor(page.next)}
+        nxt = None if page.next is None else codec.encode_cursor(page.next)
+        if req["packed"]:
+            return {"packed": b"".join(page.parts), "n": page.count, "next": nxt}
+        return {"items": page.items, "next": nxt}
 
     async def _put_many(self, req: dict[str, Any]) -> dict[str, Any]:
         items = [batches.Write(batches.PUT, k, v, c) for k, v, c in req["items"]]

@@ -525,9 +525,54 @@ class ConnectionPool:
 
 @dataclass(frozen=True)
 class ListPage:
+    """A page of a listing as the nodes sent it: ``parts`` are ``wire.pack_elements``
+    encodings of ``(key, value, seq)`` items, in key order, ``count`` of them in all. The
+    native protocol passes them on joined, undecoded; ``items`` decodes them (HTTP)."""
+
     table_id: int
-    items: list[tuple[bytes, bytes, bytes]]
+    parts: list[bytes]
+    count: int
     next: Cursor | None  # where the next page starts; None when the listing is complete
+
+    @property
+    def items(self) -> list[tuple[bytes, bytes, bytes]]:
+        if not self.count:
+            return []
+        return _items(wire.unpack_elements(b"".join(self.parts), self.count))
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """One node's answer to a list, checked: its items packed, how many, the last key, the
+    highest seq, their keys' and values' bytes, and whether the range has more."""
+
+    packed: bytes
+    n: int
+    last: bytes | None
+    top: bytes
+    nbytes: int
+    more: bool
+
+
+def _piece(reply: dict[str, Any], lower: bytes, end: bytes | None, limit: int) -> _Piece:
+    """A node's list answer, packed (``node.commands.packed_page``) or as ``items`` (a
+    moving range's merged page, or a node that does not pack), checked enough to page on:
+    what is in the packed items the client checks when it decodes them."""
+    more = bool(reply.get("more"))
+    if "packed" not in reply:
+        got = _items(reply.get("items") or ())
+        return _Piece(wire.pack_elements(got), len(got), got[-1][0] if got else None,
+                      max((s for _, _, s in got), default=sequencer.ZERO),
+                      sum(len(k) + len(v) for k, v, _ in got), more)
+    packed, n, last, nbytes = reply["packed"], reply.get("n"), reply.get("last"), \
+        reply.get("nbytes")
+    if (not isinstance(packed, bytes) or type(n) is not int or not 0 <= n <= limit
+            or type(nbytes) is not int or nbytes < 0
+            or (last is None) != (n == 0) or (last is not None and not isinstance(last, bytes))):
+        raise errors.ProtocolError("a node answered a list with a malformed packed page")
+    if last is not None and (last < lower or (end is not None and last >= end)):
+        raise errors.ProtocolError("a node answered a list with a key outside the span asked")
+    return _Piece(packed, n, last, _seq(reply.get("top")), nbytes, more)
 
 
 class _MoveDone(Exception):
@@ -762,37 +807,39 @@ class Router:
                 "the cursor belongs to another table (was it dropped and re-created?)",
                 field="after",
             )
-        items: list[tuple[bytes, bytes, bytes]] = []
-        page_bytes = 0
+        parts: list[bytes] = []
+        count = page_bytes = 0
         for _ in range(LIST_RANGES_PER_PAGE_MAX):
             lower = start if after is None or after < start else after + b"\x00"
             if end is not None and lower >= end:
-                return ListPage(t.id, items, None)
-            fields = {"start": start, "end": end, "after": after, "limit": limit - len(items)}
+                return ListPage(t.id, parts, count, None)
+            fields = {"start": start, "end": end, "after": after, "limit": limit - count,
+                      "packed": True}
             reply, rng = await self._list_range(st, table, t.id, lower, fields)
-            got = _items(reply.get("items") or ())
-            more = bool(reply.get("more"))
-            if more and not got:
+            got = _piece(reply, lower, end, limit - count)
+            if got.more and not got.n:
                 raise errors.ProtocolError("a node answered a list with more=true and no items")
-            items.extend(got)
-            if got:
-                after = got[-1][0]
-                self._observe(max(s for _, _, s in got))
-                page_bytes += sum(len(k) + len(v) for k, v, _ in got)
+            if got.n:
+                parts.append(got.packed)
+                count += got.n
+                after = got.last
+                self._observe(got.top)
+                page_bytes += got.nbytes
             last_range = rng.end is None or (end is not None and rng.end >= end)
-            if more or len(items) >= limit or page_bytes >= limits.LIST_BYTES_MAX:
-                if (not more and last_range) or after is None:
-                    return ListPage(t.id, items, None)
-                return ListPage(t.id, items, Cursor(t.id, after, end))
+            if got.more or count >= limit or page_bytes >= limits.LIST_BYTES_MAX:
+                if (not got.more and last_range) or after is None:
+                    return ListPage(t.id, parts, count, None)
+                return ListPage(t.id, parts, count, Cursor(t.id, after, end))
             if last_range:
-                return ListPage(t.id, items, None)
+                return ListPage(t.id, parts, count, None)
             # This range is exhausted: continue at the next one, from its first key.
-            assert rng.end is not None and (after is None or after < rng.end), (rng, after)
+            if rng.end is None or (after is not None and after >= rng.end):
+                raise errors.ProtocolError("a node answered a list with a key past its range")
             start, after = rng.end, None
         # Many empty ranges in a row: resume where this page stopped.
         if after is not None:
-            return ListPage(t.id, items, Cursor(t.id, after, end))
-        return ListPage(t.id, items, Cursor(t.id, None, end, start))
+            return ListPage(t.id, parts, count, Cursor(t.id, after, end))
+        return ListPage(t.id, parts, count, Cursor(t.id, None, end, start))
 
     async def _list_range(self, st: _Attempt, table: str, table_id: int, lower: bytes,
                           fields: dict[str, Any]) -> tuple[dict[str, Any], Range]:
