@@ -216,7 +216,7 @@ def assert_private_data_dir(data: Path) -> None:
 
 async def _load_and_back_up(cluster: LocalCluster, rng: random.Random, backup: Path,
                             data: Path) -> tuple[list[Put], float]:
-    async with AsyncClient(cluster.endpoint, timeout_s=15.0) as db:
+    async with AsyncClient(cluster.native_endpoint, timeout_s=15.0) as db:
         for table in TABLES:
             await db.create_table(table)
         load = Load(db, rng)
@@ -267,7 +267,7 @@ async def _load_and_back_up(cluster: LocalCluster, rng: random.Random, backup: P
 
 async def _check_and_pause(cluster: LocalCluster, puts: list[Put],
                            backup_started_s: float) -> dict[str, int]:
-    async with AsyncClient(cluster.endpoint, timeout_s=15.0) as db:
+    async with AsyncClient(cluster.native_endpoint, timeout_s=15.0) as db:
         restored = await read_all(db)
         figures = check_restored(puts, restored, backup_started_s)
         # The pause, deterministically: hold a backup's pause key as rangekv backup does.
