@@ -580,3 +580,32 @@ def test_merging_a_session_with_a_higher_top_below_the_results_bound_does_not_cr
     assert d.one({"op": "import_sessions", "t": T, "start": b"", "end": None, "items": items,
                   "done": True}) == {"imported": 1}
     assert d.put(b"a", b"x", client=A, cseq=7, floor=5, retry=True)["dup"] is True
+
+
+def test_a_long_move_of_the_mark_scans_only_the_results_it_forgets() -> None:
+    """The results a client's floor forgot before lie below its mark as deletions; a later
+    forget must start past them (from the old mark), not step over all of them each time."""
+    scans: list[tuple[bytes, bytes]] = []
+
+    class Recording(MemoryBackend):
+        def iterate(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+            scans.append((lo, hi))
+            return super().iterate(lo, hi)
+
+    g = Group(StateMachine(Recording()))
+    g.table()
+    n = sessions.FORGET_BY_KEY_MAX * 3
+    for cseq in range(1, n + 1):
+        g.put(b"k%d" % cseq, b"v", client=A, cseq=cseq, floor=1)
+    scans.clear()
+    g.put(b"last", b"v", client=A, cseq=n + 1, floor=n + 1)  # forgets 1..n: a scan
+    forget = [s for s in scans if s[0].startswith(sessions.RESULT + A)]
+    assert forget == [(sessions.result_key(A, 1), sessions.result_key(A, n + 1))]
+    assert g.results(A) == [n + 1]
+    for cseq in range(n + 2, 2 * n + 2):
+        g.put(b"k%d" % cseq, b"v", client=A, cseq=cseq, floor=n + 1)
+    scans.clear()
+    g.put(b"again", b"v", client=A, cseq=2 * n + 2, floor=2 * n + 2)
+    forget = [s for s in scans if s[0].startswith(sessions.RESULT + A)]
+    assert forget == [(sessions.result_key(A, n + 1), sessions.result_key(A, 2 * n + 2))]
+    assert g.results(A) == [2 * n + 2]

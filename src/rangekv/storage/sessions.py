@@ -71,8 +71,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
@@ -125,9 +124,10 @@ class Writes(Protocol):
              ) -> list[tuple[bytes, bytes]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A write's session fields (``ci``, ``cn``, ``cf``, ``cr`` of its command)."""
+class Request(NamedTuple):
+    """A write's session fields (``ci``, ``cn``, ``cf``, ``cr`` of its command). (Named
+    tuples, this and ``Head``: a batch makes a few per item, and a frozen dataclass costs a
+    microsecond each to make.)"""
 
     client: bytes
     cseq: int
@@ -143,8 +143,7 @@ class Request:
         return Request(self.client, cseq, min(self.floor, cseq), self.retry)
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(NamedTuple):
     """A client's session: its mark, the highest cseq seen, the seq of its latest write."""
 
     mark: int
@@ -394,7 +393,12 @@ def _forget_between(tx: Writes, client: bytes, old_mark: int, mark: int) -> None
     deletes those cseqs by key. (Results at or below the old mark are only ever held after a
     merge; they are still their writes' results, and go with the session.)"""
     if mark - old_mark > FORGET_BY_KEY_MAX:
-        _forget_below(tx, client, mark + 1)
+        # from old_mark + 1, not from the client's first result: the results forgotten before
+        # lie below it as RocksDB tombstones until a compaction, and a scan from the start
+        # stepped over all of them, every batch (a load spent a tenth of its apply there)
+        upto = _results_below(client, mark + 1)[1]
+        for key, _ in tx.scan(result_key(client, old_mark + 1), upto):
+            tx.delete_ordered(key)
         return
     for cseq in range(old_mark + 1, mark + 1):
         key = result_key(client, cseq)
