@@ -23,7 +23,7 @@ import httpx
 from rangekv import errors
 from rangekv.client import _common, _native
 from rangekv.client._api import Api
-from rangekv.client._common import Backoff, Call, Failure, Item, Retrier, Session
+from rangekv.client._common import Backoff, Call, Failure, Item, Sending, Session
 
 
 class AsyncClient(Api):
@@ -134,52 +134,28 @@ class AsyncClient(Api):
         return fn(await result)
 
     async def _send(self, call: Call) -> Any:
-        session = self.session if call.session else None
-        retrier = Retrier(
-            retries=self.retries,
-            endpoints_n=len(self.endpoints),
-            backoff=self._backoff,
-            write=call.write,
-            timeout_s=self.timeout_s,
-            connect_timeout_s=self.connect_timeout_s,
-            clock=self._clock,
-            session=session is not None,
-        )
-        cseq = session.begin(call.cseqs) if session is not None else 0
-        maybe_applied = False
+        sending = Sending(self, call)
         try:
             while True:
-                endpoint = self.endpoints[self._current]
-                outcome = await self._attempt(endpoint, call, retrier, session, cseq,
-                                              maybe_applied)
+                outcome = await self._attempt(sending)
                 if not isinstance(outcome, Failure):
                     return outcome
-                maybe_applied = maybe_applied or (call.write and not outcome.not_sent)
-                if outcome.failover:
-                    self._current = (self._current + 1) % len(self.endpoints)
-                delay_s = retrier.next_delay_s(outcome)
-                if delay_s is None:
-                    raise _common.final_error(outcome, maybe_applied) from outcome.cause
+                delay_s = sending.after(outcome)
                 if delay_s > 0:
                     await self._sleep(delay_s)
         finally:
-            if session is not None:
-                session.end(cseq)
+            sending.end()
 
-    async def _attempt(self, endpoint: str, call: Call, retrier: Retrier,
-                       session: Session | None, cseq: int, retry: bool) -> Any:
+    async def _attempt(self, sending: Sending) -> Any:
+        call, endpoint, retrier = sending.call, sending.endpoint, sending.retrier
         if self._native is not None:
-            extra = session.fields(cseq, retry) if session is not None else None
-            return await self._native.attempt(endpoint, call, extra, retrier.remaining_s(),
-                                              self.connect_timeout_s)
+            return await self._native.attempt(endpoint, call, sending.native_fields(),
+                                        retrier.remaining_s(), self.connect_timeout_s)
         assert self._http is not None
-        headers = call.headers
-        if session is not None:
-            headers = {**headers, **session.headers(cseq, retry)}
         try:
             resp = await self._http.request(
-                call.method, endpoint + call.path, headers=headers, content=call.content,
-                timeout=retrier.attempt_timeout(),
+                call.method, endpoint + call.path, headers=sending.http_headers(),
+                content=call.content, timeout=retrier.attempt_timeout(),
             )
         except httpx.TransportError as exc:
             return _common.failure_of_exception(exc, call, endpoint)

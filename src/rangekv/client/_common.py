@@ -920,3 +920,56 @@ class Retrier:
         if self._clock() + delay_s >= self._deadline_s:
             return None  # the call's deadline would pass before the next attempt
         return delay_s
+
+
+class Sending:
+    """One call's attempts: what the sync and the async driver share, so that they differ only
+    in awaiting. It holds the call's client-session number (for the call's life), whether an
+    attempt may have been applied (the next attempt then says it retries), the call's
+    ``Retrier``, and turns the client to its next endpoint after a failure that asks for it.
+    ``client`` is the ``Client`` or ``AsyncClient`` (its endpoints, settings and session)."""
+
+    def __init__(self, client: Any, call: Call) -> None:
+        self._client = client
+        self.call = call
+        self.session: Session | None = client.session if call.session else None
+        self.retrier = Retrier(
+            retries=client.retries, endpoints_n=len(client.endpoints), backoff=client._backoff,
+            write=call.write, timeout_s=client.timeout_s,
+            connect_timeout_s=client.connect_timeout_s, clock=client._clock,
+            session=self.session is not None)
+        self.cseq = self.session.begin(call.cseqs) if self.session is not None else 0
+        self.maybe_applied = False
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.endpoints[self._client._current])
+
+    def native_fields(self) -> dict[str, Any] | None:
+        """The session fields of the next native attempt (None without a session)."""
+        if self.session is None:
+            return None
+        return self.session.fields(self.cseq, self.maybe_applied)
+
+    def http_headers(self) -> Mapping[str, str]:
+        """The headers of the next HTTP attempt (the call's, and its session's)."""
+        if self.session is None:
+            return self.call.headers
+        return {**self.call.headers, **self.session.headers(self.cseq, self.maybe_applied)}
+
+    def after(self, failure: Failure) -> float:
+        """Seconds to wait before the next attempt; raises the call's error if there is none."""
+        self.maybe_applied = self.maybe_applied or (self.call.write and not failure.not_sent)
+        if failure.failover:
+            self._client._current = (self._client._current + 1) % len(self._client.endpoints)
+        delay_s = self.retrier.next_delay_s(failure)
+        if delay_s is None:
+            raise final_error(failure, self.maybe_applied) from failure.cause
+        return delay_s
+
+    def end(self) -> None:
+        if self.session is not None:
+            self.session.end(self.cseq)
+
+
+
