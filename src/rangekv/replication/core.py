@@ -131,7 +131,10 @@ class Config:
     campaign_ticks: int = 40  # a candidate gives up after this long
     append_bytes_max: int = 2 * 1024 * 1024
     inflight_entries_max: int = 8192
-    apply_bytes_max: int = 8 * 1024 * 1024
+    # committed entries one Ready hands out (one entry at least): the Ready loop applies them
+    # in one go, so this bounds how long a turn of the event loop can apply (a follower
+    # catching up got 8 MiB, ~0.7 s of applying, in one Ready, and missed its heartbeats)
+    apply_bytes_max: int = 256 * 1024
 
 
 class SnapshotNeed(NamedTuple):

@@ -68,8 +68,11 @@ from rangekv.replication.core import LEADER, SNAPSHOT_ACCEPT, Core, Ready, Snaps
 from rangekv.replication.messages import Entry, Msg
 
 # committed entries one turn of the event loop applies before it lets other work run (then it
-# goes on in the next turn): a 1,000-item batch entry is about 300 KB
-APPLY_BYTES_PER_TURN = 1024 * 1024
+# goes on in the next turn; one entry at least): a 1,000-item batch entry is about 300 KB and
+# takes 30-50 ms to apply. At 1 MiB a turn, loads with 8-16 batches in flight stalled a node's
+# loop for 0.7 s under contention for the two cores (asyncio's debug log), past the meta's
+# 600 ms heartbeat timeout: leaders were deposed every few seconds
+APPLY_BYTES_PER_TURN = 256 * 1024  # (and a Ready holds at most ``Config.apply_bytes_max``)
 # Production's bounds (the simulator passes its own, in simulated time).
 SNAPSHOT_BACKOFF_S = (0.2, 5.0)  # first retry after a failed snapshot, most
 INSTALL_IDLE_S = 15.0  # a follower gives up an install whose transfer went quiet this long
