@@ -152,9 +152,10 @@ def test_batches_are_split_by_range_one_frame_per_leader() -> None:
     run(main())
 
 
-def test_a_batch_item_the_map_misroutes_goes_the_single_key_way() -> None:
-    """A leader that does not own an item answers range_not_here for it: the rm sends that item
-    alone (re-reading the map), the rest of the frame stands."""
+def test_a_batch_item_the_map_misroutes_is_planned_again() -> None:
+    """A leader that does not own an item answers range_not_here for it: the rm re-reads the
+    map and sends that item again, in a frame to the group that owns it now; the rest of the
+    frame stands."""
     async def main() -> None:
         nodes, view = await two_groups()
         wrong = build_view({1: nodes[0].address, 2: nodes[1].address},
@@ -184,9 +185,46 @@ def test_a_batch_item_the_map_misroutes_goes_the_single_key_way() -> None:
         async with AsyncClient(f"rangekv://127.0.0.1:{server.port}", timeout_s=5) as db:
             seqs = await db.put_many("T", {"a": "1", "x": "2"})
             assert len(seqs) == 2
-            assert nodes[1].ops("put")[0]["key"] == b"x"  # sent alone, after the re-read
+            again = nodes[1].ops("batch_write")  # after the re-read, to its owner
+            assert [item[1] for item in again[0]["items"]] == [b"x"]
+            assert not nodes[1].ops("put") and source.refreshes == 1
         await server.close()
         await router.close()
+        for n in nodes:
+            await n.stop()
+
+    run(main())
+
+
+def test_a_batch_frame_refused_for_its_routing_is_sent_again_as_a_frame() -> None:
+    """A leader that refuses a whole frame (unavailable: nothing applied) gets the frame again
+    after a pause, not its items one by one; one that keeps refusing it, past the rounds, gets
+    them one by one (the single-key path and its own recovery)."""
+    from rangekv.request_manager import batches
+
+    async def main() -> None:
+        nodes, view = await two_groups()
+        real = nodes[0].handle
+        refusals = {"left": 1}
+
+        async def refuse(body: dict[str, Any]) -> dict[str, Any]:
+            if body["op"] == "batch_write" and refusals["left"] > 0:
+                refusals["left"] -= 1
+                raise errors.Unavailable("electing")
+            return await real(body)
+
+        nodes[0].handle = refuse  # type: ignore[method-assign]
+        async with native(view) as (_, url), AsyncClient(url, timeout_s=5) as db:
+            assert len(await db.put_many("T", {"a": "1", "b": "2"})) == 2
+            frames = nodes[0].ops("batch_write")
+            assert len(frames) == 2  # refused, then sent again
+            assert [i[1] for i in frames[1]["items"]] == [b"a", b"b"]
+            refusals["left"] = batches.REPLAN_ROUNDS_MAX
+            assert len(await db.put_many("T", {"c": "3"})) == 1
+            # the rounds, then alone: the single-key path (which the rm's coalescer sends as a
+            # frame of its own)
+            assert len(nodes[0].ops("batch_write")) == 2 + batches.REPLAN_ROUNDS_MAX + 1
+            assert (await db.get("T", "c")).value == b"3"
         for n in nodes:
             await n.stop()
 

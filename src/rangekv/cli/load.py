@@ -31,6 +31,11 @@ from rangekv.progress import Progress
 
 CONCURRENCY_DEFAULT = 4
 BATCH_DEFAULT = 1000
+# A batch of a thousand puts waits behind the others in flight, and a busy cluster (a split,
+# a move, a leader change under the load) answers it in seconds, not milliseconds: the CLI's
+# 10 s deadline stopped loads with 16 batches in flight. Each put carries its client session,
+# so a batch resent until this deadline is applied once all the same.
+CALL_TIMEOUT_S_DEFAULT = 120.0
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -45,6 +50,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help=f"items per put_many (default {BATCH_DEFAULT}, at most "
                         f"{limits.BATCH_ITEMS_MAX}; a batch also stops at "
                         f"{limits.BATCH_BYTES_MAX} bytes)")
+    p.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT_S_DEFAULT,
+                   metavar="SECONDS",
+                   help=f"deadline of each batch, resends included (default "
+                        f"{CALL_TIMEOUT_S_DEFAULT:g}; each item is applied once however often "
+                        "it is sent)")
     p.add_argument("--create", action="store_true", help="create the table first if missing")
     p.set_defaults(func=cmd_load)
 
@@ -107,6 +117,8 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
         raise errors.InvalidArgument("--concurrency must be at least 1")
     if not 1 <= args.batch <= limits.BATCH_ITEMS_MAX:
         raise errors.InvalidArgument(f"--batch must be in 1..{limits.BATCH_ITEMS_MAX}")
+    if not args.call_timeout > 0:
+        raise errors.InvalidArgument("--call-timeout must be above 0")
     limits.check_table_name(args.table)
     if args.file == "-":
         data = ctx.stdin.read()
@@ -127,7 +139,8 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     def client() -> Any:
         db = getattr(local, "db", None)
         if db is None:
-            db = local.db = ctx.client(args)
+            db = local.db = ctx.client(argparse.Namespace(**{**vars(args),
+                                                             "timeout": args.call_timeout}))
             with lock:
                 clients.append(db)
         return db

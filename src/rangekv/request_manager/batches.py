@@ -6,18 +6,21 @@ midway may have applied some of its items (with a client session, a retry applie
 
 How a batch travels:
 
-1. Each item's range is looked up in the rm's map. Items whose range has a leader and is not
-   being moved are grouped by that leader; the rest (no leader known, a range being copied to
-   another group, which needs the source's version of a key) take the single-key path of
-   ``Router`` with all of its recovery.
+1. Each item's range is looked up in the rm's map. Items whose range has a leader are grouped
+   by that leader (a range being copied to another group: only the unconditional puts, which
+   need nothing of the source, go to the new group's leader); the rest (no leader known, a
+   delete or a conditional put into a range being copied, which needs the source's version of
+   its key) take the single-key path of ``Router`` with all of its recovery.
 2. Each leader gets one ``batch_write`` / ``batch_get`` frame per ``FRAME_ITEMS_MAX`` items or
    ``FRAME_BYTES_MAX`` bytes, all sent at once; the node proposes a frame's writes together
    (one log entry) and reads a frame's keys after one linearizable-read barrier.
 3. Whatever a frame could not settle (the node is no longer the leader, a range moved or split
-   since the map was read, the node could not be reached) goes the single-key way, item by
-   item, as if the batch had never been. Nothing else is retried here: a write whose frame was
-   lost is ``outcome_unknown`` unless it belongs to a client session, whose writes the group
-   applies at most once (then it is resent, marked ``retry``).
+   since the map was read) is planned again as frames, up to ``REPLAN_ROUNDS_MAX`` times (after
+   the leader's hint, a re-read of the table, or a short pause), and then goes the single-key
+   way, item by item, as if the batch had never been. (Reads do the latter at once.) Nothing
+   else is retried here: a write whose frame was lost is ``outcome_unknown`` unless it belongs
+   to a client session, whose writes the group applies at most once (then it is resent, marked
+   ``retry``).
 
 Every write gets a fresh seq of this rm's sequencer, and with a session its own cseq: the
 session's ``cseq`` plus the item's place in the batch.
@@ -39,6 +42,12 @@ from rangekv.request_manager.routing import Router, _Attempt, _seq
 log = logging.getLogger("rangekv.rm.batches")
 
 SINGLE_CONCURRENCY_MAX = 64  # items sent the single-key way at once
+# A frame refused for its routing (a new leader, a split or move since the map was read) is
+# planned again as frames this many times, pausing a little more each time, before its items
+# go the single-key way: a load under a move or a leader change had sent thousands of items
+# one by one, and its batches timed out behind them
+REPLAN_ROUNDS_MAX = 3
+REPLAN_PAUSE_S = 0.05
 FRAME_ITEMS_MAX, FRAME_BYTES_MAX, PUT, DELETE = (ops.FRAME_ITEMS_MAX, ops.FRAME_BYTES_MAX,
                                                  ops.PUT, ops.DELETE)
 
@@ -92,18 +101,21 @@ async def _bounded(coros: Sequence[Callable[[], Awaitable[None]]]) -> None:
     await asyncio.gather(*(one(fn) for fn in coros))
 
 
-async def _plan(router: Router, table: str, keys: Sequence[bytes]
-                ) -> tuple[int, dict[str, list[int]], list[int]]:
-    """(table id, leader address -> item indexes, indexes for the single-key path)."""
+async def _plan(router: Router, table: str, keys: Sequence[bytes],
+                plain: Callable[[int], bool] = lambda i: False
+                ) -> tuple[int, dict[str, tuple[int, list[int]]], list[int]]:
+    """(table id, leader address -> (group, indexes of ``keys``), indexes for the single-key
+    path). ``plain(i)``: item i needs nothing of a range's source while it is being copied
+    (an unconditional put, not a retry): it goes to the range's new group in a frame."""
     st = _Attempt(router._monotonic(), router.request_deadline_s)
     t = await router._resolve(st, table)
     view = router.source.view
-    by_leader: dict[str, list[int]] = {}
+    by_leader: dict[str, tuple[int, list[int]]] = {}
     single: list[int] = []
     leaders: dict[int, str | None] = {}
     for i, key in enumerate(keys):
         rng = view.range_for(t.id, key)
-        if rng is None or rng.copying_from is not None:
+        if rng is None or (rng.copying_from is not None and not plain(i)):
             single.append(i)
             continue
         if rng.group not in leaders:
@@ -112,7 +124,7 @@ async def _plan(router: Router, table: str, keys: Sequence[bytes]
         if address is None:
             single.append(i)
         else:
-            by_leader.setdefault(address, []).append(i)
+            by_leader.setdefault(address, (rng.group, []))[1].append(i)
     return t.id, by_leader, single
 
 
@@ -123,13 +135,18 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
     out: list[WriteOutcome | None] = [None] * len(items)
     if not items:
         return []
-    table_id, by_leader, single = await _plan(router, table, [w.key for w in items])
+    single: list[int] = []
     retry_single: set[int] = set()  # items whose frame may have been applied
 
     def cseq_of(i: int) -> int | None:
         return None if session is None else session.cseq + i
 
-    async def frame(address: str, idx: list[int]) -> None:
+    def plain(i: int) -> bool:
+        return (items[i].kind == PUT and items[i].if_seq is None
+                and (session is None or not session.retry))
+
+    async def frame(table_id: int, group: int, address: str, idx: list[int],
+                    again: list[int], moved: list[bool]) -> None:
         wire_items = [[items[i].kind, items[i].key,
                        items[i].value if items[i].kind == PUT else None, items[i].if_seq,
                        router.sequencer.next(), cseq_of(i)] for i in idx]
@@ -154,7 +171,14 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
             return
         except errors.RangeKVError as err:
             if err.retryable or ops.reroute(err):
-                single.extend(idx)
+                # nothing of the frame was applied: plan its items again (a new leader, a
+                # split or move since the map was read), as a frame, not one by one
+                if isinstance(err, errors.NotLeader):
+                    router._on_not_leader(_Attempt(router._monotonic(), 1.0),
+                                          router.source.view, group, address, err)
+                elif isinstance(err, (errors.RangeNotHere, errors.TableNotFound)):
+                    moved[0] = True
+                again.extend(idx)
                 return
             for i in idx:
                 out[i] = err
@@ -164,7 +188,9 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
         for i, res in zip(idx, results, strict=True):
             outcome = _write_outcome(res)
             if isinstance(outcome, errors.RangeKVError) and ops.reroute(outcome):
-                single.append(i)
+                again.append(i)
+                if isinstance(outcome, errors.RangeNotHere):
+                    moved[0] = True
                 continue
             out[i] = outcome
             if isinstance(outcome, WriteResult) and outcome.seq > top:
@@ -175,8 +201,27 @@ async def write_many(router: Router, table: str, items: Sequence[Write],
     def size_of(i: int) -> int:
         return len(items[i].key) + len(items[i].value) + 48
 
-    await asyncio.gather(*(frame(address, chunk) for address, idx in by_leader.items()
-                           for chunk in _chunks(idx, size_of)))
+    pending = list(range(len(items)))
+    for round_ in range(REPLAN_ROUNDS_MAX):
+        table_id, by_leader, alone_now = await _plan(
+            router, table, [items[i].key for i in pending], lambda j, p=pending: plain(p[j]))
+        single.extend(pending[j] for j in alone_now)
+        again: list[int] = []
+        moved = [False]
+        await asyncio.gather(*(
+            frame(table_id, group, address, chunk, again, moved)
+            for address, (group, idx) in by_leader.items()
+            for chunk in _chunks([pending[j] for j in idx], size_of)))
+        if not again:
+            break
+        router.stats.retry("batch_replanned")
+        if moved[0]:
+            await router.source.refresh_table(table, router._monotonic())
+        elif round_ + 1 < REPLAN_ROUNDS_MAX:
+            await asyncio.sleep(REPLAN_PAUSE_S * (round_ + 1))  # an election, a fence
+        pending = sorted(again)
+    else:
+        single.extend(pending)  # still unsettled: one by one, with all of their recovery
 
     async def alone(i: int) -> None:
         w = items[i]
@@ -248,7 +293,7 @@ async def get_many(router: Router, table: str, keys: Sequence[bytes]) -> list[Ge
         if top != sequencer.ZERO:
             router._observe(top)
 
-    await asyncio.gather(*(frame(address, chunk) for address, idx in by_leader.items()
+    await asyncio.gather(*(frame(address, chunk) for address, (_, idx) in by_leader.items()
                            for chunk in _chunks(idx, lambda i: len(keys[i]) + 16)))
 
     async def alone(i: int) -> None:
