@@ -33,7 +33,7 @@ from typing import Any
 import crc32c
 import msgpack
 
-from rangekv import errors
+from rangekv import errors, sequencer
 from rangekv.limits import FRAME_BYTES_MAX
 
 log = logging.getLogger("rangekv.wire")
@@ -105,17 +105,30 @@ def decode_body(payload: bytes) -> dict[str, Any]:
 # and ``unpack_elements`` decodes n of them at once (in C) with the header put in front.
 
 
-def _array_header_bytes(n: int) -> int:
-    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` elements (fixarray, array 16, array 32)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def pack_elements(items: list[Any]) -> bytes:
     """The msgpack encodings of ``items``, concatenated (bytes as bin)."""
     packed: bytes = msgpack.packb(items, use_bin_type=True)
-    return packed[_array_header_bytes(len(items)):]
+    return packed[len(_array_header(len(items))):]
 
 
-_HEADER_PACKER = msgpack.Packer()
+def packed_page(items: list[tuple[bytes, bytes, bytes]], more: bool) -> dict[str, Any]:
+    """A list page (live ``(key, value, seq)`` items) as a node answers it with ``packed``, for
+    the rm to pass on undecoded: the items' encodings joined, how many, the last key (the rm's
+    cursor), the highest seq (what the rm has observed) and the bytes of keys and values (the
+    rm's page bound)."""
+    return {"packed": pack_elements(items), "n": len(items),
+            "last": items[-1][0] if items else None,
+            "top": max((s for _, _, s in items), default=sequencer.ZERO),
+            "nbytes": sum(len(k) + len(v) for k, v, _ in items), "more": more}
 
 
 def unpack_elements(blob: bytes, n: int) -> list[Any]:
@@ -124,7 +137,7 @@ def unpack_elements(blob: bytes, n: int) -> list[Any]:
     if not 0 <= n <= len(blob):  # every element takes at least one byte
         raise errors.ProtocolError(f"a packed list of {len(blob)} bytes cannot hold {n} items")
     try:
-        items = msgpack.unpackb(_HEADER_PACKER.pack_array_header(n) + blob, raw=False,
+        items = msgpack.unpackb(_array_header(n) + blob, raw=False,
                                 strict_map_key=False, max_map_len=MAP_LEN_MAX)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise errors.ProtocolError(f"undecodable packed list: {type(exc).__name__}") from None

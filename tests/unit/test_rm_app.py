@@ -20,13 +20,13 @@ import aiohttp
 
 from rangekv import errors, limits, sequencer, wire
 from rangekv.model import ClusterView, Group, Node, Range, Table
-from rangekv.node.commands import packed_page
 from rangekv.request_manager import http_codec as codec
 from rangekv.request_manager import openapi
 from rangekv.request_manager.app import RequestManager
 from rangekv.request_manager.metrics import Metrics
 from rangekv.request_manager.routing import Router, StaticViewSource
 from rangekv.testing.procs import free_port
+from rangekv.wire import packed_page
 
 RM_ID = 7
 Fault = Callable[[dict[str, Any]], Awaitable[None] | None]

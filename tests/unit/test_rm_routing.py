@@ -335,7 +335,7 @@ def test_a_probe_etcd_does_not_answer_makes_the_source_unready_until_a_reload() 
 def test_a_packed_list_page_from_a_node_is_checked_before_the_rm_pages_on() -> None:
     """The rm passes a node's packed items on undecoded, but what it pages on (the count, the
     last key, the highest seq) it checks: a hostile or broken node gets ProtocolError."""
-    from rangekv.node.commands import packed_page
+    from rangekv.wire import packed_page
 
     seq = sequencer.make(1_000_000, 0, 1)
     good = packed_page([(b"b", b"1", seq), (b"c", b"2", seq)], True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rangekv import errors, sequencer, wire
+from rangekv import errors, sequencer
 from rangekv.storage import sessions
 from rangekv.storage.engine import StateMachine
 
@@ -89,17 +89,6 @@ def export_page(engine: StateMachine, table_id: int, start: bytes, end: bytes | 
         raise engine.not_here(table_id)
     versions, more = engine.scan_versions(table_id, start, end, after, limit, EXPORT_BYTES_MAX)
     return {"items": [[k, seq, tomb, v] for k, v, seq, tomb in versions], "more": more}
-
-
-def packed_page(items: list[tuple[bytes, bytes, bytes]], more: bool) -> dict[str, Any]:
-    """A list page (live ``(key, value, seq)`` items) as the rm passes it to a native client
-    without decoding it: the items' encodings joined (``wire.pack_elements``), how many, the
-    last key (the rm's cursor), the highest seq (what the rm has observed) and the bytes of
-    keys and values (the rm's page bound)."""
-    return {"packed": wire.pack_elements(items), "n": len(items),
-            "last": items[-1][0] if items else None,
-            "top": max((s for _, _, s in items), default=sequencer.ZERO),
-            "nbytes": sum(len(k) + len(v) for k, v, _ in items), "more": more}
 
 
 # -- data requests ---------------------------------------------------------------------------

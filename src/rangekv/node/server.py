@@ -68,7 +68,6 @@ from rangekv.node.commands import (
     check_batch_session,
     export_page,
     meta_read,
-    packed_page,
     range_command,
     range_reply,
     session_fields,
@@ -776,7 +775,8 @@ class Node:
             check_complete(replica, table_id, start)
             items, more = replica.engine.scan(table_id, start, end, after, limit,
                                               limits.LIST_BYTES_MAX)
-            page = packed_page(items, more) if req["packed"] else {"items": items, "more": more}
+            page = (wire.packed_page(items, more) if req["packed"]
+                    else {"items": items, "more": more})
             # one request, as load-based splitting counts (CockroachDB counts requests too): a
             # scan of a whole table read a thousand keys a page and made every range look hot,
             # so the balancer split and moved ranges under each full scan

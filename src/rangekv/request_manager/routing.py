@@ -555,15 +555,13 @@ class _Piece:
 
 
 def _piece(reply: dict[str, Any], lower: bytes, end: bytes | None, limit: int) -> _Piece:
-    """A node's list answer, packed (``node.commands.packed_page``) or as ``items`` (a
+    """A node's list answer, packed (``wire.packed_page``) or as ``items`` (a
     moving range's merged page, or a node that does not pack), checked enough to page on:
     what is in the packed items the client checks when it decodes them."""
     more = bool(reply.get("more"))
-    if "packed" not in reply:
-        got = _items(reply.get("items") or ())
-        return _Piece(wire.pack_elements(got), len(got), got[-1][0] if got else None,
-                      max((s for _, _, s in got), default=sequencer.ZERO),
-                      sum(len(k) + len(v) for k, v, _ in got), more)
+    if "packed" not in reply:  # (items checked by ``_items``; a merged page may pass limit)
+        page = wire.packed_page(_items(reply.get("items") or ()), more)
+        return _Piece(page["packed"], page["n"], page["last"], page["top"], page["nbytes"], more)
     packed, n, last, nbytes = reply["packed"], reply.get("n"), reply.get("last"), \
         reply.get("nbytes")
     if (not isinstance(packed, bytes) or type(n) is not int or not 0 <= n <= limit
