@@ -381,9 +381,14 @@ def _make_room(tx: Writes) -> None:
 FORGET_BY_KEY_MAX = 64  # a mark moving up by at most this deletes by key, without a scan
 
 
-def _forget_below(tx: Writes, client: bytes, cseq: int) -> None:
-    """Delete ``client``'s results with a cseq below ``cseq``."""
-    for key, _ in tx.scan(*_results_below(client, cseq)):
+def _forget_below(tx: Writes, client: bytes, cseq: int, from_cseq: int = 0) -> None:
+    """Delete ``client``'s results with a cseq below ``cseq`` (and at or above ``from_cseq``:
+    where the results forgotten before end, as RocksDB tombstones until a compaction, which a
+    scan from the client's first result would step over every time)."""
+    lo, hi = _results_below(client, cseq)
+    if from_cseq > 0:
+        lo = result_key(client, from_cseq)
+    for key, _ in tx.scan(lo, hi):
         tx.delete_ordered(key)
 
 
@@ -393,12 +398,9 @@ def _forget_between(tx: Writes, client: bytes, old_mark: int, mark: int) -> None
     deletes those cseqs by key. (Results at or below the old mark are only ever held after a
     merge; they are still their writes' results, and go with the session.)"""
     if mark - old_mark > FORGET_BY_KEY_MAX:
-        # from old_mark + 1, not from the client's first result: the results forgotten before
-        # lie below it as RocksDB tombstones until a compaction, and a scan from the start
-        # stepped over all of them, every batch (a load spent a tenth of its apply there)
-        upto = _results_below(client, mark + 1)[1]
-        for key, _ in tx.scan(result_key(client, old_mark + 1), upto):
-            tx.delete_ordered(key)
+        # (from old_mark + 1: a scan from the start stepped over every result forgotten before,
+        # every batch; a load spent a tenth of its apply there)
+        _forget_below(tx, client, mark + 1, old_mark + 1)
         return
     for cseq in range(old_mark + 1, mark + 1):
         key = result_key(client, cseq)
