@@ -550,9 +550,7 @@ def session_of(headers: Any) -> Session | None:
         raise errors.InvalidArgument(f"{SESSION_HEADER} is CLIENT:CSEQ:FLOOR (32 hex digits, "
                                      "a number from 1, a number)", field=SESSION_HEADER)
     client, cseq, floor = raw.lower().split(":")
-    # (a floor above the write's own cseq would forget the write itself: it means no more
-    # than the cseq, as the group reads it)
-    return Session(bytes.fromhex(client), int(cseq), min(int(floor), int(cseq)), retry == "1")
+    return Session(bytes.fromhex(client), int(cseq), int(floor), retry == "1")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,8 +140,7 @@ def _session(req: dict[str, Any]) -> Session | None:
         return None
     if req["cseq"] is None:
         raise errors.InvalidArgument("a client session needs cseq", field="cseq")
-    # (a floor above the write's own cseq means no more than the cseq, as the group reads it)
-    return Session(client, req["cseq"], min(req["floor"] or 0, req["cseq"]), bool(req["retry"]))
+    return Session(client, req["cseq"], req["floor"] or 0, bool(req["retry"]))
 
 
 def _get_reply(result: GetResult) -> dict[str, Any]:

@@ -29,6 +29,12 @@ class Session:
     floor: int
     retry: bool = False
 
+    def __post_init__(self) -> None:
+        # a floor above the write's own cseq would forget the write itself: it means no more
+        # than the cseq, as the group reads it (the node refuses one above)
+        if self.floor > self.cseq:
+            object.__setattr__(self, "floor", self.cseq)
+
     def fields(self, cseq: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"client": self.client,
                                "cseq": self.cseq if cseq is None else cseq,
