@@ -150,7 +150,7 @@ class AsyncClient(Api):
         call, endpoint, retrier = sending.call, sending.endpoint, sending.retrier
         if self._native is not None:
             return await self._native.attempt(endpoint, call, sending.native_fields(),
-                                        retrier.remaining_s(), self.connect_timeout_s)
+                                              retrier.remaining_s(), self.connect_timeout_s)
         assert self._http is not None
         try:
             resp = await self._http.request(

@@ -970,6 +970,3 @@ class Sending:
     def end(self) -> None:
         if self.session is not None:
             self.session.end(self.cseq)
-
-
-

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rangekv.replication.core import LEADER, SNAPSHOT_ACCEPT, Core, Ready, SnapshotNeed
+from rangekv.replication.core import LEADER, SNAPSHOT_ACCEPT, Config, Core, Ready, SnapshotNeed
 from rangekv.replication.messages import Entry, Msg
 
 # committed entries one turn of the event loop applies before it lets other work run (then it
@@ -72,7 +72,7 @@ from rangekv.replication.messages import Entry, Msg
 # takes 30-50 ms to apply. At 1 MiB a turn, loads with 8-16 batches in flight stalled a node's
 # loop for 0.7 s under contention for the two cores (asyncio's debug log), past the meta's
 # 600 ms heartbeat timeout: leaders were deposed every few seconds
-APPLY_BYTES_PER_TURN = 256 * 1024  # (and a Ready holds at most ``Config.apply_bytes_max``)
+APPLY_BYTES_PER_TURN = Config.apply_bytes_max  # (the most a Ready holds, too: one knob)
 # Production's bounds (the simulator passes its own, in simulated time).
 SNAPSHOT_BACKOFF_S = (0.2, 5.0)  # first retry after a failed snapshot, most
 INSTALL_IDLE_S = 15.0  # a follower gives up an install whose transfer went quiet this long
